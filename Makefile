@@ -1,0 +1,43 @@
+# memproxy — the two commands: `make run` and `make test`. Both bootstrap .venv from nothing.
+SHELL := /bin/bash
+PY    := $(shell scripts/find-python)
+UV_VERSION := 0.13.8
+VENV  := .venv
+UV    := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+LISTEN_HOST ?= 127.0.0.1
+LISTEN_PORT ?= 8080
+
+.PHONY: run web test test-slow bench lock clean
+
+$(UV):
+	@test -n "$(PY)" || exit 1
+	$(PY) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --extra test --python $(PY) --quiet
+	@touch $@
+
+run: $(VENV)/.synced
+	$(VENV)/bin/mitmdump -s addons/memory.py --listen-host $(LISTEN_HOST) -p $(LISTEN_PORT) \
+		--set connection_strategy=lazy $(ARGS)
+
+web: $(VENV)/.synced
+	$(VENV)/bin/mitmweb -s addons/memory.py --listen-host $(LISTEN_HOST) -p $(LISTEN_PORT) \
+		--set connection_strategy=lazy $(ARGS)
+
+test: $(VENV)/.synced
+	$(VENV)/bin/pytest -m "not slow" $(ARGS)
+
+test-slow: $(VENV)/.synced
+	$(VENV)/bin/pytest -m slow $(ARGS)
+
+lock: $(UV)
+	$(UV) lock --python $(PY)
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache

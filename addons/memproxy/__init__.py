@@ -1,0 +1,1 @@
+"""memproxy: long-term memory for AI coding tools, as a mitmproxy addon."""

@@ -1,0 +1,51 @@
+"""The memory store interface: every backend (local, supermemory) implements it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    id: str
+    scope: str
+    content: str
+    score: float = 0.0  # relevance in [0, 1]; 0 for list()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0  # unix seconds
+
+
+class StoreError(Exception):
+    """A backend failed; callers fail open."""
+
+
+class MemoryStore(abc.ABC):
+    """A scoped memory store. All methods are coroutines and never block the loop.
+
+    A scope's memories are only ever returned for that exact scope.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
+        """The most relevant memories of `scope` for `query`, best first, score >= threshold."""
+
+    @abc.abstractmethod
+    async def add(
+        self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> str:
+        """Store a memory and return its id. Idempotent on (scope, custom_id)."""
+
+    @abc.abstractmethod
+    async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
+        """Memories of `scope`, newest first."""
+
+    @abc.abstractmethod
+    async def forget(self, scope: str, memory_id: str) -> bool:
+        """Delete one memory of `scope`; True if it existed."""
+
+    async def close(self) -> None:
+        """Release resources."""

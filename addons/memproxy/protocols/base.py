@@ -1,0 +1,89 @@
+"""The interface every wire-format adapter implements.
+
+An adapter is stateless and works on already-parsed JSON. It never does I/O,
+so it is safe to call from mitmproxy's event loop. Every method must tolerate
+arbitrary JSON (wrong shapes included) without raising: on a shape it does not
+understand it returns "" / leaves the body unchanged / returns False.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Literal
+
+QueryStrategy = Literal["last_user", "first_user", "all_user", "last_assistant"]
+InjectStrategy = Literal["system", "user_prefix", "user_suffix", "dual"]
+QUERY_STRATEGIES: tuple[str, ...] = ("last_user", "first_user", "all_user", "last_assistant")
+INJECT_STRATEGIES: tuple[str, ...] = ("system", "user_prefix", "user_suffix", "dual")
+
+# The injected block is wrapped in these tags so it can be recognised (and
+# stripped from anything we capture) even if a client echoes it back.
+MEMORY_OPEN = "<recalled-memories"
+MEMORY_CLOSE = "</recalled-memories>"
+
+
+class ReplyAccumulator(abc.ABC):
+    """Assembles the assistant's reply text from streamed events."""
+
+    @abc.abstractmethod
+    def feed(self, event: str | None, data: str) -> None:
+        """Feed one SSE event (`event:` name or None, joined `data:` lines) or one
+        WebSocket text message (event=None, data=the message). Never raises."""
+
+    @abc.abstractmethod
+    def text(self) -> str:
+        """The reply text assembled so far (text parts only; tool calls skipped)."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """True once the terminal event of a turn was seen (e.g. message_stop,
+        response.completed, [DONE], or Gemini's finishReason)."""
+
+
+class Adapter(abc.ABC):
+    """One wire format: detection, query extraction, injection, reply assembly, errors."""
+
+    name: str  # "anthropic" | "openai_chat" | "openai_responses" | "gemini"
+
+    @abc.abstractmethod
+    def matches_path(self, method: str, path: str) -> bool:
+        """Cheap check on method and path only (query string included in `path`).
+        Must be False for auxiliary endpoints we never touch (count_tokens,
+        models, embeddings...)."""
+
+    @abc.abstractmethod
+    def matches_body(self, body: Any) -> bool:
+        """Shape check on the parsed JSON body (e.g. has a `messages` list)."""
+
+    @abc.abstractmethod
+    def model(self, path: str, body: Any) -> str | None:
+        """The model the request asks for (Gemini: from the path)."""
+
+    @abc.abstractmethod
+    def is_streaming(self, path: str, body: Any) -> bool:
+        """Whether the client asked for a streamed (SSE) response."""
+
+    @abc.abstractmethod
+    def query(self, body: Any, strategy: str) -> str:
+        """The search query text for a query strategy. Text parts of block content
+        count; tool results, tool calls and images are skipped; text inside
+        <recalled-memories>…</recalled-memories> is removed."""
+
+    @abc.abstractmethod
+    def inject(self, body: Any, context: str, strategy: str) -> bool:
+        """Insert `context` (already framed) into `body` in place, per injection
+        strategy. Content at or before the last `cache_control` breakpoint stays
+        byte-identical. Returns True if the body was changed."""
+
+    @abc.abstractmethod
+    def reply_from_json(self, body: Any) -> str:
+        """The assistant's reply text from a non-streamed response body."""
+
+    @abc.abstractmethod
+    def accumulator(self) -> ReplyAccumulator:
+        """A fresh accumulator for a streamed response of this format."""
+
+    @abc.abstractmethod
+    def error_body(self, status: int, message: str, error_type: str) -> dict:
+        """An error body in this protocol's own error format."""
