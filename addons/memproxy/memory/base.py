@@ -47,5 +47,8 @@ class MemoryStore(abc.ABC):
     async def forget(self, scope: str, memory_id: str) -> bool:
         """Delete one memory of `scope`; True if it existed."""
 
+    async def open(self) -> None:
+        """Connect and check the backend now; raises StoreError with a clear message."""
+
     async def close(self) -> None:
         """Release resources."""

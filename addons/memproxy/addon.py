@@ -1,0 +1,437 @@
+"""MemoryAddon: the mitmproxy hooks. It routes, recalls, injects, remembers and streams.
+
+Protocol details live in `protocols`, rule logic in `rules`, storage in `memory`
+and `capture`; this class only orchestrates them. Every hook fails open: an
+exception leaves the flow as the client sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from . import protocols
+from .capture import Capture, Turn
+from .memory import MemoryStore, StoreError, open_store
+from .protocols.base import Adapter, ReplyAccumulator
+from .protocols.sse import SSEParser
+from .rules import RequestView, Route, RulesError, RulesFile
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "memory.yaml"
+INFO_PATH = "/memory-routing/info"
+MARKER = ":brain:"
+OVERRIDE_KEY = "memproxy_override"
+DEFAULT_HOSTS = (
+    "api.anthropic.com",
+    "api.openai.com",
+    "chatgpt.com",
+    "generativelanguage.googleapis.com",
+    "*.openai.azure.com",
+    "openrouter.ai",
+    "api.deepseek.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.together.xyz",
+    "api.x.ai",
+    "api.fireworks.ai",
+    "api.cerebras.ai",
+    "api.moonshot.ai",
+    "dashscope.aliyuncs.com",
+    "dashscope-intl.aliyuncs.com",
+)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A turn in flight: what is needed to capture it once the reply is complete."""
+
+    scope: str
+    user: str
+    adapter: Adapter
+    metadata: dict[str, Any]
+    parser: SSEParser | None = None
+    reply: ReplyAccumulator | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the request path decided for one LLM request or WebSocket message."""
+
+    route: Route
+    content: bytes | None = None  # the new body, if memories were injected
+    pending: Pending | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def fail_open(hook):
+    """Run a hook so that no exception of ours reaches mitmproxy or changes the flow."""
+
+    @functools.wraps(hook)
+    async def wrapper(self: MemoryAddon, *args):
+        try:
+            return await hook(self, *args)
+        except Exception as e:  # noqa: BLE001 - fail open is the contract
+            logger.warning("memproxy: %s failed, flow passed through unchanged: %s", hook.__name__, _brief(e))
+
+    return wrapper
+
+
+def _brief(e: BaseException) -> str:
+    """An exception as one short line, never a traceback (bodies may hold user data)."""
+    text = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+class MemoryAddon:
+    """Gives LLM clients a long-term memory: route, recall, inject, remember."""
+
+    def __init__(self) -> None:
+        self.rules_file: RulesFile | None = None
+        self.store: MemoryStore | None = None
+        self.capture: Capture | None = None
+        self.pending: dict[str, Pending] = {}
+        self._watcher: asyncio.Task | None = None
+        self._host_cache: dict[str, bool] = {}
+        self._warned: set[str] = set()
+        self._running = False
+
+    # -- lifecycle --------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("memory_enabled", bool, True, "Give LLM flows a memory. Off: pass everything through.")
+        loader.add_option(
+            "memory_rules", str, "", f"Memory-routing rules file (YAML). Empty: {DEFAULT_RULES.name} shipped with memproxy."
+        )
+        loader.add_option("memory_backend", str, "local", "Memory backend.", choices=["local"])
+        loader.add_option("memory_db", str, "", "Local store file. Empty: memories.db in the user's data dir.")
+        loader.add_option(
+            "memory_timeout_ms", int, 300, "Time budget of recall per request, in ms; past it the request goes on without memories."
+        )
+        loader.add_option(
+            "memory_hosts",
+            Sequence[str],
+            list(DEFAULT_HOSTS),
+            "TLS hosts (globs) whose traffic is decrypted; all other TLS is tunnelled untouched. '*' decrypts all.",
+        )
+        loader.add_option(
+            "memory_max_body", int, 16 * 1024 * 1024, "Request bodies larger than this many bytes pass through untouched."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "memory_timeout_ms" in updated and opts.memory_timeout_ms < 0:
+            raise exceptions.OptionsError("memory_timeout_ms must be >= 0")
+        if "memory_max_body" in updated and opts.memory_max_body <= 0:
+            raise exceptions.OptionsError("memory_max_body must be > 0")
+        if "memory_hosts" in updated:
+            self._host_cache.clear()
+        if "memory_rules" in updated:
+            path = Path(opts.memory_rules).expanduser() if opts.memory_rules else DEFAULT_RULES
+            try:
+                self.rules_file = RulesFile(path)
+            except RulesError as e:
+                if self._running:  # mitmproxy reverts the option: the last good rules stay
+                    raise exceptions.OptionsError(f"memory rules not loaded: {e}") from None
+                logger.error("memproxy: memory rules not loaded:\n%s", e)  # at start-up: mitmdump exits
+        if updated & {"memory_backend", "memory_db"}:
+            old, self.store = self.store, open_store(opts.memory_backend, opts.memory_db or None)
+            if self.capture:
+                self.capture.store = self.store
+            if old:
+                asyncio.get_running_loop().create_task(old.close())
+
+    async def running(self) -> None:
+        self._running = True
+        if self.store is None or self.rules_file is None:
+            return
+        try:
+            await self.store.open()
+            logger.info("memproxy: %s memory store ready", self.store.name)
+        except StoreError as e:
+            logger.warning("memproxy: memory store unavailable, requests pass through without memory: %s", e)
+        self.capture = Capture(self.store)
+        self.capture.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_rules(), name="memproxy rules watcher")
+        logger.info("memproxy: rules from %s", self.rules_file.path)
+
+    async def done(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+        if self.capture:
+            await self.capture.drain(timeout=2.0)
+        if self.store:
+            await self.store.close()
+
+    async def _watch_rules(self) -> None:
+        """Reload the rules file when it changes; a bad edit keeps the last good rules."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.rules_file is None:
+                continue
+            try:
+                reloaded, error = await asyncio.to_thread(self.rules_file.check)
+            except Exception as e:  # noqa: BLE001
+                reloaded, error = False, _brief(e)
+            if reloaded:
+                logger.info("memproxy: rules reloaded from %s", self.rules_file.path)
+            elif error:
+                logger.warning("memproxy: rules not reloaded, keeping the last good rules: %s", error)
+
+    # -- host scope ---------------------------------------------------------
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Decrypt only known LLM hosts (regular mode); tunnel everything else untouched."""
+        if isinstance(data.context.client.proxy_mode, ReverseMode):
+            return
+        host = data.client_hello.sni or (data.context.server.address or ("",))[0]
+        if not self._decrypts(host):
+            data.ignore_connection = True
+
+    def _decrypts(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if (hit := self._host_cache.get(host)) is None:
+            hit = any(fnmatch.fnmatchcase(host, p.lower()) for p in ctx.options.memory_hosts)
+            if len(self._host_cache) > 4096:
+                self._host_cache.clear()
+            self._host_cache[host] = hit
+        return hit
+
+    # -- request path -------------------------------------------------------
+
+    @fail_open
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not ctx.options.memory_enabled or flow.response is not None or self.rules_file is None:
+            return
+        req = flow.request
+        if req.path.split("?", 1)[0] == INFO_PATH:
+            self._answer_info(flow)
+            return
+        self._take_override(flow)
+        adapter = protocols.detect_path(req.method, req.path)
+        raw = req.raw_content
+        if adapter is None or not raw or len(raw) > ctx.options.memory_max_body:
+            return
+        if not _is_json(req.headers.get("content-type", "")):
+            return
+        content = req.get_content()
+        body = json.loads(content)
+        if not adapter.matches_body(body):
+            return
+        decision = await self._decide(flow, adapter, body, content, req.method)
+        if decision.content is not None:
+            req.set_content(decision.content)
+        if decision.pending:
+            self.pending[flow.id] = decision.pending
+        self._annotate(flow, decision)
+
+    def _take_override(self, flow: http.HTTPFlow) -> None:
+        """Strip the user-id override header before upstream; keep its value for routing."""
+        name = self.rules_file.rules.override_header
+        if name in flow.request.headers:
+            flow.metadata[OVERRIDE_KEY] = flow.request.headers[name]
+            del flow.request.headers[name]
+
+    def _headers(self, flow: http.HTTPFlow) -> http.Headers:
+        """The request headers as the client sent them (with a stripped override header)."""
+        headers = flow.request.headers
+        if (value := flow.metadata.get(OVERRIDE_KEY)) is not None:
+            headers = headers.copy()
+            headers[self.rules_file.rules.override_header] = value
+        return headers
+
+    async def _decide(self, flow: http.HTTPFlow, adapter: Adapter, body: Any, raw: bytes, method: str) -> Decision:
+        """Route one request body, recall and inject memories, and prepare its capture."""
+        t0 = time.perf_counter()
+        req = flow.request
+        model = adapter.model(req.path, body)
+        view = RequestView(
+            method=method,
+            host=req.pretty_host,
+            path=req.path,
+            port=flow.client_conn.sockname[1] if flow.client_conn.sockname else 0,
+            headers=self._headers(flow),
+            body=body,
+            raw_body=raw.decode("utf-8", "replace"),
+            model=model,
+            flow=flow,
+        )
+        route = self.rules_file.rules.match(view)
+        actions = route.actions
+        decision = Decision(route)
+        info = decision.info = {
+            "user_id": route.user_id,
+            "rule": route.rule,
+            "is_default": route.is_default,
+            "adapter": adapter.name,
+            "model": model,
+            "auxiliary": actions.auxiliary,
+            "injected": 0,
+        }
+        if actions.auxiliary or not actions.allows_model(model):
+            info["skipped"] = "auxiliary" if actions.auxiliary else "model not allowed"
+            return decision
+        user = adapter.query(body, "last_user")
+        if actions.recall:
+            query = user if actions.query == "last_user" else adapter.query(body, actions.query)
+            memories = await self._search(route, query)
+            text = protocols.frame_context([m.content for m in memories], route.user_id, actions.max_chars)
+            if text and adapter.inject(body, text, actions.inject):
+                decision.content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                info["injected"] = len(memories)
+        if actions.store and user:
+            metadata = {"client": route.rule or "default", "model": model or "", "adapter": adapter.name}
+            decision.pending = Pending(route.user_id, user, adapter, metadata)
+        info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return decision
+
+    async def _search(self, route: Route, query: str) -> list:
+        """Search the route's scope within the time budget; any failure means no memories."""
+        if not query.strip() or self.store is None:
+            return []
+        a = route.actions
+        try:
+            return await asyncio.wait_for(
+                self.store.search(route.user_id, query, a.max_results, a.threshold),
+                ctx.options.memory_timeout_ms / 1000,
+            )
+        except TimeoutError:
+            self._warn_once("timeout", f"recall took longer than {ctx.options.memory_timeout_ms} ms; went on without memories")
+        except Exception as e:  # noqa: BLE001 - fail open
+            self._warn_once(type(e).__name__, f"recall failed, went on without memories: {_brief(e)}")
+        return []
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("memproxy: %s", message)
+        else:
+            logger.debug("memproxy: %s", message)
+
+    def _annotate(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        """Show the decision in mitmweb: marker, comment and metadata."""
+        info = decision.info
+        flow.metadata["memproxy"] = info
+        flow.marked = MARKER
+        if info.get("skipped"):
+            flow.comment = f"memproxy: {info['user_id']} · rule {info['rule'] or 'default'} · {info['skipped']}, untouched"
+        else:
+            flow.comment = (
+                f"memproxy: {info['user_id']} · rule {info['rule'] or 'default'}"
+                f" · {info['injected']} memories injected · {info.get('ms', 0)} ms"
+            )
+
+    def _answer_info(self, flow: http.HTTPFlow) -> None:
+        """Answer /memory-routing/info with the routing decision for the caller's headers."""
+        req = flow.request
+        view = RequestView(
+            method=req.method,
+            host=req.pretty_host,
+            path=req.path,
+            port=flow.client_conn.sockname[1] if flow.client_conn.sockname else 0,
+            headers=req.headers,
+            flow=flow,
+        )
+        info = self.rules_file.rules.match(view).info()
+        flow.response = http.Response.make(200, json.dumps(info).encode(), {"content-type": "application/json"})
+
+    # -- response path ------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
+        resp = flow.response
+        if not ctx.options.memory_enabled or resp is None:
+            return
+        if "text/event-stream" not in resp.headers.get("content-type", ""):
+            return
+        pending = self.pending.get(flow.id)
+        if pending is None or resp.status_code >= 300:
+            self.pending.pop(flow.id, None)
+            resp.stream = True
+            return
+        pending.parser, pending.reply = SSEParser(), pending.adapter.accumulator()
+        resp.stream = functools.partial(self._tee, flow.id, pending)
+
+    def _tee(self, flow_id: str, pending: Pending, chunk: bytes) -> bytes:
+        """The stream callable: forwards `chunk` unchanged, feeding a copy to capture."""
+        try:
+            if chunk:
+                for event, data in pending.parser.feed(chunk):
+                    pending.reply.feed(event, data)
+            elif self.pending.pop(flow_id, None) is not None:
+                self._remember(pending, pending.reply.text())
+        except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
+            self.pending.pop(flow_id, None)
+            self._warn_once("tee", f"capture of a streamed reply failed: {_brief(e)}")
+        return chunk
+
+    @fail_open
+    async def response(self, flow: http.HTTPFlow) -> None:
+        pending = self.pending.pop(flow.id, None)
+        resp = flow.response
+        if pending is None or resp is None or resp.stream or resp.status_code >= 300:
+            return
+        body = json.loads(resp.get_content())
+        parts = body if isinstance(body, list) else [body]  # Gemini may answer a JSON array of chunks
+        self._remember(pending, "".join(pending.adapter.reply_from_json(p) for p in parts))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.pending.pop(flow.id, None)
+
+    def _remember(self, pending: Pending, reply: str) -> None:
+        turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
+        if turn and self.capture:
+            self.capture.submit(turn)
+
+    # -- WebSocket (OpenAI Responses, as Codex CLI speaks it) ----------------
+
+    @fail_open
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if not ctx.options.memory_enabled or flow.websocket is None or self.rules_file is None:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.is_text:
+            return
+        if not message.from_client:
+            pending = self.pending.get(flow.id)
+            if pending and pending.reply:
+                pending.reply.feed(None, message.text)
+                if pending.reply.done:
+                    del self.pending[flow.id]
+                    self._remember(pending, pending.reply.text())
+            return
+        adapter = protocols.detect_path("POST", flow.request.path)
+        if adapter is None or len(message.content) > ctx.options.memory_max_body:
+            return
+        body = json.loads(message.content)
+        if not isinstance(body, dict) or body.get("type") != "response.create" or not adapter.matches_body(body):
+            return
+        decision = await self._decide(flow, adapter, body, message.content, "POST")
+        if decision.content is not None:
+            message.content = decision.content
+        self.pending.pop(flow.id, None)
+        if decision.pending:
+            decision.pending.reply = adapter.accumulator()
+            self.pending[flow.id] = decision.pending
+        self._annotate(flow, decision)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.pending.pop(flow.id, None)

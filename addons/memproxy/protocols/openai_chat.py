@@ -1,0 +1,146 @@
+"""OpenAI Chat Completions (`POST …/chat/completions`): JetBrains BYOK, Cursor,
+Qwen Code, the OpenAI SDK and most "OpenAI-compatible" tools."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .base import Adapter, ReplyAccumulator
+from .common import (
+    INF,
+    Breakpoint,
+    EventAccumulator,
+    Plan,
+    apply_plan,
+    body_model,
+    body_streams,
+    breakpoints,
+    content_plan,
+    dig,
+    find,
+    join_text,
+    path_matches,
+    select_query,
+    text_parts,
+    user_with_content,
+)
+
+_PATH = re.compile(r"/chat/completions/?$")
+_TEXT = ("text",)
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _is_user(message: dict) -> bool:
+    return message.get("role") == "user"
+
+
+class OpenAIChatAdapter(Adapter):
+    """Positions are keyed (message, part); (message, inf) is a whole message,
+    (message, -1) a new message inserted before it. Some OpenAI-compatible
+    providers honour `cache_control` on messages or parts, so it is respected."""
+
+    name = "openai_chat"
+
+    def matches_path(self, method: str, path: str) -> bool:
+        return path_matches(_PATH, method, path)
+
+    def matches_body(self, body: Any) -> bool:
+        return isinstance(body, dict) and isinstance(body.get("messages"), list)
+
+    def model(self, path: str, body: Any) -> str | None:
+        return body_model(body)
+
+    def is_streaming(self, path: str, body: Any) -> bool:
+        return body_streams(body)
+
+    def query(self, body: Any, strategy: str) -> str:
+        if not self.matches_body(body):
+            return ""
+        turns = (
+            (m["role"], "\n".join(text_parts(m.get("content"), _TEXT)))
+            for m in body["messages"]
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+        )
+        return select_query(turns, strategy)
+
+    def inject(self, body: Any, context: str, strategy: str) -> bool:
+        if not context or not self.matches_body(body):
+            return False
+        messages = body["messages"]
+        plan = self._plan(messages, context, strategy)
+
+        def after(bp: Breakpoint) -> dict:
+            return {"role": "system", "content": context} if bp.container is messages else _text_part(context)
+
+        return plan is not None and apply_plan(plan, self._breakpoints(messages), after)
+
+    @staticmethod
+    def _plan(messages: list, context: str, strategy: str) -> Plan | None:
+        note = {"role": "system", "content": context}
+        if strategy == "dual":
+            i = find(messages, _is_user, last=True)
+            if i is not None:
+                return (i, -1), lambda: messages.insert(i, note)
+            strategy = "system"
+        elif strategy in ("user_prefix", "user_suffix"):
+            i = find(messages, user_with_content, last=True)
+            if i is not None:
+                return content_plan(messages[i], (i,), context, strategy == "user_prefix", _text_part(context))
+            strategy = "system"
+        if strategy != "system":
+            return None
+        i = find(messages, lambda m: m.get("role") in ("system", "developer"))
+        if i is None:
+            return (0, -1), lambda: messages.insert(0, note)
+        message = messages[i]
+        content = message.get("content")
+        if isinstance(content, str):
+            return (i, INF), lambda: message.__setitem__("content", join_text(content, context))
+        if isinstance(content, list):
+            return (i, len(content)), lambda: content.append(_text_part(context))
+        return None
+
+    @staticmethod
+    def _breakpoints(messages: list) -> Iterator[Breakpoint]:
+        for i, message in enumerate(messages):
+            if isinstance(message, dict):
+                yield from breakpoints(message.get("content"), (i,))
+                if message.get("cache_control") is not None:
+                    yield Breakpoint((i, INF), messages, i)
+
+    def reply_from_json(self, body: Any) -> str:
+        return "".join(text_parts(dig(body, "choices", 0, "message", "content"), _TEXT))
+
+    def accumulator(self) -> ReplyAccumulator:
+        return _Accumulator()
+
+    def error_body(self, status: int, message: str, error_type: str) -> dict:
+        return openai_error(status, message, error_type)
+
+
+def openai_error(status: int, message: str, error_type: str) -> dict:
+    """OpenAI's error shape (`code` as LiteLLM's proxy fills it: the status as a string)."""
+    return {"error": {"message": message, "type": error_type, "param": None, "code": str(status)}}
+
+
+class _Accumulator(EventAccumulator):
+    """chat.completion.chunk deltas of choice 0, until a finish_reason or [DONE]."""
+
+    def feed(self, event: str | None, data: str) -> None:
+        if isinstance(data, str) and data.strip() == "[DONE]":
+            self._done = True
+        else:
+            super().feed(event, data)
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self.add("".join(text_parts(dig(choice, "delta", "content"), _TEXT)))
+                if choice.get("finish_reason"):
+                    self._done = True

@@ -1,0 +1,152 @@
+"""OpenAI Responses (`POST …/responses`, and `response.create` messages over a
+WebSocket as Codex CLI sends them): Codex, opencode, the OpenAI SDK."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .base import INJECT_STRATEGIES, Adapter, ReplyAccumulator
+from .common import (
+    EventAccumulator,
+    body_model,
+    body_streams,
+    content_plan,
+    find,
+    join_text,
+    path_matches,
+    select_query,
+    text_parts,
+    user_with_content,
+)
+from .openai_chat import openai_error
+
+_PATH = re.compile(r"/responses/?$")
+_TEXT = ("input_text", "output_text", "text")
+_OUTPUT_TEXT = ("output_text",)
+_TERMINAL = ("response.completed", "response.failed", "response.incomplete")
+
+
+def _is_message(item: dict, role: str) -> bool:
+    return item.get("type", "message") == "message" and item.get("role") == role
+
+
+def _is_user(item: dict) -> bool:
+    return _is_message(item, "user")
+
+
+def _input_text(text: str) -> dict:
+    return {"type": "input_text", "text": text}
+
+
+def output_text(response: Any) -> str:
+    """The text of a Response object's output messages."""
+    if not isinstance(response, dict):
+        return ""
+    output = response.get("output")
+    texts = [
+        "\n".join(text_parts(item.get("content"), _OUTPUT_TEXT))
+        for item in (output if isinstance(output, list) else ())
+        if isinstance(item, dict) and _is_message(item, "assistant")
+    ]
+    text = "\n".join(filter(None, texts))
+    convenience = response.get("output_text")
+    return text or (convenience if isinstance(convenience, str) else "")
+
+
+class OpenAIResponsesAdapter(Adapter):
+    """No `cache_control` here: OpenAI caches prefixes automatically, so `dual`
+    keeps `instructions` and earlier input items untouched."""
+
+    name = "openai_responses"
+
+    def matches_path(self, method: str, path: str) -> bool:
+        return path_matches(_PATH, method, path)
+
+    def matches_body(self, body: Any) -> bool:
+        if not isinstance(body, dict):
+            return False
+        return isinstance(body.get("input"), (str, list)) or body.get("type") == "response.create"
+
+    def model(self, path: str, body: Any) -> str | None:
+        return body_model(body)
+
+    def is_streaming(self, path: str, body: Any) -> bool:
+        return body_streams(body)
+
+    def query(self, body: Any, strategy: str) -> str:
+        if not self.matches_body(body):
+            return ""
+        items = body.get("input")
+        if isinstance(items, str):
+            return select_query([("user", items)], strategy)
+        turns = (
+            (item["role"], "\n".join(text_parts(item.get("content"), _TEXT)))
+            for item in (items if isinstance(items, list) else ())
+            if isinstance(item, dict) and (_is_user(item) or _is_message(item, "assistant"))
+        )
+        return select_query(turns, strategy)
+
+    def inject(self, body: Any, context: str, strategy: str) -> bool:
+        if not context or not self.matches_body(body):
+            return False
+        change = self._plan(body, context, strategy)
+        if change is None:
+            return False
+        change()
+        return True
+
+    @staticmethod
+    def _plan(body: dict, context: str, strategy: str) -> Callable[[], None] | None:
+        items = body.get("input")
+        note = {"type": "message", "role": "developer", "content": [_input_text(context)]}
+        if strategy == "dual" and isinstance(items, str):
+            user = {"type": "message", "role": "user", "content": [_input_text(items)]}
+            return lambda: body.__setitem__("input", [note, user])
+        if strategy in ("user_prefix", "user_suffix") and isinstance(items, str):
+            text = join_text(context, items) if strategy == "user_prefix" else join_text(items, context)
+            return lambda: body.__setitem__("input", text)
+        if strategy == "dual" and isinstance(items, list):
+            i = find(items, _is_user, last=True)
+            if i is not None:
+                return lambda: items.insert(i, note)
+        if strategy in ("user_prefix", "user_suffix") and isinstance(items, list):
+            i = find(items, lambda m: _is_user(m) and user_with_content(m), last=True)
+            if i is not None:
+                return content_plan(items[i], (i,), context, strategy == "user_prefix", _input_text(context))[1]
+        if strategy not in INJECT_STRATEGIES:
+            return None
+        instructions = body.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            return None
+        return lambda: body.__setitem__("instructions", join_text(instructions or "", context))
+
+    def reply_from_json(self, body: Any) -> str:
+        return output_text(body)
+
+    def accumulator(self) -> ReplyAccumulator:
+        return _Accumulator()
+
+    def error_body(self, status: int, message: str, error_type: str) -> dict:
+        return openai_error(status, message, error_type)
+
+
+class _Accumulator(EventAccumulator):
+    """response.output_text.delta events until response.completed (or failed /
+    incomplete); the final Response's own output text wins when it has one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._final = ""
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        kind = obj.get("type", event)
+        if kind == "response.output_text.delta":
+            self.add(obj.get("delta"), obj.get("output_index"), obj.get("content_index"))
+        elif kind in _TERMINAL:
+            self._done = True
+            self._final = output_text(obj.get("response"))
+
+    def text(self) -> str:
+        return self._final or super().text()

@@ -1,0 +1,808 @@
+"""YAML memory-routing rules: load and validate `rules/memory.yaml`, match a request to a Route.
+
+Everything is compiled at load; `Rules.match` only evaluates precompiled
+conditions, cheap ones (method, port, host, path, headers) before the body.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from mitmproxy import flowfilter
+from mitmproxy.http import Headers
+
+from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES
+
+logger = logging.getLogger(__name__)
+
+ROUTES: tuple[str, ...] = ("passthrough", "sdk", "supermemory_router")
+SDK_KEYS: tuple[str, ...] = ("model", "api_base", "api_key")
+BUILTIN_VARS: tuple[str, ...] = ("host", "path", "method", "port", "model", "project")
+# Sections of a LiteLLM config that may share the file; ignored here.
+IGNORED_SECTIONS: tuple[str, ...] = (
+    "model_list", "general_settings", "litellm_settings", "router_settings", "mcp_servers",
+)
+
+_INVALID_ID_CHAR = re.compile(r"[^A-Za-z0-9._:@/+-]")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:@/+-]{1,128}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name or method
+_HOST_GLOB = re.compile(r"[A-Za-z0-9.*?\[\]!_-]+")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_SLUG_RUN = re.compile(r"[^a-z0-9._-]+")
+
+
+def sanitize_user_id(value: str) -> str:
+    """A user id safe for any store: invalid characters become "-", at most 128 characters."""
+    return _INVALID_ID_CHAR.sub("-", value)[:128]
+
+
+def _basename(value: str) -> str:
+    return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+FILTERS: dict[str, Callable[[str], str]] = {
+    "basename": _basename,
+    "slug": lambda v: _SLUG_RUN.sub("-", v.lower()).strip("-"),
+    "lower": str.lower,
+    "upper": str.upper,
+    "hash": lambda v: hashlib.sha256(v.encode("utf-8", "surrogatepass")).hexdigest()[:12],
+}
+
+
+class RulesError(Exception):
+    """Invalid rules. Each line of str(e) reads "FILE:LINE: KEY.PATH: message"."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What to do with a routed request. Auxiliary requests are neither recalled nor stored."""
+
+    recall: bool = True
+    store: bool = True
+    auxiliary: bool = False
+    query: str = "last_user"
+    inject: str = "dual"
+    max_results: int = 5
+    max_chars: int = 4000
+    threshold: float = 0.0
+    models_allow: tuple[str, ...] = ()
+    models_deny: tuple[str, ...] = ()
+    route: str = "passthrough"
+    sdk: Mapping[str, str] | None = None
+    _allow: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _deny: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_allow", tuple(re.compile(p) for p in self.models_allow))
+        object.__setattr__(self, "_deny", tuple(re.compile(p) for p in self.models_deny))
+
+    def allows_model(self, model: str | None) -> bool:
+        """Whether recall/store apply to `model` (an unknown model fails a non-empty allow list)."""
+        model = model or ""
+        if self._allow and not any(p.search(model) for p in self._allow):
+            return False
+        return not any(p.search(model) for p in self._deny)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What rules look at. Plain-dict headers are lower-cased for case-insensitive lookup."""
+
+    method: str = "GET"
+    host: str = ""
+    path: str = "/"
+    port: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    raw_body: str | None = None
+    model: str | None = None
+    project: str | None = None
+    flow: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, Headers):
+            headers = {str(k).lower(): v for k, v in (self.headers or {}).items()}
+            object.__setattr__(self, "headers", headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The routing decision for one request."""
+
+    user_id: str
+    rule: str | None
+    is_default: bool
+    matched_pattern: dict | None
+    custom_header_present: bool
+    actions: Actions
+    captures: Mapping[str, str]
+
+    def info(self) -> dict:
+        """Flat JSON for /memory-routing/info."""
+        a = self.actions
+        return {
+            "user_id": self.user_id,
+            "matched_pattern": self.matched_pattern,
+            "rule": self.rule,
+            "is_default": self.is_default,
+            "custom_header_present": self.custom_header_present,
+            "recall": a.recall,
+            "store": a.store,
+            "auxiliary": a.auxiliary,
+            "query": a.query,
+            "inject": a.inject,
+            "route": a.route,
+        }
+
+
+# --- compiled rules -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    name: str  # as written
+    key: str  # lower-cased, for lookup
+    pattern: re.Pattern[str] | None  # None: the header must be absent
+    negate: bool  # "!regex": must not match (absent is fine)
+
+
+# A template part: literal text, or (variable, filters).
+_Part = str | tuple[str, tuple[Callable[[str], str], ...]]
+# A JSON path segment: "*" or (key, index-or-None).
+_Seg = str | tuple[str, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    actions: Actions
+    template: tuple[_Part, ...] | None = None  # None: the default user id
+    allow_override: bool = True
+    methods: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+    host: re.Pattern[str] | None = None
+    path: re.Pattern[str] | None = None
+    headers: tuple[_Header, ...] = ()
+    model: re.Pattern[str] | None = None
+    project: re.Pattern[str] | None = None
+    filter: Callable[[Any], bool] | None = None
+    body: tuple[re.Pattern[str], ...] = ()
+    json: tuple[tuple[tuple[_Seg, ...], re.Pattern[str]], ...] = ()
+
+    def captures(self, req: RequestView) -> dict[str, str] | None:
+        """The named groups captured if every condition holds, else None."""
+        caps: dict[str, str] = {}
+        if self.methods and (req.method or "").upper() not in self.methods:
+            return None
+        if self.ports and req.port not in self.ports:
+            return None
+        if self.host and not self.host.match(req.host or ""):
+            return None
+        if self.path and not _search(self.path, req.path, caps):
+            return None
+        for h in self.headers:
+            value = req.headers.get(h.key)
+            if h.pattern is None:
+                ok = value is None
+            elif h.negate:
+                ok = not isinstance(value, str) or not h.pattern.search(value)
+            else:
+                ok = _search(h.pattern, value, caps)
+            if not ok:
+                return None
+        if self.model and not _search(self.model, req.model, caps):
+            return None
+        if self.project and not _search(self.project, req.project, caps):
+            return None
+        if self.filter and (req.flow is None or not self.filter(req.flow)):
+            return None
+        for pattern in self.body:
+            if not _search(pattern, req.raw_body, caps):
+                return None
+        for segs, pattern in self.json:
+            if not any(_search(pattern, _text(node), caps) for node in _walk(req.body, segs)):
+                return None
+        return caps
+
+    def user_id(self, req: RequestView, caps: Mapping[str, str], default: str) -> str | None:
+        """The rendered user id, or None if a template variable is missing or empty."""
+        if self.template is None:
+            return default
+        out = []
+        for part in self.template:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            name, filters = part
+            value = (caps.get(name) or _builtin(req, name)).strip()
+            for f in filters:
+                value = f(value) if value else value
+            if not value:
+                return None
+            out.append(value)
+        return sanitize_user_id("".join(out))
+
+    def matched_pattern(self, req: RequestView, user_id: str) -> dict | None:
+        """The first header condition that had to match, as the legacy info endpoint showed it."""
+        for h in self.headers:
+            if h.pattern is not None and not h.negate:
+                value = req.headers.get(h.key)
+                return {"header": h.name, "value": value, "pattern": h.pattern.pattern, "user_id": user_id}
+        return None
+
+
+def _search(pattern: re.Pattern[str], text: Any, caps: dict[str, str]) -> bool:
+    if not isinstance(text, str):
+        return False
+    m = pattern.search(text)
+    if m is None:
+        return False
+    for k, v in m.groupdict().items():
+        if v is not None:
+            caps.setdefault(k, v)
+    return True
+
+
+def _builtin(req: RequestView, name: str) -> str:
+    value = getattr(req, name, None) if name in BUILTIN_VARS else None
+    return str(value) if value else ""
+
+
+def _walk(node: Any, segs: tuple[_Seg, ...]) -> Iterator[Any]:
+    """The nodes a JSON path selects, lazily."""
+    if not segs:
+        yield node
+        return
+    seg, rest = segs[0], segs[1:]
+    if seg == "*":
+        children: Any = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    elif isinstance(node, dict):
+        children = (node[seg[0]],) if seg[0] in node else ()
+    elif isinstance(node, list) and seg[1] is not None and -len(node) <= seg[1] < len(node):
+        children = (node[seg[1]],)
+    else:
+        children = ()
+    for child in children:
+        yield from _walk(child, rest)
+
+
+def _text(node: Any) -> str:
+    """All string leaves under `node` joined by newlines; other scalars as compact JSON."""
+    out: list[str] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, str):
+            out.append(n)
+        elif isinstance(n, dict):
+            stack.extend(reversed(list(n.values())))
+        elif isinstance(n, list):
+            stack.extend(reversed(n))
+        else:
+            out.append(json.dumps(n))
+    return "\n".join(out)
+
+
+# --- loading and validation -----------------------------------------------------------------
+
+_ACTION_KEYS = (
+    "recall", "store", "auxiliary", "query", "inject", "max_results", "max_chars", "threshold",
+    "models", "route", "sdk",
+)
+_RULE_KEYS = ("name", "match", "user_id", "allow_override", *_ACTION_KEYS)
+_MATCH_KEYS = ("filter", "host", "path", "method", "port", "headers", "body", "json", "model", "project")
+_TOP_KEYS = (
+    "version", "default_user_id", "override_header", "defaults", "rules",
+    "user_id_mappings", "context_retrieval", *IGNORED_SECTIONS,
+)
+_LEGACY_MAPPING_KEYS = ("custom_header", "header_patterns", "default_user_id")
+_LEGACY_PATTERN_KEYS = ("header", "pattern", "user_id")
+# context_retrieval key -> Actions field (enabled_for_models, api_key, container_tag: by hand)
+_LEGACY_ACTIONS = {
+    "enabled": "recall",
+    "query_strategy": "query",
+    "injection_strategy": "inject",
+    "max_context_length": "max_chars",
+    "max_results": "max_results",
+}
+_LEGACY_RETRIEVAL_KEYS = (*_LEGACY_ACTIONS, "enabled_for_models", "api_key", "container_tag")
+
+_Path = tuple[str | int, ...]
+
+
+def _format_path(path: _Path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _type_name(v: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a whole number", float: "a decimal number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+class _Loader:
+    """Turns YAML text into rules, collecting errors that name file, line and key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[tuple[int, str]] = []
+        self.lines: dict[_Path, tuple[int, int]] = {}  # path -> (line of key, line of value)
+
+    def error(self, path: _Path, message: str, *, at_key: bool = False, line: int | None = None) -> None:
+        """Record an error; returns None so checkers can `return self.error(...)`."""
+        line = line or self._line(path, at_key)
+        where = f"{_format_path(path)}: " if path else ""
+        self.errors.append((line, f"{self.source}:{line}: {where}{message}"))
+
+    def _line(self, path: _Path, at_key: bool) -> int:
+        while path not in self.lines and path:
+            path, at_key = path[:-1], False
+        key_line, value_line = self.lines.get(path, (1, 1))
+        return key_line if at_key else value_line
+
+    def fail(self) -> RulesError:
+        return RulesError([msg for _, msg in sorted(self.errors, key=lambda e: e[0])])
+
+    # -- YAML to plain data, remembering lines --
+
+    def parse(self, text: str) -> Any:
+        """Plain data from YAML text, remembering every key's and value's line."""
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            return self._data(loader, node, (), 1) if node is not None else None
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line, problem = (mark.line + 1 if mark else 1), " ".join(filter(None, (e.context, e.problem)))
+        except yaml.YAMLError as e:
+            line, problem = 1, str(e)
+        except RecursionError:
+            line, problem = 1, "recursive alias"
+        finally:
+            loader.dispose()
+        raise RulesError([f"{self.source}:{line}: invalid YAML: {problem}"])
+
+    def _data(self, loader: yaml.SafeLoader, node: yaml.Node, path: _Path, key_line: int) -> Any:
+        self.lines[path] = (key_line, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            out: dict[str, Any] = {}
+            for k, v in node.value:
+                line = k.start_mark.line + 1
+                if not isinstance(k, yaml.ScalarNode):
+                    self.error(path, "keys must be plain strings", line=line)
+                    continue
+                key = k.value
+                if key in out:
+                    first = self.lines[path + (key,)][0]
+                    self.error(path + (key,), f"duplicate key (first at line {first})", line=line)
+                    continue
+                out[key] = self._data(loader, v, path + (key,), line)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._data(loader, v, path + (i,), v.start_mark.line + 1) for i, v in enumerate(node.value)]
+        return loader.construct_object(node)
+
+    # -- typed checkers: return the checked value, or None after recording an error --
+
+    def mapping(self, path: _Path, v: Any, keys: tuple[str, ...], *, empty_ok: bool = True) -> dict | None:
+        if v is None and empty_ok:
+            return {}
+        if not isinstance(v, dict):
+            return self.error(path, f"expected a mapping, got {_type_name(v)}")
+        for k in v:
+            if k not in keys:
+                hint = difflib.get_close_matches(k, keys, n=1)
+                self.error(path + (k,), "unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+                           at_key=True)
+        return v
+
+    def table(self, path: _Path, v: Any) -> dict | None:
+        """A non-empty mapping with free-form keys."""
+        if not isinstance(v, dict):
+            return self.error(path, f"expected a mapping, got {_type_name(v)}")
+        if not v:
+            return self.error(path, "must not be empty")
+        return v
+
+    def string(self, path: _Path, v: Any, *, nonempty: bool = True) -> str | None:
+        if not isinstance(v, str):
+            return self.error(path, f"expected a string, got {_type_name(v)}")
+        if nonempty and not v.strip():
+            return self.error(path, "must not be empty")
+        return v
+
+    def items(self, path: _Path, v: Any) -> list[tuple[_Path, Any]]:
+        """A value or a non-empty list of values, each with its own path."""
+        items = [(path + (i,), x) for i, x in enumerate(v)] if isinstance(v, list) else [(path, v)]
+        if not items:
+            self.error(path, "must not be an empty list")
+        return items
+
+    def strings(self, path: _Path, v: Any) -> list[tuple[_Path, str]]:
+        """A string or a list of strings, each with its own path."""
+        return [(p, x) for p, x in self.items(path, v) if self.string(p, x) is not None]
+
+    def boolean(self, path: _Path, v: Any) -> bool | None:
+        if not isinstance(v, bool):
+            return self.error(path, f"expected true or false, got {_type_name(v)}")
+        return v
+
+    def integer(self, path: _Path, v: Any, maximum: int | None = None) -> int | None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            return self.error(path, f"expected a whole number, got {_type_name(v)}")
+        if v < 0:
+            return self.error(path, f"must not be negative, got {v}")
+        if maximum is not None and v > maximum:
+            return self.error(path, f"must be at most {maximum}, got {v}")
+        return v
+
+    def fraction(self, path: _Path, v: Any) -> float | None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return self.error(path, f"expected a number, got {_type_name(v)}")
+        if not 0 <= v <= 1:
+            return self.error(path, f"must be between 0 and 1, got {v}")
+        return float(v)
+
+    def choice(self, path: _Path, v: Any, choices: tuple[str, ...], what: str) -> str | None:
+        if self.string(path, v) is None:
+            return None
+        if v not in choices:
+            hint = difflib.get_close_matches(v, choices, n=1)
+            extra = f"did you mean '{hint[0]}'? " if hint else ""
+            return self.error(path, f"unknown {what} '{v}' ({extra}expected one of: {', '.join(choices)})")
+        return v
+
+    def regex(self, path: _Path, v: Any) -> re.Pattern[str] | None:
+        if self.string(path, v, nonempty=False) is None:
+            return None
+        try:
+            return re.compile(v)
+        except re.error as e:
+            return self.error(path, f"invalid regex '{v}': {e.msg}")
+
+    def token(self, path: _Path, v: Any, what: str) -> str | None:
+        if self.string(path, v) is None:
+            return None
+        if not _TOKEN.fullmatch(v):
+            return self.error(path, f"invalid {what} '{v}'")
+        return v
+
+    # -- sections --
+
+    def actions(self, path: _Path, m: dict, names: Mapping[str, str]) -> dict[str, Any]:
+        """Actions fields set in mapping `m`; `names` maps its keys to Actions fields."""
+        kw: dict[str, Any] = {}
+        for key, name in names.items():
+            if key not in m:
+                continue
+            p, v = path + (key,), m[key]
+            if name in ("recall", "store", "auxiliary"):
+                value = self.boolean(p, v)
+            elif name == "query":
+                value = self.choice(p, v, QUERY_STRATEGIES, "query strategy")
+            elif name == "inject":
+                value = self.choice(p, v, INJECT_STRATEGIES, "injection strategy")
+            elif name == "route":
+                value = self.choice(p, v, ROUTES, "route")
+            elif name in ("max_results", "max_chars"):
+                value = self.integer(p, v)
+            elif name == "threshold":
+                value = self.fraction(p, v)
+            elif name == "models":
+                models = self.mapping(p, v, ("allow", "deny")) or {}
+                for sub in ("allow", "deny"):
+                    if sub in models:
+                        items = self.strings(p + (sub,), models[sub])
+                        kw[f"models_{sub}"] = tuple(x for q, x in items if self.regex(q, x) is not None)
+                continue
+            else:  # sdk
+                sdk = self.mapping(p, v, SDK_KEYS, empty_ok=False)
+                value = None
+                if sdk is not None:
+                    value = MappingProxyType({k: x for k, x in sdk.items() if self.string(p + (k,), x) is not None})
+            if value is not None:
+                kw[name] = value
+        return kw
+
+    def match(self, path: _Path, m: dict) -> tuple[dict[str, Any], set[str]]:
+        """_Rule keyword arguments for a `match:` mapping, and the named groups it captures."""
+        kw: dict[str, Any] = {}
+        groups: set[str] = set()
+
+        def capture(p: _Path, v: Any) -> re.Pattern[str] | None:
+            pattern = self.regex(p, v)
+            if pattern is not None:
+                groups.update(pattern.groupindex)
+            return pattern
+
+        if "filter" in m and self.string(path + ("filter",), m["filter"]) is not None:
+            try:
+                kw["filter"] = flowfilter.parse(m["filter"])
+            except ValueError as e:
+                cause = f": {e.__cause__}" if e.__cause__ else ""
+                self.error(path + ("filter",), f"invalid filter expression '{m['filter']}'{cause}")
+        if "host" in m:
+            globs = []
+            for p, g in self.strings(path + ("host",), m["host"]):
+                if _HOST_GLOB.fullmatch(g):
+                    globs.append(fnmatch.translate(g.lower()))
+                else:
+                    self.error(p, f"invalid host glob '{g}'")
+            if globs:
+                kw["host"] = re.compile("|".join(globs), re.IGNORECASE)
+        for key in ("path", "model", "project"):
+            if key in m and (pattern := capture(path + (key,), m[key])) is not None:
+                kw[key] = pattern
+        if "method" in m:
+            items = self.strings(path + ("method",), m["method"])
+            kw["methods"] = frozenset(x.upper() for p, x in items if self.token(p, x, "method"))
+        if "port" in m:
+            items = self.items(path + ("port",), m["port"])
+            kw["ports"] = frozenset(x for p, x in items if self.integer(p, x, 65535) is not None)
+        if "headers" in m and (headers := self.table(path + ("headers",), m["headers"])):
+            conds = []
+            for name, v in headers.items():
+                p = path + ("headers", name)
+                if not _TOKEN.fullmatch(name):
+                    self.error(p, f"invalid header name '{name}'", at_key=True)
+                elif v is None:
+                    conds.append(_Header(name, name.lower(), None, False))
+                elif isinstance(v, str) and v.startswith("!"):
+                    if (pattern := self.regex(p, v[1:])) is not None:
+                        conds.append(_Header(name, name.lower(), pattern, True))
+                elif (pattern := capture(p, v)) is not None:
+                    conds.append(_Header(name, name.lower(), pattern, False))
+            kw["headers"] = tuple(conds)
+        if "body" in m:
+            kw["body"] = tuple(x for p, v in self.strings(path + ("body",), m["body"]) if (x := capture(p, v)))
+        if "json" in m and (paths := self.table(path + ("json",), m["json"])):
+            conds = []
+            for key, v in paths.items():
+                p = path + ("json", key)
+                parts = key.split(".")
+                if "" in parts:
+                    self.error(p, f"invalid JSON path '{key}': empty segment", at_key=True)
+                elif (pattern := capture(p, v)) is not None:
+                    segs = tuple(s if s == "*" else (s, int(s) if re.fullmatch(r"-?\d+", s) else None) for s in parts)
+                    conds.append((segs, pattern))
+            kw["json"] = tuple(conds)
+        return kw, groups
+
+    def template(self, path: _Path, v: Any, groups: set[str]) -> tuple[_Part, ...] | None:
+        """A user_id template: literal text with {var|filter|...} placeholders."""
+        if self.string(path, v) is None:
+            return None
+        if _PLACEHOLDER.sub("", v).count("{") or _PLACEHOLDER.sub("", v).count("}"):
+            return self.error(path, f"unbalanced braces in template '{v}'")
+        parts: list[_Part] = []
+        valid = True
+        for i, text in enumerate(_PLACEHOLDER.split(v)):
+            if i % 2 == 0:  # literal text between placeholders
+                if text:
+                    parts.append(text)
+                continue
+            name, *filters = (s.strip() for s in text.split("|"))
+            if name not in groups and name not in BUILTIN_VARS:
+                valid = False
+                known = ", ".join([*sorted(groups), *BUILTIN_VARS])
+                self.error(path, f"unknown template variable '{name}' (known here: {known})")
+            for f in filters:
+                if f not in FILTERS:
+                    valid = False
+                    self.error(path, f"unknown template filter '{f}' (expected one of: {', '.join(FILTERS)})")
+            parts.append((name, tuple(FILTERS.get(f, str) for f in filters)))
+        return tuple(parts) if valid else None
+
+    def rule(self, path: _Path, v: Any, base: dict[str, Any]) -> _Rule | None:
+        m = self.mapping(path, v, _RULE_KEYS, empty_ok=False)
+        if m is None:
+            return None
+        name = self.string(path + ("name",), m["name"]) if "name" in m else _format_path(path)
+        conditions = self.mapping(path + ("match",), m.get("match"), _MATCH_KEYS) or {}
+        kw, groups = self.match(path + ("match",), conditions)
+        if "user_id" in m:
+            kw["template"] = self.template(path + ("user_id",), m["user_id"], groups)
+        if "allow_override" in m:
+            kw["allow_override"] = self.boolean(path + ("allow_override",), m["allow_override"])
+        actions = self.actions(path, m, {k: k for k in _ACTION_KEYS})
+        return _Rule(name=name or "", actions=_make_actions({**base, **actions}), **kw)
+
+    def legacy_rules(self, path: _Path, v: Any, defaults: Actions) -> list[_Rule]:
+        """`header_patterns: [{header, pattern, user_id}]` of the earlier implementation."""
+        if not isinstance(v, list):
+            self.error(path, f"expected a list, got {_type_name(v)}")
+            return []
+        rules = []
+        for i, item in enumerate(v):
+            p = path + (i,)
+            m = self.mapping(p, item, _LEGACY_PATTERN_KEYS, empty_ok=False)
+            if m is None:
+                continue
+            missing = [key for key in _LEGACY_PATTERN_KEYS if key not in m]
+            for key in missing:
+                self.error(p, f"missing key '{key}'")
+            if missing:
+                continue
+            header = self.token(p + ("header",), m["header"], "header name")
+            pattern = self.regex(p + ("pattern",), m["pattern"])
+            user_id = self.string(p + ("user_id",), m["user_id"])
+            if header and pattern and user_id:
+                rules.append(_Rule(
+                    name=f"header_patterns[{i}]", actions=defaults, template=(user_id,),
+                    headers=(_Header(header, header.lower(), pattern, False),),
+                ))
+        return rules
+
+    def legacy_retrieval(self, path: _Path, v: Any, legacy: dict[str, Any]) -> dict[str, Any]:
+        """`context_retrieval:` of the earlier implementation, as Actions fields."""
+        m = self.mapping(path, v, _LEGACY_RETRIEVAL_KEYS)
+        if m is None:
+            return {}
+        kw = self.actions(path, m, _LEGACY_ACTIONS)
+        if "enabled_for_models" in m:
+            items = self.strings(path + ("enabled_for_models",), m["enabled_for_models"])
+            kw["models_allow"] = tuple(f"^{re.escape(x)}$" for _, x in items)
+        for key in ("api_key", "container_tag"):
+            if key in m and self.string(path + (key,), m[key]) is not None:
+                legacy[key] = m[key]
+        return kw
+
+    def load(self, text: str) -> Rules:
+        doc = self.mapping((), self.parse(text), _TOP_KEYS)
+        if doc is None:
+            raise self.fail()
+        if "version" in doc and (doc["version"] != 1 or isinstance(doc["version"], bool)):
+            self.error(("version",), f"unsupported version {doc['version']!r} (expected 1)")
+        mappings = self.mapping(("user_id_mappings",), doc.get("user_id_mappings"), _LEGACY_MAPPING_KEYS) or {}
+        legacy: dict[str, Any] = {}
+        base = self.legacy_retrieval(("context_retrieval",), doc["context_retrieval"], legacy) \
+            if "context_retrieval" in doc else {}
+        defaults = self.mapping(("defaults",), doc.get("defaults"), _ACTION_KEYS) or {}
+        base.update(self.actions(("defaults",), defaults, {k: k for k in _ACTION_KEYS}))
+
+        # New-format keys win over the legacy ones.
+        default_user_id = "default"
+        for section, path in ((mappings, ("user_id_mappings", "default_user_id")), (doc, ("default_user_id",))):
+            if path[-1] in section and (value := self.string(path, section[path[-1]])) is not None:
+                default_user_id = value.strip()
+        override_header = "x-memory-user-id"
+        for section, path in ((mappings, ("user_id_mappings", "custom_header")), (doc, ("override_header",))):
+            if path[-1] in section and (value := self.token(path, section[path[-1]], "header name")):
+                override_header = value.lower()
+
+        rules: list[_Rule] = []
+        items = doc.get("rules")
+        if items is not None and not isinstance(items, list):
+            self.error(("rules",), f"expected a list, got {_type_name(items)}")
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if (rule := self.rule(("rules", i), item, base)) is None:
+                continue
+            if rule.name in seen:
+                self.error(("rules", i, "name"), f"duplicate rule name '{rule.name}' (also rules[{seen[rule.name]}])")
+            seen.setdefault(rule.name, i)
+            rules.append(rule)
+        actions = _make_actions(base)
+        if "header_patterns" in mappings:
+            rules += self.legacy_rules(("user_id_mappings", "header_patterns"), mappings["header_patterns"], actions)
+        if self.errors:
+            raise self.fail()
+        return Rules(self.source, sanitize_user_id(default_user_id), override_header, actions, tuple(rules), legacy)
+
+
+def _make_actions(kw: dict[str, Any]) -> Actions:
+    if kw.get("auxiliary"):
+        kw = {**kw, "recall": False, "store": False}
+    return Actions(**kw)
+
+
+class Rules:
+    """Validated, compiled memory-routing rules."""
+
+    def __init__(
+        self,
+        source: str,
+        default_user_id: str,
+        override_header: str,
+        defaults: Actions,
+        rules: tuple[_Rule, ...],
+        legacy: dict[str, Any],
+    ) -> None:
+        self.source = source
+        self.default_user_id = default_user_id
+        self.override_header = override_header
+        self.defaults = defaults
+        self.legacy = legacy  # api_key (usually an os.environ/ reference), container_tag
+        self._rules = rules
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Rules:
+        """Load a rules file; raises RulesError."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RulesError([f"{path}: cannot read rules file: {e}"]) from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Rules:
+        """Parse rules from YAML text; raises RulesError."""
+        return _Loader(source).load(text)
+
+    def match(self, req: RequestView) -> Route:
+        """The route for a request: first matching rule, else the default. Never raises."""
+        try:
+            return self._match(req)
+        except Exception:  # routing must never break a request
+            logger.exception("memory rules: matching failed, using the default user id")
+            return Route(self.default_user_id, None, True, None, False, self.defaults, {})
+
+    def _match(self, req: RequestView) -> Route:
+        for rule in self._rules:
+            caps = rule.captures(req)
+            if caps is not None and (user_id := rule.user_id(req, caps, self.default_user_id)) is not None:
+                break
+        else:
+            rule, user_id, caps = None, self.default_user_id, {}
+        route_user_id = user_id
+        override = req.headers.get(self.override_header)
+        if isinstance(override, str) and (rule is None or rule.allow_override):
+            if _VALID_ID.fullmatch(value := override.strip()):
+                route_user_id = value
+        return Route(
+            user_id=route_user_id,
+            rule=rule.name if rule else None,
+            is_default=rule is None,
+            matched_pattern=rule.matched_pattern(req, user_id) if rule else None,
+            custom_header_present=override is not None,
+            actions=rule.actions if rule else self.defaults,
+            captures=MappingProxyType(caps),
+        )
+
+
+class RulesFile:
+    """A rules file, reloaded by `check()` when it changes; a bad edit keeps the last good rules."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self._stamp = self._stat()
+        self.rules = Rules.load(path)  # raises RulesError: there are no last good rules yet
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def check(self) -> tuple[bool, str | None]:
+        """Reload if the file changed: (True, None) on a reload, (False, why) on a bad edit,
+        (False, None) if unchanged. Blocking: run it in a worker thread."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False, None
+        self._stamp = stamp
+        try:
+            self.rules = Rules.load(self.path)
+        except RulesError as e:
+            return False, str(e)
+        return True, None

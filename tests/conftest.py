@@ -1,0 +1,331 @@
+"""Shared fixtures: the fake upstream, a real mitmdump subprocess, and SDK clients pointed through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anthropic
+import httpx
+import httpx2  # the HTTP client the openai and anthropic SDKs are built on
+import openai
+import pytest
+from mitmproxy import certs
+from websockets.sync.client import connect
+
+from fakes import FakeUpstream, codex_request
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKES = Path(__file__).resolve().parent / "fakes"
+REDIRECT = FAKES / "redirect.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+READY_TIMEOUT = 30.0
+STARTUP_GRACE = 0.2
+# Variables that would leak the developer's setup into the proxy under test.
+SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
+
+Via = Literal["proxy", "reverse"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MitmdumpProc:
+    """A mitmdump subprocess on 127.0.0.1, its output captured to a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], confdir: Path, port: int, log_path: Path) -> None:
+        self.argv, self.env, self.confdir, self.port, self.log_path = argv, env, confdir, port, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    base_url = proxy_url  # reverse mode: clients talk to the proxy as if it were the API
+
+    @property
+    def ca_path(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts the mitmproxy CA (regular mode over HTTPS)."""
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> MitmdumpProc:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            try:  # mitmdump exits right after it starts listening if a script logged an error
+                self.process.wait(STARTUP_GRACE)
+            except subprocess.TimeoutExpired:
+                return self
+        code = self.process.poll()
+        self.kill()
+        state = f"exited with {code}" if code is not None else f"not listening after {READY_TIMEOUT:.0f} s"
+        raise RuntimeError(f"mitmdump {state}: {' '.join(self.argv)}\n{self.log_text()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate gracefully (addons' done hooks run); kill if that takes too long."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> MitmdumpProc:
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def mitm_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A confdir holding a mitmproxy CA, generated once per session."""
+    confdir = tmp_path_factory.mktemp("mitm-ca")
+    certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    return confdir
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpProc]]:
+    """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=) -> MitmdumpProc``.
+
+    ``addon`` is a script path relative to the repository (or absolute), or None.
+    With ``upstream``, reverse mode targets it, and regular mode loads
+    fakes/redirect.py (after the other scripts) so the real API hosts land on it.
+    Every process is stopped at teardown.
+    """
+    procs: list[MitmdumpProc] = []
+
+    def start(
+        *,
+        mode: Literal["regular", "reverse"] = "regular",
+        addon: str | Path | None = "addons/memory.py",
+        upstream: FakeUpstream | None = None,
+        options: Mapping[str, str] | None = None,
+        extra_scripts: Sequence[str | Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> MitmdumpProc:
+        base = tmp_path / f"mitmdump-{len(procs)}"
+        confdir = base / "confdir"
+        shutil.copytree(mitm_ca, confdir)
+        home = base / "home"
+        proc_env = {k: v for k, v in os.environ.items() if k.lower() not in SCRUBBED_ENV}
+        proc_env |= {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local/share"),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "PYTHONUNBUFFERED": "1",
+        }
+        scripts = [ROOT / s for s in ([addon] if addon else []) + list(extra_scripts)]
+        if upstream is not None:
+            proc_env["MEMPROXY_TEST_UPSTREAM"] = str(upstream.port)
+            if mode == "regular" and REDIRECT not in scripts:
+                scripts.append(REDIRECT)
+        proc_env |= env or {}
+        port = free_port()
+        argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port)]
+        if mode == "reverse":
+            assert upstream is not None, "reverse mode needs upstream="
+            argv += ["--mode", f"reverse:{upstream.url}"]
+        settings = {
+            "confdir": str(confdir),
+            "connection_strategy": "lazy",
+            "termlog_verbosity": "info",
+            "flow_detail": "0",
+            **(options or {}),
+        }
+        for key, value in settings.items():
+            argv += ["--set", f"{key}={value}"]
+        for script in scripts:
+            argv += ["-s", str(script)]
+        proc = MitmdumpProc(argv, proc_env, confdir, port, base / "mitmdump.log")
+        procs.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def _transport_options(proc: MitmdumpProc, via: Via) -> dict[str, Any]:
+    """Client settings for reaching ``proc``: through it as a proxy (trusting its CA), or directly."""
+    if via == "proxy":
+        return {"proxy": proc.proxy_url, "verify": proc.ssl_context(), "trust_env": False, "timeout": 30}
+    return {"trust_env": False, "timeout": 30}
+
+
+def make_http_client(proc: MitmdumpProc, *, via: Via = "proxy", host: str = "api.openai.com") -> httpx.Client:
+    """A raw httpx client: ``base_url`` https://HOST through the proxy, or the reverse proxy itself."""
+    base_url = f"https://{host}" if via == "proxy" else proc.base_url
+    return httpx.Client(base_url=base_url, **_transport_options(proc, via))
+
+
+def make_openai_client(proc: MitmdumpProc, *, via: Via = "proxy") -> openai.OpenAI:
+    """An OpenAI SDK client: to https://api.openai.com through the proxy, or to the reverse proxy."""
+    base_url = "https://api.openai.com/v1" if via == "proxy" else f"{proc.base_url}/v1"
+    http_client = httpx2.Client(**_transport_options(proc, via))
+    return openai.OpenAI(
+        api_key="sk-test-fake-key", base_url=base_url, http_client=http_client, max_retries=0, timeout=30
+    )
+
+
+def make_anthropic_client(proc: MitmdumpProc, *, via: Via = "proxy") -> anthropic.Anthropic:
+    """An Anthropic SDK client: to https://api.anthropic.com through the proxy, or to the reverse proxy."""
+    base_url = "https://api.anthropic.com" if via == "proxy" else proc.base_url
+    http_client = httpx2.Client(**_transport_options(proc, via))
+    return anthropic.Anthropic(
+        api_key="sk-ant-test-fake-key", base_url=base_url, http_client=http_client, max_retries=0, timeout=30
+    )
+
+
+CODEX_HEADERS = {
+    "originator": "codex_exec",
+    "openai-beta": "responses_websockets=2026-02-06",
+}
+
+
+def ws_responses(
+    proc: MitmdumpProc,
+    *messages: dict[str, Any],
+    via: Via = "reverse",
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> list[dict[str, Any]]:
+    """Talk Responses over WebSocket like Codex CLI; return every server event.
+
+    Sends each message (default: one ``codex_request()``) and reads events until
+    its ``response.completed`` (or an ``error`` event) before sending the next.
+    """
+    url = f"ws://127.0.0.1:{proc.port}/v1/responses" if via == "reverse" else "wss://api.openai.com/v1/responses"
+    session = str(uuid.uuid4())
+    extra = {**CODEX_HEADERS, "session-id": session, "thread-id": session, **(headers or {})}
+    events: list[dict[str, Any]] = []
+    with connect(
+        url,
+        additional_headers=extra,
+        user_agent_header="codex_exec/0.169.0 (Linux; x86_64)",
+        proxy=proc.proxy_url if via == "proxy" else None,
+        ssl=proc.ssl_context() if via == "proxy" else None,
+        open_timeout=timeout,
+    ) as ws:
+        for message in messages or (codex_request(),):
+            ws.send(json.dumps(message))
+            while True:
+                event = json.loads(ws.recv(timeout))
+                events.append(event)
+                if event.get("type") in ("response.completed", "error"):
+                    break
+    return events
+
+
+@pytest.fixture
+def http_client() -> Callable[..., httpx.Client]:
+    """``http_client(proc, via="proxy"|"reverse", host="api.openai.com")``"""
+    return make_http_client
+
+
+@pytest.fixture
+def openai_client() -> Callable[..., openai.OpenAI]:
+    """``openai_client(proc, via="proxy"|"reverse")``"""
+    return make_openai_client
+
+
+@pytest.fixture
+def anthropic_client() -> Callable[..., anthropic.Anthropic]:
+    """``anthropic_client(proc, via="proxy"|"reverse")``"""
+    return make_anthropic_client
+
+
+@pytest.fixture
+def ws_responses_client() -> Callable[..., list[dict[str, Any]]]:
+    """``ws_responses_client(proc, *messages, via="reverse"|"proxy", headers=None) -> events``"""
+    return ws_responses
+
+
+class TlsServer:
+    """A plain HTTPS server on 127.0.0.1 whose certificate comes from its own CA (not mitmproxy's)."""
+
+    def __init__(self, confdir: Path) -> None:
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        store = certs.CertStore.from_store(confdir, "other", 2048)
+        entry = store.get_cert("localhost", [x509.DNSName("localhost")])
+        key = entry.privatekey.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (confdir / "server.pem").write_bytes(entry.cert.to_pem() + key)
+        self.ca_path = confdir / "other-ca-cert.pem"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = b"plain tls server"
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(confdir / "server.pem")
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
+    server = TlsServer(tmp_path / "tls-server")
+    yield server
+    server.close()

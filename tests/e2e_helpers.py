@@ -1,0 +1,68 @@
+"""Small helpers for end-to-end tests: seed and read the local store file a mitmdump process uses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from memproxy.memory.local import LocalStore
+
+CLAUDE_UA = "claude-cli/2.1.328 (external, cli)"
+
+
+def seed(db: Path, scope: str, *contents: str) -> None:
+    """Store memories in `scope` of the local store at `db` (before or while mitmdump runs)."""
+
+    async def go() -> None:
+        store = LocalStore(db)
+        try:
+            for text in contents:
+                await store.add(scope, text)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def memories(db: Path, scope: str) -> list[str]:
+    async def go() -> list[str]:
+        store = LocalStore(db)
+        try:
+            return [m.content for m in await store.list(scope)]
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def wait_memories(db: Path, scope: str, n: int = 1, timeout: float = 15.0) -> list[str]:
+    """Poll until `scope` holds at least `n` memories (capture is asynchronous by design)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = memories(db, scope) if db.exists() else []
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def claude_body(cwd: str, text: str, *, stream: bool = True) -> dict[str, Any]:
+    """A request body shaped like Claude Code's (CLIENTS.md): billing block, cached system, cwd message."""
+    return {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 256,
+        "stream": stream,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328"},
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "system", "content": f"Primary working directory: {cwd}\nIs a git repository: true"},
+            {"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]},
+        ],
+    }
+
+
+def claude_headers(**extra: str) -> dict[str, str]:
+    return {"user-agent": CLAUDE_UA, "x-app": "cli", "anthropic-version": "2023-06-01", "x-api-key": "sk-ant-e2e", **extra}

@@ -1,0 +1,419 @@
+"""A fake LLM upstream that speaks the provider APIs well enough for the official SDKs.
+
+Serves OpenAI Chat Completions and Responses (JSON, SSE, and Responses over
+WebSocket as Codex CLI uses it), Anthropic Messages and Gemini generateContent,
+records every request, and offers knobs for pacing and faults. It runs an
+aiohttp server on its own event loop in a background thread, so tests stay
+synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+DEFAULT_REPLY = "Hello from the fake upstream."
+CREATED = 1_700_000_000
+MODELS = {
+    "object": "list",
+    "data": [
+        {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
+        for m in ("gpt-4o-mini", "claude-sonnet-4-6", "gemini-2.5-flash")
+    ],
+}
+
+
+@dataclass
+class Recorded:
+    """One request as the upstream received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lowercased keys
+    body: bytes
+    json: Any  # parsed body, or None
+    ws_messages: list[Any] = field(default_factory=list)  # parsed client messages (WebSocket)
+
+
+@dataclass
+class Event:
+    """One server event: an SSE event, a WebSocket message or an element of a JSON array."""
+
+    data: Any
+    name: str | None = None  # the SSE `event:` line, if the protocol uses one
+    chunk: bool = False  # carries one piece of the reply text
+
+
+Build = Callable[[str, list[str]], tuple[list[Event], Any]]
+
+
+def _chat(model: str, parts: list[str]) -> tuple[list[Event], Any]:
+    """OpenAI Chat Completions: chunk events and the chat.completion body."""
+    base = {"id": "chatcmpl-fake", "created": CREATED, "model": model}
+
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    events = [Event(chunk({"role": "assistant", "content": ""}))]
+    events += [Event(chunk({"content": p}), chunk=True) for p in parts]
+    events += [Event(chunk({}, "stop")), Event("[DONE]")]
+    message = {"role": "assistant", "content": "".join(parts)}
+    usage = {"prompt_tokens": 10, "completion_tokens": len(parts), "total_tokens": 10 + len(parts)}
+    body = {
+        **base,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": usage,
+    }
+    return events, body
+
+
+def _anthropic(model: str, parts: list[str]) -> tuple[list[Event], Any]:
+    """Anthropic Messages: the streaming event sequence and the message body."""
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 1},
+    }
+    body = {
+        **message,
+        "content": [{"type": "text", "text": "".join(parts)}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "output_tokens": len(parts)},
+    }
+    steps: list[tuple[str, dict]] = [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+    ]
+    steps += [("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in parts]
+    steps += [
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": body["usage"]}),
+        ("message_stop", {}),
+    ]
+    events = [Event({"type": name, **data}, name, name == "content_block_delta") for name, data in steps]
+    return events, body
+
+
+def _responses(model: str, parts: list[str], generate: bool = True) -> tuple[list[Event], Any]:
+    """OpenAI Responses: the streaming event sequence and the response body.
+
+    With ``generate=False`` (Codex's prewarm) only response.created and an empty
+    response.completed.
+    """
+    text = "".join(parts)
+    ids = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+    item = {"id": "msg_fake", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    done_part = {**part, "text": text}
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    response = {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": CREATED,
+        "status": "in_progress",
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+    }
+    body = {
+        **response,
+        "status": "completed",
+        "output": [done_item] if generate else [],
+        "usage": {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(parts),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 10 + len(parts),
+        },
+    }
+    steps: list[tuple[str, dict]] = [("response.created", {"response": response})]
+    if generate:
+        steps += [
+            ("response.in_progress", {"response": response}),
+            ("response.output_item.added", {"output_index": 0, "item": item}),
+            ("response.content_part.added", {**ids, "part": part}),
+        ]
+        steps += [("response.output_text.delta", {**ids, "delta": p, "logprobs": []}) for p in parts]
+        steps += [
+            ("response.output_text.done", {**ids, "text": text, "logprobs": []}),
+            ("response.content_part.done", {**ids, "part": done_part}),
+            ("response.output_item.done", {"output_index": 0, "item": done_item}),
+        ]
+    steps.append(("response.completed", {"response": body}))
+    events = [
+        Event({"type": name, "sequence_number": n, **data}, name, name == "response.output_text.delta")
+        for n, (name, data) in enumerate(steps)
+    ]
+    return events, body
+
+
+def _gemini(model: str, parts: list[str]) -> tuple[list[Event], Any]:
+    """Gemini: GenerateContentResponse chunks (the last with finishReason STOP) and the whole reply."""
+
+    def response(text: str, last: bool) -> dict:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+        if last:
+            candidate["finishReason"] = "STOP"
+        usage = {"promptTokenCount": 10, "candidatesTokenCount": len(parts), "totalTokenCount": 10 + len(parts)}
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
+
+    events = [Event(response(p, n == len(parts) - 1), chunk=True) for n, p in enumerate(parts)]
+    return events, response("".join(parts), True)
+
+
+def _openai_error(status: int, message: str) -> dict:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+def _anthropic_error(status: int, message: str) -> dict:
+    return {"type": "error", "error": {"type": "api_error", "message": message}}
+
+
+def _gemini_error(status: int, message: str) -> dict:
+    return {"error": {"code": status, "message": message, "status": "INTERNAL"}}
+
+
+@dataclass(frozen=True)
+class _Api:
+    """How one provider API builds replies, renders errors and frames SSE."""
+
+    build: Build
+    error: Callable[[int, str], dict]
+    sse_sep: str = "\n\n"
+
+    def sse(self, event: Event) -> bytes:
+        data = event.data if isinstance(event.data, str) else json.dumps(event.data)
+        head = f"event: {event.name}\n" if event.name else ""
+        return f"{head}data: {data}{self.sse_sep}".encode()
+
+
+CHAT = _Api(_chat, _openai_error)
+ANTHROPIC = _Api(_anthropic, _anthropic_error)
+RESPONSES = _Api(_responses, _openai_error)
+GEMINI = _Api(_gemini, _gemini_error, "\r\n\r\n")  # Google frames SSE events with CRLF
+_GEMINI_PATH = re.compile(r"/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)")
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def split(text: str, n: int) -> list[str]:
+    """Split ``text`` into at most ``n`` non-empty pieces of near-equal size (one piece if empty)."""
+    size = max(1, math.ceil(len(text) / max(1, n)))
+    return [text[i : i + size] for i in range(0, len(text), size)] or [text]
+
+
+class FakeUpstream:
+    """A fake LLM provider on 127.0.0.1, with recording, pacing and fault knobs.
+
+    Knobs (set any time): ``reply``, ``chunks``, ``chunk_delay`` (seconds between
+    streamed chunks), ``lockstep`` (each chunk after the first waits for one
+    ``release()``, up to ``lockstep_timeout`` seconds, after which the stream
+    ends), ``fail_status`` (answer LLM calls with that status and a
+    provider-shaped error), ``reset_mid_stream`` (close the connection after two
+    chunks). ``sent_times`` holds the monotonic send time of every chunk.
+    """
+
+    def __init__(self) -> None:
+        self.reply = DEFAULT_REPLY
+        self.chunks = 5
+        self.chunk_delay = 0.0
+        self.lockstep = False
+        self.lockstep_timeout = 10.0
+        self.fail_status: int | None = None
+        self.reset_mid_stream = False
+        self.requests: list[Recorded] = []
+        self.sent_times: list[float] = []
+        self.port = 0
+        self._seen = threading.Condition()
+        self._gate = asyncio.Semaphore(0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # lifecycle
+
+    def start(self) -> FakeUpstream:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = self._thread = self._runner = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _serve(self) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    # test-side helpers
+
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` more chunks go out in lockstep mode (thread-safe)."""
+        assert self._loop is not None, "upstream not started"
+        for _ in range(n):
+            self._loop.call_soon_threadsafe(self._gate.release)
+
+    def last(self, path_contains: str | None = None) -> Recorded:
+        """The latest request (whose path contains ``path_contains``)."""
+        with self._seen:
+            for rec in reversed(self.requests):
+                if path_contains is None or path_contains in rec.path:
+                    return rec
+            seen = [r.path for r in self.requests]
+        raise LookupError(f"no request to {path_contains or 'any path'}; seen: {seen}")
+
+    def clear(self) -> None:
+        with self._seen:
+            self.requests.clear()
+            self.sent_times.clear()
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Recorded]:
+        """Wait until at least ``n`` requests were recorded; return them."""
+        with self._seen:
+            if not self._seen.wait_for(lambda: len(self.requests) >= n, timeout):
+                raise TimeoutError(f"expected {n} requests, got {len(self.requests)}")
+            return list(self.requests)
+
+    # server side
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers: dict[str, str] = {}
+        for key, value in request.headers.items():
+            key = key.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        rec = Recorded(request.method, request.path, dict(request.query), headers, body, _loads(body) if body else None)
+        with self._seen:
+            self.requests.append(rec)
+            self._seen.notify_all()
+
+        path, data = request.path, rec.json if isinstance(rec.json, dict) else {}
+        model = str(data.get("model", "fake-model"))
+        if path == "/v1/models" and request.method == "GET":
+            return web.json_response(MODELS)
+        if path == "/v1/messages/count_tokens" and request.method == "POST":
+            return web.json_response({"input_tokens": 10})
+        if m := _GEMINI_PATH.fullmatch(path):
+            api, model, stream = GEMINI, m[1], m[2] == "streamGenerateContent"
+        elif path in ("/v1/chat/completions", "/chat/completions"):
+            api, stream = CHAT, data.get("stream") is True
+        elif path == "/v1/messages":
+            api, stream = ANTHROPIC, data.get("stream") is True
+        elif path in ("/v1/responses", "/responses"):
+            api, stream = RESPONSES, data.get("stream") is True
+        else:
+            return web.json_response({"error": {"message": f"no route {request.method} {path}"}}, status=404)
+        websocket = api is RESPONSES and request.method == "GET" and web.WebSocketResponse().can_prepare(request).ok
+        if request.method != "POST" and not websocket:
+            return web.json_response({"error": {"message": f"method {request.method} not allowed"}}, status=405)
+        if self.fail_status:
+            return web.json_response(api.error(self.fail_status, "fake upstream failure"), status=self.fail_status)
+        if websocket:
+            return await self._websocket(request, rec)
+
+        events, reply = api.build(model, split(self.reply, self.chunks))
+        if not stream:
+            return web.json_response(reply)
+        if api is GEMINI and request.query.get("alt") != "sse":  # streamGenerateContent without SSE: a JSON array
+            return web.json_response([e.data for e in events])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def write(event: Event) -> None:
+            await resp.write(api.sse(event))
+
+        if await self._play(events, write, request):
+            await resp.write_eof()
+        return resp
+
+    async def _websocket(self, request: web.Request, rec: Recorded) -> web.WebSocketResponse:
+        """Responses over WebSocket: answer each ``response.create`` message with its event sequence."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            data = _loads(msg.data)
+            rec.ws_messages.append(data)
+            if not (isinstance(data, dict) and data.get("type") == "response.create"):
+                continue
+            model = str(data.get("model", "fake-model"))
+            events, _ = _responses(model, split(self.reply, self.chunks), generate=data.get("generate") is not False)
+            if not await self._play(events, lambda e: ws.send_json(e.data), request):
+                break
+        return ws
+
+    async def _play(self, events: list[Event], write: Callable[[Event], Awaitable[None]], request: web.Request) -> bool:
+        """Send ``events``, pacing the text chunks; False if the connection was reset."""
+        sent = 0
+        for event in events:
+            if event.chunk and sent:
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                if self.lockstep:
+                    try:
+                        await asyncio.wait_for(self._gate.acquire(), self.lockstep_timeout)
+                    except TimeoutError:
+                        return True  # end the stream early: the test sees missing chunks
+            await write(event)
+            if event.chunk:
+                self.sent_times.append(time.monotonic())
+                sent += 1
+                if self.reset_mid_stream and sent == 2:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return False
+        return True

@@ -1,0 +1,150 @@
+"""Unit level: MemoryAddon's hooks on synthetic flows (mitmproxy.test), for edge cases e2e cannot reach."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from mitmproxy.test import taddons, tflow
+
+from memproxy.addon import MemoryAddon
+from memproxy.capture import Capture
+from memproxy.memory.base import Memory, MemoryStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeStore(MemoryStore):
+    """A store whose behaviour the test sets: results, a delay, or an exception."""
+
+    name = "fake"
+
+    def __init__(self, results: list[str] = (), delay: float = 0.0, error: Exception | None = None) -> None:
+        self.results, self.delay, self.error = list(results), delay, error
+        self.added: list[tuple[str, str, str | None]] = []
+
+    async def search(self, scope, query, limit=5, threshold=0.0):
+        await asyncio.sleep(self.delay)
+        if self.error:
+            raise self.error
+        return [Memory(str(i), scope, text, 1.0) for i, text in enumerate(self.results)]
+
+    async def add(self, scope, content, custom_id=None, metadata=None):
+        self.added.append((scope, content, custom_id))
+        return str(len(self.added))
+
+    async def list(self, scope, limit=100, offset=0):
+        return []
+
+    async def forget(self, scope, memory_id):
+        return False
+
+
+def chat_flow(text: str = "What did we decide about caching?", **headers: str) -> tflow.HTTPFlow:
+    flow = tflow.tflow()
+    flow.request.method = "POST"
+    flow.request.path = "/v1/chat/completions"
+    flow.request.headers["content-type"] = "application/json"
+    for name, value in headers.items():
+        flow.request.headers[name.replace("_", "-")] = value
+    flow.request.content = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}).encode()
+    return flow
+
+
+@pytest.fixture
+def addon(tmp_path):
+    a = MemoryAddon()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, memory_db=str(tmp_path / "m.db"), memory_timeout_ms=100, memory_rules=str(ROOT / "rules/memory.yaml"))
+        yield a
+
+
+def use(addon: MemoryAddon, store: MemoryStore) -> None:
+    """Put `store` behind the addon; the capture queue is not drained, so tests can read it."""
+    addon.store = store
+    addon.capture = Capture(store)
+
+
+async def test_recall_within_budget_injects_and_annotates(addon):
+    use(addon, FakeStore(["User: use Redis for caching\nAssistant: ok"]))
+    flow = chat_flow(user_agent="OpenAI/Python 3.57.0")
+    await addon.request(flow)
+    sent = json.loads(flow.request.content)
+    assert "use Redis for caching" in sent["messages"][0]["content"]
+    assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
+    assert flow.marked == ":brain:"
+    assert "openai-sdk" in flow.comment and "1 memories injected" in flow.comment
+    assert flow.metadata["memproxy"] | {"ms": 0} == flow.metadata["memproxy"] | {
+        "user_id": "openai-sdk", "rule": "openai-sdk", "injected": 1, "adapter": "openai_chat", "ms": 0
+    }
+
+
+@pytest.mark.parametrize("store", [FakeStore(["x"], delay=2.0), FakeStore(error=RuntimeError("backend down"))])
+async def test_slow_or_failing_store_fails_open(addon, store, caplog):
+    use(addon, store)
+    flow = chat_flow()
+    before = flow.request.copy()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await addon.request(flow)
+    assert loop.time() - t0 < 1.5  # bounded by memory_timeout_ms, not by the store's 2 s
+    assert flow.request.content == before.content
+    assert flow.metadata["memproxy"]["injected"] == 0
+
+
+async def test_exception_in_hook_leaves_flow_untouched_and_logs_one_line(addon, caplog, monkeypatch):
+    use(addon, FakeStore(["a memory"]))
+    flow = chat_flow(authorization="Bearer sk-secret-should-not-leak", x_memory_user_id="bob")
+
+    def boom(*args):
+        raise ValueError("adapter exploded")
+
+    monkeypatch.setattr("memproxy.protocols.openai_chat.OpenAIChatAdapter.inject", boom)
+    before = flow.request.content
+    with caplog.at_level(logging.WARNING):
+        await addon.request(flow)
+    assert flow.request.content == before
+    lines = [r.getMessage() for r in caplog.records if "memproxy" in r.getMessage()]
+    assert len(lines) == 1 and "ValueError: adapter exploded" in lines[0]
+    assert "sk-secret" not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_same_turn_twice_is_one_memory_id(addon):
+    """Turns carry a stable custom id, so a retried request does not duplicate its memory."""
+    use(addon, FakeStore())
+    ids = []
+    for _ in range(2):
+        flow = chat_flow("Remember: the staging DB is read-only")
+        await addon.request(flow)
+        flow.response = tflow.tresp()
+        flow.response.headers["content-type"] = "application/json"
+        flow.response.content = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Got it."}}]}).encode()
+        await addon.response(flow)
+        ids.append(addon.capture.queue.get_nowait().custom_id)
+    assert ids[0] and ids[0] == ids[1]
+
+
+async def test_auxiliary_request_is_annotated_and_untouched(addon):
+    use(addon, FakeStore(["never injected"]))
+    flow = chat_flow(user_agent="codex_exec/0.169.0")
+    body = json.loads(flow.request.content) | {"generate": False}
+    flow.request.path = "/v1/responses"
+    flow.request.content = json.dumps({"model": "gpt-5", "input": [], **{k: body[k] for k in ("generate",)}}).encode()
+    before = flow.request.content
+    await addon.request(flow)
+    assert flow.request.content == before
+    assert "auxiliary" in flow.comment
+    assert flow.id not in addon.pending
+
+
+def test_bad_options_are_refused(addon):
+    from mitmproxy import exceptions
+
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(addon, memory_timeout_ms=-1)
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(addon, memory_max_body=0)

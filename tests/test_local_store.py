@@ -1,0 +1,312 @@
+"""The embedded SQLite store, against real database files."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memproxy.memory import Memory, StoreError, open_store
+from memproxy.memory.local import DF_BUDGET, LocalStore
+
+T = TypeVar("T")
+
+# Unrelated memories, so that BM25's inverse document frequency is meaningful in small stores.
+FILLER = [
+    "The coffee machine on floor three is broken again",
+    "Quarterly planning happens every March in Lisbon",
+    "Alice prefers tabs; Bob prefers spaces",
+    "The staging cluster runs on three small nodes",
+    "Weekly sync moved to Thursday afternoons",
+    "Dark mode is the default theme in the dashboard",
+]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    s = LocalStore(tmp_path / "memories.db")
+    yield s
+    run(s.close())
+
+
+def add_all(store: LocalStore, scope: str, contents: list[str]) -> list[str]:
+    async def go() -> list[str]:
+        return [await store.add(scope, c) for c in contents]
+
+    return run(go())
+
+
+def test_add_then_search_finds_it(store: LocalStore) -> None:
+    add_all(store, "proj", FILLER)
+    mid = run(store.add("proj", "Deploys use rsync over SSH to the bastion host", metadata={"turn": 3}))
+    [hit] = run(store.search("proj", "how do we deploy with rsync?", limit=5))
+    assert hit.id == mid
+    assert hit.scope == "proj"
+    assert hit.content == "Deploys use rsync over SSH to the bastion host"
+    assert hit.metadata == {"turn": 3}
+    assert hit.created_at > 0
+    assert 0 < hit.score < 1
+
+
+def test_porter_stemming_matches_word_forms(store: LocalStore) -> None:
+    add_all(store, "proj", [*FILLER, "The tests were running slowly on CI"])
+    [hit] = run(store.search("proj", "testing"))
+    assert hit.content == "The tests were running slowly on CI"
+
+
+def test_scopes_never_cross(store: LocalStore) -> None:
+    a = run(store.add("team:a", "The database password rotates monthly"))
+    b = run(store.add("team:b", "The database password rotates monthly"))
+    assert a != b
+    assert [m.id for m in run(store.search("team:a", "database password"))] == [a]
+    assert [m.id for m in run(store.search("team:b", "database password"))] == [b]
+    assert run(store.search("team:c", "database password")) == []
+    assert run(store.search("team", "database password")) == []  # a prefix of a scope is another scope
+
+    assert run(store.forget("team:b", a)) is False
+    assert [m.id for m in run(store.list("team:a"))] == [a]
+    assert [m.id for m in run(store.list("team:b"))] == [b]
+
+
+def test_custom_id_is_idempotent_per_scope(store: LocalStore) -> None:
+    first = run(store.add("s", "original text", custom_id="turn-1"))
+    again = run(store.add("s", "different text", custom_id="turn-1"))
+    elsewhere = run(store.add("t", "original text", custom_id="turn-1"))
+    assert again == first
+    assert elsewhere != first
+    assert [m.content for m in run(store.list("s"))] == ["original text"]
+
+    no_ids = [run(store.add("s", "same text")) for _ in range(2)]
+    assert len(set(no_ids)) == 2
+    assert run(store.count("s")) == 3
+
+
+def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
+    add_all(store, "s", FILLER)
+    add_all(
+        store,
+        "s",
+        [
+            "kubernetes helm chart values for the ingress",
+            "kubernetes helm",
+            "kubernetes",
+            "helm",
+        ],
+    )
+    hits = run(store.search("s", "kubernetes helm chart ingress", limit=10))
+    assert [h.content for h in hits][0] == "kubernetes helm chart values for the ingress"
+    assert len(hits) == 4
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 < s < 1 for s in scores)
+
+    cut = (scores[1] + scores[2]) / 2
+    assert [h.score for h in run(store.search("s", "kubernetes helm chart ingress", limit=10, threshold=cut))] == scores[:2]
+    assert run(store.search("s", "kubernetes helm chart ingress", threshold=1.0)) == []
+    assert len(run(store.search("s", "kubernetes helm chart ingress", limit=2))) == 2
+    assert run(store.search("s", "kubernetes", limit=0)) == []
+
+
+def test_a_word_unknown_at_first_search_is_found_once_stored(store: LocalStore) -> None:
+    add_all(store, "s", FILLER)
+    assert run(store.search("s", "zeppelin")) == []
+    mid = run(store.add("s", "The zeppelin project starts in May"))
+    assert [m.id for m in run(store.search("s", "zeppelin"))] == [mid]
+
+
+def test_stopwords_and_short_words_alone_find_nothing(store: LocalStore) -> None:
+    add_all(store, "s", ["what is it and how is it done", "a b c"])
+    assert run(store.search("s", "what is it? how is it done? a b c")) == []
+    assert run(store.search("s", "")) == []
+
+
+HOSTILE_QUERIES = [
+    '"',
+    '"unbalanced quote',
+    "foo*",
+    "*",
+    "NEAR(foo bar, 2)",
+    "foo AND bar OR NOT baz",
+    "AND OR NOT",
+    "(((",
+    ")",
+    "content:secret scopetok:s00",
+    "{content scopetok}: x",
+    "^start",
+    "col:(a OR b)",
+    "tab\there\nnewline\x00nul",
+    "naïve café Ünïcödé façade",
+    "日本語のテキスト検索",
+    "emoji 🚀🔥 only 🤖",
+    "🚀🔥🤖",
+    "\ud800 lone surrogate",
+    "word " * 5000,
+    "".join(random.Random(0).choice("abcdefghij \"*():^-+") for _ in range(20000)),
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES, ids=range(len(HOSTILE_QUERIES)))
+def test_queries_with_fts_syntax_never_raise(store: LocalStore, query: str) -> None:
+    mid = run(store.add("s", "stored verbatim: " + query.encode(errors="replace").decode()))
+    hits = run(store.search("s", query, limit=3))
+    assert all(h.scope == "s" for h in hits)
+    if any(len(w) > 3 and w.isalpha() and w.isascii() for w in query.split()):
+        assert mid in [h.id for h in hits]
+
+
+def test_arbitrary_text_queries_never_raise(store: LocalStore) -> None:
+    add_all(store, "s", FILLER)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text())
+    def check(query: str) -> None:
+        assert all(isinstance(m, Memory) for m in run(store.search("s", query)))
+
+    check()
+
+
+def test_list_forget_count_scopes(store: LocalStore) -> None:
+    ids = add_all(store, "s", [f"note {i}" for i in range(5)])
+    add_all(store, "other", ["unrelated"])
+    assert [m.id for m in run(store.list("s"))] == ids[::-1]  # newest first
+    assert [m.id for m in run(store.list("s", limit=2, offset=1))] == [ids[3], ids[2]]
+    assert all(m.score == 0 for m in run(store.list("s")))
+    assert run(store.count()) == 6
+    assert run(store.count("s")) == 5
+    assert run(store.count("nobody")) == 0
+    assert run(store.scopes()) == ["other", "s"]
+
+    assert run(store.forget("s", ids[0])) is True
+    assert run(store.forget("s", ids[0])) is False
+    assert run(store.forget("s", "not-an-id")) is False
+    assert run(store.search("s", "note")) and ids[0] not in [m.id for m in run(store.search("s", "note", 10))]
+    assert run(store.count("s")) == 4
+    run(store.forget("other", run(store.list("other"))[0].id))
+    assert run(store.scopes()) == ["s"]
+
+
+def test_memories_survive_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "memories.db"
+    first = LocalStore(path)
+    mid = run(first.add("s", "remember the alamo", custom_id="c", metadata={"k": "v"}))
+    run(first.close())
+    run(first.close())  # closing twice is fine
+    with pytest.raises(StoreError):
+        run(first.count())
+
+    second = LocalStore(path)
+    try:
+        [m] = run(second.list("s"))
+        assert (m.id, m.content, m.metadata) == (mid, "remember the alamo", {"k": "v"})
+        assert run(second.add("s", "other", custom_id="c")) == mid
+        assert [h.id for h in run(second.search("s", "alamo"))] == [mid]
+    finally:
+        run(second.close())
+
+
+def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    writer, reader = LocalStore(tmp_path / "m.db"), LocalStore(tmp_path / "m.db")
+    try:
+        run(reader.open())
+        mid = run(writer.add("s", "written by the proxy process"))
+        assert [m.id for m in run(reader.search("s", "proxy process"))] == [mid]
+        assert run(reader.forget("s", mid)) is True
+        assert run(writer.list("s")) == []
+    finally:
+        run(writer.close())
+        run(reader.close())
+
+
+def test_constructor_does_no_io_and_open_creates_parents(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "memories.db"
+    store = LocalStore(path)
+    assert not path.parent.exists()
+    try:
+        run(store.open())
+        assert path.exists()
+    finally:
+        run(store.close())
+
+
+def test_unusable_path_is_reported_with_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "memories.db"
+    store = LocalStore(path)
+    try:
+        with pytest.raises(StoreError, match=str(path)):
+            run(store.open())
+        with pytest.raises(StoreError):  # and later calls fail the same way, without other exceptions
+            run(store.add("s", "x"))
+    finally:
+        run(store.close())
+
+
+def test_bad_input_becomes_store_error(store: LocalStore) -> None:
+    with pytest.raises(StoreError):
+        run(store.add("s", "x", metadata={"obj": object()}))
+    with pytest.raises(StoreError):
+        run(store.search("\ud800", "query"))
+    assert run(store.count()) == 0
+
+
+def test_concurrent_adds_all_land(store: LocalStore) -> None:
+    async def go() -> list[str]:
+        return await asyncio.gather(*(store.add(f"s{i % 3}", f"memory {i}", custom_id=str(i)) for i in range(50)))
+
+    ids = run(go())
+    assert len(set(ids)) == 50
+    assert run(store.count()) == 50
+    assert sum(run(store.count(f"s{i}")) for i in range(3)) == 50
+
+
+def test_search_at_scale_stays_in_scope(store: LocalStore) -> None:
+    """20k memories over 100 scopes, with every word shared across scopes except each memory's tag.
+
+    "shared" is in every memory: too common to afford in a search with rarer words, but searchable alone.
+    """
+    rng = random.Random(7)
+    vocab = [f"word{i}" for i in range(300)]
+    scopes = [f"user:{i}" for i in range(100)]
+
+    async def fill() -> dict[tuple[str, int], str]:
+        ids = {}
+        for n in range(20_000):
+            scope = scopes[n % 100]
+            ids[scope, n] = await store.add(scope, f"tag{n} shared " + " ".join(rng.choices(vocab, k=12)))
+        return ids
+
+    ids = run(fill())
+    assert run(store.count()) == 20_000 > DF_BUDGET
+
+    async def check() -> None:
+        for n in rng.sample(range(20_000), 200):
+            scope = scopes[n % 100]
+            hits = await store.search(scope, f"shared tag{n} " + " ".join(rng.choices(vocab, k=2)), limit=5)
+            assert hits[0].id == ids[scope, n]
+            assert all(h.scope == scope for h in hits)
+            assert await store.search(scopes[(n + 1) % 100], f"tag{n}") == []
+        for query in (" ".join(vocab[:30]), "shared"):
+            common = await store.search("user:42", query, limit=50)
+            assert len(common) == 50 and all(h.scope == "user:42" for h in common)
+
+    run(check())
+
+
+def test_open_store_factory(tmp_path: Path) -> None:
+    store = open_store("local", str(tmp_path / "m.db"))
+    assert isinstance(store, LocalStore) and store.name == "local"
+    assert LocalStore().path == Path(platformdirs.user_data_dir("memproxy")) / "memories.db"
+    with pytest.raises(ValueError, match="local"):
+        open_store("nope")

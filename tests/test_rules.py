@@ -1,0 +1,642 @@
+"""Memory-routing rules: the default file against real client requests, every condition,
+templates, the override header, defaults, the legacy format, validation errors, reloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mitmproxy.test import tflow
+
+from memproxy.rules import Actions, RequestView, Route, Rules, RulesError, RulesFile
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "memory.yaml"
+
+CLAUDE_UA = "claude-cli/2.1.328 (external, cli)"
+CODEX_UA = "codex_exec/0.169.0 (Ubuntu 24.4.0; x86_64) xterm-256color (codex_exec; 0.169.0)"
+GEMINI_UA = "GeminiCLI-tui/0.61.0/gemini-2.5-pro (linux; x64; xterm-256color)"
+
+
+def write(tmp_path: Path, text: str, name: str = "memory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str) -> Rules:
+    return Rules.load(write(tmp_path, text))
+
+
+def req(**kw: Any) -> RequestView:
+    if "body" in kw and "raw_body" not in kw:
+        kw["raw_body"] = json.dumps(kw["body"])
+    return RequestView(**kw)
+
+
+@pytest.fixture(scope="module")
+def default_rules() -> Rules:
+    return Rules.load(DEFAULT_RULES)
+
+
+# --- the default rules against requests shaped like the real clients' ----------------------
+
+
+def claude_body(cwd: str | None) -> dict:
+    system_msg = "You are an interactive CLI tool.\nHere is useful information about the environment:\n<env>\n"
+    if cwd:
+        system_msg += f"Primary working directory: {cwd}\nIs directory a git repo: Yes\n"
+    return {
+        "model": "claude-sonnet-4-5",
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328; cc_entrypoint=cli"},
+            {"type": "text", "text": "You are Claude Code. Project: -tmp-work-myrepo",
+             "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "system", "content": system_msg + "</env>"},
+            {"role": "user", "content": [{"type": "text", "text": "fix the failing test"}]},
+        ],
+        "stream": True,
+    }
+
+
+def claude(cwd: str | None = "/tmp/work/myrepo", **headers: str) -> RequestView:
+    h = {"User-Agent": CLAUDE_UA, "x-app": "cli", "anthropic-beta": "claude-code-20250219", **headers}
+    return req(method="POST", host="api.anthropic.com", path="/v1/messages?beta=true", headers=h,
+               body=claude_body(cwd), model="claude-sonnet-4-5")
+
+
+def codex(input_items: list, generate: bool | None = None, **headers: str) -> RequestView:
+    body: dict[str, Any] = {"type": "response.create", "model": "gpt-5.1-codex", "instructions": "You are Codex.",
+                            "input": input_items, "stream": True}
+    if generate is not None:
+        body["generate"] = generate
+    h = {"User-Agent": CODEX_UA, "originator": "codex_exec", "session-id": "0199a", **headers}
+    return req(method="GET", host="api.openai.com", path="/v1/responses", headers=h, body=body,
+               model="gpt-5.1-codex")
+
+
+CODEX_ENV = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": (
+    "<environment_context>\n  <cwd>/home/u/proj</cwd>\n  <approval_policy>never</approval_policy>\n"
+    "  <shell>bash</shell>\n</environment_context>")}]}
+CODEX_PROMPT = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "add a test"}]}
+
+
+def gemini(action: str, text: str) -> RequestView:
+    body = {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": {"temperature": 0}}
+    return req(method="POST", host="generativelanguage.googleapis.com",
+               path=f"/v1beta/models/gemini-2.5-pro:{action}", headers={"User-Agent": GEMINI_UA,
+               "x-goog-api-client": "google-genai-sdk/1.30.0 gl-node/v22", "x-goog-api-key": "k"},
+               body=body, model="gemini-2.5-pro")
+
+
+GEMINI_CONTEXT = (
+    "<session_context>\nThis is the Gemini CLI. We are setting up the context for our chat.\n"
+    "My operating system is: linux\nThe project's temporary directory is: /home/u/.gemini/tmp/abc\n"
+    "- **Workspace Directories:**\n  - /home/u/gproj\n- **Directory Structure:**\n</session_context>"
+)
+
+
+def chat(ua: str, messages: list, **kw: Any) -> RequestView:
+    return req(method="POST", host="api.openai.com", path="/v1/chat/completions", headers={"User-Agent": ua},
+               body={"model": "gpt-4o", "messages": messages, "stream": True}, model="gpt-4o", **kw)
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
+    # (case id, request, user id, rule, auxiliary)
+    ("claude-code", claude(), "claude-code:myrepo", "claude-code", False),
+    ("claude-code real host", claude(**{"x-claude-code-request-class": "main"}),
+     "claude-code:myrepo", "claude-code", False),
+    ("claude-code windows cwd", claude("C:\\Users\\me\\winrepo"), "claude-code:winrepo", "claude-code", False),
+    ("claude-code background", claude(**{"x-claude-code-request-class": "background"}),
+     "default", "claude-code-background", True),
+    ("claude-code no cwd", claude(None), "claude-code", "claude-code-other", False),
+    ("opencode title (anthropic)", req(
+        method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic/2.0"},
+        body={"system": [{"type": "text", "text": "You are a title generator. You output ONLY a thread title."}],
+              "messages": HELLO}), "default", "title-generation", True),
+    ("title (chat)", chat("OpenAI/Python 3.57.0", [
+        {"role": "system", "content": "Generate a concise title for this conversation."}, *HELLO]),
+     "default", "title-generation-chat", True),
+    ("opencode title (responses)", req(
+        method="POST", path="/v1/responses", headers={"User-Agent": "opencode/1.18.33 ai-sdk/openai/2.0"},
+        body={"input": [{"role": "system", "content": "You are a title generator. Output only the title."},
+                        {"role": "user", "content": "hello"}]}), "default", "title-generation-responses", True),
+    ("codex prewarm", codex([], generate=False), "default", "codex-prewarm", True),
+    ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "codex:proj", "codex", False),
+    ("codex http", codex([CODEX_PROMPT], **{"x-codex-turn-metadata": json.dumps(
+        {"turn_id": "t1", "workspaces": {"/home/u/httpproj": {"latest_git_commit_hash": "abc"}}})}),
+     "codex:httpproj", "codex-http", False),
+    ("codex no cwd", codex([CODEX_PROMPT]), "codex", "codex-other", False),
+    ("gemini classifier", gemini("generateContent", "Classify: hello"), "default", "gemini-classifier", True),
+    ("gemini", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT), "gemini-cli:gproj", "gemini-cli", False),
+    ("gemini no workspace", gemini("streamGenerateContent?alt=sse", "hello"), "gemini-cli",
+     "gemini-cli-other", False),
+    ("qwen", chat("QwenCode/0.24.4 (linux; x64)", HELLO), "qwen-code", "qwen-code", False),
+    ("opencode", req(method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic"},
+                     body={"system": [{"type": "text", "text": "You are opencode."}], "messages": HELLO}),
+     "opencode", "opencode", False),
+    ("jetbrains", chat("OpenAIClientImpl/Java unknown", HELLO), "jetbrains", "jetbrains", False),
+    ("jetbrains per port", chat("OpenAIClientImpl/Java unknown", HELLO, port=8101, project="/home/u/shop"),
+     "jetbrains:shop", "jetbrains-project", False),
+    ("anthropic sdk", req(method="POST", path="/v1/messages", headers={"User-Agent": "Anthropic/Python 2.13.0"},
+                          body={"messages": HELLO}), "anthropic-sdk", "anthropic-sdk", False),
+    ("openai sdk", chat("OpenAI/Python 3.57.0", HELLO), "openai-sdk", "openai-sdk", False),
+    ("unknown client", chat("curl/8.5.0", HELLO), "default", None, False),
+]
+
+
+@pytest.mark.parametrize(("request_view", "user_id", "rule", "auxiliary"),
+                         [c[1:] for c in DEFAULT_CASES], ids=[c[0] for c in DEFAULT_CASES])
+def test_default_rules(default_rules: Rules, request_view: RequestView, user_id: str, rule: str | None,
+                       auxiliary: bool) -> None:
+    route = default_rules.match(request_view)
+    assert (route.user_id, route.rule, route.actions.auxiliary) == (user_id, rule, auxiliary)
+    assert route.actions.recall is route.actions.store is (not auxiliary)
+    assert route.is_default is (rule is None)
+
+
+def test_default_rules_all_exercised() -> None:
+    names = [r["name"] for r in yaml.safe_load(DEFAULT_RULES.read_text())["rules"]]
+    assert len(names) == len(set(names))
+    assert set(names) == {c[3] for c in DEFAULT_CASES if c[3]}
+
+
+def test_default_file_settings(default_rules: Rules) -> None:
+    assert default_rules.source == str(DEFAULT_RULES)
+    assert default_rules.default_user_id == "default"
+    assert default_rules.override_header == "x-memory-user-id"
+    assert default_rules.defaults == Actions()
+
+
+# --- conditions ---------------------------------------------------------------------------
+
+
+def test_first_match_wins(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: first, match: {method: POST}, user_id: one}
+          - {name: second, match: {method: POST}, user_id: two}
+          - {name: third, user_id: three}
+    """)
+    assert rules.match(req(method="POST")).rule == "first"
+    assert rules.match(req(method="GET")).rule == "third"  # no `match`: matches everything
+
+
+def test_host_glob(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: h, match: {host: ["*.anthropic.com", "localhost"]}, user_id: x}
+    """)
+    assert rules.match(req(host="API.Anthropic.com")).rule == "h"
+    assert rules.match(req(host="localhost")).rule == "h"
+    assert rules.match(req(host="anthropic.com.evil.org")).is_default
+    assert rules.match(req(host="anthropic.com")).is_default
+
+
+def test_path_method_port(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - name: r
+            match: {path: '^/v1/messages\\?beta=true$', method: [post, PUT], port: [8080, 8081]}
+            user_id: x
+    """)
+    ok = dict(path="/v1/messages?beta=true", method="POST", port=8081)
+    assert rules.match(req(**ok)).rule == "r"
+    assert rules.match(req(**{**ok, "method": "put"})).rule == "r"
+    assert rules.match(req(**{**ok, "path": "/v1/messages"})).is_default
+    assert rules.match(req(**{**ok, "method": "GET"})).is_default
+    assert rules.match(req(**{**ok, "port": 9000})).is_default
+
+
+def test_header_conditions(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - name: r
+            match:
+              headers:
+                User-Agent: '^claude-cli/'
+                x-api-key: null            # must be absent
+                x-claude-code-request-class: '!^main$'   # must not be "main"; absent is fine
+            user_id: x
+    """)
+    assert rules.match(req(headers={"user-agent": "claude-cli/2"})).rule == "r"
+    assert rules.match(req(headers={"USER-AGENT": "claude-cli/2", "X-Claude-Code-Request-Class": "bg"})).rule == "r"
+    assert rules.match(req(headers={"user-agent": "claude-cli/2", "x-claude-code-request-class": "main"})).is_default
+    assert rules.match(req(headers={"user-agent": "claude-cli/2", "x-api-key": "k"})).is_default
+    assert rules.match(req(headers={"user-agent": "curl/8"})).is_default
+    assert rules.match(req(headers={})).is_default
+
+
+def test_mitmproxy_headers_are_case_insensitive(tmp_path: Path) -> None:
+    rules = load(tmp_path, "rules: [{name: r, match: {headers: {user-agent: '^Anthropic/'}}, user_id: x}]")
+    flow = tflow.tflow()
+    flow.request.headers["User-Agent"] = "Anthropic/Python 2.13.0"
+    assert rules.match(RequestView(headers=flow.request.headers)).rule == "r"
+
+
+def test_body_regexes_all_must_match(tmp_path: Path) -> None:
+    rules = load(tmp_path, "rules: [{name: r, match: {body: ['alpha', 'beta']}, user_id: x}]")
+    assert rules.match(req(raw_body="alpha and beta")).rule == "r"
+    assert rules.match(req(raw_body="alpha only")).is_default
+    assert rules.match(req(raw_body=None)).is_default
+
+
+def test_json_paths(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: last, match: {json: {messages.-1.content: '^bye$'}}, user_id: x}
+          - {name: star, match: {json: {messages.*.content: 'needle'}}, user_id: x}
+          - {name: nested, match: {json: {meta: '^a\\nb$'}}, user_id: x}
+          - {name: scalar, match: {json: {generate: '^false$', n: '^3$', gone: '^null$'}}, user_id: x}
+    """)
+    assert rules.match(req(body={"messages": [{"content": "hi"}, {"content": "bye"}]})).rule == "last"
+    # `*` matches any one node; block content is all its string leaves joined
+    needle = {"messages": [{"content": "hi"}, {"content": [{"text": "a needle"}]}]}
+    assert rules.match(req(body=needle)).rule == "star"
+    assert rules.match(req(body={"meta": {"k": "a", "l": ["b"]}})).rule == "nested"
+    assert rules.match(req(body={"generate": False, "n": 3, "gone": None})).rule == "scalar"
+    assert rules.match(req(body={"generate": True, "n": 3, "gone": None})).is_default
+    assert rules.match(req(body={"messages": "needle"})).is_default  # wrong shape
+    assert rules.match(req(body=None)).is_default
+
+
+def test_json_index_on_dict_key(tmp_path: Path) -> None:
+    rules = load(tmp_path, "rules: [{name: r, match: {json: {a.0: 'x'}}, user_id: x}]")
+    assert rules.match(req(body={"a": {"0": "x"}})).rule == "r"
+    assert rules.match(req(body={"a": ["x"]})).rule == "r"
+    assert rules.match(req(body={"a": []})).is_default
+
+
+def test_model_and_project(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: r, match: {model: '^claude-', project: 'shop$'}, user_id: x}
+    """)
+    assert rules.match(req(model="claude-opus-4", project="/w/shop")).rule == "r"
+    assert rules.match(req(model="gpt-4o", project="/w/shop")).is_default
+    assert rules.match(req(model=None, project="/w/shop")).is_default
+    assert rules.match(req(model="claude-opus-4")).is_default
+
+
+def test_flow_filter(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: r, match: {filter: '~hq x-app & ~m POST', path: '^/v1/'}, user_id: x}
+    """)
+    flow = tflow.tflow()
+    flow.request.method = "POST"
+    flow.request.path = "/v1/messages"
+    flow.request.headers["x-app"] = "cli"
+    view = RequestView(method="POST", path="/v1/messages", headers=flow.request.headers, flow=flow)
+    assert rules.match(view).rule == "r"
+    assert rules.match(RequestView(method="POST", path="/v1/messages", headers={"x-app": "cli"})).is_default
+    del flow.request.headers["x-app"]
+    assert rules.match(view).is_default
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+def test_template_filters_and_builtins(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - name: r
+            match: {path: '^/(?P<dir>.*)$'}
+            user_id: '{dir|basename}:{dir|slug}:{dir|basename|upper}:{host|lower}:{port}:{method|lower}:{model}:{dir|hash}'
+    """)
+    route = rules.match(req(path="/My Stuff/Repo Name/", host="API.X.com", port=8080, method="POST", model="m1"))
+    digest = hashlib.sha256(b"My Stuff/Repo Name/").hexdigest()[:12]
+    # the basename's space is sanitised to "-"
+    assert route.user_id == f"Repo-Name:my-stuff-repo-name:REPO-NAME:api.x.com:8080:post:m1:{digest}"
+    assert route.captures == {"dir": "My Stuff/Repo Name/"}
+
+
+def test_missing_variable_tries_next_rule(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        rules:
+          - {name: optional-group, match: {path: '^/v1(?:/(?P<ws>[a-z]+))?'}, user_id: 'ws:{ws}'}
+          - {name: project, user_id: 'p:{project|basename}'}
+          - {name: fallback, user_id: plain}
+    """)
+    assert rules.match(req(path="/v1/abc")).user_id == "ws:abc"
+    assert rules.match(req(path="/v1", project="/w/shop")).user_id == "p:shop"
+    assert rules.match(req(path="/v1", project="/")).rule == "fallback"  # empty after basename
+    assert rules.match(req(path="/v1")).rule == "fallback"
+
+
+def test_user_id_sanitised_and_capped(tmp_path: Path) -> None:
+    rules = load(tmp_path, "rules: [{name: r, match: {path: '^/(?P<p>.*)'}, user_id: 'u:{p}'}]")
+    assert rules.match(req(path="/a b$c")).user_id == "u:a-b-c"
+    assert len(rules.match(req(path="/" + "x" * 300)).user_id) == 128
+
+
+# --- override header ----------------------------------------------------------------------
+
+OVERRIDE_RULES = """
+    rules:
+      - {name: open, match: {path: '^/open'}, user_id: rule-user, max_results: 9}
+      - {name: locked, match: {path: '^/locked'}, user_id: locked-user, allow_override: false}
+"""
+
+
+@pytest.mark.parametrize(("path", "value", "user_id", "rule"), [
+    ("/open", " team:alice ", "team:alice", "open"),
+    ("/open", "has space", "rule-user", "open"),
+    ("/open", "", "rule-user", "open"),
+    ("/open", "x" * 129, "rule-user", "open"),
+    ("/locked", "team:alice", "locked-user", "locked"),
+    ("/other", "team:alice", "team:alice", None),
+])
+def test_override_header(tmp_path: Path, path: str, value: str, user_id: str, rule: str | None) -> None:
+    rules = load(tmp_path, OVERRIDE_RULES)
+    route = rules.match(req(path=path, headers={"X-Memory-User-Id": value}))
+    assert (route.user_id, route.rule, route.custom_header_present) == (user_id, rule, True)
+    assert route.is_default is (rule is None)
+    if rule == "open":
+        assert route.actions.max_results == 9  # actions still come from the matched rule
+
+
+def test_no_override_header(tmp_path: Path) -> None:
+    route = load(tmp_path, OVERRIDE_RULES).match(req(path="/open"))
+    assert (route.user_id, route.custom_header_present) == ("rule-user", False)
+
+
+def test_custom_override_header_name(tmp_path: Path) -> None:
+    rules = load(tmp_path, "override_header: X-Scope\ndefault_user_id: dflt\n")
+    assert rules.match(req(headers={"x-scope": "mine"})).user_id == "mine"
+    assert rules.match(req(headers={"x-memory-user-id": "mine"})).user_id == "dflt"
+
+
+# --- actions and defaults -----------------------------------------------------------------
+
+
+def test_defaults_inheritance(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        defaults: {query: first_user, inject: system, max_results: 3, threshold: 0.5, models: {deny: [mini]}}
+        rules:
+          - name: r
+            match: {method: POST}
+            max_results: 7
+            models: {allow: ['^gpt-']}
+            route: sdk
+            sdk: {model: anthropic/claude-sonnet-4-5, api_key: '${ANTHROPIC_API_KEY}', api_base: os.environ/BASE}
+          - {name: aux, match: {method: GET}, auxiliary: true, store: true}
+    """)
+    a = rules.match(req(method="POST")).actions
+    assert (a.query, a.inject, a.max_results, a.threshold, a.max_chars, a.recall) == ("first_user", "system", 7, 0.5,
+                                                                                      4000, True)
+    assert (a.models_allow, a.models_deny, a.route) == (("^gpt-",), ("mini",), "sdk")
+    assert dict(a.sdk) == {"model": "anthropic/claude-sonnet-4-5", "api_key": "${ANTHROPIC_API_KEY}",
+                           "api_base": "os.environ/BASE"}
+    assert a.allows_model("gpt-4o") and not a.allows_model("gpt-4o-mini") and not a.allows_model("o3")
+    assert not a.allows_model(None)
+    aux = rules.match(req(method="GET")).actions
+    assert (aux.auxiliary, aux.recall, aux.store, aux.max_results) == (True, False, False, 3)
+    default = rules.match(req(method="PUT"))
+    assert default.actions == rules.defaults
+    assert (default.actions.query, default.actions.max_results, default.actions.models_allow) == ("first_user", 3, ())
+
+
+def test_allows_model_without_lists() -> None:
+    assert Actions().allows_model(None) and Actions().allows_model("anything")
+
+
+def test_route_info_shape(tmp_path: Path) -> None:
+    route = load(tmp_path, "rules: [{name: r, user_id: u, inject: user_prefix}]").match(req())
+    assert route.info() == {
+        "user_id": "u", "matched_pattern": None, "rule": "r", "is_default": False, "custom_header_present": False,
+        "recall": True, "store": True, "auxiliary": False, "query": "last_user", "inject": "user_prefix",
+        "route": "passthrough",
+    }
+    json.dumps(route.info())
+
+
+# --- legacy format ------------------------------------------------------------------------
+
+LEGACY = """
+    model_list:
+      - model_name: claude-sonnet-4.5
+        litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: os.environ/ANTHROPIC_API_KEY}
+    litellm_settings: {drop_params: true}
+    general_settings: {master_key: sk-1234}
+    user_id_mappings:
+      custom_header: "x-memory-user-id"
+      header_patterns:
+        - header: "user-agent"
+          pattern: "OpenAIClientImpl/Java"
+          user_id: "pycharm-ai"
+        - header: "user-agent"
+          pattern: "^claude-cli"
+          user_id: "claude-cli"
+      default_user_id: "default-dev"
+    context_retrieval:
+      enabled: true
+      api_key: os.environ/SUPERMEMORY_API_KEY
+      query_strategy: last_user
+      injection_strategy: system
+      container_tag: supermemory
+      max_context_length: 4000
+      max_results: 5
+      enabled_for_models: [claude-sonnet-4.5]
+"""
+
+
+def test_legacy_file(tmp_path: Path) -> None:
+    rules = load(tmp_path, LEGACY)
+    assert (rules.default_user_id, rules.override_header) == ("default-dev", "x-memory-user-id")
+    assert rules.legacy == {"api_key": "os.environ/SUPERMEMORY_API_KEY", "container_tag": "supermemory"}
+    route = rules.match(req(headers={"User-Agent": "OpenAIClientImpl/Java unknown"}))
+    assert route.info() == {
+        "user_id": "pycharm-ai",
+        "matched_pattern": {"header": "user-agent", "value": "OpenAIClientImpl/Java unknown",
+                            "pattern": "OpenAIClientImpl/Java", "user_id": "pycharm-ai"},
+        "rule": "header_patterns[0]", "is_default": False, "custom_header_present": False,
+        "recall": True, "store": True, "auxiliary": False, "query": "last_user", "inject": "system",
+        "route": "passthrough",
+    }
+    assert rules.match(req(headers={"user-agent": "claude-cli/2"})).rule == "header_patterns[1]"
+    default = rules.match(req(headers={"user-agent": "curl/8"}))
+    assert default.info()["user_id"] == "default-dev"
+    assert (default.info()["matched_pattern"], default.info()["is_default"]) == (None, True)
+    overridden = rules.match(req(headers={"user-agent": "OpenAIClientImpl/Java", "x-memory-user-id": "me"}))
+    assert (overridden.user_id, overridden.custom_header_present) == ("me", True)
+    assert overridden.matched_pattern["user_id"] == "pycharm-ai"
+    a = rules.defaults
+    assert (a.recall, a.max_chars, a.max_results, a.models_allow) == (True, 4000, 5, (r"^claude\-sonnet\-4\.5$",))
+    assert a.allows_model("claude-sonnet-4.5") and not a.allows_model("claude-sonnet-4-5")
+    assert route.actions == a
+
+
+def test_legacy_disabled_and_mixed(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        default_user_id: new-default
+        rules:
+          - {name: new, match: {headers: {user-agent: '^pycharm'}}, user_id: new-rule}
+        user_id_mappings:
+          header_patterns: [{header: user-agent, pattern: pycharm, user_id: legacy}]
+          default_user_id: old-default
+        context_retrieval: {enabled: false, query_strategy: all_user}
+        defaults: {query: first_user}
+    """)
+    assert rules.default_user_id == "new-default"
+    assert rules.match(req(headers={"user-agent": "pycharm 1"})).rule == "new"
+    assert rules.match(req(headers={"user-agent": "my pycharm"})).user_id == "legacy"
+    assert (rules.defaults.recall, rules.defaults.query) == (False, "first_user")
+
+
+# --- validation ---------------------------------------------------------------------------
+
+ERROR_CASES = [
+    # (yaml, text on the offending line, key path, message fragment)
+    ("rulez: []\n", "rulez", "rulez", "unknown key (did you mean 'rules'?)"),
+    ("version: 2\n", "version", "version", "unsupported version 2"),
+    ("rules:\n  - name: r\n    usr_id: x\n", "usr_id", "rules[0].usr_id", "did you mean 'user_id'?"),
+    ("rules:\n  - name: r\n    match:\n      hots: x\n", "hots", "rules[0].match.hots", "unknown key"),
+    ("rules:\n  - name: r\n    recall: 'yes'\n", "recall", "rules[0].recall", "expected true or false"),
+    ("rules:\n  - name: r\n    match:\n      headers:\n        user-agent: '(['\n", "user-agent",
+     "rules[0].match.headers.user-agent", "invalid regex '(['"),
+    ("rules:\n  - name: r\n    match:\n      headers: {x: '!(['}\n", "headers", "rules[0].match.headers.x",
+     "invalid regex"),
+    ("rules:\n  - name: r\n    match:\n      headers: {'bad name': x}\n", "headers",
+     "rules[0].match.headers.bad name", "invalid header name"),
+    ("rules:\n  - name: r\n    match:\n      host: [ok.com, 'bad host']\n", "host", "rules[0].match.host[1]",
+     "invalid host glob"),
+    ("rules:\n  - name: r\n    match:\n      filter: '~zz x'\n", "filter", "rules[0].match.filter",
+     "invalid filter expression"),
+    ("rules:\n  - name: r\n    match:\n      json:\n        a..b: x\n", "a..b", "rules[0].match.json.a..b",
+     "empty segment"),
+    ("rules:\n  - name: r\n    match:\n      method: [GET, 'P O']\n", "method", "rules[0].match.method[1]",
+     "invalid method"),
+    ("rules:\n  - name: r\n    match:\n      port: -1\n", "port", "rules[0].match.port", "must not be negative"),
+    ("rules:\n  - name: r\n    match:\n      port: [80, 70000]\n", "port", "rules[0].match.port[1]",
+     "at most 65535"),
+    ("rules:\n  - name: r\n    query: latest\n", "query", "rules[0].query", "unknown query strategy 'latest'"),
+    ("defaults:\n  inject: systen\n", "inject", "defaults.inject", "did you mean 'system'?"),
+    ("rules:\n  - name: r\n    route: proxy\n", "route", "rules[0].route", "unknown route"),
+    ("defaults:\n  max_results: -3\n", "max_results", "defaults.max_results", "must not be negative"),
+    ("defaults:\n  max_chars: lots\n", "max_chars", "defaults.max_chars", "expected a whole number"),
+    ("defaults:\n  threshold: 1.5\n", "threshold", "defaults.threshold", "between 0 and 1"),
+    ("defaults:\n  models: {allow: ['([']}\n", "models", "defaults.models.allow[0]", "invalid regex"),
+    ("rules:\n  - name: r\n    sdk: {model: x, region: y}\n", "sdk", "rules[0].sdk.region", "unknown key"),
+    ("rules:\n  - name: r\n    sdk:\n      model: 3\n", "model: 3", "rules[0].sdk.model", "expected a string"),
+    ("rules:\n  - name: r\n    user_id: 'a:{cwd}'\n", "user_id", "rules[0].user_id",
+     "unknown template variable 'cwd'"),
+    ("rules:\n  - name: r\n    match: {path: '(?P<p>.*)'}\n    user_id: '{p|base}'\n", "user_id",
+     "rules[0].user_id", "unknown template filter 'base'"),
+    ("rules:\n  - name: r\n    match:\n      headers: {a: '!(?P<n>x)'}\n    user_id: '{n}'\n", "user_id",
+     "rules[0].user_id", "unknown template variable 'n'"),  # a negated regex captures nothing
+    ("rules:\n  - name: r\n    user_id: 'a{b'\n", "user_id", "rules[0].user_id", "unbalanced braces"),
+    ("rules:\n  - {name: r}\n  - {name: r}\n", "- {name: r}\n  - {name: r}", "rules[1].name",
+     "duplicate rule name 'r'"),
+    ("defaults:\n  recall: true\n  recall: false\n", "recall: false", "defaults.recall", "duplicate key"),
+    ("rules: {a: 1}\n", "rules: {", "rules", "expected a list"),
+    ("user_id_mappings:\n  header_patterns:\n    - header: user-agent\n      pattern: '(['\n      user_id: x\n",
+     "pattern: '", "user_id_mappings.header_patterns[0].pattern", "invalid regex"),
+    ("user_id_mappings:\n  header_patterns:\n    - header: user-agent\n      user_id: x\n", "- header",
+     "user_id_mappings.header_patterns[0]", "missing key 'pattern'"),
+    ("context_retrieval:\n  enabled: true\n  injection_strategy: top\n", "injection_strategy",
+     "context_retrieval.injection_strategy", "unknown injection strategy"),
+    ("context_retrieval:\n  cache: 1\n", "cache", "context_retrieval.cache", "unknown key"),
+]
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing needle (or where a multi-line needle ends)."""
+    return text[:text.index(needle) + len(needle)].count("\n") + 1
+
+
+@pytest.mark.parametrize(("text", "needle", "key_path", "message"), ERROR_CASES,
+                         ids=[c[2] + ":" + c[3][:20] for c in ERROR_CASES])
+def test_validation_errors(tmp_path: Path, text: str, needle: str, key_path: str, message: str) -> None:
+    text = "# my rules\n" + text  # the offending line is never line 1
+    path = write(tmp_path, text, "bad-rules.yaml")
+    with pytest.raises(RulesError) as e:
+        Rules.load(path)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"{path}:{line_of(text, needle)}: {key_path}: "), first
+    assert message in first
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  - name: r\n    user_id: [unclosed\n  - name: s\n", "broken.yaml")
+    with pytest.raises(RulesError) as e:
+        Rules.load(path)
+    assert str(e.value).startswith(f"{path}:4: invalid YAML: ")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match="nope.yaml: cannot read rules file"):
+        Rules.load(tmp_path / "nope.yaml")
+
+
+def test_several_errors_reported_in_line_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults:\n  threshold: 2\nrules:\n  - name: r\n    query: x\n  - name: s\n    bogus: 1\n")
+    with pytest.raises(RulesError) as e:
+        Rules.load(path)
+    assert [line.split(": ")[0] for line in e.value.errors] == [f"{path}:2", f"{path}:5", f"{path}:7"]
+    assert str(e.value).count("\n") == 2
+
+
+def test_from_text_source_name() -> None:
+    with pytest.raises(RulesError, match=r"^<string>:1: rules: expected a list"):
+        Rules.from_text("rules: 3")
+    assert Rules.from_text("").default_user_id == "default"
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+
+def test_match_never_raises_on_odd_input(default_rules: Rules) -> None:
+    odd = [
+        RequestView(method=None, host=None, path=None, headers=None, body=[1, {"messages": 3}], raw_body=None),
+        RequestView(headers={"user-agent": b"claude-cli/1", "x-memory-user-id": 5}, body={"messages": [None, 7]}),
+        RequestView(headers={"user-agent": "claude-cli/1"}, body={"messages": [{"content": {"a": [[[]]]}}]}),
+    ]
+    for view in odd:
+        route = default_rules.match(view)
+        assert isinstance(route, Route) and route.user_id
+
+
+# --- reloading ----------------------------------------------------------------------------
+
+
+def test_rules_file_reload(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules: [{name: one, user_id: first}]\n")
+    watched = RulesFile(path)
+    assert watched.check() == (False, None)
+    assert watched.rules.match(req()).user_id == "first"
+
+    stamp = os.stat(path).st_mtime_ns
+
+    def edit(text: str, step: int) -> None:
+        path.write_text(text)
+        os.utime(path, ns=(stamp + step * 10**9, stamp + step * 10**9))
+
+    edit("rules: [{name: one, user_id: first, query: nonsense}]\n", 1)
+    ok, message = watched.check()
+    assert not ok and message.startswith(f"{path}:1: rules[0].query: unknown query strategy")
+    assert watched.rules.match(req()).user_id == "first"  # last good rules kept
+    assert watched.check() == (False, None)  # a bad edit is reported once
+
+    edit("rules: [{name: two, user_id: second}]\n", 2)
+    assert watched.check() == (True, None)
+    assert watched.rules.match(req()).user_id == "second"
+
+    path.unlink()
+    ok, message = watched.check()
+    assert not ok and "cannot read rules file" in message
+    assert watched.rules.match(req()).user_id == "second"
+
+
+def test_rules_file_initial_error(tmp_path: Path) -> None:
+    with pytest.raises(RulesError):
+        RulesFile(write(tmp_path, "rules: 1\n"))
