@@ -12,6 +12,7 @@ from mitmproxy.test import taddons, tflow
 
 from memproxy.addon import MemoryAddon
 from memproxy.capture import Capture
+from memproxy.recall import Recall
 from memproxy.memory.base import Memory, MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,7 @@ def addon(tmp_path):
 def use(addon: MemoryAddon, store: MemoryStore) -> None:
     """Put `store` behind the addon; the capture queue is not drained, so tests can read it."""
     addon.store = store
+    addon.recall = Recall(store)
     addon.capture = Capture(store)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Coroutine, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,7 +106,8 @@ def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
             "helm",
         ],
     )
-    hits = run(store.search("s", "kubernetes helm chart ingress", limit=10))
+    query = "kubernetes helm chart ingress"
+    hits = run(store.search("s", query, limit=10))
     assert [h.content for h in hits][0] == "kubernetes helm chart values for the ingress"
     assert len(hits) == 4
     scores = [h.score for h in hits]
@@ -112,9 +115,9 @@ def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
     assert all(0 < s < 1 for s in scores)
 
     cut = (scores[1] + scores[2]) / 2
-    assert [h.score for h in run(store.search("s", "kubernetes helm chart ingress", limit=10, threshold=cut))] == scores[:2]
-    assert run(store.search("s", "kubernetes helm chart ingress", threshold=1.0)) == []
-    assert len(run(store.search("s", "kubernetes helm chart ingress", limit=2))) == 2
+    assert [h.score for h in run(store.search("s", query, limit=10, threshold=cut))] == scores[:2]
+    assert run(store.search("s", query, threshold=1.0)) == []
+    assert len(run(store.search("s", query, limit=2))) == 2
     assert run(store.search("s", "kubernetes", limit=0)) == []
 
 
@@ -194,6 +197,15 @@ def test_list_forget_count_scopes(store: LocalStore) -> None:
     assert run(store.count("s")) == 4
     run(store.forget("other", run(store.list("other"))[0].id))
     assert run(store.scopes()) == ["s"]
+
+
+def test_index_stays_in_sync_with_the_table(store: LocalStore, tmp_path: Path) -> None:
+    ids = add_all(store, "s", FILLER)
+    for mid in ids[::2]:
+        run(store.forget("s", mid))
+    run(store.add("s", "one more after the deletes"))
+    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:  # raises if the index and the table disagree
+        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
 
 
 def test_memories_survive_close_and_reopen(tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
 from .capture import Capture, Turn
-from .memory import MemoryStore, StoreError, open_store
+from .memory import Memory, MemoryStore, StoreError, open_store
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
+from .recall import Recall
 from .rules import RequestView, Route, RulesError, RulesFile
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class MemoryAddon:
         self.rules_file: RulesFile | None = None
         self.store: MemoryStore | None = None
         self.capture: Capture | None = None
+        self.recall: Recall | None = None
         self.pending: dict[str, Pending] = {}
         self._watcher: asyncio.Task | None = None
         self._host_cache: dict[str, bool] = {}
@@ -154,6 +156,7 @@ class MemoryAddon:
                 logger.error("memproxy: memory rules not loaded:\n%s", e)  # at start-up: mitmdump exits
         if updated & {"memory_backend", "memory_db"}:
             old, self.store = self.store, open_store(opts.memory_backend, opts.memory_db or None)
+            self.recall = Recall(self.store)
             if self.capture:
                 self.capture.store = self.store
             if old:
@@ -172,6 +175,14 @@ class MemoryAddon:
         self.capture.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_rules(), name="memproxy rules watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
+        opts = ctx.options
+        logger.info(
+            "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
+            " (NODE_EXTRA_CA_CERTS for Node tools), or use a reverse listener as base URL; see README.md",
+            opts.listen_host or "127.0.0.1",
+            opts.listen_port or 8080,
+            opts.confdir,
+        )
 
     async def done(self) -> None:
         if self._watcher:
@@ -303,21 +314,10 @@ class MemoryAddon:
         info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
-    async def _search(self, route: Route, query: str) -> list:
+    async def _search(self, route: Route, query: str) -> list[Memory]:
         """Search the route's scope within the time budget; any failure means no memories."""
-        if not query.strip() or self.store is None:
-            return []
         a = route.actions
-        try:
-            return await asyncio.wait_for(
-                self.store.search(route.user_id, query, a.max_results, a.threshold),
-                ctx.options.memory_timeout_ms / 1000,
-            )
-        except TimeoutError:
-            self._warn_once("timeout", f"recall took longer than {ctx.options.memory_timeout_ms} ms; went on without memories")
-        except Exception as e:  # noqa: BLE001 - fail open
-            self._warn_once(type(e).__name__, f"recall failed, went on without memories: {_brief(e)}")
-        return []
+        return await self.recall.search(route.user_id, query, a.max_results, a.threshold, ctx.options.memory_timeout_ms / 1000)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -373,10 +373,9 @@ class MemoryAddon:
     def _tee(self, flow_id: str, pending: Pending, chunk: bytes) -> bytes:
         """The stream callable: forwards `chunk` unchanged, feeding a copy to capture."""
         try:
-            if chunk:
-                for event, data in pending.parser.feed(chunk):
-                    pending.reply.feed(event, data)
-            elif self.pending.pop(flow_id, None) is not None:
+            for event, data in pending.parser.feed(chunk):  # b"" ends the stream: flushes a last event
+                pending.reply.feed(event, data)
+            if not chunk and self.pending.pop(flow_id, None) is not None:
                 self._remember(pending, pending.reply.text())
         except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
             self.pending.pop(flow_id, None)
@@ -399,6 +398,7 @@ class MemoryAddon:
     def _remember(self, pending: Pending, reply: str) -> None:
         turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
         if turn and self.capture:
+            self.recall.invalidate(turn.scope)
             self.capture.submit(turn)
 
     # -- WebSocket (OpenAI Responses, as Codex CLI speaks it) ----------------

@@ -1,20 +1,81 @@
-"""Turn capture: what a finished exchange stores, and the writer that stores it off the request path."""
+"""Turn capture: what a finished exchange stores, and the durable outbox that sends it to the store.
+
+A turn is written to a SQLite outbox (by one worker thread) before anything else, then sent by one
+background task. Transient backend failures pause the sender with jittered exponential backoff,
+honouring Retry-After, and keep every row; permanent rejections become dead letters.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import json
 import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from .memory.base import MemoryStore
+from .memory.base import MemoryStore, StoreError
 from .protocols import strip_memory_blocks
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_USER_CHARS = 4000
 MAX_REPLY_CHARS = 8000
+BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+MAX_UNEXPECTED_ATTEMPTS = 10  # an unexpected exception (a bug?) is retried this often, then dead-lettered
+MAX_ERROR_CHARS = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox(
+    id INTEGER PRIMARY KEY,
+    custom_id TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_attempt_at);
+CREATE TABLE IF NOT EXISTS dead_letters(
+    custom_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at REAL NOT NULL
+);
+"""
+# A turn already rejected for good is not queued again.
+INSERT = """
+INSERT OR IGNORE INTO outbox(custom_id, scope, content, metadata, created_at)
+SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE custom_id = ?1)
+"""
+TAKE = """
+SELECT id, custom_id, scope, content, metadata, created_at, attempts, next_attempt_at
+FROM outbox WHERE next_attempt_at <= ? ORDER BY id LIMIT ?
+"""
+BURY = """
+INSERT OR REPLACE INTO dead_letters(custom_id, scope, content, metadata, created_at, status, error, attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+DEAD_LETTERS = """
+SELECT custom_id, scope, content, metadata, created_at, status, error, attempts, failed_at
+FROM dead_letters ORDER BY failed_at, custom_id
+"""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -51,57 +112,375 @@ class Turn:
         return "turn-" + digest.hexdigest()[:32]
 
 
-class Capture:
-    """A bounded in-memory queue of turns and one background task writing them to the store."""
+@dataclass(slots=True)
+class _Row:
+    """A turn waiting to be sent; `id` is None for a turn the outbox could not write (memory only)."""
 
-    def __init__(self, store: MemoryStore, maxsize: int = 1000, retries: int = 3) -> None:
+    id: int | None
+    custom_id: str
+    scope: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    due_at: float = 0.0
+
+
+def _brief(error: BaseException) -> str:
+    """A short description of `error` for logs: its status or type, never a payload."""
+    if isinstance(error, StoreError) and error.status is not None:
+        return f"status {error.status}"
+    return type(error).__name__
+
+
+def _retry_after(error: BaseException) -> float:
+    return (error.retry_after or 0.0) if isinstance(error, StoreError) else 0.0
+
+
+def _retryable(error: Exception, attempts: int) -> bool:
+    """Transient backend trouble is retried forever; an unexpected exception up to a limit."""
+    if isinstance(error, StoreError):
+        return not error.permanent
+    return isinstance(error, OSError) or attempts < MAX_UNEXPECTED_ATTEMPTS  # OSError: timeouts, refused connections
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: every commit survives a process kill
+        db.executescript(SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def _dead_letters(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    keys = ("custom_id", "scope", "content", "metadata", "created_at", "status", "error", "attempts", "failed_at")
+    letters = [dict(zip(keys, row)) for row in db.execute(DEAD_LETTERS)]
+    for letter in letters:
+        letter["metadata"] = json.loads(letter["metadata"])
+    return letters
+
+
+def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The turns the store rejected for good, oldest first; read-only, safe while a proxy runs."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
+        try:
+            return _dead_letters(db)
+        except sqlite3.OperationalError:  # no outbox was ever created in this file
+            return []
+
+
+class Outbox:
+    """Turns on their way to the store: a SQLite outbox owned by one worker thread, and one sender task.
+
+    Rows are sent oldest first, deleted once stored (409 included), moved to `dead_letters` on a
+    permanent error, and rescheduled on a transient one while the whole sender pauses. Rows left at
+    close stay on disk and go out after the next start().
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        store: MemoryStore,
+        *,
+        base_delay: float = 0.5,
+        max_delay: float = 300.0,
+        concurrency: int = 2,
+    ) -> None:
+        self.path = Path(path)
         self.store = store
-        self.retries = retries
-        self.queue: asyncio.Queue[Turn] = asyncio.Queue(maxsize=maxsize)
-        self.stored = 0
-        self.failed = 0
-        self._task: asyncio.Task | None = None
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.concurrency = concurrency
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-outbox")
+        self._db: sqlite3.Connection | None = None  # worker thread only
+        self._sender: asyncio.Task[None] | None = None
+        self._closed = False
+        self._wake = asyncio.Event()  # set when a turn was queued
+        self._idle = asyncio.Event()  # set when nothing is pending or being written
+        self._idle.set()
+        self._unsaved: dict[str, _Row] = {}  # custom_id -> turn the outbox could not write
+        self._pending = 0
+        self._writing = 0
+        self._counts = dict.fromkeys(("submitted", "stored", "retried", "dead", "disk_errors"), 0)
+        self._failures = 0  # consecutive transient failures: the sender's backoff exponent
+        self._paused_until = 0.0  # loop time
+        self._paused = False
+        self._rejecting = False
+        self._disk_failing = False
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="memproxy capture")
+    # -- public API -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the outbox and start sending, rows left from earlier runs first (due at once)."""
+        if self._sender is not None:
+            return
+        try:
+            self._pending = await self._run(self._open)
+        except (sqlite3.Error, OSError) as e:
+            logger.warning("memproxy: capture outbox %s unusable (%s); turns are kept in memory only", self.path, e)
+        self._update_idle()
+        self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="memproxy capture")
 
     def submit(self, turn: Turn) -> None:
-        """Queue a turn; never blocks. When full, the oldest queued turn is dropped."""
-        if self.queue.full():
-            self.queue.get_nowait()
-            self.queue.task_done()
-            self.failed += 1
-            logger.warning("memproxy: capture queue full; dropped the oldest turn")
-        self.queue.put_nowait(turn)
+        """Queue `turn` for the store. Call on the event loop; never blocks: the write runs in the worker."""
+        if self._closed:
+            logger.warning("memproxy: capture is closed; a turn was not stored")
+            return
+        self._counts["submitted"] += 1
+        self._writing += 1
+        self._idle.clear()
+        written = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._call, self._insert, turn, time.time()
+        )
+        written.add_done_callback(functools.partial(self._written, turn))
 
-    async def _run(self) -> None:
-        while True:
-            turn = await self.queue.get()
-            try:
-                await self._store(turn)
-            finally:
-                self.queue.task_done()
-
-    async def _store(self, turn: Turn) -> None:
-        for attempt in range(self.retries):
-            try:
-                await self.store.add(turn.scope, turn.content, turn.custom_id, turn.metadata)
-                self.stored += 1
-                return
-            except Exception as e:  # noqa: BLE001 - any backend failure is retried, then counted
-                if attempt + 1 == self.retries:
-                    self.failed += 1
-                    logger.warning("memproxy: could not store a turn for scope %s: %s", turn.scope, type(e).__name__)
-                    return
-                await asyncio.sleep(0.2 * 2**attempt)
-
-    async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for queued turns to be written, then stop."""
+    async def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until every turn is stored or dead-lettered; True if so."""
         try:
-            await asyncio.wait_for(self.queue.join(), timeout)
+            await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            logger.warning("memproxy: %d turns not stored at shutdown", self.queue.qsize())
-        if self._task:
-            self._task.cancel()
-            self._task = None
+            return False
+        return True
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Send what can be sent within `timeout`, then stop; unsent rows stay on disk for the next start."""
+        if self._closed:
+            return
+        if self._sender is not None and not await self.flush(timeout):
+            logger.warning("memproxy: %d turns not stored yet; they stay in %s for the next start", self._pending, self.path)
+        self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    @property
+    def pending(self) -> int:
+        """Turns not yet stored nor dead-lettered (kept in memory; see count_pending())."""
+        return self._pending
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since start: submitted, stored, retried, dead, disk_errors, and pending now."""
+        return {**self._counts, "pending": self._pending}
+
+    async def count_pending(self) -> int:
+        """Turns not yet stored nor dead-lettered, counted in the outbox itself."""
+        return await self._run(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone()[0]) + len(self._unsaved)
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        """The turns the store rejected for good, oldest first."""
+        return await self._run(_dead_letters)
+
+    # -- writing (worker thread) -------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, *args)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """In the worker thread: run `fn(db, *args)`, connecting first if needed."""
+        if self._db is None:
+            self._db = _connect(self.path)
+        return fn(self._db, *args)
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @staticmethod
+    def _open(db: sqlite3.Connection) -> int:
+        """Make rows left from an earlier run due now (a restart is a fresh start); count them."""
+        db.execute("UPDATE outbox SET next_attempt_at = 0 WHERE next_attempt_at > 0")
+        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, turn: Turn, now: float) -> bool:
+        metadata = json.dumps(turn.metadata, ensure_ascii=False, default=str)
+        return db.execute(INSERT, (turn.custom_id, turn.scope, turn.content, metadata, now)).rowcount > 0
+
+    def _written(self, turn: Turn, written: asyncio.Future[bool]) -> None:
+        """On the loop, once the worker wrote `turn`: count it, or keep it in memory if the write failed."""
+        self._writing -= 1
+        error = written.exception()
+        if error is None:
+            self._pending += written.result()
+            if self._disk_failing:
+                self._disk_failing = False
+                logger.info("memproxy: capture outbox %s writable again", self.path)
+        else:
+            self._counts["disk_errors"] += 1
+            if not self._disk_failing:
+                self._disk_failing = True
+                logger.warning(
+                    "memproxy: cannot write the capture outbox %s (%s: %s); sending turns from memory meanwhile",
+                    self.path,
+                    type(error).__name__,
+                    error if isinstance(error, (sqlite3.Error, OSError)) else "",
+                )
+            if turn.custom_id not in self._unsaved:
+                self._unsaved[turn.custom_id] = _Row(
+                    None, turn.custom_id, turn.scope, turn.content, turn.metadata, time.time()
+                )
+                self._pending += 1
+        self._wake.set()
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        if self._pending <= 0 and self._writing == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    # -- sending (event loop) ----------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if (pause := self._paused_until - loop.time()) > 0:
+                await asyncio.sleep(pause)  # deaf to submit(): the backend is given its time
+            self._wake.clear()
+            try:
+                rows, next_due = await self._due()
+                if rows:
+                    await self._send(rows)
+                    continue
+            except Exception as e:  # noqa: BLE001 - the sender outlives any fault; the rows stay queued
+                self._failed(e, 0.0)
+                continue
+            timeout = None if next_due is None else max(0.0, next_due - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _due(self) -> tuple[list[_Row], float | None]:
+        """Up to `concurrency` due rows (one while paused), memory-only ones first; else when the next is due."""
+        now = time.time()
+        limit = 1 if self._paused else self.concurrency
+        rows = [row for row in self._unsaved.values() if row.due_at <= now][:limit]
+        try:
+            taken, next_due = await self._run(self._take, now, limit - len(rows))
+        except (sqlite3.Error, OSError):
+            if not self._unsaved:
+                raise
+            taken, next_due = [], None
+        rows += taken
+        next_due = min((d for d in (next_due, *(r.due_at for r in self._unsaved.values())) if d is not None), default=None)
+        return rows, next_due
+
+    @staticmethod
+    def _take(db: sqlite3.Connection, now: float, limit: int) -> tuple[list[_Row], float | None]:
+        rows = [
+            _Row(id_, custom_id, scope, content, json.loads(metadata), created_at, attempts, due_at)
+            for id_, custom_id, scope, content, metadata, created_at, attempts, due_at in db.execute(TAKE, (now, limit))
+        ]
+        return rows, None if rows else db.execute("SELECT min(next_attempt_at) FROM outbox").fetchone()[0]
+
+    async def _send(self, rows: list[_Row]) -> None:
+        """Send `rows` concurrently and settle each; any transient failure pauses the sender."""
+        store = self.store
+        errors = await asyncio.gather(*(self._add(store, row) for row in rows))
+        transient: list[Exception] = []
+        for row, error in zip(rows, errors):
+            if error is None or (isinstance(error, StoreError) and error.status == 409):  # 409: already stored
+                await self._stored(row)
+            elif _retryable(error, row.attempts + 1):
+                await self._reschedule(row, error)
+                transient.append(error)
+            else:
+                await self._bury(row, error)
+        if transient:
+            self._failed(transient[-1], max(map(_retry_after, transient)))
+        elif self._paused:
+            self._paused = False
+            logger.info("memproxy: capture resumed, %d pending", self._pending)
+        if not transient:
+            self._failures = 0
+
+    @staticmethod
+    async def _add(store: MemoryStore, row: _Row) -> Exception | None:
+        try:
+            await store.add(row.scope, row.content, row.custom_id, row.metadata)
+        except Exception as e:  # noqa: BLE001 - classified by the caller
+            return e
+        return None
+
+    async def _stored(self, row: _Row) -> None:
+        if row.id is None:
+            self._unsaved.pop(row.custom_id, None)
+        else:
+            await self._run(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (row.id,)))
+        self._rejecting = False
+        self._settled("stored")
+
+    async def _reschedule(self, row: _Row, error: Exception) -> None:
+        due_at = time.time() + self._backoff(row.attempts, _retry_after(error))
+        if row.id is not None:
+            await self._run(
+                lambda db: db.execute(
+                    "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", (row.attempts + 1, due_at, row.id)
+                )
+            )
+        row.attempts += 1
+        row.due_at = due_at
+        self._counts["retried"] += 1
+
+    async def _bury(self, row: _Row, error: Exception) -> None:
+        """Move `row` to the dead letters: it will never be sent again."""
+        status = error.status if isinstance(error, StoreError) else None
+        message = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        letter = (row.custom_id, row.scope, row.content, json.dumps(row.metadata, ensure_ascii=False, default=str))
+        letter += (row.created_at, status, message, row.attempts + 1, time.time())
+
+        def bury(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(BURY, letter)
+                db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+
+        try:
+            await self._run(bury)
+        except (sqlite3.Error, OSError):
+            if row.id is not None:
+                raise  # the row stays queued; the sender pauses and tries again
+            logger.warning("memproxy: a rejected turn could not be kept as a dead letter: the outbox is unwritable")
+        self._unsaved.pop(row.custom_id, None)
+        if not self._rejecting:
+            self._rejecting = True
+            logger.warning(
+                "memproxy: the memory store rejected a turn (%s); kept in the dead letters of %s, not retried",
+                _brief(error),
+                self.path,
+            )
+        self._settled("dead")
+
+    def _settled(self, outcome: str) -> None:
+        self._counts[outcome] += 1
+        self._pending -= 1
+        self._update_idle()
+
+    def _failed(self, error: Exception, retry_after: float) -> None:
+        """Pause the whole sender: the backend (or the outbox) is likely failing for every row."""
+        delay = self._backoff(self._failures, retry_after)
+        self._failures += 1
+        self._paused_until = asyncio.get_running_loop().time() + delay
+        if not self._paused:
+            self._paused = True
+            logger.warning(
+                "memproxy: capture paused, %d pending, retrying in %.1fs (%s)", self._pending, delay, _brief(error)
+            )
+
+    def _backoff(self, attempts: int, retry_after: float) -> float:
+        """Full-jitter exponential backoff, never shorter than the backend's Retry-After."""
+        return max(retry_after, min(self.max_delay, self.base_delay * 2 ** min(attempts, 64)) * random.random())

@@ -69,12 +69,36 @@ class RulesError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """The `memory:` section: which backend, and its settings. Secrets stay as written
+    (e.g. "${SUPERMEMORY_API_KEY}"): the caller resolves them with `resolve_env`."""
+
+    backend: str = "auto"  # auto | local | supermemory
+    local_path: str | None = None
+    supermemory: Mapping[str, str] = field(default_factory=dict)  # api_key, base_url, search_mode, container_tag
+
+
+BACKENDS: tuple[str, ...] = ("auto", "local", "supermemory")
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$|^os\.environ/([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def resolve_env(value: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """`${NAME}` or `os.environ/NAME` -> the variable's value (None if unset); other strings as they are."""
+    if value is None:
+        return None
+    if m := _ENV_REF.match(value.strip()):
+        return environ.get(m.group(1) or m.group(2)) or None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
 class Actions:
     """What to do with a routed request. Auxiliary requests are neither recalled nor stored."""
 
     recall: bool = True
     store: bool = True
     auxiliary: bool = False
+    profile: bool = False  # also recall the scope's profile (Supermemory's static and dynamic facts)
     query: str = "last_user"
     inject: str = "dual"
     max_results: int = 5
@@ -301,15 +325,17 @@ def _text(node: Any) -> str:
 # --- loading and validation -----------------------------------------------------------------
 
 _ACTION_KEYS = (
-    "recall", "store", "auxiliary", "query", "inject", "max_results", "max_chars", "threshold",
+    "recall", "store", "auxiliary", "profile", "query", "inject", "max_results", "max_chars", "threshold",
     "models", "route", "sdk",
 )
 _RULE_KEYS = ("name", "match", "user_id", "allow_override", *_ACTION_KEYS)
 _MATCH_KEYS = ("filter", "host", "path", "method", "port", "headers", "body", "json", "model", "project")
 _TOP_KEYS = (
     "version", "default_user_id", "override_header", "defaults", "rules",
-    "user_id_mappings", "context_retrieval", *IGNORED_SECTIONS,
+    "user_id_mappings", "context_retrieval", "memory", *IGNORED_SECTIONS,
 )
+_MEMORY_KEYS = ("backend", "local", "supermemory")
+_SUPERMEMORY_KEYS = ("api_key", "base_url", "search_mode", "container_tag")
 _LEGACY_MAPPING_KEYS = ("custom_header", "header_patterns", "default_user_id")
 _LEGACY_PATTERN_KEYS = ("header", "pattern", "user_id")
 # context_retrieval key -> Actions field (enabled_for_models, api_key, container_tag: by hand)
@@ -494,7 +520,7 @@ class _Loader:
             if key not in m:
                 continue
             p, v = path + (key,), m[key]
-            if name in ("recall", "store", "auxiliary"):
+            if name in ("recall", "store", "auxiliary", "profile"):
                 value = self.boolean(p, v)
             elif name == "query":
                 value = self.choice(p, v, QUERY_STRATEGIES, "query strategy")
@@ -625,6 +651,24 @@ class _Loader:
         actions = self.actions(path, m, {k: k for k in _ACTION_KEYS})
         return _Rule(name=name or "", actions=_make_actions({**base, **actions}), **kw)
 
+    def memory(self, path: _Path, v: Any) -> MemoryConfig:
+        """The `memory:` section."""
+        m = self.mapping(path, v, _MEMORY_KEYS) or {}
+        backend = self.choice(path + ("backend",), m["backend"], BACKENDS, "backend") if "backend" in m else None
+        local = self.mapping(path + ("local",), m.get("local"), ("path",)) or {}
+        local_path = self.string(path + ("local", "path"), local["path"]) if "path" in local else None
+        sm = self.mapping(path + ("supermemory",), m.get("supermemory"), _SUPERMEMORY_KEYS) or {}
+        settings = {k: x for k, x in sm.items() if self.string(path + ("supermemory", k), x) is not None}
+        if (tag := settings.get("container_tag")) is not None:
+            if tag.count("{scope}") > 1 or _PLACEHOLDER.sub("", tag.replace("{scope}", "")) != tag.replace("{scope}", ""):
+                self.error(path + ("supermemory", "container_tag"), "the only placeholder allowed is {scope}, once")
+            elif not re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", tag.replace("{scope}", "")):
+                self.error(
+                    path + ("supermemory", "container_tag"),
+                    f"invalid container tag {tag!r}: use letters, digits, '_', '.', ':' or '-' around {{scope}}",
+                )
+        return MemoryConfig(backend or "auto", local_path, MappingProxyType(settings))
+
     def legacy_rules(self, path: _Path, v: Any, defaults: Actions) -> list[_Rule]:
         """`header_patterns: [{header, pattern, user_id}]` of the earlier implementation."""
         if not isinstance(v, list):
@@ -700,12 +744,15 @@ class _Loader:
                 self.error(("rules", i, "name"), f"duplicate rule name '{rule.name}' (also rules[{seen[rule.name]}])")
             seen.setdefault(rule.name, i)
             rules.append(rule)
+        memory = self.memory(("memory",), doc["memory"]) if "memory" in doc else MemoryConfig()
         actions = _make_actions(base)
         if "header_patterns" in mappings:
             rules += self.legacy_rules(("user_id_mappings", "header_patterns"), mappings["header_patterns"], actions)
         if self.errors:
             raise self.fail()
-        return Rules(self.source, sanitize_user_id(default_user_id), override_header, actions, tuple(rules), legacy)
+        return Rules(
+            self.source, sanitize_user_id(default_user_id), override_header, actions, tuple(rules), legacy, memory
+        )
 
 
 def _make_actions(kw: dict[str, Any]) -> Actions:
@@ -725,12 +772,16 @@ class Rules:
         defaults: Actions,
         rules: tuple[_Rule, ...],
         legacy: dict[str, Any],
+        memory: MemoryConfig | None = None,
     ) -> None:
         self.source = source
         self.default_user_id = default_user_id
         self.override_header = override_header
         self.defaults = defaults
         self.legacy = legacy  # api_key (usually an os.environ/ reference), container_tag
+        self.memory = memory or MemoryConfig(supermemory=MappingProxyType(
+            {"api_key": legacy["api_key"]} if "api_key" in legacy else {}
+        ))
         self._rules = rules
 
     @classmethod
@@ -752,8 +803,8 @@ class Rules:
         """The route for a request: first matching rule, else the default. Never raises."""
         try:
             return self._match(req)
-        except Exception:  # routing must never break a request
-            logger.exception("memory rules: matching failed, using the default user id")
+        except Exception as e:  # routing must never break a request
+            logger.warning("memproxy: rule matching failed, using the default user id: %s", type(e).__name__)
             return Route(self.default_user_id, None, True, None, False, self.defaults, {})
 
     def _match(self, req: RequestView) -> Route:

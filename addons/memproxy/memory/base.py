@@ -18,7 +18,21 @@ class Memory:
 
 
 class StoreError(Exception):
-    """A backend failed; callers fail open."""
+    """A backend failed; callers fail open (reads) or retry (writes).
+
+    `status` is the backend's HTTP status if it answered; `retry_after` the
+    seconds it asked us to wait. A permanent error (a 4xx other than 408, 409
+    and 429) will fail the same way if retried.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def permanent(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 409, 429)
 
 
 class MemoryStore(abc.ABC):

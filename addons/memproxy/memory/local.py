@@ -142,9 +142,8 @@ class LocalStore(MemoryStore):
 
     async def count(self, scope: str | None = None) -> int:
         """How many memories `scope` holds, or the whole store if `scope` is None."""
-        sql, args = ("SELECT count(*) FROM memories", ()) if scope is None else (
-            "SELECT count(*) FROM memories WHERE scope = ?", (scope,))
-        return await self._run(lambda db: db.execute(sql, args).fetchone()[0])
+        where, args = ("", ()) if scope is None else (" WHERE scope = ?", (scope,))
+        return await self._run(lambda db: db.execute("SELECT count(*) FROM memories" + where, args).fetchone()[0])
 
     async def scopes(self) -> list[str]:
         """Every scope that holds a memory, sorted."""
@@ -237,5 +236,7 @@ class LocalStore(MemoryStore):
                 (scope, custom_id, content, metadata, now),
             ).fetchone()
             if row is None:
-                row = db.execute("SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)).fetchone()
+                row = db.execute(
+                    "SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)
+                ).fetchone()
         return str(row[0])

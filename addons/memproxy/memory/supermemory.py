@@ -1,0 +1,334 @@
+"""The Supermemory store: the hosted (or self-hosted) Supermemory REST API over one pooled httpx client.
+
+API facts this module relies on (Supermemory's API docs and the official supermemory-python SDK):
+- Base URL https://api.supermemory.ai, or a self-hosted server's URL; every call sends
+  `Authorization: Bearer <key>`. The SDK reads SUPERMEMORY_API_KEY and SUPERMEMORY_BASE_URL.
+- POST /v4/search {q, containerTag, limit, threshold, searchMode} -> {results, timing, total}.
+  searchMode is "memories" (the API's default), "hybrid" (the docs' recommendation: memories and
+  document chunks) or "documents". A memory result is {id, memory, similarity, metadata, updatedAt},
+  a chunk result {id, chunk, similarity, metadata, updatedAt}; similarity is in [0, 1].
+- POST /v4/profile {containerTag, q?} -> {profile: {static: [str], dynamic: [str]}, searchResults?}.
+- POST /v3/documents {content, containerTag, customId, metadata} -> {id, status}. Sending a customId
+  again updates that document instead of adding one. containerTag and customId: at most 100
+  characters, ASCII letters, digits, '-', '_' and '.'. Metadata is flat: string, number or boolean
+  values. The docs do not tie a customId to a container tag, so ours folds the tag in.
+- POST /v3/documents/list {containerTags, limit, page, sort, order, includeContent}
+  -> {memories: [{id, customId, content, metadata, containerTags, createdAt, updatedAt}], pagination};
+  containerTags match exactly. GET /v3/documents/{id} -> the document, with its containerTags.
+  DELETE /v3/documents/{id} -> empty body.
+- Errors answer {error, details?} with the HTTP status; 429 can carry Retry-After.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from .base import Memory, MemoryStore, StoreError
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.supermemory.ai"
+SEARCH_MODES = ("memories", "hybrid", "documents")
+ID_MAX = 100  # characters in a containerTag or customId
+ID_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+HASH_LEN = 16  # hex digits of SHA-256 that keep a rewritten id unique
+DETAIL_MAX = 200  # characters of the server's error message kept in ours
+MISSING = object()  # a 404 where the caller allows one
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LEN]
+
+
+def _rewrite(text: str, original: str) -> str:
+    """`text` as a valid id: each run of invalid characters becomes '-', then the hash of `original`."""
+    base = ID_INVALID.sub("-", text).strip("-")[: ID_MAX - HASH_LEN - 1]
+    return f"{base}-{_digest(original)}" if base else _digest(original)
+
+
+def validate_container_tag(tag: str) -> None:
+    """Raise ValueError, saying why, if Supermemory would refuse `tag` as a containerTag."""
+    if not tag:
+        raise ValueError("the container tag is empty")
+    if len(tag) > ID_MAX:
+        raise ValueError(f"the container tag {tag[:20]!r}... has {len(tag)} characters; Supermemory allows {ID_MAX}")
+    if bad := ID_INVALID.search(tag):
+        raise ValueError(
+            f"the container tag {tag!r} contains {bad[0]!r};"
+            " Supermemory allows only ASCII letters, digits, '-', '_' and '.'"
+        )
+
+
+def container_tag(scope: str) -> str:
+    """The containerTag of `scope`: the scope itself if Supermemory accepts it, else a rewrite ending in its hash.
+
+    `claude-code:my repo/x` becomes `claude-code-my-repo-x-<hash>`; distinct scopes get distinct tags.
+    """
+    try:
+        validate_container_tag(scope)
+    except ValueError:
+        return _rewrite(scope, scope)
+    return scope
+
+
+def document_custom_id(tag: str, custom_id: str) -> str:
+    """The customId sent for `custom_id` in the container `tag`: valid, and unique per (tag, custom_id)."""
+    return _rewrite(custom_id, f"{tag}\n{custom_id}")
+
+
+def flat_metadata(metadata: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
+    """`metadata` as Supermemory takes it: scalars kept, None dropped, anything else as JSON text."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value)):
+            flat[str(key)] = value  # bool is an int
+        else:
+            flat[str(key)] = json.dumps(value, ensure_ascii=False, default=str)
+    return flat
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds a Retry-After header asks for (delta-seconds or an HTTP date); None if absent or invalid."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _timestamp(value: Any) -> float:
+    """Unix seconds of an ISO 8601 time such as `2024-01-15T10:30:00.000Z`; 0 if it is not one."""
+    try:
+        when = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _score(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, float(value)))
+
+
+def _metadata(item: dict[str, Any]) -> dict[str, Any]:
+    metadata = item.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _search_hit(scope: str, result: Any) -> Memory | None:
+    """A memory result (`memory`) or chunk result (`chunk`) of /v4/search; None if it is malformed."""
+    if not isinstance(result, dict):
+        return None
+    text = result.get("memory", result.get("chunk"))
+    score = _score(result.get("similarity"))
+    if not isinstance(text, str) or score is None or not isinstance(result.get("id"), str):
+        return None
+    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")))
+
+
+def _document(scope: str, tag: str, doc: Any) -> Memory | None:
+    """A listed document of the container `tag`; None if it is malformed or belongs to another container."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("content"), str):
+        return None
+    tags = doc.get("containerTags")
+    if isinstance(tags, list) and tag not in tags:
+        return None
+    return Memory(doc["id"], scope, doc["content"], 0.0, _metadata(doc), _timestamp(doc.get("createdAt")))
+
+
+def _expect(data: Any, key: str, kind: type[T], what: str) -> T:
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, kind):
+        raise StoreError(f"{what}: unexpected answer (no {key!r} {kind.__name__})")
+    return value
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's own error message, shortened; "" if it sent none."""
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error[:DETAIL_MAX] if isinstance(error, str) else ""
+
+
+class SupermemoryStore(MemoryStore):
+    """Memories in Supermemory: one containerTag per scope, one document per memory."""
+
+    name = "supermemory"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 5.0,
+        search_mode: str = "hybrid",
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if search_mode not in SEARCH_MODES:
+            raise ValueError(f"unknown Supermemory search mode {search_mode!r}; valid modes: {', '.join(SEARCH_MODES)}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.search_mode = search_mode
+        self._api_key = api_key.strip()
+        self._client = client  # a client passed in belongs to the caller
+        self._owns_client = client is None
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> SupermemoryStore:
+        """A store configured like the official SDK: SUPERMEMORY_API_KEY and SUPERMEMORY_BASE_URL."""
+        base_url = environ.get("SUPERMEMORY_BASE_URL") or DEFAULT_BASE_URL
+        return cls(environ.get("SUPERMEMORY_API_KEY", ""), base_url, **kwargs)
+
+    async def open(self) -> None:
+        """Check the configuration only: start-up never waits on the network."""
+        self._check()
+
+    async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
+        if limit <= 0 or not query.strip():
+            return []
+        body = {
+            "q": query,
+            "containerTag": container_tag(scope),
+            "limit": limit,
+            "threshold": threshold,
+            "searchMode": self.search_mode,
+        }
+        results = await self._call("POST", "/v4/search", body, expect=("results", list))
+        hits = [m for r in results if (m := _search_hit(scope, r)) is not None and m.score >= threshold]
+        hits.sort(key=lambda m: m.score, reverse=True)
+        return hits[:limit]
+
+    async def profile(self, scope: str) -> list[str]:
+        """The static, then the dynamic facts Supermemory keeps about `scope`."""
+        body = {"containerTag": container_tag(scope)}
+        profile = await self._call("POST", "/v4/profile", body, expect=("profile", dict))
+        facts = [profile.get("static"), profile.get("dynamic")]
+        return [f for part in facts if isinstance(part, list) for f in part if isinstance(f, str) and f.strip()]
+
+    async def add(
+        self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> str:
+        tag = container_tag(scope)
+        body: dict[str, Any] = {"content": content, "containerTag": tag}
+        if custom_id is not None:
+            body["customId"] = document_custom_id(tag, custom_id)
+        if metadata:
+            body["metadata"] = flat_metadata(metadata)
+        return await self._call("POST", "/v3/documents", body, expect=("id", str))
+
+    async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
+        if limit <= 0:
+            return []
+        offset = max(0, offset)
+        # The API pages by number: an offset between pages is served by one larger first page.
+        page, size, skip = (offset // limit + 1, limit, 0) if offset % limit == 0 else (1, offset + limit, offset)
+        tag = container_tag(scope)
+        body = {
+            "containerTags": [tag],
+            "limit": size,
+            "page": page,
+            "sort": "createdAt",
+            "order": "desc",
+            "includeContent": True,
+        }
+        docs = await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
+        return [m for d in docs[skip:] if (m := _document(scope, tag, d)) is not None][:limit]
+
+    async def forget(self, scope: str, memory_id: str) -> bool:
+        if not memory_id:
+            return False
+        path = f"/v3/documents/{quote(memory_id, safe='')}"
+        doc = await self._call("GET", path, missing_ok=True)
+        if doc is MISSING:
+            return False
+        if not isinstance(doc, dict):
+            raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
+        tags = doc.get("containerTags")
+        if not isinstance(tags, list) or container_tag(scope) not in tags:  # not this scope's to delete
+            return False
+        return await self._call("DELETE", path, missing_ok=True) is not MISSING
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+        self._client = None
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError("the supermemory store is closed")
+        if not self._api_key:
+            raise StoreError("SUPERMEMORY_API_KEY is not set")
+        if not self.base_url.startswith(("https://", "http://")):
+            raise StoreError(f"SUPERMEMORY_BASE_URL must start with https:// or http://, not {self.base_url[:40]!r}")
+
+    def _error(self, message: str, **kwargs: Any) -> StoreError:
+        """A StoreError whose message cannot carry the API key, whatever text went into it."""
+        return StoreError(message.replace(self._api_key, "***") if self._api_key else message, **kwargs)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        expect: tuple[str, type] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        """One API call's JSON answer (None if empty), or its `expect`ed field; MISSING on a 404 if `missing_ok`."""
+        self._check()
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout))
+        what = f"supermemory {method} {path}"
+        # Messages are our own words: never an httpx exception's text or a request's repr.
+        try:
+            response = await self._client.request(
+                method, self.base_url + path, json=body, headers={"Authorization": f"Bearer {self._api_key}"}
+            )
+        except httpx.TimeoutException:
+            raise self._error(f"{what}: no answer within {self.timeout:g} s") from None
+        except httpx.HTTPError as e:
+            raise self._error(f"{what}: {type(e).__name__}") from None
+        except ValueError as e:  # not JSON-encodable, e.g. a lone surrogate in the content
+            raise self._error(f"{what}: cannot encode the request ({type(e).__name__})") from None
+        status = response.status_code
+        if status == 404 and missing_ok:
+            return MISSING
+        if not response.is_success:
+            detail = _detail(response)
+            raise self._error(
+                f"{what}: HTTP {status}" + (f": {detail}" if detail else ""),
+                status=status,
+                retry_after=retry_after(response.headers.get("retry-after")),
+            )
+        try:
+            data = response.json() if response.content else None
+        except ValueError:
+            raise self._error(f"{what}: the answer is not JSON") from None
+        return data if expect is None else _expect(data, *expect, what)

@@ -1,0 +1,148 @@
+"""Recall: search a scope's memories within a time budget, behind a TTL cache and a circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .memory.base import Memory, MemoryStore, StoreError
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str, int, float]
+
+# Backend answers that will not get better by retrying: say so once, clearly.
+LOUD_STATUSES = {
+    401: "the memory backend rejected the API key (401): check SUPERMEMORY_API_KEY",
+    402: "the memory backend is out of credits (402): recall and storage are paused until it is topped up",
+    403: "the memory backend refused access (403): check the API key's permissions",
+}
+
+
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve a finished fetch's exception, so a fetch nobody waited for does not warn."""
+    if not future.cancelled():
+        future.exception()
+
+
+class CircuitBreaker:
+    """Closed while the backend works; open (skip calls) after `failures` failures in a row;
+    after `reset_after` seconds one probe call is let through (half-open)."""
+
+    def __init__(self, failures: int = 5, reset_after: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.reset_after = reset_after
+        self.clock = clock
+        self.failed = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.probing else "open"
+
+    def allow(self) -> bool:
+        if self.opened_at is None:
+            return True
+        if not self.probing and self.clock() >= self.opened_at + self.reset_after:
+            self.probing = True  # exactly one probe until it reports back
+            return True
+        return False
+
+    def success(self) -> None:
+        if self.opened_at is not None:
+            logger.info("memproxy: memory backend is answering again; recall resumed")
+        self.failed, self.opened_at, self.probing = 0, None, False
+
+    def failure(self) -> None:
+        self.failed += 1
+        if self.probing or (self.opened_at is None and self.failed >= self.failures):
+            if self.opened_at is None:
+                logger.warning(
+                    "memproxy: memory backend failing; skipping recall for %.0f s before probing again", self.reset_after
+                )
+            self.opened_at, self.probing = self.clock(), False
+
+
+class Recall:
+    """Searches `store` for the request path: cached, single-flight, budgeted, failing open."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        *,
+        ttl: float = 30.0,
+        max_entries: int = 2048,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.clock = clock
+        self._cache: OrderedDict[Key, tuple[float, list[Memory]]] = OrderedDict()
+        self._inflight: dict[Key, asyncio.Future[list[Memory]]] = {}
+        self._said: set[str] = set()
+
+    async def search(self, scope: str, query: str, limit: int, threshold: float, timeout: float) -> list[Memory]:
+        """Memories for the query, or [] on timeout, failure or an open breaker. Never raises."""
+        if not query.strip():
+            return []
+        key = (scope, query, limit, threshold)
+        if (hit := self._cache.get(key)) is not None:
+            if hit[0] > self.clock():
+                return hit[1]
+            del self._cache[key]
+        future = self._inflight.get(key)
+        if future is None:
+            if not self.breaker.allow():
+                return []
+            future = self._inflight[key] = asyncio.ensure_future(self._fetch(key, timeout))
+            future.add_done_callback(_consume)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._once("timeout", f"recall took longer than {timeout * 1000:.0f} ms; went on without memories")
+        except Exception as e:  # noqa: BLE001 - fail open; _fetch already logged
+            self._once(f"error:{type(e).__name__}", f"recall failed, went on without memories: {type(e).__name__}: {e}")
+        return []
+
+    async def _fetch(self, key: Key, budget: float) -> list[Memory]:
+        scope, query, limit, threshold = key
+        started = self.clock()
+        try:
+            memories = await self.store.search(scope, query, limit, threshold)
+        except Exception as e:
+            self.breaker.failure()
+            if isinstance(e, StoreError) and e.status in LOUD_STATUSES:
+                self._once(f"status:{e.status}", LOUD_STATUSES[e.status], logging.ERROR)
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        if self.clock() - started > budget:
+            self.breaker.failure()  # it answered, but too late to be of use: a slow backend trips the breaker too
+        else:
+            self.breaker.success()
+        self._cache[key] = (self.clock() + self.ttl, memories)
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return memories
+
+    def invalidate(self, scope: str) -> None:
+        """Forget cached results of `scope` (a turn was just stored there)."""
+        for key in [k for k in self._cache if k[0] == scope]:
+            del self._cache[key]
+
+    def _once(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        """Log a condition once; repeats go to debug, so a failing backend is one line, not one per request."""
+        if key in self._said:
+            logger.debug("memproxy: %s", message)
+        else:
+            self._said.add(key)
+            logger.log(level, "memproxy: %s", message)

@@ -1,0 +1,122 @@
+"""Recall's read-path resilience: cache, single-flight, time budget, circuit breaker, log-once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from memproxy.memory.base import Memory, MemoryStore, StoreError
+from memproxy.recall import CircuitBreaker, Recall
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore(MemoryStore):
+    name = "counting"
+
+    def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.delay, self.error, self.calls = delay, error, 0
+
+    async def search(self, scope, query, limit=5, threshold=0.0):
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.error:
+            raise self.error
+        return [Memory("1", scope, f"about {query}", 0.9)]
+
+    async def add(self, scope, content, custom_id=None, metadata=None):
+        return "1"
+
+    async def list(self, scope, limit=100, offset=0):
+        return []
+
+    async def forget(self, scope, memory_id):
+        return False
+
+
+async def test_cache_hit_skips_the_store_until_ttl_or_invalidation():
+    clock, store = Clock(), CountingStore()
+    recall = Recall(store, ttl=30, clock=clock)
+    first = await recall.search("s", "q", 5, 0.0, 1.0)
+    assert await recall.search("s", "q", 5, 0.0, 1.0) == first
+    assert store.calls == 1
+    await recall.search("other", "q", 5, 0.0, 1.0)  # another scope is another key
+    assert store.calls == 2
+    recall.invalidate("s")
+    await recall.search("s", "q", 5, 0.0, 1.0)
+    assert store.calls == 3
+    clock.now += 31
+    await recall.search("s", "q", 5, 0.0, 1.0)
+    assert store.calls == 4
+
+
+async def test_concurrent_identical_lookups_are_one_call():
+    store = CountingStore(delay=0.05)
+    recall = Recall(store)
+    results = await asyncio.gather(*(recall.search("s", "q", 5, 0.0, 1.0) for _ in range(20)))
+    assert store.calls == 1
+    assert all(r == results[0] and r for r in results)
+
+
+async def test_timeout_fails_open_and_the_late_answer_is_cached():
+    store = CountingStore(delay=0.2)
+    recall = Recall(store)
+    assert await recall.search("s", "q", 5, 0.0, 0.01) == []
+    await asyncio.sleep(0.3)
+    assert await recall.search("s", "q", 5, 0.0, 0.01)  # served from the cache, no new call
+    assert store.calls == 1
+
+
+async def test_breaker_opens_after_failures_and_probes_later():
+    clock = Clock()
+    store = CountingStore(error=StoreError("down", status=500))
+    recall = Recall(store, breaker=CircuitBreaker(failures=3, reset_after=30, clock=clock), clock=clock)
+    for i in range(10):
+        assert await recall.search("s", f"q{i}", 5, 0.0, 1.0) == []
+    assert store.calls == 3 and recall.breaker.state == "open"
+    clock.now += 31
+    store.error = None
+    assert await recall.search("s", "probe", 5, 0.0, 1.0)
+    assert store.calls == 4 and recall.breaker.state == "closed"
+
+
+async def test_failed_probe_reopens():
+    clock = Clock()
+    store = CountingStore(error=StoreError("down", status=503))
+    breaker = CircuitBreaker(failures=1, reset_after=10, clock=clock)
+    recall = Recall(store, breaker=breaker, clock=clock)
+    await recall.search("s", "a", 5, 0.0, 1.0)
+    clock.now += 11
+    await recall.search("s", "b", 5, 0.0, 1.0)  # the probe fails
+    await recall.search("s", "c", 5, 0.0, 1.0)  # skipped
+    assert store.calls == 2 and breaker.state == "open"
+
+
+async def test_slow_answers_trip_the_breaker():
+    store = CountingStore(delay=0.05)
+    recall = Recall(store, breaker=CircuitBreaker(failures=2, reset_after=60))
+    for i in range(2):
+        await recall.search("s", f"q{i}", 5, 0.0, 0.01)
+    await asyncio.sleep(0.1)
+    assert recall.breaker.state == "open"
+    assert await recall.search("s", "q9", 5, 0.0, 1.0) == []
+    assert store.calls == 2
+
+
+@pytest.mark.parametrize("status", [401, 402, 403])
+async def test_auth_and_credit_failures_are_logged_once(status, caplog):
+    store = CountingStore(error=StoreError("rejected", status=status))
+    recall = Recall(store, breaker=CircuitBreaker(failures=100))
+    with caplog.at_level(logging.DEBUG, logger="memproxy.recall"):
+        for i in range(5):
+            await recall.search("s", f"q{i}", 5, 0.0, 1.0)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING and f"({status})" in r.getMessage()]
+    assert len(loud) == 1
