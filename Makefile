@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 
-.PHONY: run web test test-slow bench lock clean
+.PHONY: run web test test-slow lint bench lock clean
 
 $(UV):
 	@test -n "$(PY)" || exit 1
@@ -35,6 +35,9 @@ test: $(VENV)/.synced
 
 test-slow: $(VENV)/.synced
 	$(VENV)/bin/pytest -m slow $(ARGS)
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check addons tests
 
 lock: $(UV)
 	$(UV) lock --python $(PY)

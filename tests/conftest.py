@@ -20,10 +20,9 @@ import httpx
 import httpx2  # the HTTP client the openai and anthropic SDKs are built on
 import openai
 import pytest
+from fakes import FakeUpstream, codex_request
 from mitmproxy import certs
 from websockets.sync.client import connect
-
-from fakes import FakeUpstream, codex_request
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"

@@ -8,12 +8,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from mitmproxy.test import taddons, tflow
-
 from memproxy.addon import MemoryAddon
-from memproxy.capture import Capture
-from memproxy.recall import Recall
 from memproxy.memory.base import Memory, MemoryStore
+from memproxy.recall import Recall
+from mitmproxy.test import taddons, tflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,11 +61,18 @@ def addon(tmp_path):
         yield a
 
 
+class Submitted(list):
+    """Stands in for the outbox: keeps submitted turns for the test to read."""
+
+    def submit(self, turn) -> None:
+        self.append(turn)
+
+
 def use(addon: MemoryAddon, store: MemoryStore) -> None:
-    """Put `store` behind the addon; the capture queue is not drained, so tests can read it."""
+    """Put `store` behind the addon, and a list in place of the outbox."""
     addon.store = store
     addon.recall = Recall(store)
-    addon.capture = Capture(store)
+    addon.capture = Submitted()
 
 
 async def test_recall_within_budget_injects_and_annotates(addon):
@@ -125,7 +130,7 @@ async def test_same_turn_twice_is_one_memory_id(addon):
         flow.response.headers["content-type"] = "application/json"
         flow.response.content = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Got it."}}]}).encode()
         await addon.response(flow)
-        ids.append(addon.capture.queue.get_nowait().custom_id)
+        ids.append(addon.capture.pop().custom_id)
     assert ids[0] and ids[0] == ids[1]
 
 

@@ -7,7 +7,6 @@ import json
 import anthropic
 import openai
 import pytest
-
 from fakes import FakeUpstream, codex_request
 from fakes.upstream import split
 

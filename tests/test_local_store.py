@@ -10,12 +10,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import platformdirs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from memproxy.memory import Memory, StoreError, open_store
+from memproxy.memory import Memory, StoreError
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
 T = TypeVar("T")
@@ -314,11 +312,3 @@ def test_search_at_scale_stays_in_scope(store: LocalStore) -> None:
             assert len(common) == 50 and all(h.scope == "user:42" for h in common)
 
     run(check())
-
-
-def test_open_store_factory(tmp_path: Path) -> None:
-    store = open_store("local", str(tmp_path / "m.db"))
-    assert isinstance(store, LocalStore) and store.name == "local"
-    assert LocalStore().path == Path(platformdirs.user_data_dir("memproxy")) / "memories.db"
-    with pytest.raises(ValueError, match="local"):
-        open_store("nope")

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-
 from memproxy.protocols import ADAPTERS, detect_path, frame_context, strip_memory_blocks
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import MEMORY_CLOSE

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_protocols import chat_body, claude_code_body, codex_body, gemini_body, simple_anthropic
-
 from memproxy.protocols import ADAPTERS, frame_context, strip_memory_blocks
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter
 from memproxy.protocols.sse import SSEParser
+from test_protocols import chat_body, claude_code_body, codex_body, gemini_body, simple_anthropic
 
 SETTINGS = settings(max_examples=200, deadline=None)
 BY_NAME = {a.name: a for a in ADAPTERS}

@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import pytest
-
 from memproxy.memory.base import Memory, MemoryStore, StoreError
 from memproxy.recall import CircuitBreaker, Recall
 

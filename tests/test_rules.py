@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from mitmproxy.test import tflow
-
 from memproxy.rules import Actions, RequestView, Route, Rules, RulesError, RulesFile
+from mitmproxy.test import tflow
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "memory.yaml"
 

@@ -12,23 +12,26 @@ import fnmatch
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
-from .capture import Capture, Turn
-from .memory import Memory, MemoryStore, StoreError, open_store
+from .capture import Outbox, Turn
+from .memory import Backend, Memory, MemoryStore, StoreError, choose_backend, open_store
+from .memory.supermemory import DEFAULT_BASE_URL
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
-from .rules import RequestView, Route, RulesError, RulesFile
+from .rules import FILTERS, RequestView, Route, RulesError, RulesFile, resolve_env
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +111,10 @@ class MemoryAddon:
     def __init__(self) -> None:
         self.rules_file: RulesFile | None = None
         self.store: MemoryStore | None = None
-        self.capture: Capture | None = None
+        self.capture: Outbox | None = None
         self.recall: Recall | None = None
+        self.backend: Backend | None = None
+        self.router: tuple[str, str] | None = None  # Supermemory (base URL, key) for route supermemory_router
         self.pending: dict[str, Pending] = {}
         self._watcher: asyncio.Task | None = None
         self._host_cache: dict[str, bool] = {}
@@ -123,8 +128,21 @@ class MemoryAddon:
         loader.add_option(
             "memory_rules", str, "", f"Memory-routing rules file (YAML). Empty: {DEFAULT_RULES.name} shipped with memproxy."
         )
-        loader.add_option("memory_backend", str, "local", "Memory backend.", choices=["local"])
+        loader.add_option(
+            "memory_backend",
+            str,
+            "",
+            "Memory backend: auto (supermemory when SUPERMEMORY_API_KEY is set, else local), local or supermemory."
+            " Empty: the rules file's memory.backend (default auto).",
+            choices=["", "auto", "local", "supermemory"],
+        )
         loader.add_option("memory_db", str, "", "Local store file. Empty: memories.db in the user's data dir.")
+        loader.add_option(
+            "memory_outbox", str, "", "Durable queue of turns not yet stored. Empty: outbox.db in the user's data dir."
+        )
+        loader.add_option(
+            "memory_retry_max", int, 300, "Longest wait, in seconds, between retries of a failing memory backend."
+        )
         loader.add_option(
             "memory_timeout_ms", int, 300, "Time budget of recall per request, in ms; past it the request goes on without memories."
         )
@@ -144,6 +162,8 @@ class MemoryAddon:
             raise exceptions.OptionsError("memory_timeout_ms must be >= 0")
         if "memory_max_body" in updated and opts.memory_max_body <= 0:
             raise exceptions.OptionsError("memory_max_body must be > 0")
+        if "memory_retry_max" in updated and opts.memory_retry_max <= 0:
+            raise exceptions.OptionsError("memory_retry_max must be > 0")
         if "memory_hosts" in updated:
             self._host_cache.clear()
         if "memory_rules" in updated:
@@ -151,31 +171,59 @@ class MemoryAddon:
             try:
                 self.rules_file = RulesFile(path)
             except RulesError as e:
-                if self._running:  # mitmproxy reverts the option: the last good rules stay
-                    raise exceptions.OptionsError(f"memory rules not loaded: {e}") from None
-                logger.error("memproxy: memory rules not loaded:\n%s", e)  # at start-up: mitmdump exits
-        if updated & {"memory_backend", "memory_db"}:
-            old, self.store = self.store, open_store(opts.memory_backend, opts.memory_db or None)
-            self.recall = Recall(self.store)
-            if self.capture:
-                self.capture.store = self.store
-            if old:
-                asyncio.get_running_loop().create_task(old.close())
+                self._refuse(f"memory rules not loaded:\n{e}")  # the last good rules stay
+                return
+        if updated & {"memory_backend", "memory_db", "memory_rules"} and self.rules_file:
+            try:
+                self._configure_store()
+            except ValueError as e:
+                self._refuse(str(e))
+
+    def _refuse(self, message: str) -> None:
+        """A bad setting: while running, mitmproxy reverts the option; at start-up, mitmdump exits."""
+        if self._running:
+            raise exceptions.OptionsError(message)
+        logger.error("memproxy: %s", message)
+
+    def _configure_store(self) -> None:
+        """Choose the backend from options, the rules file and the environment; swap stores if it changed."""
+        opts, cfg = ctx.options, self.rules_file.rules.memory
+        supermemory = {k: resolve_env(v) for k, v in cfg.supermemory.items()}
+        backend = choose_backend(
+            opts.memory_backend or cfg.backend, path=opts.memory_db or cfg.local_path or None, supermemory=supermemory
+        )
+        key = supermemory.get("api_key") or os.environ.get("SUPERMEMORY_API_KEY")
+        base_url = supermemory.get("base_url") or os.environ.get("SUPERMEMORY_BASE_URL") or DEFAULT_BASE_URL
+        self.router = (base_url, key) if key else None
+        if backend == self.backend:
+            return
+        old, self.backend, self.store = self.store, backend, open_store(backend)
+        self.recall = Recall(self.store)
+        if self.capture:
+            self.capture.store = self.store
+        if self._running:
+            asyncio.get_running_loop().create_task(self._open_store(old))
+
+    async def _open_store(self, old: MemoryStore | None = None) -> None:
+        if old:
+            await old.close()
+        try:
+            await self.store.open()
+            logger.info("memproxy: %s", self.backend.describe())
+        except StoreError as e:
+            logger.warning("memproxy: memory store unavailable, requests pass through without memory: %s", e)
 
     async def running(self) -> None:
         self._running = True
         if self.store is None or self.rules_file is None:
             return
-        try:
-            await self.store.open()
-            logger.info("memproxy: %s memory store ready", self.store.name)
-        except StoreError as e:
-            logger.warning("memproxy: memory store unavailable, requests pass through without memory: %s", e)
-        self.capture = Capture(self.store)
-        self.capture.start()
+        await self._open_store()
+        opts = ctx.options
+        outbox = opts.memory_outbox or Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
+        self.capture = Outbox(outbox, self.store, max_delay=opts.memory_retry_max)
+        await self.capture.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_rules(), name="memproxy rules watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
-        opts = ctx.options
         logger.info(
             "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
             " (NODE_EXTRA_CA_CERTS for Node tools), or use a reverse listener as base URL; see README.md",
@@ -188,7 +236,7 @@ class MemoryAddon:
         if self._watcher:
             self._watcher.cancel()
         if self.capture:
-            await self.capture.drain(timeout=2.0)
+            await self.capture.close(timeout=2.0)
         if self.store:
             await self.store.close()
 
@@ -204,6 +252,10 @@ class MemoryAddon:
                 reloaded, error = False, _brief(e)
             if reloaded:
                 logger.info("memproxy: rules reloaded from %s", self.rules_file.path)
+                try:
+                    self._configure_store()
+                except ValueError as e:
+                    logger.warning("memproxy: memory backend unchanged: %s", e)
             elif error:
                 logger.warning("memproxy: rules not reloaded, keeping the last good rules: %s", error)
 
@@ -248,11 +300,23 @@ class MemoryAddon:
         if not adapter.matches_body(body):
             return
         decision = await self._decide(flow, adapter, body, content, req.method)
+        if decision.route.actions.route == "supermemory_router":
+            self._to_router(flow, decision.route)
         if decision.content is not None:
             req.set_content(decision.content)
         if decision.pending:
             self.pending[flow.id] = decision.pending
         self._annotate(flow, decision)
+
+    def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
+        """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""
+        if self.router is None:
+            self._warn_once("router", "route supermemory_router needs a Supermemory API key; passed through instead")
+            return
+        base_url, api_key = self.router
+        flow.request.url = f"{base_url.rstrip('/')}/v3/{flow.request.url}"
+        flow.request.headers["x-supermemory-api-key"] = api_key
+        flow.request.headers["x-sm-user-id"] = route.user_id
 
     def _take_override(self, flow: http.HTTPFlow) -> None:
         """Strip the user-id override header before upstream; keep its value for routing."""
@@ -300,6 +364,9 @@ class MemoryAddon:
         if actions.auxiliary or not actions.allows_model(model):
             info["skipped"] = "auxiliary" if actions.auxiliary else "model not allowed"
             return decision
+        if actions.route == "supermemory_router":
+            info["skipped"] = "sent through the Supermemory router"
+            return decision
         user = adapter.query(body, "last_user")
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
@@ -309,15 +376,25 @@ class MemoryAddon:
                 decision.content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
                 info["injected"] = len(memories)
         if actions.store and user:
-            metadata = {"client": route.rule or "default", "model": model or "", "adapter": adapter.name}
+            agent = req.headers.get("user-agent", "")
+            metadata = {
+                "client": agent.split("/", 1)[0].strip()[:64] or adapter.name,
+                "rule": route.rule or "default",
+                "model": model or "",
+                "project": FILTERS["basename"](route.captures.get("cwd", "")),
+            }
             decision.pending = Pending(route.user_id, user, adapter, metadata)
         info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
     async def _search(self, route: Route, query: str) -> list[Memory]:
         """Search the route's scope within the time budget; any failure means no memories."""
-        a = route.actions
-        return await self.recall.search(route.user_id, query, a.max_results, a.threshold, ctx.options.memory_timeout_ms / 1000)
+        a, timeout = route.actions, ctx.options.memory_timeout_ms / 1000
+        search = self.recall.search(route.user_id, query, a.max_results, a.threshold, timeout)
+        if not a.profile:
+            return await search
+        facts, found = await asyncio.gather(self.recall.profile(route.user_id, timeout), search)
+        return facts + found
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -397,7 +474,7 @@ class MemoryAddon:
 
     def _remember(self, pending: Pending, reply: str) -> None:
         turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
-        if turn and self.capture:
+        if turn and self.capture is not None:
             self.recall.invalidate(turn.scope)
             self.capture.submit(turn)
 

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 # A turn already rejected for good is not queued again.
 INSERT = """
 INSERT OR IGNORE INTO outbox(custom_id, scope, content, metadata, created_at)
-SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE custom_id = ?1)
+SELECT :custom_id, :scope, :content, :metadata, :created_at
+WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE custom_id = :custom_id)
 """
 TAKE = """
 SELECT id, custom_id, scope, content, metadata, created_at, attempts, next_attempt_at
@@ -170,7 +171,8 @@ def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)) as db:
         try:
             return _dead_letters(db)
         except sqlite3.OperationalError:  # no outbox was ever created in this file
@@ -244,6 +246,8 @@ class Outbox:
 
     async def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until every turn is stored or dead-lettered; True if so."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -255,7 +259,9 @@ class Outbox:
         if self._closed:
             return
         if self._sender is not None and not await self.flush(timeout):
-            logger.warning("memproxy: %d turns not stored yet; they stay in %s for the next start", self._pending, self.path)
+            logger.warning(
+                "memproxy: %d turns not stored yet; they stay in %s for the next start", self._pending, self.path
+            )
         self._closed = True
         if self._sender is not None:
             self._sender.cancel()
@@ -268,7 +274,7 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        """Turns not yet stored nor dead-lettered (kept in memory; see count_pending())."""
+        """Turns not yet stored nor dead-lettered, as counted in memory (count_pending() asks the outbox)."""
         return self._pending
 
     @property
@@ -309,7 +315,8 @@ class Outbox:
     @staticmethod
     def _insert(db: sqlite3.Connection, turn: Turn, now: float) -> bool:
         metadata = json.dumps(turn.metadata, ensure_ascii=False, default=str)
-        return db.execute(INSERT, (turn.custom_id, turn.scope, turn.content, metadata, now)).rowcount > 0
+        row = dict(custom_id=turn.custom_id, scope=turn.scope, content=turn.content, metadata=metadata, created_at=now)
+        return db.execute(INSERT, row).rowcount > 0
 
     def _written(self, turn: Turn, written: asyncio.Future[bool]) -> None:
         """On the loop, once the worker wrote `turn`: count it, or keep it in memory if the write failed."""
@@ -324,11 +331,11 @@ class Outbox:
             self._counts["disk_errors"] += 1
             if not self._disk_failing:
                 self._disk_failing = True
+                reason = f"{type(error).__name__}: {error}" if isinstance(error, (sqlite3.Error, OSError)) else ""
                 logger.warning(
-                    "memproxy: cannot write the capture outbox %s (%s: %s); sending turns from memory meanwhile",
+                    "memproxy: cannot write the capture outbox %s (%s); sending turns from memory meanwhile",
                     self.path,
-                    type(error).__name__,
-                    error if isinstance(error, (sqlite3.Error, OSError)) else "",
+                    reason or _brief(error),
                 )
             if turn.custom_id not in self._unsaved:
                 self._unsaved[turn.custom_id] = _Row(
@@ -375,9 +382,10 @@ class Outbox:
             if not self._unsaved:
                 raise
             taken, next_due = [], None
-        rows += taken
-        next_due = min((d for d in (next_due, *(r.due_at for r in self._unsaved.values())) if d is not None), default=None)
-        return rows, next_due
+        dues = [row.due_at for row in self._unsaved.values()]
+        if next_due is not None:
+            dues.append(next_due)
+        return rows + taken, min(dues, default=None)
 
     @staticmethod
     def _take(db: sqlite3.Connection, now: float, limit: int) -> tuple[list[_Row], float | None]:
@@ -402,11 +410,11 @@ class Outbox:
                 await self._bury(row, error)
         if transient:
             self._failed(transient[-1], max(map(_retry_after, transient)))
-        elif self._paused:
+            return
+        self._failures = 0
+        if self._paused:
             self._paused = False
             logger.info("memproxy: capture resumed, %d pending", self._pending)
-        if not transient:
-            self._failures = 0
 
     @staticmethod
     async def _add(store: MemoryStore, row: _Row) -> Exception | None:
@@ -427,11 +435,8 @@ class Outbox:
     async def _reschedule(self, row: _Row, error: Exception) -> None:
         due_at = time.time() + self._backoff(row.attempts, _retry_after(error))
         if row.id is not None:
-            await self._run(
-                lambda db: db.execute(
-                    "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", (row.attempts + 1, due_at, row.id)
-                )
-            )
+            update = "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?"
+            await self._run(lambda db: db.execute(update, (row.attempts + 1, due_at, row.id)))
         row.attempts += 1
         row.due_at = due_at
         self._counts["retried"] += 1
@@ -440,8 +445,9 @@ class Outbox:
         """Move `row` to the dead letters: it will never be sent again."""
         status = error.status if isinstance(error, StoreError) else None
         message = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
-        letter = (row.custom_id, row.scope, row.content, json.dumps(row.metadata, ensure_ascii=False, default=str))
-        letter += (row.created_at, status, message, row.attempts + 1, time.time())
+        metadata = json.dumps(row.metadata, ensure_ascii=False, default=str)
+        letter = (row.custom_id, row.scope, row.content, metadata, row.created_at)
+        letter += (status, message, row.attempts + 1, time.time())
 
         def bury(db: sqlite3.Connection) -> None:
             with db:
@@ -454,7 +460,7 @@ class Outbox:
         except (sqlite3.Error, OSError):
             if row.id is not None:
                 raise  # the row stays queued; the sender pauses and tries again
-            logger.warning("memproxy: a rejected turn could not be kept as a dead letter: the outbox is unwritable")
+            # a memory-only turn (the outbox is unwritable, as logged) is dropped: it was rejected anyway
         self._unsaved.pop(row.custom_id, None)
         if not self._rejecting:
             self._rejecting = True

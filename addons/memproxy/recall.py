@@ -6,13 +6,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .memory.base import Memory, MemoryStore, StoreError
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str, int, float]
+Key = tuple[str, str, int, float]  # (scope, query, limit, threshold)
+PROFILE = "\0profile"  # the query part of a profile lookup's key
 
 # Backend answers that will not get better by retrying: say so once, clearly.
 LOUD_STATUSES = {
@@ -94,7 +95,20 @@ class Recall:
         """Memories for the query, or [] on timeout, failure or an open breaker. Never raises."""
         if not query.strip():
             return []
-        key = (scope, query, limit, threshold)
+        return await self._lookup(
+            (scope, query, limit, threshold), lambda: self.store.search(scope, query, limit, threshold), timeout
+        )
+
+    async def profile(self, scope: str, timeout: float) -> list[Memory]:
+        """The scope's profile facts (backends that keep one), as memories; [] on any failure."""
+
+        async def fetch() -> list[Memory]:
+            return [Memory(f"profile-{i}", scope, fact, 1.0) for i, fact in enumerate(await self.store.profile(scope))]
+
+        return await self._lookup((scope, PROFILE, 0, 0.0), fetch, timeout)
+
+    async def _lookup(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], timeout: float) -> list[Memory]:
+        """Cached, single-flight, budgeted, behind the breaker."""
         if (hit := self._cache.get(key)) is not None:
             if hit[0] > self.clock():
                 return hit[1]
@@ -103,7 +117,7 @@ class Recall:
         if future is None:
             if not self.breaker.allow():
                 return []
-            future = self._inflight[key] = asyncio.ensure_future(self._fetch(key, timeout))
+            future = self._inflight[key] = asyncio.ensure_future(self._fetch(key, fetch, timeout))
             future.add_done_callback(_consume)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -113,11 +127,10 @@ class Recall:
             self._once(f"error:{type(e).__name__}", f"recall failed, went on without memories: {type(e).__name__}: {e}")
         return []
 
-    async def _fetch(self, key: Key, budget: float) -> list[Memory]:
-        scope, query, limit, threshold = key
+    async def _fetch(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], budget: float) -> list[Memory]:
         started = self.clock()
         try:
-            memories = await self.store.search(scope, query, limit, threshold)
+            memories = await fetch()
         except Exception as e:
             self.breaker.failure()
             if isinstance(e, StoreError) and e.status in LOUD_STATUSES:

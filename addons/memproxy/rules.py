@@ -662,10 +662,11 @@ class _Loader:
         if (tag := settings.get("container_tag")) is not None:
             if tag.count("{scope}") > 1 or _PLACEHOLDER.sub("", tag.replace("{scope}", "")) != tag.replace("{scope}", ""):
                 self.error(path + ("supermemory", "container_tag"), "the only placeholder allowed is {scope}, once")
-            elif not re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", tag.replace("{scope}", "")):
+            elif not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", tag.replace("{scope}", "")):
                 self.error(
                     path + ("supermemory", "container_tag"),
-                    f"invalid container tag {tag!r}: use letters, digits, '_', '.', ':' or '-' around {{scope}}",
+                    f"invalid container tag {tag!r}: Supermemory allows ASCII letters, digits, '_', '.' and '-'"
+                    " (at most 100 characters); other characters of the scope are rewritten, with a hash",
                 )
         return MemoryConfig(backend or "auto", local_path, MappingProxyType(settings))
 

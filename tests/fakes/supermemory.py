@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -65,6 +65,18 @@ def _error(status: int, message: str) -> web.Response:
 
 def _words(text: str) -> set[str]:
     return set(WORD.findall(text.lower()))
+
+
+ROUTER_PATH = re.compile(r"/v3/https?://")
+ROUTER_REPLY = {
+    "id": "chatcmpl-router",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Answered via the Memory Router."},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
 
 
 class FakeSupermemory:
@@ -132,6 +144,7 @@ class FakeSupermemory:
             return
         if self._runner is not None:
             self._run(self._runner.cleanup())
+        self._run(self._cancel_pending())  # e.g. a "slow" answer still sleeping
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -153,6 +166,13 @@ class FakeSupermemory:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await self._listen()
+
+    @staticmethod
+    async def _cancel_pending() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -215,6 +235,10 @@ class FakeSupermemory:
         if self.fault_paths is None or request.path in self.fault_paths:
             if failed := await self._fail(request):
                 return failed
+        if ROUTER_PATH.match(request.path):  # the Memory Router: auth by header, answers like the provider
+            if headers.get("x-supermemory-api-key") != self.api_key:
+                return _error(401, "Unauthorized")
+            return web.json_response(ROUTER_REPLY)
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Unauthorized")
         if request.method == "POST" and request.path != "/v3/documents" and not isinstance(data, dict):

@@ -61,6 +61,10 @@ class MemoryStore(abc.ABC):
     async def forget(self, scope: str, memory_id: str) -> bool:
         """Delete one memory of `scope`; True if it existed."""
 
+    async def profile(self, scope: str) -> list[str]:
+        """Facts the backend keeps about `scope` as a whole (none by default)."""
+        return []
+
     async def open(self) -> None:
         """Connect and check the backend now; raises StoreError with a clear message."""
 

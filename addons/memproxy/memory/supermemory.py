@@ -148,12 +148,9 @@ def _search_hit(scope: str, result: Any) -> Memory | None:
     return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")))
 
 
-def _document(scope: str, tag: str, doc: Any) -> Memory | None:
-    """A listed document of the container `tag`; None if it is malformed or belongs to another container."""
+def _document(scope: str, doc: Any) -> Memory | None:
+    """A listed document; None if it is malformed."""
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("content"), str):
-        return None
-    tags = doc.get("containerTags")
-    if isinstance(tags, list) and tag not in tags:
         return None
     return Memory(doc["id"], scope, doc["content"], 0.0, _metadata(doc), _timestamp(doc.get("createdAt")))
 
@@ -187,6 +184,7 @@ class SupermemoryStore(MemoryStore):
         *,
         timeout: float = 5.0,
         search_mode: str = "hybrid",
+        container_tag: str = "{scope}",
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if search_mode not in SEARCH_MODES:
@@ -194,10 +192,15 @@ class SupermemoryStore(MemoryStore):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.search_mode = search_mode
+        self.tag_template = container_tag  # "{scope}", or e.g. "memproxy_{scope}"
         self._api_key = api_key.strip()
         self._client = client  # a client passed in belongs to the caller
         self._owns_client = client is None
         self._closed = False
+
+    def tag(self, scope: str) -> str:
+        """The containerTag of `scope` under this store's template."""
+        return container_tag(self.tag_template.replace("{scope}", scope))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> SupermemoryStore:
@@ -214,7 +217,7 @@ class SupermemoryStore(MemoryStore):
             return []
         body = {
             "q": query,
-            "containerTag": container_tag(scope),
+            "containerTag": self.tag(scope),
             "limit": limit,
             "threshold": threshold,
             "searchMode": self.search_mode,
@@ -226,7 +229,7 @@ class SupermemoryStore(MemoryStore):
 
     async def profile(self, scope: str) -> list[str]:
         """The static, then the dynamic facts Supermemory keeps about `scope`."""
-        body = {"containerTag": container_tag(scope)}
+        body = {"containerTag": self.tag(scope)}
         profile = await self._call("POST", "/v4/profile", body, expect=("profile", dict))
         facts = [profile.get("static"), profile.get("dynamic")]
         return [f for part in facts if isinstance(part, list) for f in part if isinstance(f, str) and f.strip()]
@@ -234,7 +237,7 @@ class SupermemoryStore(MemoryStore):
     async def add(
         self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> str:
-        tag = container_tag(scope)
+        tag = self.tag(scope)
         body: dict[str, Any] = {"content": content, "containerTag": tag}
         if custom_id is not None:
             body["customId"] = document_custom_id(tag, custom_id)
@@ -248,9 +251,8 @@ class SupermemoryStore(MemoryStore):
         offset = max(0, offset)
         # The API pages by number: an offset between pages is served by one larger first page.
         page, size, skip = (offset // limit + 1, limit, 0) if offset % limit == 0 else (1, offset + limit, offset)
-        tag = container_tag(scope)
         body = {
-            "containerTags": [tag],
+            "containerTags": [self.tag(scope)],
             "limit": size,
             "page": page,
             "sort": "createdAt",
@@ -258,7 +260,7 @@ class SupermemoryStore(MemoryStore):
             "includeContent": True,
         }
         docs = await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
-        return [m for d in docs[skip:] if (m := _document(scope, tag, d)) is not None][:limit]
+        return [m for d in docs[skip:] if (m := _document(scope, d)) is not None][:limit]
 
     async def forget(self, scope: str, memory_id: str) -> bool:
         if not memory_id:
@@ -270,7 +272,7 @@ class SupermemoryStore(MemoryStore):
         if not isinstance(doc, dict):
             raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
         tags = doc.get("containerTags")
-        if not isinstance(tags, list) or container_tag(scope) not in tags:  # not this scope's to delete
+        if not isinstance(tags, list) or self.tag(scope) not in tags:  # not this scope's to delete
             return False
         return await self._call("DELETE", path, missing_ok=True) is not MISSING
 
@@ -304,7 +306,8 @@ class SupermemoryStore(MemoryStore):
         """One API call's JSON answer (None if empty), or its `expect`ed field; MISSING on a 404 if `missing_ok`."""
         self._check()
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout))
+            # trust_env=False: HTTPS_PROXY often points at this very proxy; never loop through it.
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), trust_env=False)
         what = f"supermemory {method} {path}"
         # Messages are our own words: never an httpx exception's text or a request's repr.
         try:

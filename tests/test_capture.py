@@ -1,0 +1,319 @@
+"""The capture outbox, against real SQLite files and a scripted memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memproxy.capture import Outbox, Turn, list_dead_letters
+from memproxy.memory.base import Memory, MemoryStore, StoreError
+
+FAST = {"base_delay": 0.01, "max_delay": 0.2}
+
+
+class ScriptedStore(MemoryStore):
+    """Records every add(); raises the scripted errors first, then `fail` (if set) or `reject[custom_id]`."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []  # (monotonic time, custom_id)
+        self.received: list[tuple[str, str, str | None, dict[str, Any] | None]] = []
+        self.stored: Counter[str] = Counter()
+        self.script: list[Exception] = []
+        self.fail: Exception | None = None
+        self.reject: dict[str, Exception] = {}
+
+    async def add(
+        self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> str:
+        assert custom_id is not None
+        self.calls.append((time.monotonic(), custom_id))
+        self.received.append((scope, content, custom_id, metadata))
+        error = self.script.pop(0) if self.script else self.fail or self.reject.get(custom_id)
+        if error is not None:
+            raise error
+        self.stored[custom_id] += 1
+        return custom_id
+
+    async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
+        return []
+
+    async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
+        return []
+
+    async def forget(self, scope: str, memory_id: str) -> bool:
+        return False
+
+    def called(self, custom_id: str) -> int:
+        return sum(1 for _, cid in self.calls if cid == custom_id)
+
+
+def turns(n: int, scope: str = "claude-code:repo") -> list[Turn]:
+    return [Turn(scope, f"secret question {i}", f"secret answer {i}", {"model": "m", "i": i}) for i in range(n)]
+
+
+@pytest.fixture
+def store() -> ScriptedStore:
+    return ScriptedStore()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+@pytest.fixture
+async def outbox(path: Path, store: ScriptedStore) -> AsyncIterator[Outbox]:
+    box = Outbox(path, store, **FAST)
+    await box.start()
+    yield box
+    await box.close(timeout=0)
+
+
+def outbox_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+async def test_success_stores_each_turn_once(outbox: Outbox, store: ScriptedStore) -> None:
+    batch = turns(5)
+    for turn in batch:
+        outbox.submit(turn)
+    assert await outbox.flush(5)
+    assert store.stored == Counter(t.custom_id for t in batch)
+    assert len(store.calls) == 5
+    assert outbox.stats == {"submitted": 5, "stored": 5, "retried": 0, "dead": 0, "disk_errors": 0, "pending": 0}
+    assert await outbox.count_pending() == 0
+
+
+async def test_sends_the_turn_to_the_current_store(outbox: Outbox, store: ScriptedStore) -> None:
+    replacement = ScriptedStore()
+    outbox.store = replacement  # the backend may change at runtime
+    turn = turns(1)[0]
+    outbox.submit(turn)
+    assert await outbox.flush(5)
+    assert replacement.received == [(turn.scope, turn.content, turn.custom_id, turn.metadata)]
+    assert store.calls == []
+
+
+async def test_transient_failures_lose_and_duplicate_nothing(outbox: Outbox, store: ScriptedStore) -> None:
+    store.fail = StoreError("unavailable", status=503)
+    batch = turns(50)
+    for turn in batch:
+        outbox.submit(turn)
+    assert not await outbox.flush(0.3)
+    assert outbox.pending == 50
+    assert await outbox.count_pending() == 50
+    store.fail = None
+    assert await outbox.flush(10)
+    assert store.stored == Counter(t.custom_id for t in batch)  # 50 distinct ids, once each
+    assert set(store.stored.values()) == {1}
+    assert outbox.stats["stored"] == 50 and outbox.stats["retried"] > 0 and outbox.stats["dead"] == 0
+    assert await outbox.count_pending() == 0
+
+
+async def test_every_transient_kind_is_retried(outbox: Outbox, store: ScriptedStore) -> None:
+    store.script = [
+        StoreError("rate limited", status=429),
+        StoreError("bad gateway", status=502),
+        StoreError("request timeout", status=408),
+        StoreError("timed out"),  # no status: a timeout or a refused connection
+        ConnectionRefusedError(),
+    ]
+    turn = turns(1)[0]
+    outbox.submit(turn)
+    assert await outbox.flush(10)
+    assert store.stored == {turn.custom_id: 1}
+    assert store.called(turn.custom_id) == 6
+    assert outbox.stats["retried"] == 5
+    assert list_dead_letters(outbox.path) == []
+
+
+async def test_retry_after_is_honoured(path: Path, store: ScriptedStore) -> None:
+    store.script = [StoreError("slow down", status=429, retry_after=0.5)]
+    outbox = Outbox(path, store, concurrency=1, **FAST)  # one call at a time: every later call follows the 429
+    await outbox.start()
+    batch = turns(3)
+    for turn in batch:
+        outbox.submit(turn)
+    assert await outbox.flush(10)
+    await outbox.close()
+    first_failure = store.calls[0][0]
+    assert all(t - first_failure >= 0.5 for t, _ in store.calls[1:])
+    assert store.stored == Counter(t.custom_id for t in batch)
+
+
+async def test_pauses_all_rows_while_the_backend_fails(
+    outbox: Outbox, store: ScriptedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memproxy.capture")
+    store.fail = StoreError("down", status=500)
+    for turn in turns(40):
+        outbox.submit(turn)
+    await asyncio.sleep(0.6)
+    assert 1 <= len(store.calls) <= 20  # a few probes, not one call per row
+    assert outbox.stats["retried"] == len(store.calls)
+    store.fail = None
+    assert await outbox.flush(10)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "capture paused" in m]) == 1
+    assert len([m for m in messages if "capture resumed" in m]) == 1
+    assert not any("secret" in m or "model" in m for m in messages)  # never content, never metadata
+
+
+async def test_permanent_error_is_a_dead_letter_never_retried(
+    path: Path, outbox: Outbox, store: ScriptedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, good = turns(2)
+    store.reject[bad.custom_id] = StoreError("invalid container tag", status=400)
+    outbox.submit(bad)
+    outbox.submit(good)
+    assert await outbox.flush(5)
+    assert store.stored == {good.custom_id: 1}
+    assert outbox.stats["dead"] == 1 and outbox.stats["stored"] == 1 and outbox.pending == 0
+
+    letters = list_dead_letters(path)
+    assert [(d["custom_id"], d["status"], d["attempts"]) for d in letters] == [(bad.custom_id, 400, 1)]
+    assert letters[0]["scope"] == bad.scope and letters[0]["content"] == bad.content
+    assert letters[0]["metadata"] == bad.metadata and "invalid container tag" in letters[0]["error"]
+    assert await outbox.dead_letters() == letters
+    assert any("rejected a turn (status 400)" in r.getMessage() for r in caplog.records)
+
+    outbox.submit(bad)  # the same turn again is not queued again
+    assert await outbox.flush(5)
+    await asyncio.sleep(0.1)
+    assert store.called(bad.custom_id) == 1
+    assert outbox_rows(path) == 0
+
+
+async def test_unexpected_exceptions_are_retried_then_dead_lettered(outbox: Outbox, store: ScriptedStore) -> None:
+    store.fail = KeyError("a bug")
+    turn = turns(1)[0]
+    outbox.submit(turn)
+    assert await outbox.flush(15)
+    assert store.called(turn.custom_id) == 10
+    [letter] = await outbox.dead_letters()
+    assert letter["status"] is None and letter["attempts"] == 10 and letter["error"].startswith("KeyError")
+
+
+async def test_conflict_counts_as_stored(outbox: Outbox, store: ScriptedStore, path: Path) -> None:
+    store.script = [StoreError("already exists", status=409)]
+    outbox.submit(turns(1)[0])
+    assert await outbox.flush(5)
+    assert len(store.calls) == 1
+    assert outbox.stats["stored"] == 1 and outbox.stats["dead"] == 0 and outbox.stats["retried"] == 0
+    assert list_dead_letters(path) == [] and outbox_rows(path) == 0
+
+
+async def test_resubmitted_turn_is_one_row(outbox: Outbox, store: ScriptedStore, path: Path) -> None:
+    store.fail = StoreError("down", status=503)
+    turn = turns(1)[0]
+    outbox.submit(turn)
+    outbox.submit(Turn(turn.scope, turn.user, turn.reply, turn.metadata))
+    assert not await outbox.flush(0.2)
+    assert outbox.stats["submitted"] == 2
+    assert outbox.pending == 1 and await outbox.count_pending() == 1 and outbox_rows(path) == 1
+    store.fail = None
+    assert await outbox.flush(5)
+    assert store.stored == {turn.custom_id: 1}
+
+
+async def test_pending_rows_are_sent_after_a_restart(path: Path) -> None:
+    down = ScriptedStore()
+    down.fail = StoreError("down", status=503)
+    first = Outbox(path, down, **FAST)
+    await first.start()
+    batch = turns(5)
+    for turn in batch:
+        first.submit(turn)
+    await first.close(timeout=0.2)
+    assert outbox_rows(path) == 5
+
+    healthy = ScriptedStore()
+    second = Outbox(path, healthy, **FAST)
+    await second.start()
+    assert second.pending == 5
+    assert await second.flush(5)
+    await second.close()
+    assert healthy.stored == Counter(t.custom_id for t in batch)
+    assert outbox_rows(path) == 0
+
+
+KILLED = """
+import asyncio, os, sys
+from memproxy.capture import Outbox, Turn
+from memproxy.memory.base import StoreError
+
+class Down:
+    async def add(self, *args):
+        raise StoreError("down", status=503)
+
+async def main():
+    outbox = Outbox(sys.argv[1], Down(), base_delay=60.0)
+    await outbox.start()
+    for i in range(3):
+        outbox.submit(Turn("scope", f"question {i}", f"answer {i}"))
+    while outbox.pending < 3:
+        await asyncio.sleep(0.01)
+    os._exit(9)
+
+asyncio.run(main())
+"""
+
+
+async def test_rows_survive_a_killed_process(path: Path, store: ScriptedStore) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(path)], capture_output=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr.decode()
+    outbox = Outbox(path, store, **FAST)
+    await outbox.start()
+    assert await outbox.flush(5)
+    await outbox.close()
+    assert store.stored == Counter(Turn("scope", f"question {i}", f"answer {i}").custom_id for i in range(3))
+
+
+async def test_disk_full_warns_and_still_sends_from_memory(
+    outbox: Outbox, store: ScriptedStore, path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(db: sqlite3.Connection, turn: Turn, now: float) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Outbox, "_insert", staticmethod(disk_full))
+    batch = turns(3)
+    for turn in batch:
+        outbox.submit(turn)
+    assert await outbox.flush(5)
+    assert store.stored == Counter(t.custom_id for t in batch)
+    assert outbox.stats["disk_errors"] == 3 and outbox.stats["stored"] == 3
+    assert outbox_rows(path) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "database or disk is full" in warnings[0]
+    assert "secret" not in warnings[0]
+
+
+async def test_submit_returns_before_the_write(outbox: Outbox, store: ScriptedStore, path: Path) -> None:
+    # Another process holds the write lock: the worker's insert waits for it, submit() must not.
+    with sqlite3.connect(path, isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")
+        turn = turns(1)[0]
+        outbox.submit(turn)
+        assert outbox.pending == 0
+        assert not await outbox.flush(0.2)
+        assert store.calls == []
+        other.execute("ROLLBACK")
+    assert await outbox.flush(5)
+    assert store.stored == {turn.custom_id: 1}
+    assert outbox.stats["disk_errors"] == 0
+
+
+def test_list_dead_letters_of_a_missing_file(tmp_path: Path) -> None:
+    assert list_dead_letters(tmp_path / "none.db") == []

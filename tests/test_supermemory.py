@@ -1,0 +1,361 @@
+"""The Supermemory store against the fake Supermemory API, over real HTTP."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from fakes.supermemory import FakeSupermemory
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from memproxy.memory import StoreError
+from memproxy.memory.supermemory import (
+    DEFAULT_BASE_URL,
+    SupermemoryStore,
+    container_tag,
+    document_custom_id,
+    flat_metadata,
+    retry_after,
+    validate_container_tag,
+)
+
+KEY = "sm_test_SECRET_9f8e7d"
+SCOPE = "claude-code:my repo/x"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSupermemory]:
+    with FakeSupermemory(KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def store(fake: FakeSupermemory) -> AsyncIterator[SupermemoryStore]:
+    s = SupermemoryStore(KEY, fake.url)
+    yield s
+    await s.close()
+
+
+def assert_no_key(error: StoreError) -> None:
+    assert KEY not in str(error) and KEY not in repr(error) and KEY not in str(error.args)
+
+
+# containerTag and customId mapping
+
+
+@pytest.mark.parametrize("tag", ["user_123", "claude-code.myrepo", "A-b_c.9", "x" * 100])
+def test_valid_tags_map_to_themselves(tag: str) -> None:
+    validate_container_tag(tag)
+    assert container_tag(tag) == tag
+
+
+def test_invalid_scope_maps_to_a_readable_valid_tag() -> None:
+    tag = container_tag(SCOPE)
+    validate_container_tag(tag)
+    assert tag.startswith("claude-code-my-repo-x-")
+    assert container_tag(SCOPE) == tag  # deterministic
+
+
+def test_scopes_that_sanitize_alike_get_distinct_tags() -> None:
+    scopes = ["a:b", "a b", "a/b", "a-b", "a::b", "a:b ", "é", "ü", "", "a" * 101, "a" * 102]
+    tags = [container_tag(s) for s in scopes]
+    assert len(set(tags)) == len(scopes)
+    assert all(len(t) <= 100 for t in tags)
+
+
+@given(st.text(), st.text())
+def test_container_tags_are_valid_and_never_collide(a: str, b: str) -> None:
+    assume(a != b)
+    validate_container_tag(container_tag(a))
+    assert container_tag(a) != container_tag(b)
+
+
+@pytest.mark.parametrize(
+    ("tag", "reason"),
+    [("", "empty"), ("a:b", "':'"), ("x" * 101, "101 characters"), ("naïve", "'ï'")],
+)
+def test_validate_container_tag_explains(tag: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        validate_container_tag(tag)
+
+
+def test_custom_ids_are_valid_and_per_tag() -> None:
+    ids = {document_custom_id(tag, cid) for tag in ("a", "b") for cid in ("turn:1", "turn 1", "x" * 300)}
+    assert len(ids) == 6
+    for cid in ids:
+        validate_container_tag(cid)  # the same rule applies to customId
+
+
+def test_flat_metadata() -> None:
+    meta = {"s": "x", "i": 3, "f": 0.5, "b": True, "none": None, "nested": {"k": [1]}, "nan": float("nan")}
+    assert flat_metadata(meta) == {"s": "x", "i": 3, "f": 0.5, "b": True, "nested": '{"k": [1]}', "nan": "NaN"}
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after("120") == 120.0
+    assert retry_after("1.5") == 1.5
+    assert retry_after(None) is None
+    assert retry_after("soon") is None
+    assert retry_after("nan") is None
+    assert retry_after("-3") == 0.0
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after(future) <= 31  # type: ignore[operator]
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# configuration
+
+
+async def test_open_without_key_fails_clearly(fake: FakeSupermemory) -> None:
+    store = SupermemoryStore("", fake.url)
+    with pytest.raises(StoreError, match="SUPERMEMORY_API_KEY is not set"):
+        await store.open()
+    with pytest.raises(StoreError, match="SUPERMEMORY_API_KEY is not set"):
+        await store.search("s", "anything")
+    assert fake.requests == []
+
+
+async def test_open_is_offline_and_checks_the_url(fake: FakeSupermemory) -> None:
+    await SupermemoryStore(KEY, fake.url).open()
+    assert fake.requests == []
+    with pytest.raises(StoreError, match="SUPERMEMORY_BASE_URL"):
+        await SupermemoryStore(KEY, "api.supermemory.ai").open()
+
+
+def test_unknown_search_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="hybrid"):
+        SupermemoryStore(KEY, search_mode="fuzzy")
+
+
+async def test_from_env(fake: FakeSupermemory) -> None:
+    store = SupermemoryStore.from_env({"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": fake.url + "/"})
+    try:
+        assert store.base_url == fake.url
+        await store.add("s", "configured from the environment")
+        assert fake.last("/v3/documents").headers["authorization"] == f"Bearer {KEY}"
+    finally:
+        await store.close()
+    for env in ({"SUPERMEMORY_API_KEY": KEY}, {"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": ""}):
+        assert SupermemoryStore.from_env(env).base_url == DEFAULT_BASE_URL
+    with pytest.raises(StoreError, match="SUPERMEMORY_API_KEY is not set"):
+        await SupermemoryStore.from_env({}).open()
+
+
+async def test_closed_store_refuses(store: SupermemoryStore) -> None:
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.add("s", "too late")
+
+
+async def test_a_client_passed_in_is_used_and_left_open(fake: FakeSupermemory) -> None:
+    async with httpx.AsyncClient(headers={"x-test": "mine"}) as client:
+        store = SupermemoryStore(KEY, fake.url, client=client)
+        await store.add("s", "via the caller's client")
+        await store.close()
+        assert not client.is_closed
+    assert fake.last().headers["x-test"] == "mine"
+
+
+# add, search, profile, list, forget
+
+
+async def test_add_then_search_roundtrip(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    await store.add(SCOPE, "The coffee machine on floor three is broken")
+    doc_id = await store.add(SCOPE, "Deploys use rsync over SSH to the bastion host", metadata={"turn": 3})
+    assert doc_id in fake.documents
+    [hit] = await store.search(SCOPE, "how do we deploy with rsync over ssh?", limit=5, threshold=0.3)
+    assert hit.scope == SCOPE
+    assert hit.content == "Deploys use rsync over SSH to the bastion host"
+    assert 0.3 <= hit.score <= 1
+    assert hit.metadata == {"turn": 3}
+    assert hit.created_at > 0
+    sent = fake.last("/v4/search")
+    assert sent.json == {
+        "q": "how do we deploy with rsync over ssh?",
+        "containerTag": container_tag(SCOPE),
+        "limit": 5,
+        "threshold": 0.3,
+        "searchMode": "hybrid",
+    }
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    added = fake.last("/v3/documents").json
+    assert added["containerTag"] == container_tag(SCOPE)
+    assert added["metadata"] == {"turn": 3}
+
+
+async def test_chunk_results_are_parsed(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    await store.add("s", "Chunks come from document search", metadata={"source": "doc"})
+    fake.chunk_results = True
+    [hit] = await store.search("s", "document chunks")
+    assert hit.content == "Chunks come from document search"
+    assert hit.id.startswith("chunk_")
+    assert hit.metadata == {"source": "doc"}
+    assert 0 < hit.score <= 1
+
+
+async def test_search_is_best_first_and_honours_limit_and_threshold(store: SupermemoryStore) -> None:
+    for text in ["alpha", "alpha beta", "alpha beta gamma", "unrelated words"]:
+        await store.add("s", text)
+    hits = await store.search("s", "alpha beta gamma", limit=2)
+    assert [h.content for h in hits] == ["alpha beta gamma", "alpha beta"]
+    assert hits[0].score > hits[1].score
+    assert [h.content for h in await store.search("s", "alpha beta gamma", threshold=0.9)] == ["alpha beta gamma"]
+    assert await store.search("s", "alpha", limit=0) == []
+    assert await store.search("s", "   ") == []
+
+
+async def test_search_never_returns_another_scopes_memories(store: SupermemoryStore) -> None:
+    await store.add("team:a", "The release train leaves on Fridays")
+    await store.add("team:b", "The release train leaves on Mondays")
+    await store.add("team-a", "The release train never leaves")  # sanitizes like team:a
+    hits = await store.search("team:a", "when does the release train leave")
+    assert [h.content for h in hits] == ["The release train leaves on Fridays"]
+    assert all(h.scope == "team:a" for h in hits)
+    assert await store.search("team:c", "release train") == []
+
+
+async def test_custom_id_dedupes_per_scope(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    first = await store.add("s", "draft answer", custom_id="turn:1")
+    again = await store.add("s", "final answer", custom_id="turn:1")
+    other = await store.add("t", "other scope, same custom id", custom_id="turn:1")
+    assert first == again != other
+    assert len(fake.documents) == 2
+    assert fake.documents[first].content == "final answer"
+    sent = [r.json["customId"] for r in fake.requests if r.path == "/v3/documents"]
+    assert sent[0] == sent[1] != sent[2]
+    assert [m.content for m in await store.list("s")] == ["final answer"]
+
+
+async def test_profile_returns_static_then_dynamic_facts(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.profiles[container_tag(SCOPE)] = {"static": ["Prefers tabs"], "dynamic": ["Debugging the proxy", " "]}
+    assert await store.profile(SCOPE) == ["Prefers tabs", "Debugging the proxy"]
+    assert fake.last("/v4/profile").json == {"containerTag": container_tag(SCOPE)}
+    assert await store.profile("nobody") == []
+
+
+async def test_list_is_newest_first_and_pages(store: SupermemoryStore) -> None:
+    for n in range(5):
+        await store.add("s", f"memory {n}")
+    await store.add("other", "not listed")
+    assert [m.content for m in await store.list("s")] == [f"memory {n}" for n in (4, 3, 2, 1, 0)]
+    assert [m.content for m in await store.list("s", limit=2, offset=2)] == ["memory 2", "memory 1"]
+    assert [m.content for m in await store.list("s", limit=2, offset=3)] == ["memory 1", "memory 0"]
+    assert await store.list("s", limit=0) == []
+    listed = await store.list("s", limit=1)
+    assert listed[0].scope == "s" and listed[0].score == 0 and listed[0].created_at > 0
+
+
+async def test_forget_deletes_only_this_scopes_document(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    mine = await store.add("a", "mine")
+    theirs = await store.add("b", "theirs")
+    assert await store.forget("a", theirs) is False
+    assert theirs in fake.documents
+    assert fake.count(f"/v3/documents/{theirs}") == 1  # looked at, not deleted
+    assert await store.forget("a", mine) is True
+    assert mine not in fake.documents
+    assert await store.forget("a", mine) is False
+    assert await store.forget("a", "no/such id") is False
+    assert await store.forget("a", "") is False
+
+
+# failures
+
+
+async def faulted(store: SupermemoryStore) -> StoreError:
+    with pytest.raises(StoreError) as info:
+        await store.search("s", "anything at all")
+    assert_no_key(info.value)
+    return info.value
+
+
+async def test_429_carries_retry_after(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.fault, fake.retry_after = "429", 7
+    error = await faulted(store)
+    assert (error.status, error.retry_after, error.permanent) == (429, 7.0, False)
+    assert "Too many requests" in str(error)
+    fake.retry_after = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 50 <= (await faulted(store)).retry_after <= 61  # type: ignore[operator]
+
+
+async def test_500_is_transient(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.fault = "500"
+    error = await faulted(store)
+    assert (error.status, error.retry_after, error.permanent) == (500, None, False)
+
+
+@pytest.mark.parametrize("status", [401, 402, 403])
+async def test_refusals_are_permanent(store: SupermemoryStore, fake: FakeSupermemory, status: int) -> None:
+    fake.status_override = status
+    error = await faulted(store)
+    assert (error.status, error.permanent) == (status, True)
+    assert f"HTTP {status}" in str(error)
+
+
+async def test_wrong_key_is_a_permanent_401(fake: FakeSupermemory) -> None:
+    store = SupermemoryStore("sm_wrong_key", fake.url)
+    try:
+        with pytest.raises(StoreError) as info:
+            await store.add("s", "x")
+    finally:
+        await store.close()
+    assert (info.value.status, info.value.permanent) == (401, True)
+    assert "sm_wrong_key" not in str(info.value)
+
+
+async def test_bad_json(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.fault = "bad_json"
+    error = await faulted(store)
+    assert error.status is None and not error.permanent
+    assert "not JSON" in str(error)
+
+
+async def test_slow_answer_times_out(fake: FakeSupermemory) -> None:
+    fake.fault, fake.slow_seconds = "slow", 2
+    store = SupermemoryStore(KEY, fake.url, timeout=0.3)
+    try:
+        error = await faulted(store)
+    finally:
+        await store.close()
+    assert error.status is None and not error.permanent
+    assert "no answer within 0.3 s" in str(error)
+
+
+async def test_killed_connection(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.fault = "kill"
+    error = await faulted(store)
+    assert error.status is None and not error.permanent
+    assert fake.count("/v4/search") == 1
+
+
+async def test_refused_then_recovers_on_the_same_port(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    await store.add("s", "before the outage")  # leaves a pooled keep-alive connection
+    port = fake.port
+    fake.fault = "refused"
+    error = await faulted(store)
+    assert error.status is None and not error.permanent
+    assert fake.count("/v4/search") == 0
+    fake.fault = None
+    assert fake.port == port
+    assert [m.content for m in await store.search("s", "before the outage")] == ["before the outage"]
+
+
+async def test_fault_paths_limit_the_fault(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.fault, fake.fault_paths = "500", {"/v4/search"}
+    await store.add("s", "writes still work")
+    error = await faulted(store)
+    assert error.status == 500
+
+
+async def test_unexpected_shape(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    fake.status_override, fake.fault_paths = 200, {"/v4/search"}  # 200 {"error": ...}: no results
+    error = await faulted(store)
+    assert "unexpected answer" in str(error) and "'results'" in str(error)
+
+
+async def test_unencodable_content_is_a_store_error(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+    with pytest.raises(StoreError, match="cannot encode"):
+        await store.add("s", "lone surrogate \ud800")
+    assert fake.requests == []
