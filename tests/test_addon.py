@@ -155,3 +155,17 @@ def test_bad_options_are_refused(addon):
             tctx.configure(addon, memory_timeout_ms=-1)
         with pytest.raises(exceptions.OptionsError):
             tctx.configure(addon, memory_max_body=0)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+async def test_injection_keeps_the_content_encoding(addon, encoding):
+    from mitmproxy.net import encoding as codec
+
+    use(addon, FakeStore(["User: the cache is Redis\nAssistant: ok"]))
+    flow = chat_flow(user_agent="OpenAI/Python 3.57.0", content_encoding=encoding)  # mitmproxy encodes it
+    assert codec.decode(flow.request.raw_content, encoding) != flow.request.raw_content
+    await addon.request(flow)
+    assert flow.request.headers["content-encoding"] == encoding
+    assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
+    sent = json.loads(codec.decode(flow.request.raw_content, encoding))
+    assert "the cache is Redis" in json.dumps(sent)

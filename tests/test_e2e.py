@@ -104,17 +104,18 @@ def test_projects_do_not_share_memories(mitmdump, upstream, db):
     assert "Postgres" not in json.dumps(memories(db, "claude-code:beta"))
 
 
-def test_codex_websocket_recall_and_capture(mitmdump, upstream, ws_responses_client, db):
-    proc = start(mitmdump, upstream, db, "reverse")
+@pytest.mark.parametrize("via", ["proxy", "reverse"])
+def test_codex_websocket_recall_and_capture(mitmdump, upstream, ws_responses_client, db, via):
+    proc = start(mitmdump, upstream, db, "regular" if via == "proxy" else "reverse")
     upstream.reply = "Deploys go to fly.io from the main branch."
     events = ws_responses_client(
-        proc, codex_request(generate=False), codex_request("How do we deploy to fly.io?", cwd="/home/dev/shop")
+        proc, codex_request(generate=False), codex_request("How do we deploy to fly.io?", cwd="/home/dev/shop"), via=via
     )
     assert events[-1]["type"] == "response.completed"
     stored = wait_memories(db, "codex:shop")
     assert len(stored) == 1 and "fly.io from the main branch" in stored[0], proc.log_text()
 
-    ws_responses_client(proc, codex_request("Where do deploys go?", cwd="/home/dev/shop"))
+    ws_responses_client(proc, codex_request("Where do deploys go?", cwd="/home/dev/shop"), via=via)
     prewarm, first, second = [m for rec in upstream.requests for m in rec.ws_messages]
     assert MEMORY_TAG not in json.dumps(prewarm) and MEMORY_TAG not in json.dumps(first)
     assert "fly.io from the main branch" in json.dumps(second["input"]), proc.log_text()
