@@ -6,21 +6,18 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Adapter, ReplyAccumulator
+from .base import ReplyAccumulator
 from .common import (
     INF,
     Breakpoint,
     EventAccumulator,
+    MessagesAdapter,
     Plan,
     apply_plan,
-    body_model,
-    body_streams,
     breakpoints,
     find,
     join_text,
     leading,
-    path_matches,
-    select_query,
     text_parts,
     user_with_content,
 )
@@ -38,33 +35,12 @@ def _blocks(text: str) -> list[dict]:
     return [_text_block(text)] if text else []
 
 
-class AnthropicAdapter(Adapter):
+class AnthropicAdapter(MessagesAdapter):
     """Cache order is tools -> system -> messages; positions are keyed (0, tool),
     (1, system block) and (2, message, content block)."""
 
     name = "anthropic"
-
-    def matches_path(self, method: str, path: str) -> bool:
-        return path_matches(_PATH, method, path)
-
-    def matches_body(self, body: Any) -> bool:
-        return isinstance(body, dict) and isinstance(body.get("messages"), list)
-
-    def model(self, path: str, body: Any) -> str | None:
-        return body_model(body)
-
-    def is_streaming(self, path: str, body: Any) -> bool:
-        return body_streams(body)
-
-    def query(self, body: Any, strategy: str) -> str:
-        if not self.matches_body(body):
-            return ""
-        turns = (
-            (m["role"], "\n".join(text_parts(m.get("content"), _TEXT)))
-            for m in body["messages"]
-            if isinstance(m, dict) and m.get("role") in ("user", "assistant")
-        )
-        return select_query(turns, strategy)
+    path_pattern = _PATH
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

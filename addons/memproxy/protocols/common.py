@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .base import MEMORY_CLOSE, MEMORY_OPEN, ReplyAccumulator
+from .base import MEMORY_CLOSE, MEMORY_OPEN, Adapter, ReplyAccumulator
 
 MEMORY_NOTE = (
     "Notes recalled by memproxy from earlier sessions in this scope. "
@@ -136,6 +136,40 @@ def body_streams(body: Any) -> bool:
 def path_matches(pattern: re.Pattern[str], method: str, path: str) -> bool:
     """A POST whose path (query string ignored) matches `pattern`."""
     return method.upper() == "POST" and pattern.search(path.partition("?")[0]) is not None
+
+
+class JsonAdapter(Adapter):
+    """An adapter for a POST of a JSON body with top-level `model` and `stream`."""
+
+    path_pattern: re.Pattern[str]
+
+    def matches_path(self, method: str, path: str) -> bool:
+        return path_matches(self.path_pattern, method, path)
+
+    def model(self, path: str, body: Any) -> str | None:
+        return body_model(body)
+
+    def is_streaming(self, path: str, body: Any) -> bool:
+        return body_streams(body)
+
+
+class MessagesAdapter(JsonAdapter):
+    """A `messages: [{role, content}]` body (Anthropic Messages, Chat Completions)."""
+
+    text_types: tuple[str, ...] = ("text",)
+
+    def matches_body(self, body: Any) -> bool:
+        return isinstance(body, dict) and isinstance(body.get("messages"), list)
+
+    def query(self, body: Any, strategy: str) -> str:
+        if not self.matches_body(body):
+            return ""
+        turns = (
+            (m["role"], "\n".join(text_parts(m.get("content"), self.text_types)))
+            for m in body["messages"]
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+        )
+        return select_query(turns, strategy)
 
 
 # -- prompt-cache-safe placement ------------------------------------------------

@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .base import INJECT_STRATEGIES, Adapter, ReplyAccumulator
-from .common import EventAccumulator, dig, find, leading, path_matches, select_query, text_parts
+from .base import INJECT_STRATEGIES, ReplyAccumulator
+from .common import EventAccumulator, JsonAdapter, dig, find, leading, select_query, text_parts
 
 _PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)/?$")
 _TEXT = (None,)  # Gemini parts have no "type"; text parts carry "text"
@@ -36,15 +36,13 @@ def _parts_text(parts: Any) -> str:
     return "".join(text_parts(parts, _TEXT))
 
 
-class GeminiAdapter(Adapter):
+class GeminiAdapter(JsonAdapter):
     """No `cache_control` here (Gemini caches through cachedContent), so `dual`
     keeps systemInstruction and earlier contents untouched: the memory goes in its
     own part at the start of the last user content (like `user_prefix`)."""
 
     name = "gemini"
-
-    def matches_path(self, method: str, path: str) -> bool:
-        return path_matches(_PATH, method, path)
+    path_pattern = _PATH
 
     def matches_body(self, body: Any) -> bool:
         return isinstance(body, dict) and isinstance(body.get("contents"), list)

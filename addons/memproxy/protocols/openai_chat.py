@@ -7,22 +7,19 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Adapter, ReplyAccumulator
+from .base import ReplyAccumulator
 from .common import (
     INF,
     Breakpoint,
     EventAccumulator,
+    MessagesAdapter,
     Plan,
     apply_plan,
-    body_model,
-    body_streams,
     breakpoints,
     content_plan,
     dig,
     find,
     join_text,
-    path_matches,
-    select_query,
     text_parts,
     user_with_content,
 )
@@ -39,34 +36,13 @@ def _is_user(message: dict) -> bool:
     return message.get("role") == "user"
 
 
-class OpenAIChatAdapter(Adapter):
+class OpenAIChatAdapter(MessagesAdapter):
     """Positions are keyed (message, part); (message, inf) is a whole message,
     (message, -1) a new message inserted before it. Some OpenAI-compatible
     providers honour `cache_control` on messages or parts, so it is respected."""
 
     name = "openai_chat"
-
-    def matches_path(self, method: str, path: str) -> bool:
-        return path_matches(_PATH, method, path)
-
-    def matches_body(self, body: Any) -> bool:
-        return isinstance(body, dict) and isinstance(body.get("messages"), list)
-
-    def model(self, path: str, body: Any) -> str | None:
-        return body_model(body)
-
-    def is_streaming(self, path: str, body: Any) -> bool:
-        return body_streams(body)
-
-    def query(self, body: Any, strategy: str) -> str:
-        if not self.matches_body(body):
-            return ""
-        turns = (
-            (m["role"], "\n".join(text_parts(m.get("content"), _TEXT)))
-            for m in body["messages"]
-            if isinstance(m, dict) and m.get("role") in ("user", "assistant")
-        )
-        return select_query(turns, strategy)
+    path_pattern = _PATH
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

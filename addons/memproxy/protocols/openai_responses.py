@@ -7,15 +7,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .base import INJECT_STRATEGIES, Adapter, ReplyAccumulator
+from .base import INJECT_STRATEGIES, ReplyAccumulator
 from .common import (
     EventAccumulator,
-    body_model,
-    body_streams,
+    JsonAdapter,
     content_plan,
     find,
     join_text,
-    path_matches,
     select_query,
     text_parts,
     user_with_content,
@@ -55,25 +53,17 @@ def output_text(response: Any) -> str:
     return text or (convenience if isinstance(convenience, str) else "")
 
 
-class OpenAIResponsesAdapter(Adapter):
+class OpenAIResponsesAdapter(JsonAdapter):
     """No `cache_control` here: OpenAI caches prefixes automatically, so `dual`
     keeps `instructions` and earlier input items untouched."""
 
     name = "openai_responses"
-
-    def matches_path(self, method: str, path: str) -> bool:
-        return path_matches(_PATH, method, path)
+    path_pattern = _PATH
 
     def matches_body(self, body: Any) -> bool:
         if not isinstance(body, dict):
             return False
         return isinstance(body.get("input"), (str, list)) or body.get("type") == "response.create"
-
-    def model(self, path: str, body: Any) -> str | None:
-        return body_model(body)
-
-    def is_streaming(self, path: str, body: Any) -> bool:
-        return body_streams(body)
 
     def query(self, body: Any, strategy: str) -> str:
         if not self.matches_body(body):
