@@ -785,6 +785,11 @@ class Rules:
         ))
         self._rules = rules
 
+    @property
+    def routes(self) -> frozenset[str]:
+        """Every route some request can take under these rules."""
+        return frozenset(rule.actions.route for rule in self._rules) | {self.defaults.route}
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rules:
         """Load a rules file; raises RulesError."""

@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import re
+import secrets
 import socket
 import threading
 import time
@@ -238,8 +239,12 @@ class FakeUpstream:
     streamed chunks), ``lockstep`` (each chunk after the first waits for one
     ``release()``, up to ``lockstep_timeout`` seconds, after which the stream
     ends), ``fail_status`` (answer LLM calls with that status and a
-    provider-shaped error), ``reset_mid_stream`` (close the connection after two
-    chunks). ``sent_times`` holds the monotonic send time of every chunk.
+    provider-shaped error, ``fail_message`` as its message and ``fail_headers``
+    as extra response headers), ``reset_mid_stream`` (close the connection after two
+    chunks), ``require_cookie`` (a cookie name: an LLM call without that cookie
+    set to ``cookie_token`` gets a Cloudflare-style challenge, 403 with
+    ``Set-Cookie`` and ``cf-mitigated: challenge``). ``sent_times`` holds the
+    monotonic send time of every chunk.
     """
 
     def __init__(self) -> None:
@@ -249,7 +254,11 @@ class FakeUpstream:
         self.lockstep = False
         self.lockstep_timeout = 10.0
         self.fail_status: int | None = None
+        self.fail_message = "fake upstream failure"
+        self.fail_headers: dict[str, str] = {}
         self.reset_mid_stream = False
+        self.require_cookie: str | None = None
+        self.cookie_token = secrets.token_urlsafe(16)
         self.requests: list[Recorded] = []
         self.sent_times: list[float] = []
         self.port = 0
@@ -359,8 +368,11 @@ class FakeUpstream:
         websocket = api is RESPONSES and request.method == "GET" and web.WebSocketResponse().can_prepare(request).ok
         if request.method != "POST" and not websocket:
             return web.json_response({"error": {"message": f"method {request.method} not allowed"}}, status=405)
+        if self.require_cookie and request.cookies.get(self.require_cookie) != self.cookie_token:
+            return self._challenge()
         if self.fail_status:
-            return web.json_response(api.error(self.fail_status, "fake upstream failure"), status=self.fail_status)
+            body = api.error(self.fail_status, self.fail_message)
+            return web.json_response(body, status=self.fail_status, headers=self.fail_headers)
         if websocket:
             return await self._websocket(request, rec)
 
@@ -378,6 +390,16 @@ class FakeUpstream:
         if await self._play(events, write, request):
             await resp.write_eof()
         return resp
+
+    def _challenge(self) -> web.Response:
+        """A Cloudflare-style challenge: an HTML page that sets the clearance cookie."""
+        assert self.require_cookie is not None
+        headers = {
+            "Set-Cookie": f"{self.require_cookie}={self.cookie_token}; Path=/; HttpOnly",
+            "cf-mitigated": "challenge",
+        }
+        html = "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body></body></html>"
+        return web.Response(status=403, text=html, content_type="text/html", headers=headers)
 
     async def _websocket(self, request: web.Request, rec: Recorded) -> web.WebSocketResponse:
         """Responses over WebSocket: answer each ``response.create`` message with its event sequence."""
