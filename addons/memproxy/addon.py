@@ -28,6 +28,7 @@ from . import protocols
 from .capture import Outbox, Turn
 from .memory import Backend, Memory, MemoryStore, StoreError, choose_backend, open_store
 from .memory.supermemory import DEFAULT_BASE_URL
+from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
@@ -117,6 +118,7 @@ class MemoryAddon:
         self.router: tuple[str, str] | None = None  # Supermemory (base URL, key) for route supermemory_router
         self.pending: dict[str, Pending] = {}
         self._watcher: asyncio.Task | None = None
+        self.listeners: ProjectListeners | None = None
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
         self._running = False
@@ -151,6 +153,15 @@ class MemoryAddon:
             Sequence[str],
             list(DEFAULT_HOSTS),
             "TLS hosts (globs) whose traffic is decrypted; all other TLS is tunnelled untouched. '*' decrypts all.",
+        )
+        loader.add_option(
+            "memory_projects", str, "", "Per-project port registry (JSON). Empty: ports.json in the user's config dir."
+        )
+        loader.add_option(
+            "memory_project_mode",
+            str,
+            "reverse:https://api.openai.com",
+            "Listener opened on each registered project's port: a reverse-proxy spec, or 'regular'.",
         )
         loader.add_option(
             "memory_max_body", int, 16 * 1024 * 1024, "Request bodies larger than this many bytes pass through untouched."
@@ -222,7 +233,9 @@ class MemoryAddon:
         outbox = opts.memory_outbox or Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
         self.capture = Outbox(outbox, self.store, max_delay=opts.memory_retry_max)
         await self.capture.start()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_rules(), name="memproxy rules watcher")
+        registry = PortRegistry(opts.memory_projects or None)
+        self.listeners = ProjectListeners(registry, opts.memory_project_mode)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="memproxy watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
         logger.info(
             "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
@@ -240,24 +253,32 @@ class MemoryAddon:
         if self.store:
             await self.store.close()
 
-    async def _watch_rules(self) -> None:
-        """Reload the rules file when it changes; a bad edit keeps the last good rules."""
+    async def _watch(self) -> None:
+        """Once a second: follow the port registry, and reload the rules file if it changed."""
         while True:
-            await asyncio.sleep(1.0)
-            if self.rules_file is None:
-                continue
             try:
-                reloaded, error = await asyncio.to_thread(self.rules_file.check)
-            except Exception as e:  # noqa: BLE001
-                reloaded, error = False, _brief(e)
-            if reloaded:
-                logger.info("memproxy: rules reloaded from %s", self.rules_file.path)
-                try:
-                    self._configure_store()
-                except ValueError as e:
-                    logger.warning("memproxy: memory backend unchanged: %s", e)
-            elif error:
-                logger.warning("memproxy: rules not reloaded, keeping the last good rules: %s", error)
+                await self.listeners.sync()
+            except Exception as e:  # noqa: BLE001 - a bad registry must not stop the watcher
+                self._warn_once("listeners", f"project listeners not updated: {_brief(e)}")
+            await asyncio.sleep(1.0)
+            await self._reload_rules()
+
+    async def _reload_rules(self) -> None:
+        """Reload the rules file when it changes; a bad edit keeps the last good rules."""
+        if self.rules_file is None:
+            return
+        try:
+            reloaded, error = await asyncio.to_thread(self.rules_file.check)
+        except Exception as e:  # noqa: BLE001
+            reloaded, error = False, _brief(e)
+        if reloaded:
+            logger.info("memproxy: rules reloaded from %s", self.rules_file.path)
+            try:
+                self._configure_store()
+            except ValueError as e:
+                logger.warning("memproxy: memory backend unchanged: %s", e)
+        elif error:
+            logger.warning("memproxy: rules not reloaded, keeping the last good rules: %s", error)
 
     # -- host scope ---------------------------------------------------------
 
@@ -318,6 +339,22 @@ class MemoryAddon:
         flow.request.headers["x-supermemory-api-key"] = api_key
         flow.request.headers["x-sm-user-id"] = route.user_id
 
+    def _view(self, flow: http.HTTPFlow, method: str, **body: Any) -> RequestView:
+        """What the rules see of a flow: request line, headers, listen port and its project, and body."""
+        req = flow.request
+        port = flow.client_conn.sockname[1] if flow.client_conn.sockname else 0
+        project = self.listeners.project_for_port(port) if self.listeners else None
+        return RequestView(
+            method=method,
+            host=req.pretty_host,
+            path=req.path,
+            port=port,
+            headers=self._headers(flow),
+            project=project.path if project else None,
+            flow=flow,
+            **body,
+        )
+
     def _take_override(self, flow: http.HTTPFlow) -> None:
         """Strip the user-id override header before upstream; keep its value for routing."""
         name = self.rules_file.rules.override_header
@@ -338,17 +375,7 @@ class MemoryAddon:
         t0 = time.perf_counter()
         req = flow.request
         model = adapter.model(req.path, body)
-        view = RequestView(
-            method=method,
-            host=req.pretty_host,
-            path=req.path,
-            port=flow.client_conn.sockname[1] if flow.client_conn.sockname else 0,
-            headers=self._headers(flow),
-            body=body,
-            raw_body=raw.decode("utf-8", "replace"),
-            model=model,
-            flow=flow,
-        )
+        view = self._view(flow, method, body=body, raw_body=raw.decode("utf-8", "replace"), model=model)
         route = self.rules_file.rules.match(view)
         actions = route.actions
         decision = Decision(route)
@@ -418,16 +445,7 @@ class MemoryAddon:
 
     def _answer_info(self, flow: http.HTTPFlow) -> None:
         """Answer /memory-routing/info with the routing decision for the caller's headers."""
-        req = flow.request
-        view = RequestView(
-            method=req.method,
-            host=req.pretty_host,
-            path=req.path,
-            port=flow.client_conn.sockname[1] if flow.client_conn.sockname else 0,
-            headers=req.headers,
-            flow=flow,
-        )
-        info = self.rules_file.rules.match(view).info()
+        info = self.rules_file.rules.match(self._view(flow, flow.request.method)).info()
         flow.response = http.Response.make(200, json.dumps(info).encode(), {"content-type": "application/json"})
 
     # -- response path ------------------------------------------------------

@@ -8,6 +8,7 @@ lock. All of it is blocking file I/O: call it from a worker thread (`asyncio.to_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -205,3 +206,40 @@ def _project(path: str, entry: Any) -> Project:
     ):
         raise TypeError(f"bad registry entry for {path}: {entry!r}")
     return Project(path, name, port, float(added_at))
+
+
+class ProjectListeners:
+    """One mitmproxy listener per registered project, kept in step with the registry (option `mode`).
+
+    `mode` is the listener kind: a reverse-proxy spec such as "reverse:https://api.openai.com"
+    (for IDEs with a base-URL setting) or "regular". The registry is polled, so projects added
+    or removed by the CLI get or lose their listener without a restart.
+    """
+
+    def __init__(self, registry: PortRegistry, mode: str) -> None:
+        self.registry = registry
+        self.mode = mode
+        self._version: object = object()  # equal to no real version: the first sync always reads
+        self._by_port: dict[int, Project] = {}
+        self._ours: list[str] = []
+
+    def project_for_port(self, port: int) -> Project | None:
+        """The project whose listener has this port (hot path: a dict lookup)."""
+        return self._by_port.get(port)
+
+    async def sync(self) -> None:
+        """Re-read the registry if it changed, and add or remove listeners to match."""
+        from mitmproxy import ctx
+
+        version = await asyncio.to_thread(self.registry.version)
+        if version == self._version:
+            return
+        projects = await asyncio.to_thread(self.registry.projects)
+        self._version, self._by_port = version, {p.port: p for p in projects}
+        ours = [f"{self.mode}@{p.port}" for p in projects]
+        current = list(ctx.options.mode)
+        desired = [m for m in current if m not in self._ours] + ours
+        self._ours = ours
+        if desired != current:
+            ctx.options.update(mode=desired)
+            logger.info("memproxy: project listeners: %s", ", ".join(f"{p.name}@{p.port}" for p in projects) or "none")

@@ -1,0 +1,77 @@
+"""Per-project ports end to end: one listener per registered project, each project its own scope."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port
+from e2e_helpers import memories, seed, wait_memories
+
+from memproxy.ports import PortRegistry
+
+pytestmark = pytest.mark.e2e
+
+JETBRAINS = {"user-agent": "OpenAIClientImpl/Java unknown", "authorization": "Bearer sk-jb"}
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def ask(port: int, text: str) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=JETBRAINS, timeout=30)
+    assert r.status_code == 200
+
+
+def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
+    db, low = tmp_path / "memories.db", free_port()
+    registry = PortRegistry(tmp_path / "ports.json", (low, low + 40))
+    alpha = registry.get_or_allocate_port(tmp_path / "work" / "alpha")
+    beta = registry.get_or_allocate_port(tmp_path / "work" / "beta")
+    seed(db, "jetbrains:alpha", "User: alpha is a Django project\nAssistant: ok")
+    proc = mitmdump(
+        mode="reverse",
+        upstream=upstream,
+        options={
+            "memory_db": str(db),
+            "memory_projects": str(tmp_path / "ports.json"),
+            "memory_project_mode": f"reverse:{upstream.url}",
+        },
+    )
+    assert wait(lambda: listening(alpha) and listening(beta)), proc.log_text()
+
+    ask(alpha, "Which web framework does this project use?")
+    ask(beta, "Which web framework does this project use?")
+    to_alpha, to_beta = (json.dumps(r.json) for r in upstream.requests)
+    assert "Django" in to_alpha and "Django" not in to_beta
+    assert len(wait_memories(db, "jetbrains:beta")) == 1
+    assert len(wait_memories(db, "jetbrains:alpha", 2)) == 2
+    assert "Django" not in json.dumps(memories(db, "jetbrains:beta"))
+
+    # Registering a project while running opens its listener; removing it closes it. No restart.
+    gamma = registry.get_or_allocate_port(tmp_path / "work" / "gamma")
+    assert wait(lambda: listening(gamma)), proc.log_text()
+    ask(gamma, "First question in gamma")
+    assert wait_memories(db, "jetbrains:gamma")
+    registry.remove(tmp_path / "work" / "gamma")
+    assert wait(lambda: not listening(gamma)), proc.log_text()
+    assert listening(alpha) and listening(proc.port)
