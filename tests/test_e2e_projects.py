@@ -75,3 +75,23 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
     registry.remove(tmp_path / "work" / "gamma")
     assert wait(lambda: not listening(gamma)), proc.log_text()
     assert listening(alpha) and listening(proc.port)
+
+
+def test_status_endpoint(mitmdump, upstream, tmp_path: Path):
+    low = free_port()
+    registry = PortRegistry(tmp_path / "ports.json", (low, low + 40))
+    port = registry.get_or_allocate_port(tmp_path / "work" / "delta")
+    options = {
+        "memory_db": str(tmp_path / "m.db"),
+        "memory_projects": str(tmp_path / "ports.json"),
+        "memory_project_mode": f"reverse:{upstream.url}",
+    }
+    proc = mitmdump(mode="reverse", upstream=upstream, options=options)
+    assert wait(lambda: listening(port))
+    ask(port, "hello")
+    status = httpx.get(f"{proc.base_url}/memory-routing/status", timeout=30).json()
+    assert status["backend"]["name"] == "local" and status["backend"]["recall"] == "closed"
+    assert status["projects"] == [{"name": "delta", "path": str((tmp_path / "work" / "delta").resolve()), "port": port}]
+    assert f"reverse:{upstream.url}@{port}" in status["listen"]["modes"]
+    assert status["clients"] == {"jetbrains-project": 1}
+    assert status["outbox"]["dead_letters"] == 0 and status["outbox"]["submitted"] == 1

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "memory.yaml"
 INFO_PATH = "/memory-routing/info"
+STATUS_PATH = "/memory-routing/status"
 MARKER = ":brain:"
 OVERRIDE_KEY = "memproxy_override"
 DEFAULT_HOSTS = (
@@ -101,6 +103,10 @@ def _brief(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _json_response(data: Any) -> http.Response:
+    return http.Response.make(200, json.dumps(data).encode(), {"content-type": "application/json"})
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
@@ -122,6 +128,8 @@ class MemoryAddon:
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
         self._running = False
+        self._started_at = time.time()
+        self.clients: Counter[str] = Counter()  # requests per matched rule since start
 
     # -- lifecycle --------------------------------------------------------
 
@@ -306,8 +314,12 @@ class MemoryAddon:
         if not ctx.options.memory_enabled or flow.response is not None or self.rules_file is None:
             return
         req = flow.request
-        if req.path.split("?", 1)[0] == INFO_PATH:
+        path = req.path.split("?", 1)[0]
+        if path == INFO_PATH:
             self._answer_info(flow)
+            return
+        if path == STATUS_PATH:
+            flow.response = _json_response(await self.status())
             return
         self._take_override(flow)
         adapter = protocols.detect_path(req.method, req.path)
@@ -377,6 +389,7 @@ class MemoryAddon:
         model = adapter.model(req.path, body)
         view = self._view(flow, method, body=body, raw_body=raw.decode("utf-8", "replace"), model=model)
         route = self.rules_file.rules.match(view)
+        self.clients[route.rule or "default"] += 1
         actions = route.actions
         decision = Decision(route)
         info = decision.info = {
@@ -445,8 +458,26 @@ class MemoryAddon:
 
     def _answer_info(self, flow: http.HTTPFlow) -> None:
         """Answer /memory-routing/info with the routing decision for the caller's headers."""
-        info = self.rules_file.rules.match(self._view(flow, flow.request.method)).info()
-        flow.response = http.Response.make(200, json.dumps(info).encode(), {"content-type": "application/json"})
+        flow.response = _json_response(self.rules_file.rules.match(self._view(flow, flow.request.method)).info())
+
+    async def status(self) -> dict[str, Any]:
+        """What `memproxy status` shows: backend, outbox, listeners, and requests per client since start."""
+        outbox = self.capture
+        return {
+            "started_at": self._started_at,
+            "rules": str(self.rules_file.path) if self.rules_file else None,
+            "backend": {
+                "name": self.backend.name if self.backend else None,
+                "description": self.backend.describe() if self.backend else None,
+                "recall": self.recall.breaker.state if self.recall else None,
+            },
+            "outbox": {**outbox.stats, "dead_letters": len(await outbox.dead_letters())} if outbox else None,
+            "listen": {"host": ctx.options.listen_host, "port": ctx.options.listen_port, "modes": list(ctx.options.mode)},
+            "projects": [
+                {"name": p.name, "path": p.path, "port": p.port} for p in self.listeners.projects()
+            ] if self.listeners else [],
+            "clients": dict(self.clients),
+        }
 
     # -- response path ------------------------------------------------------
 

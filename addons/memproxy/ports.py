@@ -227,6 +227,10 @@ class ProjectListeners:
         """The project whose listener has this port (hot path: a dict lookup)."""
         return self._by_port.get(port)
 
+    def projects(self) -> list[Project]:
+        """The projects that have a listener now."""
+        return list(self._by_port.values())
+
     async def sync(self) -> None:
         """Re-read the registry if it changed, and add or remove listeners to match."""
         from mitmproxy import ctx
