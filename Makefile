@@ -23,12 +23,10 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@touch $@
 
 run: $(VENV)/.synced
-	$(VENV)/bin/mitmdump -s addons/memory.py --listen-host $(LISTEN_HOST) -p $(LISTEN_PORT) \
-		--set connection_strategy=lazy $(ARGS)
+	$(VENV)/bin/memproxy run --host $(LISTEN_HOST) -p $(LISTEN_PORT) $(ARGS)
 
 web: $(VENV)/.synced
-	$(VENV)/bin/mitmweb -s addons/memory.py --listen-host $(LISTEN_HOST) -p $(LISTEN_PORT) \
-		--set connection_strategy=lazy $(ARGS)
+	$(VENV)/bin/memproxy run --web --host $(LISTEN_HOST) -p $(LISTEN_PORT) $(ARGS)
 
 test: $(VENV)/.synced
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)

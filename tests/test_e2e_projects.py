@@ -11,7 +11,6 @@ import httpx
 import pytest
 from conftest import free_port
 from e2e_helpers import memories, seed, wait_memories
-
 from memproxy.ports import PortRegistry
 
 pytestmark = pytest.mark.e2e

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import functools
+import importlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 from mitmproxy import ctx, exceptions, http, tls
@@ -27,21 +27,25 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
 from .capture import Outbox, Turn
-from .memory import Backend, Memory, MemoryStore, StoreError, choose_backend, open_store
-from .memory.supermemory import DEFAULT_BASE_URL
+from .memory import Backend, Memory, MemoryStore, StoreError, configured_backend, open_store
 from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
-from .rules import FILTERS, RequestView, Route, RulesError, RulesFile, resolve_env
+
+if TYPE_CHECKING:  # imported lazily at run time: they pull in aiohttp, httpx and litellm
+    from .cookies import CookieSessions
+    from .reroute import Gateway
+from .rules import DEFAULT_RULES, FILTERS, RequestView, Route, RulesError, RulesFile
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "memory.yaml"
 INFO_PATH = "/memory-routing/info"
 STATUS_PATH = "/memory-routing/status"
 MARKER = ":brain:"
 OVERRIDE_KEY = "memproxy_override"
+SDK_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # what the SDK path serves
+HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
 DEFAULT_HOSTS = (
     "api.anthropic.com",
     "api.openai.com",
@@ -125,6 +129,9 @@ class MemoryAddon:
         self.pending: dict[str, Pending] = {}
         self._watcher: asyncio.Task | None = None
         self.listeners: ProjectListeners | None = None
+        self.sessions: CookieSessions | None = None  # the SDK path's cookie jars; loaded after start-up
+        self.gateway: Gateway | None = None  # the loopback LiteLLM gateway; started on first use
+        self._gateway_lock = asyncio.Lock()
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
         self._running = False
@@ -172,6 +179,18 @@ class MemoryAddon:
             "Listener opened on each registered project's port: a reverse-proxy spec, or 'regular'.",
         )
         loader.add_option(
+            "memory_cookies", str, "", "Cookie jars of the SDK path (0600). Empty: cookies.json in the user's data dir."
+        )
+        loader.add_option(
+            "memory_sdk_ttl",
+            int,
+            3600,
+            "After an upstream's cookie challenge, seconds that (scope, host) keeps going through the SDK path.",
+        )
+        loader.add_option(
+            "memory_sdk_timeout", int, 600, "Seconds a request on the SDK path may take, streaming included."
+        )
+        loader.add_option(
             "memory_max_body", int, 16 * 1024 * 1024, "Request bodies larger than this many bytes pass through untouched."
         )
 
@@ -206,14 +225,13 @@ class MemoryAddon:
 
     def _configure_store(self) -> None:
         """Choose the backend from options, the rules file and the environment; swap stores if it changed."""
-        opts, cfg = ctx.options, self.rules_file.rules.memory
-        supermemory = {k: resolve_env(v) for k, v in cfg.supermemory.items()}
-        backend = choose_backend(
-            opts.memory_backend or cfg.backend, path=opts.memory_db or cfg.local_path or None, supermemory=supermemory
-        )
-        key = supermemory.get("api_key") or os.environ.get("SUPERMEMORY_API_KEY")
-        base_url = supermemory.get("base_url") or os.environ.get("SUPERMEMORY_BASE_URL") or DEFAULT_BASE_URL
-        self.router = (base_url, key) if key else None
+        opts, config = ctx.options, self.rules_file.rules.memory
+        backend = configured_backend(opts.memory_backend, opts.memory_db, config)
+        try:  # the Memory Router needs Supermemory's key and URL, even when memories are kept locally
+            supermemory = configured_backend("supermemory", None, config)
+            self.router = (supermemory.base_url, supermemory.api_key or "")
+        except ValueError:
+            self.router = None
         if backend == self.backend:
             return
         old, self.backend, self.store = self.store, backend, open_store(backend)
@@ -243,7 +261,9 @@ class MemoryAddon:
         await self.capture.start()
         registry = PortRegistry(opts.memory_projects or None)
         self.listeners = ProjectListeners(registry, opts.memory_project_mode)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="memproxy watcher")
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch(), name="memproxy watcher")
+        self._sdk_task = loop.create_task(self._prepare_sdk_path(), name="memproxy SDK path")
         logger.info("memproxy: rules from %s", self.rules_file.path)
         logger.info(
             "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
@@ -256,6 +276,10 @@ class MemoryAddon:
     async def done(self) -> None:
         if self._watcher:
             self._watcher.cancel()
+        if self.gateway:
+            await self.gateway.close()
+        if self.sessions:
+            await self.sessions.aclose()
         if self.capture:
             await self.capture.close(timeout=2.0)
         if self.store:
@@ -335,6 +359,9 @@ class MemoryAddon:
         decision = await self._decide(flow, adapter, body, content, req.method)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
+        elif self._wants_sdk(decision.route, req.host) and adapter.name in SDK_PROTOCOLS:
+            await self._to_gateway(flow, adapter, decision.route)
+            decision.info["route"] = "sdk"
         if decision.content is not None:
             req.set_content(decision.content)
         if decision.pending:
@@ -350,6 +377,73 @@ class MemoryAddon:
         flow.request.url = f"{base_url.rstrip('/')}/v3/{flow.request.url}"
         flow.request.headers["x-supermemory-api-key"] = api_key
         flow.request.headers["x-sm-user-id"] = route.user_id
+
+    # -- the SDK path (LiteLLM) ----------------------------------------------
+
+    async def _prepare_sdk_path(self) -> None:
+        """After start-up: load the cookie jars; warm the gateway (and litellm) only if a rule routes to it."""
+        cookies = await asyncio.to_thread(importlib.import_module, "memproxy.cookies")
+        path = ctx.options.memory_cookies or Path(platformdirs.user_data_dir("memproxy")) / "cookies.json"
+        self.sessions = cookies.CookieSessions(path, ttl=ctx.options.memory_sdk_ttl)
+        await self.sessions.load()
+        if "sdk" in self.rules_file.rules.routes:
+            await self._gateway()
+
+    async def _gateway(self) -> Gateway:
+        """The loopback gateway, started (litellm imported in a thread) on first use."""
+        async with self._gateway_lock:
+            if self.sessions is None:
+                await self._sdk_task
+            if self.gateway is None:
+                reroute = await asyncio.to_thread(importlib.import_module, "memproxy.reroute")
+                self.gateway = reroute.Gateway(self.sessions)
+        await self.gateway.start()
+        return self.gateway
+
+    def _wants_sdk(self, route: Route, host: str) -> bool:
+        return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.user_id, host))
+
+    def _gateway_headers(self, flow: http.HTTPFlow, gateway: Gateway, protocol: str, route_user_id: str, sdk) -> dict:
+        req = flow.request
+        origin = req.url[: len(req.url) - len(req.path)]
+        return gateway.request_headers(protocol=protocol, upstream=origin, scope=route_user_id, sdk=sdk)
+
+    async def _to_gateway(self, flow: http.HTTPFlow, adapter: Adapter, route: Route) -> None:
+        """Point the flow at the loopback gateway, which serves it through litellm (streaming as it goes)."""
+        gateway = await self._gateway()
+        req = flow.request
+        req.headers.update(self._gateway_headers(flow, gateway, adapter.name, route.user_id, route.actions.sdk))
+        req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
+
+    def _is_challenge(self, flow: http.HTTPFlow) -> bool:
+        """An LLM upstream asking for cookies (403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated)."""
+        resp, info = flow.response, flow.metadata.get("memproxy")
+        return (
+            resp is not None
+            and info is not None
+            and info.get("route") != "sdk"
+            and info.get("adapter") in SDK_PROTOCOLS
+            and self.sessions is not None
+            and resp.status_code in (403, 429, 503)
+            and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
+        )
+
+    async def _replay_through_gateway(self, flow: http.HTTPFlow) -> None:
+        """Keep the challenge's cookies, replay the request through the SDK path, and answer with its reply.
+        This first reply is buffered; later requests of (scope, host) take the SDK path from the start."""
+        import httpx
+
+        info, req = flow.metadata["memproxy"], flow.request
+        self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
+        gateway = await self._gateway()
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS}
+        headers |= self._gateway_headers(flow, gateway, info["adapter"], info["user_id"], None)
+        async with httpx.AsyncClient(trust_env=False, timeout=ctx.options.memory_sdk_timeout) as client:
+            r = await client.post(gateway.url + req.path, content=req.raw_content, headers=headers)
+        kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
+        flow.response = http.Response.make(r.status_code, r.content, kept)
+        info["route"] = "sdk"
+        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, info["user_id"])
 
     def _view(self, flow: http.HTTPFlow, method: str, **body: Any) -> RequestView:
         """What the rules see of a flow: request line, headers, listen port and its project, and body."""
@@ -484,7 +578,7 @@ class MemoryAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
         resp = flow.response
-        if not ctx.options.memory_enabled or resp is None:
+        if not ctx.options.memory_enabled or resp is None or self._is_challenge(flow):
             return
         if "text/event-stream" not in resp.headers.get("content-type", ""):
             return
@@ -510,11 +604,20 @@ class MemoryAddon:
 
     @fail_open
     async def response(self, flow: http.HTTPFlow) -> None:
+        if self._is_challenge(flow):
+            await self._replay_through_gateway(flow)
         pending = self.pending.pop(flow.id, None)
         resp = flow.response
         if pending is None or resp is None or resp.stream or resp.status_code >= 300:
             return
-        body = json.loads(resp.get_content())
+        content = resp.get_content()
+        if "text/event-stream" in resp.headers.get("content-type", ""):  # an SSE reply that was not streamed
+            reply = pending.adapter.accumulator()
+            for event, data in SSEParser().feed(content) + SSEParser().feed(b""):
+                reply.feed(event, data)
+            self._remember(pending, reply.text())
+            return
+        body = json.loads(content)
         parts = body if isinstance(body, list) else [body]  # Gemini may answer a JSON array of chunks
         self._remember(pending, "".join(pending.adapter.reply_from_json(p) for p in parts))
 

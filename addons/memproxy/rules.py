@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -26,6 +27,7 @@ from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "memory.yaml"  # shipped with memproxy
 ROUTES: tuple[str, ...] = ("passthrough", "sdk", "supermemory_router")
 SDK_KEYS: tuple[str, ...] = ("model", "api_base", "api_key")
 BUILTIN_VARS: tuple[str, ...] = ("host", "path", "method", "port", "model", "project")

@@ -6,11 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..rules import MemoryConfig, resolve_env
 from .base import Memory, MemoryStore, StoreError
 from .local import LocalStore
 from .supermemory import DEFAULT_BASE_URL, SupermemoryStore
 
-__all__ = ["Backend", "Memory", "MemoryStore", "StoreError", "choose_backend", "open_store"]
+__all__ = ["Backend", "Memory", "MemoryStore", "StoreError", "choose_backend", "configured_backend", "open_store"]
 
 BACKENDS = ("auto", "local", "supermemory")
 
@@ -58,6 +59,17 @@ def choose_backend(
         base_url=sm.get("base_url") or environ.get("SUPERMEMORY_BASE_URL") or DEFAULT_BASE_URL,
         search_mode=sm.get("search_mode") or "hybrid",
         container_tag=sm.get("container_tag") or "{scope}",
+    )
+
+
+def configured_backend(
+    backend: str, path: str | None, config: MemoryConfig, environ: Mapping[str, str] = os.environ
+) -> Backend:
+    """The backend as an option names it (`backend`, `path`: empty = not set), else as the rules file's
+    `memory:` section does (its ${ENV} references resolved), else auto. Raises ValueError."""
+    supermemory = {k: resolve_env(v, environ) for k, v in config.supermemory.items()}
+    return choose_backend(
+        backend or config.backend, path=path or config.local_path or None, supermemory=supermemory, environ=environ
     )
 
 

@@ -1,0 +1,208 @@
+"""Cookie sessions for the SDK path: one jar and one pooled HTTP client per (scope, upstream host).
+
+LiteLLM's own HTTP clients neither store nor send cookies, so the gateway hands litellm
+these clients instead. Jars are never shared across scopes. A (scope, host) that met a
+cookie challenge is marked as needing the SDK path for ``ttl`` seconds. Jars and marks
+are persisted to one JSON file (mode 0600, written atomically in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from http.cookiejar import Cookie
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+Key = tuple[str, str]  # (scope, host)
+
+
+class CookieSessions:
+    """One cookie jar and one pooled HTTP client per (scope, upstream host), persisted.
+
+    ``host`` is the upstream's host name without port (cookies ignore ports too).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ttl: float = 3600.0,
+        timeout: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.ttl = ttl
+        self.timeout = timeout
+        self._clock = clock  # wall clock: marks outlive restarts
+        self._jars: dict[Key, httpx.Cookies] = {}
+        self._clients: dict[Key, httpx.AsyncClient] = {}
+        self._marks: dict[Key, float] = {}  # (scope, host) -> needs the SDK path until then
+        self._save_lock = asyncio.Lock()
+        self._save_queued = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def jar(self, scope: str, host: str) -> httpx.Cookies:
+        """The jar of (scope, host), shared with that pair's client."""
+        key = (scope, host.lower())
+        jar = self._jars.get(key)
+        if jar is None:
+            jar = self._jars[key] = httpx.Cookies()
+        return jar
+
+    def client(self, scope: str, host: str) -> httpx.AsyncClient:
+        """The pooled client of (scope, host): sends and stores that pair's cookies.
+
+        A response that sets cookies schedules a save. Proxy variables are ignored, so the
+        gateway's own calls never loop back through the proxy.
+        """
+        key = (scope, host.lower())
+        client = self._clients.get(key)
+        if client is None or client.is_closed:
+            client = self._clients[key] = httpx.AsyncClient(
+                cookies=self.jar(*key).jar,  # the CookieJar itself, so the client shares it
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                follow_redirects=True,
+                trust_env=False,
+                event_hooks={"response": [self._on_response]},
+            )
+        return client
+
+    def note_challenge(self, scope: str, host: str, set_cookie: list[str]) -> None:
+        """Store the cookies of a challenge response (raw ``Set-Cookie`` values) in the jar
+        of (scope, host) and mark that pair as needing the SDK path for ``ttl`` seconds."""
+        key = (scope, host.lower())
+        if set_cookie:
+            request = httpx.Request("GET", f"https://{key[1]}/")
+            response = httpx.Response(200, headers=[("set-cookie", v) for v in set_cookie], request=request)
+            self.jar(*key).extract_cookies(response)
+        self._marks[key] = self._clock() + self.ttl
+        self._schedule_save()
+
+    def requires_sdk(self, scope: str, host: str) -> bool:
+        """True while (scope, host) is marked by a recent challenge."""
+        until = self._marks.get((scope, host.lower()))
+        return until is not None and until > self._clock()
+
+    async def load(self) -> None:
+        """Restore jars and marks from the file. A missing file means empty; an unreadable
+        one is kept as ``<name>.bak`` and we start empty."""
+        try:
+            entries = await asyncio.to_thread(_read, self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            backup = self.path.with_name(self.path.name + ".bak")
+            try:
+                await asyncio.to_thread(os.replace, self.path, backup)
+            except OSError:
+                pass
+            logger.warning(
+                "Cookie sessions file %s is unreadable (%s); starting empty, kept it as %s",
+                self.path,
+                type(exc).__name__,
+                backup,
+            )
+            return
+        now = self._clock()
+        for scope, host, cookies, until in entries:
+            jar = self.jar(scope, host).jar
+            for cookie in cookies:
+                jar.set_cookie(cookie)
+            jar.clear_expired_cookies()
+            if until is not None and until > now:
+                self._marks[(scope, host.lower())] = until
+
+    async def save(self) -> None:
+        """Write jars and marks atomically (temp file + rename, mode 0600) in a worker thread."""
+        async with self._save_lock:
+            self._save_queued = False  # changes from here on need another save
+            text = json.dumps(self._snapshot())
+            try:
+                await asyncio.to_thread(_write_private, self.path, text)
+            except OSError as exc:
+                logger.warning("Could not save cookie sessions to %s: %s", self.path, type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Finish pending saves and close every pooled client."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+    # internals
+
+    async def _on_response(self, response: httpx.Response) -> None:
+        if response.headers.get_list("set-cookie"):  # the client has just stored them
+            self._schedule_save()
+
+    def _schedule_save(self) -> None:
+        """Save soon, in the background; one queued save covers any number of changes."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._save_queued:
+            return
+        self._save_queued = True
+        task = loop.create_task(self.save())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _snapshot(self) -> dict[str, Any]:
+        now = self._clock()
+        sessions = []
+        for key in sorted(self._jars.keys() | self._marks.keys()):
+            jar = self._jars.get(key)
+            cookies = [_cookie_dict(c) for c in jar.jar if not c.is_expired()] if jar is not None else []
+            until = self._marks.get(key)
+            until = until if until is not None and until > now else None
+            if cookies or until is not None:
+                sessions.append({"scope": key[0], "host": key[1], "cookies": cookies, "sdk_until": until})
+        return {"version": FORMAT_VERSION, "sessions": sessions}
+
+
+def _cookie_dict(cookie: Cookie) -> dict[str, Any]:
+    data = dict(vars(cookie))
+    data["rest"] = data.pop("_rest")
+    return data
+
+
+def _read(path: Path) -> list[tuple[str, str, list[Cookie], float | None]]:
+    """Parse the sessions file; raises on any shape it does not expect."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError("unknown version")
+    entries = []
+    for entry in data["sessions"]:
+        scope, host, until = entry["scope"], entry["host"], entry["sdk_until"]
+        if not (isinstance(scope, str) and isinstance(host, str) and isinstance(until, (int, float, type(None)))):
+            raise TypeError("bad session entry")
+        entries.append((scope, host, [Cookie(**c) for c in entry["cookies"]], until))
+    return entries
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; the file (and its temp file) are mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

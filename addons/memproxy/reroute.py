@@ -1,0 +1,547 @@
+"""The SDK path: a loopback gateway that serves LLM requests through litellm, with cookie sessions.
+
+mitmproxy cannot stream a response an addon makes up, so the addon points the flow at this
+gateway instead: ``http://127.0.0.1:PORT`` + the original path and query, the client's JSON
+body (memories already injected) and headers, plus the ``x-memproxy-*`` headers below
+(``Gateway.request_headers`` builds them). The gateway calls litellm for the client's
+protocol with the cookie-holding client of (scope, upstream host) and answers in the
+client's own protocol: JSON, or SSE written event by event as litellm yields it. Every
+error, before or during a stream, comes back in that protocol's error format.
+
+litellm takes seconds to import: ``warm_litellm()`` imports it once, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import functools
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from .cookies import CookieSessions
+from .protocols import ADAPTERS, Adapter
+from .rules import resolve_env
+
+logger = logging.getLogger(__name__)
+
+SECRET_HEADER = "x-memproxy-secret"
+PROTOCOL_HEADER = "x-memproxy-protocol"  # anthropic | openai_chat | openai_responses
+UPSTREAM_HEADER = "x-memproxy-upstream"  # the original origin: scheme://host[:port]
+SCOPE_HEADER = "x-memproxy-scope"  # the user id
+SDK_HEADER = "x-memproxy-sdk"  # optional JSON provider mapping: {"model", "api_base", "api_key"}
+
+# Set before litellm is imported: no network fetches of its own (cost map, beta headers...).
+LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
+MAX_BODY = 256 * 2**20
+MAX_MESSAGE_CHARS = 2000
+
+_ADAPTERS = {adapter.name: adapter for adapter in ADAPTERS}
+_FALLBACK_ADAPTER = _ADAPTERS["openai_chat"]  # error format when the protocol is unknown
+_PROVIDERS = {
+    "anthropic": "anthropic",
+    "openai_chat": "openai",
+    "openai_responses": "openai",
+}  # litellm's, per protocol
+_ENDPOINTS = {"anthropic": "/v1/messages", "openai_chat": "/chat/completions", "openai_responses": "/responses"}
+_REQUIRED = {"anthropic": ("model", "messages", "max_tokens"), "openai_chat": ("model", "messages")}
+_NOT_FORWARDED = frozenset(
+    {
+        "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection",
+        "keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection", "accept",
+        "accept-encoding", "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+    }
+)  # fmt: skip
+_CHALLENGE_STATUSES = frozenset({403, 429, 503})
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*|(?:\w+ )?\w*Error:\s*|\w+(?:Exception|Error)(?: \w+)? - )+")
+_BYTES_REPR = re.compile(r"^b(['\"]).*\1$", re.S)
+_HTML = re.compile(r"<(?:!doctype|html)\b", re.I)
+
+_import_lock = threading.Lock()
+_litellm: ModuleType | None = None
+
+
+def _import_litellm() -> ModuleType:
+    global _litellm
+    with _import_lock:
+        if _litellm is None:
+            os.environ.update(LITELLM_ENV)
+            import litellm
+            import litellm.llms.anthropic.messages.adapters.handler  # noqa: F401 - the Messages bridge
+            import litellm.llms.custom_httpx.http_handler  # noqa: F401 - AsyncHTTPHandler
+
+            litellm.suppress_debug_info = True
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                _own_logging(logging.getLogger(name))
+            _litellm = litellm
+    return _litellm
+
+
+def _own_logging(log: logging.Logger) -> None:
+    """Route a litellm logger through the host's logging (mitmproxy's event log), warnings
+    and up, without tracebacks: litellm adds a stderr handler of its own."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.addFilter(_drop_traceback)
+    log.propagate = True
+
+
+def _drop_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    message = record.getMessage()
+    if "Traceback (most recent call last)" in message:
+        record.msg, record.args = message.split("Traceback (most recent call last)")[0].rstrip(), ()
+    return True
+
+
+async def warm_litellm() -> ModuleType:
+    """Import litellm once, in a worker thread; safe to call concurrently."""
+    return _litellm or await asyncio.to_thread(_import_litellm)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An error as the client will see it."""
+
+    status: int
+    message: str
+    error_type: str
+    code: str | None = None  # OpenAI's `code`, when it is more than the status
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One gateway request, parsed."""
+
+    adapter: Adapter
+    scope: str
+    host: str  # the cookie session's host
+    model: str
+    api_base: str | None
+    api_key: str | None
+    body: dict[str, Any]
+    headers: dict[str, str]  # client headers forwarded upstream
+    stream: bool
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.failure = _Failure(status, message, _error_type(status))
+
+
+class Gateway:
+    """A loopback HTTP server, started on the caller's event loop, that serves requests through litellm."""
+
+    def __init__(self, sessions: CookieSessions) -> None:
+        self.sessions = sessions
+        self.port = 0
+        self.secret = ""
+        self._runner: web.AppRunner | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Import litellm (in a thread), then listen on a random 127.0.0.1 port with a new secret."""
+        async with self._lock:
+            if self._runner is not None:
+                return
+            await warm_litellm()
+            app = web.Application(client_max_size=MAX_BODY)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            self.secret = secrets.token_urlsafe(32)
+            await web.SockSite(runner, sock).start()
+            self.port = sock.getsockname()[1]
+            self._runner = runner
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            self._runner, self.port, self.secret = None, 0, ""
+
+    def request_headers(
+        self, *, protocol: str, upstream: str, scope: str, sdk: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The x-memproxy-* headers the addon adds to a flow it points at the gateway."""
+        headers = {
+            SECRET_HEADER: self.secret,
+            PROTOCOL_HEADER: protocol,
+            UPSTREAM_HEADER: upstream,
+            SCOPE_HEADER: scope,
+        }
+        if sdk:
+            headers[SDK_HEADER] = json.dumps(dict(sdk))
+        return headers
+
+    # request handling
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        adapter = _ADAPTERS.get(request.headers.get(PROTOCOL_HEADER, ""), _FALLBACK_ADAPTER)
+        try:
+            return await self._serve(request, adapter)
+        except Exception as exc:  # a bug of ours: still an answer in the client's protocol
+            return _error_response(adapter, _failure(exc, _Redactor()))
+
+    async def _serve(self, request: web.Request, adapter: Adapter) -> web.StreamResponse:
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not self.secret or not secrets.compare_digest(given, self.secret.encode()):
+            return _error_response(
+                adapter, _Failure(403, "Forbidden: missing or wrong gateway secret", "permission_error")
+            )
+        try:
+            call = _parse(adapter, request, await _read_json(request))
+        except _BadRequest as exc:
+            return _error_response(adapter, exc.failure)
+        redact = _Redactor(call.api_key, self.sessions.jar(call.scope, call.host))
+        try:
+            result = await self._attempt_twice(call)
+        except Exception as exc:
+            failure = _failure(exc, redact)
+            logger.info("SDK gateway: %s %s -> %d %s", adapter.name, call.model, failure.status, failure.message)
+            return _error_response(adapter, failure)
+        if isinstance(result, bytes):
+            return web.Response(body=result, content_type="application/json")
+        return await _stream(request, adapter, *result, redact)
+
+    async def _attempt_twice(self, call: _Call) -> Any:
+        """Call litellm; after a cookie challenge (the client has stored its cookies), once more."""
+        try:
+            return await self._attempt(call)
+        except Exception as exc:
+            if not _is_challenge(exc):
+                raise
+            logger.info("SDK gateway: cookie challenge from %s, retrying with the session's cookies", call.host)
+            self.sessions.note_challenge(call.scope, call.host, [])
+            return await self._attempt(call)
+
+    async def _attempt(self, call: _Call) -> bytes | tuple[AsyncIterator[bytes], bytes]:
+        """The JSON response body, or (frames, first frame) of a stream that has begun."""
+        result = await _invoke(await warm_litellm(), call, self.sessions.client(call.scope, call.host))
+        if not call.stream:
+            body = _plain(result)
+            return json.dumps(_upstream_ids(body) if call.adapter.name == "openai_responses" else body).encode()
+        frames = _frames(call.adapter.name, result)
+        return frames, await anext(frames, b"")  # errors before the first event get a real status
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPException as exc:  # e.g. 413 for a body over MAX_BODY
+        raise _BadRequest(exc.status, exc.reason) from None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _BadRequest(400, "Invalid JSON in request body") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(400, "Request body must be a JSON object")
+    return body
+
+
+def _parse(adapter: Adapter, request: web.Request, body: dict[str, Any]) -> _Call:
+    """Validate the gateway headers and pick litellm's model, api_base, key and cookie host."""
+    protocol = request.headers.get(PROTOCOL_HEADER, "")
+    if protocol not in _PROVIDERS:
+        raise _BadRequest(400, f"Protocol {protocol or '(none)'} is not supported on the SDK path")
+    if missing := [field for field in _REQUIRED.get(protocol, ("model",)) if field not in body]:
+        raise _BadRequest(400, f"{', '.join(missing)}: field required")
+    origin = request.headers.get(UPSTREAM_HEADER, "").rstrip("/")
+    scope = request.headers.get(SCOPE_HEADER, "")
+    if not _host(origin) or not scope:
+        raise _BadRequest(400, f"The gateway needs {UPSTREAM_HEADER} and {SCOPE_HEADER}")
+    try:
+        mapping = json.loads(request.headers.get(SDK_HEADER) or "{}")
+    except ValueError:
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise _BadRequest(400, f"{SDK_HEADER} must be a JSON object")
+    mapping = {k: v for k, v in mapping.items() if isinstance(v, str)}
+
+    if mapping.get("model"):
+        model, api_base = mapping["model"], resolve_env(mapping.get("api_base"))
+    else:
+        model = f"{_PROVIDERS[protocol]}/{body['model']}"
+        path, suffix = request.path, _ENDPOINTS[protocol]
+        prefix = path[: -len(suffix)] if path.endswith(suffix) else ("" if protocol == "anthropic" else "/v1")
+        api_base = origin + prefix
+    host = _host(api_base) or _host(origin)
+    api_key = resolve_env(mapping.get("api_key")) or _client_key(request.headers)
+    headers = {
+        k.lower(): v
+        for k, v in request.headers.items()
+        if k.lower() not in _NOT_FORWARDED and not k.lower().startswith(("x-memproxy-", "x-stainless-"))
+    }
+    stream = adapter.is_streaming(request.path_qs, body)
+    return _Call(adapter, scope, host, model, api_base, api_key, body, headers, stream)
+
+
+def _host(url: str | None) -> str:
+    """The host name of ``url`` ("" if there is none)."""
+    try:
+        return httpx.URL(url or "").host
+    except httpx.InvalidURL:
+        return ""
+
+
+def _client_key(headers: Mapping[str, str]) -> str | None:
+    """The API key the client sent: Authorization: Bearer, x-api-key or x-goog-api-key."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or None
+
+
+async def _invoke(litellm: ModuleType, call: _Call, http: httpx.AsyncClient) -> Any:
+    """Call litellm for the client's protocol through the cookie-holding client ``http``.
+
+    litellm's OpenAI chat path sends through an ``openai.AsyncOpenAI`` client; its
+    httpx-native paths (Anthropic, Responses, most providers) through an
+    ``AsyncHTTPHandler``. Each gets ``http`` underneath. Anthropic Messages go through
+    litellm's Messages-to-completion bridge: its native Messages stream needs the
+    litellm proxy's dependencies.
+    """
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    handler = AsyncHTTPHandler()
+    handler.client = http
+    client: Any = handler
+    provider = litellm.get_llm_provider(call.model)[1]
+    if call.adapter.name != "openai_responses" and _uses_openai_sdk(litellm, provider):
+        import openai
+
+        # The SDK refuses to be built without a key; the upstream answers this placeholder with a 401.
+        api_key = call.api_key or "memproxy-no-api-key"
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=call.api_base, http_client=http, max_retries=0)
+    body = {k: v for k, v in call.body.items() if k == "metadata" or k not in _litellm_params(litellm)}
+    kwargs = body | {
+        "model": call.model,
+        "api_base": call.api_base,
+        "api_key": call.api_key,
+        "client": client,
+        "extra_headers": call.headers,
+        "drop_params": True,
+        "max_retries": 0,
+        "timeout": http.timeout.read,  # the session's; litellm would send its own default per request
+    }
+    if call.adapter.name == "openai_chat":
+        return await litellm.acompletion(**kwargs)
+    if call.adapter.name == "openai_responses":
+        return await litellm.aresponses(**kwargs)
+    from litellm.llms.anthropic.messages.adapters.handler import LiteLLMMessagesToCompletionTransformationHandler
+
+    return await LiteLLMMessagesToCompletionTransformationHandler.async_anthropic_messages_handler(**kwargs)
+
+
+def _uses_openai_sdk(litellm: ModuleType, provider: str) -> bool:
+    """Whether litellm's chat path for ``provider`` sends through the openai SDK."""
+    return provider in ("openai", "custom_openai") or provider in litellm.openai_compatible_providers
+
+
+@functools.cache
+def _litellm_params(litellm: ModuleType) -> frozenset[str]:
+    """litellm's own call parameters: a client's body never sets them."""
+    from litellm.types.utils import all_litellm_params
+
+    return frozenset(all_litellm_params)
+
+
+def _plain(obj: Any) -> Any:
+    """A litellm response object as plain JSON data."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json", exclude_none=True, warnings=False)
+    return obj
+
+
+def _upstream_ids(data: dict[str, Any]) -> dict[str, Any]:
+    """A Responses body or event with the upstream's response ids: litellm encodes its
+    routing into them, which the upstream would not know on the passthrough path."""
+    from litellm.responses.utils import ResponsesAPIRequestUtils
+
+    for obj in (data, data.get("response")):
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            obj["id"] = ResponsesAPIRequestUtils.decode_responses_api_response_id(obj["id"])["response_id"]
+    return data
+
+
+async def _frames(protocol: str, stream: Any) -> AsyncIterator[bytes]:
+    """litellm's stream as SSE frames of the client's protocol."""
+    try:
+        async for item in stream:
+            if protocol == "anthropic":  # the bridge yields finished SSE frames
+                yield item if isinstance(item, bytes) else str(item).encode()
+            elif protocol == "openai_chat":
+                yield f"data: {json.dumps(_plain(item))}\n\n".encode()
+            else:
+                event = _upstream_ids(_plain(item))
+                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+        if protocol == "openai_chat":
+            yield b"data: [DONE]\n\n"
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # already failed or closed; nothing left to release
+                pass
+
+
+async def _stream(
+    request: web.Request, adapter: Adapter, frames: AsyncIterator[bytes], first: bytes, redact: _Redactor
+) -> web.StreamResponse:
+    """Write the stream to the client frame by frame; a failure ends it with the protocol's error event."""
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    written = 0
+    try:
+        await response.prepare(request)
+        if first:
+            await response.write(first)
+            written += 1
+        try:
+            async for frame in frames:
+                await response.write(frame)
+                written += 1
+        except ConnectionResetError:
+            raise
+        except Exception as exc:
+            failure = _failure(exc, redact)
+            logger.info("SDK gateway: %s stream failed after %d events: %s", adapter.name, written, failure.message)
+            await response.write(_error_event(adapter, failure, written))
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away
+        await frames.aclose()
+    return response
+
+
+# errors
+
+
+class _Redactor:
+    """Removes a request's secrets (its API key, its session's cookie values) from text."""
+
+    def __init__(self, api_key: str | None = None, jar: httpx.Cookies | None = None) -> None:
+        self._api_key, self._jar = api_key, jar
+
+    def __call__(self, text: str) -> str:
+        cookies = [c.value for c in self._jar.jar] if self._jar is not None else []
+        for secret in (self._api_key, *cookies):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+
+def _error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def _failure(exc: Exception, redact: _Redactor) -> _Failure:
+    """How a litellm (or our own) exception reaches the client."""
+    litellm = _litellm
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, httpx.TransportError):
+        return _Failure(502, f"Connection to the upstream failed ({type(exc).__name__})", "api_error")
+    if litellm is None or not isinstance(status, int) or not 400 <= status <= 599:
+        logger.warning("SDK gateway: internal error (%s)", type(exc).__name__)
+        return _Failure(500, f"memproxy SDK gateway error ({type(exc).__name__})", "api_error")
+    message = redact(_upstream_message(str(getattr(exc, "message", "") or exc), status))
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return _Failure(400, message, "invalid_request_error", code="context_length_exceeded")
+    if isinstance(exc, litellm.Timeout):
+        status = status if status in (408, 504) else 408
+    elif isinstance(exc, litellm.APIConnectionError):
+        status = 502
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", {})
+    retry_after = _header(headers, "retry-after")
+    return _Failure(status, message, _error_type(status), retry_after=retry_after)
+
+
+def _upstream_message(text: str, status: int) -> str:
+    """The upstream's own message from litellm's wording; never an HTML page."""
+    text = _LITELLM_PREFIX.sub("", text.strip()).strip()
+    if _BYTES_REPR.match(text):  # litellm quotes some bodies as a bytes literal
+        try:
+            text = ast.literal_eval(text).decode("utf-8", "replace")
+        except (ValueError, SyntaxError):
+            pass
+    if _HTML.search(text):
+        return f"The upstream answered HTTP {status} with an HTML page (a bot challenge or an error page)"
+    start = text.find("{")
+    if start >= 0:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        except ValueError:
+            obj = None
+        error = obj.get("error") if isinstance(obj, dict) else None
+        inner = error.get("message") if isinstance(error, dict) else None
+        if isinstance(inner, str) and inner:
+            text = inner
+    return text[:MAX_MESSAGE_CHARS] or f"The upstream answered HTTP {status}"
+
+
+def _header(headers: Any, name: str) -> str | None:
+    items: Iterable[tuple[Any, Any]] = headers.items() if hasattr(headers, "items") else ()
+    return next((str(v) for k, v in items if str(k).lower() == name), None)
+
+
+def _is_challenge(exc: Exception) -> bool:
+    """A cookie challenge: 403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated header."""
+    headers = getattr(exc, "litellm_response_headers", None) or {}
+    if _header(headers, "cf-mitigated"):
+        return True
+    return getattr(exc, "status_code", None) in _CHALLENGE_STATUSES and bool(_header(headers, "set-cookie"))
+
+
+def _error_body(adapter: Adapter, failure: _Failure) -> dict[str, Any]:
+    body = adapter.error_body(failure.status, failure.message, failure.error_type)
+    if failure.code and adapter.name.startswith("openai"):
+        body["error"]["code"] = failure.code
+    return body
+
+
+def _error_response(adapter: Adapter, failure: _Failure) -> web.Response:
+    headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+    return web.json_response(_error_body(adapter, failure), status=failure.status, headers=headers)
+
+
+def _error_event(adapter: Adapter, failure: _Failure, sequence: int) -> bytes:
+    """The protocol's in-stream error event."""
+    body = _error_body(adapter, failure)
+    if adapter.name == "openai_chat":
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    if adapter.name == "openai_responses":
+        code = failure.code or failure.error_type
+        body = {"type": "error", "code": code, "message": failure.message, "param": None, "sequence_number": sequence}
+    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"

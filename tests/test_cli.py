@@ -1,0 +1,426 @@
+"""The `memproxy` command line, run as a subprocess with its home, config and data dirs in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from conftest import FAKES, REDIRECT, SCRUBBED_ENV, free_port
+from e2e_helpers import CLAUDE_UA, claude_body, seed
+from fakes import codex_request
+from fakes.upstream import DEFAULT_REPLY
+from memproxy.cli import main
+from mitmproxy import http, io
+from mitmproxy.test import tflow
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+MEMPROXY = Path(sys.executable).parent / "memproxy"
+JETBRAINS_UA = "OpenAIClientImpl/Java unknown"
+
+
+class Cli:
+    """Runs `memproxy ...` with HOME and the XDG dirs under `home`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {k: v for k, v in os.environ.items() if k.lower() not in SCRUBBED_ENV and not k.startswith("OPENAI_")}
+        self.env |= {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local/share"),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "COLUMNS": "200",  # rich tables: no wrapping in the middle of what tests look for
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def __call__(self, *args: object, stdin: str = "", env: dict[str, str] | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(MEMPROXY), *map(str, args)], input=stdin, capture_output=True, text=True,
+                              env=self.env | (env or {}), timeout=timeout)
+
+    def ok(self, *args: object, **kwargs: object) -> str:
+        """stdout of a command that must succeed."""
+        result = self(*args, **kwargs)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "home")
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def command_paths(group: click.Group = main, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", list(command_paths()), ids=lambda p: " ".join(p) or "memproxy")
+def test_help_on_every_command(cli: Cli, path: tuple[str, ...]):
+    out = cli.ok(*path, "--help")
+    assert out.startswith(f"Usage: memproxy {' '.join(path)}".rstrip())
+    assert "--help" in out
+
+
+def test_every_command_is_there():
+    assert set(command_paths()) >= {
+        ("run",), ("env",), ("wrap",), ("certs",), ("status",), ("dead-letters",),
+        ("rules", "check"), ("rules", "explain"),
+        *(("memories", c) for c in ("list", "search", "add", "forget", "export", "import")),
+        *(("projects", c) for c in ("add", "list", "remove")),
+    }
+
+
+# -- env and certs ---------------------------------------------------------------------------
+
+VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy",
+        "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CODEX_CA_CERTIFICATE")
+
+
+def assert_bundle(ca: Path, bundle: Path) -> None:
+    """The bundle holds public roots followed by the mitmproxy CA."""
+    assert bundle.read_bytes().endswith(ca.read_bytes())
+    assert bundle.read_bytes().count(b"BEGIN CERTIFICATE") > 10
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_env_evaluates_in_posix_shells(cli: Cli, tmp_path: Path, shell: str):
+    confdir = tmp_path / "it's a conf $dir"  # quoting must hold
+    out = cli.ok("env", "--shell", shell, "--port", 9911, "--confdir", confdir)
+    runner = shutil.which(shell) or "bash"  # zsh reads the same `export` lines
+    script = 'eval "$1"; for v in ' + " ".join(VARS) + '; do printf "%s=%s\\n" "$v" "${(P)v}"; done'
+    if runner.endswith("bash"):
+        script = script.replace("${(P)v}", "${!v}")
+    shown = subprocess.run([runner, "-c", script, "_", out], capture_output=True, text=True, check=True).stdout
+    values = dict(line.split("=", 1) for line in shown.splitlines())
+    ca, bundle = confdir / "mitmproxy-ca-cert.pem", confdir / "memproxy-bundle.pem"
+    assert values == {
+        **{v: "http://127.0.0.1:9911" for v in VARS[:4]},
+        "NO_PROXY": "localhost,127.0.0.1,::1",
+        "no_proxy": "localhost,127.0.0.1,::1",
+        "NODE_EXTRA_CA_CERTS": str(ca),
+        "SSL_CERT_FILE": str(bundle),
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "CODEX_CA_CERTIFICATE": str(bundle),
+    }
+    assert_bundle(ca, bundle)
+
+
+@pytest.mark.parametrize(
+    ("shell", "line"),
+    [
+        ("fish", "set -gx SSL_CERT_FILE '{dir}/o\\'conf/memproxy-bundle.pem'"),
+        ("powershell", "$env:SSL_CERT_FILE = '{dir}/o''conf/memproxy-bundle.pem'"),
+    ],
+)
+def test_env_quotes_for_fish_and_powershell(cli: Cli, tmp_path: Path, shell: str, line: str):
+    out = cli.ok("env", "--shell", shell, "--confdir", tmp_path / "o'conf")
+    assert line.format(dir=tmp_path) in out.splitlines()
+    assert len(out.splitlines()) == len(VARS)
+
+
+def test_env_default_confdir_is_mitmproxys(cli: Cli):
+    out = cli.ok("env", "--shell", "bash")
+    assert f"export NODE_EXTRA_CA_CERTS={cli.home}/.mitmproxy/mitmproxy-ca-cert.pem" in out
+    assert "export HTTPS_PROXY=http://127.0.0.1:8080" in out
+    assert (cli.home / ".mitmproxy" / "memproxy-bundle.pem").is_file()
+
+
+def test_certs_creates_the_ca_once(cli: Cli, tmp_path: Path):
+    confdir = tmp_path / "conf"
+    out = cli.ok("certs", "--confdir", confdir)
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    assert f"mitmproxy CA: {ca} (created now)" in out
+    assert (confdir / "mitmproxy-ca.pem").is_file()
+    assert_bundle(ca, confdir / "memproxy-bundle.pem")
+    for expected in (f"NODE_EXTRA_CA_CERTS={ca}", f"CODEX_CA_CERTIFICATE={confdir}/memproxy-bundle.pem",
+                     f"keytool -importcert -noprompt -alias mitmproxy -file {ca}", "update-ca-certificates",
+                     "certutil -addstore root"):
+        assert expected in out
+    before = ca.read_bytes()
+    assert f"mitmproxy CA: {ca} (exists)" in cli.ok("certs", "--confdir", confdir)
+    assert ca.read_bytes() == before
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+def test_rules_check_bundled_file(cli: Cli):
+    out = cli.ok("rules", "check")
+    assert re.match(r"ok: [1-9]\d* rules in .*rules/memory\.yaml", out)
+
+
+def test_rules_check_reports_file_and_line(cli: Cli, tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - name: x\n    match:\n      headers: {user-agent: '(unclosed'}\n    recal: true\n")
+    result = cli("rules", "check", bad)
+    assert result.returncode == 1
+    assert f"{bad}:4: rules[0].match.headers.user-agent: invalid regex" in result.stderr
+    assert f"{bad}:5: rules[0]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_rules_explain_claude_code(cli: Cli, tmp_path: Path):
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(claude_body("/home/me/myrepo", "How do I run the tests?")))
+    out = cli.ok("rules", "explain", "--ua", CLAUDE_UA, "--path", "/v1/messages", "--body", body)
+    assert "user id: claude-code:myrepo  rule: claude-code" in out
+    assert "✓ claude-code: header user-agent ~ ^claude-cli/ · json messages.*.content ~ Primary working directory" in out
+    assert "✗ claude-code-background: header x-claude-code-request-class ~ ^(?!main$) did not hold" in out
+    assert "captured: cwd=/home/me/myrepo" in out
+    assert "model claude-sonnet-4-6" in out
+    assert "actions: recall (last_user query, inject dual" in out
+
+
+def test_rules_explain_jetbrains_project_and_override(cli: Cli, tmp_path: Path):
+    out = cli.ok("rules", "explain", "--ua", JETBRAINS_UA)
+    assert "user id: jetbrains  rule: jetbrains" in out
+    assert "✗ jetbrains-project: its user_id template has an empty variable" in out
+
+    project, registry = tmp_path / "alpha", tmp_path / "ports.json"
+    project.mkdir()
+    port = int(re.search(r"port (\d+)", cli.ok("projects", "add", project, "--registry", registry))[1])
+    out = cli.ok("rules", "explain", "--ua", JETBRAINS_UA, "--port", port, "--registry", registry)
+    assert "user id: jetbrains:alpha  rule: jetbrains-project" in out
+    assert f"project {project}" in out
+
+    out = cli.ok("rules", "explain", "-H", f"User-Agent: {JETBRAINS_UA}", "-H", "x-memory-user-id: team-notes")
+    assert "user id: team-notes  rule: jetbrains" in out
+    assert "from the x-memory-user-id header (the rule gives jetbrains)" in out
+
+
+def test_rules_explain_saved_flows(cli: Cli, tmp_path: Path):
+    claude = tflow.tflow()
+    claude.request = http.Request.make(
+        "POST", "https://api.anthropic.com/v1/messages?beta=true", json.dumps(claude_body("/src/shop", "hi")),
+        {"user-agent": CLAUDE_UA, "content-type": "application/json"},
+    )
+    other = tflow.tflow()  # GET http://address:22/path: not an LLM request
+    codex = tflow.twebsocketflow(messages=False)
+    codex.request.path = "/v1/responses"
+    codex.request.headers["user-agent"] = "codex_exec/0.169.0 (Linux; x86_64)"
+    codex.websocket.messages = [WebSocketMessage(Opcode.TEXT, True, json.dumps(codex_request(cwd="/src/api")).encode())]
+    flows = tmp_path / "flows.mitm"
+    with flows.open("wb") as f:
+        writer = io.FlowWriter(f)
+        for flow in (claude, other, codex):
+            writer.add(flow)
+
+    out = cli.ok("rules", "explain", "--flows", flows)
+    assert "flow 1: POST https://api.anthropic.com/v1/messages?beta=true" in out
+    assert "user id: claude-code:shop  rule: claude-code" in out
+    assert "flow 2" not in out
+    assert "flow 3: GET " in out and "(WebSocket message)" in out
+    assert "user id: codex:api  rule: codex" in out
+
+    junk = tmp_path / "junk.mitm"
+    junk.write_bytes(b"not a flow file")
+    result = cli("rules", "explain", "--flows", junk)
+    assert result.returncode == 1
+    assert "not a mitmproxy flow file" in result.stderr
+
+
+# -- memories --------------------------------------------------------------------------------
+
+
+def test_memories_roundtrip(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "memories.db")
+    first = cli.ok("memories", "add", "--scope", "claude-code:shop", "The shop deploys with fly.io", *db)
+    second = cli.ok("memories", "add", "--scope", "claude-code:shop", "Tests run with make test", *db)
+    cli.ok("memories", "add", "--scope", "claude-code:other", "Other scope: fly.io is not used here", *db)
+    first_id = re.search(r"added memory (\S+) to claude-code:shop", first)[1]
+    assert re.search(r"added memory (\S+)", second)[1] != first_id
+
+    listed = cli.ok("memories", "list", "--scope", "claude-code:shop", *db)
+    assert "2 memories in claude-code:shop" in listed
+    assert listed.index("Tests run with make test") < listed.index("The shop deploys with fly.io")  # newest first
+    assert "Other scope" not in listed
+
+    found = cli.ok("memories", "search", "--scope", "claude-code:shop", "how does it deploy to fly.io", *db)
+    assert "The shop deploys with fly.io" in found and "make test" not in found
+
+    export = tmp_path / "shop.jsonl"
+    export.write_text(cli.ok("memories", "export", "--scope", "claude-code:shop", *db))  # to stdout by default
+    records = [json.loads(line) for line in export.read_text().splitlines()]
+    assert [r["content"] for r in records] == ["Tests run with make test", "The shop deploys with fly.io"]
+    assert all(set(r) == {"scope", "content", "metadata", "id", "created_at"} for r in records)
+
+    aborted = cli("memories", "forget", "--scope", "claude-code:shop", first_id, *db, stdin="n\n")
+    assert aborted.returncode == 1 and "Aborted" in aborted.stderr
+    assert "fly.io" in cli.ok("memories", "list", "--scope", "claude-code:shop", *db)
+    assert "forgot memory" in cli.ok("memories", "forget", "--scope", "claude-code:shop", first_id, "--yes", *db)
+    assert "fly.io" not in cli.ok("memories", "list", "--scope", "claude-code:shop", *db)
+    gone = cli("memories", "forget", "--scope", "claude-code:shop", first_id, "--yes", *db)
+    assert gone.returncode == 1 and f"no memory {first_id} in scope claude-code:shop" in gone.stderr
+
+    other = ("--db", tmp_path / "other.db")
+    for _ in range(2):  # idempotent
+        assert "imported 2 memories" in cli.ok("memories", "import", export, *other)
+    listed = cli.ok("memories", "list", "--scope", "claude-code:shop", *other)
+    assert "2 memories" in listed
+    assert listed.index("Tests run with make test") < listed.index("The shop deploys with fly.io")  # order kept
+    cli.ok("memories", "import", export, "--scope", "copy", *other)
+    assert "2 memories in copy" in cli.ok("memories", "list", "--scope", "copy", *other)
+
+
+def test_memories_errors_are_one_line(cli: Cli, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"scope": "s", "content": "fine"}\n{"scope": "s"}\n')
+    result = cli("memories", "import", bad, "--db", tmp_path / "m.db")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: {bad}:2: missing or invalid content"
+
+    result = cli("memories", "list", "--scope", "s", "--backend", "supermemory")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: memory backend 'supermemory' needs an API key: set SUPERMEMORY_API_KEY"
+
+
+# -- projects and dead letters ---------------------------------------------------------------
+
+
+def test_projects_add_list_remove(cli: Cli, tmp_path: Path):
+    registry = ("--registry", tmp_path / "ports.json")
+    alpha, beta = tmp_path / "alpha", tmp_path / "beta"
+    alpha.mkdir()
+    beta.mkdir()
+    out = cli.ok("projects", "add", alpha, *registry)
+    port = int(re.search(r"project alpha: port (\d+)", out)[1])
+    assert f"base URL for the IDE: http://127.0.0.1:{port}/v1" in out
+    assert f"port {port}" in cli.ok("projects", "add", alpha, *registry)  # stable
+    beta_port = int(re.search(r"port (\d+)", cli.ok("projects", "add", beta, *registry))[1])
+    assert beta_port != port
+
+    listed = cli.ok("projects", "list", *registry)
+    assert re.search(rf"alpha\s+│\s+{port}\s+│\s+http://127\.0\.0\.1:{port}/v1\s+│\s+{alpha}", listed)
+    assert "beta" in listed
+
+    assert "removed" in cli.ok("projects", "remove", alpha, *registry)
+    assert "alpha" not in cli.ok("projects", "list", *registry)
+    again = cli("projects", "remove", alpha, *registry)
+    assert again.returncode == 1 and "is not a registered project" in again.stderr
+    missing = cli("projects", "add", tmp_path / "nope", *registry)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_dead_letters_empty(cli: Cli, tmp_path: Path):
+    assert "No dead letters." in cli.ok("dead-letters", "--outbox", tmp_path / "outbox.db")
+
+
+# -- against a real proxy --------------------------------------------------------------------
+
+
+def test_status_not_running(cli: Cli):
+    result = cli("status", "--port", free_port())
+    assert result.returncode == 1
+    assert "memproxy is not running on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_status_of_a_running_proxy(cli: Cli, mitmdump, upstream, openai_client, tmp_path: Path):
+    proc = mitmdump(upstream=upstream, options={"memory_db": str(tmp_path / "m.db")})
+    openai_client(proc).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    out = cli.ok("status", "--port", proc.port)
+    assert f"memproxy is running on 127.0.0.1:{proc.port}" in out
+    assert "listeners: regular" in out
+    assert "backend: local memory store" in out and "recall circuit closed" in out
+    assert "dead letters 0" in out
+    assert re.search(r"openai-sdk\s+│\s+1\b", out)
+
+
+@pytest.mark.e2e
+def test_run_execs_mitmdump_with_the_addon(cli: Cli, mitm_ca: Path, tmp_path: Path):
+    port, confdir = free_port(), tmp_path / "conf"
+    shutil.copytree(mitm_ca, confdir)
+    argv = [str(MEMPROXY), "run", "-p", str(port), "--confdir", str(confdir), "--set", f"memory_db={tmp_path / 'm.db'}"]
+    proc = subprocess.Popen(argv, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "memproxy is running" in cli.ok("status", "--port", port)
+    finally:
+        proc.terminate()  # the same process: `run` replaced itself with mitmdump
+        proc.wait(10)
+    banner = proc.stderr.read()
+    assert f"memproxy on http://127.0.0.1:{port} (mitmdump" in banner
+    assert 'eval "$(memproxy env)"' in banner
+
+
+@pytest.mark.e2e
+def test_wrap_starts_the_proxy_runs_an_sdk_script_and_stops_it(cli: Cli, upstream, mitm_ca: Path, tmp_path: Path):
+    port, confdir, db = free_port(), tmp_path / "conf", tmp_path / "memories.db"
+    shutil.copytree(mitm_ca, confdir)
+    seed(db, "openai-sdk", "User: which door?\nAssistant: The door is painted blue.")
+    result = cli(
+        "wrap", "--port", port, "--confdir", confdir,
+        "--set", f"memory_db={db}", "--set", f"memory_outbox={tmp_path / 'outbox.db'}", "-s", REDIRECT,
+        "--", sys.executable, FAKES / "sdk_client.py", "Which door was painted?", "3",
+        env={"MEMPROXY_TEST_UPSTREAM": str(upstream.port)},
+    )
+    assert result.returncode == 3, result.stdout + result.stderr  # the client's own exit code
+    assert DEFAULT_REPLY in result.stdout
+    assert f"started the proxy on http://127.0.0.1:{port}" in result.stderr
+    rec = upstream.last("/v1/chat/completions")
+    assert rec.headers["host"] == "api.openai.com"  # sent to https://api.openai.com, decrypted by the proxy
+    assert "The door is painted blue." in json.dumps(rec.json)  # and given its memory on the way
+    assert not listening(port)  # wrap stopped the proxy it started
+
+
+@pytest.mark.e2e
+def test_wrap_uses_a_running_proxy_and_leaves_it_running(cli: Cli, mitmdump, tmp_path: Path):
+    proc = mitmdump(options={"memory_db": str(tmp_path / "m.db")})
+    code = "import os, sys; print(os.environ['HTTPS_PROXY'], os.environ['SSL_CERT_FILE']); sys.exit(5)"
+    result = cli("wrap", "--port", proc.port, "--confdir", proc.confdir, sys.executable, "-c", code)
+    assert result.returncode == 5
+    assert result.stdout.split() == [f"http://127.0.0.1:{proc.port}", str(proc.confdir / "memproxy-bundle.pem")]
+    assert "started the proxy" not in result.stderr
+    assert listening(proc.port)
+
+
+@pytest.mark.e2e
+def test_wrap_reports_a_proxy_that_fails_to_start(cli: Cli, mitm_ca: Path, tmp_path: Path):
+    port, confdir = free_port(), tmp_path / "conf"
+    shutil.copytree(mitm_ca, confdir)
+    result = cli("wrap", "--port", port, "--confdir", confdir, "--set", "memory_timeout_ms=-1", "--", "true")
+    assert result.returncode == 1
+    assert "Error: the proxy exited with" in result.stderr
+    assert "memory_timeout_ms must be >= 0" in result.stderr  # its log
+    assert not listening(port)
+
+
+def test_wrap_reports_a_missing_command(cli: Cli, tmp_path: Path):
+    port = free_port()
+    with socket.socket() as server:  # something listens: wrap starts no proxy
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        result = cli("wrap", "--port", port, "--confdir", tmp_path / "conf", "no-such-command-xyz")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: cannot run no-such-command-xyz: No such file or directory"

@@ -1,0 +1,540 @@
+"""The SDK path's loopback gateway: litellm really calls the fake upstream over HTTP.
+
+The gateway runs in-process on the test's event loop; the fake upstream runs on its own
+thread. Clients are raw httpx and the official openai / anthropic SDKs (async).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+from fakes import FakeUpstream
+from fakes.upstream import DEFAULT_REPLY
+from memproxy.cookies import CookieSessions
+from memproxy.protocols import ADAPTERS
+from memproxy.protocols.sse import SSEParser
+from memproxy.reroute import SECRET_HEADER, Gateway
+
+ADAPTER = {adapter.name: adapter for adapter in ADAPTERS}
+SCOPE = "claude-code:myrepo"
+HOST = "127.0.0.1"
+OPENAI_KEY = "sk-test-openai-secret-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-secret-0123456789"
+PATH = {"openai_chat": "/v1/chat/completions", "anthropic": "/v1/messages", "openai_responses": "/v1/responses"}
+PROTOCOLS = tuple(PATH)
+CONTEXT_MESSAGES = {
+    "openai": "This model's maximum context length is 128000 tokens. However, your messages resulted in 200000 tokens.",
+    "anthropic": "prompt is too long: 210000 tokens > 200000 maximum",
+}
+
+
+def request_body(protocol: str, *, stream: bool = False) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "Say hello"}]
+    if protocol == "openai_chat":
+        return {"model": "gpt-4o-mini", "messages": messages, "stream": stream}
+    if protocol == "anthropic":
+        return {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": messages, "stream": stream}
+    return {"model": "gpt-4o-mini", "input": "Say hello", "stream": stream}
+
+
+def auth(protocol: str) -> dict[str, str]:
+    return {"x-api-key": ANTHROPIC_KEY} if protocol == "anthropic" else {"authorization": f"Bearer {OPENAI_KEY}"}
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str | None, str]]:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    parser = SSEParser()
+    return parser.feed(response.content) + parser.feed(b"")
+
+
+def reply_text(protocol: str, response: httpx.Response) -> str:
+    """The reply as memproxy's own adapter reads it: the client got its protocol's shape."""
+    adapter = ADAPTER[protocol]
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        return adapter.reply_from_json(response.json())
+    accumulator = adapter.accumulator()
+    for event, data in sse_events(response):
+        accumulator.feed(event, data)
+    assert accumulator.done
+    return accumulator.text()
+
+
+def llm_requests(upstream: FakeUpstream) -> list[Any]:
+    return [r for r in upstream.requests if r.path in ("/v1/chat/completions", "/v1/messages", "/v1/responses")]
+
+
+@pytest.fixture
+async def sessions(tmp_path: Any) -> AsyncIterator[CookieSessions]:
+    sessions = CookieSessions(tmp_path / "cookies.json")
+    yield sessions
+    await sessions.aclose()
+
+
+@pytest.fixture
+async def gateway(sessions: CookieSessions) -> AsyncIterator[Gateway]:
+    gateway = Gateway(sessions)
+    await gateway.start()
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        yield client
+
+
+async def call(
+    client: httpx.AsyncClient,
+    gateway: Gateway,
+    upstream: FakeUpstream,
+    protocol: str,
+    body: dict[str, Any] | bytes,
+    *,
+    scope: str = SCOPE,
+    sdk: dict[str, str] | None = None,
+) -> httpx.Response:
+    headers = gateway.request_headers(protocol=protocol, upstream=upstream.url, scope=scope, sdk=sdk) | auth(protocol)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await client.post(f"{gateway.url}{PATH[protocol]}", content=content, headers=headers)
+
+
+def assert_error_shape(protocol: str, body: Any, error_type: str) -> dict[str, Any]:
+    """The exact error format of the protocol; returns the inner error object."""
+    if protocol == "anthropic":
+        assert set(body) == {"type", "error"} and body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}
+    else:
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == error_type
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+# the gateway's own contract
+
+
+async def test_start_is_idempotent_and_close_forgets_the_secret(sessions: CookieSessions) -> None:
+    gateway = Gateway(sessions)
+    await gateway.start()
+    port, secret = gateway.port, gateway.secret
+    await gateway.start()
+    assert (gateway.port, gateway.secret) == (port, secret) and port and len(secret) >= 32
+    assert gateway.url == f"http://127.0.0.1:{port}"
+    await gateway.close()
+    assert (gateway.port, gateway.secret) == (0, "")
+    await gateway.start()
+    assert gateway.secret != secret
+    await gateway.close()
+
+
+@pytest.mark.parametrize("protocol", ["anthropic", "openai_chat", "openai_responses"])
+@pytest.mark.parametrize("secret", [None, "wrong"])
+async def test_secret_is_required(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str, secret: str | None
+) -> None:
+    headers = gateway.request_headers(protocol=protocol, upstream=upstream.url, scope=SCOPE) | auth(protocol)
+    if secret is None:
+        del headers[SECRET_HEADER]
+    else:
+        headers[SECRET_HEADER] = secret
+    response = await client.post(f"{gateway.url}{PATH[protocol]}", json=request_body(protocol), headers=headers)
+    assert response.status_code == 403
+    assert_error_shape(protocol, response.json(), "permission_error")
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_invalid_json_is_a_protocol_shaped_400(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str
+) -> None:
+    for body in (b"{not json", b"[1, 2]"):
+        response = await call(client, gateway, upstream, protocol, body)
+        assert response.status_code == 400
+        assert_error_shape(protocol, response.json(), "invalid_request_error")
+    assert upstream.requests == []
+
+
+async def test_gemini_is_not_supported_on_the_sdk_path(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    headers = gateway.request_headers(protocol="gemini", upstream=upstream.url, scope=SCOPE)
+    response = await client.post(
+        f"{gateway.url}/v1beta/models/gemini-2.5-flash:generateContent",
+        json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+        headers=headers,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == 400 and "not supported" in error["message"]
+    assert upstream.requests == []
+
+
+# through litellm to the fake upstream
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_each_protocol_round_trips_in_its_own_shape(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str, stream: bool
+) -> None:
+    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+    assert response.status_code == 200, response.text
+    assert reply_text(protocol, response) == DEFAULT_REPLY
+    if stream and protocol == "openai_chat":
+        assert sse_events(response)[-1] == (None, "[DONE]")
+    elif stream:  # named events, named after their type
+        assert all(name == json.loads(data)["type"] for name, data in sse_events(response))
+    if protocol == "openai_responses":  # the upstream's own response id, not litellm's routing id
+        bodies = (
+            [e["response"] for _, d in sse_events(response) if "response" in (e := json.loads(d))] if stream else []
+        )
+        assert {b["id"] for b in bodies or [response.json()]} == {"resp_fake"}
+    [sent] = llm_requests(upstream)
+    assert sent.path == PATH[protocol]
+    assert sent.json["model"] == request_body(protocol)["model"]
+    assert sent.json.get("stream", False) is stream
+    key = sent.headers.get("x-api-key") if protocol == "anthropic" else sent.headers.get("authorization")
+    assert key in (ANTHROPIC_KEY, f"Bearer {OPENAI_KEY}")  # the client's own key
+    assert not [h for h in sent.headers if h.startswith("x-memproxy")]
+
+
+async def test_streaming_keeps_time_to_first_token(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """The first text reaches the client while the upstream still holds back the rest."""
+    upstream.lockstep = True
+    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE) | auth("anthropic")
+    body = request_body("anthropic", stream=True)
+    async with client.stream("POST", f"{gateway.url}/v1/messages", json=body, headers=headers) as response:
+        parser, seen, chunks = SSEParser(), [], response.aiter_bytes()
+        async for chunk in chunks:
+            seen += [json.loads(data) for _, data in parser.feed(chunk)]
+            if any(e.get("type") == "content_block_delta" for e in seen):
+                break
+        assert len(upstream.sent_times) == 1  # only the first chunk was sent so far
+        upstream.release(upstream.chunks)
+        async for chunk in chunks:
+            seen += [json.loads(data) for _, data in parser.feed(chunk)]
+    assert seen[-1]["type"] == "message_stop"
+
+
+def openai_sdk(gateway: Gateway, upstream: FakeUpstream, protocol: str, **kwargs: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        api_key=OPENAI_KEY,
+        base_url=f"{gateway.url}/v1",
+        http_client=httpx2.AsyncClient(trust_env=False, timeout=30),
+        default_headers=gateway.request_headers(protocol=protocol, upstream=upstream.url, scope=SCOPE, **kwargs),
+        max_retries=0,
+    )
+
+
+def anthropic_sdk(gateway: Gateway, upstream: FakeUpstream) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key=ANTHROPIC_KEY,
+        base_url=gateway.url,
+        http_client=httpx2.AsyncClient(trust_env=False, timeout=30),
+        default_headers=gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE),
+        max_retries=0,
+    )
+
+
+async def chat_text(sdk: openai.AsyncOpenAI, *, stream: bool, model: str = "gpt-4o-mini") -> str:
+    messages: Any = [{"role": "user", "content": "Say hello"}]
+    if not stream:
+        completion = await sdk.chat.completions.create(model=model, messages=messages)
+        return completion.choices[0].message.content or ""
+    chunks = await sdk.chat.completions.create(model=model, messages=messages, stream=True)
+    return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_openai_sdk_chat(gateway: Gateway, upstream: FakeUpstream, stream: bool) -> None:
+    async with openai_sdk(gateway, upstream, "openai_chat") as sdk:
+        assert await chat_text(sdk, stream=stream) == DEFAULT_REPLY
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_openai_sdk_responses(gateway: Gateway, upstream: FakeUpstream, stream: bool) -> None:
+    async with openai_sdk(gateway, upstream, "openai_responses") as sdk:
+        if not stream:
+            response = await sdk.responses.create(model="gpt-4o-mini", input="Say hello")
+            assert response.output_text == DEFAULT_REPLY
+            return
+        events = [e async for e in await sdk.responses.create(model="gpt-4o-mini", input="Say hello", stream=True)]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == DEFAULT_REPLY
+    assert events[-1].type == "response.completed"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_anthropic_sdk_messages(gateway: Gateway, upstream: FakeUpstream, stream: bool) -> None:
+    messages: Any = [{"role": "user", "content": "Say hello"}]
+    async with anthropic_sdk(gateway, upstream) as sdk:
+        if stream:
+            async with sdk.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=messages) as events:
+                text = await events.get_final_text()
+        else:
+            message = await sdk.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages)
+            text = message.content[0].text  # type: ignore[union-attr]
+    assert text == DEFAULT_REPLY
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_provider_mapping_serves_an_openai_client_from_an_anthropic_upstream(
+    gateway: Gateway, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    monkeypatch.setenv("MEMPROXY_TEST_MAPPED_KEY", "sk-ant-mapped-key-from-env")
+    mapping = {
+        "model": "anthropic/claude-sonnet-4-6",
+        "api_base": upstream.url,
+        "api_key": "${MEMPROXY_TEST_MAPPED_KEY}",
+    }
+    async with openai_sdk(gateway, upstream, "openai_chat", sdk=mapping) as sdk:
+        assert await chat_text(sdk, stream=stream) == DEFAULT_REPLY
+    [sent] = llm_requests(upstream)
+    assert sent.path == "/v1/messages"  # litellm spoke Anthropic to the upstream
+    assert sent.json["model"] == "claude-sonnet-4-6" and sent.json.get("stream", False) is stream
+    assert sent.headers["x-api-key"] == "sk-ant-mapped-key-from-env"
+    assert OPENAI_KEY not in json.dumps(sent.headers)
+
+
+# cookie sessions
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_cookie_challenge_is_answered_with_the_sessions_cookie(
+    gateway: Gateway,
+    sessions: CookieSessions,
+    upstream: FakeUpstream,
+    client: httpx.AsyncClient,
+    protocol: str,
+    stream: bool,
+) -> None:
+    upstream.require_cookie = "cf_clearance"
+    cookie = f"cf_clearance={upstream.cookie_token}"
+
+    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+    assert response.status_code == 200, response.text
+    assert reply_text(protocol, response) == DEFAULT_REPLY
+    challenged, retried = llm_requests(upstream)
+    assert "cookie" not in challenged.headers and retried.headers["cookie"] == cookie
+    assert sessions.jar(SCOPE, HOST)["cf_clearance"] == upstream.cookie_token
+    assert sessions.requires_sdk(SCOPE, HOST)
+
+    upstream.clear()  # the session goes on sending it
+    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+    assert response.status_code == 200
+    [sent] = llm_requests(upstream)
+    assert sent.headers["cookie"] == cookie
+
+    upstream.clear()  # another scope has a jar of its own
+    response = await call(client, gateway, upstream, protocol, request_body(protocol), scope="other:scope")
+    assert response.status_code == 200
+    assert "cookie" not in llm_requests(upstream)[0].headers
+
+
+async def test_cookie_challenge_on_a_mapped_provider(
+    gateway: Gateway, sessions: CookieSessions, upstream: FakeUpstream
+) -> None:
+    """The mapped (Anthropic) provider gets the session's cookies too."""
+    upstream.require_cookie = "cf_clearance"
+    mapping = {"model": "anthropic/claude-sonnet-4-6", "api_base": upstream.url, "api_key": "sk-ant-literal"}
+    async with openai_sdk(gateway, upstream, "openai_chat", sdk=mapping) as sdk:
+        assert await chat_text(sdk, stream=True) == DEFAULT_REPLY
+    assert [r.headers.get("cookie") for r in llm_requests(upstream)] == [None, f"cf_clearance={upstream.cookie_token}"]
+
+
+async def test_cookie_jar_survives_a_restart(tmp_path: Any, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    upstream.require_cookie = "cf_clearance"
+    path = tmp_path / "state" / "cookies.json"
+    sessions = CookieSessions(path)
+    gateway = Gateway(sessions)
+    await gateway.start()
+    assert (await call(client, gateway, upstream, "anthropic", request_body("anthropic"))).status_code == 200
+    await gateway.close()
+    await sessions.aclose()  # finishes the save the cookie scheduled
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert upstream.cookie_token in path.read_text()
+
+    upstream.clear()
+    restored = CookieSessions(path)
+    await restored.load()
+    assert restored.requires_sdk(SCOPE, HOST)
+    gateway = Gateway(restored)
+    await gateway.start()
+    try:
+        response = await call(client, gateway, upstream, "openai_chat", request_body("openai_chat", stream=True))
+    finally:
+        await gateway.close()
+        await restored.aclose()
+    assert response.status_code == 200
+    [sent] = llm_requests(upstream)  # no challenge this time
+    assert sent.headers["cookie"] == f"cf_clearance={upstream.cookie_token}"
+
+
+# errors
+
+
+ERROR_CASES = [
+    # (upstream status, upstream message, status to the client, error type)
+    (400, "fake upstream failure", 400, "invalid_request_error"),
+    (401, "fake upstream failure", 401, "authentication_error"),
+    (403, "fake upstream failure", 403, "permission_error"),
+    (404, "fake upstream failure", 404, "not_found_error"),
+    (408, "fake upstream failure", 408, "timeout_error"),
+    (429, "fake upstream failure", 429, "rate_limit_error"),
+    (500, "fake upstream failure", 500, "api_error"),
+    (502, "fake upstream failure", 502, "api_error"),
+    (503, "fake upstream failure", 503, "api_error"),
+    (400, CONTEXT_MESSAGES["openai"], 400, "invalid_request_error"),
+    (400, CONTEXT_MESSAGES["anthropic"], 400, "invalid_request_error"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("upstream_status", "message", "status", "error_type"),
+    ERROR_CASES,
+    ids=[f"{c[0]}" for c in ERROR_CASES[:-2]] + ["context-openai", "context-anthropic"],
+)
+async def test_upstream_errors_reach_the_client_in_its_protocol(
+    gateway: Gateway,
+    upstream: FakeUpstream,
+    client: httpx.AsyncClient,
+    protocol: str,
+    stream: bool,
+    upstream_status: int,
+    message: str,
+    status: int,
+    error_type: str,
+) -> None:
+    upstream.fail_status, upstream.fail_message = upstream_status, message
+    if upstream_status in (429, 503):
+        upstream.fail_headers = {"Retry-After": "7"}
+    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    error = assert_error_shape(protocol, response.json(), error_type)
+    assert error["message"] == message
+    if protocol != "anthropic":
+        context = message in CONTEXT_MESSAGES.values()
+        assert error["code"] == ("context_length_exceeded" if context else str(status))
+    assert response.headers.get("retry-after") == ("7" if upstream_status in (429, 503) else None)
+    assert len(llm_requests(upstream)) == 1  # no hidden retries
+
+
+SDK_ERRORS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+}
+
+
+@pytest.mark.parametrize("status", list(SDK_ERRORS))
+async def test_official_sdks_raise_their_own_exceptions(gateway: Gateway, upstream: FakeUpstream, status: int) -> None:
+    upstream.fail_status = status
+    upstream.fail_headers = {"Retry-After": "3"} if status == 429 else {}
+    messages: Any = [{"role": "user", "content": "Say hello"}]
+    async with openai_sdk(gateway, upstream, "openai_chat") as sdk:
+        with pytest.raises(getattr(openai, SDK_ERRORS[status])) as raised:
+            await sdk.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert raised.value.status_code == status and raised.value.body["message"] == "fake upstream failure"  # type: ignore[index]
+    async with anthropic_sdk(gateway, upstream) as ant:
+        with pytest.raises(getattr(anthropic, SDK_ERRORS[status])) as raised_ant:
+            await ant.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages)
+    assert raised_ant.value.status_code == status
+    if status == 429:
+        assert raised.value.response.headers["retry-after"] == raised_ant.value.response.headers["retry-after"] == "3"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_upstream_failure_mid_stream_ends_with_the_protocols_error_event(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str
+) -> None:
+    upstream.reset_mid_stream = True
+    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=True))
+    assert response.status_code == 200
+    events = sse_events(response)
+    name, data = events[-1]
+    last = json.loads(data)
+    if protocol == "openai_chat":
+        assert name is None and set(last) == {"error"} and last["error"]["message"]
+        assert (None, "[DONE]") not in events
+    elif protocol == "anthropic":
+        assert name == "error" and last["type"] == "error" and last["error"]["message"]
+    else:
+        assert name == "error" and last["type"] == "error" and last["message"]
+    texts = [json.loads(d) for _, d in events[:-1]]
+    assert any("Hello" in json.dumps(t) for t in texts)  # the first chunks made it through
+
+
+async def test_secrets_stay_out_of_bodies_and_logs(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    upstream.require_cookie = "cf_clearance"
+    assert (await call(client, gateway, upstream, "openai_chat", request_body("openai_chat"))).status_code == 200
+    upstream.fail_status = 401
+    upstream.fail_message = f"Incorrect API key provided: {OPENAI_KEY} (cookie {upstream.cookie_token})"
+    for protocol, stream in (("openai_chat", False), ("anthropic", True)):
+        response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+        assert response.status_code == 401
+        assert OPENAI_KEY not in response.text and ANTHROPIC_KEY not in response.text
+        assert upstream.cookie_token not in response.text and "[redacted]" in response.text
+    upstream.fail_status, upstream.reset_mid_stream = None, True
+    await call(client, gateway, upstream, "anthropic", request_body("anthropic", stream=True))
+    ours = [r for r in caplog.records if r.levelno >= logging.INFO or r.name.startswith(("memproxy", "LiteLLM"))]
+    logged = "\n".join(r.getMessage() + str(r.exc_info or "") + str(r.exc_text or "") for r in ours)
+    assert "SDK gateway" in logged
+    for secret in (OPENAI_KEY, ANTHROPIC_KEY, upstream.cookie_token, gateway.secret, "Traceback"):
+        assert secret not in logged
+
+
+async def test_client_leaving_mid_stream_is_quiet_and_the_gateway_goes_on(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    upstream.lockstep, upstream.lockstep_timeout = True, 2.0
+    headers = gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE) | auth("openai_chat")
+    body = request_body("openai_chat", stream=True)
+    async with client.stream("POST", f"{gateway.url}{PATH['openai_chat']}", json=body, headers=headers) as response:
+        async for chunk in response.aiter_bytes():
+            if b"Hello" in chunk:
+                break  # leave with the stream half read
+    upstream.release(upstream.chunks)
+    upstream.lockstep = False
+    again = await call(client, gateway, upstream, "openai_chat", request_body("openai_chat", stream=True))
+    assert reply_text("openai_chat", again) == DEFAULT_REPLY
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("drop", "sdk"),
+    [("x-memproxy-upstream", None), ("x-memproxy-scope", None), (None, "not json"), (None, '["a list"]')],
+)
+async def test_missing_or_bad_gateway_headers_are_a_400(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, drop: str | None, sdk: str | None
+) -> None:
+    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE) | auth("anthropic")
+    if drop:
+        del headers[drop]
+    if sdk:
+        headers["x-memproxy-sdk"] = sdk
+    response = await client.post(f"{gateway.url}/v1/messages", json=request_body("anthropic"), headers=headers)
+    assert response.status_code == 400
+    assert_error_shape("anthropic", response.json(), "invalid_request_error")
+    assert upstream.requests == []
