@@ -83,7 +83,7 @@ async def test_recall_within_budget_injects_and_annotates(addon):
     assert "use Redis for caching" in sent["messages"][0]["content"]
     assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
     assert flow.marked == ":brain:"
-    assert "openai-sdk" in flow.comment and "1 memories injected" in flow.comment
+    assert "openai-sdk" in flow.comment and "1 memory injected" in flow.comment
     assert flow.metadata["memproxy"] | {"ms": 0} == flow.metadata["memproxy"] | {
         "user_id": "openai-sdk", "rule": "openai-sdk", "injected": 1, "adapter": "openai_chat", "ms": 0
     }

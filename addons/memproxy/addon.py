@@ -13,6 +13,7 @@ import functools
 import importlib
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -132,6 +133,8 @@ class MemoryAddon:
         self.sessions: CookieSessions | None = None  # the SDK path's cookie jars; loaded after start-up
         self.gateway: Gateway | None = None  # the loopback LiteLLM gateway; started on first use
         self._gateway_lock = asyncio.Lock()
+        self._sdk_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
         self._running = False
@@ -141,6 +144,8 @@ class MemoryAddon:
     # -- lifecycle --------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        for noisy in ("httpcore", "httpx"):  # their debug logs print headers: keys and cookies
+            logging.getLogger(noisy).setLevel(logging.INFO)
         loader.add_option("memory_enabled", bool, True, "Give LLM flows a memory. Off: pass everything through.")
         loader.add_option(
             "memory_rules", str, "", f"Memory-routing rules file (YAML). Empty: {DEFAULT_RULES.name} shipped with memproxy."
@@ -254,16 +259,17 @@ class MemoryAddon:
         self._running = True
         if self.store is None or self.rules_file is None:
             return
-        await self._open_store()
         opts = ctx.options
+        # Everything a request needs exists before the first await: the proxy is already listening.
         outbox = opts.memory_outbox or Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
         self.capture = Outbox(outbox, self.store, max_delay=opts.memory_retry_max)
+        self.listeners = ProjectListeners(PortRegistry(opts.memory_projects or None), opts.memory_project_mode)
+        self._sdk_path()
+        if "sdk" in self.rules_file.rules.routes:  # warm the gateway (and litellm) only if a rule routes to it
+            self._spawn(self._gateway(), "gateway warm-up")
         await self.capture.start()
-        registry = PortRegistry(opts.memory_projects or None)
-        self.listeners = ProjectListeners(registry, opts.memory_project_mode)
-        loop = asyncio.get_running_loop()
-        self._watcher = loop.create_task(self._watch(), name="memproxy watcher")
-        self._sdk_task = loop.create_task(self._prepare_sdk_path(), name="memproxy SDK path")
+        await self._open_store()
+        self._watcher = self._spawn(self._watch(), "watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
         logger.info(
             "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
@@ -381,19 +387,35 @@ class MemoryAddon:
     # -- the SDK path (LiteLLM) ----------------------------------------------
 
     async def _prepare_sdk_path(self) -> None:
-        """After start-up: load the cookie jars; warm the gateway (and litellm) only if a rule routes to it."""
+        """After start-up: load the cookie jars (cookies.py pulls in httpx, so in a thread)."""
         cookies = await asyncio.to_thread(importlib.import_module, "memproxy.cookies")
         path = ctx.options.memory_cookies or Path(platformdirs.user_data_dir("memproxy")) / "cookies.json"
         self.sessions = cookies.CookieSessions(path, ttl=ctx.options.memory_sdk_ttl)
         await self.sessions.load()
-        if "sdk" in self.rules_file.rules.routes:
-            await self._gateway()
+
+    def _sdk_path(self) -> asyncio.Task:
+        """The (one) background preparation of the SDK path."""
+        if self._sdk_task is None:
+            self._sdk_task = self._spawn(self._prepare_sdk_path(), "SDK path")
+        return self._sdk_task
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        """A background task that is kept referenced and whose failure is logged, not lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"memproxy {name}")
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.warning("memproxy: %s failed: %s", name, _brief(t.exception()))
+
+        task.add_done_callback(finished)
+        return task
 
     async def _gateway(self) -> Gateway:
         """The loopback gateway, started (litellm imported in a thread) on first use."""
+        await self._sdk_path()
         async with self._gateway_lock:
-            if self.sessions is None:
-                await self._sdk_task
             if self.gateway is None:
                 reroute = await asyncio.to_thread(importlib.import_module, "memproxy.reroute")
                 self.gateway = reroute.Gateway(self.sessions)
@@ -439,7 +461,7 @@ class MemoryAddon:
         headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS}
         headers |= self._gateway_headers(flow, gateway, info["adapter"], info["user_id"], None)
         async with httpx.AsyncClient(trust_env=False, timeout=ctx.options.memory_sdk_timeout) as client:
-            r = await client.post(gateway.url + req.path, content=req.raw_content, headers=headers)
+            r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
         kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
         flow.response = http.Response.make(r.status_code, r.content, kept)
         info["route"] = "sdk"
@@ -547,7 +569,8 @@ class MemoryAddon:
         else:
             flow.comment = (
                 f"memproxy: {info['user_id']} · rule {info['rule'] or 'default'}"
-                f" · {info['injected']} memories injected · {info.get('ms', 0)} ms"
+                f" · {info['injected']} {'memory' if info['injected'] == 1 else 'memories'} injected"
+                f" · {info.get('ms', 0)} ms"
             )
 
     def _answer_info(self, flow: http.HTTPFlow) -> None:
@@ -571,6 +594,10 @@ class MemoryAddon:
                 {"name": p.name, "path": p.path, "port": p.port} for p in self.listeners.projects()
             ] if self.listeners else [],
             "clients": dict(self.clients),
+            "sdk_path": {
+                "gateway_port": self.gateway.port if self.gateway and self.gateway.port else None,
+                "litellm_loaded": "litellm" in sys.modules,
+            },
         }
 
     # -- response path ------------------------------------------------------
