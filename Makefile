@@ -37,6 +37,13 @@ test-slow: $(VENV)/.synced
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check addons tests
 
+bench: $(VENV)/.synced
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	test -x bench/out/venv/bin/python || $(UV) venv --quiet bench/out/venv --python $(VENV)/bin/python
+	bench/out/venv/bin/python -c "import matplotlib" 2>/dev/null || $(UV) pip install --quiet --python bench/out/venv/bin/python matplotlib
+	$(VENV)/bin/python bench/run.py
+	bench/out/venv/bin/python bench/plot.py
+
 lock: $(UV)
 	$(UV) lock --python $(PY)
 

@@ -47,6 +47,16 @@ def wait_memories(db: Path, scope: str, n: int = 1, timeout: float = 15.0) -> li
         time.sleep(0.1)
 
 
+def wait_until(condition, timeout: float = 20.0) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False). A wait, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def claude_body(cwd: str, text: str, *, stream: bool = True) -> dict[str, Any]:
     """A request body shaped like Claude Code's (CLIENTS.md): billing block, cached system, cwd message."""
     return {

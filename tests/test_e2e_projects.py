@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import free_port
-from e2e_helpers import memories, seed, wait_memories
+from e2e_helpers import memories, seed, wait_memories, wait_until
 from memproxy.ports import PortRegistry
 
 pytestmark = pytest.mark.e2e
@@ -24,15 +23,6 @@ def listening(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def wait(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def ask(port: int, text: str) -> None:
@@ -56,7 +46,7 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
             "memory_project_mode": f"reverse:{upstream.url}",
         },
     )
-    assert wait(lambda: listening(alpha) and listening(beta)), proc.log_text()
+    assert wait_until(lambda: listening(alpha) and listening(beta)), proc.log_text()
 
     ask(alpha, "Which web framework does this project use?")
     ask(beta, "Which web framework does this project use?")
@@ -68,11 +58,11 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
 
     # Registering a project while running opens its listener; removing it closes it. No restart.
     gamma = registry.get_or_allocate_port(tmp_path / "work" / "gamma")
-    assert wait(lambda: listening(gamma)), proc.log_text()
+    assert wait_until(lambda: listening(gamma)), proc.log_text()
     ask(gamma, "First question in gamma")
     assert wait_memories(db, "jetbrains:gamma")
     registry.remove(tmp_path / "work" / "gamma")
-    assert wait(lambda: not listening(gamma)), proc.log_text()
+    assert wait_until(lambda: not listening(gamma)), proc.log_text()
     assert listening(alpha) and listening(proc.port)
 
 
@@ -86,7 +76,7 @@ def test_status_endpoint(mitmdump, upstream, tmp_path: Path):
         "memory_project_mode": f"reverse:{upstream.url}",
     }
     proc = mitmdump(mode="reverse", upstream=upstream, options=options)
-    assert wait(lambda: listening(port))
+    assert wait_until(lambda: listening(port))
     ask(port, "hello")
     status = httpx.get(f"{proc.base_url}/memory-routing/status", timeout=30).json()
     assert status["backend"]["name"] == "local" and status["backend"]["recall"] == "closed"

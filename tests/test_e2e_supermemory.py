@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from e2e_helpers import wait_until
 from fakes.supermemory import FakeSupermemory
 
 pytestmark = pytest.mark.e2e
@@ -41,15 +42,6 @@ def ask(client, text: str, *, stream: bool = False) -> str:
         return client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content
     with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True) as chunks:
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def wait_until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def pending_in(outbox: Path) -> int:

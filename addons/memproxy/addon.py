@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import functools
-import importlib
 import json
 import logging
 import sys
@@ -19,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import platformdirs
 from mitmproxy import ctx, exceptions, http, tls
@@ -33,11 +32,8 @@ from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
-
-if TYPE_CHECKING:  # imported lazily at run time: they pull in aiohttp, httpx and litellm
-    from .cookies import CookieSessions
-    from .reroute import Gateway
 from .rules import DEFAULT_RULES, FILTERS, RequestView, Route, RulesError, RulesFile
+from .sdkpath import SdkPath
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +41,6 @@ INFO_PATH = "/memory-routing/info"
 STATUS_PATH = "/memory-routing/status"
 MARKER = ":brain:"
 OVERRIDE_KEY = "memproxy_override"
-SDK_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # what the SDK path serves
-HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
 DEFAULT_HOSTS = (
     "api.anthropic.com",
     "api.openai.com",
@@ -130,10 +124,7 @@ class MemoryAddon:
         self.pending: dict[str, Pending] = {}
         self._watcher: asyncio.Task | None = None
         self.listeners: ProjectListeners | None = None
-        self.sessions: CookieSessions | None = None  # the SDK path's cookie jars; loaded after start-up
-        self.gateway: Gateway | None = None  # the loopback LiteLLM gateway; started on first use
-        self._gateway_lock = asyncio.Lock()
-        self._sdk_task: asyncio.Task | None = None
+        self.sdk: SdkPath | None = None
         self._tasks: set[asyncio.Task] = set()
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
@@ -264,9 +255,10 @@ class MemoryAddon:
         outbox = opts.memory_outbox or Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
         self.capture = Outbox(outbox, self.store, max_delay=opts.memory_retry_max)
         self.listeners = ProjectListeners(PortRegistry(opts.memory_projects or None), opts.memory_project_mode)
-        self._sdk_path()
-        if "sdk" in self.rules_file.rules.routes:  # warm the gateway (and litellm) only if a rule routes to it
-            self._spawn(self._gateway(), "gateway warm-up")
+        cookies = opts.memory_cookies or Path(platformdirs.user_data_dir("memproxy")) / "cookies.json"
+        self.sdk = SdkPath(Path(cookies), opts.memory_sdk_ttl, opts.memory_sdk_timeout)
+        # Warm the gateway (and litellm) only if a rule routes to it; else just restore the cookie jars.
+        self._spawn(self.sdk.ready() if "sdk" in self.rules_file.rules.routes else self.sdk.load(), "SDK path")
         await self.capture.start()
         await self._open_store()
         self._watcher = self._spawn(self._watch(), "watcher")
@@ -282,10 +274,8 @@ class MemoryAddon:
     async def done(self) -> None:
         if self._watcher:
             self._watcher.cancel()
-        if self.gateway:
-            await self.gateway.close()
-        if self.sessions:
-            await self.sessions.aclose()
+        if self.sdk:
+            await self.sdk.close()
         if self.capture:
             await self.capture.close(timeout=2.0)
         if self.store:
@@ -365,8 +355,8 @@ class MemoryAddon:
         decision = await self._decide(flow, adapter, body, content, req.method)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
-        elif self._wants_sdk(decision.route, req.host) and adapter.name in SDK_PROTOCOLS:
-            await self._to_gateway(flow, adapter, decision.route)
+        elif self.sdk and self.sdk.wants(decision.route, req.host, adapter.name):
+            await self.sdk.redirect(flow, adapter.name, decision.route)
             decision.info["route"] = "sdk"
         if decision.content is not None:
             req.set_content(decision.content)
@@ -384,21 +374,6 @@ class MemoryAddon:
         flow.request.headers["x-supermemory-api-key"] = api_key
         flow.request.headers["x-sm-user-id"] = route.user_id
 
-    # -- the SDK path (LiteLLM) ----------------------------------------------
-
-    async def _prepare_sdk_path(self) -> None:
-        """After start-up: load the cookie jars (cookies.py pulls in httpx, so in a thread)."""
-        cookies = await asyncio.to_thread(importlib.import_module, "memproxy.cookies")
-        path = ctx.options.memory_cookies or Path(platformdirs.user_data_dir("memproxy")) / "cookies.json"
-        self.sessions = cookies.CookieSessions(path, ttl=ctx.options.memory_sdk_ttl)
-        await self.sessions.load()
-
-    def _sdk_path(self) -> asyncio.Task:
-        """The (one) background preparation of the SDK path."""
-        if self._sdk_task is None:
-            self._sdk_task = self._spawn(self._prepare_sdk_path(), "SDK path")
-        return self._sdk_task
-
     def _spawn(self, coro, name: str) -> asyncio.Task:
         """A background task that is kept referenced and whose failure is logged, not lost."""
         task = asyncio.get_running_loop().create_task(coro, name=f"memproxy {name}")
@@ -411,61 +386,6 @@ class MemoryAddon:
 
         task.add_done_callback(finished)
         return task
-
-    async def _gateway(self) -> Gateway:
-        """The loopback gateway, started (litellm imported in a thread) on first use."""
-        await self._sdk_path()
-        async with self._gateway_lock:
-            if self.gateway is None:
-                reroute = await asyncio.to_thread(importlib.import_module, "memproxy.reroute")
-                self.gateway = reroute.Gateway(self.sessions)
-        await self.gateway.start()
-        return self.gateway
-
-    def _wants_sdk(self, route: Route, host: str) -> bool:
-        return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.user_id, host))
-
-    def _gateway_headers(self, flow: http.HTTPFlow, gateway: Gateway, protocol: str, route_user_id: str, sdk) -> dict:
-        req = flow.request
-        origin = req.url[: len(req.url) - len(req.path)]
-        return gateway.request_headers(protocol=protocol, upstream=origin, scope=route_user_id, sdk=sdk)
-
-    async def _to_gateway(self, flow: http.HTTPFlow, adapter: Adapter, route: Route) -> None:
-        """Point the flow at the loopback gateway, which serves it through litellm (streaming as it goes)."""
-        gateway = await self._gateway()
-        req = flow.request
-        req.headers.update(self._gateway_headers(flow, gateway, adapter.name, route.user_id, route.actions.sdk))
-        req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
-
-    def _is_challenge(self, flow: http.HTTPFlow) -> bool:
-        """An LLM upstream asking for cookies (403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated)."""
-        resp, info = flow.response, flow.metadata.get("memproxy")
-        return (
-            resp is not None
-            and info is not None
-            and info.get("route") != "sdk"
-            and info.get("adapter") in SDK_PROTOCOLS
-            and self.sessions is not None
-            and resp.status_code in (403, 429, 503)
-            and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
-        )
-
-    async def _replay_through_gateway(self, flow: http.HTTPFlow) -> None:
-        """Keep the challenge's cookies, replay the request through the SDK path, and answer with its reply.
-        This first reply is buffered; later requests of (scope, host) take the SDK path from the start."""
-        import httpx
-
-        info, req = flow.metadata["memproxy"], flow.request
-        self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
-        gateway = await self._gateway()
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS}
-        headers |= self._gateway_headers(flow, gateway, info["adapter"], info["user_id"], None)
-        async with httpx.AsyncClient(trust_env=False, timeout=ctx.options.memory_sdk_timeout) as client:
-            r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
-        kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
-        flow.response = http.Response.make(r.status_code, r.content, kept)
-        info["route"] = "sdk"
-        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, info["user_id"])
 
     def _view(self, flow: http.HTTPFlow, method: str, **body: Any) -> RequestView:
         """What the rules see of a flow: request line, headers, listen port and its project, and body."""
@@ -595,7 +515,7 @@ class MemoryAddon:
             ] if self.listeners else [],
             "clients": dict(self.clients),
             "sdk_path": {
-                "gateway_port": self.gateway.port if self.gateway and self.gateway.port else None,
+                "gateway_port": (self.sdk.gateway.port or None) if self.sdk and self.sdk.gateway else None,
                 "litellm_loaded": "litellm" in sys.modules,
             },
         }
@@ -605,7 +525,7 @@ class MemoryAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
         resp = flow.response
-        if not ctx.options.memory_enabled or resp is None or self._is_challenge(flow):
+        if not ctx.options.memory_enabled or resp is None or (self.sdk and self.sdk.is_challenge(flow)):
             return
         if "text/event-stream" not in resp.headers.get("content-type", ""):
             return
@@ -631,8 +551,8 @@ class MemoryAddon:
 
     @fail_open
     async def response(self, flow: http.HTTPFlow) -> None:
-        if self._is_challenge(flow):
-            await self._replay_through_gateway(flow)
+        if self.sdk and self.sdk.is_challenge(flow):
+            await self.sdk.replay(flow)
         pending = self.pending.pop(flow.id, None)
         resp = flow.response
         if pending is None or resp is None or resp.stream or resp.status_code >= 300:

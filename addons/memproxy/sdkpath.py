@@ -1,0 +1,113 @@
+"""The SDK path as the addon sees it: when a flow takes it, pointing the flow at the gateway, cookie challenges.
+
+The heavy parts (cookies.py pulls in httpx, reroute.py aiohttp and litellm) are imported lazily, in threads,
+so that mitmdump starts without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from .rules import Route
+
+if TYPE_CHECKING:
+    from .cookies import CookieSessions
+    from .reroute import Gateway
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # what the gateway serves
+CHALLENGE_STATUSES = (403, 429, 503)
+HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
+
+
+def _origin(req: http.Request) -> str:
+    return req.url[: len(req.url) - len(req.path)]
+
+
+class SdkPath:
+    """Cookie jars (loaded after start-up) and the loopback LiteLLM gateway (started on first use)."""
+
+    def __init__(self, cookies: Path, ttl: int, timeout: int) -> None:
+        self.cookies_path, self.ttl, self.timeout = cookies, ttl, timeout
+        self.sessions: CookieSessions | None = None
+        self.gateway: Gateway | None = None
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        """Restore the cookie jars and the (scope, host) pairs that must take the SDK path (once)."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
+        if self.sessions is None:
+            cookies = await asyncio.to_thread(importlib.import_module, "memproxy.cookies")
+            sessions = cookies.CookieSessions(self.cookies_path, ttl=self.ttl)
+            await sessions.load()
+            self.sessions = sessions
+
+    async def ready(self) -> Gateway:
+        """The gateway, started (litellm imported in a thread) on first use."""
+        async with self._lock:
+            await self._load()
+            if self.gateway is None:
+                reroute = await asyncio.to_thread(importlib.import_module, "memproxy.reroute")
+                self.gateway = reroute.Gateway(self.sessions)
+        await self.gateway.start()
+        return self.gateway
+
+    async def close(self) -> None:
+        if self.gateway:
+            await self.gateway.close()
+        if self.sessions:
+            await self.sessions.aclose()
+
+    def wants(self, route: Route, host: str, protocol: str) -> bool:
+        """Whether this request takes the SDK path: its rule says so, or its host asked for cookies."""
+        if protocol not in PROTOCOLS:
+            return False
+        return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.user_id, host))
+
+    async def redirect(self, flow: http.HTTPFlow, protocol: str, route: Route) -> None:
+        """Point the flow at the gateway, which serves it through litellm, streaming as it goes."""
+        gateway = await self.ready()
+        req = flow.request
+        req.headers.update(gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.user_id,
+                                                   sdk=route.actions.sdk))
+        req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
+
+    def is_challenge(self, flow: http.HTTPFlow) -> bool:
+        """An LLM upstream asking for cookies (403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated)."""
+        resp, info = flow.response, flow.metadata.get("memproxy")
+        return (
+            resp is not None
+            and info is not None
+            and info.get("route") != "sdk"
+            and info.get("adapter") in PROTOCOLS
+            and self.sessions is not None
+            and resp.status_code in CHALLENGE_STATUSES
+            and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
+        )
+
+    async def replay(self, flow: http.HTTPFlow) -> None:
+        """Keep the challenge's cookies, replay the request through the gateway, answer with its reply.
+        This first reply is buffered; later requests of (scope, host) take the SDK path from the start."""
+        import httpx
+
+        info, req = flow.metadata["memproxy"], flow.request
+        self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
+        gateway = await self.ready()
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS}
+        headers |= gateway.request_headers(protocol=info["adapter"], upstream=_origin(req), scope=info["user_id"])
+        async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
+            r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
+        kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
+        flow.response = http.Response.make(r.status_code, r.content, kept)
+        info["route"] = "sdk"
+        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, info["user_id"])
