@@ -226,3 +226,31 @@ def test_gateway_is_warmed_for_sdk_rules_and_refuses_requests_without_its_secret
     r = httpx.post(f"http://127.0.0.1:{sdk['gateway_port']}/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 403 and set(r.json()) == {"error"}
     assert not upstream.requests
+
+
+def test_sdk_path_streams_chunk_by_chunk(sdk_proxy, upstream):
+    """Lockstep through mitmdump, the gateway and litellm: the upstream sends chunk k+1 only after the
+    client got chunk k, so any buffering on the way deadlocks and the stream ends short."""
+    upstream.lockstep, upstream.chunks = True, 4
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "count"}]}
+    deltas = []
+    with httpx.stream("POST", f"{sdk_proxy.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if delta := choices[0].get("delta", {}).get("content"):
+                    deltas.append(delta)
+                    upstream.release()
+    assert "".join(deltas) == upstream.reply and len(deltas) == 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_client_on_the_sdk_route(sdk_proxy, upstream, openai_client, stream):
+    client = openai_client(sdk_proxy, via="reverse")
+    if stream:
+        with client.responses.create(model="gpt-4o", input="hello", stream=True) as events:
+            text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    else:
+        text = client.responses.create(model="gpt-4o", input="hello").output_text
+    assert text == upstream.reply
+    assert "hello" in json.dumps(upstream.last("/responses").json["input"])
