@@ -423,8 +423,9 @@ class MemoryAddon:
         t0 = time.perf_counter()
         req = flow.request
         model = adapter.model(req.path, body)
-        view = self._view(flow, method, body=body, raw_body=raw.decode("utf-8", "replace"), model=model)
-        route = self.rules_file.rules.match(view)
+        rules = self.rules_file.rules
+        text = raw.decode("utf-8", "replace") if rules.reads_raw_body else None
+        route = rules.match(self._view(flow, method, body=body, raw_body=text, model=model))
         self.clients[route.rule or "default"] += 1
         actions = route.actions
         decision = Decision(route)

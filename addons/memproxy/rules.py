@@ -786,6 +786,8 @@ class Rules:
             {"api_key": legacy["api_key"]} if "api_key" in legacy else {}
         ))
         self._rules = rules
+        # Whether any rule has `body:` regexes; if not, callers need not decode bodies to text.
+        self.reads_raw_body = any(rule.body for rule in rules)
 
     @property
     def routes(self) -> frozenset[str]:
