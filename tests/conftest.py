@@ -30,6 +30,7 @@ REDIRECT = FAKES / "redirect.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 READY_TIMEOUT = 30.0
 STARTUP_GRACE = 0.2
+ADDON_READY = "memproxy: point clients here"  # the memory addon's last start-up line
 # Variables that would leak the developer's setup into the proxy under test.
 SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
 
@@ -79,11 +80,22 @@ class MitmdumpProc:
             try:  # mitmdump exits right after it starts listening if a script logged an error
                 self.process.wait(STARTUP_GRACE)
             except subprocess.TimeoutExpired:
-                return self
+                if self._addon_ready(deadline):
+                    return self
         code = self.process.poll()
         self.kill()
         state = f"exited with {code}" if code is not None else f"not listening after {READY_TIMEOUT:.0f} s"
         raise RuntimeError(f"mitmdump {state}: {' '.join(self.argv)}\n{self.log_text()}")
+
+    def _addon_ready(self, deadline: float) -> bool:
+        """With the memory addon: wait until its `running` hook has finished (it logs a last line)."""
+        if not any(str(arg).endswith("addons/memory.py") for arg in self.argv):
+            return True
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if ADDON_READY in self.log_text():
+                return True
+            time.sleep(0.02)
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate gracefully (addons' done hooks run); kill if that takes too long."""
@@ -221,6 +233,38 @@ CODEX_HEADERS = {
 }
 
 
+def _tunnel(proc: MitmdumpProc, host: str, timeout: float) -> socket.socket:
+    """A CONNECT tunnel through the proxy, as a socket with a timeout (so a stuck handshake fails, not hangs)."""
+    sock = socket.create_connection(("127.0.0.1", proc.port), timeout=timeout)
+    sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        if not (chunk := sock.recv(4096)):
+            raise ConnectionError("the proxy closed the CONNECT tunnel")
+        reply += chunk
+    if reply.split(b" ", 2)[1:2] != [b"200"]:
+        raise ConnectionError(f"CONNECT refused: {reply[:60]!r}")
+    return sock
+
+
+def _ws_connect(proc: MitmdumpProc, url: str, via: Via, headers: Mapping[str, str], timeout: float):
+    """Open the WebSocket; a handshake that gets no answer is retried once on a new connection.
+    (Seen rarely, and with a no-op addon too: a WebSocket through the proxy right after mitmdump starts.)"""
+    for attempt in (1, 2):
+        try:
+            return connect(
+                url,
+                additional_headers=headers,
+                user_agent_header="codex_exec/0.169.0 (Linux; x86_64)",
+                sock=_tunnel(proc, "api.openai.com", timeout) if via == "proxy" else None,
+                ssl=proc.ssl_context() if via == "proxy" else None,
+                open_timeout=timeout / 2,
+            )
+        except (TimeoutError, ConnectionError):
+            if attempt == 2:
+                raise
+
+
 def ws_responses(
     proc: MitmdumpProc,
     *messages: dict[str, Any],
@@ -237,14 +281,7 @@ def ws_responses(
     session = str(uuid.uuid4())
     extra = {**CODEX_HEADERS, "session-id": session, "thread-id": session, **(headers or {})}
     events: list[dict[str, Any]] = []
-    with connect(
-        url,
-        additional_headers=extra,
-        user_agent_header="codex_exec/0.169.0 (Linux; x86_64)",
-        proxy=proc.proxy_url if via == "proxy" else None,
-        ssl=proc.ssl_context() if via == "proxy" else None,
-        open_timeout=timeout,
-    ) as ws:
+    with _ws_connect(proc, url, via, extra, timeout) as ws:
         for message in messages or (codex_request(),):
             ws.send(json.dumps(message))
             while True:
