@@ -129,6 +129,7 @@ class MemoryAddon:
         self._host_cache: dict[str, bool] = {}
         self._warned: set[str] = set()
         self._running = False
+        self.enabled, self.max_body, self.timeout = True, 16 * 1024 * 1024, 0.3  # set from options in configure
         self._started_at = time.time()
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
 
@@ -200,6 +201,9 @@ class MemoryAddon:
             raise exceptions.OptionsError("memory_retry_max must be > 0")
         if "memory_hosts" in updated:
             self._host_cache.clear()
+        # Read on every request: mitmproxy's option lookups are slow for a hot path.
+        self.enabled, self.max_body = opts.memory_enabled, opts.memory_max_body
+        self.timeout = opts.memory_timeout_ms / 1000
         if "memory_rules" in updated:
             path = Path(opts.memory_rules).expanduser() if opts.memory_rules else DEFAULT_RULES
             try:
@@ -331,7 +335,7 @@ class MemoryAddon:
 
     @fail_open
     async def request(self, flow: http.HTTPFlow) -> None:
-        if not ctx.options.memory_enabled or flow.response is not None or self.rules_file is None:
+        if not self.enabled or flow.response is not None or self.rules_file is None:
             return
         req = flow.request
         path = req.path.split("?", 1)[0]
@@ -344,7 +348,7 @@ class MemoryAddon:
         self._take_override(flow)
         adapter = protocols.detect_path(req.method, req.path)
         raw = req.raw_content
-        if adapter is None or not raw or len(raw) > ctx.options.memory_max_body:
+        if adapter is None or not raw or len(raw) > self.max_body:
             return
         if not _is_json(req.headers.get("content-type", "")):
             return
@@ -466,7 +470,7 @@ class MemoryAddon:
 
     async def _search(self, route: Route, query: str) -> list[Memory]:
         """Search the route's scope within the time budget; any failure means no memories."""
-        a, timeout = route.actions, ctx.options.memory_timeout_ms / 1000
+        a, timeout = route.actions, self.timeout
         search = self.recall.search(route.user_id, query, a.max_results, a.threshold, timeout)
         if not a.profile:
             return await search
@@ -526,7 +530,7 @@ class MemoryAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
         resp = flow.response
-        if not ctx.options.memory_enabled or resp is None or (self.sdk and self.sdk.is_challenge(flow)):
+        if not self.enabled or resp is None or (self.sdk and self.sdk.is_challenge(flow)):
             return
         if "text/event-stream" not in resp.headers.get("content-type", ""):
             return
@@ -582,7 +586,7 @@ class MemoryAddon:
 
     @fail_open
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
-        if not ctx.options.memory_enabled or flow.websocket is None or self.rules_file is None:
+        if not self.enabled or flow.websocket is None or self.rules_file is None:
             return
         message = flow.websocket.messages[-1]
         if not message.is_text:
@@ -596,7 +600,7 @@ class MemoryAddon:
                     self._remember(pending, pending.reply.text())
             return
         adapter = protocols.detect_path("POST", flow.request.path)
-        if adapter is None or len(message.content) > ctx.options.memory_max_body:
+        if adapter is None or len(message.content) > self.max_body:
             return
         body = json.loads(message.content)
         if not isinstance(body, dict) or body.get("type") != "response.create" or not adapter.matches_body(body):

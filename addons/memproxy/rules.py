@@ -141,9 +141,19 @@ class RequestView:
     flow: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.headers, Headers):
-            headers = {str(k).lower(): v for k, v in (self.headers or {}).items()}
-            object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "headers", _plain_headers(self.headers))
+
+
+def _plain_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers as a plain dict with lower-case names (repeats joined with ", ", as mitmproxy joins them):
+    a rule set looks headers up a few dozen times per request, and mitmproxy's Headers lookups are slow."""
+    if isinstance(headers, Headers):
+        plain: dict[str, str] = {}
+        for raw_name, raw_value in headers.fields:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("utf-8", "surrogateescape")
+            plain[name] = f"{plain[name]}, {value}" if name in plain else value
+        return plain
+    return {str(k).lower(): v for k, v in (headers or {}).items()}
 
 
 @dataclass(frozen=True, slots=True)
