@@ -152,6 +152,19 @@ class JsonAdapter(Adapter):
     def is_streaming(self, path: str, body: Any) -> bool:
         return body_streams(body)
 
+    def inject(self, body: Any, context: str, strategy: str) -> bool:
+        if not context or not self.matches_body(body):
+            return False
+        change = self._change(body, context, strategy)
+        if change is None:
+            return False
+        change()
+        return True
+
+    def _change(self, body: dict, context: str, strategy: str) -> Callable[[], None] | None:
+        """The change that injects `context` per `strategy` (applied only if the whole plan is possible)."""
+        return None
+
 
 class MessagesAdapter(JsonAdapter):
     """A `messages: [{role, content}]` body (Anthropic Messages, Chat Completions)."""

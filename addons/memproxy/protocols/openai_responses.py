@@ -78,17 +78,8 @@ class OpenAIResponsesAdapter(JsonAdapter):
         )
         return select_query(turns, strategy)
 
-    def inject(self, body: Any, context: str, strategy: str) -> bool:
-        if not context or not self.matches_body(body):
-            return False
-        change = self._plan(body, context, strategy)
-        if change is None:
-            return False
-        change()
-        return True
-
     @staticmethod
-    def _plan(body: dict, context: str, strategy: str) -> Callable[[], None] | None:
+    def _change(body: dict, context: str, strategy: str) -> Callable[[], None] | None:
         items = body.get("input")
         note = {"type": "message", "role": "developer", "content": [_input_text(context)]}
         if strategy == "dual" and isinstance(items, str):
