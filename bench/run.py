@@ -32,6 +32,8 @@ from mitmproxy import certs
 from mitmproxy import version as mitmproxy_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from e2e_helpers import seed  # noqa: E402
 from upstream import EVENTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,18 +81,6 @@ def words(rng: random.Random, n: int) -> list[str]:
     while len(seen) < n:
         seen["".join(rng.choice(letters) + rng.choice(vowels) for _ in range(rng.randint(3, 4)))] = None
     return list(seen)
-
-
-def seed(db: Path, scope: str, *contents: str) -> None:
-    async def go() -> None:
-        store = LocalStore(db)
-        try:
-            for text in contents:
-                await store.add(scope, text)
-        finally:
-            await store.close()
-
-    asyncio.run(go())
 
 
 def seed_fts(db: Path, vocab: list[str]) -> None:
