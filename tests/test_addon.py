@@ -89,17 +89,17 @@ async def test_recall_within_budget_injects_and_annotates(addon):
     }
 
 
-@pytest.mark.parametrize("store", [FakeStore(["x"], delay=2.0), FakeStore(error=RuntimeError("backend down"))])
+@pytest.mark.parametrize("store", [FakeStore(["x"], delay=3600), FakeStore(error=RuntimeError("backend down"))])
 async def test_slow_or_failing_store_fails_open(addon, store, caplog):
+    """The store answers in an hour (or fails): the hook returns at all only because of its time budget."""
     use(addon, store)
     flow = chat_flow()
     before = flow.request.copy()
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     await addon.request(flow)
-    assert loop.time() - t0 < 1.5  # bounded by memory_timeout_ms, not by the store's 2 s
     assert flow.request.content == before.content
     assert flow.metadata["memproxy"]["injected"] == 0
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        task.cancel()  # the hour-long search
 
 
 async def test_exception_in_hook_leaves_flow_untouched_and_logs_one_line(addon, caplog, monkeypatch):
