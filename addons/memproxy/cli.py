@@ -49,8 +49,8 @@ CA_CERT = "mitmproxy-ca-cert.pem"
 BUNDLE = "memproxy-bundle.pem"
 NO_PROXY = "localhost,127.0.0.1,::1"
 SHELLS = ("bash", "zsh", "fish", "powershell")
-READY_TIMEOUT = 30.0  # seconds for a proxy started by `wrap` to listen
-STARTUP_GRACE = 0.5  # seconds it must stay up after it listens
+READY_TIMEOUT = 30.0  # seconds for a proxy started by `wrap` to be ready
+READY_LINE = b"memproxy: point clients here"  # the addon's last start-up line: its options are valid
 EXPORT_PAGE = 500
 
 console = Console(soft_wrap=True)
@@ -322,10 +322,9 @@ def _start_proxy(argv: list[str], host: str, port: int) -> subprocess.Popen[byte
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
+        # mitmdump listens before it exits on a bad setting: ready means listening after the addon's last line.
         while proc.poll() is None and time.monotonic() < deadline:
-            if listening(host, port):
-                with contextlib.suppress(subprocess.TimeoutExpired):  # it exits right after listening on a bad setting
-                    proc.wait(STARTUP_GRACE)
+            if READY_LINE in log_path.read_bytes() and listening(host, port):
                 break
             time.sleep(0.1)
     except BaseException:  # Ctrl-C while waiting: leave nothing behind

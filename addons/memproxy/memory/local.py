@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,16 +20,19 @@ from .base import Memory, MemoryStore, StoreError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 MAX_TERMS = 24
 # bm25() counts every memory holding each query term, so a common term costs the most and ranks the
-# least: a search keeps its rarest terms up to this many counted memories (~50 ns each).
+# least: a search in a scope larger than this keeps its rarest terms up to this many counted memories.
 DF_BUDGET = 10_000
-DF_TTL = 600.0  # seconds a term's cached document frequency is trusted
+DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
 
-# External content: the index reads `memories` through a view that adds each row's scope token,
-# so 'rebuild' and 'integrity-check' work and the triggers need no application function.
+# The index is contentless and scoped: each memory is indexed as its words, each glued to a prefix
+# derived from the scope (see `index_text`), so every scope has its own posting lists and a search
+# costs what its scope holds, not what the store holds. The store writes both tables in one
+# transaction; `index_text` must stay deterministic (a change needs a SCHEMA_VERSION bump, which
+# reindexes), since deleting from a contentless index repeats the text that was indexed.
 SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS memories(
@@ -41,36 +45,30 @@ CREATE TABLE IF NOT EXISTS memories(
     UNIQUE(scope, custom_id)
 );
 CREATE INDEX IF NOT EXISTS memories_scope_created ON memories(scope, created_at);
-CREATE VIEW IF NOT EXISTS memories_fts_source AS
-    SELECT id, content, 's' || hex(scope) AS scopetok FROM memories;
-CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
-    content, scopetok, content='memories_fts_source', content_rowid='id', tokenize='porter unicode61'
-);
-INSERT INTO memories_fts(memories_fts, rank) VALUES('rank', 'bm25(1.0, 0.0)');
-CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
-    INSERT INTO memories_fts(rowid, content, scopetok) VALUES (new.id, new.content, 's' || hex(new.scope));
-END;
-CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
-    INSERT INTO memories_fts(memories_fts, rowid, content, scopetok)
-        VALUES ('delete', old.id, old.content, 's' || hex(old.scope));
-END;
-CREATE TRIGGER IF NOT EXISTS memories_au AFTER UPDATE OF content, scope ON memories BEGIN
-    INSERT INTO memories_fts(memories_fts, rowid, content, scopetok)
-        VALUES ('delete', old.id, old.content, 's' || hex(old.scope));
-    INSERT INTO memories_fts(rowid, content, scopetok) VALUES (new.id, new.content, 's' || hex(new.scope));
-END;
+DROP TRIGGER IF EXISTS memories_ai;
+DROP TRIGGER IF EXISTS memories_ad;
+DROP TRIGGER IF EXISTS memories_au;
+DROP VIEW IF EXISTS memories_fts_source;
+DROP TABLE IF EXISTS memories_fts;
+CREATE VIRTUAL TABLE memories_fts USING fts5(terms, content='', tokenize='porter unicode61');
+INSERT INTO memories_fts(rowid, terms) SELECT id, memproxy_index_text(scope, content) FROM memories;
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
 COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
-# CROSS JOIN keeps the FTS index as the outer loop: rows come from the scope's doclist only.
+# CROSS JOIN keeps the FTS index as the outer loop; the scope test guards against prefix collisions.
 SEARCH = f"""
 SELECT {COLUMNS}, memories_fts.rank FROM memories_fts CROSS JOIN memories AS m ON m.id = memories_fts.rowid
 WHERE memories_fts MATCH ? AND m.scope = ? ORDER BY memories_fts.rank LIMIT ?
 """
 DF = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
+INSERT = (
+    "INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id"
+)
+UNINDEX = "INSERT INTO memories_fts(memories_fts, rowid, terms) VALUES ('delete', ?, ?)"
 
 WORD = re.compile(r"[^\W_]+")
 STOPWORDS = frozenset(
@@ -86,15 +84,25 @@ STOPWORDS = frozenset(
 )
 
 
+def words(text: str) -> list[str]:
+    """The meaningful words of `text`, in order: lower case, no stopwords or 1-char words."""
+    return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
+
+
 def query_terms(text: str) -> list[str]:
-    """The distinct, meaningful words of `text`: no stopwords or 1-char words, the longest MAX_TERMS."""
-    words = dict.fromkeys(w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS)
-    return sorted(words, key=len, reverse=True)[:MAX_TERMS]
+    """The distinct meaningful words of `text`, the longest MAX_TERMS."""
+    return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
 
 
-def scope_token(scope: str) -> str:
-    """The indexed token of `scope`, as the schema's `'s' || hex(scope)` writes it."""
-    return "s" + scope.encode().hex()
+def scope_prefix(scope: str) -> str:
+    """What every indexed word of `scope` starts with: 's' and 10 hex digits of the scope's hash."""
+    return "s" + hashlib.blake2b(scope.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+
+
+def index_text(scope: str, content: str) -> str:
+    """The text the index holds for a memory: its words, each glued to the scope's prefix."""
+    prefix = scope_prefix(scope)
+    return " ".join(prefix + w for w in words(content))
 
 
 def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
@@ -112,7 +120,10 @@ class LocalStore(MemoryStore):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-store")
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._df: dict[str, int] = {}  # term -> memories holding it, capped at DF_BUDGET + 1; worker thread only
+        # Worker thread only: scope -> memories it holds, and scoped term -> memories holding it (both
+        # capped at DF_BUDGET + 1), forgotten every DF_TTL seconds.
+        self._sizes: dict[str, int] = {}
+        self._df: dict[str, int] = {}
         self._df_expiry = 0.0
 
     async def open(self) -> None:
@@ -131,14 +142,16 @@ class LocalStore(MemoryStore):
             raise StoreError(f"metadata is not JSON-serialisable: {type(e).__name__}") from e
         return await self._run(self._add, scope, content, custom_id, metadata_json, time.time())
 
+    async def add_many(self, memories: Iterable[Memory]) -> int:
+        """Store many memories in one transaction (imports, benchmarks): each keeps its metadata and
+        created_at (0 means now), and its id is its custom id (empty means none). Returns how many were new."""
+        return await self._run(self._add_many, list(memories), time.time())
+
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
         return await self._run(lambda db: [_memory(r) for r in db.execute(LIST, (scope, limit, offset))])
 
     async def forget(self, scope: str, memory_id: str) -> bool:
-        # SQLite gives the text id the column's integer affinity; an id that is not an integer matches nothing.
-        return await self._run(
-            lambda db: db.execute("DELETE FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)).rowcount > 0
-        )
+        return await self._run(self._forget, scope, memory_id)
 
     async def count(self, scope: str | None = None) -> int:
         """How many memories `scope` holds, or the whole store if `scope` is None."""
@@ -177,6 +190,7 @@ class LocalStore(MemoryStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            db.create_function("memproxy_index_text", 2, index_text, deterministic=True)  # for SCHEMA's reindex
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -197,26 +211,39 @@ class LocalStore(MemoryStore):
             self._db = None
 
     def _search(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> list[Memory]:
-        terms = self._affordable(db, query_terms(query)) if limit > 0 else []
+        prefix = scope_prefix(scope)
+        terms = [prefix + t for t in query_terms(query)] if limit > 0 else []
+        terms = self._affordable(db, scope, terms)
         if not terms:
             return []
-        match = f'scopetok:"{scope_token(scope)}" AND content:({" OR ".join(f'"{t}"' for t in terms)})'
         found = []
-        for *row, rank in db.execute(SEARCH, (match, scope, limit)):
+        for *row, rank in db.execute(SEARCH, (" OR ".join(f'"{t}"' for t in terms), scope, limit)):
             score = -rank / (1 - rank)  # x / (1 + x) for x = -bm25: monotonic, in [0, 1)
             if score < threshold:
                 break
             found.append(_memory(tuple(row), score))
         return found
 
-    def _affordable(self, db: sqlite3.Connection, terms: list[str]) -> list[str]:
-        """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one."""
+    def _affordable(self, db: sqlite3.Connection, scope: str, terms: list[str]) -> list[str]:
+        """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
+
+        Only a scope holding more than DF_BUDGET memories can exceed it, so only those are counted.
+        """
         if time.monotonic() > self._df_expiry:
+            self._sizes.clear()
             self._df.clear()
             self._df_expiry = time.monotonic() + DF_TTL
+        if len(terms) < 2:
+            return terms
+        if scope not in self._sizes:
+            self._sizes[scope] = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM memories WHERE scope = ? LIMIT ?)", (scope, DF_BUDGET + 1)
+            ).fetchone()[0]
+        if self._sizes[scope] <= DF_BUDGET:
+            return terms
         for term in terms:
             if term not in self._df:
-                self._df[term] = db.execute(DF, (f'content:"{term}"', DF_BUDGET + 1)).fetchone()[0]
+                self._df[term] = db.execute(DF, (f'"{term}"', DF_BUDGET + 1)).fetchone()[0]
         kept: list[str] = []
         total = 0
         for term in sorted(terms, key=self._df.__getitem__):
@@ -227,16 +254,38 @@ class LocalStore(MemoryStore):
         return kept
 
     @staticmethod
-    def _add(db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
+    def _insert(db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, at: float) -> int | None:
+        """Insert a memory and index it, in the caller's transaction; None if (scope, custom_id) exists."""
+        row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
+        if row is not None:
+            db.execute("INSERT INTO memories_fts(rowid, terms) VALUES (?, ?)", (row[0], index_text(scope, content)))
+        return None if row is None else row[0]
+
+    def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            id_ = self._insert(db, scope, content, custom_id, metadata, now)
+            if id_ is None:
+                id_ = db.execute("SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)).fetchone()[0]
+        return str(id_)
+
+    def _add_many(self, db: sqlite3.Connection, memories: list[Memory], now: float) -> int:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            return sum(
+                self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), m.created_at or now)
+                is not None
+                for m in memories
+            )
+
+    @staticmethod
+    def _forget(db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
+        # SQLite gives the text id the column's integer affinity; an id that is not an integer matches nothing.
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id",
-                (scope, custom_id, content, metadata, now),
+                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content", (memory_id, scope)
             ).fetchone()
-            if row is None:
-                row = db.execute(
-                    "SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)
-                ).fetchone()
-        return str(row[0])
+            if row is not None:
+                db.execute(UNINDEX, (row[0], index_text(scope, row[1])))
+        return row is not None
