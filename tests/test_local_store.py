@@ -369,3 +369,32 @@ def test_a_version_1_store_is_reindexed_on_open(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def segments(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]
+
+
+def test_the_index_is_merged_on_open_and_after_many_adds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each add writes an index segment and a search reads them all: the store keeps their number down."""
+    import memproxy.memory.local as local
+
+    path = tmp_path / "m.db"
+    writer = LocalStore(path)
+    add_all(writer, "s", [f"note {i} about topic{i % 7}" for i in range(40)])
+    run(writer.close())
+    assert segments(path) > local.MAX_SEGMENTS
+
+    reopened = LocalStore(path)
+    try:
+        run(reopened.open())
+        assert segments(path) == 1
+        monkeypatch.setattr(local, "OPTIMISE_EVERY", 30)
+        add_all(reopened, "s", [f"later note {i}" for i in range(30)])
+        assert segments(path) == 1  # 30 adds >= a tenth of 70 memories: merged again
+        assert len(run(reopened.search("s", "topic3 note", limit=10))) == 10
+    finally:
+        run(reopened.close())
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")

@@ -27,6 +27,10 @@ MAX_TERMS = 24
 # least: a search in a scope larger than this keeps its rarest terms up to this many counted memories.
 DF_BUDGET = 10_000
 DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
+# Every write transaction adds an index segment, and a search reads every segment: the store merges
+# them into one on open and after adding a tenth of its size (at least OPTIMISE_EVERY memories).
+MAX_SEGMENTS = 4
+OPTIMISE_EVERY = 1000
 
 # The index is contentless and scoped: each memory is indexed as its words, each glued to a prefix
 # derived from the scope (see `index_text`), so every scope has its own posting lists and a search
@@ -125,10 +129,11 @@ class LocalStore(MemoryStore):
         self._sizes: dict[str, int] = {}
         self._df: dict[str, int] = {}
         self._df_expiry = 0.0
+        self._unmerged = 0  # memories added since the index was last merged; worker thread only
 
     async def open(self) -> None:
-        """Open the database now, so that an unusable path is reported at start-up."""
-        await self._run(lambda db: None)
+        """Open the database now, so that an unusable path is reported at start-up, and merge its index."""
+        await self._run(self._optimise)
 
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
         return await self._run(self._search, scope, query, limit, threshold)
@@ -267,16 +272,32 @@ class LocalStore(MemoryStore):
             id_ = self._insert(db, scope, content, custom_id, metadata, now)
             if id_ is None:
                 id_ = db.execute("SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)).fetchone()[0]
+        self._added(db, 1)
         return str(id_)
 
     def _add_many(self, db: sqlite3.Connection, memories: list[Memory], now: float) -> int:
         with db:
             db.execute("BEGIN IMMEDIATE")
-            return sum(
+            added = sum(
                 self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), m.created_at or now)
                 is not None
                 for m in memories
             )
+        self._added(db, added)
+        return added
+
+    def _added(self, db: sqlite3.Connection, n: int) -> None:
+        self._unmerged += n
+        if self._unmerged >= OPTIMISE_EVERY and self._unmerged * 10 >= db.execute("SELECT max(id) FROM memories").fetchone()[0]:
+            self._optimise(db)
+
+    def _optimise(self, db: sqlite3.Connection) -> None:
+        """Merge the index's segments into one if there are more than MAX_SEGMENTS."""
+        self._unmerged = 0
+        if db.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0] > MAX_SEGMENTS:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
 
     @staticmethod
     def _forget(db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
