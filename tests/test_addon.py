@@ -169,3 +169,24 @@ async def test_injection_keeps_the_content_encoding(addon, encoding):
     assert flow.request.headers["content-length"] == str(len(flow.request.raw_content))
     sent = json.loads(codec.decode(flow.request.raw_content, encoding))
     assert "the cache is Redis" in json.dumps(sent)
+
+
+@pytest.mark.parametrize(
+    "raw, written",
+    [
+        (b'{"n": 1, "t": "caf\xc3\xa9", "f": 0.1}', b'{"n":1,"t":"caf\xc3\xa9","f":0.1}'),
+        (b'{"seed": 123456789012345678901234567890}', b'{"seed":123456789012345678901234567890}'),  # past 64 bits
+        (b'{"x": NaN, "y": -Infinity}', b'{"x":NaN,"y":-Infinity}'),  # json's extensions survive
+        ('{"utf16": true}'.encode("utf-16"), b'{"utf16":true}'),
+        (b'{"s": "\\ud800"}', None),  # a lone surrogate parses, and cannot be written back as UTF-8
+    ],
+)
+def test_bodies_are_parsed_and_written_back_faithfully(raw: bytes, written: bytes | None) -> None:
+    from memproxy.addon import _parse
+
+    body, dumps = _parse(raw)
+    if written is None:
+        with pytest.raises(UnicodeEncodeError):  # the hook fails open: the body goes upstream untouched
+            dumps(body)
+    else:
+        assert dumps(body) == written

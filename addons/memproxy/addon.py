@@ -15,14 +15,16 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import platformdirs
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
@@ -32,7 +34,7 @@ from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
-from .rules import DEFAULT_RULES, FILTERS, RequestView, Route, RulesError, RulesFile
+from .rules import DEFAULT_RULES, FILTERS, RequestView, Route, RulesError, RulesFile, plain_headers
 from .sdkpath import SdkPath
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,37 @@ def _brief(e: BaseException) -> str:
 
 def _json_response(data: Any) -> http.Response:
     return http.Response.make(200, json.dumps(data).encode(), {"content-type": "application/json"})
+
+
+# orjson reads integers past 64 bits as floats; a body with 20 digits in a row takes json instead.
+DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+LONG_NUMBER = b"0" * 20
+
+
+def _json_dumps(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _parse(content: bytes) -> tuple[Any, Callable[[Any], bytes]]:
+    """A JSON body, and the serialiser that writes it back faithfully: orjson (5-8x faster), or json
+    for what orjson refuses (NaN, UTF-16, lone surrogates) or would round (integers past 64 bits)."""
+    if LONG_NUMBER not in content.translate(DIGITS):
+        try:
+            return orjson.loads(content), orjson.dumps
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(content), _json_dumps
+
+
+@functools.lru_cache(maxsize=256)
+def _host_of(authority: str) -> str:
+    return url.parse_authority(authority, check=False)[0]
+
+
+def _pretty_host(req: http.Request, headers: dict[str, str]) -> str:
+    """`req.pretty_host` from the plain headers, with the authority's parse cached (it is slow)."""
+    authority = (req.authority if req.is_http2 or req.is_http3 else "") or headers.get("host")
+    return _host_of(authority) if authority else req.host
 
 
 def _is_json(content_type: str) -> bool:
@@ -350,13 +383,14 @@ class MemoryAddon:
         raw = req.raw_content
         if adapter is None or not raw or len(raw) > self.max_body:
             return
-        if not _is_json(req.headers.get("content-type", "")):
+        headers = self._headers(flow)
+        if not _is_json(headers.get("content-type", "")):
             return
         content = req.get_content()
-        body = json.loads(content)
+        body, dumps = _parse(content)
         if not adapter.matches_body(body):
             return
-        decision = await self._decide(flow, adapter, body, content, req.method)
+        decision = await self._decide(flow, adapter, headers, body, content, dumps)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
         elif self.sdk and self.sdk.wants(decision.route, req.host, adapter.name):
@@ -391,17 +425,18 @@ class MemoryAddon:
         task.add_done_callback(finished)
         return task
 
-    def _view(self, flow: http.HTTPFlow, method: str, **body: Any) -> RequestView:
-        """What the rules see of a flow: request line, headers, listen port and its project, and body."""
+    def _view(self, flow: http.HTTPFlow, headers: dict[str, str], method: str | None = None, **body: Any) -> RequestView:
+        """What the rules see of a flow: request line (`method` for a WebSocket message), headers, listen
+        port and its project, and body."""
         req = flow.request
         port = flow.client_conn.sockname[1] if flow.client_conn.sockname else 0
         project = self.listeners.project_for_port(port) if self.listeners else None
         return RequestView(
-            method=method,
-            host=req.pretty_host,
+            method=method or req.method,
+            host=_pretty_host(req, headers),
             path=req.path,
             port=port,
-            headers=self._headers(flow),
+            headers=headers,
             project=project.path if project else None,
             flow=flow,
             **body,
@@ -414,22 +449,24 @@ class MemoryAddon:
             flow.metadata[OVERRIDE_KEY] = flow.request.headers[name]
             del flow.request.headers[name]
 
-    def _headers(self, flow: http.HTTPFlow) -> http.Headers:
-        """The request headers as the client sent them (with a stripped override header)."""
-        headers = flow.request.headers
+    def _headers(self, flow: http.HTTPFlow) -> dict[str, str]:
+        """The request headers as the client sent them (with a stripped override header), as a plain dict."""
+        headers = plain_headers(flow.request.headers)
         if (value := flow.metadata.get(OVERRIDE_KEY)) is not None:
-            headers = headers.copy()
-            headers[self.rules_file.rules.override_header] = value
+            headers[self.rules_file.rules.override_header.lower()] = value
         return headers
 
-    async def _decide(self, flow: http.HTTPFlow, adapter: Adapter, body: Any, raw: bytes, method: str) -> Decision:
-        """Route one request body, recall and inject memories, and prepare its capture."""
+    async def _decide(
+        self, flow: http.HTTPFlow, adapter: Adapter, headers: dict[str, str], body: Any, raw: bytes,
+        dumps: Callable[[Any], bytes], method: str | None = None,
+    ) -> Decision:
+        """Route one request body, recall and inject memories (serialised by `dumps`), and prepare its capture."""
         t0 = time.perf_counter()
         req = flow.request
         model = adapter.model(req.path, body)
         rules = self.rules_file.rules
         text = raw.decode("utf-8", "replace") if rules.reads_raw_body else None
-        route = rules.match(self._view(flow, method, body=body, raw_body=text, model=model))
+        route = rules.match(self._view(flow, headers, method, body=body, raw_body=text, model=model))
         self.clients[route.rule or "default"] += 1
         actions = route.actions
         decision = Decision(route)
@@ -454,10 +491,10 @@ class MemoryAddon:
             memories = await self._search(route, query)
             text = protocols.frame_context([m.content for m in memories], route.user_id, actions.max_chars)
             if text and adapter.inject(body, text, actions.inject):
-                decision.content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                decision.content = dumps(body)
                 info["injected"] = len(memories)
         if actions.store and user:
-            agent = req.headers.get("user-agent", "")
+            agent = headers.get("user-agent", "")
             metadata = {
                 "client": agent.split("/", 1)[0].strip()[:64] or adapter.name,
                 "rule": route.rule or "default",
@@ -500,7 +537,7 @@ class MemoryAddon:
 
     def _answer_info(self, flow: http.HTTPFlow) -> None:
         """Answer /memory-routing/info with the routing decision for the caller's headers."""
-        flow.response = _json_response(self.rules_file.rules.match(self._view(flow, flow.request.method)).info())
+        flow.response = _json_response(self.rules_file.rules.match(self._view(flow, self._headers(flow))).info())
 
     async def status(self) -> dict[str, Any]:
         """What `memproxy status` shows: backend, outbox, listeners, and requests per client since start."""
@@ -602,10 +639,10 @@ class MemoryAddon:
         adapter = protocols.detect_path("POST", flow.request.path)
         if adapter is None or len(message.content) > self.max_body:
             return
-        body = json.loads(message.content)
+        body, dumps = _parse(message.content)
         if not isinstance(body, dict) or body.get("type") != "response.create" or not adapter.matches_body(body):
             return
-        decision = await self._decide(flow, adapter, body, message.content, "POST")
+        decision = await self._decide(flow, adapter, self._headers(flow), body, message.content, dumps, method="POST")
         if decision.content is not None:
             message.content = decision.content
         self.pending.pop(flow.id, None)

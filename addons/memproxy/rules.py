@@ -141,10 +141,10 @@ class RequestView:
     flow: Any = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _plain_headers(self.headers))
+        object.__setattr__(self, "headers", plain_headers(self.headers))
 
 
-def _plain_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+def plain_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """Headers as a plain dict with lower-case names (repeats joined with ", ", as mitmproxy joins them):
     a rule set looks headers up a few dozen times per request, and mitmproxy's Headers lookups are slow."""
     if isinstance(headers, Headers):
