@@ -41,6 +41,8 @@ bench: $(VENV)/.synced
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	test -x bench/out/venv/bin/python || $(UV) venv --quiet bench/out/venv --python $(VENV)/bin/python
 	bench/out/venv/bin/python -c "import matplotlib" 2>/dev/null || $(UV) pip install --quiet --python bench/out/venv/bin/python matplotlib
+	test -x bench/out/peer-venv/bin/python || $(UV) venv --quiet bench/out/peer-venv --python $(VENV)/bin/python
+	$(UV) pip install --quiet --python bench/out/peer-venv/bin/python -r bench/peer-requirements.txt
 	$(VENV)/bin/python bench/run.py
 	bench/out/venv/bin/python bench/plot.py
 

@@ -1,47 +1,55 @@
-"""`make bench`: proxy overhead, streaming fidelity and start-up, each against a baseline in the same run.
+"""`make bench`: proxy overhead, streaming fidelity, the store at scale, start-up and a peer, each against a baseline.
 
 Every figure is a ratio to its baseline, measured side by side with setups rotated
 within each repetition; the median of the repetitions is reported. Writes
 bench/out/results.json and bench/RESULTS.md; bench/plot.py draws the PNG.
-Environment: BENCH_DURATION (seconds per wrk run, 5), BENCH_REPS (3).
+Environment: BENCH_DURATION (seconds per wrk run, 5), BENCH_REPS (3), BENCH_RSS (1), BENCH_STORE_SIZES.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import os
 import platform
 import random
-import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from memproxy.memory.local import LocalStore
+from memproxy.protocols import frame_context
+from memproxy.rules import Actions
 from mitmproxy import certs
 from mitmproxy import version as mitmproxy_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+import peer  # noqa: E402
+import store  # noqa: E402
 from e2e_helpers import seed  # noqa: E402
+from harness import (  # noqa: E402
+    BENCH,
+    CONFDIR,
+    DURATION,
+    OUT,
+    PIN,
+    REPS,
+    Load,
+    Proxy,
+    Server,
+    processes,
+    start_upstream,
+    words,
+    wrk,
+)
 from upstream import EVENTS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-OUT = BENCH / "out"
-MITMDUMP = Path(sys.executable).parent / "mitmdump"
-DURATION = int(os.environ.get("BENCH_DURATION", "5"))
-REPS = int(os.environ.get("BENCH_REPS", "3"))
 CONCURRENCY = (1, 16)
 STREAM_REQUESTS = 5  # per setup per repetition
 STARTUP_REPS = max(5, REPS)
@@ -49,18 +57,9 @@ RSS_MARKS = (10_000, 20_000)
 SCOPES, PER_SCOPE, VOCAB = 100, 1000, 2000
 CACHE_QUERY = "How do I configure the frobnicator widget in the bench harness?"
 STREAM_QUERY = "Which port does the bench streaming gateway listen on?"
-# Pin mitmdump to one core and the load generator and upstream to the other, so they do not compete.
-PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- fixtures ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def chat_body(query: str, *, stream: bool = False) -> bytes:
@@ -74,32 +73,10 @@ def chat_body(query: str, *, stream: bool = False) -> bytes:
     return json.dumps(body).encode()
 
 
-def words(rng: random.Random, n: int) -> list[str]:
-    letters = "bcdfghjklmnprstvz"
-    vowels = "aeiou"
-    seen: dict[str, None] = {}
-    while len(seen) < n:
-        seen["".join(rng.choice(letters) + rng.choice(vowels) for _ in range(rng.randint(3, 4)))] = None
-    return list(seen)
-
-
-def seed_fts(db: Path, vocab: list[str]) -> None:
-    """100k memories of 20 random vocabulary words across 100 scopes, inserted in one transaction."""
-    done = db.with_suffix(".done")
-    if done.exists() and db.exists():
-        return
-    db.unlink(missing_ok=True)
-    seed(db, "bench-00", "schema")  # LocalStore creates the schema
+def fts_rows(vocab: list[str]) -> Iterator[tuple[str, str]]:
+    """Setup (d)'s memories: 20 random vocabulary words each, PER_SCOPE in each of SCOPES scopes."""
     rng = random.Random(2)
-    rows = (
-        (f"bench-{s:02d}", " ".join(rng.choices(vocab, k=20)), "{}", time.time())
-        for s in range(SCOPES)
-        for _ in range(PER_SCOPE)
-    )
-    with contextlib.closing(sqlite3.connect(db)) as con, con:
-        con.execute("DELETE FROM memories")
-        con.executemany("INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, ?, ?, ?)", rows)
-    done.touch()
+    return ((f"bench-{s:02d}", " ".join(rng.choices(vocab, k=20))) for s in range(SCOPES) for _ in range(PER_SCOPE))
 
 
 def rules(path: Path, default_user_id: str, store: bool) -> Path:
@@ -113,9 +90,8 @@ def rules(path: Path, default_user_id: str, store: bool) -> Path:
 def prepare() -> dict[str, Path]:
     """Write bodies, rules and databases under bench/out (the 100k database is kept between runs)."""
     OUT.mkdir(exist_ok=True)
-    confdir = OUT / "confdir"
-    if not (confdir / "mitmproxy-ca.pem").exists():
-        certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    if not (CONFDIR / "mitmproxy-ca.pem").exists():
+        certs.CertStore.from_store(CONFDIR, "mitmproxy", 2048)
     vocab = words(random.Random(1), VOCAB)
     (OUT / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (OUT / "body-cache.json").write_bytes(chat_body(CACHE_QUERY))
@@ -126,165 +102,24 @@ def prepare() -> dict[str, Path]:
             f.unlink()
     for f in OUT.glob("outbox-*"):
         f.unlink()
-    fact = "The frobnicator widget in the bench harness is configured in bench.toml under [widget]; "
-    seed(OUT / "cache.db", "bench-cache", (fact * 12)[:1000])
+    fact = ("The frobnicator widget in the bench harness is configured in bench.toml under [widget]; " * 12)[:1000]
+    seed(OUT / "cache.db", "bench-cache", fact)
+    peer.MEMORY.write_text(frame_context([fact], "bench-cache", Actions().max_chars))  # what (c) injects
     seed(OUT / "stream.db", "bench-stream", "The bench streaming gateway listens on port 4242 behind the proxy.")
-    seed_fts(OUT / "fts100k.db", vocab)
     return {
-        "confdir": confdir,
+        "fts": store.database("fts100k", lambda: fts_rows(vocab), fts_rows, words, VOCAB, SCOPES, PER_SCOPE)[0],
         "rules_cache": rules(OUT / "rules-cache.yaml", "bench-cache", store=False),
         "rules_stream": rules(OUT / "rules-stream.yaml", "bench-stream", store=True),
     }
 
 
-# -- processes --------------------------------------------------------------------
+# -- 1. proxy overhead (and 5. the peer) ------------------------------------------
 
 
-def pinned(argv: list[str], cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if PIN else argv
-
-
-@dataclass
-class Proxy:
-    """A mitmdump in reverse mode to the bench upstream."""
-
-    name: str
-    script: str
-    options: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self, upstream: int, confdir: Path) -> float:
-        """Start; return the seconds until the port accepts connections."""
-        self.port = free_port()
-        home = OUT / "home"
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "SUPERMEMORY_API_KEY"}
-        env |= {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_STATE_HOME": str(home / ".local/state"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        }
-        argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(self.port)]
-        argv += ["--mode", f"reverse:http://127.0.0.1:{upstream}", "-s", str(ROOT / self.script)]
-        settings = {
-            "confdir": str(confdir),
-            "connection_strategy": "lazy",
-            "termlog_verbosity": "warn",
-            "flow_detail": "0",
-            **self.options,
-        }
-        for key, value in settings.items():
-            argv += ["--set", f"{key}={value}"]
-        log = (OUT / f"mitmdump-{self.name}.log").open("ab")
-        started = time.perf_counter()
-        self.process = subprocess.Popen(pinned(argv, 0), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        log.close()
-        while time.perf_counter() - started < 30:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mitmdump {self.name} exited; see {OUT}/mitmdump-{self.name}.log")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return time.perf_counter() - started
-            except OSError:
-                time.sleep(0.005)
-        raise RuntimeError(f"mitmdump {self.name} not listening after 30 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def get(self, path: str) -> tuple[dict[str, str], bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
-            return dict(resp.headers), resp.read()
-
-    def post(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
-        headers = {"content-type": "application/json", **headers}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", body, headers, method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-            return {k.lower(): v for k, v in resp.headers.items()}
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list]:
-    """Everything started here is stopped on the way out, failure or not."""
-    started: list = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            if isinstance(p, Proxy):
-                p.stop()
-            elif p.poll() is None:
-                p.terminate()
-                p.wait(10)
-
-
-def start_upstream(started: list) -> int:
-    port = free_port()
-    proc = subprocess.Popen(pinned([sys.executable, str(BENCH / "upstream.py"), str(port)], 1))
-    started.append(proc)
-    for _ in range(200):
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return port
-        time.sleep(0.025)
-    raise RuntimeError("bench upstream did not start")
-
-
-def wrk(port: int, path: str, body: Path, concurrency: int, duration: int, vocab: Path | None = None) -> dict:
-    env = {**os.environ, "BENCH_PATH": path, "BENCH_BODY": str(body), "BENCH_VOCAB": str(vocab or "")}
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(BENCH / "wrk.lua")]
-    out = subprocess.run(pinned([*argv, f"http://127.0.0.1:{port}"], 1), env=env, capture_output=True, text=True, check=True)
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("BENCH "))
-    result = json.loads(line[len("BENCH ") :])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
-
-
-# -- 1. proxy overhead ------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    """One setup of the overhead benchmark: a proxy and the requests wrk sends it."""
-
-    proxy: Proxy
-    path: str
-    body: Path
-    vocab: Path | None = None
-
-    def run(self, concurrency: int, duration: int) -> dict:
-        before = self.proxy.cpu_seconds()
-        result = wrk(self.proxy.port, self.path, self.body, concurrency, duration, self.vocab)
-        result["cpu_ms_per_req"] = (self.proxy.cpu_seconds() - before) * 1000 / max(1, result["requests"])
-        return result
-
-
-def memory_options(files: dict[str, Path], db: str, rules_key: str, name: str) -> dict[str, str]:
+def memory_options(files: dict[str, Path], db: Path, rules_key: str, name: str) -> dict[str, str]:
     return {
         "memory_backend": "local",
-        "memory_db": str(OUT / db),
+        "memory_db": str(db),
         "memory_outbox": str(OUT / f"outbox-{name}.db"),
         "memory_rules": str(files[rules_key]),
     }
@@ -294,18 +129,19 @@ def overhead(files: dict[str, Path], upstream: int, started: list) -> dict:
     body, fts = OUT / "body-cache.json", OUT / "body-fts.json"
     loads = {
         "a": Load(Proxy("a-noop", "bench/noop.py"), "/v1/chat/completions", body),
-        "b": Load(Proxy("b-untouched", "addons/memory.py", memory_options(files, "cache.db", "rules_cache", "b")), "/v1/other", body),
-        "c": Load(Proxy("c-cached", "addons/memory.py", memory_options(files, "cache.db", "rules_cache", "c")), "/v1/chat/completions", body),
+        "b": Load(Proxy("b-untouched", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "b")), "/v1/other", body),
+        "c": Load(Proxy("c-cached", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "c")), "/v1/chat/completions", body),
         "d": Load(
-            Proxy("d-fts100k", "addons/memory.py", memory_options(files, "fts100k.db", "rules_cache", "d")),
+            Proxy("d-fts100k", "addons/memory.py", memory_options(files, files["fts"], "rules_cache", "d")),
             "/v1/chat/completions",
             fts,
             OUT / "vocab.txt",
         ),
+        "peer": Load(peer.Peer("peer-litellm"), "/v1/chat/completions", body, key=peer.KEY),
     }
     for load in loads.values():
-        started.append(load.proxy)
-        load.proxy.start(upstream, files["confdir"])
+        started.append(load.server)
+        load.server.start(upstream)
     checks = sanity(loads, upstream)
     for load in loads.values():  # warm-up: caches, connections, the store's page cache
         load.run(16, 1)
@@ -317,7 +153,7 @@ def overhead(files: dict[str, Path], upstream: int, started: list) -> dict:
                 runs[key][c].append(loads[key].run(c, DURATION))
             runs["upstream"][c].append(wrk(upstream, "/v1/chat/completions", body, c, DURATION))
             print(f"overhead rep {rep + 1}/{REPS} c={c}: " + ", ".join(f"{k} {runs[k][c][-1]['rps']:.0f}" for k in runs), flush=True)
-    _, status = loads["c"].proxy.get("/memory-routing/status")
+    _, status = loads["c"].server.get("/memory-routing/status")
     checks["litellm_loaded_after_load"] = json.loads(status)["sdk_path"]["litellm_loaded"]
     return {"runs": runs, "checks": checks}
 
@@ -328,8 +164,9 @@ def sanity(loads: dict[str, Load], upstream: int) -> dict:
     query = (OUT / "vocab.txt").read_text().split()[0].encode()  # (d): a word in scope bench-00's memories
     for key, load in loads.items():
         body = load.body.read_bytes().replace(b"@QUERY@", query)
-        headers = {"x-memory-user-id": "bench-00"} if load.vocab else {}
-        sizes[key] = int(load.proxy.post(load.path, body, headers)["x-bench-request-bytes"])
+        headers = {"x-memory-user-id": "bench-00"} if load.vocab else load.headers()
+        answer = load.server.post(load.path, body, headers)
+        sizes[key] = int(answer.get("x-bench-request-bytes") or answer["llm_provider-x-bench-request-bytes"])
     return {"request_bytes_at_upstream": sizes, "request_bytes_sent": len(loads["c"].body.read_bytes())}
 
 
@@ -408,11 +245,11 @@ def recall_time() -> float:
 def streaming(files: dict[str, Path], upstream: int, started: list) -> dict:
     proxies = {
         "baseline": Proxy("stream-baseline", "bench/stream_only.py"),
-        "ours": Proxy("stream-ours", "addons/memory.py", memory_options(files, "stream.db", "rules_stream", "stream")),
+        "ours": Proxy("stream-ours", "addons/memory.py", memory_options(files, OUT / "stream.db", "rules_stream", "stream")),
     }
     for p in proxies.values():
         started.append(p)
-        p.start(upstream, files["confdir"])
+        p.start(upstream)
     body = (OUT / "body-stream.json").read_bytes()
     for p in proxies.values():
         stream_once(p.port, body)  # warm-up
@@ -443,7 +280,7 @@ def streaming(files: dict[str, Path], upstream: int, started: list) -> dict:
 def startup(files: dict[str, Path], upstream: int, started: list) -> dict:
     setups = {
         "noop": lambda: Proxy("start-noop", "bench/noop.py"),
-        "ours": lambda: Proxy("start-ours", "addons/memory.py", memory_options(files, "cache.db", "rules_cache", "start")),
+        "ours": lambda: Proxy("start-ours", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "start")),
     }
     times: dict[str, list[float]] = {k: [] for k in setups}
     litellm = None
@@ -452,7 +289,7 @@ def startup(files: dict[str, Path], upstream: int, started: list) -> dict:
         for key in order[rep % 2 :] + order[: rep % 2]:
             proxy = setups[key]()
             started.append(proxy)
-            times[key].append(proxy.start(upstream, files["confdir"]))
+            times[key].append(proxy.start(upstream))
             if key == "ours" and litellm is None:
                 time.sleep(0.5)
                 litellm = json.loads(proxy.get("/memory-routing/status")[1])["sdk_path"]["litellm_loaded"]
@@ -464,19 +301,19 @@ def footprint(files: dict[str, Path], upstream: int, started: list) -> dict:
     """RSS after 10k and 20k requests at c=16, no-op against our addon with recall hitting the cache."""
     setups = {
         "a": Load(Proxy("rss-noop", "bench/noop.py"), "/v1/chat/completions", OUT / "body-cache.json"),
-        "c": Load(Proxy("rss-ours", "addons/memory.py", memory_options(files, "cache.db", "rules_cache", "rss")), "/v1/chat/completions", OUT / "body-cache.json"),
+        "c": Load(Proxy("rss-ours", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "rss")), "/v1/chat/completions", OUT / "body-cache.json"),
     }
     rss: dict[str, dict[str, float]] = {}
     for key, load in setups.items():
-        started.append(load.proxy)
-        load.proxy.start(upstream, files["confdir"])
-        rss[key] = {"start": load.proxy.rss_mb()}
+        started.append(load.server)
+        load.server.start(upstream)
+        rss[key] = {"start": load.server.rss_mb()}
         served = 0
         for mark in RSS_MARKS:
             while served < mark:
                 served += load.run(16, 2)["requests"]
-            rss[key][str(mark)] = load.proxy.rss_mb()
-        load.proxy.stop()
+            rss[key][str(mark)] = load.server.rss_mb()
+        load.server.stop()
     return rss
 
 
@@ -497,7 +334,7 @@ def report(results: dict) -> str:
         "# Benchmarks",
         "",
         f"Run {results['date']} on {results['machine']}. `make bench` wrote this file; every ratio is to the baseline "
-        f"measured in the same run, setups rotated within each repetition, median of {REPS} repetitions "
+        f"measured in the same run, setups rotated within each repetition, median of {len(o['a']['1'])} repetitions "
         f"({DURATION} s of wrk per setup per repetition).",
         "",
         "## 1. Proxy overhead",
@@ -573,6 +410,7 @@ def report(results: dict) -> str:
         "",
         "Recall time is the local store's search for the request's query, timed in-process (median of 20).",
         "",
+        *store.section(results["store"]),
         "## 4. Start-up and footprint",
         "",
     ]
@@ -604,7 +442,7 @@ def report(results: dict) -> str:
                 f"| {name} | {r['start']:.1f} | {r['10000']:.1f} | {r['20000']:.1f} | {growth * 100:+.1f} % | {target} | {result} |"
             )
         lines.append(f"\nRSS at 20k, ours × no-op: {rss['c']['20000'] / rss['a']['20000']:.2f}.")
-    lines += ["", "Not measured yet: 3 (store at scale) and 5 (LiteLLM proxy peer).", ""]
+    lines += ["", *peer.section(results)]
     return "\n".join(lines)
 
 
@@ -628,12 +466,13 @@ def main() -> None:
         print("start-up:", results["startup"], flush=True)
         results["overhead"] = overhead(files, upstream, started)
         for p in started:
-            if isinstance(p, Proxy):
+            if isinstance(p, Server):
                 p.stop()
         results["streaming"] = streaming(files, upstream, started)
         print("streaming:", {k: v for k, v in results["streaming"].items()}, flush=True)
         if os.environ.get("BENCH_RSS", "1") == "1":
             results["footprint"] = footprint(files, upstream, started)
+    results["store"] = store.run()
     results = json.loads(json.dumps(results, default=str))  # int keys become strings, as report() reads them
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {OUT / 'results.json'}")

@@ -1,10 +1,13 @@
 -- wrk script for `make bench`: POST the JSON body in $BENCH_BODY to $BENCH_PATH.
 -- With $BENCH_VOCAB (a file of words, one a line), every request gets a fresh query: "@QUERY@" in the
 -- body becomes three random words, and x-memory-user-id a random scope bench-00..bench-99.
+-- With $BENCH_KEY, every request carries "authorization: Bearer $BENCH_KEY" (the peer's master key).
 -- done() prints one line "BENCH {json}" with the counts and latency percentiles in microseconds.
 wrk.method = "POST"
 wrk.path = os.getenv("BENCH_PATH")
 wrk.headers["content-type"] = "application/json"
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then wrk.headers["authorization"] = "Bearer " .. key end
 local file = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 local body = file:read("*a")
 file:close()
