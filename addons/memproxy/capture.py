@@ -2,7 +2,8 @@
 
 A turn is written to a SQLite outbox (by one worker thread) before anything else, then sent by one
 background task. Transient backend failures pause the sender with jittered exponential backoff,
-honouring Retry-After, and keep every row; permanent rejections become dead letters.
+honouring Retry-After, and keep every row; permanent rejections become dead letters. While the outbox
+cannot be written (disk full), turns wait in memory, up to a bound, and their write is retried.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ MAX_REPLY_CHARS = 8000
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 MAX_UNEXPECTED_ATTEMPTS = 10  # an unexpected exception (a bug?) is retried this often, then dead-lettered
 MAX_ERROR_CHARS = 200
+MAX_UNSAVED = 1000  # turns held in memory while the outbox cannot be written; beyond, new turns are dropped
+SAVE_RETRY = 2.0  # seconds between retries of writing the turns held in memory to the outbox
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox(
@@ -158,6 +161,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _queue(
+    db: sqlite3.Connection, custom_id: str, scope: str, content: str, metadata: dict[str, Any], created_at: float
+) -> bool:
+    """Add a turn to the outbox; False if it is there already or was rejected for good."""
+    row = dict(
+        custom_id=custom_id,
+        scope=scope,
+        content=content,
+        metadata=json.dumps(metadata, ensure_ascii=False, default=str),
+        created_at=created_at,
+    )
+    return db.execute(INSERT, row).rowcount > 0
+
+
 def _dead_letters(db: sqlite3.Connection) -> list[dict[str, Any]]:
     keys = ("custom_id", "scope", "content", "metadata", "created_at", "status", "error", "attempts", "failed_at")
     letters = [dict(zip(keys, row)) for row in db.execute(DEAD_LETTERS)]
@@ -217,6 +234,8 @@ class Outbox:
         self._paused = False
         self._rejecting = False
         self._disk_failing = False
+        self._save_at = 0.0  # when to retry writing the turns held in memory (time.time())
+        self._dropped = 0  # turns dropped since the outbox became unwritable
 
     # -- public API -------------------------------------------------------
 
@@ -267,6 +286,12 @@ class Outbox:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+        if self._unsaved and not await self._save():
+            logger.warning(
+                "memproxy: %d turns held in memory are lost: the capture outbox %s is not writable",
+                len(self._unsaved),
+                self.path,
+            )
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         finally:
@@ -314,9 +339,14 @@ class Outbox:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, turn: Turn, now: float) -> bool:
-        metadata = json.dumps(turn.metadata, ensure_ascii=False, default=str)
-        row = dict(custom_id=turn.custom_id, scope=turn.scope, content=turn.content, metadata=metadata, created_at=now)
-        return db.execute(INSERT, row).rowcount > 0
+        return _queue(db, turn.custom_id, turn.scope, turn.content, turn.metadata, now)
+
+    @staticmethod
+    def _insert_rows(db: sqlite3.Connection, rows: list[_Row]) -> list[bool]:
+        """Write turns held in memory to the outbox, all or none; for each, whether it is new there."""
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            return [_queue(db, r.custom_id, r.scope, r.content, r.metadata, r.created_at) for r in rows]
 
     def _written(self, turn: Turn, written: asyncio.Future[bool]) -> None:
         """On the loop, once the worker wrote `turn`: count it, or keep it in memory if the write failed."""
@@ -324,26 +354,71 @@ class Outbox:
         error = written.exception()
         if error is None:
             self._pending += written.result()
-            if self._disk_failing:
-                self._disk_failing = False
-                logger.info("memproxy: capture outbox %s writable again", self.path)
+            if self._unsaved:
+                self._save_at = 0.0  # the outbox is writable again: move the turns held in memory there now
+            elif self._disk_failing:
+                self._writable_again(0)
         else:
             self._counts["disk_errors"] += 1
+            self._save_at = time.time() + SAVE_RETRY
             if not self._disk_failing:
                 self._disk_failing = True
                 reason = f"{type(error).__name__}: {error}" if isinstance(error, (sqlite3.Error, OSError)) else ""
                 logger.warning(
-                    "memproxy: cannot write the capture outbox %s (%s); sending turns from memory meanwhile",
+                    "memproxy: cannot write the capture outbox %s (%s); keeping up to %d turns in memory,"
+                    " sending them from there and retrying the write every %gs",
                     self.path,
                     reason or _brief(error),
+                    MAX_UNSAVED,
+                    SAVE_RETRY,
                 )
-            if turn.custom_id not in self._unsaved:
-                self._unsaved[turn.custom_id] = _Row(
-                    None, turn.custom_id, turn.scope, turn.content, turn.metadata, time.time()
-                )
-                self._pending += 1
+            self._hold(turn)
         self._wake.set()
         self._update_idle()
+
+    def _hold(self, turn: Turn) -> None:
+        """Keep `turn` in memory until it is sent or written; drop it if too many are held already."""
+        if turn.custom_id in self._unsaved:
+            return
+        if len(self._unsaved) >= MAX_UNSAVED:
+            self._dropped += 1
+            if self._dropped == 1:
+                logger.warning(
+                    "memproxy: %d turns held in memory and the capture outbox %s is still not writable;"
+                    " new turns are dropped until it is",
+                    MAX_UNSAVED,
+                    self.path,
+                )
+            return
+        self._unsaved[turn.custom_id] = _Row(None, turn.custom_id, turn.scope, turn.content, turn.metadata, time.time())
+        self._pending += 1
+
+    async def _save(self) -> bool:
+        """Write the turns held in memory to the outbox; True if it worked (and the outbox is writable again)."""
+        rows = list(self._unsaved.values())
+        try:
+            new = await self._run(self._insert_rows, rows)
+        except (sqlite3.Error, OSError):
+            self._save_at = time.time() + SAVE_RETRY
+            return False
+        for row, added in zip(rows, new):
+            del self._unsaved[row.custom_id]
+            if not added:  # already queued there, or rejected for good
+                self._pending -= 1
+        self._writable_again(len(rows))
+        self._update_idle()
+        return True
+
+    def _writable_again(self, moved: int) -> None:
+        if self._disk_failing:
+            self._disk_failing = False
+            logger.info(
+                "memproxy: capture outbox %s writable again; %d turns moved there from memory, %d were dropped",
+                self.path,
+                moved,
+                self._dropped,
+            )
+        self._dropped = 0
 
     def _update_idle(self) -> None:
         if self._pending <= 0 and self._writing == 0:
@@ -374,6 +449,8 @@ class Outbox:
     async def _due(self) -> tuple[list[_Row], float | None]:
         """Up to `concurrency` due rows (one while paused), memory-only ones first; else when the next is due."""
         now = time.time()
+        if self._unsaved and now >= self._save_at:
+            await self._save()
         limit = 1 if self._paused else self.concurrency
         rows = [row for row in self._unsaved.values() if row.due_at <= now][:limit]
         try:

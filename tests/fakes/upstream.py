@@ -45,6 +45,7 @@ class Recorded:
     body: bytes
     json: Any  # parsed body, or None
     ws_messages: list[Any] = field(default_factory=list)  # parsed client messages (WebSocket)
+    sent: bytearray = field(default_factory=bytearray)  # the SSE body written back, byte for byte
 
 
 @dataclass
@@ -222,7 +223,7 @@ _GEMINI_PATH = re.compile(r"/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|
 def _loads(raw: bytes | str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return None
 
 
@@ -244,11 +245,16 @@ class FakeUpstream:
     chunks), ``require_cookie`` (a cookie name: an LLM call without that cookie
     set to ``cookie_token`` gets a Cloudflare-style challenge, 403 with
     ``Set-Cookie`` and ``cf-mitigated: challenge``). ``sent_times`` holds the
-    monotonic send time of every chunk.
+    monotonic send time of every chunk. ``reply_for`` (a function of the
+    ``Recorded`` request, or None) gives each request its own reply text.
+    ``decompress=False`` records request bodies exactly as they arrived,
+    Content-Encoding not undone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, decompress: bool = True) -> None:
+        self.decompress = decompress
         self.reply = DEFAULT_REPLY
+        self.reply_for: Callable[[Recorded], str] | None = None
         self.chunks = 5
         self.chunk_delay = 0.0
         self.lockstep = False
@@ -300,7 +306,7 @@ class FakeUpstream:
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, auto_decompress=self.decompress)
         await self._runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -376,7 +382,8 @@ class FakeUpstream:
         if websocket:
             return await self._websocket(request, rec)
 
-        events, reply = api.build(model, split(self.reply, self.chunks))
+        text = self.reply_for(rec) if self.reply_for else self.reply
+        events, reply = api.build(model, split(text, self.chunks))
         if not stream:
             return web.json_response(reply)
         if api is GEMINI and request.query.get("alt") != "sse":  # streamGenerateContent without SSE: a JSON array
@@ -385,7 +392,9 @@ class FakeUpstream:
         await resp.prepare(request)
 
         async def write(event: Event) -> None:
-            await resp.write(api.sse(event))
+            data = api.sse(event)
+            rec.sent += data
+            await resp.write(data)
 
         if await self._play(events, write, request):
             await resp.write_eof()
