@@ -24,6 +24,7 @@ from mitmproxy import flowfilter
 from mitmproxy.http import Headers
 
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES
+from memproxy.redact import CREDENTIAL_HEADERS, MARK
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class _Rule:
         """The first header condition that had to match, as the legacy info endpoint showed it."""
         for h in self.headers:
             if h.pattern is not None and not h.negate:
-                value = req.headers.get(h.key)
+                value = MARK if h.key in CREDENTIAL_HEADERS else req.headers.get(h.key)
                 return {"header": h.name, "value": value, "pattern": h.pattern.pattern, "user_id": user_id}
         return None
 
