@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,11 +61,13 @@ def mutated(draw: st.DrawFn, name: str) -> Any:
         if not slots:
             break
         container, key = draw(st.sampled_from(slots))
-        action = draw(st.sampled_from(["replace", "delete", "cache"]))
+        action = draw(st.sampled_from(["replace", "delete", "cache", "surrogate"]))
         if action == "delete":
             del container[key]
         elif action == "cache" and isinstance(container[key], dict):
             container[key]["cache_control"] = {"type": "ephemeral"}
+        elif action == "surrogate" and isinstance(container[key], str):
+            container[key] += "\ud800"  # JSON's "\ud800" escape: valid JSON, but not encodable text
         else:
             container[key] = draw(json_values)
     return body
@@ -72,6 +75,15 @@ def mutated(draw: st.DrawFn, name: str) -> Any:
 
 def bodies(name: str) -> st.SearchStrategy[Any]:
     return json_values | mutated(name)
+
+
+def numbers(value: Any) -> Iterator[tuple[str, str]]:
+    """All numbers and booleans in `value`, as (type, repr). (A null may be filled: it means absent.)"""
+    if isinstance(value, dict | list):
+        for child in value.values() if isinstance(value, dict) else value:
+            yield from numbers(child)
+    elif isinstance(value, int | float):
+        yield type(value).__name__, repr(value)
 
 
 def strings(value: Any) -> Iterator[str]:
@@ -97,7 +109,9 @@ def test_never_raises(name: str, data: st.DataObject) -> None:
     adapter = BY_NAME[name]
     body = data.draw(bodies(name))
     for strategy in [*QUERY_STRATEGIES, "bogus"]:
-        assert isinstance(adapter.query(body, strategy), str)
+        query = adapter.query(body, strategy)
+        assert isinstance(query, str)
+        query.encode()  # so it can be searched and stored
     assert isinstance(adapter.model("/v1beta/models/m:generateContent", body), (str, type(None)))
     assert isinstance(adapter.is_streaming("/v1/messages", body), bool)
     assert isinstance(adapter.reply_from_json(body), str)
@@ -125,6 +139,7 @@ def test_inject_only_adds(name: str, data: st.DataObject) -> None:
     assert any(CONTEXT in s for s in after)
     for s in set(strings(before)):
         assert any(s in t for t in after), s
+    assert not Counter(numbers(before)) - Counter(numbers(body))  # no number or boolean lost
 
 
 @pytest.mark.parametrize("name", IDS)

@@ -114,18 +114,23 @@ LONG_NUMBER = b"0" * 20
 
 
 def _json_dumps(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _parse(content: bytes) -> tuple[Any, Callable[[Any], bytes]]:
-    """A JSON body, and the serialiser that writes it back faithfully: orjson (5-8x faster), or json
-    for what orjson refuses (NaN, UTF-16, lone surrogates) or would round (integers past 64 bits)."""
-    if LONG_NUMBER not in content.translate(DIGITS):
-        try:
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(content: bytes) -> tuple[Any, Callable[[Any], bytes]] | None:
+    """A JSON body, and the serialiser that writes it back faithfully: orjson (5-8x faster), or json for
+    integers past 64 bits (orjson would read them as floats). None for what neither can write back as it
+    came (NaN, a BOM, UTF-16, lone surrogates, invalid JSON): such a body passes through untouched."""
+    try:
+        if LONG_NUMBER not in content.translate(DIGITS):
             return orjson.loads(content), orjson.dumps
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(content), _json_dumps
+        return json.loads(content.decode(), parse_constant=_no_constants), _json_dumps
+    except (ValueError, RecursionError):  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -386,10 +391,15 @@ class MemoryAddon:
         headers = self._headers(flow)
         if not _is_json(headers.get("content-type", "")):
             return
-        content = req.get_content()
-        body, dumps = _parse(content)
-        if not adapter.matches_body(body):
+        try:
+            content = req.get_content()
+        except ValueError:  # an encoding we cannot undo: passed through untouched
             return
+        if len(content) > self.max_body:  # a small compressed body can decode to a huge one
+            return
+        if (parsed := _parse(content)) is None or not adapter.matches_body(parsed[0]):
+            return
+        body, dumps = parsed
         decision = await self._decide(flow, adapter, headers, body, content, dumps)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
@@ -556,6 +566,7 @@ class MemoryAddon:
                 {"name": p.name, "path": p.path, "port": p.port} for p in self.listeners.projects()
             ] if self.listeners else [],
             "clients": dict(self.clients),
+            "recall": self.recall.latency() if self.recall else None,
             "sdk_path": {
                 "gateway_port": (self.sdk.gateway.port or None) if self.sdk and self.sdk.gateway else None,
                 "litellm_loaded": "litellm" in sys.modules,
@@ -639,7 +650,9 @@ class MemoryAddon:
         adapter = protocols.detect_path("POST", flow.request.path)
         if adapter is None or len(message.content) > self.max_body:
             return
-        body, dumps = _parse(message.content)
+        if (parsed := _parse(message.content)) is None:
+            return
+        body, dumps = parsed
         if not isinstance(body, dict) or body.get("type") != "response.create" or not adapter.matches_body(body):
             return
         decision = await self._decide(flow, adapter, self._headers(flow), body, message.content, dumps, method="POST")

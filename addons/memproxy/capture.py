@@ -83,7 +83,7 @@ FROM dead_letters ORDER BY failed_at, custom_id
 
 
 def _clip(text: str, limit: int) -> str:
-    text = text.strip()
+    text = text.encode("utf-8", "replace").decode().strip()  # a lone surrogate (JSON's \ud800) cannot be stored
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -43,6 +43,7 @@ SEARCH_MODES = ("memories", "hybrid", "documents")
 ID_MAX = 100  # characters in a containerTag or customId
 ID_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
 HASH_LEN = 16  # hex digits of SHA-256 that keep a rewritten id unique
+REWRITTEN = re.compile(rf"(?:^|-)[0-9a-f]{{{HASH_LEN}}}$")  # how every rewritten tag ends
 DETAIL_MAX = 200  # characters of the server's error message kept in ours
 MISSING = object()  # a 404 where the caller allows one
 
@@ -73,13 +74,14 @@ def validate_container_tag(tag: str) -> None:
 def container_tag(scope: str) -> str:
     """The containerTag of `scope`: the scope itself if Supermemory accepts it, else a rewrite ending in its hash.
 
-    `claude-code:my repo/x` becomes `claude-code-my-repo-x-<hash>`; distinct scopes get distinct tags.
+    `claude-code:my repo/x` becomes `claude-code-my-repo-x-<hash>`; distinct scopes get distinct tags, so a
+    valid scope that looks like a rewrite (ends in 16 hex digits) is rewritten too.
     """
     try:
         validate_container_tag(scope)
     except ValueError:
         return _rewrite(scope, scope)
-    return scope
+    return _rewrite(scope, scope) if REWRITTEN.search(scope) else scope
 
 
 def document_custom_id(tag: str, custom_id: str) -> str:

@@ -59,7 +59,9 @@ def _neutralise(text: str) -> str:
 
 
 def clean_query(text: str) -> str:
-    """Query text without injected memories and client boilerplate."""
+    """Query text without injected memories and client boilerplate. JSON's "\\ud800" escapes
+    become "?": a lone surrogate cannot be encoded, so it could be neither searched nor stored."""
+    text = text.encode("utf-8", "replace").decode() if not text.isascii() else text
     return _BOILERPLATE.sub("", strip_memory_blocks(text)).strip()
 
 

@@ -1,0 +1,152 @@
+"""Isolation: a memory stored in one scope is never recalled, listed or forgotten through another scope.
+
+A property test with random and adversarial scopes and turns, on both backends: the local store on a
+temporary file, and the Supermemory store against the fake Supermemory (which keeps one container per
+containerTag, exactly matched). Every memory shares one word, so that any scope's search would find every
+memory of every scope if the store ignored scopes; the test proves it would fail then (a scope-blind
+store). If the fake ignored containerTag, the Supermemory property would fail the same way.
+Recall goes through one `Recall` per example, so that its cache, shared by all scopes, is covered too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.supermemory import FakeSupermemory
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from memproxy.memory.base import Memory, MemoryStore
+from memproxy.memory.local import LocalStore, scope_prefix
+from memproxy.memory.supermemory import SupermemoryStore, container_tag
+from memproxy.recall import Recall
+
+KEY = "sm_test_isolation_key"
+CANARY = "isolationcanary"  # in every memory and every query
+TIMEOUT = 10.0  # recall's budget: generous, a timeout would read as "nothing found" and fail the test
+
+FTS = ['"', "*", ":", "AND", "OR", "NOT", "NEAR(", "NEAR(a b, 2)", "^", "(", ")", "-", "+", "'", "%", "_", "\\",
+       '"unterminated', "a*", "content:", "scopetok:", "{x}", "\x00"]  # fmt: skip
+SCOPES = [
+    "a", "ab", "a:b", "a:b:c", "a b", "a/b", "a-b", "a_b", "a.b", "a::b", "a:b ",  # prefixes; alike once rewritten
+    "Proj", "proj", "PROJ",  # case only
+    "café", "cafe\u0301", "Straße", "strasse", "ﬁle", "file", "ａ", "日本語", "🙂",  # NFC/NFD, casefold, NFKC
+    'q"uote', "star*", "col:on", "AND", "NEAR(", "x OR y", "scopetok:s61", "", " ",  # FTS5 syntax
+    "x" * 100, "x" * 101, "y" * 150 + "1", "y" * 150 + "2",  # Supermemory's 100-character limit
+    "claude-code:repo", "claude-code-repo", "codex:shop", "default",
+]  # fmt: skip
+# Words as the local index holds them for another scope: a scope's prefix glued to the shared word.
+TOKENS = [scope_prefix(s) + CANARY for s in SCOPES[:6]]
+
+text = st.text(st.characters(exclude_categories=("Cs",)), max_size=10)  # lone surrogates cannot be stored
+scopes = st.sampled_from(SCOPES) | text
+noise = st.lists(st.sampled_from(FTS + TOKENS) | text, max_size=3).map(" ".join)
+turns = st.lists(st.tuples(scopes, noise), min_size=1, max_size=10)
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+class OneScope(MemoryStore):
+    """A store that ignores scopes: everything goes to one. The property must catch it."""
+
+    name = "one-scope"
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+
+    async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
+        return await self.inner.search("everyone", query, limit, threshold)
+
+    async def add(self, scope: str, content: str, custom_id: str | None = None, metadata: Any = None) -> str:
+        return await self.inner.add("everyone", content, custom_id, metadata)
+
+    async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
+        return await self.inner.list("everyone", limit, offset)
+
+    async def forget(self, scope: str, memory_id: str) -> bool:
+        return await self.inner.forget("everyone", memory_id)
+
+
+async def check_isolation(store: MemoryStore, turns: list[tuple[str, str]], probes: list[str]) -> None:
+    """Store `turns` (scope, noise); then each scope (and each probe scope) finds, lists and can forget
+    exactly its own memories. Turns of one scope get custom ids turn-0, turn-1, ...: the same in every scope."""
+    own: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    for n, (scope, extra) in enumerate(turns):
+        content = f"{CANARY} mark{n}x {extra}"  # unique: its mark
+        mine = own.setdefault(scope, [])
+        ids[content] = await store.add(scope, content, custom_id=f"turn-{len(mine)}", metadata={"n": n})
+        mine.append(content)
+    recall = Recall(store)
+    query = f"{CANARY} {turns[-1][1]}"
+    for scope in [*own, *probes]:
+        expected = sorted(own.get(scope, []))
+        found = await recall.search(scope, query, 100, 0.0, TIMEOUT)
+        assert sorted(m.content for m in found) == expected, scope
+        assert sorted(m.content for m in await store.search(scope, query, 100)) == expected, scope
+        assert sorted(m.content for m in await store.list(scope)) == expected, scope
+    for scope, contents in own.items():  # another scope cannot forget this scope's memory
+        for other in own.keys() - {scope}:
+            assert not await store.forget(other, ids[contents[0]]), (other, scope)
+        assert len(await store.list(scope)) == len(contents)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeSupermemory]:
+    with FakeSupermemory(KEY) as server:
+        yield server
+
+
+Backend = Callable[[Path], MemoryStore]
+
+
+def supermemory(fake: FakeSupermemory) -> Backend:
+    def make(tmp: Path) -> MemoryStore:
+        fake.documents.clear()
+        return SupermemoryStore(KEY, fake.url)
+
+    return make
+
+
+@pytest.fixture(scope="module", params=["local", "supermemory"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Makes a fresh, empty store (one per hypothesis example)."""
+    if request.param == "local":
+        return lambda tmp: LocalStore(tmp / "memories.db")
+    return supermemory(request.getfixturevalue("fake"))
+
+
+def run(backend: Backend, check: Callable[[MemoryStore], Any]) -> None:
+    async def go(tmp: Path) -> None:
+        store = backend(tmp)
+        try:
+            await check(store)
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(go(Path(tmp)))
+
+
+@SETTINGS
+@given(turns=turns, probes=st.lists(scopes, max_size=3))
+def test_memories_never_cross_scopes(backend: Backend, turns: list[tuple[str, str]], probes: list[str]) -> None:
+    run(backend, lambda store: check_isolation(store, turns, probes))
+
+
+def test_adversarial_scopes_side_by_side(backend: Backend) -> None:
+    """A memory in every adversarial scope at once, with FTS5 syntax in every content and the query."""
+    run(backend, lambda store: check_isolation(store, [(s, " ".join(FTS)) for s in SCOPES], []))
+
+
+def test_a_scope_blind_store_fails_the_check(backend: Backend) -> None:
+    with pytest.raises(AssertionError):
+        run(backend, lambda store: check_isolation(OneScope(store), [("a", ""), ("ab", "")], []))
+
+
+def test_a_scope_spelled_like_a_rewritten_tag_gets_its_own_container(fake: FakeSupermemory) -> None:
+    twin = container_tag("claude-code:repo")  # a valid containerTag, so also a scope that maps to itself
+    run(supermemory(fake), lambda store: check_isolation(store, [("claude-code:repo", ""), (twin, "")], []))
