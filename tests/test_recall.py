@@ -119,3 +119,14 @@ async def test_auth_and_credit_failures_are_logged_once(status, caplog):
             await recall.search("s", f"q{i}", 5, 0.0, 1.0)
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING and f"({status})" in r.getMessage()]
     assert len(loud) == 1
+
+
+async def test_latency_reports_what_searches_waited():
+    recall = Recall(CountingStore(delay=0.2))
+    assert recall.latency() == {"searches": 0}
+    await recall.search("s", "q", 5, 0.0, 1.0)  # waits for the store
+    for _ in range(2):
+        await recall.search("s", "q", 5, 0.0, 1.0)  # cache hits: counted too, as the hook waited for them
+    took = recall.latency()
+    assert took["searches"] == 3
+    assert took["p99_ms"] >= 199 and took["p50_ms"] < took["p99_ms"]  # the slowest waited for the store

@@ -444,6 +444,8 @@ def status(host: str, port: int) -> None:
     console.print(f"listeners: {escape(', '.join(listen.get('modes') or ['regular']))}")
     console.print(f"rules: {escape(str(data.get('rules')))}")
     console.print(f"backend: {escape(str(backend.get('description')))}; recall circuit {backend.get('recall')}")
+    if (recall := data.get("recall") or {}).get("searches"):
+        console.print(f"recall: {recall['p50_ms']} ms median, {recall['p99_ms']} ms p99 (last {recall['searches']} searches)")
     if outbox:
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in outbox.items())
         console.print(f"outbox: {counts}")

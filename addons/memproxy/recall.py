@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 from .memory.base import Memory, MemoryStore, StoreError
@@ -90,14 +91,30 @@ class Recall:
         self._cache: OrderedDict[Key, tuple[float, list[Memory]]] = OrderedDict()
         self._inflight: dict[Key, asyncio.Future[list[Memory]]] = {}
         self._said: set[str] = set()
+        self._took: deque[float] = deque(maxlen=1024)  # seconds, of the latest searches (cache hits too)
 
     async def search(self, scope: str, query: str, limit: int, threshold: float, timeout: float) -> list[Memory]:
         """Memories for the query, or [] on timeout, failure or an open breaker. Never raises."""
         if not query.strip():
             return []
-        return await self._lookup(
-            (scope, query, limit, threshold), lambda: self.store.search(scope, query, limit, threshold), timeout
-        )
+        started = time.perf_counter()
+        try:
+            return await self._lookup(
+                (scope, query, limit, threshold), lambda: self.store.search(scope, query, limit, threshold), timeout
+            )
+        finally:
+            self._took.append(time.perf_counter() - started)
+
+    def latency(self) -> dict[str, float | int]:
+        """How long the latest searches took, as the request hook waited for them (ms; for status)."""
+        took = sorted(self._took)
+        if not took:
+            return {"searches": 0}
+        return {
+            "searches": len(took),
+            "p50_ms": round(statistics.median(took) * 1000, 3),
+            "p99_ms": round(took[min(len(took) - 1, int(len(took) * 0.99))] * 1000, 3),
+        }
 
     async def profile(self, scope: str, timeout: float) -> list[Memory]:
         """The scope's profile facts (backends that keep one), as memories; [] on any failure."""
