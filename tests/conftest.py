@@ -21,6 +21,7 @@ import httpx2  # the HTTP client the openai and anthropic SDKs are built on
 import openai
 import pytest
 from fakes import FakeUpstream, codex_request
+from fakes.supermemory import FakeSupermemory
 from mitmproxy import certs
 from websockets.sync.client import connect
 
@@ -33,6 +34,7 @@ STARTUP_GRACE = 0.2
 ADDON_READY = "memproxy: point clients here"  # the memory addon's last start-up line
 # Variables that would leak the developer's setup into the proxy under test.
 SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
+SUPERMEMORY_KEY = "sm_test_SECRET_9f8e7d6c5b4a3f2e1d0c"  # the supermemory fixture's key: no log may show it
 
 Via = Literal["proxy", "reverse"]
 
@@ -132,6 +134,13 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
+def supermemory() -> Iterator[FakeSupermemory]:
+    """A fake Supermemory API that takes SUPERMEMORY_KEY."""
+    with FakeSupermemory(SUPERMEMORY_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
 def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpProc]]:
     """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=) -> MitmdumpProc``.
 
@@ -196,35 +205,76 @@ def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpPr
         proc.stop()
 
 
-def _transport_options(proc: MitmdumpProc, via: Via) -> dict[str, Any]:
-    """Client settings for reaching ``proc``: through it as a proxy (trusting its CA), or directly."""
-    if via == "proxy":
-        return {"proxy": proc.proxy_url, "verify": proc.ssl_context(), "trust_env": False, "timeout": 30}
-    return {"trust_env": False, "timeout": 30}
+# Fake API key, host and path of each SDK's API.
+OPENAI_API = ("sk-test-fake-key", "api.openai.com", "/v1")
+ANTHROPIC_API = ("sk-ant-test-fake-key", "api.anthropic.com", "")
 
 
-def make_http_client(proc: MitmdumpProc, *, via: Via = "proxy", host: str = "api.openai.com") -> httpx.Client:
+def api_url(proc: MitmdumpProc, via: Via, host: str, path: str = "") -> str:
+    """https://HOST/PATH through the proxy, or PATH on the reverse proxy itself."""
+    return f"https://{host}{path}" if via == "proxy" else f"{proc.base_url}{path}"
+
+
+def _client_options(proc: MitmdumpProc, via: Via, options: Mapping[str, Any]) -> dict[str, Any]:
+    """httpx(2) client settings for reaching ``proc``: through it as a proxy (trusting its CA), or directly.
+
+    ``options`` (limits, timeout, event_hooks ...) are added last."""
+    proxy = {"proxy": proc.proxy_url, "verify": proc.ssl_context()} if via == "proxy" else {}
+    return {**proxy, "trust_env": False, "timeout": 30, **options}
+
+
+def make_http_client(
+    proc: MitmdumpProc, *, via: Via = "proxy", host: str = "api.openai.com", **options: Any
+) -> httpx.Client:
     """A raw httpx client: ``base_url`` https://HOST through the proxy, or the reverse proxy itself."""
-    base_url = f"https://{host}" if via == "proxy" else proc.base_url
-    return httpx.Client(base_url=base_url, **_transport_options(proc, via))
+    return httpx.Client(base_url=api_url(proc, via, host), **_client_options(proc, via, options))
 
 
-def make_openai_client(proc: MitmdumpProc, *, via: Via = "proxy") -> openai.OpenAI:
-    """An OpenAI SDK client: to https://api.openai.com through the proxy, or to the reverse proxy."""
-    base_url = "https://api.openai.com/v1" if via == "proxy" else f"{proc.base_url}/v1"
-    http_client = httpx2.Client(**_transport_options(proc, via))
-    return openai.OpenAI(
-        api_key="sk-test-fake-key", base_url=base_url, http_client=http_client, max_retries=0, timeout=30
-    )
+def make_async_http_client(
+    proc: MitmdumpProc, *, via: Via = "proxy", host: str = "api.openai.com", **options: Any
+) -> httpx.AsyncClient:
+    """The async counterpart of ``make_http_client``."""
+    return httpx.AsyncClient(base_url=api_url(proc, via, host), **_client_options(proc, via, options))
 
 
-def make_anthropic_client(proc: MitmdumpProc, *, via: Via = "proxy") -> anthropic.Anthropic:
-    """An Anthropic SDK client: to https://api.anthropic.com through the proxy, or to the reverse proxy."""
-    base_url = "https://api.anthropic.com" if via == "proxy" else proc.base_url
-    http_client = httpx2.Client(**_transport_options(proc, via))
-    return anthropic.Anthropic(
-        api_key="sk-ant-test-fake-key", base_url=base_url, http_client=http_client, max_retries=0, timeout=30
-    )
+def _sdk_client(
+    sdk: Callable[..., Any], http: Callable[..., Any], api: tuple[str, str, str], proc: MitmdumpProc, via: Via,
+    options: Mapping[str, Any],
+) -> Any:
+    """An SDK client on an httpx2 client; the SDK takes its timeout from that client."""
+    key, host, path = api
+    http_client = http(**_client_options(proc, via, options))
+    return sdk(api_key=key, base_url=api_url(proc, via, host, path), http_client=http_client, max_retries=0)
+
+
+def make_openai_client(proc: MitmdumpProc, *, via: Via = "proxy", **options: Any) -> openai.OpenAI:
+    """An OpenAI SDK client: to https://api.openai.com through the proxy, or to the reverse proxy.
+
+    ``options`` go to its httpx2 client."""
+    return _sdk_client(openai.OpenAI, httpx2.Client, OPENAI_API, proc, via, options)
+
+
+def make_async_openai_client(proc: MitmdumpProc, *, via: Via = "proxy", **options: Any) -> openai.AsyncOpenAI:
+    """The async counterpart of ``make_openai_client``."""
+    return _sdk_client(openai.AsyncOpenAI, httpx2.AsyncClient, OPENAI_API, proc, via, options)
+
+
+def make_anthropic_client(proc: MitmdumpProc, *, via: Via = "proxy", **options: Any) -> anthropic.Anthropic:
+    """An Anthropic SDK client: to https://api.anthropic.com through the proxy, or to the reverse proxy.
+
+    ``options`` go to its httpx2 client."""
+    return _sdk_client(anthropic.Anthropic, httpx2.Client, ANTHROPIC_API, proc, via, options)
+
+
+def make_async_anthropic_client(proc: MitmdumpProc, *, via: Via = "proxy", **options: Any) -> anthropic.AsyncAnthropic:
+    """The async counterpart of ``make_anthropic_client``."""
+    return _sdk_client(anthropic.AsyncAnthropic, httpx2.AsyncClient, ANTHROPIC_API, proc, via, options)
+
+
+def routing_status(proc: MitmdumpProc, *, via: Via = "reverse") -> dict[str, Any]:
+    """The addon's /memory-routing/status, asked through the proxy or of the reverse proxy."""
+    with make_http_client(proc, via=via) as client:
+        return client.get("/memory-routing/status").json()
 
 
 CODEX_HEADERS = {

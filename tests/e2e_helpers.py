@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fakes import FakeUpstream
+from fakes.supermemory import FakeSupermemory
 from memproxy.memory.local import LocalStore
 
 CLAUDE_UA = "claude-cli/2.1.328 (external, cli)"
+MEMORY_TAG = "<recalled-memories"  # what recall adds to a request
 
 
 def seed(db: Path, scope: str, *contents: str) -> None:
@@ -55,6 +60,47 @@ def wait_until(condition, timeout: float = 20.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def outbox_rows(outbox: Path) -> int:
+    """Turns waiting in the capture outbox database at `outbox` (0 before it exists)."""
+    if not outbox.exists():
+        return 0
+    with sqlite3.connect(outbox) as db:
+        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+def start_with_supermemory(
+    mitmdump: Callable[..., Any],
+    upstream: FakeUpstream,
+    supermemory: FakeSupermemory,
+    outbox: Path,
+    *,
+    env: dict[str, str] | None = None,
+    extra_scripts: tuple[str | Path, ...] = (),
+    **options: str,
+) -> Any:
+    """A reverse-mode mitmdump in front of `upstream` storing to the fake `supermemory`, its outbox at `outbox`."""
+    env = {"SUPERMEMORY_API_KEY": supermemory.api_key, "SUPERMEMORY_BASE_URL": supermemory.url, **(env or {})}
+    opts = {"memory_outbox": str(outbox), "memory_retry_max": "1", **options}
+    return mitmdump(mode="reverse", upstream=upstream, env=env, options=opts, extra_scripts=extra_scripts)
+
+
+def chat_parts(client: Any, text: str, *, stream: bool = False) -> Iterator[str]:
+    """One OpenAI SDK chat turn (gpt-4o): the reply's text, part by part as it arrives."""
+    messages = [{"role": "user", "content": text}]
+    if not stream:
+        yield client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content
+        return
+    with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True) as chunks:
+        for chunk in chunks:
+            if chunk.choices:
+                yield chunk.choices[0].delta.content or ""
+
+
+def chat(client: Any, text: str, *, stream: bool = False) -> str:
+    """One OpenAI SDK chat turn (gpt-4o): the reply's text."""
+    return "".join(chat_parts(client, text, stream=stream))
 
 
 def claude_body(cwd: str, text: str, *, stream: bool = True) -> dict[str, Any]:

@@ -10,8 +10,8 @@ stream cut by the upstream is not a turn), "duplicates" the stored documents bey
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import sqlite3
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import MitmdumpProc, make_anthropic_client, make_openai_client
-from e2e_helpers import wait_until
+from conftest import (
+    SUPERMEMORY_KEY,
+    MitmdumpProc,
+    make_anthropic_client,
+    make_http_client,
+    make_openai_client,
+    routing_status,
+)
+from e2e_helpers import MEMORY_TAG, chat_parts, outbox_rows, start_with_supermemory, wait_until
 from fakes import FakeUpstream
 from fakes.supermemory import FakeSupermemory
 from memproxy import capture
@@ -30,7 +37,6 @@ from memproxy.memory.supermemory import SupermemoryStore
 
 pytestmark = pytest.mark.e2e
 
-KEY = "sm_test_faults_7c1e9a2b4d6f8e0a"
 # Long turns: a row needs more than a page of the outbox, so a full database refuses every new turn.
 PADDING = " and more context" * 250
 REPLY = "Noted, I will remember that. " * 50
@@ -69,32 +75,23 @@ addons = [DiskFull()]
 # An outcome: (text, error) for an SDK call, (status, bytes, error) for a raw one; error is None or a type name.
 
 
-def _chat(client, text: str, stream: bool, parts: list[str]) -> None:
+def _message_parts(client, text: str, *, stream: bool = False) -> Iterator[str]:
+    """One Anthropic SDK messages turn: the reply's text, part by part as it arrives."""
     messages = [{"role": "user", "content": text}]
     if not stream:
-        parts.append(client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content)
-        return
-    with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True) as chunks:
-        for chunk in chunks:
-            parts.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
-
-
-def _messages(client, text: str, stream: bool, parts: list[str]) -> None:
-    messages = [{"role": "user", "content": text}]
-    if not stream:
-        parts.append(client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages).content[0].text)
+        yield client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=messages).content[0].text
         return
     with client.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=messages) as chunks:
-        for part in chunks.text_stream:
-            parts.append(part)
+        yield from chunks.text_stream
 
 
-def _sdk(make: Callable[..., Any], ask: Callable[..., None], stream: bool) -> Callable[[Any, str], tuple]:
+def _sdk(make: Callable[..., Any], parts_of: Callable[..., Iterator[str]], stream: bool) -> Callable[[Any, str], tuple]:
     def call(target: Any, text: str) -> tuple:
-        parts: list[str] = []
+        parts: list[str] = []  # what arrived before any error
         try:
             with make(target, via="reverse") as client:
-                ask(client, text, stream, parts)
+                for part in parts_of(client, text, stream=stream):
+                    parts.append(part)
         except Exception as e:  # noqa: BLE001 - the outcome is compared, whatever it is
             return "".join(parts), type(e).__name__
         return "".join(parts), None
@@ -109,7 +106,7 @@ def _raw(path: str, model: str) -> Callable[[Any, str], tuple]:
         body = {"model": model, "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": text}]}
         status, received = None, bytearray()
         try:
-            with httpx.Client(base_url=target.base_url, trust_env=False, timeout=30) as client:
+            with make_http_client(target, via="reverse") as client:
                 with client.stream("POST", path, json=body) as r:
                     status = r.status_code
                     for chunk in r.iter_raw():
@@ -122,10 +119,10 @@ def _raw(path: str, model: str) -> Callable[[Any, str], tuple]:
 
 
 CALLS: dict[str, Callable[[Any, str], tuple]] = {
-    "openai": _sdk(make_openai_client, _chat, False),
-    "openai stream": _sdk(make_openai_client, _chat, True),
-    "anthropic": _sdk(make_anthropic_client, _messages, False),
-    "anthropic stream": _sdk(make_anthropic_client, _messages, True),
+    "openai": _sdk(make_openai_client, chat_parts, False),
+    "openai stream": _sdk(make_openai_client, chat_parts, True),
+    "anthropic": _sdk(make_anthropic_client, _message_parts, False),
+    "anthropic stream": _sdk(make_anthropic_client, _message_parts, True),
     "raw chat stream": _raw("/v1/chat/completions", "gpt-4o"),
     "raw messages stream": _raw("/v1/messages", "claude-sonnet-4-6"),
 }
@@ -143,13 +140,8 @@ class Harness:
     flag: Path  # exists: the outbox's disk is full
 
 
-def outbox_rows(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-
-
 def outbox_stats(proc: MitmdumpProc) -> dict[str, int]:
-    return httpx.get(f"{proc.base_url}/memory-routing/status", trust_env=False, timeout=30).json()["outbox"]
+    return routing_status(proc)["outbox"]
 
 
 def _reset_on(h: Harness) -> None:
@@ -221,12 +213,6 @@ def table(request: pytest.FixtureRequest) -> Iterator[list[tuple]]:
         print("\n\nFault table (test_hard_faults.py)\n" + "\n".join(lines))
 
 
-@pytest.fixture
-def supermemory() -> Iterator[FakeSupermemory]:
-    with FakeSupermemory(KEY) as fake:
-        yield fake
-
-
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_keeps_upstream_behaviour_and_every_turn_once(
     mitmdump, upstream: FakeUpstream, supermemory: FakeSupermemory, tmp_path: Path, table: list[tuple], fault: str
@@ -234,17 +220,14 @@ def test_fault_keeps_upstream_behaviour_and_every_turn_once(
     outbox, flag = tmp_path / "outbox.db", tmp_path / "disk-full"
     script = tmp_path / "disk_full.py"
     script.write_text(DISK_FULL)
-    proc = mitmdump(
-        mode="reverse",
-        upstream=upstream,
-        env={"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": supermemory.url, "MEMPROXY_TEST_DISK_FULL": str(flag)},
-        options={"memory_outbox": str(outbox), "memory_retry_max": "1"},
-        extra_scripts=[script],
+    proc = start_with_supermemory(
+        mitmdump, upstream, supermemory, outbox, env={"MEMPROXY_TEST_DISK_FULL": str(flag)}, extra_scripts=(script,)
     )
     harness = Harness(upstream, supermemory, proc, outbox, flag)
     upstream.reply = REPLY
     put, clear, whole = FAULTS[fault]
     put(harness)
+    backend_down = supermemory.fault is not None  # down or slow while the calls run
 
     texts = {name: f"[{fault}] {name}: remember this{PADDING}" for name in CALLS}
     direct = types.SimpleNamespace(base_url=upstream.url)  # reverse-mode clients need nothing but a base URL
@@ -252,6 +235,8 @@ def test_fault_keeps_upstream_behaviour_and_every_turn_once(
     got = {name: call(proc, texts[name]) for name, call in CALLS.items()}
     turns = [name for name, outcome in expected.items() if outcome[-1] is None]  # whole replies
     assert turns == whole, expected
+    if backend_down:  # recall failed open: no request went on with memories
+        assert not any(MEMORY_TAG in json.dumps(r.json) for r in upstream.requests)
     clear(harness, len(turns))
 
     def stored() -> dict[str, int]:
@@ -271,7 +256,7 @@ def test_fault_keeps_upstream_behaviour_and_every_turn_once(
     assert len(supermemory.documents) == len(turns)
     assert outbox_rows(outbox) == 0
     log = proc.log_text()
-    assert "Traceback" not in log and KEY not in log
+    assert "Traceback" not in log and SUPERMEMORY_KEY not in log
 
 
 # -- disk full: the outbox itself --------------------------------------------------------
@@ -280,7 +265,7 @@ def test_fault_keeps_upstream_behaviour_and_every_turn_once(
 @pytest.fixture
 async def full_outbox(tmp_path: Path, supermemory: FakeSupermemory) -> AsyncIterator[Outbox]:
     """An outbox whose database is full, sending to a Supermemory that refuses connections."""
-    store = SupermemoryStore(KEY, supermemory.url)
+    store = SupermemoryStore(SUPERMEMORY_KEY, supermemory.url)
     outbox = Outbox(tmp_path / "outbox.db", store, base_delay=0.01, max_delay=0.1)
     await outbox.start()
     await full(outbox, True)

@@ -13,13 +13,19 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anthropic
 import httpx
 import httpx2  # the HTTP client the openai and anthropic SDKs are built on
-import openai
 import pytest
-from conftest import MitmdumpProc, Via, make_http_client
-from e2e_helpers import memories, seed, wait_until
+from conftest import (
+    MitmdumpProc,
+    Via,
+    api_url,
+    make_async_anthropic_client,
+    make_async_http_client,
+    make_async_openai_client,
+    routing_status,
+)
+from e2e_helpers import MEMORY_TAG, memories, seed, wait_until
 from fakes import FakeUpstream, Recorded
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +33,6 @@ pytestmark = pytest.mark.e2e
 N = 200
 KINDS = ("openai-sdk", "anthropic-sdk", "chat-raw", "messages-raw")
 SEEDED = "User: the parser module is written in Rust\nAssistant: noted"
-MEMORY_TAG = "<recalled-memories"
 LAST_EVENT = {"chat": b"data: [DONE]\n\n", "messages": b'event: message_stop\ndata: {"type": "message_stop"}\n\n'}
 
 
@@ -54,19 +59,6 @@ class _Copy(httpx2.AsyncByteStream):
         await self.stream.aclose()
 
 
-class Tap(httpx2.AsyncHTTPTransport):
-    """The SDKs' transport, keeping the raw bytes of each response by the request's x-load-id header."""
-
-    def __init__(self, received: dict[str, bytearray], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.received = received
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await super().handle_async_request(request)
-        response.stream = _Copy(response.stream, self.received.setdefault(request.headers["x-load-id"], bytearray()))
-        return response
-
-
 class Load:
     """N streaming requests, spread over the four client kinds, through one mitmdump."""
 
@@ -74,19 +66,15 @@ class Load:
         self.proc, self.via = proc, via
         self.received: dict[str, bytearray] = {}  # x-load-id -> raw bytes the client got
         self.texts: dict[str, str] = {}  # x-load-id -> reply text an SDK assembled
-        transport = {"proxy": proc.proxy_url, "verify": proc.ssl_context()} if via == "proxy" else {}
-        tap = Tap(self.received, limits=httpx2.Limits(max_connections=N), **transport)
-        self.sdk_http = httpx2.AsyncClient(transport=tap, trust_env=False, timeout=120)
-        self.raw = httpx.AsyncClient(limits=httpx.Limits(max_connections=N), **transport, trust_env=False, timeout=120)
-        self.openai = openai.AsyncOpenAI(
-            api_key="sk-test-fake-key", base_url=self.url("api.openai.com", "/v1"), http_client=self.sdk_http, max_retries=0
-        )
-        self.anthropic = anthropic.AsyncAnthropic(
-            api_key="sk-ant-test-fake-key", base_url=self.url("api.anthropic.com"), http_client=self.sdk_http, max_retries=0
-        )
+        sdk = {"limits": httpx2.Limits(max_connections=N), "timeout": 120, "event_hooks": {"response": [self.tap]}}
+        self.openai = make_async_openai_client(proc, via=via, **sdk)
+        self.anthropic = make_async_anthropic_client(proc, via=via, **sdk)
+        self.raw = make_async_http_client(proc, via=via, limits=httpx.Limits(max_connections=N), timeout=120)
 
-    def url(self, host: str, path: str = "") -> str:
-        return f"https://{host}{path}" if self.via == "proxy" else f"{self.proc.base_url}{path}"
+    async def tap(self, response: httpx2.Response) -> None:
+        """The SDKs' response hook: keep a copy of the raw bytes by the request's x-load-id header."""
+        copy = self.received.setdefault(response.request.headers["x-load-id"], bytearray())
+        response.stream = _Copy(response.stream, copy)
 
     async def one(self, kind: str, load_id: str) -> None:
         headers = {"x-load-id": load_id, "x-memory-user-id": f"load-{kind}"}
@@ -103,7 +91,8 @@ class Load:
                 self.texts[load_id] = "".join([text async for text in stream.text_stream])
         else:
             chat = kind == "chat-raw"
-            url = self.url(*(("api.openai.com", "/v1/chat/completions") if chat else ("api.anthropic.com", "/v1/messages")))
+            host, path = ("api.openai.com", "/v1/chat/completions") if chat else ("api.anthropic.com", "/v1/messages")
+            url = api_url(self.proc, self.via, host, path)
             body = {"model": "gpt-4o" if chat else "claude-sonnet-4-6", "stream": True, "messages": messages}
             if not chat:
                 body["max_tokens"] = 64
@@ -119,18 +108,15 @@ class Load:
         try:
             await asyncio.gather(*(self.one(kind, load_id) for kind, load_id in jobs))
         finally:
-            await self.sdk_http.aclose()
+            await self.openai.close()
+            await self.anthropic.close()
             await self.raw.aclose()
         return jobs
-
-    def status(self) -> dict:
-        with make_http_client(self.proc, via=self.via) as client:
-            return client.get("/memory-routing/status").json()
 
 
 @pytest.mark.parametrize("via", ["proxy", "reverse"])
 def test_200_concurrent_streams_exact_bytes_and_each_turn_stored_once(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path, via: str
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, via: Via
 ) -> None:
     db = tmp_path / "memories.db"
     for kind in KINDS:
@@ -163,8 +149,11 @@ def test_200_concurrent_streams_exact_bytes_and_each_turn_stored_once(
             assert load.texts[load_id] == reply(rec)
     assert all(MEMORY_TAG in json.dumps(rec.json) for rec in upstream.requests), "recall skipped a request"
 
-    assert wait_until(lambda: (s := load.status()["outbox"])["submitted"] == N and s["pending"] == 0, 60), proc.log_text()
-    assert load.status()["outbox"] == {
+    def outbox() -> dict[str, int]:
+        return routing_status(proc, via=via)["outbox"]
+
+    assert wait_until(lambda: (s := outbox())["submitted"] == N and s["pending"] == 0, 60), proc.log_text()
+    assert outbox() == {
         "submitted": N, "stored": N, "retried": 0, "dead": 0, "disk_errors": 0, "pending": 0, "dead_letters": 0
     }
     for kind in KINDS:
