@@ -145,16 +145,22 @@ class RequestView:
         object.__setattr__(self, "headers", plain_headers(self.headers))
 
 
-def plain_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+class HeaderDict(dict[str, str]):
+    """Request headers as a plain dict with lower-case names (what `plain_headers` returns)."""
+
+
+def plain_headers(headers: Mapping[str, str] | None) -> HeaderDict:
     """Headers as a plain dict with lower-case names (repeats joined with ", ", as mitmproxy joins them):
     a rule set looks headers up a few dozen times per request, and mitmproxy's Headers lookups are slow."""
+    if isinstance(headers, HeaderDict):
+        return headers
     if isinstance(headers, Headers):
-        plain: dict[str, str] = {}
+        plain = HeaderDict()
         for raw_name, raw_value in headers.fields:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("utf-8", "surrogateescape")
             plain[name] = f"{plain[name]}, {value}" if name in plain else value
         return plain
-    return {str(k).lower(): v for k, v in (headers or {}).items()}
+    return HeaderDict((str(k).lower(), v) for k, v in (headers or {}).items())
 
 
 @dataclass(frozen=True, slots=True)
