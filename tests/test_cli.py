@@ -286,6 +286,8 @@ def test_memories_roundtrip(cli: Cli, tmp_path: Path):
     listed = cli.ok("memories", "list", "--scope", "claude-code:shop", *other)
     assert "2 memories" in listed
     assert listed.index("Tests run with make test") < listed.index("The shop deploys with fly.io")  # order kept
+    reimported = [json.loads(line) for line in cli.ok("memories", "export", "--scope", "claude-code:shop", *other).splitlines()]
+    assert [r["created_at"] for r in reimported] == [r["created_at"] for r in records]  # dates kept
     cli.ok("memories", "import", export, "--scope", "copy", *other)
     assert "2 memories in copy" in cli.ok("memories", "list", "--scope", "copy", *other)
 

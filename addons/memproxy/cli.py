@@ -49,6 +49,7 @@ CA_CERT = "mitmproxy-ca-cert.pem"
 BUNDLE = "memproxy-bundle.pem"
 NO_PROXY = "localhost,127.0.0.1,::1"
 SHELLS = ("bash", "zsh", "fish", "powershell")
+IMPORT_BATCH = 500  # memories a transaction when importing into the local store
 READY_TIMEOUT = 30.0  # seconds for a proxy started by `wrap` to be ready
 READY_LINE = b"memproxy: point clients here"  # the addon's last start-up line: its options are valid
 EXPORT_PAGE = 500
@@ -771,7 +772,16 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     records.sort(key=lambda r: r["created_at"])  # oldest first, so that the store keeps their order
 
     async def work(store: MemoryStore) -> None:
+        from .memory import Memory
+        from .memory.local import LocalStore
+
         with _progress(f"importing {file.name}", len(records)) as advance:
+            if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
+                batch = [Memory(r["id"] or "", r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
+                for i in range(0, len(batch), IMPORT_BATCH):
+                    await store.add_many(batch[i : i + IMPORT_BATCH])
+                    advance(len(batch[i : i + IMPORT_BATCH]))
+                return
             for r in records:
                 await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
                 advance(1)
