@@ -19,13 +19,13 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .memory.base import MemoryStore, StoreError
 from .protocols import strip_memory_blocks
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,7 +218,7 @@ class Outbox:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.concurrency = concurrency
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-outbox")
+        self._worker = Worker("memproxy-outbox")
         self._db: sqlite3.Connection | None = None  # worker thread only
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -258,9 +258,7 @@ class Outbox:
         self._counts["submitted"] += 1
         self._writing += 1
         self._idle.clear()
-        written = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._call, self._insert, turn, time.time()
-        )
+        written = self._worker.submit(self._call, self._insert, turn, time.time())
         written.add_done_callback(functools.partial(self._written, turn))
 
     async def flush(self, timeout: float) -> bool:
@@ -293,9 +291,9 @@ class Outbox:
                 self.path,
             )
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+            await self._worker.run(self._disconnect)
         finally:
-            self._executor.shutdown(wait=False)
+            self._worker.stop()
 
     @property
     def pending(self) -> int:
@@ -318,7 +316,7 @@ class Outbox:
     # -- writing (worker thread) -------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, *args)
+        return await self._worker.run(self._call, fn, *args)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """In the worker thread: run `fn(db, *args)`, connecting first if needed."""

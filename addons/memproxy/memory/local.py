@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -10,12 +9,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
 
+from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError
 
 T = TypeVar("T")
@@ -121,7 +120,7 @@ class LocalStore(MemoryStore):
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else Path(platformdirs.user_data_dir("memproxy")) / "memories.db"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memproxy-store")
+        self._worker = Worker("memproxy-store")
         self._db: sqlite3.Connection | None = None
         self._closed = False
         # Worker thread only: scope -> memories it holds, and scoped term -> memories holding it (both
@@ -172,14 +171,14 @@ class LocalStore(MemoryStore):
             return
         self._closed = True
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+            await self._worker.run(self._disconnect)
         finally:
-            self._executor.shutdown(wait=False)
+            self._worker.stop()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreError("the local store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, *args)
+        return await self._worker.run(self._call, fn, *args)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """In the worker thread: run `fn(db, *args)`, connecting first if needed."""
