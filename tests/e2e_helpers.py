@@ -86,21 +86,23 @@ def start_with_supermemory(
     return mitmdump(mode="reverse", upstream=upstream, env=env, options=opts, extra_scripts=extra_scripts)
 
 
-def chat_parts(client: Any, text: str, *, stream: bool = False) -> Iterator[str]:
-    """One OpenAI SDK chat turn (gpt-4o): the reply's text, part by part as it arrives."""
+def chat_parts(client: Any, text: str, *, stream: bool = False, **kw: Any) -> Iterator[str]:
+    """One OpenAI SDK chat turn (gpt-4o): the reply's text, part by part as it arrives.
+
+    ``kw`` (extra_headers ...) go to ``chat.completions.create``."""
     messages = [{"role": "user", "content": text}]
     if not stream:
-        yield client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message.content
+        yield client.chat.completions.create(model="gpt-4o", messages=messages, **kw).choices[0].message.content
         return
-    with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True) as chunks:
+    with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True, **kw) as chunks:
         for chunk in chunks:
             if chunk.choices:
                 yield chunk.choices[0].delta.content or ""
 
 
-def chat(client: Any, text: str, *, stream: bool = False) -> str:
+def chat(client: Any, text: str, *, stream: bool = False, **kw: Any) -> str:
     """One OpenAI SDK chat turn (gpt-4o): the reply's text."""
-    return "".join(chat_parts(client, text, stream=stream))
+    return "".join(chat_parts(client, text, stream=stream, **kw))
 
 
 def claude_body(cwd: str, text: str, *, stream: bool = True) -> dict[str, Any]:

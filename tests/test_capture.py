@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_helpers import outbox_rows
 from memproxy.capture import Outbox, Turn, list_dead_letters
 from memproxy.memory.base import Memory, MemoryStore, StoreError
 
@@ -78,11 +79,6 @@ async def outbox(path: Path, store: ScriptedStore) -> AsyncIterator[Outbox]:
     await box.start()
     yield box
     await box.close(timeout=0)
-
-
-def outbox_rows(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
 
 async def test_success_stores_each_turn_once(outbox: Outbox, store: ScriptedStore) -> None:

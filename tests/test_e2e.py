@@ -11,12 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import MITMDUMP, ROOT, free_port
-from e2e_helpers import claude_body, claude_headers, memories, seed, wait_memories
+from e2e_helpers import MEMORY_TAG, claude_body, claude_headers, memories, seed, wait_memories
 from fakes import codex_request
 
 pytestmark = pytest.mark.e2e
-
-MEMORY_TAG = "<recalled-memories"
 
 
 @pytest.fixture

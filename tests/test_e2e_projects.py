@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, routing_status
 from e2e_helpers import memories, seed, wait_memories, wait_until
 from memproxy.ports import PortRegistry
 
@@ -78,7 +78,7 @@ def test_status_endpoint(mitmdump, upstream, tmp_path: Path):
     proc = mitmdump(mode="reverse", upstream=upstream, options=options)
     assert wait_until(lambda: listening(port))
     ask(port, "hello")
-    status = httpx.get(f"{proc.base_url}/memory-routing/status", timeout=30).json()
+    status = routing_status(proc)
     assert status["backend"]["name"] == "local" and status["backend"]["recall"] == "closed"
     assert status["projects"] == [{"name": "delta", "path": str((tmp_path / "work" / "delta").resolve()), "port": port}]
     assert f"reverse:{upstream.url}@{port}" in status["listen"]["modes"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import REDIRECT
-from e2e_helpers import seed, wait_memories
+from conftest import REDIRECT, routing_status
+from e2e_helpers import chat, seed, wait_memories
 
 pytestmark = pytest.mark.e2e
 
@@ -35,14 +35,6 @@ def start(mitmdump, upstream, tmp_path: Path, mode: str = "regular", env=None, *
     # SDK path's upstream origin is the fake's (offline, litellm cannot reach api.openai.com).
     scripts = {"addon": None, "extra_scripts": [REDIRECT, "addons/memory.py"]} if mode == "regular" else {}
     return mitmdump(mode=mode, upstream=upstream, options=opts, env=env, **scripts)
-
-
-def chat(client: openai.OpenAI, text: str, *, stream: bool = False, **kw) -> str:
-    messages = [{"role": "user", "content": text}]
-    if not stream:
-        return client.chat.completions.create(model="gpt-4o", messages=messages, **kw).choices[0].message.content
-    with client.chat.completions.create(model="gpt-4o", messages=messages, stream=True, **kw) as chunks:
-        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def cookies_seen(upstream, path: str) -> list[str | None]:
@@ -210,7 +202,7 @@ def test_parity_of_passthrough_and_sdk_paths(mitmdump, upstream, openai_client, 
 def test_litellm_is_not_imported_at_startup(mitmdump, upstream, tmp_path):
     proc = start(mitmdump, upstream, tmp_path, "reverse")
     time.sleep(1.5)  # past start-up and the background preparation of the SDK path
-    status = httpx.get(f"{proc.base_url}/memory-routing/status", timeout=30).json()
+    status = routing_status(proc)
     assert status["sdk_path"] == {"gateway_port": None, "litellm_loaded": False}
 
 
@@ -218,7 +210,7 @@ def test_gateway_is_warmed_for_sdk_rules_and_refuses_requests_without_its_secret
     rules = rules_file(tmp_path, "rules:\n  - name: all\n    user_id: team\n    route: sdk\n")
     proc = start(mitmdump, upstream, tmp_path, "reverse", memory_rules=str(rules))
     deadline = time.monotonic() + 60
-    while not (sdk := httpx.get(f"{proc.base_url}/memory-routing/status", timeout=30).json()["sdk_path"])["gateway_port"]:
+    while not (sdk := routing_status(proc)["sdk_path"])["gateway_port"]:
         assert time.monotonic() < deadline, proc.log_text()
         time.sleep(0.2)
     assert sdk["litellm_loaded"] is True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from conftest import SUPERMEMORY_KEY as KEY  # the supermemory fixture's key
 from fakes.supermemory import FakeSupermemory
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -22,19 +23,12 @@ from memproxy.memory.supermemory import (
     validate_container_tag,
 )
 
-KEY = "sm_test_SECRET_9f8e7d"
 SCOPE = "claude-code:my repo/x"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSupermemory]:
-    with FakeSupermemory(KEY) as server:
-        yield server
-
-
-@pytest.fixture
-async def store(fake: FakeSupermemory) -> AsyncIterator[SupermemoryStore]:
-    s = SupermemoryStore(KEY, fake.url)
+async def store(supermemory: FakeSupermemory) -> AsyncIterator[SupermemoryStore]:
+    s = SupermemoryStore(KEY, supermemory.url)
     yield s
     await s.close()
 
@@ -109,18 +103,18 @@ def test_retry_after_parsing() -> None:
 # configuration
 
 
-async def test_open_without_key_fails_clearly(fake: FakeSupermemory) -> None:
-    store = SupermemoryStore("", fake.url)
+async def test_open_without_key_fails_clearly(supermemory: FakeSupermemory) -> None:
+    store = SupermemoryStore("", supermemory.url)
     with pytest.raises(StoreError, match="SUPERMEMORY_API_KEY is not set"):
         await store.open()
     with pytest.raises(StoreError, match="SUPERMEMORY_API_KEY is not set"):
         await store.search("s", "anything")
-    assert fake.requests == []
+    assert supermemory.requests == []
 
 
-async def test_open_is_offline_and_checks_the_url(fake: FakeSupermemory) -> None:
-    await SupermemoryStore(KEY, fake.url).open()
-    assert fake.requests == []
+async def test_open_is_offline_and_checks_the_url(supermemory: FakeSupermemory) -> None:
+    await SupermemoryStore(KEY, supermemory.url).open()
+    assert supermemory.requests == []
     with pytest.raises(StoreError, match="SUPERMEMORY_BASE_URL"):
         await SupermemoryStore(KEY, "api.supermemory.ai").open()
 
@@ -130,12 +124,12 @@ def test_unknown_search_mode_is_refused() -> None:
         SupermemoryStore(KEY, search_mode="fuzzy")
 
 
-async def test_from_env(fake: FakeSupermemory) -> None:
-    store = SupermemoryStore.from_env({"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": fake.url + "/"})
+async def test_from_env(supermemory: FakeSupermemory) -> None:
+    store = SupermemoryStore.from_env({"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": supermemory.url + "/"})
     try:
-        assert store.base_url == fake.url
+        assert store.base_url == supermemory.url
         await store.add("s", "configured from the environment")
-        assert fake.last("/v3/documents").headers["authorization"] == f"Bearer {KEY}"
+        assert supermemory.last("/v3/documents").headers["authorization"] == f"Bearer {KEY}"
     finally:
         await store.close()
     for env in ({"SUPERMEMORY_API_KEY": KEY}, {"SUPERMEMORY_API_KEY": KEY, "SUPERMEMORY_BASE_URL": ""}):
@@ -150,29 +144,29 @@ async def test_closed_store_refuses(store: SupermemoryStore) -> None:
         await store.add("s", "too late")
 
 
-async def test_a_client_passed_in_is_used_and_left_open(fake: FakeSupermemory) -> None:
+async def test_a_client_passed_in_is_used_and_left_open(supermemory: FakeSupermemory) -> None:
     async with httpx.AsyncClient(headers={"x-test": "mine"}) as client:
-        store = SupermemoryStore(KEY, fake.url, client=client)
+        store = SupermemoryStore(KEY, supermemory.url, client=client)
         await store.add("s", "via the caller's client")
         await store.close()
         assert not client.is_closed
-    assert fake.last().headers["x-test"] == "mine"
+    assert supermemory.last().headers["x-test"] == "mine"
 
 
 # add, search, profile, list, forget
 
 
-async def test_add_then_search_roundtrip(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_add_then_search_roundtrip(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     await store.add(SCOPE, "The coffee machine on floor three is broken")
     doc_id = await store.add(SCOPE, "Deploys use rsync over SSH to the bastion host", metadata={"turn": 3})
-    assert doc_id in fake.documents
+    assert doc_id in supermemory.documents
     [hit] = await store.search(SCOPE, "how do we deploy with rsync over ssh?", limit=5, threshold=0.3)
     assert hit.scope == SCOPE
     assert hit.content == "Deploys use rsync over SSH to the bastion host"
     assert 0.3 <= hit.score <= 1
     assert hit.metadata == {"turn": 3}
     assert hit.created_at > 0
-    sent = fake.last("/v4/search")
+    sent = supermemory.last("/v4/search")
     assert sent.json == {
         "q": "how do we deploy with rsync over ssh?",
         "containerTag": container_tag(SCOPE),
@@ -181,14 +175,14 @@ async def test_add_then_search_roundtrip(store: SupermemoryStore, fake: FakeSupe
         "searchMode": "hybrid",
     }
     assert sent.headers["authorization"] == f"Bearer {KEY}"
-    added = fake.last("/v3/documents").json
+    added = supermemory.last("/v3/documents").json
     assert added["containerTag"] == container_tag(SCOPE)
     assert added["metadata"] == {"turn": 3}
 
 
-async def test_chunk_results_are_parsed(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_chunk_results_are_parsed(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     await store.add("s", "Chunks come from document search", metadata={"source": "doc"})
-    fake.chunk_results = True
+    supermemory.chunk_results = True
     [hit] = await store.search("s", "document chunks")
     assert hit.content == "Chunks come from document search"
     assert hit.id.startswith("chunk_")
@@ -217,22 +211,22 @@ async def test_search_never_returns_another_scopes_memories(store: SupermemorySt
     assert await store.search("team:c", "release train") == []
 
 
-async def test_custom_id_dedupes_per_scope(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_custom_id_dedupes_per_scope(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     first = await store.add("s", "draft answer", custom_id="turn:1")
     again = await store.add("s", "final answer", custom_id="turn:1")
     other = await store.add("t", "other scope, same custom id", custom_id="turn:1")
     assert first == again != other
-    assert len(fake.documents) == 2
-    assert fake.documents[first].content == "final answer"
-    sent = [r.json["customId"] for r in fake.requests if r.path == "/v3/documents"]
+    assert len(supermemory.documents) == 2
+    assert supermemory.documents[first].content == "final answer"
+    sent = [r.json["customId"] for r in supermemory.requests if r.path == "/v3/documents"]
     assert sent[0] == sent[1] != sent[2]
     assert [m.content for m in await store.list("s")] == ["final answer"]
 
 
-async def test_profile_returns_static_then_dynamic_facts(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.profiles[container_tag(SCOPE)] = {"static": ["Prefers tabs"], "dynamic": ["Debugging the proxy", " "]}
+async def test_profile_returns_static_then_dynamic_facts(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.profiles[container_tag(SCOPE)] = {"static": ["Prefers tabs"], "dynamic": ["Debugging the proxy", " "]}
     assert await store.profile(SCOPE) == ["Prefers tabs", "Debugging the proxy"]
-    assert fake.last("/v4/profile").json == {"containerTag": container_tag(SCOPE)}
+    assert supermemory.last("/v4/profile").json == {"containerTag": container_tag(SCOPE)}
     assert await store.profile("nobody") == []
 
 
@@ -248,14 +242,14 @@ async def test_list_is_newest_first_and_pages(store: SupermemoryStore) -> None:
     assert listed[0].scope == "s" and listed[0].score == 0 and listed[0].created_at > 0
 
 
-async def test_forget_deletes_only_this_scopes_document(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_forget_deletes_only_this_scopes_document(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     mine = await store.add("a", "mine")
     theirs = await store.add("b", "theirs")
     assert await store.forget("a", theirs) is False
-    assert theirs in fake.documents
-    assert fake.count(f"/v3/documents/{theirs}") == 1  # looked at, not deleted
+    assert theirs in supermemory.documents
+    assert supermemory.count(f"/v3/documents/{theirs}") == 1  # looked at, not deleted
     assert await store.forget("a", mine) is True
-    assert mine not in fake.documents
+    assert mine not in supermemory.documents
     assert await store.forget("a", mine) is False
     assert await store.forget("a", "no/such id") is False
     assert await store.forget("a", "") is False
@@ -271,31 +265,31 @@ async def faulted(store: SupermemoryStore) -> StoreError:
     return info.value
 
 
-async def test_429_carries_retry_after(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.fault, fake.retry_after = "429", 7
+async def test_429_carries_retry_after(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.fault, supermemory.retry_after = "429", 7
     error = await faulted(store)
     assert (error.status, error.retry_after, error.permanent) == (429, 7.0, False)
     assert "Too many requests" in str(error)
-    fake.retry_after = email.utils.formatdate(time.time() + 60, usegmt=True)
+    supermemory.retry_after = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 50 <= (await faulted(store)).retry_after <= 61  # type: ignore[operator]
 
 
-async def test_500_is_transient(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.fault = "500"
+async def test_500_is_transient(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.fault = "500"
     error = await faulted(store)
     assert (error.status, error.retry_after, error.permanent) == (500, None, False)
 
 
 @pytest.mark.parametrize("status", [401, 402, 403])
-async def test_refusals_are_permanent(store: SupermemoryStore, fake: FakeSupermemory, status: int) -> None:
-    fake.status_override = status
+async def test_refusals_are_permanent(store: SupermemoryStore, supermemory: FakeSupermemory, status: int) -> None:
+    supermemory.status_override = status
     error = await faulted(store)
     assert (error.status, error.permanent) == (status, True)
     assert f"HTTP {status}" in str(error)
 
 
-async def test_wrong_key_is_a_permanent_401(fake: FakeSupermemory) -> None:
-    store = SupermemoryStore("sm_wrong_key", fake.url)
+async def test_wrong_key_is_a_permanent_401(supermemory: FakeSupermemory) -> None:
+    store = SupermemoryStore("sm_wrong_key", supermemory.url)
     try:
         with pytest.raises(StoreError) as info:
             await store.add("s", "x")
@@ -305,16 +299,16 @@ async def test_wrong_key_is_a_permanent_401(fake: FakeSupermemory) -> None:
     assert "sm_wrong_key" not in str(info.value)
 
 
-async def test_bad_json(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.fault = "bad_json"
+async def test_bad_json(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.fault = "bad_json"
     error = await faulted(store)
     assert error.status is None and not error.permanent
     assert "not JSON" in str(error)
 
 
-async def test_slow_answer_times_out(fake: FakeSupermemory) -> None:
-    fake.fault, fake.slow_seconds = "slow", 2
-    store = SupermemoryStore(KEY, fake.url, timeout=0.3)
+async def test_slow_answer_times_out(supermemory: FakeSupermemory) -> None:
+    supermemory.fault, supermemory.slow_seconds = "slow", 2
+    store = SupermemoryStore(KEY, supermemory.url, timeout=0.3)
     try:
         error = await faulted(store)
     finally:
@@ -323,39 +317,39 @@ async def test_slow_answer_times_out(fake: FakeSupermemory) -> None:
     assert "no answer within 0.3 s" in str(error)
 
 
-async def test_killed_connection(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.fault = "kill"
+async def test_killed_connection(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.fault = "kill"
     error = await faulted(store)
     assert error.status is None and not error.permanent
-    assert fake.count("/v4/search") == 1
+    assert supermemory.count("/v4/search") == 1
 
 
-async def test_refused_then_recovers_on_the_same_port(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_refused_then_recovers_on_the_same_port(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     await store.add("s", "before the outage")  # leaves a pooled keep-alive connection
-    port = fake.port
-    fake.fault = "refused"
+    port = supermemory.port
+    supermemory.fault = "refused"
     error = await faulted(store)
     assert error.status is None and not error.permanent
-    assert fake.count("/v4/search") == 0
-    fake.fault = None
-    assert fake.port == port
+    assert supermemory.count("/v4/search") == 0
+    supermemory.fault = None
+    assert supermemory.port == port
     assert [m.content for m in await store.search("s", "before the outage")] == ["before the outage"]
 
 
-async def test_fault_paths_limit_the_fault(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.fault, fake.fault_paths = "500", {"/v4/search"}
+async def test_fault_paths_limit_the_fault(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.fault, supermemory.fault_paths = "500", {"/v4/search"}
     await store.add("s", "writes still work")
     error = await faulted(store)
     assert error.status == 500
 
 
-async def test_unexpected_shape(store: SupermemoryStore, fake: FakeSupermemory) -> None:
-    fake.status_override, fake.fault_paths = 200, {"/v4/search"}  # 200 {"error": ...}: no results
+async def test_unexpected_shape(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    supermemory.status_override, supermemory.fault_paths = 200, {"/v4/search"}  # 200 {"error": ...}: no results
     error = await faulted(store)
     assert "unexpected answer" in str(error) and "'results'" in str(error)
 
 
-async def test_unencodable_content_is_a_store_error(store: SupermemoryStore, fake: FakeSupermemory) -> None:
+async def test_unencodable_content_is_a_store_error(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     with pytest.raises(StoreError, match="cannot encode"):
         await store.add("s", "lone surrogate \ud800")
-    assert fake.requests == []
+    assert supermemory.requests == []
