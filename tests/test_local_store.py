@@ -398,3 +398,16 @@ def test_the_index_is_merged_on_open_and_after_many_adds(tmp_path: Path, monkeyp
         run(reopened.close())
     with closing(sqlite3.connect(path)) as db:
         db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_a_scope_past_the_budget_searches_its_rarest_words(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bm25 counts every memory holding a query word: in a big scope, a word too common to afford is dropped."""
+    import memproxy.memory.local as local
+
+    monkeypatch.setattr(local, "DF_BUDGET", 50)
+    add_all(store, "big", [f"shared filler number {i}" for i in range(120)] + ["shared needle"])
+    add_all(store, "small", [f"shared filler number {i}" for i in range(20)] + ["shared needle"])
+    [hit] = run(store.search("big", "shared needle", limit=10))  # "shared" (121 memories) is past the budget
+    assert hit.content == "shared needle"
+    assert len(run(store.search("small", "shared needle", limit=10))) == 10  # a small scope affords every word
+    assert len(run(store.search("big", "shared", limit=10))) == 10  # one word is always kept
