@@ -9,6 +9,7 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Call = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class Worker:
@@ -20,8 +21,7 @@ class Worker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._queue: SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple] | None]
-        self._queue = SimpleQueue()
+        self._queue: SimpleQueue[Call | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
