@@ -315,6 +315,14 @@ def _ws_connect(proc: MitmdumpProc, url: str, via: Via, headers: Mapping[str, st
                 raise
 
 
+def codex_ws(proc: MitmdumpProc, via: Via = "reverse", headers: Mapping[str, str] | None = None, timeout: float = 30.0):
+    """A WebSocket to /v1/responses opened like Codex CLI opens it (its headers, a new session)."""
+    url = f"ws://127.0.0.1:{proc.port}/v1/responses" if via == "reverse" else "wss://api.openai.com/v1/responses"
+    session = str(uuid.uuid4())
+    extra = {**CODEX_HEADERS, "session-id": session, "thread-id": session, **(headers or {})}
+    return _ws_connect(proc, url, via, extra, timeout)
+
+
 def ws_responses(
     proc: MitmdumpProc,
     *messages: dict[str, Any],
@@ -327,11 +335,8 @@ def ws_responses(
     Sends each message (default: one ``codex_request()``) and reads events until
     its ``response.completed`` (or an ``error`` event) before sending the next.
     """
-    url = f"ws://127.0.0.1:{proc.port}/v1/responses" if via == "reverse" else "wss://api.openai.com/v1/responses"
-    session = str(uuid.uuid4())
-    extra = {**CODEX_HEADERS, "session-id": session, "thread-id": session, **(headers or {})}
     events: list[dict[str, Any]] = []
-    with _ws_connect(proc, url, via, extra, timeout) as ws:
+    with codex_ws(proc, via, headers, timeout) as ws:
         for message in messages or (codex_request(),):
             ws.send(json.dumps(message))
             while True:

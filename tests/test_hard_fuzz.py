@@ -30,9 +30,9 @@ from typing import Any, Literal
 import conftest
 import httpx
 import pytest
-from conftest import MitmdumpProc, _tunnel
+from conftest import MitmdumpProc, _tunnel, codex_ws
 from e2e_helpers import seed, wait_memories, wait_until
-from fakes import FakeUpstream
+from fakes import FakeUpstream, codex_request
 from mitmproxy.net import encoding
 from test_protocols_props import strings
 
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.e2e
 
 NOOP = "tests/fakes/noop_addon.py"
 SCOPE = "default"  # the shipped rules' scope for a client they do not know
+CODEX_SCOPE = "codex:zebra"  # the shipped rules' scope for Codex CLI in /work/zebra
 MEMORY = "User: the zebra cluster listens on port 7443\nAssistant: noted"
 QUERY = "Which port does the zebra cluster listen on?"
 MAX_BODY = 4 * 2**20  # the addon's memory_max_body in these tests
@@ -303,6 +304,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, mitm_ca: Path, fake: FakeU
     base = tmp_path_factory.mktemp("fuzz")
     db = base / "memories.db"
     seed(db, SCOPE, MEMORY)
+    seed(db, CODEX_SCOPE, MEMORY)
     factory = conftest.mitmdump.__wrapped__(base, mitm_ca)  # the conftest fixture, at module scope
     start = next(factory)
     started: dict[tuple[str, Via], Proxy] = {}
@@ -328,6 +330,15 @@ def assert_healthy(proc: MitmdumpProc, log_from: int = 0) -> None:
     assert proc.process is not None and proc.process.poll() is None, proc.log_text()
     log = proc.log_text()[log_from:]
     assert "Traceback" not in log and "Addon error" not in log, log
+
+
+def assert_settled(proxy: Proxy, log_from: int, before: dict[str, int]) -> None:
+    """mitmdump is healthy, and every turn captured since `before` (the outbox counters) is stored: none
+    waits for a retry, none was rejected, no write failed."""
+    assert_healthy(proxy.proc, log_from)
+    assert wait_until(lambda: proxy.outbox()["pending"] <= before["pending"]), proxy.outbox()
+    after = proxy.outbox()
+    assert [after[k] - before[k] for k in ("retried", "dead", "disk_errors")] == [0, 0, 0], proxy.proc.log_text()[log_from:]
 
 
 # -- the test ----------------------------------------------------------------------------------
@@ -368,16 +379,17 @@ def test_bad_input(case: Case, api: Api, via: Via, proxies, fake: FakeUpstream) 
         else:  # injected: the memory was added, and nothing the client sent was lost
             text = decoded(arrived.body, arrived.headers)
             assert b"zebra cluster listens on port 7443" in text
-            kept = list(strings(json.loads(text)))
-            assert all(any(s in t for t in kept) for s in set(strings(json.loads(decoded(body, arrived.headers)))))
+            assert_kept(json.loads(decoded(body, arrived.headers)), json.loads(text))
         assert got.end == "closed" and got == direct(fake, with_body(request, arrived.body)), got
         assert b"\r\nServer: Python/" in got.received  # the upstream answered, not mitmproxy
 
-    assert_healthy(proxy.proc, log_from)
-    # Every turn captured meanwhile is stored: none waits for a retry, none was rejected, no write failed.
-    assert wait_until(lambda: proxy.outbox()["pending"] <= before["pending"]), proxy.outbox()
-    after = proxy.outbox()
-    assert [after[k] - before[k] for k in ("retried", "dead", "disk_errors")] == [0, 0, 0], proxy.proc.log_text()[log_from:]
+    assert_settled(proxy, log_from, before)
+
+
+def assert_kept(sent: Any, arrived: Any) -> None:
+    """Every string the client sent is in what arrived (an injection may have extended it)."""
+    kept = list(strings(arrived))
+    assert all(any(s in t for t in kept) for s in set(strings(sent)))
 
 
 def with_body(request: bytes, body: bytes) -> bytes:
@@ -399,3 +411,82 @@ def test_reply_with_a_lone_surrogate_is_captured(mitmdump, upstream: FakeUpstrea
     assert answer.json()["choices"][0]["message"]["content"] == upstream.reply
     assert len(wait_memories(db, SCOPE, timeout=5)) == 1
     assert_healthy(proc)
+
+
+# -- Responses over WebSocket (Codex CLI) --------------------------------------------------------
+
+
+def codex_create(**fields: Any) -> dict[str, Any]:
+    """A Codex `response.create` asking QUERY in CODEX_SCOPE's project: it is injected."""
+    return {**codex_request(QUERY, cwd="/work/zebra"), **fields}
+
+
+def _create_text(**fields: Any) -> str:
+    return json.dumps(codex_create(**fields))
+
+
+# Bad client messages: each must reach the upstream exactly as sent. A text message the fake parses to a
+# `response.create` object is answered by it; the others are not.
+WS_CORPUS: dict[str, Callable[[], str | bytes]] = {
+    "not-json": lambda: "zebra cluster port? " * 50,
+    "truncated": lambda: _create_text()[:-20],
+    "array": lambda: json.dumps([codex_create()]),
+    "null": lambda: "null",
+    "input-string": lambda: _create_text(input=QUERY),
+    "input-number": lambda: _create_text(input=7443),
+    "input-dict": lambda: _create_text(input=codex_create()["input"][1]),
+    "deep-nesting-100k": lambda: '{"type": "response.create", "input": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "over-max-body": lambda: _create_text(x_pad="z " * (MAX_BODY // 2 + 1000)),
+    "nan": lambda: _create_text(temperature=float("nan")),
+    "escaped-lone-surrogate": lambda: _create_text().replace("zebra cluster", "zebra \\ud800 cluster"),
+    "binary": lambda: _create_text().encode(),
+}
+
+
+def answered(message: str | bytes) -> bool:
+    """Whether the fake upstream answers this client message with a response."""
+    if isinstance(message, bytes):
+        return False
+    try:
+        data = json.loads(message)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("type") == "response.create"
+
+
+def ws_params() -> Iterator[Any]:
+    for case, make in WS_CORPUS.items():
+        for where in ("first", "between"):
+            for via in ("proxy", "reverse"):
+                yield pytest.param(make, where, via, id=f"websocket-{case}-{where}-{via}")
+
+
+@pytest.mark.parametrize("make, where, via", list(ws_params()))
+def test_bad_websocket_message(
+    make: Callable[[], str | bytes], where: str, via: Via, proxies, fake: FakeUpstream
+) -> None:
+    """A bad message first on a Codex WebSocket, or between two valid `response.create`s: it arrives as sent,
+    and the connection goes on (the valid ones are answered, and injected)."""
+    proxy = proxies("addon", via)
+    bad, valid = make(), _create_text()
+    sent = [bad, valid] if where == "first" else [valid, bad, valid]
+    log_from, before = len(proxy.proc.log_text()), proxy.outbox()
+    fake.clear()
+    events: list[dict[str, Any]] = []
+    with codex_ws(proxy.proc, via, timeout=WAIT) as ws:
+        for message in sent:
+            ws.send(message)
+        while sum(e["type"] == "response.completed" for e in events) < sum(map(answered, sent)):
+            events.append(json.loads(ws.recv(WAIT)))
+    assert not [e for e in events if e["type"] == "error"], events
+
+    [rec] = fake.requests
+    assert (rec.method, rec.path) == ("GET", "/v1/responses")
+    assert len(rec.ws_raw) == len(sent), [m[:80] for m in rec.ws_raw]
+    for message, arrived in zip(sent, rec.ws_raw, strict=True):
+        if message is bad:
+            assert arrived == bad
+        else:  # valid: the memory was added, nothing the client sent was lost
+            assert "zebra cluster listens on port 7443" in arrived
+            assert_kept(json.loads(message), json.loads(arrived))
+    assert_settled(proxy, log_from, before)

@@ -45,6 +45,7 @@ class Recorded:
     body: bytes
     json: Any  # parsed body, or None
     ws_messages: list[Any] = field(default_factory=list)  # parsed client messages (WebSocket)
+    ws_raw: list[str | bytes] = field(default_factory=list)  # client messages as received: text and binary
     sent: bytearray = field(default_factory=bytearray)  # the SSE body written back, byte for byte
 
 
@@ -412,9 +413,11 @@ class FakeUpstream:
 
     async def _websocket(self, request: web.Request, rec: Recorded) -> web.WebSocketResponse:
         """Responses over WebSocket: answer each ``response.create`` message with its event sequence."""
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(max_msg_size=64 * 2**20)  # as client_max_size (aiohttp's default: 4 MiB)
         await ws.prepare(request)
         async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                rec.ws_raw.append(msg.data)
             if msg.type != WSMsgType.TEXT:
                 continue
             data = _loads(msg.data)
