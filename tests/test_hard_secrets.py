@@ -37,7 +37,7 @@ _RUN = uuid.uuid4().hex[:10]
 PROXY_PASSWORD = f"SECRET-proxy-password-{_RUN}"
 SECRETS = {
     "openai key": f"sk-proj-SECRET-openai-{_RUN}",
-    "anthropic key": f"sk-ant-api03-SECRET-anthropic-{_RUN}",
+    "anthropic key": f"sk-ant-SECRET.anthropic.{_RUN}",  # "." keeps it from looking like a real key
     "azure key": f"SECRET-azure-{_RUN}",
     "cookie": f"SECRET-session-cookie-{_RUN}",
     "gemini key": f"AIzaSECRET-gemini-query-{_RUN}",
