@@ -20,20 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from e2e_helpers import free_port, isolated_env, loopback_mitmdump_argv  # noqa: E402
+
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 CONFDIR = OUT / "confdir"
-MITMDUMP = Path(sys.executable).parent / "mitmdump"
 PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 TICK = os.sysconf("SC_CLK_TCK")
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))  # seconds of wrk per setup per repetition
 REPS = int(os.environ.get("BENCH_REPS", "3"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def words(rng: random.Random, n: int) -> list[str]:
@@ -64,16 +60,7 @@ class Server:
 
     def environment(self) -> dict[str, str]:
         """The caller's environment with no proxy settings or keys, and a home of its own under bench/out."""
-        home = OUT / "home"
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "SUPERMEMORY_API_KEY"}
-        return env | {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_STATE_HOME": str(home / ".local/state"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        }
+        return isolated_env(OUT / "home")
 
     def start(self, upstream: int) -> float:
         """Start; return the seconds until the port accepts connections."""
@@ -134,18 +121,8 @@ class Proxy(Server):
     options: dict[str, str] = field(default_factory=dict)
 
     def command(self, upstream: int) -> list[str]:
-        argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(self.port)]
-        argv += ["--mode", f"reverse:http://127.0.0.1:{upstream}", "-s", str(ROOT / self.script)]
-        settings = {
-            "confdir": str(CONFDIR),
-            "connection_strategy": "lazy",
-            "termlog_verbosity": "warn",
-            "flow_detail": "0",
-            **self.options,
-        }
-        for key, value in settings.items():
-            argv += ["--set", f"{key}={value}"]
-        return argv
+        settings = {"confdir": str(CONFDIR), "termlog_verbosity": "warn", **self.options}
+        return loopback_mitmdump_argv(self.port, settings, [ROOT / self.script], reverse=f"http://127.0.0.1:{upstream}")
 
 
 @contextlib.contextmanager

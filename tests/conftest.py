@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +18,7 @@ import httpx
 import httpx2  # the HTTP client the openai and anthropic SDKs are built on
 import openai
 import pytest
+from e2e_helpers import MITMDUMP, SCRUBBED_ENV, free_port, isolated_env, loopback_mitmdump_argv  # noqa: F401 - re-exported
 from fakes import FakeUpstream, codex_request
 from fakes.supermemory import FakeSupermemory
 from mitmproxy import certs
@@ -28,21 +27,12 @@ from websockets.sync.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
 REDIRECT = FAKES / "redirect.py"
-MITMDUMP = Path(sys.executable).parent / "mitmdump"
 READY_TIMEOUT = 30.0
 STARTUP_GRACE = 0.2
 ADDON_READY = "memproxy: point clients here"  # the memory addon's last start-up line
-# Variables that would leak the developer's setup into the proxy under test.
-SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
 SUPERMEMORY_KEY = "sm_test_SECRET_9f8e7d6c5b4a3f2e1d0c"  # the supermemory fixture's key: no log may show it
 
 Via = Literal["proxy", "reverse"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MitmdumpProc:
@@ -163,17 +153,7 @@ def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpPr
         base = tmp_path / f"mitmdump-{len(procs)}"
         confdir = base / "confdir"
         shutil.copytree(mitm_ca, confdir)
-        home = base / "home"
-        proc_env = {k: v for k, v in os.environ.items() if k.lower() not in SCRUBBED_ENV}
-        proc_env |= {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local/share"),
-            "XDG_STATE_HOME": str(home / ".local/state"),
-            "XDG_CACHE_HOME": str(home / ".cache"),
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "PYTHONUNBUFFERED": "1",
-        }
+        proc_env = isolated_env(base / "home") | {"PYTHONUNBUFFERED": "1"}
         scripts = [ROOT / s for s in ([addon] if addon else []) + list(extra_scripts)]
         if upstream is not None:
             proc_env["MEMPROXY_TEST_UPSTREAM"] = str(upstream.port)
@@ -181,21 +161,10 @@ def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpPr
                 scripts.append(REDIRECT)
         proc_env |= env or {}
         port = free_port()
-        argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port)]
         if mode == "reverse":
             assert upstream is not None, "reverse mode needs upstream="
-            argv += ["--mode", f"reverse:{upstream.url}"]
-        settings = {
-            "confdir": str(confdir),
-            "connection_strategy": "lazy",
-            "termlog_verbosity": "info",
-            "flow_detail": "0",
-            **(options or {}),
-        }
-        for key, value in settings.items():
-            argv += ["--set", f"{key}={value}"]
-        for script in scripts:
-            argv += ["-s", str(script)]
+        settings = {"confdir": str(confdir), "termlog_verbosity": "info", **(options or {})}
+        argv = loopback_mitmdump_argv(port, settings, scripts, reverse=upstream.url if mode == "reverse" else None)
         proc = MitmdumpProc(argv, proc_env, confdir, port, base / "mitmdump.log")
         procs.append(proc)
         return proc.start()

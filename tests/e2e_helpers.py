@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sqlite3
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fakes import FakeUpstream
 from fakes.supermemory import FakeSupermemory
 from memproxy.memory.local import LocalStore
+
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+# Variables that would leak the developer's setup into a proxy under test or bench.
+SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """This environment without proxy settings or a Supermemory key, with a home (and data dirs) of its own."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in SCRUBBED_ENV}
+    return env | {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+        "XDG_STATE_HOME": str(home / ".local/state"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+
+
+def loopback_mitmdump_argv(
+    port: int, settings: Mapping[str, str], scripts: Sequence[str | Path] = (), reverse: str | None = None
+) -> list[str]:
+    """mitmdump on 127.0.0.1:`port` (reverse to `reverse` if given) with the settings memproxy needs, then `settings`."""
+    argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port)]
+    if reverse is not None:
+        argv += ["--mode", f"reverse:{reverse}"]
+    for key, value in {"connection_strategy": "lazy", "flow_detail": "0", **settings}.items():
+        argv += ["--set", f"{key}={value}"]
+    for script in scripts:
+        argv += ["-s", str(script)]
+    return argv
+
 
 CLAUDE_UA = "claude-cli/2.1.328 (external, cli)"
 MEMORY_TAG = "<recalled-memories"  # what recall adds to a request

@@ -9,14 +9,13 @@ loopback port, and our own redirect of a flow to the gateway, still go through.
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REDIRECT, SCRUBBED_ENV, MitmdumpProc, free_port
+from conftest import REDIRECT, MitmdumpProc, free_port, isolated_env
 from e2e_helpers import wait_until
 from memproxy.cli import listening, mitmdump_argv
 from memproxy.ports import PortRegistry
@@ -151,10 +150,7 @@ def test_mitmweb_refuses_requests_to_its_web_interface(upstream, mitm_ca: Path, 
     }  # fmt: skip
     argv = mitmdump_argv("127.0.0.1", port, confdir, tuple(a for k, v in settings.items() for a in ("--set", f"{k}={v}")),
                          web=True)
-    env = {k: v for k, v in os.environ.items() if k.lower() not in SCRUBBED_ENV} | {
-        "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share"),
-        "PYTHONUNBUFFERED": "1",
-    }  # fmt: skip
+    env = isolated_env(home) | {"PYTHONUNBUFFERED": "1"}
     proc = MitmdumpProc(argv, env, confdir, port, tmp_path / "mitmweb.log").start()
     try:
         assert wait_until(lambda: listening("127.0.0.1", web)), proc.log_text()
