@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -132,12 +133,19 @@ def supermemory() -> Iterator[FakeSupermemory]:
 
 @pytest.fixture
 def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpProc]]:
-    """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=) -> MitmdumpProc``.
+    """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=) -> MitmdumpProc``; see
+    `mitmdump_processes`. Every process is stopped at teardown."""
+    with mitmdump_processes(tmp_path, mitm_ca) as start:
+        yield start
+
+
+@contextlib.contextmanager
+def mitmdump_processes(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpProc]]:
+    """The `mitmdump` fixture's factory, for any scope: every process it started is stopped on exit.
 
     ``addon`` is a script path relative to the repository (or absolute), or None.
     With ``upstream``, reverse mode targets it, and regular mode loads
     fakes/redirect.py (after the other scripts) so the real API hosts land on it.
-    Every process is stopped at teardown.
     """
     procs: list[MitmdumpProc] = []
 
@@ -169,9 +177,11 @@ def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpPr
         procs.append(proc)
         return proc.start()
 
-    yield start
-    for proc in procs:
-        proc.stop()
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 # Fake API key, host and path of each SDK's API.

@@ -305,24 +305,22 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, mitm_ca: Path, fake: FakeU
     db = base / "memories.db"
     seed(db, SCOPE, MEMORY)
     seed(db, CODEX_SCOPE, MEMORY)
-    factory = conftest.mitmdump.__wrapped__(base, mitm_ca)  # the conftest fixture, at module scope
-    start = next(factory)
-    started: dict[tuple[str, Via], Proxy] = {}
-    options = {"memory_db": str(db), "memory_max_body": str(MAX_BODY), "memory_timeout_ms": "10000"}
+    with conftest.mitmdump_processes(base, mitm_ca) as start:  # the conftest fixture's factory, at module scope
+        started: dict[tuple[str, Via], Proxy] = {}
+        options = {"memory_db": str(db), "memory_max_body": str(MAX_BODY), "memory_timeout_ms": "10000"}
 
-    def get(kind: str, via: Via) -> Proxy:
-        if (kind, via) not in started:
-            mode = "regular" if via == "proxy" else "reverse"
-            if kind == "addon":
-                started[kind, via] = Proxy(start(mode=mode, upstream=fake, options=options), via)
-            else:
-                started[kind, via] = Proxy(start(mode=mode, upstream=fake, addon=NOOP), via)
-        return started[kind, via]
+        def get(kind: str, via: Via) -> Proxy:
+            if (kind, via) not in started:
+                mode = "regular" if via == "proxy" else "reverse"
+                if kind == "addon":
+                    started[kind, via] = Proxy(start(mode=mode, upstream=fake, options=options), via)
+                else:
+                    started[kind, via] = Proxy(start(mode=mode, upstream=fake, addon=NOOP), via)
+            return started[kind, via]
 
-    yield get
-    for proxy in started.values():
-        proxy.status.close()
-    next(factory, None)  # stops them all
+        yield get
+        for proxy in started.values():
+            proxy.status.close()
 
 
 def assert_healthy(proc: MitmdumpProc, log_from: int = 0) -> None:
