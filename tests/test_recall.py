@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from memproxy.memory.base import Memory, MemoryStore, StoreError
-from memproxy.recall import CircuitBreaker, Recall
+from memproxy.recall import CircuitBreaker, Recall, within
 
 
 class Clock:
@@ -130,3 +130,58 @@ async def test_latency_reports_what_searches_waited():
     took = recall.latency()
     assert took["searches"] == 3
     assert took["p99_ms"] >= 199 and took["p50_ms"] < took["p99_ms"]  # the slowest waited for the store
+
+
+class FutureStore(CountingStore):
+    """A store that answers `start_search` with a future it settles by hand, like the local store's worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[asyncio.Future, str, str]] = []
+
+    def start_search(self, scope, query, limit=5, threshold=0.0):
+        self.calls += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((future, scope, query))
+        return future
+
+    def answer(self) -> None:
+        for future, scope, query in self.pending:
+            future.set_result([Memory("1", scope, f"about {query}", 0.9)])
+
+
+async def test_a_store_future_is_waited_for_without_a_task_and_outlives_a_cancelled_waiter():
+    store = FutureStore()
+    recall = Recall(store)
+    before = len(asyncio.all_tasks())
+    waiters = [asyncio.ensure_future(recall.search("s", "q", 5, 0.0, 5.0)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert store.calls == 1 and len(asyncio.all_tasks()) == before + 3  # the waiters only: no task per fetch
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    store.answer()
+    assert waiters[0].cancelled() and not store.pending[0][0].cancelled()
+    assert [m.content for r in await asyncio.gather(*waiters[1:]) for m in r] == ["about q", "about q"]
+    assert await recall.search("s", "q", 5, 0.0, 5.0) and store.calls == 1  # the answer was cached
+
+
+async def test_within_times_out_without_touching_the_future():
+    future = asyncio.get_running_loop().create_future()
+    with pytest.raises(TimeoutError):
+        await within(future, 0.01)
+    assert not future.done() and not future._callbacks  # its callback was taken back
+    future.set_result("late")
+    assert await within(future, 0.01) == "late"
+
+
+async def test_a_store_that_fails_before_it_starts_fails_open_and_counts_as_a_failure():
+    store = FutureStore()
+
+    def closed(*args):
+        raise StoreError("the local store is closed")
+
+    store.start_search = closed
+    recall = Recall(store, breaker=CircuitBreaker(failures=1))
+    assert await recall.search("s", "q", 5, 0.0, 1.0) == []
+    await asyncio.sleep(0)  # the fetch's done callback runs on the loop's next turn
+    assert recall.breaker.state == "open"

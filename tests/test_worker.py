@@ -60,3 +60,45 @@ def test_stop_ends_the_thread_after_queued_calls_and_a_closed_loop_is_no_error()
     worker.stop()
     worker._thread.join(5)
     assert not worker._thread.is_alive() and ran == [1]
+
+
+async def test_results_that_wait_for_a_busy_loop_come_in_one_wake_up():
+    worker, loop = Worker("test-worker"), asyncio.get_running_loop()
+    wakes = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback, *args, **kwargs):
+        wakes.append(callback)
+        return real(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting
+    try:
+        await worker.run(int)  # the thread is up
+        wakes.clear()
+        futures = [worker.submit(lambda i=i: i) for i in range(10)]
+        last = worker.submit(threading.Event().wait, 0.2)  # all ten are done before the loop looks again
+        time.sleep(0.1)  # the loop is busy meanwhile
+        assert await asyncio.gather(*futures) == list(range(10))
+        await last
+        assert len(wakes) <= 2  # one for the ten, maybe one more for the last; not eleven
+    finally:
+        del loop.call_soon_threadsafe
+        worker.stop()
+
+
+def test_each_loop_gets_its_own_results():
+    worker, seen = Worker("test-worker"), {}
+
+    def client(name: str) -> None:
+        async def go() -> None:
+            seen[name] = await asyncio.gather(*(worker.run(lambda i=i: (name, i)) for i in range(50)))
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {n: [(n, i) for i in range(50)] for n in ("a", "b")}
+    worker.stop()

@@ -459,9 +459,9 @@ class MemoryAddon:
     def _take_override(self, flow: http.HTTPFlow) -> None:
         """Strip the user-id override header before upstream; keep its value for routing."""
         name = self.rules_file.rules.override_header
-        if name in flow.request.headers:
-            flow.metadata[OVERRIDE_KEY] = flow.request.headers[name]
-            del flow.request.headers[name]
+        if values := flow.request.headers.get_all(name):  # one pass over the headers when it is absent
+            flow.metadata[OVERRIDE_KEY] = ", ".join(values)
+            flow.request.headers.set_all(name, [])
 
     def _headers(self, flow: http.HTTPFlow) -> dict[str, str]:
         """The request headers as the client sent them (with a stripped override header), as a plain dict."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import statistics
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .memory.base import Memory, MemoryStore, StoreError
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str, int, float]  # (scope, query, limit, threshold)
+T = TypeVar("T")
 PROFILE = "\0profile"  # the query part of a profile lookup's key
 
 # Backend answers that will not get better by retrying: say so once, clearly.
@@ -24,10 +27,29 @@ LOUD_STATUSES = {
 }
 
 
-def _consume(future: asyncio.Future) -> None:
-    """Retrieve a finished fetch's exception, so a fetch nobody waited for does not warn."""
-    if not future.cancelled():
-        future.exception()
+async def within(future: asyncio.Future[T], timeout: float) -> T:
+    """`future`'s result, waited for at most `timeout` seconds (else TimeoutError).
+
+    Neither a timeout nor a cancelled caller touches `future`, so other callers and its done callbacks
+    still get it: `asyncio.wait_for(asyncio.shield(future), timeout)` for one future, without a task.
+    """
+    if not future.done():
+        waiter = future.get_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        future.add_done_callback(wake)
+        timer = future.get_loop().call_later(timeout, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            future.remove_done_callback(wake)
+        if not future.done():
+            raise TimeoutError
+    return future.result()
 
 
 class CircuitBreaker:
@@ -100,7 +122,7 @@ class Recall:
         started = time.perf_counter()
         try:
             return await self._lookup(
-                (scope, query, limit, threshold), lambda: self.store.search(scope, query, limit, threshold), timeout
+                (scope, query, limit, threshold), lambda: self.store.start_search(scope, query, limit, threshold), timeout
             )
         finally:
             self._took.append(time.perf_counter() - started)
@@ -134,35 +156,45 @@ class Recall:
         if future is None:
             if not self.breaker.allow():
                 return []
-            future = self._inflight[key] = asyncio.ensure_future(self._fetch(key, fetch, timeout))
-            future.add_done_callback(_consume)
+            future = self._start(key, fetch, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await within(future, timeout)
         except TimeoutError:
             self._once("timeout", f"recall took longer than {timeout * 1000:.0f} ms; went on without memories")
-        except Exception as e:  # noqa: BLE001 - fail open; _fetch already logged
+        except Exception as e:  # noqa: BLE001 - fail open; _finished already logged
             self._once(f"error:{type(e).__name__}", f"recall failed, went on without memories: {type(e).__name__}: {e}")
         return []
 
-    async def _fetch(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], budget: float) -> list[Memory]:
-        started = self.clock()
+    def _start(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], budget: float) -> asyncio.Future[list[Memory]]:
+        """Start a fetch that the breaker and the cache hear the end of, however long its waiters wait.
+
+        A store's future is used as it is; only a coroutine gets a task."""
         try:
-            memories = await fetch()
-        except Exception as e:
+            future = asyncio.ensure_future(fetch())
+        except Exception as e:  # noqa: BLE001 - a store that fails before it starts (closed)
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(e)
+        self._inflight[key] = future
+        future.add_done_callback(functools.partial(self._finished, key, self.clock(), budget))
+        return future
+
+    def _finished(self, key: Key, started: float, budget: float, future: asyncio.Future[list[Memory]]) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+        if future.cancelled():
+            return
+        if (e := future.exception()) is not None:  # retrieved here, so nobody waiting is no warning
             self.breaker.failure()
             if isinstance(e, StoreError) and e.status in LOUD_STATUSES:
                 self._once(f"status:{e.status}", LOUD_STATUSES[e.status], logging.ERROR)
-            raise
-        finally:
-            self._inflight.pop(key, None)
+            return
         if self.clock() - started > budget:
             self.breaker.failure()  # it answered, but too late to be of use: a slow backend trips the breaker too
         else:
             self.breaker.success()
-        self._cache[key] = (self.clock() + self.ttl, memories)
+        self._cache[key] = (self.clock() + self.ttl, future.result())
         if len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
-        return memories
 
     def invalidate(self, scope: str) -> None:
         """Forget cached results of `scope` (a turn was just stored there)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,11 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
         """The most relevant memories of `scope` for `query`, best first, score >= threshold."""
+
+    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> Awaitable[list[Memory]]:
+        """`search`, as an awaitable to start now: a backend that can answer with a future skips the
+        coroutine and the task around it (recall's path, once per request)."""
+        return self.search(scope, query, limit, threshold)
 
     @abc.abstractmethod
     async def add(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import platformdirs
 
 from ..worker import Worker
@@ -60,10 +63,15 @@ COMMIT;
 """
 
 COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
-# CROSS JOIN keeps the FTS index as the outer loop; the scope test guards against prefix collisions.
+# Rank in the FTS index alone (bm25() in the subquery, not the `rank` column, which costs FTS5 a nested
+# statement per search), then read the few best memories by id. `+m.scope` keeps SQLite from scanning
+# the scope's index instead; the scope test guards against prefix collisions (a collision can only
+# cost results, never leak another scope's).
 SEARCH = f"""
-SELECT {COLUMNS}, memories_fts.rank FROM memories_fts CROSS JOIN memories AS m ON m.id = memories_fts.rowid
-WHERE memories_fts MATCH ? AND m.scope = ? ORDER BY memories_fts.rank LIMIT ?
+SELECT {COLUMNS}, best.score FROM (
+    SELECT rowid AS id, bm25(memories_fts) AS score FROM memories_fts WHERE memories_fts MATCH ? ORDER BY score LIMIT ?
+) AS best CROSS JOIN memories AS m ON m.id = best.id
+WHERE +m.scope = ? ORDER BY best.score
 """
 DF = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
@@ -97,6 +105,7 @@ def query_terms(text: str) -> list[str]:
     return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_prefix(scope: str) -> str:
     """What every indexed word of `scope` starts with: 's' and 10 hex digits of the scope's hash."""
     return "s" + hashlib.blake2b(scope.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
@@ -110,7 +119,11 @@ def index_text(scope: str, content: str) -> str:
 
 def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
     id_, scope, content, metadata, created_at = row
-    return Memory(str(id_), scope, content, score, json.loads(metadata), created_at)
+    try:
+        meta = orjson.loads(metadata)
+    except orjson.JSONDecodeError:  # NaN or Infinity, which json.dumps writes and orjson refuses
+        meta = json.loads(metadata)
+    return Memory(str(id_), scope, content, score, meta, created_at)
 
 
 class LocalStore(MemoryStore):
@@ -135,7 +148,10 @@ class LocalStore(MemoryStore):
         await self._run(self._optimise)
 
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
-        return await self._run(self._search, scope, query, limit, threshold)
+        return await self.start_search(scope, query, limit, threshold)
+
+    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> asyncio.Future[list[Memory]]:
+        return self._run(self._search, scope, query, limit, threshold)
 
     async def add(
         self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
@@ -175,10 +191,11 @@ class LocalStore(MemoryStore):
         finally:
             self._worker.stop()
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    def _run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(db, *args)`, run in the worker thread: a future on the running loop."""
         if self._closed:
             raise StoreError("the local store is closed")
-        return await self._worker.run(self._call, fn, *args)
+        return self._worker.submit(self._call, fn, *args)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """In the worker thread: run `fn(db, *args)`, connecting first if needed."""
@@ -221,7 +238,7 @@ class LocalStore(MemoryStore):
         if not terms:
             return []
         found = []
-        for *row, rank in db.execute(SEARCH, (" OR ".join(f'"{t}"' for t in terms), scope, limit)):
+        for *row, rank in db.execute(SEARCH, (" OR ".join(f'"{t}"' for t in terms), limit, scope)):
             score = -rank / (1 - rank)  # x / (1 + x) for x = -bm25: monotonic, in [0, 1)
             if score < threshold:
                 break

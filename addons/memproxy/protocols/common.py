@@ -41,7 +41,9 @@ def frame_context(memories: list[str], scope: str, max_chars: int) -> str:
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
     lines: list[str] = []
     for memory in memories:
-        text = _neutralise(memory.strip()) if isinstance(memory, str) else ""
+        text = memory.strip() if isinstance(memory, str) else ""
+        if "</" in text:
+            text = _neutralise(text)
         if not text:
             continue
         line = "- " + text.replace("\n", "\n  ") + "\n"
