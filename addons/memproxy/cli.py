@@ -779,8 +779,9 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
             if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
                 batch = [Memory(r["id"] or "", r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
                 for i in range(0, len(batch), IMPORT_BATCH):
-                    await store.add_many(batch[i : i + IMPORT_BATCH])
-                    advance(len(batch[i : i + IMPORT_BATCH]))
+                    chunk = batch[i : i + IMPORT_BATCH]
+                    await store.add_many(chunk)
+                    advance(len(chunk))
                 return
             for r in records:
                 await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
