@@ -12,17 +12,13 @@ import json
 import math
 import re
 import socket
-import threading
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
-from .upstream import Recorded
-
-T = TypeVar("T")
+from .recording import RecordingServer
 
 DEFAULT_KEY = "sm_test_fake_key"
 FAULTS = (None, "slow", "429", "500", "bad_json", "refused", "kill")
@@ -79,7 +75,7 @@ ROUTER_REPLY = {
 }
 
 
-class FakeSupermemory:
+class FakeSupermemory(RecordingServer):
     """A fake Supermemory on 127.0.0.1 that requires ``Authorization: Bearer <api_key>``.
 
     Knobs (set any time from the test thread): ``fault`` is one of None; "slow" (answer after
@@ -93,7 +89,10 @@ class FakeSupermemory:
     stored, by id.
     """
 
+    thread_name = "fake-supermemory"
+
     def __init__(self, api_key: str = DEFAULT_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.slow_seconds = 2.0
         self.retry_after: float | str = 1
@@ -102,19 +101,9 @@ class FakeSupermemory:
         self.chunk_results = False
         self.profiles: dict[str, dict[str, list[str]]] = {}
         self.documents: dict[str, Document] = {}
-        self.requests: list[Recorded] = []
-        self.port = 0
         self._fault: str | None = None
         self._clock = 0  # seconds after EPOCH of the last stored change
-        self._seen = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def fault(self) -> str | None:
@@ -132,34 +121,6 @@ class FakeSupermemory:
 
     # lifecycle
 
-    def start(self) -> FakeSupermemory:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-supermemory", daemon=True)
-        self._thread.start()
-        self._run(self._serve())
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        if self._runner is not None:
-            self._run(self._runner.cleanup())
-        self._run(self._cancel_pending())  # e.g. a "slow" answer still sleeping
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = self._thread = self._runner = self._site = None
-
-    def __enter__(self) -> FakeSupermemory:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        assert self._loop is not None, "fake supermemory not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
     async def _serve(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -167,8 +128,9 @@ class FakeSupermemory:
         await self._runner.setup()
         await self._listen()
 
-    @staticmethod
-    async def _cancel_pending() -> None:
+    async def _stopping(self) -> None:
+        """Cancel what still runs, e.g. a "slow" answer still sleeping; listen no more."""
+        self._site = None
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
@@ -198,26 +160,6 @@ class FakeSupermemory:
         with self._seen:
             return sum(rec.path == path for rec in self.requests)
 
-    def last(self, path: str | None = None) -> Recorded:
-        """The latest request (to ``path``)."""
-        with self._seen:
-            for rec in reversed(self.requests):
-                if path is None or rec.path == path:
-                    return rec
-            seen = [r.path for r in self.requests]
-        raise LookupError(f"no request to {path or 'any path'}; seen: {seen}")
-
-    def clear(self) -> None:
-        with self._seen:
-            self.requests.clear()
-
-    def wait_for(self, n: int, timeout: float = 10.0) -> list[Recorded]:
-        """Wait until at least ``n`` requests were recorded; return them."""
-        with self._seen:
-            if not self._seen.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise TimeoutError(f"expected {n} requests, got {len(self.requests)}")
-            return list(self.requests)
-
     # server side
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -226,11 +168,7 @@ class FakeSupermemory:
             data = json.loads(body) if body else None
         except ValueError:
             data = None
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        rec = Recorded(request.method, request.path, dict(request.query), headers, body, data)
-        with self._seen:
-            self.requests.append(rec)
-            self._seen.notify_all()
+        headers = self._record(request, body, data).headers
 
         if self.fault_paths is None or request.path in self.fault_paths:
             if failed := await self._fail(request):

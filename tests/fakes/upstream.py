@@ -15,13 +15,14 @@ import math
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from .recording import Recorded, RecordingServer
 
 DEFAULT_REPLY = "Hello from the fake upstream."
 CREATED = 1_700_000_000
@@ -32,21 +33,6 @@ MODELS = {
         for m in ("gpt-4o-mini", "claude-sonnet-4-6", "gemini-2.5-flash")
     ],
 }
-
-
-@dataclass
-class Recorded:
-    """One request as the upstream received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]  # lowercased keys
-    body: bytes
-    json: Any  # parsed body, or None
-    ws_messages: list[Any] = field(default_factory=list)  # parsed client messages (WebSocket)
-    ws_raw: list[str | bytes] = field(default_factory=list)  # client messages as received: text and binary
-    sent: bytearray = field(default_factory=bytearray)  # the SSE body written back, byte for byte
 
 
 @dataclass
@@ -234,7 +220,7 @@ def split(text: str, n: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [text]
 
 
-class FakeUpstream:
+class FakeUpstream(RecordingServer):
     """A fake LLM provider on 127.0.0.1, with recording, pacing and fault knobs.
 
     Knobs (set any time): ``reply``, ``chunks``, ``chunk_delay`` (seconds between
@@ -252,7 +238,10 @@ class FakeUpstream:
     Content-Encoding not undone.
     """
 
+    thread_name = "fake-upstream"
+
     def __init__(self, *, decompress: bool = True) -> None:
+        super().__init__()
         self.decompress = decompress
         self.reply = DEFAULT_REPLY
         self.reply_for: Callable[[Recorded], str] | None = None
@@ -266,43 +255,8 @@ class FakeUpstream:
         self.reset_mid_stream = False
         self.require_cookie: str | None = None
         self.cookie_token = secrets.token_urlsafe(16)
-        self.requests: list[Recorded] = []
         self.sent_times: list[float] = []
-        self.port = 0
-        self._seen = threading.Condition()
         self._gate = asyncio.Semaphore(0)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    # lifecycle
-
-    def start(self) -> FakeUpstream:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = self._thread = self._runner = None
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 2**20)
@@ -322,39 +276,19 @@ class FakeUpstream:
         for _ in range(n):
             self._loop.call_soon_threadsafe(self._gate.release)
 
-    def last(self, path_contains: str | None = None) -> Recorded:
-        """The latest request (whose path contains ``path_contains``)."""
-        with self._seen:
-            for rec in reversed(self.requests):
-                if path_contains is None or path_contains in rec.path:
-                    return rec
-            seen = [r.path for r in self.requests]
-        raise LookupError(f"no request to {path_contains or 'any path'}; seen: {seen}")
+    def _matches(self, rec: Recorded, path: str) -> bool:
+        return path in rec.path  # a part of the path: the providers' paths carry models and versions
 
     def clear(self) -> None:
         with self._seen:
-            self.requests.clear()
+            super().clear()
             self.sent_times.clear()
-
-    def wait_for(self, n: int, timeout: float = 10.0) -> list[Recorded]:
-        """Wait until at least ``n`` requests were recorded; return them."""
-        with self._seen:
-            if not self._seen.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise TimeoutError(f"expected {n} requests, got {len(self.requests)}")
-            return list(self.requests)
 
     # server side
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        headers: dict[str, str] = {}
-        for key, value in request.headers.items():
-            key = key.lower()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        rec = Recorded(request.method, request.path, dict(request.query), headers, body, _loads(body) if body else None)
-        with self._seen:
-            self.requests.append(rec)
-            self._seen.notify_all()
+        rec = self._record(request, body, _loads(body) if body else None)
 
         path, data = request.path, rec.json if isinstance(rec.json, dict) else {}
         model = str(data.get("model", "fake-model"))
