@@ -28,7 +28,17 @@ run: $(VENV)/.synced
 web: $(VENV)/.synced
 	$(VENV)/bin/memproxy run --web --host $(LISTEN_HOST) -p $(LISTEN_PORT) $(ARGS)
 
-test: $(VENV)/.synced
+# Real clients for the end-to-end tests (tests/clients: Claude Code, pinned with its hashes in package-lock.json).
+CLIENTS := tests/clients/node_modules/.installed
+
+$(CLIENTS): tests/clients/package.json tests/clients/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: tests/test_e2e_clients.py will skip (under CI it fails)"; \
+	fi
+
+test: $(VENV)/.synced $(CLIENTS)
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
 test-slow: $(VENV)/.synced

@@ -71,6 +71,27 @@ def claude(cwd: str | None = "/tmp/work/myrepo", **headers: str) -> RequestView:
                body=claude_body(cwd), model="claude-sonnet-4-5")
 
 
+def claude_197(cwd: str) -> RequestView:
+    """Claude Code 2.1.197 (`claude -p`, as the real client sent it): the cwd in a top-level system block."""
+    body = {
+        "model": "claude-sonnet-4-5",
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.99a; cc_entrypoint=sdk-cli;"},
+            {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK."},
+            {"type": "text", "text": "# Environment\nYou have been invoked in the following environment: \n"
+             f" - Primary working directory: {cwd}\n - Is a git repository: false\n"},
+        ],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "fix the failing test"}]},
+            {"role": "system", "content": "The following deferred tools are now available via ToolSearch."},
+        ],
+        "stream": True,
+    }
+    h = {"User-Agent": "claude-cli/2.1.197 (external, sdk-cli)", "x-app": "cli", "anthropic-beta": "claude-code-20250219"}
+    return req(method="POST", host="api.anthropic.com", path="/v1/messages?beta=true", headers=h, body=body,
+               model="claude-sonnet-4-5")
+
+
 def codex(input_items: list, generate: bool | None = None, **headers: str) -> RequestView:
     body: dict[str, Any] = {"type": "response.create", "model": "gpt-5.1-codex", "instructions": "You are Codex.",
                             "input": input_items, "stream": True}
@@ -117,7 +138,16 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     ("claude-code windows cwd", claude("C:\\Users\\me\\winrepo"), "claude-code:winrepo", "claude-code", False),
     ("claude-code background", claude(**{"x-claude-code-request-class": "background"}),
      "default", "claude-code-background", True),
+    ("claude-code 2.1.197 cwd in system", claude_197("/home/u/oldrepo"), "claude-code:oldrepo", "claude-code-system",
+     False),
     ("claude-code no cwd", claude(None), "claude-code", "claude-code-other", False),
+    ("claude-code 2.1.197 title", req(
+        method="POST", path="/v1/messages?beta=true", headers={"User-Agent": "claude-cli/2.1.197 (external, sdk-cli)"},
+        body={"system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.ed5;"},
+                         {"type": "text", "text": "Generate a concise, sentence-case title (3-7 words) that captures"
+                          " the main topic or goal of this coding session."}],
+              "messages": [{"role": "user", "content": [{"type": "text", "text": "<session>\nhello\n</session>"}]}]}),
+     "default", "title-generation", True),
     ("opencode title (anthropic)", req(
         method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic/2.0"},
         body={"system": [{"type": "text", "text": "You are a title generator. You output ONLY a thread title."}],
