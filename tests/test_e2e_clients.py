@@ -1,7 +1,8 @@
 """End to end with real clients from npm (tests/clients; `make test` installs them with npm ci): Claude Code
-(`claude -p`) and Codex CLI (`codex exec`), driven through a real mitmdump with addons/memory.py, the fake
-upstream standing in for api.anthropic.com and api.openai.com. Each is set up as its README quickstart says,
-once by hand and once with `memproxy wrap`.
+(`claude -p`), Codex CLI (`codex exec`) and Gemini CLI (`gemini -p`), driven through a real mitmdump with
+addons/memory.py, the fake upstream standing in for their providers' hosts. Each is set up as its README
+quickstart says, once by hand and once with `memproxy wrap`; each remembers a turn in one project, recalls it
+there, and keeps it out of another project.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, MitmdumpProc
 from e2e_helpers import MEMORY_TAG, isolated_env, memories, wait_memories
-from fakes import FakeUpstream
+from fakes import FakeUpstream, Recorded
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +25,7 @@ BIN = ROOT / "tests/clients/node_modules/.bin"
 MEMPROXY = Path(sys.executable).with_name("memproxy")
 ANTHROPIC_KEY = "sk-ant-e2e-real-claude-0123456789"
 OPENAI_KEY = "sk-e2e-real-codex-0123456789"
+GEMINI_KEY = "AIza-e2e-real-gemini-0123456789"
 
 
 def installed(name: str) -> Path:
@@ -64,6 +66,25 @@ def codex(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: b
     if not wrap:
         env |= {"HTTPS_PROXY": proc.proxy_url, "CODEX_CA_CERTIFICATE": str(proc.confdir / "memproxy-bundle.pem")}
     return run(proc, project, [str(installed("codex")), "exec", "--skip-git-repo-check", prompt], env, wrap=wrap)
+
+
+def gemini(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: bool = False) -> str:
+    """`gemini -p prompt` (`--skip-trust`: headless in a folder it was never told to trust); by hand as the README says."""
+    env = isolated_env(home) | {"GEMINI_API_KEY": GEMINI_KEY}
+    if not wrap:
+        env |= {"HTTPS_PROXY": proc.proxy_url, "NODE_EXTRA_CA_CERTS": str(proc.ca_path)}
+    return run(proc, project, [str(installed("gemini")), "--skip-trust", "-p", prompt], env, wrap=wrap).strip()
+
+
+def answer_classifier(upstream: FakeUpstream) -> None:
+    """Gemini CLI's model-routing classifier asks for JSON (`responseMimeType`): the fake answers it so."""
+    verdict = json.dumps({"complexity_reasoning": "a short question", "complexity_score": 10})
+
+    def reply(rec: Recorded) -> str:
+        config = rec.json.get("generationConfig", {}) if isinstance(rec.json, dict) else {}
+        return verdict if config.get("responseMimeType") == "application/json" else upstream.reply
+
+    upstream.reply_for = reply
 
 
 def messages_calls(upstream: FakeUpstream) -> list[dict[str, Any]]:
@@ -134,3 +155,37 @@ def test_codex_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path:
     assert len(wait_memories(db, "codex:alpha", 2)) == 2
     assert memories(db, "codex") == []
     assert OPENAI_KEY not in json.dumps(memories(db, "codex:alpha")) + proc.log_text()
+
+
+def gemini_calls(upstream: FakeUpstream, action: str) -> list[dict[str, Any]]:
+    """The bodies of Gemini CLI's `generateContent` (classifier) or `streamGenerateContent` (turn) calls."""
+    return [r.json for r in upstream.requests if r.method == "POST" and r.path.endswith(f":{action}")]
+
+
+def test_gemini_cli_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, alpha, beta = tmp_path / "home", tmp_path / "alpha", tmp_path / "beta"
+    answer_classifier(upstream)
+
+    upstream.reply = "Noted: alpha deploys with Nomad."
+    assert gemini(proc, alpha, "We deploy the alpha service with Nomad.", home, wrap=True) == upstream.reply
+    assert MEMORY_TAG not in json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
+    stored = wait_memories(db, "gemini-cli:alpha")
+    assert len(stored) == 1, proc.log_text()
+    assert "alpha service with Nomad" in stored[0] and upstream.reply in stored[0]
+
+    upstream.reply = "With Nomad."
+    assert gemini(proc, alpha, "How does the alpha service deploy?", home) == upstream.reply
+    sent = json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
+    assert MEMORY_TAG in sent and "alpha service with Nomad" in sent
+    classifier = gemini_calls(upstream, "generateContent")
+    assert classifier and all(MEMORY_TAG not in json.dumps(c) for c in classifier)  # auxiliary: left alone
+
+    upstream.reply = "I don't know yet."
+    gemini(proc, beta, "How does the beta service deploy?", home)
+    assert MEMORY_TAG not in json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
+    assert len(wait_memories(db, "gemini-cli:beta")) == 1
+    assert len(wait_memories(db, "gemini-cli:alpha", 2)) == 2
+    assert memories(db, "gemini-cli") == []
+    assert GEMINI_KEY not in json.dumps(memories(db, "gemini-cli:alpha")) + proc.log_text()
