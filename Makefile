@@ -28,7 +28,8 @@ run: $(VENV)/.synced
 web: $(VENV)/.synced
 	$(VENV)/bin/memproxy run --web --host $(LISTEN_HOST) -p $(LISTEN_PORT) $(ARGS)
 
-# Real clients for the end-to-end tests (tests/clients: Claude Code, pinned with its hashes in package-lock.json).
+# Real clients for the end-to-end tests (tests/clients: Claude Code, Codex CLI, Gemini CLI, pinned with their
+# hashes in package-lock.json).
 CLIENTS := tests/clients/node_modules/.installed
 
 $(CLIENTS): tests/clients/package.json tests/clients/package-lock.json
