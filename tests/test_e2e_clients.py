@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 BIN = ROOT / "tests/clients/node_modules/.bin"
 MEMPROXY = Path(sys.executable).with_name("memproxy")
-ANTHROPIC_KEY = "sk-ant-e2e-real-claude-0123456789"
+ANTHROPIC_KEY = "sk-ant-fake-e2e-claude"  # distinctive, and short of a real key's shape
 OPENAI_KEY = "sk-e2e-real-codex-0123456789"
 GEMINI_KEY = "AIza-e2e-real-gemini-0123456789"
 
