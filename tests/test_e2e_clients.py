@@ -131,6 +131,18 @@ def test_claude_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp
     assert ANTHROPIC_KEY not in json.dumps(memories(db, "claude-code:alpha")) + proc.log_text()
 
 
+def test_claude_code_in_reverse_mode(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The README's way without the CA: ANTHROPIC_BASE_URL at a reverse listener."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="reverse", upstream=upstream, options={"memory_db": str(db)})
+    env = isolated_env(tmp_path / "home") | {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": proc.base_url}
+    upstream.reply = "Noted: gamma uses SQLite."
+    out = run(proc, tmp_path / "gamma", [str(installed("claude")), "-p", "The gamma service uses SQLite."], env, wrap=False)
+    assert out.strip() == upstream.reply
+    assert wait_memories(db, "claude-code:gamma") == [f"User: The gamma service uses SQLite.\nAssistant: {upstream.reply}"]
+    assert memories(db, "claude-code") == []
+
+
 def test_codex_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
     db = tmp_path / "memories.db"
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
