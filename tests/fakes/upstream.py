@@ -331,8 +331,11 @@ class FakeUpstream(RecordingServer):
             rec.sent += data
             await resp.write(data)
 
-        if await self._play(events, write, request):
-            await resp.write_eof()
+        try:
+            if await self._play(events, write, request):
+                await resp.write_eof()
+        except ConnectionResetError:  # the client left mid-stream: the end of this answer, not a server error
+            pass
         return resp
 
     def _challenge(self) -> web.Response:
