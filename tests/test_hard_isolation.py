@@ -84,8 +84,7 @@ async def check_isolation(store: MemoryStore, turns: list[tuple[str, str]], prob
     query = f"{CANARY} {turns[-1][1]}"
     for scope in [*own, *probes]:
         expected = sorted(own.get(scope, []))
-        found = await recall.search(scope, query, 100, 0.0, TIMEOUT)
-        assert sorted(m.content for m in found) == expected, scope
+        assert sorted(await recall.search(scope, query, 100, 0.0, TIMEOUT)) == expected, scope
         assert sorted(m.content for m in await store.search(scope, query, 100)) == expected, scope
         assert sorted(m.content for m in await store.list(scope)) == expected, scope
     for scope, contents in own.items():  # another scope cannot forget this scope's memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -57,6 +58,18 @@ async def test_cache_hit_skips_the_store_until_ttl_or_invalidation():
     assert store.calls == 4
 
 
+async def test_answers_are_contents_best_first_and_the_cache_holds_nothing_the_collector_walks():
+    class Two(CountingStore):
+        async def search(self, scope, query, limit=5, threshold=0.0):
+            return [Memory("1", scope, "best", 0.9, {"client": "x"}), Memory("2", scope, "next", 0.5)]
+
+    recall = Recall(Two())
+    assert await recall.search("s", "q", 5, 0.0, 1.0) == ("best", "next")
+    gc.collect()
+    (_, cached), = recall._cache.values()
+    assert cached == ("best", "next") and not gc.is_tracked(cached)
+
+
 async def test_concurrent_identical_lookups_are_one_call():
     store = CountingStore(delay=0.05)
     recall = Recall(store)
@@ -68,7 +81,7 @@ async def test_concurrent_identical_lookups_are_one_call():
 async def test_timeout_fails_open_and_the_late_answer_is_cached():
     store = CountingStore(delay=0.2)
     recall = Recall(store)
-    assert await recall.search("s", "q", 5, 0.0, 0.01) == []
+    assert await recall.search("s", "q", 5, 0.0, 0.01) == ()
     await asyncio.sleep(0.3)
     assert await recall.search("s", "q", 5, 0.0, 0.01)  # served from the cache, no new call
     assert store.calls == 1
@@ -79,7 +92,7 @@ async def test_breaker_opens_after_failures_and_probes_later():
     store = CountingStore(error=StoreError("down", status=500))
     recall = Recall(store, breaker=CircuitBreaker(failures=3, reset_after=30, clock=clock), clock=clock)
     for i in range(10):
-        assert await recall.search("s", f"q{i}", 5, 0.0, 1.0) == []
+        assert await recall.search("s", f"q{i}", 5, 0.0, 1.0) == ()
     assert store.calls == 3 and recall.breaker.state == "open"
     clock.now += 31
     store.error = None
@@ -106,7 +119,7 @@ async def test_slow_answers_trip_the_breaker():
         await recall.search("s", f"q{i}", 5, 0.0, 0.01)
     await asyncio.sleep(0.1)
     assert recall.breaker.state == "open"
-    assert await recall.search("s", "q9", 5, 0.0, 1.0) == []
+    assert await recall.search("s", "q9", 5, 0.0, 1.0) == ()
     assert store.calls == 2
 
 
@@ -161,7 +174,7 @@ async def test_a_store_future_is_waited_for_without_a_task_and_outlives_a_cancel
     await asyncio.sleep(0)
     store.answer()
     assert waiters[0].cancelled() and not store.pending[0][0].cancelled()
-    assert [m.content for r in await asyncio.gather(*waiters[1:]) for m in r] == ["about q", "about q"]
+    assert await asyncio.gather(*waiters[1:]) == [("about q",), ("about q",)]
     assert await recall.search("s", "q", 5, 0.0, 5.0) and store.calls == 1  # the answer was cached
 
 
@@ -182,6 +195,6 @@ async def test_a_store_that_fails_before_it_starts_fails_open_and_counts_as_a_fa
 
     store.start_search = closed
     recall = Recall(store, breaker=CircuitBreaker(failures=1))
-    assert await recall.search("s", "q", 5, 0.0, 1.0) == []
+    assert await recall.search("s", "q", 5, 0.0, 1.0) == ()
     await asyncio.sleep(0)  # the fetch's done callback runs on the loop's next turn
     assert recall.breaker.state == "open"

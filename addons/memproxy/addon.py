@@ -30,7 +30,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
 from .capture import Outbox, Turn
-from .memory import Backend, Memory, MemoryStore, StoreError, configured_backend, open_store
+from .memory import Backend, MemoryStore, StoreError, configured_backend, open_store
 from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
@@ -503,7 +503,7 @@ class MemoryAddon:
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
             memories = await self._search(route, query)
-            text = protocols.frame_context([m.content for m in memories], route.user_id, actions.max_chars)
+            text = protocols.frame_context(memories, route.user_id, actions.max_chars)
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
                 info["injected"] = len(memories)
@@ -519,8 +519,8 @@ class MemoryAddon:
         info["ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
-    async def _search(self, route: Route, query: str) -> list[Memory]:
-        """Search the route's scope within the time budget; any failure means no memories."""
+    async def _search(self, route: Route, query: str) -> tuple[str, ...]:
+        """The contents of the route's memories for `query`, within the time budget; any failure means none."""
         a, timeout = route.actions, self.timeout
         search = self.recall.search(route.user_id, query, a.max_results, a.threshold, timeout)
         if not a.profile:

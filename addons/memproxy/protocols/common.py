@@ -7,7 +7,7 @@ import abc
 import html
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ def strip_memory_blocks(text: str) -> str:
     return _MEMORY_BLOCK.sub("", text)
 
 
-def frame_context(memories: list[str], scope: str, max_chars: int) -> str:
+def frame_context(memories: Sequence[str], scope: str, max_chars: int) -> str:
     """The recalled-memories block for `memories` (best first), at most `max_chars`
     long. Memories that do not fit are dropped whole, except that an over-long
     first one is cut short with "…". Returns "" if none fits."""
