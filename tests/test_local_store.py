@@ -118,6 +118,13 @@ def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
     assert len(run(store.search("s", query, limit=2))) == 2
     assert run(store.search("s", "kubernetes", limit=0)) == []
 
+    async def contents(**kwargs: Any) -> tuple[str, ...]:  # recall's path: the same memories, contents only
+        return await store.start_search("s", query, **kwargs)
+
+    for kwargs in ({"limit": 10}, {"limit": 10, "threshold": cut}, {"threshold": 1.0}, {"limit": 2}, {"limit": 0}):
+        assert run(contents(**kwargs)) == tuple(h.content for h in run(store.search("s", query, **kwargs))), kwargs
+    assert run(contents(limit=10))[0] == "kubernetes helm chart values for the ingress"
+
 
 def test_a_word_unknown_at_first_search_is_found_once_stored(store: LocalStore) -> None:
     add_all(store, "s", FILLER)

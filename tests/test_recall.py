@@ -160,7 +160,7 @@ class FutureStore(CountingStore):
 
     def answer(self) -> None:
         for future, scope, query in self.pending:
-            future.set_result([Memory("1", scope, f"about {query}", 0.9)])
+            future.set_result((f"about {query}",))
 
 
 async def test_a_store_future_is_waited_for_without_a_task_and_outlives_a_cancelled_waiter():

@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .memory.base import Memory, MemoryStore, StoreError
+from .memory.base import MemoryStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ async def within(future: asyncio.Future[T], timeout: float) -> T:
         if not future.done():
             raise TimeoutError
     return future.result()
-
-
-def _texts(memories: list[Memory]) -> Texts:
-    return tuple(m.content for m in memories)
 
 
 class CircuitBreaker:
@@ -121,7 +117,7 @@ class Recall:
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.clock = clock
         self._cache: OrderedDict[Key, tuple[float, Texts]] = OrderedDict()
-        self._inflight: dict[Key, asyncio.Future[list[Memory]]] = {}
+        self._inflight: dict[Key, asyncio.Future[Texts]] = {}
         self._said: set[str] = set()
         self._took: deque[float] = deque(maxlen=1024)  # seconds, of the latest searches (cache hits too)
 
@@ -151,12 +147,12 @@ class Recall:
     async def profile(self, scope: str, timeout: float) -> Texts:
         """The scope's profile facts (backends that keep one); () on any failure."""
 
-        async def fetch() -> list[Memory]:
-            return [Memory(f"profile-{i}", scope, fact, 1.0) for i, fact in enumerate(await self.store.profile(scope))]
+        async def fetch() -> Texts:
+            return tuple(await self.store.profile(scope))
 
         return await self._lookup((scope, PROFILE, 0, 0.0), fetch, timeout)
 
-    async def _lookup(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], timeout: float) -> Texts:
+    async def _lookup(self, key: Key, fetch: Callable[[], Awaitable[Texts]], timeout: float) -> Texts:
         """Cached, single-flight, budgeted, behind the breaker."""
         if (hit := self._cache.get(key)) is not None:
             if hit[0] > self.clock():
@@ -168,14 +164,14 @@ class Recall:
                 return ()
             future = self._start(key, fetch, timeout)
         try:
-            return _texts(await within(future, timeout))
+            return await within(future, timeout)
         except TimeoutError:
             self._once("timeout", f"recall took longer than {timeout * 1000:.0f} ms; went on without memories")
         except Exception as e:  # noqa: BLE001 - fail open; _finished already logged
             self._once(f"error:{type(e).__name__}", f"recall failed, went on without memories: {type(e).__name__}: {e}")
         return ()
 
-    def _start(self, key: Key, fetch: Callable[[], Awaitable[list[Memory]]], budget: float) -> asyncio.Future[list[Memory]]:
+    def _start(self, key: Key, fetch: Callable[[], Awaitable[Texts]], budget: float) -> asyncio.Future[Texts]:
         """Start a fetch that the breaker and the cache hear the end of, however long its waiters wait.
 
         A store's future is used as it is; only a coroutine gets a task."""
@@ -188,7 +184,7 @@ class Recall:
         future.add_done_callback(functools.partial(self._finished, key, self.clock(), budget))
         return future
 
-    def _finished(self, key: Key, started: float, budget: float, future: asyncio.Future[list[Memory]]) -> None:
+    def _finished(self, key: Key, started: float, budget: float, future: asyncio.Future[Texts]) -> None:
         if self._inflight.get(key) is future:
             del self._inflight[key]
         if future.cancelled():
@@ -202,7 +198,7 @@ class Recall:
             self.breaker.failure()  # it answered, but too late to be of use: a slow backend trips the breaker too
         else:
             self.breaker.success()
-        self._cache[key] = (self.clock() + self.ttl, _texts(future.result()))
+        self._cache[key] = (self.clock() + self.ttl, future.result())
         if len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
 

@@ -48,10 +48,11 @@ class MemoryStore(abc.ABC):
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
         """The most relevant memories of `scope` for `query`, best first, score >= threshold."""
 
-    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> Awaitable[list[Memory]]:
-        """`search`, as an awaitable to start now: a backend that can answer with a future skips the
-        coroutine and the task around it (recall's path, once per request)."""
-        return self.search(scope, query, limit, threshold)
+    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> Awaitable[tuple[str, ...]]:
+        """The contents of `search`'s memories, best first, as an awaitable started now: what recall needs.
+        A backend that can answer with a future skips the coroutine and the task around it, and the Memory
+        objects (the local store: once per request)."""
+        return _contents(self.search(scope, query, limit, threshold))
 
     @abc.abstractmethod
     async def add(
@@ -76,3 +77,7 @@ class MemoryStore(abc.ABC):
 
     async def close(self) -> None:
         """Release resources."""
+
+
+async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
+    return tuple(m.content for m in await memories)

@@ -71,12 +71,14 @@ COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
 # statement per search), then read the few best memories by id. `+m.scope` keeps SQLite from scanning
 # the scope's index instead; the scope test guards against prefix collisions (a collision can only
 # cost results, never leak another scope's).
-SEARCH = f"""
-SELECT {COLUMNS}, best.score FROM (
+SEARCH = """
+SELECT {columns}, best.score FROM (
     SELECT rowid AS id, bm25(memories_fts) AS score FROM memories_fts WHERE memories_fts MATCH ? ORDER BY score LIMIT ?
 ) AS best CROSS JOIN memories AS m ON m.id = best.id
 WHERE +m.scope = ? ORDER BY best.score
 """
+SEARCH_MEMORIES = SEARCH.format(columns=COLUMNS)
+SEARCH_CONTENTS = SEARCH.format(columns="m.content")  # recall's: nothing it does not inject
 DF = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
@@ -152,10 +154,10 @@ class LocalStore(MemoryStore):
         await self._run(self._optimise)
 
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
-        return await self.start_search(scope, query, limit, threshold)
+        return await self._run(self._search, scope, query, limit, threshold)
 
-    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> asyncio.Future[list[Memory]]:
-        return self._run(self._search, scope, query, limit, threshold)
+    def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> asyncio.Future[tuple[str, ...]]:
+        return self._run(self._contents, scope, query, limit, threshold)
 
     async def add(
         self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
@@ -237,17 +239,24 @@ class LocalStore(MemoryStore):
             self._db = None
 
     def _search(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> list[Memory]:
+        return [_memory(tuple(row), score) for *row, score in self._ranked(db, SEARCH_MEMORIES, scope, query, limit, threshold)]
+
+    def _contents(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> tuple[str, ...]:
+        return tuple(content for content, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
+
+    def _ranked(self, db: sqlite3.Connection, sql: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
+        """The rows of `sql` (a SEARCH) for `query` in `scope`, best first, each ending in its score in [0, 1)."""
         prefix = scope_prefix(scope)
         terms = [prefix + t for t in query_terms(query)] if limit > 0 else []
         terms = self._affordable(db, scope, terms)
         if not terms:
             return []
         found = []
-        for *row, rank in db.execute(SEARCH, (" OR ".join(f'"{t}"' for t in terms), limit, scope)):
+        for *row, rank in db.execute(sql, (" OR ".join(f'"{t}"' for t in terms), limit, scope)):
             score = -rank / (1 - rank)  # x / (1 + x) for x = -bm25: monotonic, in [0, 1)
             if score < threshold:
                 break
-            found.append(_memory(tuple(row), score))
+            found.append((*row, score))
         return found
 
     def _affordable(self, db: sqlite3.Connection, scope: str, terms: list[str]) -> list[str]:
