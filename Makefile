@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 
-.PHONY: run web test test-slow lint bench lock clean
+.PHONY: run web test test-slow lint bench bench-callgrind lock clean
 
 $(UV):
 	@test -n "$(PY)" || exit 1
@@ -56,6 +56,11 @@ bench: $(VENV)/.synced
 	$(UV) pip install --quiet --python bench/out/peer-venv/bin/python -r bench/peer-requirements.txt
 	$(VENV)/bin/python bench/run.py
 	bench/out/venv/bin/python bench/plot.py
+
+# Instructions and cache misses per request of setups (a), (c), (d) under callgrind: repeatable where time is not.
+bench-callgrind: $(VENV)/.synced
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(VENV)/bin/python bench/callgrind.py $(ARGS)
 
 lock: $(UV)
 	$(UV) lock --python $(PY)
