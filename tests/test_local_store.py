@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError
-from memproxy.memory.local import DF_BUDGET, MMAP_SIZE, LocalStore
+from memproxy.memory.local import DF_BUDGET, LocalStore
 
 T = TypeVar("T")
 
@@ -240,27 +240,6 @@ def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
         assert [m.id for m in run(reader.search("s", "proxy process"))] == [mid]
         assert run(reader.forget("s", mid)) is True
         assert run(writer.list("s")) == []
-    finally:
-        run(writer.close())
-        run(reader.close())
-
-
-def test_searches_read_a_memory_map_that_follows_another_store_growing_the_file(tmp_path: Path) -> None:
-    writer, reader = LocalStore(tmp_path / "m.db"), LocalStore(tmp_path / "m.db")
-
-    async def on(store: LocalStore, sql: str) -> Any:
-        return await store._run(lambda db: db.execute(sql).fetchone()[0])
-
-    try:
-        run(writer.add("s", "the first memory, mapped before the file grows"))
-        assert [m.content for m in run(reader.search("s", "first memory"))]  # the reader has mapped the file
-        size = (tmp_path / "m.db").stat().st_size
-        grown = [Memory(f"n{i}", "s", f"note {i} about the growing file, word{i}") for i in range(3000)]
-        assert run(writer.add_many(grown)) == 3000
-        run(on(writer, "PRAGMA wal_checkpoint(TRUNCATE)"))
-        assert (tmp_path / "m.db").stat().st_size > 4 * size
-        assert [m.content for m in run(reader.search("s", "word2999"))] == ["note 2999 about the growing file, word2999"]
-        assert run(on(reader, "PRAGMA mmap_size")) == run(on(writer, "PRAGMA mmap_size")) == MMAP_SIZE
     finally:
         run(writer.close())
         run(reader.close())

@@ -33,10 +33,6 @@ DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
 # them into one on open and after adding a tenth of its size (at least OPTIMISE_EVERY memories).
 MAX_SEGMENTS = 4
 OPTIMISE_EVERY = 1000
-# Searches read the file through a memory map, in place: no read() call and no copy of each page into
-# SQLite's own cache, whose recycled buffers would sweep the proxy's working set out of the CPU cache
-# (bench (d), callgrind: 28 % fewer last-level misses a request, no pread; RSS only counts pages read).
-MMAP_SIZE = 256 * 1024 * 1024
 
 # The index is contentless and scoped: each memory is indexed as its words, each glued to a prefix
 # derived from the scope (see `index_text`), so every scope has its own posting lists and a search
@@ -220,7 +216,6 @@ class LocalStore(MemoryStore):
             db.create_function("memproxy_index_text", 2, index_text, deterministic=True)  # for SCHEMA's reindex
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute(f"PRAGMA mmap_size = {MMAP_SIZE}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 db.executescript(SCHEMA)
