@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 
-.PHONY: run web test test-slow lint bench bench-callgrind lock clean
+.PHONY: run web test test-slow lint bench bench-callgrind bench-ab lock clean
 
 $(UV):
 	@test -n "$(PY)" || exit 1
@@ -61,6 +61,11 @@ bench: $(VENV)/.synced
 bench-callgrind: $(VENV)/.synced
 	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(VENV)/bin/python bench/callgrind.py $(ARGS)
+
+# Setup (d) of two or more revisions side by side, ratios paired turn by turn: make bench-ab ARGS="HEAD~1 worktree".
+bench-ab: $(VENV)/.synced
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(VENV)/bin/python bench/ab.py $(ARGS)
 
 lock: $(UV)
 	$(UV) lock --python $(PY)

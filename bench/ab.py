@@ -1,0 +1,115 @@
+"""`make bench-ab ARGS="REV [REV ...]"`: setup (d) of two or more revisions of the addon, side by side.
+
+On a machine whose speed drifts by ±25 % within minutes, the figure that holds is the ratio of two setups
+measured back to back: the setups take turns for BENCH_AB_RUNS runs of BENCH_AB_SECONDS each (30 × 2 s), and
+the report is the median of the per-turn ratios to the first revision (±2 % here, where `make bench`'s ratios
+of medians move by ±10 %). CPU per request is split by thread (the loop thread and all others, from
+/proc/<pid>/task), since a change can move work from one to the other without saving any.
+
+A revision is anything `git archive` takes (HEAD~1, a branch, a commit) or "worktree" for the files as they
+are now. Setup c instead of d: BENCH_AB_SETUP=c.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import OUT, ROOT, Load, Proxy, processes, start_upstream
+from run import memory_options, prepare
+
+RUNS = int(os.environ.get("BENCH_AB_RUNS", "30"))
+SECONDS = int(os.environ.get("BENCH_AB_SECONDS", "2"))
+SETUP = os.environ.get("BENCH_AB_SETUP", "d")
+CONCURRENCY = 16
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def checkout(rev: str) -> Path:
+    """The revision's `addons/` under bench/out/ab/<rev>/ (the work tree's own for "worktree")."""
+    if rev == "worktree":
+        return ROOT
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = OUT / "ab" / commit[:12]
+    if not (tree / "addons" / "memory.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "addons"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def cpu_by_thread(pid: int) -> tuple[float, float]:
+    """Seconds of CPU so far: (the loop thread, every other thread)."""
+    loop = others = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / TICK
+        if tid == str(pid):
+            loop += seconds
+        else:
+            others += seconds
+    return loop, others
+
+
+def turn(load: Load) -> tuple[float, float, float]:
+    """One run: (req/s, loop thread ms of CPU a request, other threads' ms a request)."""
+    assert load.server.process is not None
+    pid = load.server.process.pid
+    loop0, others0 = cpu_by_thread(pid)
+    result = load.run(CONCURRENCY, SECONDS)
+    loop1, others1 = cpu_by_thread(pid)
+    n = max(1, result["requests"])
+    if result["errors"] or result["non2xx"]:
+        raise RuntimeError(f"{load.server.name}: {result['errors']} socket errors, {result['non2xx']} non-2xx answers")
+    return result["rps"], (loop1 - loop0) * 1000 / n, (others1 - others0) * 1000 / n
+
+
+def main() -> None:
+    revs = sys.argv[1:]
+    if len(revs) < 2:
+        sys.exit(__doc__)
+    files = prepare()
+    loads: dict[str, Load] = {}
+    for i, rev in enumerate(revs):
+        script = checkout(rev) / "addons" / "memory.py"
+        name = f"ab-{i}"
+        if SETUP == "c":
+            loads[rev] = Load(Proxy(name, str(script), memory_options(files, OUT / "cache.db", "rules_cache", name)),
+                              "/v1/chat/completions", OUT / "body-cache.json")
+        else:
+            loads[rev] = Load(Proxy(name, str(script), memory_options(files, files["fts"], "rules_cache", name)),
+                              "/v1/chat/completions", OUT / "body-fts.json", OUT / "vocab.txt")
+    turns: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in revs}
+    with processes() as started:
+        upstream = start_upstream(started)
+        for load in loads.values():
+            started.append(load.server)
+            load.server.start(upstream)
+            load.run(CONCURRENCY, 2)  # warm-up
+        for r in range(RUNS):
+            for rev in revs[r % len(revs):] + revs[: r % len(revs)]:
+                turns[rev].append(turn(loads[rev]))
+            print(f"turn {r + 1}/{RUNS}: " + "  ".join(f"{rev} {t[-1][0]:.0f}/s" for rev, t in turns.items()), flush=True)
+    base = turns[revs[0]]
+    print(f"\nsetup ({SETUP}), c={CONCURRENCY}, {RUNS} turns of {SECONDS} s; medians, ratios paired by turn, to {revs[0]}:")
+    print("| revision | req/s | CPU ms/req (loop + others) | CPU × | q1–q3 | req/s × |")
+    print("|---|---|---|---|---|---|")
+    for rev, runs in turns.items():
+        cpu = sorted((t[1] + t[2]) / (b[1] + b[2]) for t, b in zip(runs, base))
+        rps = statistics.median(t[0] / b[0] for t, b in zip(runs, base))
+        q1, _, q3 = statistics.quantiles(cpu, n=4) if len(cpu) > 1 else (cpu[0], 0, cpu[0])
+        loop, others = statistics.median(t[1] for t in runs), statistics.median(t[2] for t in runs)
+        print(f"| {rev} | {statistics.median(t[0] for t in runs):.0f} | {loop + others:.3f} ({loop:.3f} + {others:.3f}) "
+              f"| {statistics.median(cpu):.3f} | {q1:.3f}–{q3:.3f} | {rps:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
