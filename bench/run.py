@@ -129,6 +129,7 @@ def overhead(files: dict[str, Path], upstream: int, started: list) -> dict:
     body, fts = OUT / "body-cache.json", OUT / "body-fts.json"
     loads = {
         "a": Load(Proxy("a-noop", "bench/noop.py"), "/v1/chat/completions", body),
+        "a2": Load(Proxy("a2-noop-frozen", "bench/noop_freeze.py"), "/v1/chat/completions", body),
         "b": Load(Proxy("b-untouched", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "b")), "/v1/other", body),
         "c": Load(Proxy("c-cached", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "c")), "/v1/chat/completions", body),
         "d": Load(
@@ -344,7 +345,8 @@ def report(results: dict) -> str:
         "~6 KB chat-completions body, non-streaming, reverse mode to a local asyncio fake upstream, wrk -t1."
         + (" mitmdump pinned to CPU 0, wrk and the upstream to CPU 1." if PIN else ""),
         "(a) mitmdump + no-op addon; (b) our addon, POST /v1/other (not an LLM path); (c) our addon, recall cache hit, "
-        "~1 KB injected; (d) our addon, local FTS search over 100k memories in 100 scopes, random query and scope per request.",
+        "~1 KB injected; (d) our addon, local FTS search over 100k memories in 100 scopes, random query and scope per request; "
+        "(a′) the no-op addon plus `gc.freeze()` once running, which our addon does too (no target; see below the table).",
         "",
         "| c | setup | req/s | × (a) | p50 ms | p50 added ms | p99 ms | CPU ms/req | CPU × (a) | target | result |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -360,7 +362,9 @@ def report(results: dict) -> str:
     }
     for c in CONCURRENCY:
         base_rps, base_p50, base_cpu = (med(o["a"][str(c)], k) for k in ("rps", "p50", "cpu_ms_per_req"))
-        for key in ("a", "b", "c", "d", "upstream"):
+        for key in ("a", "b", "c", "d", "a2", "upstream"):
+            if key not in o:  # results.json of a run before (a′) existed
+                continue
             runs = o[key][str(c)]
             rps, p50, p99 = med(runs, "rps"), med(runs, "p50") / 1000, med(runs, "p99") / 1000
             cpu = med(runs, "cpu_ms_per_req") if key != "upstream" else 0.0
@@ -372,12 +376,31 @@ def report(results: dict) -> str:
             elif c == 1 and key in targets_c1:
                 ok, target = targets_c1[key](added)
                 result = verdict(ok)
-            name = "upstream direct (capacity)" if key == "upstream" else key
+            name = {"upstream": "upstream direct (capacity)", "a2": "a′ (no-op + gc.freeze)"}.get(key, key)
             cpu_cells = ("–", "–") if key == "upstream" else (f"{cpu:.3f}", f"{cpu_ratio:.2f}")
             lines.append(
                 f"| {c} | {name} | {rps:.0f} | {ratio:.2f} | {p50:.2f} | {added:+.2f} | {p99:.2f} | "
                 f"{cpu_cells[0]} | {cpu_cells[1]} | {target} | {result} |"
             )
+    if "a2" in o:
+        frozen = {c: {k: med(o[k][str(c)], "rps") / med(o["a2"][str(c)], "rps") for k in ("a", "b", "c", "d")} for c in CONCURRENCY}
+        lines += [
+            "",
+            "Our addon calls `gc.freeze()` once running: the objects of start-up leave the collector's walks, which makes "
+            f"mitmdump itself cheaper. (a′) is the no-op doing the same; at c=16 it serves {1 / frozen[16]['a']:.2f} × (a)'s "
+            "req/s. Against (a′), that is with the freeze's own gain taken out, req/s at c=16 are "
+            + ", ".join(f"({k}) {frozen[16][k]:.2f} ×" for k in ("b", "c", "d"))
+            + "; at c=1 "
+            + ", ".join(f"({k}) {frozen[1][k]:.2f} ×" for k in ("b", "c", "d"))
+            + ".",
+        ]
+    spread = {c: [r["rps"] for r in o["a"][str(c)]] for c in CONCURRENCY}
+    lines += [
+        "",
+        "How still the machine was: (a)'s req/s across the repetitions "
+        + ", ".join(f"at c={c} {min(v):.0f}–{max(v):.0f} (±{(max(v) - min(v)) / (max(v) + min(v)) * 100:.0f} %)" for c, v in spread.items())
+        + ". A ratio nearer to its target than that spread is not settled by this run.",
+    ]
     checks = results["overhead"]["checks"]
     errors = sum(r["errors"] + r["non2xx"] for k in o for c in o[k] for r in o[k][c])
     lines += [
