@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import OUT, ROOT, Load, Proxy, processes, start_upstream
-from run import memory_options, prepare
+from harness import OUT, ROOT, Load, processes, start_upstream
+from run import overhead_loads, prepare
 
 RUNS = int(os.environ.get("BENCH_AB_RUNS", "30"))
 SECONDS = int(os.environ.get("BENCH_AB_SECONDS", "2"))
@@ -77,16 +77,7 @@ def main() -> None:
     if len(revs) < 2:
         sys.exit(__doc__)
     files = prepare()
-    loads: dict[str, Load] = {}
-    for i, rev in enumerate(revs):
-        script = checkout(rev) / "addons" / "memory.py"
-        name = f"ab-{i}"
-        if SETUP == "c":
-            loads[rev] = Load(Proxy(name, str(script), memory_options(files, OUT / "cache.db", "rules_cache", name)),
-                              "/v1/chat/completions", OUT / "body-cache.json")
-        else:
-            loads[rev] = Load(Proxy(name, str(script), memory_options(files, files["fts"], "rules_cache", name)),
-                              "/v1/chat/completions", OUT / "body-fts.json", OUT / "vocab.txt")
+    loads = {rev: overhead_loads(files, str(checkout(rev) / "addons" / "memory.py"), tag=f"ab{i}-")[SETUP] for i, rev in enumerate(revs)}
     turns: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in revs}
     with processes() as started:
         upstream = start_upstream(started)

@@ -19,24 +19,13 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness import (
-    CONFDIR,
-    OUT,
-    PIN,
-    free_port,
-    isolated_env,
-    loopback_mitmdump_argv,
-    pinned,
-    processes,
-    start_upstream,
-)
-from run import SCOPES, memory_options, prepare
+from harness import OUT, PIN, Load, Proxy, processes, start_upstream
+from run import SCOPES, overhead_loads, prepare
 
 REQUESTS = int(os.environ.get("BENCH_CG_REQUESTS", "500"))
 WARM_UP = 300
@@ -45,15 +34,25 @@ CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,16,64"]
 TIMEOUT_MS = "60000"  # recall's budget: valgrind runs ~50x slower, and a timed-out recall would skip the search
 
 
-def setups(files: dict[str, Path]) -> dict[str, tuple[str, dict[str, str], Path, bool]]:
-    """Setup -> (script, options, body, fresh query and scope per request), as section 1 runs them."""
-    cached, fts = OUT / "body-cache.json", OUT / "body-fts.json"
-    recall = {"memory_timeout_ms": TIMEOUT_MS}
-    return {
-        "a": ("bench/noop.py", {}, cached, False),
-        "c": ("addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "cg-c") | recall, cached, False),
-        "d": ("addons/memory.py", memory_options(files, files["fts"], "rules_cache", "cg-d") | recall, fts, True),
-    }
+@dataclass
+class Callgrind(Proxy):
+    """A mitmdump under callgrind, counting nothing until told to."""
+
+    ready_timeout = 600.0  # start-up takes ~1 min under valgrind
+
+    @property
+    def out(self) -> Path:
+        return OUT / f"callgrind-{self.name}.out"
+
+    def command(self, upstream: int) -> list[str]:
+        for old in OUT.glob(self.out.name + "*"):
+            old.unlink()
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHES, f"--callgrind-out-file={self.out}"]
+        return [*valgrind, *super().command(upstream)]
+
+    def control(self, *args: str) -> None:
+        assert self.process is not None
+        subprocess.run(["callgrind_control", *args, str(self.process.pid)], check=True, capture_output=True)
 
 
 async def send(port: int, body: bytes, fresh: bool, n: int, rng: random.Random, vocab: list[str]) -> None:
@@ -100,47 +99,33 @@ def totals(out: Path) -> dict[str, int]:
     return best
 
 
-def measure(name: str, script: str, options: dict[str, str], body: Path, fresh: bool, upstream: int) -> dict[str, float]:
-    out = OUT / f"callgrind-{name}.out"
-    for old in OUT.glob(out.name + "*"):
-        old.unlink()
-    port = free_port()
-    argv = loopback_mitmdump_argv(port, {"confdir": str(CONFDIR), "termlog_verbosity": "warn", **options}, [script],
-                                  reverse=f"http://127.0.0.1:{upstream}")
-    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHES, f"--callgrind-out-file={out}"]
-    log = (OUT / f"callgrind-{name}.log").open("w")
-    proc = subprocess.Popen(pinned([*valgrind, *argv], 0), env=isolated_env(OUT / "home"), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parent.parent)
+def measure(load: Load, upstream: int) -> dict[str, float]:
+    server = load.server
+    assert isinstance(server, Callgrind)
+    log = OUT / f"{server.name}.log"
+    logged = log.stat().st_size if log.exists() else 0  # the log is appended to, run after run
+    server.start(upstream)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mitmdump under valgrind did not start; see {log.name}") from None
-                time.sleep(0.5)
         vocab = (OUT / "vocab.txt").read_text().split()
-        data, rng = body.read_bytes(), random.Random(7)
-        asyncio.run(send(port, data, fresh, WARM_UP, rng, vocab))
-        subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
-        asyncio.run(send(port, data, fresh, REQUESTS, rng, vocab))
-        subprocess.run(["callgrind_control", "--instr=off", str(proc.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+        data, rng, fresh = load.body.read_bytes(), random.Random(7), load.vocab is not None
+        asyncio.run(send(server.port, data, fresh, WARM_UP, rng, vocab))
+        server.control("--instr=on")
+        asyncio.run(send(server.port, data, fresh, REQUESTS, rng, vocab))
+        server.control("--instr=off")
+        server.control("--dump")
     finally:
-        proc.terminate()
-        proc.wait(120)
-        log.close()
-    skipped = sum("went on without memories" in line or "skipping recall" in line for line in open(log.name))
-    t = totals(out)
+        server.stop()
+    with log.open(errors="replace") as f:
+        f.seek(logged)
+        skipped = sum("went on without memories" in line or "skipping recall" in line for line in f)
+    t = totals(server.out)
     per = {
         "Ir": t["Ir"] / REQUESTS,
         "L1_misses": (t["I1mr"] + t["D1mr"] + t["D1mw"]) / REQUESTS,
         "LL_misses": (t["ILmr"] + t["DLmr"] + t["DLmw"]) / REQUESTS,
         "recalls_skipped": skipped,
     }
-    print(f"{name}: {per['Ir'] / 1e6:.3f} M instructions, {per['L1_misses']:.0f} L1 and {per['LL_misses']:.0f} LL misses a request", flush=True)
+    print(f"{server.name}: {per['Ir'] / 1e6:.3f} M instructions, {per['L1_misses']:.0f} L1 and {per['LL_misses']:.0f} LL misses a request", flush=True)
     return per
 
 
@@ -149,12 +134,13 @@ def main() -> None:
         print("note: taskset or a second CPU is missing; the client shares mitmdump's CPU", file=sys.stderr)
     files = prepare()
     chosen = sys.argv[1:] or ["a", "c", "d"]
+    loads = overhead_loads(files, proxy=Callgrind, tag="cg-", memory_timeout_ms=TIMEOUT_MS)
     results: dict[str, dict[str, float]] = {}
     with processes() as started:
         upstream = start_upstream(started)
         for name in chosen:
-            script, options, body, fresh = setups(files)[name]
-            results[name] = measure(name, script, options, body, fresh, upstream)
+            started.append(loads[name].server)
+            results[name] = measure(loads[name], upstream)
     (OUT / "callgrind.json").write_text(json.dumps({"requests": REQUESTS, "results": results}, indent=1))
     base = results.get("a")
     print(f"\nper request, {REQUESTS} requests at c={CONCURRENCY} after {WARM_UP} warm-up (ratios to (a)):")

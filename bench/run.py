@@ -125,21 +125,28 @@ def memory_options(files: dict[str, Path], db: Path, rules_key: str, name: str) 
     }
 
 
-def overhead(files: dict[str, Path], upstream: int, started: list) -> dict:
-    body, fts = OUT / "body-cache.json", OUT / "body-fts.json"
-    loads = {
-        "a": Load(Proxy("a-noop", "bench/noop.py"), "/v1/chat/completions", body),
-        "a2": Load(Proxy("a2-noop-frozen", "bench/noop_freeze.py"), "/v1/chat/completions", body),
-        "b": Load(Proxy("b-untouched", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "b")), "/v1/other", body),
-        "c": Load(Proxy("c-cached", "addons/memory.py", memory_options(files, OUT / "cache.db", "rules_cache", "c")), "/v1/chat/completions", body),
-        "d": Load(
-            Proxy("d-fts100k", "addons/memory.py", memory_options(files, files["fts"], "rules_cache", "d")),
-            "/v1/chat/completions",
-            fts,
-            OUT / "vocab.txt",
-        ),
-        "peer": Load(peer.Peer("peer-litellm"), "/v1/chat/completions", body, key=peer.KEY),
+def overhead_loads(
+    files: dict[str, Path], script: str = "addons/memory.py", proxy: type[Proxy] = Proxy, tag: str = "", **options: str
+) -> dict[str, Load]:
+    """Section 1's setups (a), (a′), (b), (c), (d): `script` as our addon, each server a `proxy`, `options` added to ours.
+    `tag` starts the servers' names (their logs and outboxes), for tools that run them beside these."""
+    body, fts, cache = OUT / "body-cache.json", OUT / "body-fts.json", OUT / "cache.db"
+
+    def ours(name: str, db: Path) -> dict[str, str]:
+        return memory_options(files, db, "rules_cache", tag + name) | options
+
+    return {
+        "a": Load(proxy(f"{tag}a-noop", "bench/noop.py"), "/v1/chat/completions", body),
+        "a2": Load(proxy(f"{tag}a2-noop-frozen", "bench/noop_freeze.py"), "/v1/chat/completions", body),
+        "b": Load(proxy(f"{tag}b-untouched", script, ours("b", cache)), "/v1/other", body),
+        "c": Load(proxy(f"{tag}c-cached", script, ours("c", cache)), "/v1/chat/completions", body),
+        "d": Load(proxy(f"{tag}d-fts100k", script, ours("d", files["fts"])), "/v1/chat/completions", fts, OUT / "vocab.txt"),
     }
+
+
+def overhead(files: dict[str, Path], upstream: int, started: list) -> dict:
+    body = OUT / "body-cache.json"
+    loads = {**overhead_loads(files), "peer": Load(peer.Peer("peer-litellm"), "/v1/chat/completions", body, key=peer.KEY)}
     for load in loads.values():
         started.append(load.server)
         load.server.start(upstream)
