@@ -133,7 +133,7 @@ def supermemory() -> Iterator[FakeSupermemory]:
 
 @pytest.fixture
 def mitmdump(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., MitmdumpProc]]:
-    """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=) -> MitmdumpProc``; see
+    """Factory: ``start(mode=, addon=, upstream=, options=, extra_scripts=, env=, listen_host=) -> MitmdumpProc``; see
     `mitmdump_processes`. Every process is stopped at teardown."""
     with mitmdump_processes(tmp_path, mitm_ca) as start:
         yield start
@@ -157,6 +157,7 @@ def mitmdump_processes(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., 
         options: Mapping[str, str] | None = None,
         extra_scripts: Sequence[str | Path] = (),
         env: Mapping[str, str] | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> MitmdumpProc:
         base = tmp_path / f"mitmdump-{len(procs)}"
         confdir = base / "confdir"
@@ -172,7 +173,8 @@ def mitmdump_processes(tmp_path: Path, mitm_ca: Path) -> Iterator[Callable[..., 
         if mode == "reverse":
             assert upstream is not None, "reverse mode needs upstream="
         settings = {"confdir": str(confdir), "termlog_verbosity": "info", **(options or {})}
-        argv = loopback_mitmdump_argv(port, settings, scripts, reverse=upstream.url if mode == "reverse" else None)
+        reverse = upstream.url if mode == "reverse" else None
+        argv = loopback_mitmdump_argv(port, settings, scripts, reverse=reverse, listen_host=listen_host)
         proc = MitmdumpProc(argv, proc_env, confdir, port, base / "mitmdump.log")
         procs.append(proc)
         return proc.start()
@@ -250,9 +252,19 @@ def make_async_anthropic_client(proc: MitmdumpProc, *, via: Via = "proxy", **opt
     return _sdk_client(anthropic.AsyncAnthropic, httpx2.AsyncClient, ANTHROPIC_API, proc, via, options)
 
 
+def memproxy_client(proc: MitmdumpProc, *, via: Via = "proxy", **options: Any) -> httpx.Client:
+    """A client for memproxy's own endpoints (`http://memproxy/...`): through the proxy, or of a reverse
+    listener with `memproxy` as its Host."""
+    options = {"trust_env": False, "timeout": 30, **options}
+    if via == "proxy":
+        return httpx.Client(base_url="http://memproxy", proxy=proc.proxy_url, **options)
+    headers = {"host": "memproxy", **options.pop("headers", {})}
+    return httpx.Client(base_url=proc.base_url, headers=headers, **options)
+
+
 def routing_status(proc: MitmdumpProc, *, via: Via = "reverse") -> dict[str, Any]:
     """The addon's /memory-routing/status, asked through the proxy or of the reverse proxy."""
-    with make_http_client(proc, via=via) as client:
+    with memproxy_client(proc, via=via) as client:
         return client.get("/memory-routing/status").json()
 
 

@@ -41,10 +41,15 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 
 def loopback_mitmdump_argv(
-    port: int, settings: Mapping[str, str], scripts: Sequence[str | Path] = (), reverse: str | None = None
+    port: int,
+    settings: Mapping[str, str],
+    scripts: Sequence[str | Path] = (),
+    reverse: str | None = None,
+    listen_host: str = "127.0.0.1",
 ) -> list[str]:
-    """mitmdump on 127.0.0.1:`port` (reverse to `reverse` if given) with the settings memproxy needs, then `settings`."""
-    argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port)]
+    """mitmdump on 127.0.0.1:`port` (or `listen_host`; "" is every interface; reverse to `reverse` if given) with
+    the settings memproxy needs, then `settings`."""
+    argv = [str(MITMDUMP), "--listen-host", listen_host, "-p", str(port)]
     if reverse is not None:
         argv += ["--mode", f"reverse:{reverse}"]
     for key, value in {"connection_strategy": "lazy", "flow_detail": "0", **settings}.items():

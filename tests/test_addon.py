@@ -44,7 +44,7 @@ class FakeStore(MemoryStore):
 
 def chat_flow(text: str = "What did we decide about caching?", **headers: str) -> tflow.HTTPFlow:
     flow = tflow.tflow()
-    flow.request.method = "POST"
+    flow.request.method, flow.request.host, flow.request.port = "POST", "api.openai.com", 443
     flow.request.path = "/v1/chat/completions"
     flow.request.headers["content-type"] = "application/json"
     for name, value in headers.items():

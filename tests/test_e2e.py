@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MITMDUMP, ROOT, free_port
+from conftest import MITMDUMP, ROOT, free_port, memproxy_client
 from e2e_helpers import MEMORY_TAG, claude_body, claude_headers, memories, seed, wait_memories
 from fakes import codex_request
 
@@ -187,9 +187,9 @@ def test_sse_spacing_is_preserved(mitmdump, upstream, http_client, db):
 
 
 @pytest.mark.parametrize("via", ["proxy", "reverse"])
-def test_info_endpoint_shape(mitmdump, upstream, http_client, db, via):
+def test_info_endpoint_shape(mitmdump, upstream, db, via):
     proc = start(mitmdump, upstream, db, "regular" if via == "proxy" else "reverse")
-    with http_client(proc, via=via) as client:
+    with memproxy_client(proc, via=via) as client:
         jetbrains = client.get("/memory-routing/info", headers={"user-agent": "OpenAIClientImpl/Java unknown"}).json()
         custom = client.get("/memory-routing/info", headers={"x-memory-user-id": "alice:notes"}).json()
         plain = client.get("/memory-routing/info", headers={"user-agent": "curl/8"}).json()
@@ -313,7 +313,7 @@ def test_rules_edit_reloads_and_bad_edit_keeps_last_good(mitmdump, upstream, htt
     proc = start(mitmdump, upstream, db, "reverse", memory_rules=str(rules))
 
     def user_id() -> str:
-        with http_client(proc, via="reverse") as client:
+        with memproxy_client(proc, via="reverse") as client:
             return client.get("/memory-routing/info").json()["user_id"]
 
     def eventually(expected: str) -> str:

@@ -32,8 +32,11 @@ def start(mitmdump, upstream, tmp_path: Path, mode: str = "regular", env=None, *
         **options,
     }
     # In regular mode the fake upstream stands in for the real API hosts: redirect before the addon, so the
-    # SDK path's upstream origin is the fake's (offline, litellm cannot reach api.openai.com).
+    # SDK path's upstream origin is the fake's (offline, litellm cannot reach api.openai.com), which is then
+    # the memory host.
     scripts = {"addon": None, "extra_scripts": [REDIRECT, "addons/memory.py"]} if mode == "regular" else {}
+    if mode == "regular":
+        opts.setdefault("memory_hosts", "*")
     return mitmdump(mode=mode, upstream=upstream, options=opts, env=env, **scripts)
 
 

@@ -11,7 +11,9 @@ from memproxy.cookies import CookieSessions
 from memproxy.guard import Guard
 from memproxy.reroute import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
+from mitmproxy.connection import Server
 from mitmproxy.net.local_ip import get_local_ip
+from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 from mitmproxy.tools.web.webaddons import WebAddon
 
@@ -25,6 +27,14 @@ def flow_to(host: str, port: int, **headers: str) -> tflow.HTTPFlow:
     flow.request.host, flow.request.port = host, port
     flow.request.headers.update(headers)
     return flow
+
+
+async def judge_connection(guard: Guard, host: str, port: int) -> tuple[str | None, tuple]:
+    """What the guard made of a connection about to be opened: (error, address to connect to)."""
+    data = server_hooks.ServerConnectionHookData(client=tflow.tclient_conn(), server=Server(address=(host, port)))
+    if (pending := guard.server_connect(data)) is not None:
+        await pending
+    return data.server.error, data.server.address
 
 
 async def judge(guard: Guard, flow: tflow.HTTPFlow, hook: str = "requestheaders") -> int | None:
@@ -61,11 +71,8 @@ async def test_connect_to_a_listener_is_refused(guard):
 
 
 @pytest.mark.parametrize("host, port", [("127.0.0.1", 9999), ("api.openai.com", 443), ("192.0.2.77", MAIN)])
-async def test_other_destinations_pass_and_cost_no_await(guard, host, port):
-    flow = flow_to(host, port)
-    if port not in (MAIN, PROJECT):
-        assert guard.requestheaders(flow) is None  # the hot path: one set lookup, nothing to await
-    assert await judge(guard, flow) is None
+async def test_other_destinations_pass(guard, host, port):
+    assert await judge(guard, flow_to(host, port)) is None
 
 
 async def test_an_answered_flow_is_left_alone(guard):
@@ -85,8 +92,27 @@ async def test_a_specific_listen_host_is_own_and_a_name_is_resolved():
             resolved = {info[4][0] for info in socket.getaddrinfo(name, MAIN)}
         except OSError:
             pytest.skip(f"{name} does not resolve here")
+        assert await judge(g, flow_to(name, MAIN)) is None  # a name is judged where it is connected to
         if any(a.startswith("127.") or a == "::1" for a in resolved):
-            assert await judge(g, flow_to(name, MAIN)) == 403, resolved
+            error, _ = await judge_connection(g, name, MAIN)
+            assert error and "own listener" in error, resolved
+
+
+async def test_a_name_is_resolved_once_and_connected_where_it_was_judged(guard, monkeypatch):
+    """DNS rebinding: a name that answers elsewhere on each look-up. The guard looks it up once, and
+    mitmproxy connects to the address judged, not to a second answer."""
+    answers = iter(["198.51.100.9", "127.0.0.1"])
+
+    def flipping(host, port, *args, **kwargs):
+        ip = next(answers)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", flipping)
+    error, address = await judge_connection(guard, "rebind.test", MAIN)
+    assert error is None and address == ("198.51.100.9", MAIN)
+    error, address = await judge_connection(guard, "rebind.test", MAIN)
+    assert error and "own listener" in error
+    assert await judge_connection(guard, "api.openai.com", 443) == (None, ("api.openai.com", 443))  # not our port
 
 
 async def test_all_interfaces_include_the_machines_own_addresses():
@@ -109,7 +135,7 @@ async def test_mitmweb_port_is_refused():
         assert b"mitmweb" in flow.response.content
 
 
-async def test_gateway_needs_its_secret(tmp_path: Path):
+async def test_only_our_redirect_reaches_the_gateway(tmp_path: Path):
     memory = MemoryAddon()
     memory.sdk = SdkPath(tmp_path / "cookies.json", 60, 60)
     g = Guard(memory)
@@ -120,8 +146,10 @@ async def test_gateway_needs_its_secret(tmp_path: Path):
         gateway.port, gateway.secret = GATEWAY, "per-start-secret"
         flow = flow_to("127.0.0.1", GATEWAY)
         assert await judge(g, flow) == 403 and b"SDK gateway" in flow.response.content
-        assert await judge(g, flow_to("127.0.0.1", GATEWAY, **{SECRET_HEADER: "wrong"})) == 403
-        assert await judge(g, flow_to("127.0.0.1", GATEWAY, **{SECRET_HEADER: "per-start-secret"})) is None
+        assert await judge(g, flow_to("127.0.0.1", GATEWAY, **{SECRET_HEADER: "per-start-secret"})) == 403
+        assert await judge_connection(g, "127.0.0.1", GATEWAY) == (None, ("127.0.0.1", GATEWAY))  # the redirect
+        error, _ = await judge_connection(g, "localhost", GATEWAY)
+        assert error and "SDK gateway" in error
         assert await judge(g, flow_to("192.0.2.77", GATEWAY)) is None  # the gateway listens on loopback only
         tctx.configure(g, memory_guard=False)
         assert await judge(g, flow_to("127.0.0.1", GATEWAY)) is None

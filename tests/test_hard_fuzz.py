@@ -30,7 +30,7 @@ from typing import Any, Literal
 import conftest
 import httpx
 import pytest
-from conftest import MitmdumpProc, _tunnel, codex_ws
+from conftest import MitmdumpProc, _tunnel, codex_ws, memproxy_client
 from e2e_helpers import seed, wait_memories, wait_until
 from fakes import FakeUpstream, codex_request
 from mitmproxy.net import encoding
@@ -46,7 +46,7 @@ QUERY = "Which port does the zebra cluster listen on?"
 MAX_BODY = 4 * 2**20  # the addon's memory_max_body in these tests
 WAIT = 30.0  # seconds to wait for an answer; a request that gets one is closed at once (Connection: close)
 STALL = 0.5  # seconds to wait where neither a no-op mitmdump nor ours answers (the body never completes)
-STATUS_URL = "http://memproxy.status/memory-routing/status"  # as `memproxy status` asks through the proxy
+STATUS_PATH = "/memory-routing/status"
 
 Via = Literal["proxy", "reverse"]
 Expect = Literal["untouched", "injected", "framing"]
@@ -283,9 +283,7 @@ class Proxy:
     def __init__(self, proc: MitmdumpProc, via: Via) -> None:
         self.proc, self.via = proc, via
         self.tls = proc.ssl_context()
-        options: dict[str, Any] = {"proxy": proc.proxy_url} if via == "proxy" else {}
-        self.status = httpx.Client(trust_env=False, timeout=WAIT, **options)
-        self.status_url = STATUS_URL if via == "proxy" else f"{proc.base_url}/memory-routing/status"
+        self.status = memproxy_client(proc, via=via, timeout=WAIT)
 
     def send(self, api: Api, request: bytes, wait: float) -> Outcome:
         """`request` over a CONNECT tunnel and TLS (regular mode), or plain to the reverse listener."""
@@ -295,7 +293,7 @@ class Proxy:
 
     def outbox(self) -> dict[str, int]:
         """The addon's capture counters."""
-        return self.status.get(self.status_url).json()["outbox"]
+        return self.status.get(STATUS_PATH).json()["outbox"]
 
 
 @pytest.fixture(scope="module")

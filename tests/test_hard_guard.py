@@ -73,6 +73,7 @@ def start(mitmdump, upstream, tmp_path: Path, rules: str = RULES) -> tuple[Mitmd
             "memory_cookies": str(tmp_path / "cookies.json"),
             "memory_projects": str(tmp_path / "ports.json"),
             "memory_project_mode": f"reverse:http://127.0.0.1:{project}",
+            "memory_hosts": "*",  # the redirected flows go to the fake upstream on 127.0.0.1
         },
     )
     assert wait_until(lambda: listening("127.0.0.1", project)), proc.log_text()
@@ -121,7 +122,7 @@ def test_the_sdk_gateway_is_refused_without_its_secret(mitmdump, upstream, opena
     with httpx.Client(proxy=proc.proxy_url, trust_env=False, timeout=30) as client:
 
         def gateway_port() -> int | None:
-            return client.get("http://memproxy.status/memory-routing/status").json()["sdk_path"]["gateway_port"]
+            return client.get("http://memproxy/memory-routing/status").json()["sdk_path"]["gateway_port"]
 
         assert wait_until(gateway_port, timeout=60), proc.log_text()
         gateway = gateway_port()

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import REDIRECT
+from conftest import REDIRECT, memproxy_client
 from e2e_helpers import wait_memories, wait_until
 from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
@@ -78,6 +78,7 @@ def start(mitmdump, upstream, supermemory, tmp_path: Path, backend: str, redact:
         "save_stream_file": str(tmp_path / "flows.mitm"),
         "termlog_verbosity": "debug",
         "flow_detail": "4",
+        "memory_hosts": "*",  # the flows reach the addon redirected to the fake upstream on 127.0.0.1
     }
     env = {"SUPERMEMORY_API_KEY": SECRETS["supermemory key"], "SUPERMEMORY_BASE_URL": supermemory.url,
            "MEMPROXY_TEST_REDIRECT_HOSTS": "plain.example"}
@@ -125,7 +126,7 @@ def run_workload(proc, upstream, openai_client, anthropic_client, http_client, w
                    "cookie": f"session={SECRETS['cookie']}", "user-agent": "OpenAIClientImpl/Java unknown"}
         answers = {
             "info": client.get("http://memproxy/memory-routing/info", headers=headers).text,
-            "status": client.get("http://memproxy.status/memory-routing/status", headers=headers).text,
+            "status": client.get("http://memproxy/memory-routing/status", headers=headers).text,
         }
     events = ws_responses_client(proc, codex_request("Codex: lint with ruff."), via="proxy",
                                  headers={"authorization": f"Bearer {SECRETS['codex key']}"})
@@ -238,6 +239,7 @@ def test_info_endpoint_does_not_echo_a_credential_a_rule_matched(mitmdump, upstr
     proc = mitmdump(mode="reverse", upstream=upstream,
                     options={"memory_rules": str(rules), "memory_db": str(tmp_path / "memories.db")})
     headers = {"authorization": f"Bearer {SECRETS['openai key']}"}
-    r = httpx.get(f"{proc.base_url}/memory-routing/info", headers=headers, trust_env=False, timeout=30)
+    with memproxy_client(proc, via="reverse", headers=headers) as client:
+        r = client.get("/memory-routing/info")
     assert r.json()["rule"] == "keyed" and r.json()["matched_pattern"]["header"] == "authorization"
     assert not leaks(r.text, SECRETS), r.text

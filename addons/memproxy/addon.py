@@ -29,7 +29,9 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import protocols
+from .boundary import CLIENT_HOST, OWN_NAME
 from .capture import Outbox, Turn
+from .guard import is_loopback
 from .memory import Backend, MemoryStore, StoreError, configured_backend, open_store
 from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
@@ -44,6 +46,8 @@ INFO_PATH = "/memory-routing/info"
 STATUS_PATH = "/memory-routing/status"
 MARKER = ":brain:"
 OVERRIDE_KEY = "memproxy_override"
+SERVED = "memproxy_served"  # flow metadata: this flow may have memory
+ANY_ORIGIN = "*"
 DEFAULT_HOSTS = (
     "api.anthropic.com",
     "api.openai.com",
@@ -105,8 +109,8 @@ def _brief(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _json_response(data: Any) -> http.Response:
-    return http.Response.make(200, json.dumps(data).encode(), {"content-type": "application/json"})
+def _json_response(data: Any, status: int = 200) -> http.Response:
+    return http.Response.make(status, json.dumps(data).encode(), {"content-type": "application/json"})
 
 
 # orjson reads integers past 64 bits as floats; a body with 20 digits in a row takes json instead.
@@ -166,6 +170,7 @@ class MemoryAddon:
         self.sdk: SdkPath | None = None
         self._tasks: set[asyncio.Task] = set()
         self._host_cache: dict[str, bool] = {}
+        self.origins: frozenset[str] = frozenset()
         self._warned: set[str] = set()
         self._running = False
         self.enabled, self.max_body, self.timeout = True, 16 * 1024 * 1024, 0.3  # set from options in configure
@@ -206,6 +211,13 @@ class MemoryAddon:
             "TLS hosts (globs) whose traffic is decrypted; all other TLS is tunnelled untouched. '*' decrypts all.",
         )
         loader.add_option(
+            "memory_origins",
+            Sequence[str],
+            [],
+            "Web page origins (scheme://host[:port]) whose requests may have memory. A request with any other"
+            " Origin header passes through untouched: no recall, no storage, no override. '*' allows all.",
+        )
+        loader.add_option(
             "memory_projects", str, "", "Per-project port registry (JSON). Empty: ports.json in the user's config dir."
         )
         loader.add_option(
@@ -240,6 +252,8 @@ class MemoryAddon:
             raise exceptions.OptionsError("memory_retry_max must be > 0")
         if "memory_hosts" in updated:
             self._host_cache.clear()
+        if "memory_origins" in updated:
+            self.origins = frozenset(o.strip().lower().rstrip("/") for o in opts.memory_origins)
         # Read on every request: mitmproxy's option lookups are slow for a hot path.
         self.enabled, self.max_body = opts.memory_enabled, opts.memory_max_body
         self.timeout = opts.memory_timeout_ms / 1000
@@ -380,13 +394,12 @@ class MemoryAddon:
         if not self.enabled or flow.response is not None or self.rules_file is None:
             return
         req = flow.request
-        path = req.path.split("?", 1)[0]
-        if path == INFO_PATH:
-            self._answer_info(flow)
+        if self._for_us(flow):
+            await self._answer(flow)
             return
-        if path == STATUS_PATH:
-            flow.response = _json_response(await self.status())
+        if not self._serves(flow):
             return
+        flow.metadata[SERVED] = True  # a WebSocket's messages are judged by their handshake
         self._take_override(flow)
         adapter = protocols.detect_path(req.method, req.path)
         raw = req.raw_content
@@ -415,6 +428,45 @@ class MemoryAddon:
         if decision.pending:
             self.pending[flow.id] = decision.pending
         self._annotate(flow, decision)
+
+    def _serves(self, flow: http.HTTPFlow) -> bool:
+        """Whether a flow may have memory: it goes to a memory host (or came to a reverse listener, whose
+        Host the boundary checked), and no web page sent it (an Origin not on `memory_origins`)."""
+        if not isinstance(flow.client_conn.proxy_mode, ReverseMode) and not self._decrypts(flow.request.host):
+            return False
+        origin = flow.request.headers.get("origin")
+        return origin is None or self._origin_allowed(origin)
+
+    def _origin_allowed(self, origin: str) -> bool:
+        origins = self.origins
+        return ANY_ORIGIN in origins or origin.strip().lower().rstrip("/") in origins
+
+    def _for_us(self, flow: http.HTTPFlow) -> bool:
+        """A request for memproxy itself: http://memproxy/... (through the proxy, or as a reverse listener's Host)."""
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return flow.metadata.get(CLIENT_HOST) == OWN_NAME
+        return flow.request.host.lower() == OWN_NAME
+
+    async def _answer(self, flow: http.HTTPFlow) -> None:
+        """Answer /memory-routing/info and /status, only to clients on this machine and never to a web page."""
+        req = flow.request
+        peer = flow.client_conn.peername
+        if not (peer and is_loopback(peer[0])) or "origin" in req.headers:
+            flow.response = _json_response(
+                {"error": "memproxy answers only clients on this machine, and never a web page"}, 403
+            )
+            return
+        path = req.path.split("?", 1)[0]
+        try:
+            if path == INFO_PATH:
+                self._answer_info(flow)
+            elif path == STATUS_PATH:
+                flow.response = _json_response(await self.status())
+            else:
+                flow.response = _json_response({"error": f"memproxy has no {path}"}, 404)
+        except Exception as e:  # noqa: BLE001 - answered either way: never sent on to a real host
+            logger.warning("memproxy: %s failed: %s", path, _brief(e))
+            flow.response = _json_response({"error": f"memproxy: {_brief(e)}"}, 500)
 
     def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
         """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""
@@ -457,11 +509,14 @@ class MemoryAddon:
         )
 
     def _take_override(self, flow: http.HTTPFlow) -> None:
-        """Strip the user-id override header before upstream; keep its value for routing."""
+        """Strip the user-id override header before upstream; keep its value for routing if the client is on
+        this machine (another machine, when listening on all interfaces, cannot pick a scope)."""
         name = self.rules_file.rules.override_header
         if values := flow.request.headers.get_all(name):  # one pass over the headers when it is absent
-            flow.metadata[OVERRIDE_KEY] = ", ".join(values)
             flow.request.headers.set_all(name, [])
+            peer = flow.client_conn.peername
+            if peer and is_loopback(peer[0]):
+                flow.metadata[OVERRIDE_KEY] = ", ".join(values)
 
     def _headers(self, flow: http.HTTPFlow) -> dict[str, str]:
         """The request headers as the client sent them (with a stripped override header), as a plain dict."""
@@ -556,6 +611,11 @@ class MemoryAddon:
     async def status(self) -> dict[str, Any]:
         """What `memproxy status` shows: backend, outbox, listeners, and requests per client since start."""
         outbox = self.capture
+        if outbox is not None:
+            try:
+                letters: int | str = len(await outbox.dead_letters())
+            except Exception as e:  # noqa: BLE001 - a broken outbox is something status must show
+                letters = f"unreadable ({_brief(e)})"
         return {
             "started_at": self._started_at,
             "rules": str(self.rules_file.path) if self.rules_file else None,
@@ -564,7 +624,7 @@ class MemoryAddon:
                 "description": self.backend.describe() if self.backend else None,
                 "recall": self.recall.breaker.state if self.recall else None,
             },
-            "outbox": {**outbox.stats, "dead_letters": len(await outbox.dead_letters())} if outbox else None,
+            "outbox": {**outbox.stats, "dead_letters": letters} if outbox else None,
             "listen": {"host": ctx.options.listen_host, "port": ctx.options.listen_port, "modes": list(ctx.options.mode)},
             "projects": [
                 {"name": p.name, "path": p.path, "port": p.port} for p in self.listeners.projects()
@@ -638,7 +698,7 @@ class MemoryAddon:
 
     @fail_open
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
-        if not self.enabled or flow.websocket is None or self.rules_file is None:
+        if not self.enabled or flow.websocket is None or self.rules_file is None or SERVED not in flow.metadata:
             return
         message = flow.websocket.messages[-1]
         if not message.is_text:

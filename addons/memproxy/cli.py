@@ -428,7 +428,7 @@ def status(host: str, port: int) -> None:
 
     where = f"{host}:{port}"
     try:
-        resp = httpx.get(f"http://memproxy.status{STATUS_PATH}", proxy=proxy_url(host, port), trust_env=False,
+        resp = httpx.get(f"http://memproxy{STATUS_PATH}", proxy=proxy_url(host, port), trust_env=False,
                          timeout=10)
         data = resp.json() if resp.status_code == 200 else None
     except httpx.TransportError:

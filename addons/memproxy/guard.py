@@ -1,29 +1,33 @@
-"""SSRF guard: a request through the proxy to the proxy itself gets a 403 of ours.
+"""SSRF guard: a request through the proxy to the proxy itself is refused.
 
 "The proxy itself": every listener of this mitmproxy (all `mode` entries, per-project ones
-included), mitmweb's UI (`web_port`), and the SDK path's loopback gateway unless the request
-carries the gateway's secret. mitmproxy refuses to connect to its own listeners (a 502), but
-knows nothing of mitmweb or the gateway.
+included), mitmweb's UI (`web_port`), and the SDK path's loopback gateway, which only the
+addon's own redirect may reach. mitmproxy refuses to connect to its own listeners when the
+destination is spelled `localhost` or `127.0.0.1`, but knows nothing of other spellings, of
+names, of mitmweb or of the gateway.
 
-A destination is judged as the client sent it, before any other addon may change it: the
-guard runs first (addons/memory.py orders it). The hot path is one set lookup on the port;
-only a request to one of our ports has its host parsed (or resolved) and compared with the
-loopback range, the listen hosts and, for listeners on all interfaces, the machine's own
-addresses.
+Judged twice, both times only for a destination port that is one of ours (the hot path is one
+set lookup on the port):
+- the request, as the client sent it (before any other addon may change it; addons/memory.py
+  orders the guard early): a loopback spelling or one of our listen addresses gets a 403 of ours;
+- the connection, in `server_connect`: a name is resolved once, the addresses are judged, and
+  mitmproxy connects to the address judged. A name that resolves elsewhere on a second look-up
+  (DNS rebinding) cannot slip past.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
-import secrets
 import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.utils import human
 
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALL_INTERFACES = ""  # a listen host: every address of the machine
+GATEWAY_HOST = "127.0.0.1"  # where the addon's redirect points a flow for the SDK gateway
 _EVERY = ("", "0.0.0.0", "::")
 _OPTIONS = frozenset({"mode", "listen_host", "listen_port", "web_host", "web_port"})
 _LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
@@ -59,11 +64,26 @@ def _is_loopback(ip: IPAddress) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
+@functools.lru_cache(maxsize=_MAX_CACHE)
+def is_loopback(address: str) -> bool:
+    """Whether an address literal (a client's peer address, a Host) is this machine's loopback."""
+    ip = _ip(address.strip("[]"))
+    return ip is not None and _is_loopback(ip)
+
+
+def _literal(host: str) -> list[IPAddress] | None:
+    """The addresses a host spelled as a literal (or `localhost`) stands for; None for a name to resolve."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return [_LOCALHOST]
+    ip = _ip(host)
+    return [ip] if ip is not None else None
+
+
 class Guard:
     """Refuses requests through the proxy to its own listeners, mitmweb and the SDK gateway."""
 
     def __init__(self, memory: MemoryAddon | None = None) -> None:
-        self.memory = memory  # for the SDK gateway's port and secret, once it runs
+        self.memory = memory  # for the SDK gateway's port, once it runs
         self.enabled = True
         self.own: dict[int, tuple[str, frozenset[str]]] = {}  # port -> (what, listen hosts)
         self._local: dict[IPAddress, bool] = {}
@@ -74,7 +94,7 @@ class Guard:
             "memory_guard",
             bool,
             True,
-            "Refuse (403) requests through the proxy to the proxy itself: its listeners, mitmweb, the SDK gateway.",
+            "Refuse requests through the proxy to the proxy itself: its listeners, mitmweb, the SDK gateway.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -106,21 +126,66 @@ class Guard:
             own[opts.web_port] = ("mitmweb's web interface", {_listen_host(opts.web_host)})
         return {port: (what, frozenset(hosts)) for port, (what, hosts) in own.items()}
 
-    # -- hooks: sync, so that the common case costs a set lookup; an awaitable only for our ports
+    # -- the request: sync, so that the common case costs a set lookup; literals only, no look-up
 
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        return self._check(flow)
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)
 
-    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        return self._check(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)
 
-    def _check(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def _check(self, flow: http.HTTPFlow) -> None:
         if not self.enabled or flow.response is not None:  # answered already, e.g. by proxy authentication
-            return None
-        port = flow.request.port
+            return
+        req = flow.request
+        port = req.port
         gateway = self._gateway()
-        if port in self.own or (gateway is not None and port == gateway.port):
-            return self._judge(flow, gateway)
+        if port not in self.own and (gateway is None or port != gateway.port):
+            return
+        host = req.host.lower().rstrip(".")
+        if (ips := _literal(host)) is not None and (what := self._ours(port, ips, gateway)):
+            message = self._message(host, port, what)
+            flow.response = http.Response.make(403, message + "\n", {"content-type": "text/plain; charset=utf-8"})
+            flow.comment = message
+            self._warn(host, port, message, flow.client_conn.peername)
+
+    # -- the connection: the address mitmproxy will connect to is the one judged
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> Awaitable[None] | None:
+        if not self.enabled or data.server.address is None or data.server.error:
+            return None
+        host, port = data.server.address[:2]
+        gateway = self._gateway()
+        if port not in self.own and (gateway is None or port != gateway.port):
+            return None
+        if gateway is not None and port == gateway.port and host == GATEWAY_HOST:
+            return None  # the addon's redirect: a client asking for this was refused at its request
+        return self._judge_connection(data, host.lower().rstrip("."), port, gateway)
+
+    async def _judge_connection(
+        self, data: server_hooks.ServerConnectionHookData, host: str, port: int, gateway: Gateway | None
+    ) -> None:
+        ips = _literal(host)
+        if ips is None:
+            ips = await self._resolve(host, port)
+            if not ips:
+                return  # mitmproxy will not reach it either
+            if data.server.tls and data.server.sni is None:
+                data.server.sni = host  # TLS still names the host, not the address it is pinned to
+            data.server.address = (str(ips[0]), port)  # no second look-up: connect where we looked
+        if what := self._ours(port, ips, gateway):
+            message = self._message(host, port, what)
+            data.server.error = message
+            self._warn(host, port, message, data.client.peername)
+
+    def _ours(self, port: int, ips: list[IPAddress], gateway: Gateway | None) -> str | None:
+        """What of ours a connection to `ips` on `port` would reach, or None."""
+        if port in self.own:
+            what, hosts = self.own[port]
+            if any(self._is_own(ip, hosts) for ip in ips):
+                return what
+        if gateway is not None and port == gateway.port and any(_is_loopback(ip) for ip in ips):
+            return "memproxy's SDK gateway"
         return None
 
     def _gateway(self) -> Gateway | None:
@@ -128,32 +193,13 @@ class Guard:
         gateway = sdk.gateway if sdk is not None else None
         return gateway if gateway is not None and gateway.port else None
 
-    async def _judge(self, flow: http.HTTPFlow, gateway: Gateway | None) -> None:
-        req = flow.request
-        host, port = req.host.lower().rstrip("."), req.port
-        ips = await self._addresses(host, port)
-        if port in self.own:
-            what, hosts = self.own[port]
-            if host in hosts or any(self._is_own(ip, hosts) for ip in ips):
-                self._refuse(flow, host, port, what)
-                return
-        if gateway is not None and port == gateway.port and any(_is_loopback(ip) for ip in ips):
-            from .reroute import SECRET_HEADER  # loaded already: the gateway runs
-
-            given = req.headers.get(SECRET_HEADER, "").encode()
-            if not secrets.compare_digest(given, gateway.secret.encode()):
-                self._refuse(flow, host, port, "memproxy's SDK gateway (without its secret)")
-
-    async def _addresses(self, host: str, port: int) -> list[IPAddress]:
-        """The addresses a connection to `host` would go to; a name is resolved (off the event loop)."""
-        if host == "localhost" or host.endswith(".localhost"):
-            return [_LOCALHOST]
-        if (ip := _ip(host)) is not None:
-            return [ip]
+    @staticmethod
+    async def _resolve(host: str, port: int) -> list[IPAddress]:
+        """The addresses of a name, resolved off the event loop."""
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            return []  # mitmproxy will not reach it either
+            return []
         return [ip for *_, sockaddr in infos if (ip := _ip(str(sockaddr[0]))) is not None]
 
     def _is_own(self, ip: IPAddress, hosts: frozenset[str]) -> bool:
@@ -176,15 +222,17 @@ class Guard:
             self._local[ip] = hit
         return hit
 
-    def _refuse(self, flow: http.HTTPFlow, host: str, port: int, what: str) -> None:
-        message = f"memproxy refused a request through the proxy to {human.format_address((host, port))}: that is {what}."
-        flow.response = http.Response.make(403, message + "\n", {"content-type": "text/plain; charset=utf-8"})
-        flow.comment = message
+    @staticmethod
+    def _message(host: str, port: int, what: str) -> str:
+        return f"memproxy refused a request through the proxy to {human.format_address((host, port))}: that is {what}."
+
+    def _warn(self, host: str, port: int, message: str, client: tuple | None) -> None:
+        """Log a refusal once per destination."""
         if (host, port) not in self._warned:
             if len(self._warned) > _MAX_CACHE:
                 self._warned.clear()
             self._warned.add((host, port))
-            logger.warning("%s (client %s)", message, human.format_address(flow.client_conn.peername))
+            logger.warning("%s (client %s)", message, human.format_address(client))
 
 
 def _listen_host(host: str) -> str:
