@@ -138,10 +138,10 @@ def test_export_and_the_proxy_log_are_0600(tmp_path: Path, umask: int) -> None:
     out = tmp_path / "export.jsonl"
     out.write_text("older, world-readable\n")
     out.chmod(0o644)
-    db = str(tmp_path / "memories.db")
+    store = ["--backend", "local", "--db", str(tmp_path / "memories.db"), "--scope", "s"]
     runner = CliRunner()
-    assert runner.invoke(main, ["memories", "add", "--db", db, "--scope", "s", "a memory to export"]).exit_code == 0
-    result = runner.invoke(main, ["memories", "export", "--db", db, "--scope", "s", "-o", str(out)])
+    assert runner.invoke(main, ["memories", "add", *store, "a memory to export"]).exit_code == 0
+    result = runner.invoke(main, ["memories", "export", *store, "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert mode(out) == 0o600 and "a memory to export" in out.read_text() and "older" not in out.read_text()
     with private.open_private(tmp_path / "proxy.log", "wb") as log:
