@@ -108,6 +108,7 @@ async def test_corrupt_file_is_kept_as_bak_and_we_start_empty(
 ) -> None:
     path = tmp_path / "cookies.json"
     path.write_text(content)
+    path.chmod(0o600)  # as memproxy writes it: a looser file would add a warning of its own
     sessions = CookieSessions(path)
     with caplog.at_level(logging.WARNING):
         await sessions.load()

@@ -160,6 +160,7 @@ def test_a_corrupt_file_is_backed_up_and_rebuilt(
 ) -> None:
     registry.path.parent.mkdir(parents=True)
     registry.path.write_bytes(content.encode("latin-1"))
+    registry.path.chmod(0o600)  # as memproxy writes it: a looser file would add a warning of its own
     with caplog.at_level(logging.WARNING, logger="memproxy.ports"):
         assert registry.projects() == []
         assert registry.get_or_allocate_port("/srv/a") == ports[0]

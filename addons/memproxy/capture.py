@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import private
 from .memory.base import MemoryStore, StoreError
 from .protocols import strip_memory_blocks
 from .worker import Worker
@@ -149,7 +150,8 @@ def _retryable(error: Exception, attempts: int) -> bool:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The outbox, opened as a private file (0600, -wal and -shm too); a refused path raises UnsafePath."""
+    path = private.private_path(path, create=True, companions=private.SQLITE_COMPANIONS)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = WAL")

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,8 @@ def ensure_ca(confdir: Path) -> tuple[Path, Path]:
             fd, tmp = tempfile.mkstemp(dir=confdir, prefix=f".{BUNDLE}.")
             with os.fdopen(fd, "wb") as f:
                 f.write(roots.read_bytes().rstrip(b"\n") + b"\n" + ca.read_bytes())
+            # Public certificates only: readable by whoever can read the CA certificate, never writable by others.
+            os.chmod(tmp, stat.S_IMODE(ca.stat().st_mode) & 0o644)
             os.replace(tmp, bundle)
         except OSError as e:
             raise click.ClickException(f"cannot write the CA bundle {bundle}: {e}") from None
@@ -316,9 +319,11 @@ def wrap(host: str, port: int, confdir: Path, settings: tuple[str, ...], scripts
 
 def _start_proxy(argv: list[str], host: str, port: int) -> subprocess.Popen[bytes]:
     """Start mitmdump in the background (in its own session, so Ctrl-C meant for the client spares it)."""
+    from . import private
+
     log_path = platformdirs.user_log_path("memproxy") / f"proxy-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    private.private_dir(log_path.parent)
+    with private.open_private(log_path, "wb") as log:  # it shows scopes, project paths and URLs
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -739,9 +744,9 @@ def memories_forget(backend: Backend, scope: str, memory_id: str, yes: bool) -> 
 @memories.command("export")
 @store_options
 @scope_option
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=False), default="-",
-              help="The JSONL file to write. Default: standard output.")
-def memories_export(backend: Backend, scope: str, output: Any) -> None:
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="The JSONL file to write (0600). Default: standard output.")
+def memories_export(backend: Backend, scope: str, path: str) -> None:
     """Write a scope's memories as JSONL: one {scope, content, metadata, id, created_at} per line."""
 
     async def work(store: MemoryStore) -> int:
@@ -758,8 +763,25 @@ def memories_export(backend: Backend, scope: str, output: Any) -> None:
                     break
         return done
 
-    n = _with_store(backend, work)
+    with _output(path) as output:
+        n = _with_store(backend, work)
     err_console.print(f"exported {n} memories of {escape(scope)}")
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[Any]:
+    """Standard output for "-", else the file at `path`, private (0600); opened before the store is."""
+    if path == "-":
+        yield click.get_text_stream("stdout")
+        return
+    from .private import open_private
+
+    try:
+        f = open_private(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+    with f:
+        yield f
 
 
 @memories.command("import")
@@ -838,10 +860,11 @@ def projects() -> None:
 def projects_add(registry: Path | None, path: Path) -> None:
     """Give the project at PATH its own port (the same one every time)."""
     from .ports import PortRangeExhausted, PortRegistry
+    from .private import UnsafePath
 
     try:
         port = PortRegistry(registry).get_or_allocate_port(path)
-    except PortRangeExhausted as e:
+    except (PortRangeExhausted, UnsafePath) as e:
         raise click.ClickException(str(e)) from None
     console.print(f"project [bold]{escape(path.resolve().name)}[/]: port {port}")
     console.print(f"base URL for the IDE: [bold]{proxy_url(DEFAULT_HOST, port)}/v1[/]")
@@ -854,10 +877,15 @@ def projects_add(registry: Path | None, path: Path) -> None:
 def projects_list(registry: Path | None) -> None:
     """List the registered projects and their ports."""
     from .ports import PortRegistry
+    from .private import UnsafePath
 
     reg = PortRegistry(registry)
     table = Table("project", "port", "base URL", "path", title=f"projects in {escape(str(reg.path))}")
-    for p in reg.projects():
+    try:
+        found = reg.projects()
+    except UnsafePath as e:
+        raise click.ClickException(str(e)) from None
+    for p in found:
         table.add_row(escape(p.name), str(p.port), f"{proxy_url(DEFAULT_HOST, p.port)}/v1", escape(p.path))
     console.print(table if table.row_count else f"no projects in {escape(str(reg.path))}")
 
@@ -868,8 +896,13 @@ def projects_list(registry: Path | None) -> None:
 def projects_remove(registry: Path | None, path: Path) -> None:
     """Unregister the project at PATH, freeing its port."""
     from .ports import PortRegistry
+    from .private import UnsafePath
 
-    if not PortRegistry(registry).remove(path):
+    try:
+        removed = PortRegistry(registry).remove(path)
+    except UnsafePath as e:
+        raise click.ClickException(str(e)) from None
+    if not removed:
         raise click.ClickException(f"{path} is not a registered project")
     console.print(f"removed {escape(str(path))}")
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from . import private
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -102,6 +104,9 @@ class CookieSessions:
             entries = await asyncio.to_thread(_read, self.path)
         except FileNotFoundError:
             return
+        except private.UnsafePath as exc:
+            logger.warning("Cookie sessions not restored: %s", exc)
+            return
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             backup = self.path.with_name(self.path.name + ".bak")
             try:
@@ -131,6 +136,8 @@ class CookieSessions:
             text = json.dumps(self._snapshot())
             try:
                 await asyncio.to_thread(_write_private, self.path, text)
+            except private.UnsafePath as exc:
+                logger.warning("Cookie sessions not saved: %s", exc)
             except OSError as exc:
                 logger.warning("Could not save cookie sessions to %s: %s", self.path, type(exc).__name__)
 
@@ -180,7 +187,9 @@ def _cookie_dict(cookie: Cookie) -> dict[str, Any]:
 
 
 def _read(path: Path) -> list[tuple[str, str, list[Cookie], float | None]]:
-    """Parse the sessions file; raises on any shape it does not expect."""
+    """Parse the sessions file (tightened to 0600 if looser); raises on any shape it does not expect, and
+    UnsafePath on a file memproxy must not trust (see private.py)."""
+    path = private.private_path(path, make_dirs=False)
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("version") != FORMAT_VERSION:
         raise ValueError("unknown version")
@@ -194,8 +203,11 @@ def _read(path: Path) -> list[tuple[str, str, list[Cookie], float | None]]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically; the file (and its temp file) are mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write ``text`` to ``path`` atomically; the file (and its temp file) are mode 0600, new directories 0700.
+
+    A symlink is written through (its target replaced); a path memproxy must not trust raises UnsafePath.
+    """
+    path = private.private_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -1,9 +1,9 @@
 """Per-project ports, for IDEs that cannot tell projects apart (PyCharm sends one user agent for all).
 
 Each registered project path gets a stable port from a configured range, kept in one human-readable
-JSON file under the user's config dir. Changes hold a file lock across the whole read-modify-write
-and replace the file atomically, so several processes can register projects at once; reads need no
-lock. All of it is blocking file I/O: call it from a worker thread (`asyncio.to_thread`).
+JSON file under the user's config dir, private (0600, see private.py). Changes hold a file lock across
+the whole read-modify-write and replace the file atomically, so several processes can register projects
+at once; reads need no lock. All of it is blocking file I/O: call it from a worker thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 
 import platformdirs
 from filelock import FileLock
+
+from . import private
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class PortRegistry:
             raise ValueError(f"invalid port range {lo}-{hi}")
         self.path = Path(path) if path is not None else Path(platformdirs.user_config_dir("memproxy")) / "ports.json"
         self.port_range = (lo, hi)
-        self._lock = FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT)
+        self._lock = FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=private.FILE_MODE)
 
     def get_or_allocate_port(self, project_path: str | os.PathLike[str]) -> int:
         """The project's port, registering it on the lowest free port in the range if it is new.
@@ -138,7 +140,8 @@ class PortRegistry:
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Project]]:
         """The projects, read under the lock, which is held until the block ends (for a write)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private.private_path(self.path)  # its directories 0700; a path memproxy must not trust raises UnsafePath
+        private.private_path(self._lock.lock_file, create=True)
         with self._lock:
             projects = self._parse()
             if projects is None:
@@ -155,7 +158,8 @@ class PortRegistry:
     def _parse(self) -> dict[str, Project] | None:
         """The projects in the file ({} if there is none), or None if it is corrupt."""
         try:
-            data = json.loads(self.path.read_bytes())
+            path = private.private_path(self.path, make_dirs=False)  # UnsafePath goes to the caller
+            data = json.loads(path.read_bytes())
             if data.get("version") != FORMAT_VERSION or not isinstance(data.get("projects"), dict):
                 return None
             return {path: _project(path, entry) for path, entry in data["projects"].items()}
@@ -182,14 +186,15 @@ class PortRegistry:
                 for p in sorted(projects.values(), key=lambda p: p.port)
             },
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        path = private.check_path(self.path)  # a symlink is written through
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2)
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

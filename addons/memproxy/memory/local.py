@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 import platformdirs
 
+from .. import private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError
 
@@ -211,8 +212,9 @@ class LocalStore(MemoryStore):
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
+            path = private.private_path(self.path, create=True, companions=private.SQLITE_COMPANIONS)
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
             db.create_function("memproxy_index_text", 2, index_text, deterministic=True)  # for SCHEMA's reindex
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
