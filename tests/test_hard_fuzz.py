@@ -287,7 +287,9 @@ class Proxy:
 
     def send(self, api: Api, request: bytes, wait: float) -> Outcome:
         """`request` over a CONNECT tunnel and TLS (regular mode), or plain to the reverse listener."""
-        if self.via == "reverse":
+        if self.via == "reverse":  # a client of the reverse listener names the listener as its Host
+            listener = f"host: 127.0.0.1:{self.proc.port}\r\n".encode()
+            request = request.replace(f"host: {api.host}\r\n".encode(), listener, 1)
             return exchange(socket.create_connection(("127.0.0.1", self.proc.port), timeout=wait), request, wait)
         return exchange(self.tls.wrap_socket(_tunnel(self.proc, api.host, wait), server_hostname=api.host), request, wait)
 
