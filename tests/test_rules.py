@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -12,7 +13,20 @@ from typing import Any
 
 import pytest
 import yaml
-from memproxy.rules import Actions, RequestView, Route, Rules, RulesError, RulesFile
+from hypothesis import given
+from hypothesis import strategies as st
+from memproxy.rules import (
+    ALIAS_BUDGET,
+    MAX_RULES_BYTES,
+    SCOPE_MAX,
+    Actions,
+    RequestView,
+    Route,
+    Rules,
+    RulesError,
+    RulesFile,
+    scope_name,
+)
 from mitmproxy.test import tflow
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "memory.yaml"
@@ -30,6 +44,11 @@ def write(tmp_path: Path, text: str, name: str = "memory.yaml") -> Path:
 
 def load(tmp_path: Path, text: str) -> Rules:
     return Rules.load(write(tmp_path, text))
+
+
+def sha(text: str) -> str:
+    """The hash that ends a rewritten scope name."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def req(**kw: Any) -> RequestView:
@@ -344,8 +363,9 @@ def test_template_filters_and_builtins(tmp_path: Path) -> None:
     """)
     route = rules.match(req(path="/My Stuff/Repo Name/", host="API.X.com", port=8080, method="POST", model="m1"))
     digest = hashlib.sha256(b"My Stuff/Repo Name/").hexdigest()[:12]
-    # the basename's space is sanitised to "-"
-    assert route.user_id == f"Repo-Name:my-stuff-repo-name:REPO-NAME:api.x.com:8080:post:m1:{digest}"
+    rendered = f"Repo Name:my-stuff-repo-name:REPO NAME:api.x.com:8080:post:m1:{digest}"
+    # the basename's space makes the name rewritten: "-" for the space, and the rendered text's hash
+    assert route.user_id == scope_name(rendered) == rendered.replace(" ", "-") + "~" + sha(rendered)
     assert route.captures == {"dir": "My Stuff/Repo Name/"}
 
 
@@ -362,10 +382,74 @@ def test_missing_variable_tries_next_rule(tmp_path: Path) -> None:
     assert rules.match(req(path="/v1")).rule == "fallback"
 
 
-def test_user_id_sanitised_and_capped(tmp_path: Path) -> None:
+def test_user_id_rewritten_with_a_hash_and_capped(tmp_path: Path) -> None:
     rules = load(tmp_path, "rules: [{name: r, match: {path: '^/(?P<p>.*)'}, user_id: 'u:{p}'}]")
-    assert rules.match(req(path="/a b$c")).user_id == "u:a-b-c"
-    assert len(rules.match(req(path="/" + "x" * 300)).user_id) == 128
+    assert rules.match(req(path="/a b$c")).user_id == f"u:a-b-c~{sha('u:a b$c')}"
+    assert rules.match(req(path="/проект_1.2")).user_id == "u:проект_1.2"  # Unicode letters stay
+    long = rules.match(req(path="/" + "x" * 300)).user_id
+    assert len(long) == 128 and long.endswith("~" + sha("u:" + "x" * 300))
+
+
+def test_slug_keeps_unicode_letters(tmp_path: Path) -> None:
+    rules = load(tmp_path, "rules: [{name: r, match: {path: '^/(?P<p>.*)'}, user_id: 'u:{p|slug}'}]")
+    assert rules.match(req(path="/Проект Ärger_1")).user_id == "u:проект-ärger_1"
+
+
+# --- scope names: injective -----------------------------------------------------------------
+
+# Project directories that an earlier sanitiser mapped to one scope ("------", "caf-", "my-repo").
+LOOKALIKE_PROJECTS = [
+    ("/home/u/проект", "/home/u/задача"),
+    ("/home/u/café", "/home/u/cafè"),
+    ("/home/u/café", "/home/u/cafe\u0301"),  # NFC and NFD: distinct names on Linux
+    ("/home/u/my repo", "/home/u/my-repo"),
+    ("/home/u/my repo", "/home/u/my\trepo"),
+    ("/home/u/a~b", "/home/u/a-b"),
+    ("/home/u/" + "x" * 200 + "1", "/home/u/" + "x" * 200 + "2"),  # alike once cut to the length limit
+]
+
+
+@pytest.mark.parametrize(("one", "other"), LOOKALIKE_PROJECTS)
+def test_lookalike_projects_get_distinct_scopes(default_rules: Rules, one: str, other: str) -> None:
+    scopes = [default_rules.match(claude(cwd)).user_id for cwd in (one, other)]
+    assert scopes[0] != scopes[1]
+    assert all(scope.startswith("claude-code:") and len(scope) <= SCOPE_MAX for scope in scopes)
+
+
+def test_scope_names_kept_or_rewritten() -> None:
+    for kept in ("claude-code:проект", "codex:日本語", "claude-code:café", "a_b.c:d@e/f+g-h", "x" * SCOPE_MAX):
+        assert scope_name(kept) == kept
+    rewritten = {  # original -> the readable part before "~" and its hash
+        "claude-code:my repo": "claude-code:my-repo",
+        "claude-code:cafe\u0301": "claude-code:café",  # NFC for reading; the hash tells the forms apart
+        "a~b": "a-b",
+        "zero\u200bwidth": "zero-width",
+        "rtl\u202eflip": "rtl-flip",
+        "lone\ud800": "lone-",
+        "": "",
+        "x" * (SCOPE_MAX + 1): "x" * (SCOPE_MAX - 17),
+    }
+    for original, base in rewritten.items():
+        digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        assert scope_name(original) == f"{base}~{digest}"
+
+
+NAME_PARTS = st.sampled_from(["a", "-", " ", "~", "é", "e\u0301", "проект", "_", ":", "/", "0", "\u200b", "x" * 60])
+NAMES = st.lists(NAME_PARTS, max_size=6).map("".join) | st.text(max_size=140)
+
+
+@given(NAMES, NAMES)
+def test_scope_name_is_injective(one: str, other: str) -> None:
+    assert (scope_name(one) == scope_name(other)) is (one == other)
+    assert len(scope_name(one)) <= SCOPE_MAX
+
+
+@given(NAMES)
+def test_a_name_shaped_like_a_rewritten_one_is_rewritten_again(name: str) -> None:
+    """A directory named like another project's rewritten scope does not get that scope."""
+    rewritten = scope_name(name)
+    if rewritten != name:
+        assert scope_name(rewritten) != rewritten
 
 
 # --- override header ----------------------------------------------------------------------
@@ -379,9 +463,10 @@ OVERRIDE_RULES = """
 
 @pytest.mark.parametrize(("path", "value", "user_id", "rule"), [
     ("/open", " team:alice ", "team:alice", "open"),
-    ("/open", "has space", "rule-user", "open"),
+    ("/open", "has space", f"has-space~{sha('has space')}", "open"),  # named as a template would name it
+    ("/open", f"has-space~{sha('has space')}", f"has-space~{sha('has space')}", "open"),  # a rewritten name
     ("/open", "", "rule-user", "open"),
-    ("/open", "x" * 129, "rule-user", "open"),
+    ("/open", "x" * 129, "x" * 111 + "~" + sha("x" * 129), "open"),
     ("/locked", "team:alice", "locked-user", "locked"),
     ("/other", "team:alice", "team:alice", None),
 ])
@@ -397,6 +482,20 @@ def test_override_header(tmp_path: Path, path: str, value: str, user_id: str, ru
 def test_no_override_header(tmp_path: Path) -> None:
     route = load(tmp_path, OVERRIDE_RULES).match(req(path="/open"))
     assert (route.user_id, route.custom_header_present) == ("rule-user", False)
+
+
+@pytest.mark.parametrize("path", ["/open", "/locked", "/other"])
+def test_override_turned_off_for_all_rules(tmp_path: Path, path: str) -> None:
+    rules = load(tmp_path, "allow_override: false\n" + textwrap.dedent(OVERRIDE_RULES))
+    route = rules.match(req(path=path, headers={"x-memory-user-id": "team:alice"}))
+    assert route.user_id == {"/open": "rule-user", "/locked": "locked-user", "/other": "default"}[path]
+    assert route.custom_header_present  # the header is still seen (and stripped), never obeyed
+
+
+def test_override_allowed_by_default_and_explicitly(tmp_path: Path, default_rules: Rules) -> None:
+    assert default_rules.allow_override
+    rules = load(tmp_path, "allow_override: true\n" + textwrap.dedent(OVERRIDE_RULES))
+    assert rules.allow_override and rules.match(req(path="/open", headers={"x-memory-user-id": "me"})).user_id == "me"
 
 
 def test_custom_override_header_name(tmp_path: Path) -> None:
@@ -541,6 +640,18 @@ ERROR_CASES = [
      "invalid host glob"),
     ("rules:\n  - name: r\n    match:\n      filter: '~zz x'\n", "filter", "rules[0].match.filter",
      "invalid filter expression"),
+    ("rules:\n  - name: r\n    match:\n      filter: '~b secret'\n", "filter", "rules[0].match.filter",
+     "~b searches bodies with no time limit; use the rule's 'body' or 'json' conditions"),
+    ("rules:\n  - name: r\n    match:\n      filter: '~m POST & !(~bq x)'\n", "filter", "rules[0].match.filter",
+     "~bq searches bodies"),
+    ("rules:\n  - name: r\n    match:\n      filter: '~q | ~bs x'\n", "filter", "rules[0].match.filter",
+     "~bs searches bodies"),
+    ("rules:\n  - name: r\n    match:\n      filter: \"~hq '^x: (a+)+$'\"\n", "filter", "rules[0].match.filter",
+     "a repetition inside a repetition can take exponential time"),
+    ("rules:\n  - name: r\n    match:\n      filter: '~d ''(\\w+\\.)*example'''\n", "filter",
+     "rules[0].match.filter", "filters have no time limit; use the rule's host, path or headers conditions"),
+    ("allow_override: 'no'\n", "allow_override", "allow_override", "expected true or false"),
+    ("version: 2024-13-01\n", "version", "version", "invalid value: month must be in 1..12"),
     ("rules:\n  - name: r\n    match:\n      json:\n        a..b: x\n", "a..b", "rules[0].match.json.a..b",
      "empty segment"),
     ("rules:\n  - name: r\n    match:\n      method: [GET, 'P O']\n", "method", "rules[0].match.method[1]",
@@ -607,6 +718,68 @@ def test_missing_file(tmp_path: Path) -> None:
         Rules.load(tmp_path / "nope.yaml")
 
 
+# A 6-level "billion laughs": 9**6 (531,441) strings from a few hundred bytes.
+ALIAS_BOMB = "".join(
+    f"  {name}: &{name} [{', '.join([f'*{prev}' if prev else '\"lol\"'] * 9)}]\n"
+    for prev, name in zip(["", "a", "b", "c", "d", "e"], "abcdef", strict=True)
+)
+
+
+@pytest.mark.timeout(30)
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules: [{name: r, user_id: x}]\nlitellm_settings:\n" + ALIAS_BOMB)
+    assert len(path.read_bytes()) < 600
+    with pytest.raises(RulesError) as e:
+        Rules.load(path)
+    assert str(e.value) == (
+        f"{path}:1: invalid YAML: aliases expand the document by more than {ALIAS_BUDGET} nodes"
+        " (refused: an alias bomb?)"
+    )
+
+
+def test_aliases_within_the_budget_load(tmp_path: Path) -> None:
+    rules = "".join(f"  - {{name: r{i}, match: {{headers: {{x-n: *pattern}}}}, models: *models}}\n" for i in range(200))
+    text = "defaults:\n  models: &models {allow: ['^claude-', '^gpt-'], deny: [haiku]}\n" \
+           "x-anchors: {p: &pattern '^(?P<n>[a-z]+)$'}\nrules:\n" + rules
+    with pytest.raises(RulesError, match="x-anchors: unknown key"):  # the aliases themselves are fine
+        Rules.from_text(text)
+    loaded = Rules.from_text(text.replace("x-anchors", "litellm_settings"))
+    assert loaded.match(req(headers={"x-n": "abc"})).rule == "r0"
+
+
+def test_recursive_alias_is_refused() -> None:
+    with pytest.raises(RulesError, match=r"^<string>:2: invalid YAML: an alias refers to a node that holds it"):
+        Rules.from_text("rules:\n  - &r {name: r, match: {json: {a: *r}}}\n")
+
+
+def test_deep_nesting_is_refused() -> None:
+    with pytest.raises(RulesError, match="invalid YAML: nested too deeply"):
+        Rules.from_text("rules: " + "[" * 1500)
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):  # a FIFO would block, /dev/zero never ends
+        with pytest.raises(RulesError) as e:
+            Rules.load(path)
+        assert str(e.value) == f"{path}: cannot read rules file: not a regular file"
+    link = tmp_path / "link.yaml"
+    link.symlink_to(write(tmp_path, "default_user_id: linked\n", "real.yaml"))
+    assert Rules.load(link).default_user_id == "linked"  # a symlink to a regular file is fine
+
+
+def test_rules_file_size_and_encoding(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (MAX_RULES_BYTES // 10 + 1))
+    with pytest.raises(RulesError, match=rf"big.yaml: cannot read rules file: \d+ bytes, more than {MAX_RULES_BYTES}"):
+        Rules.load(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("default_user_id: café\n".encode("latin-1"))
+    with pytest.raises(RulesError, match="latin.yaml: cannot read rules file: not UTF-8 text"):
+        Rules.load(latin)
+
+
 def test_several_errors_reported_in_line_order(tmp_path: Path) -> None:
     path = write(tmp_path, "defaults:\n  threshold: 2\nrules:\n  - name: r\n    query: x\n  - name: s\n    bogus: 1\n")
     with pytest.raises(RulesError) as e:
@@ -633,6 +806,72 @@ def test_match_never_raises_on_odd_input(default_rules: Rules) -> None:
     for view in odd:
         route = default_rules.match(view)
         assert isinstance(route, Route) and route.user_id
+
+
+# --- regexes have a time limit -------------------------------------------------------------
+
+SLOW = r"^(\w|\w)+$"  # exponential in re and regex alike: 2**40 ways to fail on "a" * 40 + "!"
+SLOW_TEXT = "a" * 40 + "!"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("condition", "view"), [
+    ("json: {messages.-1.content: '%s'}", req(body={"messages": [{"role": "user", "content": SLOW_TEXT}]})),
+    ("body: '%s'", req(raw_body=SLOW_TEXT)),
+    ("headers: {x-note: '%s'}", req(headers={"x-note": SLOW_TEXT})),
+    ("headers: {x-note: '!%s'}", req(headers={"x-note": SLOW_TEXT})),
+    ("path: '%s'", req(path=SLOW_TEXT)),
+    ("model: '%s'", req(model=SLOW_TEXT)),
+    ("project: '%s'", req(project=SLOW_TEXT)),
+])
+def test_a_regex_out_of_time_does_not_match_and_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, condition: str, view: RequestView
+) -> None:
+    rules = load(tmp_path, f"""
+        rules:
+          - {{name: slow, match: {{{condition % SLOW}}}, user_id: slow}}
+          - {{name: next, user_id: next}}
+    """)
+    with caplog.at_level(logging.WARNING, logger="memproxy.rules"):
+        assert rules.match(view, budget=0.05).user_id == "next"
+        assert rules.match(view, budget=0.05).user_id == "next"
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [f"memproxy: rule 'slow' did not match: a regex ran out of the time budget for routing: {SLOW!r}"]
+
+
+@pytest.mark.timeout(30)
+def test_the_budget_is_shared_by_all_rules(tmp_path: Path) -> None:
+    rules = load(tmp_path, f"""
+        rules:
+          - {{name: slow1, match: {{body: '{SLOW}'}}, user_id: slow1}}
+          - {{name: slow2, match: {{body: '{SLOW[:-1]}x?$'}}, user_id: slow2}}
+          - {{name: cheap, match: {{body: 'a{{40}}!$'}}, user_id: cheap}}
+          - {{name: header, match: {{headers: {{x-a: '^b$'}}}}, user_id: header}}
+    """)
+    # The first rule spends the budget; regexes on long texts then fail at once, short header checks still run.
+    assert rules.match(req(raw_body=SLOW_TEXT, headers={"x-a": "b"}), budget=0.05).user_id == "header"
+
+
+@pytest.mark.timeout(30)
+def test_the_issue_pattern_answers_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """'^(\\w+\\s?)+$' took 9 s on a 27-character message with re; the regex engine does not backtrack there."""
+    rules = load(tmp_path, r"rules: [{name: words, match: {json: {messages.-1.content: '^(\w+\s?)+$'}}, user_id: w}]")
+    long = req(body={"messages": [{"role": "user", "content": "a" * 100 + "!"}]})  # re: 2**100 steps
+    with caplog.at_level(logging.WARNING, logger="memproxy.rules"):
+        assert rules.match(long, budget=10).is_default
+        assert rules.match(req(body={"messages": [{"content": "two words"}]}), budget=10).rule == "words"
+    assert not caplog.records
+
+
+def test_a_zero_budget_still_routes(default_rules: Rules) -> None:
+    assert default_rules.match(claude("/w/shop"), budget=0).user_id == "claude-code:shop"
+
+
+@pytest.mark.timeout(30)
+def test_models_regex_out_of_time_does_not_match() -> None:
+    assert not Actions(models_allow=(SLOW,)).allows_model(SLOW_TEXT)
+    assert Actions(models_deny=(SLOW,)).allows_model(SLOW_TEXT)
+    assert Actions(models_allow=(SLOW,)).allows_model("abc")
 
 
 # --- reloading ----------------------------------------------------------------------------
@@ -669,3 +908,24 @@ def test_rules_file_reload(tmp_path: Path) -> None:
 def test_rules_file_initial_error(tmp_path: Path) -> None:
     with pytest.raises(RulesError):
         RulesFile(write(tmp_path, "rules: 1\n"))
+
+
+@pytest.mark.timeout(30)
+def test_rules_file_replaced_by_special_files_keeps_the_last_good(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules: [{name: one, user_id: first}]\n")
+    watched = RulesFile(path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bomb = write(tmp_path, "litellm_settings:\n" + ALIAS_BOMB, "bomb.yaml")
+    for target, why in ((fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                        (bomb, "alias bomb")):
+        link = tmp_path / "new-link"
+        link.symlink_to(target)
+        link.replace(path)
+        ok, message = watched.check()
+        assert not ok and message.startswith(str(path)) and why in message
+        assert watched.rules.match(req()).user_id == "first"
+    path.unlink()
+    write(tmp_path, "rules: [{name: two, user_id: second}]\n")
+    assert watched.check() == (True, None)
+    assert watched.rules.match(req()).user_id == "second"

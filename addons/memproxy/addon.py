@@ -535,7 +535,7 @@ class MemoryAddon:
         model = adapter.model(req.path, body)
         rules = self.rules_file.rules
         text = raw.decode("utf-8", "replace") if rules.reads_raw_body else None
-        route = rules.match(self._view(flow, headers, method, body=body, raw_body=text, model=model))
+        route = rules.match(self._view(flow, headers, method, body=body, raw_body=text, model=model), self.timeout)
         self.clients[route.rule or "default"] += 1
         actions = route.actions
         decision = Decision(route)
@@ -606,7 +606,9 @@ class MemoryAddon:
 
     def _answer_info(self, flow: http.HTTPFlow) -> None:
         """Answer /memory-routing/info with the routing decision for the caller's headers."""
-        flow.response = _json_response(self.rules_file.rules.match(self._view(flow, self._headers(flow))).info())
+        flow.response = _json_response(
+            self.rules_file.rules.match(self._view(flow, self._headers(flow)), self.timeout).info()
+        )
 
     async def status(self) -> dict[str, Any]:
         """What `memproxy status` shows: backend, outbox, listeners, and requests per client since start."""

@@ -632,6 +632,16 @@ def _label(name: str, part: Any) -> str:
             return f"{name} ~ {part.pattern}"
 
 
+def _holds(rule: Any, view: RequestView) -> bool:
+    """Whether a rule's conditions hold for `view`; a regex out of time does not hold, as in `Rules.match`."""
+    from .regexes import RegexTimeout
+
+    try:
+        return rule.captures(view) is not None
+    except RegexTimeout:
+        return False
+
+
 def _explain(rules: Rules, view: RequestView) -> None:
     """Print the route of one request, the rules tried before it and the conditions that decided."""
     route = rules.match(view)
@@ -640,7 +650,7 @@ def _explain(rules: Rules, view: RequestView) -> None:
                          f"model {view.model or '-'} · project {view.project or '-'} · user-agent {agent}"))
     rule_user_id = rules.default_user_id
     for rule in _compiled(rules):
-        checks = [(label, one.captures(view) is not None) for label, one in _conditions(rule)]
+        checks = [(label, _holds(one, view)) for label, one in _conditions(rule)]
         if rule.name == route.rule:
             held = " · ".join(label for label, _ in checks) or "it has no conditions"
             console.print(f"  [green]✓[/] {escape(rule.name)}: {escape(held)}")

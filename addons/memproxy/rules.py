@@ -2,6 +2,11 @@
 
 Everything is compiled at load; `Rules.match` only evaluates precompiled
 conditions, cheap ones (method, port, host, path, headers) before the body.
+
+The rules file is the user's, but what its regexes search is the client's, so nothing here may stall
+the proxy: only a regular file of at most MAX_RULES_BYTES is read; YAML aliases may add at most
+ALIAS_BUDGET nodes; regexes search against the request's deadline (see regexes.py); flow filters, which
+mitmproxy runs with no time limit, may not search bodies or nest repetitions.
 """
 
 from __future__ import annotations
@@ -13,18 +18,23 @@ import json
 import logging
 import os
 import re
+import stat
+import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import regex
 import yaml
 from mitmproxy import flowfilter
 from mitmproxy.http import Headers
 
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES
 from memproxy.redact import CREDENTIAL_HEADERS, MARK
+from memproxy.regexes import Pattern, RegexTimeout, nested_repetition
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +47,48 @@ IGNORED_SECTIONS: tuple[str, ...] = (
     "model_list", "general_settings", "litellm_settings", "router_settings", "mcp_servers",
 )
 
-_INVALID_ID_CHAR = re.compile(r"[^A-Za-z0-9._:@/+-]")
-_VALID_ID = re.compile(r"[A-Za-z0-9._:@/+-]{1,128}")
+MAX_RULES_BYTES = 1024 * 1024  # a rules file is a few kB; this refuses a wrong path before reading it all
+ALIAS_BUDGET = 10_000  # YAML nodes that aliases may add to the document (an alias bomb adds billions)
+DEFAULT_BUDGET = 0.3  # seconds `Rules.match` may take when the caller gives no budget
+MIN_BUDGET = 0.01  # seconds matching may always take: a zero recall budget still routes
+MODEL_BUDGET = 0.01  # seconds each models allow/deny regex may take on a model name
+
+SCOPE_MAX = 128  # characters of a scope name
+SCOPE_HASH_MARK = "~"  # never in a name kept as it is, so it marks a rewritten one
+SCOPE_HASH_LEN = 16  # hex digits of SHA-256 (64 bits) ending a rewritten name
+_SCOPE_CHARS = r"\w.:@/+-"  # Unicode letters and digits, '_' and these; nothing that needs quoting anywhere
+_SCOPE = re.compile(f"[{_SCOPE_CHARS}]{{1,{SCOPE_MAX}}}")
+_REWRITTEN_SCOPE = re.compile(
+    f"[{_SCOPE_CHARS}]{{0,{SCOPE_MAX - SCOPE_HASH_LEN - 1}}}{re.escape(SCOPE_HASH_MARK)}[0-9a-f]{{{SCOPE_HASH_LEN}}}"
+)
+_SCOPE_INVALID = re.compile(f"[^{_SCOPE_CHARS}]")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name or method
 _HOST_GLOB = re.compile(r"[A-Za-z0-9.*?\[\]!_-]+")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_SLUG_RUN = re.compile(r"[^a-z0-9._-]+")
+_SLUG_RUN = re.compile(r"[^\w.-]+")
 
 
-def sanitize_user_id(value: str) -> str:
-    """A user id safe for any store: invalid characters become "-", at most 128 characters."""
-    return _INVALID_ID_CHAR.sub("-", value)[:128]
+def scope_name(value: str) -> str:
+    """The scope named by `value` (a rendered user_id template, the default, an override): injective.
+
+    A name of at most SCOPE_MAX letters, digits and `_.:@/+-` is kept as it is. Any other is rewritten:
+    its NFC form with each other character as '-', cut to fit, then '~' and a hash of the original,
+    e.g. `claude-code:my repo` -> `claude-code:my-repo~ba42c786...`. Kept names never hold '~', rewritten
+    ones always do and end in the original's hash, so two originals share a scope only if their 64-bit
+    hashes collide (finding a second name for a given one takes about 2**64 hashes).
+    """
+    if _SCOPE.fullmatch(value):
+        return value
+    base = _SCOPE_INVALID.sub("-", unicodedata.normalize("NFC", value))[: SCOPE_MAX - SCOPE_HASH_LEN - 1]
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:SCOPE_HASH_LEN]
+    return f"{base}{SCOPE_HASH_MARK}{digest}"
+
+
+def named_scope(value: str) -> str:
+    """The scope a user names directly (`default_user_id`, the override header): a scope name as
+    `scope_name` makes them (kept or rewritten) is taken as it is, any other text goes through it.
+    Not for what templates render from a request: a directory named like a rewritten scope would take it."""
+    return value if _SCOPE.fullmatch(value) or _REWRITTEN_SCOPE.fullmatch(value) else scope_name(value)
 
 
 def _basename(value: str) -> str:
@@ -111,19 +152,41 @@ class Actions:
     models_deny: tuple[str, ...] = ()
     route: str = "passthrough"
     sdk: Mapping[str, str] | None = None
-    _allow: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
-    _deny: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _allow: tuple[Pattern, ...] = field(init=False, repr=False, compare=False)
+    _deny: tuple[Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_allow", tuple(re.compile(p) for p in self.models_allow))
-        object.__setattr__(self, "_deny", tuple(re.compile(p) for p in self.models_deny))
+        object.__setattr__(self, "_allow", tuple(Pattern(p) for p in self.models_allow))
+        object.__setattr__(self, "_deny", tuple(Pattern(p) for p in self.models_deny))
 
     def allows_model(self, model: str | None) -> bool:
-        """Whether recall/store apply to `model` (an unknown model fails a non-empty allow list)."""
+        """Whether recall/store apply to `model` (an unknown model fails a non-empty allow list).
+        A regex that runs out of MODEL_BUDGET does not match."""
         model = model or ""
-        if self._allow and not any(p.search(model) for p in self._allow):
+        if self._allow and not any(_model_matches(p, model) for p in self._allow):
             return False
-        return not any(p.search(model) for p in self._deny)
+        return not any(_model_matches(p, model) for p in self._deny)
+
+
+def _model_matches(pattern: Pattern, model: str) -> bool:
+    try:
+        return pattern.search(model, time.monotonic() + MODEL_BUDGET) is not None
+    except RegexTimeout:
+        _warn_once(f"models\0{pattern.pattern}", "a models regex ran out of time (%d ms) on a model name and"
+                   " does not match: %r", MODEL_BUDGET * 1000, pattern.pattern[:80])
+        return False
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    """Log `message` the first time `key` comes up, at debug level after that."""
+    if key in _warned:
+        logger.debug("memproxy: " + message, *args)
+    else:
+        _warned.add(key)
+        logger.warning("memproxy: " + message, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +263,7 @@ class Route:
 class _Header:
     name: str  # as written
     key: str  # lower-cased, for lookup
-    pattern: re.Pattern[str] | None  # None: the header must be absent
+    pattern: Pattern | None  # None: the header must be absent
     negate: bool  # "!regex": must not match (absent is fine)
 
 
@@ -218,17 +281,20 @@ class _Rule:
     allow_override: bool = True
     methods: frozenset[str] = frozenset()
     ports: frozenset[int] = frozenset()
-    host: re.Pattern[str] | None = None
-    path: re.Pattern[str] | None = None
+    host: re.Pattern[str] | None = None  # globs, translated by fnmatch: no user regex
+    path: Pattern | None = None
     headers: tuple[_Header, ...] = ()
-    model: re.Pattern[str] | None = None
-    project: re.Pattern[str] | None = None
+    model: Pattern | None = None
+    project: Pattern | None = None
     filter: Callable[[Any], bool] | None = None
-    body: tuple[re.Pattern[str], ...] = ()
-    json: tuple[tuple[tuple[_Seg, ...], re.Pattern[str]], ...] = ()
+    body: tuple[Pattern, ...] = ()
+    json: tuple[tuple[tuple[_Seg, ...], Pattern], ...] = ()
 
-    def captures(self, req: RequestView) -> dict[str, str] | None:
-        """The named groups captured if every condition holds, else None."""
+    def captures(self, req: RequestView, deadline: float | None = None) -> dict[str, str] | None:
+        """The named groups captured if every condition holds, else None. Regexes search until `deadline`
+        (`time.monotonic()` seconds; default DEFAULT_BUDGET from now), then raise RegexTimeout."""
+        if deadline is None:
+            deadline = time.monotonic() + DEFAULT_BUDGET
         caps: dict[str, str] = {}
         if self.methods and (req.method or "").upper() not in self.methods:
             return None
@@ -236,29 +302,29 @@ class _Rule:
             return None
         if self.host and not self.host.match(req.host or ""):
             return None
-        if self.path and not _search(self.path, req.path, caps):
+        if self.path and not _search(self.path, req.path, caps, deadline):
             return None
         for h in self.headers:
             value = req.headers.get(h.key)
             if h.pattern is None:
                 ok = value is None
             elif h.negate:
-                ok = not isinstance(value, str) or not h.pattern.search(value)
+                ok = not isinstance(value, str) or not h.pattern.search(value, deadline)
             else:
-                ok = _search(h.pattern, value, caps)
+                ok = _search(h.pattern, value, caps, deadline)
             if not ok:
                 return None
-        if self.model and not _search(self.model, req.model, caps):
+        if self.model and not _search(self.model, req.model, caps, deadline):
             return None
-        if self.project and not _search(self.project, req.project, caps):
+        if self.project and not _search(self.project, req.project, caps, deadline):
             return None
         if self.filter and (req.flow is None or not self.filter(req.flow)):
             return None
         for pattern in self.body:
-            if not _search(pattern, req.raw_body, caps):
+            if not _search(pattern, req.raw_body, caps, deadline):
                 return None
         for segs, pattern in self.json:
-            if not any(_search(pattern, _text(node), caps) for node in _walk(req.body, segs)):
+            if not any(_search(pattern, _text(node), caps, deadline) for node in _walk(req.body, segs)):
                 return None
         return caps
 
@@ -278,7 +344,7 @@ class _Rule:
             if not value:
                 return None
             out.append(value)
-        return sanitize_user_id("".join(out))
+        return scope_name("".join(out))
 
     def matched_pattern(self, req: RequestView, user_id: str) -> dict | None:
         """The first header condition that had to match, as the legacy info endpoint showed it."""
@@ -289,10 +355,10 @@ class _Rule:
         return None
 
 
-def _search(pattern: re.Pattern[str], text: Any, caps: dict[str, str]) -> bool:
+def _search(pattern: Pattern, text: Any, caps: dict[str, str], deadline: float) -> bool:
     if not isinstance(text, str):
         return False
-    m = pattern.search(text)
+    m = pattern.search(text, deadline)
     if m is None:
         return False
     for k, v in m.groupdict().items():
@@ -350,7 +416,7 @@ _ACTION_KEYS = (
 _RULE_KEYS = ("name", "match", "user_id", "allow_override", *_ACTION_KEYS)
 _MATCH_KEYS = ("filter", "host", "path", "method", "port", "headers", "body", "json", "model", "project")
 _TOP_KEYS = (
-    "version", "default_user_id", "override_header", "defaults", "rules",
+    "version", "default_user_id", "override_header", "allow_override", "defaults", "rules",
     "user_id_mappings", "context_retrieval", "memory", *IGNORED_SECTIONS,
 )
 _MEMORY_KEYS = ("backend", "local", "supermemory")
@@ -382,6 +448,53 @@ def _type_name(v: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
 
 
+def _alias_problem(root: yaml.Node) -> tuple[int, str | None]:
+    """(line, why) if aliases make the node graph under `root` too big to expand, or cyclic; else (1, None).
+
+    Each node's expanded size is counted once (memoised), so this costs the graph's size, not its expansion
+    (sizes grow exponentially with alias levels: Python's integers hold them, a few digits a level).
+    """
+    sizes: dict[int, int] = {}  # id(node) -> nodes in its expansion; -1 while being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        children = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) \
+            else node.value if isinstance(node, yaml.SequenceNode) else ()
+        if expanded:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            continue
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:  # reached again before its expansion finished: it holds itself
+                return node.start_mark.line + 1, "an alias refers to a node that holds it (recursive alias)"
+            continue
+        sizes[id(node)] = -1
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if sizes.get(id(c), 0) <= 0)
+    added = sizes[id(root)] - len(sizes)
+    if added > ALIAS_BUDGET:
+        return 1, f"aliases expand the document by more than {ALIAS_BUDGET} nodes (refused: an alias bomb?)"
+    return 1, None
+
+
+_BODY_FILTERS = ("b", "bq", "bs")
+
+
+def _filter_problem(node: Any) -> str | None:
+    """Why a compiled flow filter is refused, or None. mitmproxy runs its regexes with `re` and no time
+    limit: refuse those that search bodies (megabytes, and every WebSocket message so far) and those
+    with nested repetition; the conditions of `match` do the same work within the request's deadline."""
+    code, expr = getattr(node, "code", None), getattr(node, "expr", None)
+    if code in _BODY_FILTERS:
+        return f"~{code} searches bodies with no time limit; use the rule's 'body' or 'json' conditions"
+    if isinstance(expr, str) and nested_repetition(expr):
+        return (f"~{code} {expr!r}: a repetition inside a repetition can take exponential time, and filters"
+                " have no time limit; use the rule's host, path or headers conditions")
+    for child in (*getattr(node, "lst", ()), *filter(None, [getattr(node, "itm", None)])):
+        if (problem := _filter_problem(child)) is not None:
+            return problem
+    return None
+
+
 class _Loader:
     """Turns YAML text into rules, collecting errors that name file, line and key path."""
 
@@ -411,15 +524,19 @@ class _Loader:
         """Plain data from YAML text, remembering every key's and value's line."""
         loader = yaml.SafeLoader(text)
         try:
-            node = loader.get_single_node()
-            return self._data(loader, node, (), 1) if node is not None else None
+            node = loader.get_single_node()  # aliases are shared nodes here: composing costs the text's size
+            if node is None:
+                return None
+            line, problem = _alias_problem(node)
+            if not problem:
+                return self._data(loader, node, (), 1)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line, problem = (mark.line + 1 if mark else 1), " ".join(filter(None, (e.context, e.problem)))
         except yaml.YAMLError as e:
             line, problem = 1, str(e)
         except RecursionError:
-            line, problem = 1, "recursive alias"
+            line, problem = 1, "nested too deeply"
         finally:
             loader.dispose()
         raise RulesError([f"{self.source}:{line}: invalid YAML: {problem}"])
@@ -443,7 +560,10 @@ class _Loader:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._data(loader, v, path + (i,), v.start_mark.line + 1) for i, v in enumerate(node.value)]
-        return loader.construct_object(node)
+        try:
+            return loader.construct_object(node)
+        except ValueError as e:  # e.g. a date out of range, an integer of more than 4300 digits
+            return self.error(path, f"invalid value: {e}")
 
     # -- typed checkers: return the checked value, or None after recording an error --
 
@@ -515,13 +635,13 @@ class _Loader:
             return self.error(path, f"unknown {what} '{v}' ({extra}expected one of: {', '.join(choices)})")
         return v
 
-    def regex(self, path: _Path, v: Any) -> re.Pattern[str] | None:
+    def regex(self, path: _Path, v: Any) -> Pattern | None:
         if self.string(path, v, nonempty=False) is None:
             return None
         try:
-            return re.compile(v)
-        except re.error as e:
-            return self.error(path, f"invalid regex '{v}': {e.msg}")
+            return Pattern(v)
+        except (regex.error, re.error, OverflowError, RecursionError) as e:
+            return self.error(path, f"invalid regex '{v}': {getattr(e, 'msg', None) or e}")
 
     def token(self, path: _Path, v: Any, what: str) -> str | None:
         if self.string(path, v) is None:
@@ -572,7 +692,7 @@ class _Loader:
         kw: dict[str, Any] = {}
         groups: set[str] = set()
 
-        def capture(p: _Path, v: Any) -> re.Pattern[str] | None:
+        def capture(p: _Path, v: Any) -> Pattern | None:
             pattern = self.regex(p, v)
             if pattern is not None:
                 groups.update(pattern.groupindex)
@@ -580,10 +700,15 @@ class _Loader:
 
         if "filter" in m and self.string(path + ("filter",), m["filter"]) is not None:
             try:
-                kw["filter"] = flowfilter.parse(m["filter"])
+                compiled = flowfilter.parse(m["filter"])
             except ValueError as e:
                 cause = f": {e.__cause__}" if e.__cause__ else ""
                 self.error(path + ("filter",), f"invalid filter expression '{m['filter']}'{cause}")
+            else:
+                if (problem := _filter_problem(compiled)) is None:
+                    kw["filter"] = compiled
+                else:
+                    self.error(path + ("filter",), f"filter '{m['filter']}': {problem}")
         if "host" in m:
             globs = []
             for p, g in self.strings(path + ("host",), m["host"]):
@@ -751,6 +876,9 @@ class _Loader:
         for section, path in ((mappings, ("user_id_mappings", "custom_header")), (doc, ("override_header",))):
             if path[-1] in section and (value := self.token(path, section[path[-1]], "header name")):
                 override_header = value.lower()
+        allow_override = True
+        if "allow_override" in doc and (value := self.boolean(("allow_override",), doc["allow_override"])) is not None:
+            allow_override = value
 
         rules: list[_Rule] = []
         items = doc.get("rules")
@@ -771,7 +899,8 @@ class _Loader:
         if self.errors:
             raise self.fail()
         return Rules(
-            self.source, sanitize_user_id(default_user_id), override_header, actions, tuple(rules), legacy, memory
+            self.source, named_scope(default_user_id), override_header, actions, tuple(rules), legacy, memory,
+            allow_override=allow_override,
         )
 
 
@@ -793,10 +922,13 @@ class Rules:
         rules: tuple[_Rule, ...],
         legacy: dict[str, Any],
         memory: MemoryConfig | None = None,
+        *,
+        allow_override: bool = True,
     ) -> None:
         self.source = source
         self.default_user_id = default_user_id
         self.override_header = override_header
+        self.allow_override = allow_override  # False: the override header names no scope, whatever the rule
         self.defaults = defaults
         self.legacy = legacy  # api_key (usually an os.environ/ reference), container_tag
         self.memory = memory or MemoryConfig(supermemory=MappingProxyType(
@@ -813,39 +945,47 @@ class Rules:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rules:
-        """Load a rules file; raises RulesError."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RulesError([f"{path}: cannot read rules file: {e}"]) from None
-        return cls.from_text(text, str(path))
+        """Load a rules file: a regular file (symlinks followed) of at most MAX_RULES_BYTES; raises RulesError."""
+        return cls.from_text(read_rules_file(path), str(path))
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Rules:
         """Parse rules from YAML text; raises RulesError."""
         return _Loader(source).load(text)
 
-    def match(self, req: RequestView) -> Route:
-        """The route for a request: first matching rule, else the default. Never raises."""
+    def match(self, req: RequestView, budget: float | None = None) -> Route:
+        """The route for a request: first matching rule, else the default. Never raises.
+
+        Regexes search for at most `budget` seconds in all (DEFAULT_BUDGET if None, at least MIN_BUDGET):
+        a rule whose regex runs out of time does not match, and that is logged once per rule.
+        """
+        budget = DEFAULT_BUDGET if budget is None else budget
         try:
-            return self._match(req)
+            return self._match(req, time.monotonic() + max(budget, MIN_BUDGET))
         except Exception as e:  # routing must never break a request
             logger.warning("memproxy: rule matching failed, using the default user id: %s", type(e).__name__)
             return Route(self.default_user_id, None, True, None, False, self.defaults, {})
 
-    def _match(self, req: RequestView) -> Route:
+    def _match(self, req: RequestView, deadline: float) -> Route:
         for rule in self._rules:
-            caps = rule.captures(req)
+            try:
+                caps = rule.captures(req, deadline)
+            except RegexTimeout as e:
+                _warn_once(
+                    f"{self.source}\0{rule.name}",
+                    "rule %r did not match: a regex ran out of the time budget for routing: %r",
+                    rule.name, e.pattern[:80],
+                )
+                continue
             if caps is not None and (user_id := rule.user_id(req, caps, self.default_user_id)) is not None:
                 break
         else:
             rule, user_id, caps = None, self.default_user_id, {}
         route_user_id = user_id
         override = req.headers.get(self.override_header)
-        if isinstance(override, str) and (rule is None or rule.allow_override):
-            if _VALID_ID.fullmatch(value := override.strip()):
-                route_user_id = value
+        if isinstance(override, str) and self.allow_override and (rule is None or rule.allow_override):
+            if value := override.strip():
+                route_user_id = named_scope(value)
         return Route(
             user_id=route_user_id,
             rule=rule.name if rule else None,
@@ -857,6 +997,36 @@ class Rules:
         )
 
 
+def read_rules_file(path: str | os.PathLike[str]) -> str:
+    """The text of a rules file; RulesError unless it is a regular file (a symlink to one is fine) of at
+    most MAX_RULES_BYTES of UTF-8. Opened non-blocking: a FIFO put in its place must not hang the reader."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise RulesError([f"{path}: cannot read rules file: {e.strerror or e}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RulesError([f"{path}: cannot read rules file: not a regular file"])
+        if st.st_size > MAX_RULES_BYTES:
+            raise RulesError([f"{path}: cannot read rules file: {st.st_size} bytes, more than {MAX_RULES_BYTES}"])
+        chunks, size = [], 0
+        while size <= MAX_RULES_BYTES and (chunk := os.read(fd, MAX_RULES_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise RulesError([f"{path}: cannot read rules file: {e.strerror or e}"]) from None
+    finally:
+        os.close(fd)
+    if size > MAX_RULES_BYTES:  # it grew while being read
+        raise RulesError([f"{path}: cannot read rules file: more than {MAX_RULES_BYTES} bytes"])
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RulesError([f"{path}: cannot read rules file: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+
+
 class RulesFile:
     """A rules file, reloaded by `check()` when it changes; a bad edit keeps the last good rules."""
 
@@ -865,12 +1035,12 @@ class RulesFile:
         self._stamp = self._stat()
         self.rules = Rules.load(path)  # raises RulesError: there are no last good rules yet
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int] | None:
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size  # a file replaced by another counts as changed
 
     def check(self) -> tuple[bool, str | None]:
         """Reload if the file changed: (True, None) on a reload, (False, why) on a bad edit,
