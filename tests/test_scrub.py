@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from memproxy import capture, scrub
 from memproxy.capture import MAX_USER_CHARS, Outbox, Turn, scrub_outbox
+from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
+from memproxy.memory.supermemory import SupermemoryStore
 from memproxy.scrub import marker
 from secret_corpus import Maker, anthropic_key, aws_key_id, aws_secret, fakes, github_token, look_alikes, openssh_key
 from test_capture import FAST, ScriptedStore
@@ -104,6 +106,18 @@ def test_the_library_keyword_detector_is_left_out_for_a_reason():
     code = 'token_type = "bearer"'
     assert list(KeywordDetector().analyze_string(code))
     assert scrub.scrub(code).text == code
+
+
+def test_no_plugin_ever_calls_its_service(monkeypatch: pytest.MonkeyPatch):
+    """detect-secrets' plugins can verify a key with its service: scrub must never send a secret anywhere."""
+    import requests
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a secret would have left the machine")
+
+    monkeypatch.setattr(requests.Session, "request", no_network)
+    result = scrub.scrub("\n".join(f.line for f in FAKES))
+    assert sum(result.found.values()) >= len(FAKES)
 
 
 def test_importing_scrub_does_not_import_detect_secrets():
@@ -264,3 +278,21 @@ async def test_local_rewrite_replaces_the_text_and_its_index(tmp_path: Path):
         await store.close()
     # Only the other scope's memory still holds its token; no old page or WAL frame holds the rest.
     assert files_holding(tmp_path, secrets) == {"memories.db": [3]}
+
+
+async def test_supermemory_every_and_rewrite(supermemory):
+    store = SupermemoryStore(supermemory.api_key, supermemory.url)
+    turn, secrets = secret_turn()
+    try:
+        ids = [await store.add(scope, content, custom_id=f"t{n}", metadata={"n": n})
+               for n, (scope, content) in enumerate([("a", turn.content), ("b", "plain"), ("a", "more")])]
+        assert {m.id for m in [m async for m in store.every(["a"], page=1)]} == {ids[0], ids[2]}
+        everything = [m async for m in store.every(page=2)]
+        assert {m.id for m in everything} == set(ids) and {m.scope for m in everything} == {"a", "b"}
+        [memory] = [m for m in everything if m.id == ids[0]]
+        assert await store.rewrite(memory, scrub.scrub(memory.content).text)
+        assert not await store.rewrite(Memory("doc-none", "a", ""), "x")
+    finally:
+        await store.close()
+    doc = supermemory.documents[ids[0]]
+    assert not [s for s in secrets if s in doc.content] and doc.metadata == {"n": 0} and doc.custom_id

@@ -45,7 +45,10 @@ from detect_secrets.plugins.base import RegexBasedDetector
 # key to the words around it.
 AWS_KEY_ID = r"(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"
 # 40 characters of base64 on their own, upper and lower case among them (a git SHA is lower case hex)
-AWS_SECRET = r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+AWS_SECRET = (
+    r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])"
+    r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+)
 NEAR = r"[\s\S]{0,200}?"  # how far apart an AWS key id and its secret access key may be
 
 
@@ -140,7 +143,8 @@ class AwsSecretKeyDetector(RegexBasedDetector):
     secret_type = "AWS secret access key"
     denylist = (
         re.compile(AWS_KEY_ID + NEAR + AWS_SECRET),
-        re.compile(AWS_SECRET + "(?=" + NEAR + r"(?<![A-Za-z0-9])" + AWS_KEY_ID + ")"),  # the secret alone: the next may follow
+        # The id after the secret is looked ahead for, not matched: a next secret may come before that id.
+        re.compile(AWS_SECRET + "(?=" + NEAR + r"(?<![A-Za-z0-9])" + AWS_KEY_ID + ")"),
     )
 
 
@@ -194,7 +198,7 @@ def _azure_context(text: str, start: int, end: int) -> bool:
 
 
 # What a found secret of these kinds must also be, given the text, its start and its end. An AWS secret
-# access key, found by the library after `aws ... key` or by us next to a key id, is not a git SHA.
+# access key that the library finds after `aws ... key` is not a git SHA.
 PLAUSIBLE: dict[str, Callable[[str, int, int], bool]] = {
     "AWS secret access key": lambda text, start, end: _mixed_case(text[start:end]),
     "Supermemory API key": lambda text, start, end: _mixed_case(text[start:end]) and _has_digit(text[start:end]),
@@ -212,6 +216,11 @@ class Detector:
 
     def kind(self, index: int) -> str:
         return self.kinds[min(index, len(self.kinds) - 1)]
+
+    @property
+    def checks(self) -> bool:
+        """Whether the plugin checks what its patterns find (its own analyze_string: a JWT must decode)."""
+        return type(self.plugin).analyze_string is not RegexBasedDetector.analyze_string
 
 
 def _ours(plugin: RegexBasedDetector) -> Detector:

@@ -68,14 +68,10 @@ def scrub(text: str) -> Scrubbed:
 
 def _find(text: str, detectors: tuple[Detector, ...]) -> Iterator[tuple[int, int, str]]:
     """(start, end, kind) of every secret the detectors find in `text`, unordered and maybe overlapping."""
-    from detect_secrets.plugins.base import RegexBasedDetector
-
     from .detectors import PLAUSIBLE
 
     for detector in detectors:
-        plugin = detector.plugin
-        # A plugin with an analyze_string of its own checks what its patterns find (a JWT must decode).
-        checks = type(plugin).analyze_string is not RegexBasedDetector.analyze_string
+        plugin, checks = detector.plugin, detector.checks
         for index, pattern in enumerate(plugin.denylist):
             kind = detector.kind(index)
             plausible = PLAUSIBLE.get(kind)
