@@ -82,6 +82,19 @@ def test_the_name_of_an_assignment_stays():
     assert result.text == "aws_secret_access_key = [secret: AWS secret access key]\nregion = eu-west-1"
 
 
+def test_a_secret_is_replaced_wherever_the_text_repeats_it():
+    m = Maker()
+    password = m.chars(16)
+    result = scrub.scrub(f"DATABASE_URL=postgres://app:{password}@db/app\nthe password is {password}; rotate it")
+    assert result.text == ("DATABASE_URL=postgres://app:[secret: password in URL]@db/app\n"
+                           "the password is [secret: password in URL]; rotate it")
+
+
+def test_a_secret_that_could_be_a_word_is_not_hunted_elsewhere():
+    text = "see postgres://app:password@db/app and reset the password"
+    assert scrub.scrub(text).text == "see postgres://app:[secret: password in URL]@db/app and reset the password"
+
+
 def test_a_private_key_goes_as_one_block():
     key = openssh_key(Maker())
     result = scrub.scrub(f"before\n{key}\nafter")

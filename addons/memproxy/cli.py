@@ -849,7 +849,7 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
     outbox = outbox or default_outbox()
     try:
         in_outbox, turns = scrub_outbox(outbox, dry_run=dry_run)
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OSError) as e:
         raise click.ClickException(f"cannot scrub the outbox {outbox}: {e}") from None
     table = Table("secret", "memories", "outbox", title="secrets that would be replaced" if dry_run else "secrets replaced")
     for kind in sorted(in_store.keys() | in_outbox.keys()):

@@ -88,13 +88,21 @@ def _find(text: str, detectors: tuple[Detector, ...]) -> Iterator[tuple[int, int
 
 def _everywhere(text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     """`spans`, and every other place in `text` that holds one of the secrets they found: a secret known by its
-    context (a password in a URL, a key next to its id) may be repeated without it."""
-    for value, kind in {text[start:end]: kind for start, end, kind in spans if end - start >= MIN_GROUP}.items():
+    context (a password in a URL, a key next to its id) may be repeated without it. Not one that could be a
+    word: `://user:password@host` leaves the other passwords of the text alone."""
+    for value, kind in {text[start:end]: kind for start, end, kind in spans if _distinctive(text[start:end])}.items():
         at = text.find(value)
         while at >= 0:
             spans.append((at, at + len(value), kind))
             at = text.find(value, at + 1)
     return spans
+
+
+def _distinctive(value: str) -> bool:
+    """Long, or holding both letters and digits: not a word of the text around it."""
+    return len(value) >= 16 or (
+        len(value) >= MIN_GROUP and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+    )
 
 
 def _joined(text: str, start: int, end: int) -> bool:
