@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,11 +20,15 @@ import pytest
 from conftest import FAKES, REDIRECT, SCRUBBED_ENV, free_port
 from e2e_helpers import CLAUDE_UA, claude_body, seed
 from fakes import codex_request
+from fakes.supermemory import FakeSupermemory
 from fakes.upstream import DEFAULT_REPLY
+from memproxy import capture
 from memproxy.cli import main
+from memproxy.memory.supermemory import SupermemoryStore
 from mitmproxy import http, io
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
+from secret_corpus import Maker, anthropic_key, aws_key_id, aws_secret, github_token, openssh_key
 from wsproto.frame_protocol import Opcode
 
 MEMPROXY = Path(sys.executable).parent / "memproxy"
@@ -93,7 +99,7 @@ def test_every_command_is_there():
     assert set(command_paths()) >= {
         ("run",), ("env",), ("wrap",), ("certs",), ("status",), ("dead-letters",),
         ("rules", "check"), ("rules", "explain"),
-        *(("memories", c) for c in ("list", "search", "add", "forget", "export", "import")),
+        *(("memories", c) for c in ("list", "search", "add", "forget", "export", "import", "scrub")),
         *(("projects", c) for c in ("add", "list", "remove")),
     }
 
@@ -302,6 +308,119 @@ def test_memories_errors_are_one_line(cli: Cli, tmp_path: Path):
     result = cli("memories", "list", "--scope", "s", "--backend", "supermemory")
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: memory backend 'supermemory' needs an API key: set SUPERMEMORY_API_KEY"
+
+
+# -- secrets in memories ---------------------------------------------------------------------
+
+
+def seed_secrets(seed: int = 21) -> tuple[list[str], list[str]]:
+    """Memories holding fake secrets, and the secrets."""
+    m = Maker(seed)
+    secrets = [anthropic_key(m), aws_key_id(m), aws_secret(m), github_token(m), openssh_key(m)]
+    memories = [
+        f"User: deploy with {secrets[0]} please\nAssistant: done",
+        f"User: AWS {secrets[1]} {secrets[2]}\nAssistant: I pushed with {secrets[3]}",
+        f"User: my key\n{secrets[4]}\nAssistant: stored",
+    ]
+    return memories, secrets
+
+
+def files_with(directory: Path, secrets: list[str]) -> list[str]:
+    """The files under `directory` whose bytes hold any of `secrets`."""
+    return sorted(p.name for p in directory.rglob("*")
+                  if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets))
+
+
+def seed_outbox(path: Path, contents: list[str]) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(capture.SCHEMA)
+        capture._queue(db, "turn-1", "claude-code:shop", contents[0], {}, 1.0)
+        db.execute(capture.BURY, ("turn-2", "claude-code:shop", contents[1], "{}", 1.0, 400, "rejected", 1, 2.0))
+
+
+EXPECTED_KINDS = ("Anthropic API key", "AWS access key", "AWS secret access key", "GitHub token", "private key")
+
+
+def test_memories_scrub_local(cli: Cli, tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db, outbox = data / "memories.db", data / "outbox.db"
+    contents, secrets = seed_secrets()
+    seed(db, "claude-code:shop", *contents, "User: nothing secret\nAssistant: fine")
+    seed(db, "claude-code:other", contents[0])
+    seed_outbox(outbox, contents)
+    assert files_with(data, secrets) == ["memories.db", "outbox.db"]
+    args = ("--db", db, "--outbox", outbox)
+
+    dry = cli.ok("memories", "scrub", "--dry-run", *args)
+    assert "would replace 6 secrets in 4 of 5 memories (local store) and 4 in 2 turns of the outbox" in dry, dry
+    assert all(kind in dry for kind in EXPECTED_KINDS) and not [s for s in secrets if s in dry]
+    assert files_with(data, secrets) == ["memories.db", "outbox.db"]  # nothing changed
+
+    only = cli.ok("memories", "scrub", "--scope", "claude-code:other", *args)
+    assert "replaced 1 secrets in 1 of 1 memories" in only, only
+    done = cli.ok("memories", "scrub", *args)
+    assert "replaced 5 secrets in 3 of 5 memories (local store) and 0 in 0 turns" in done, done
+    assert not [s for s in secrets if s in done]
+    # No file keeps them: not the store, its index, its WAL, the outbox or its dead letters.
+    assert files_with(data, secrets) == []
+    listed = cli.ok("memories", "list", "--scope", "claude-code:shop", *args[:2])
+    assert "[secret: AWS secret access key]" in listed and "[secret: private key]" in listed
+    assert "I pushed with [secret: GitHub token]" in cli.ok("memories", "search", "--scope", "claude-code:shop",
+                                                            "pushed", *args[:2])
+    assert "replaced 0 secrets in 0 of 5 memories" in cli.ok("memories", "scrub", *args)
+
+
+def test_memories_scrub_supermemory(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
+    contents, secrets = seed_secrets(22)
+
+    async def add() -> None:
+        store = SupermemoryStore(supermemory.api_key, supermemory.url)
+        try:
+            for i, content in enumerate(contents):
+                await store.add("claude-code:shop", content, custom_id=f"turn-{i}", metadata={"n": i})
+            await store.add("codex:other", contents[0])
+            await store.add("claude-code:shop", "User: nothing secret\nAssistant: fine")
+        finally:
+            await store.close()
+
+    asyncio.run(add())
+    env = {"SUPERMEMORY_API_KEY": supermemory.api_key, "SUPERMEMORY_BASE_URL": supermemory.url}
+    args = ("--backend", "supermemory", "--outbox", tmp_path / "outbox.db")
+    before = {doc.id: (doc.custom_id, doc.metadata, doc.container_tag) for doc in supermemory.documents.values()}
+
+    dry = cli.ok("memories", "scrub", "--dry-run", *args, env=env)
+    assert "would replace 6 secrets in 4 of 5 memories (supermemory store)" in dry, dry
+    assert supermemory.count("/v3/documents/list") and not [r for r in supermemory.requests if r.method == "PATCH"]
+
+    shop = cli.ok("memories", "scrub", "--scope", "claude-code:shop", *args, env=env)
+    assert "replaced 5 secrets in 3 of 4 memories" in shop, shop
+    rest = cli.ok("memories", "scrub", *args, env=env)  # every document the key can list
+    assert "replaced 1 secrets in 1 of 5 memories" in rest, rest
+    assert not [s for s in secrets if s in dry + shop + rest]
+
+    documents = supermemory.documents.values()
+    assert not [s for s in secrets for doc in documents if s in doc.content]
+    assert sum("[secret: " in doc.content for doc in documents) == 4
+    assert {doc.id: (doc.custom_id, doc.metadata, doc.container_tag) for doc in documents} == before  # only content
+    patched = [r for r in supermemory.requests if r.method == "PATCH"]
+    assert len(patched) == 4 and all(set(r.json) == {"content"} for r in patched)
+
+
+def test_memories_add_and_import_replace_secrets(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "memories.db")
+    contents, secrets = seed_secrets(23)
+    added = cli("memories", "add", "--scope", "s", contents[1], *db)
+    assert added.returncode == 0, added.stderr
+    assert "replaced 3 secrets by [secret: <kind>] before storing" in added.stderr
+    assert "AWS access key x1" in added.stderr and not [s for s in secrets if s in added.stdout + added.stderr]
+    export = tmp_path / "in.jsonl"
+    export.write_text("".join(json.dumps({"scope": "s", "content": c, "id": f"i{n}"}) + "\n" for n, c in enumerate(contents)))
+    imported = cli("memories", "import", export, *db)
+    assert imported.returncode == 0 and "replaced 5 secrets" in imported.stderr, imported.stderr
+    listed = cli.ok("memories", "list", "--scope", "s", *db)
+    assert listed.count("[secret: AWS access key]") == 2 and "[secret: private key]" in listed
+    assert files_with(tmp_path, secrets) == [export.name]
 
 
 # -- projects and dead letters ---------------------------------------------------------------

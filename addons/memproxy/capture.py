@@ -1,16 +1,17 @@
 """Turn capture: what a finished exchange stores, and the durable outbox that sends it to the store.
 
-A turn is written to a SQLite outbox (by one worker thread) before anything else, then sent by one
-background task. Transient backend failures pause the sender with jittered exponential backoff,
-honouring Retry-After, and keep every row; permanent rejections become dead letters. While the outbox
-cannot be written (disk full), turns wait in memory, up to a bound, and their write is retried.
+A turn is scrubbed of secrets and written to a SQLite outbox (both by one worker thread) before anything
+else, then sent by one background task. Transient backend failures pause the sender with jittered
+exponential backoff, honouring Retry-After, and keep every row; permanent rejections become dead letters.
+While the outbox cannot be written (disk full), scrubbed turns wait in memory, up to a bound, and their
+write is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,14 +19,17 @@ import os
 import random
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import private
 from .memory.base import MemoryStore, StoreError
 from .protocols import strip_memory_blocks
+from .scrub import load as load_detectors
+from .scrub import scrub
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ T = TypeVar("T")
 
 MAX_USER_CHARS = 4000
 MAX_REPLY_CHARS = 8000
+# Characters kept past a clip limit until the turn is scrubbed, so that a secret the limit cuts is found whole.
+SCRUB_MARGIN = 256
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 MAX_UNEXPECTED_ATTEMPTS = 10  # an unexpected exception (a bug?) is retried this often, then dead-lettered
 MAX_ERROR_CHARS = 200
@@ -99,12 +105,20 @@ class Turn:
 
     @classmethod
     def make(cls, scope: str, user: str, reply: str, metadata: dict[str, Any]) -> Turn | None:
-        """A turn ready to store, or None if there is nothing worth remembering."""
-        user = _clip(strip_memory_blocks(user), MAX_USER_CHARS)
-        reply = _clip(strip_memory_blocks(reply), MAX_REPLY_CHARS)
+        """A turn to submit, or None if there is nothing worth remembering. `scrubbed()` makes it ready to store."""
+        user = _clip(strip_memory_blocks(user), MAX_USER_CHARS + SCRUB_MARGIN)
+        reply = _clip(strip_memory_blocks(reply), MAX_REPLY_CHARS + SCRUB_MARGIN)
         if not user or not reply:
             return None
         return cls(scope, user, reply, metadata)
+
+    def scrubbed(self) -> tuple[Turn, Counter[str]]:
+        """This turn as it is stored, every secret replaced by `[secret: <kind>]` and then clipped, and how many
+        of each kind were replaced. CPU work: call it off the event loop. The same turn always gives the same
+        result, and so the same custom id."""
+        user, reply = scrub(self.user), scrub(self.reply)
+        turn = dataclasses.replace(self, user=_clip(user.text, MAX_USER_CHARS), reply=_clip(reply.text, MAX_REPLY_CHARS))
+        return (self if turn == self else turn), user.found + reply.found
 
     @property
     def content(self) -> str:
@@ -129,6 +143,22 @@ class _Row:
     created_at: float
     attempts: int = 0
     due_at: float = 0.0
+
+
+class _Written(NamedTuple):
+    """What the worker made of a submitted turn: the scrubbed turn (None if scrubbing failed), whether the
+    outbox took it as new, and the write's (or scrubbing's) error."""
+
+    turn: Turn | None
+    new: bool
+    error: Exception | None
+
+
+def _load_detectors() -> None:
+    try:
+        load_detectors()
+    except Exception as e:  # noqa: BLE001 - each turn tries again, and says why it fails
+        logger.warning("memproxy: cannot load the secret detectors (%s); turns are not stored", _brief(e))
 
 
 def _brief(error: BaseException) -> str:
@@ -198,6 +228,38 @@ def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             return []
 
 
+def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[Counter[str], int]:
+    """Replace the secrets in the turns waiting in the outbox at `path` and in its dead letters, then rebuild
+    the file and empty its WAL, so that no old page keeps them. Returns how many secrets of each kind were
+    (with `dry_run`: would be) replaced, and in how many turns. Best with no proxy running: a turn that one is
+    sending at that moment keeps the text it read."""
+    found: Counter[str] = Counter()
+    turns = 0
+    path = Path(path)
+    if not path.exists():
+        return found, turns
+    columns = {"outbox": ("id", ("content",)), "dead_letters": ("custom_id", ("content", "error"))}
+    with contextlib.closing(_connect(path)) as db:
+        with db:
+            db.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
+            for table, (key, texts) in columns.items():
+                for key_value, *values in db.execute(f"SELECT {key}, {', '.join(texts)} FROM {table}").fetchall():
+                    scrubbed = [scrub(value) for value in values]
+                    if not any(result.found for result in scrubbed):
+                        continue
+                    turns += 1
+                    for result in scrubbed:
+                        found += result.found
+                    if not dry_run:
+                        assignments = ", ".join(f"{column} = ?" for column in texts)
+                        update = f"UPDATE {table} SET {assignments} WHERE {key} = ?"
+                        db.execute(update, (*(result.text for result in scrubbed), key_value))
+        if turns and not dry_run:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return found, turns
+
+
 class Outbox:
     """Turns on their way to the store: a SQLite outbox owned by one worker thread, and one sender task.
 
@@ -250,18 +312,19 @@ class Outbox:
         except (sqlite3.Error, OSError) as e:
             logger.warning("memproxy: capture outbox %s unusable (%s); turns are kept in memory only", self.path, e)
         self._update_idle()
+        self._worker.submit(_load_detectors)  # now, in the worker, rather than with the first turn
         self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="memproxy capture")
 
     def submit(self, turn: Turn) -> None:
-        """Queue `turn` for the store. Call on the event loop; never blocks: the write runs in the worker."""
+        """Queue `turn` for the store. Call on the event loop; never blocks: scrubbing and the write run in the
+        worker, so that nothing unscrubbed is ever written or held."""
         if self._closed:
             logger.warning("memproxy: capture is closed; a turn was not stored")
             return
         self._counts["submitted"] += 1
         self._writing += 1
         self._idle.clear()
-        written = self._worker.submit(self._call, self._insert, turn, time.time())
-        written.add_done_callback(functools.partial(self._written, turn))
+        self._worker.submit(self._write, turn, time.time()).add_done_callback(self._written)
 
     async def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until every turn is stored or dead-lettered; True if so."""
@@ -348,12 +411,28 @@ class Outbox:
             db.execute("BEGIN IMMEDIATE")
             return [_queue(db, r.custom_id, r.scope, r.content, r.metadata, r.created_at) for r in rows]
 
-    def _written(self, turn: Turn, written: asyncio.Future[bool]) -> None:
-        """On the loop, once the worker wrote `turn`: count it, or keep it in memory if the write failed."""
+    def _write(self, turn: Turn, now: float) -> _Written:
+        """In the worker thread: scrub `turn`, then write it to the outbox."""
+        try:
+            turn, found = turn.scrubbed()
+        except Exception as e:  # noqa: BLE001 - a turn that could not be scrubbed is not kept at all
+            return _Written(None, False, e)
+        if found:
+            kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(found.items()))
+            logger.info("memproxy: replaced secrets in a turn of scope %s: %s", turn.scope, kinds)
+        try:
+            return _Written(turn, self._call(self._insert, turn, now), None)
+        except Exception as e:  # noqa: BLE001 - classified on the loop
+            return _Written(turn, False, e)
+
+    def _written(self, written: asyncio.Future[_Written]) -> None:
+        """On the loop, once the worker scrubbed and wrote a turn: count it, or keep it in memory if the write failed."""
         self._writing -= 1
-        error = written.exception()
-        if error is None:
-            self._pending += written.result()
+        turn, new, error = written.result()
+        if turn is None:
+            logger.warning("memproxy: a turn was not stored: looking for secrets in it failed (%s)", _brief(error))
+        elif error is None:
+            self._pending += new
             if self._unsaved:
                 self._save_at = 0.0  # the outbox is writable again: move the turns held in memory there now
             elif self._disk_failing:

@@ -16,12 +16,14 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -730,10 +732,14 @@ def _print_memories(found: list[Memory], title: str, *, scores: bool = False) ->
 @scope_option
 @click.argument("content")
 def memories_add(backend: Backend, scope: str, content: str) -> None:
-    """Remember CONTENT in a scope."""
+    """Remember CONTENT in a scope (secrets in it are replaced by [secret: <kind>], as in captured turns)."""
+    from .scrub import scrub
+
     if not content.strip():
         raise click.BadParameter("the memory is empty", param_hint="CONTENT")
-    memory_id = _with_store(backend, lambda store: store.add(scope, content, metadata={"client": "memproxy-cli"}))
+    scrubbed = scrub(content)
+    memory_id = _with_store(backend, lambda store: store.add(scope, scrubbed.text, metadata={"client": "memproxy-cli"}))
+    _report_replaced(scrubbed.found)
     console.print(f"added memory {memory_id} to {escape(scope)}")
 
 
@@ -799,9 +805,18 @@ def _output(path: str) -> Iterator[Any]:
 @click.option("--scope", default=None, help="Import every memory into this scope instead of the one on its line.")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
-    """Read memories from a JSONL export; importing the same file again adds nothing new."""
+    """Read memories from a JSONL export; importing the same file again adds nothing new.
+
+    Secrets in them are replaced by [secret: <kind>], as in captured turns."""
+    from .scrub import scrub
+
     records = [_record(file.name, n, line, scope) for n, line in enumerate(file, 1) if line.strip()]
     records.sort(key=lambda r: r["created_at"])  # oldest first, so that the store keeps their order
+    found: Counter[str] = Counter()
+    for record in records:
+        scrubbed = scrub(record["content"])
+        record["content"] = scrubbed.text
+        found += scrubbed.found
 
     async def work(store: MemoryStore) -> None:
         from .memory import Memory
@@ -820,7 +835,72 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
                 advance(1)
 
     _with_store(backend, work)
+    _report_replaced(found)
     console.print(f"imported {len(records)} memories from {escape(file.name)} (ones imported before are kept once)")
+
+
+@memories.command("scrub")
+@store_options
+@click.option("--scope", "scopes", multiple=True,
+              help="Only this scope (repeatable). Default: every scope of the local store; on Supermemory, every"
+              " document the API key can list.")
+@click.option("--outbox", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The outbox file (option memory_outbox), scrubbed whole. Default: outbox.db in the user's data dir.")
+@click.option("--dry-run", is_flag=True, help="Count the secrets that would be replaced; change nothing.")
+def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | None, dry_run: bool) -> None:
+    """Replace secrets (API keys, tokens, private keys) by [secret: <kind>] in stored memories, in the turns
+    waiting in the outbox and in its dead letters.
+
+    Prints how many of each kind, never a secret. The local store's file and the outbox are rebuilt, so that
+    no old page keeps them. Best run with the proxy stopped.
+    """
+    from .capture import scrub_outbox
+    from .memory.local import LocalStore
+    from .scrub import scrub
+
+    async def work(store: MemoryStore) -> tuple[Counter[str], int, int, bool]:
+        found: Counter[str] = Counter()
+        seen = changed = 0
+        with _progress("scrubbing memories", None) as advance:
+            async for memory in store.every(list(scopes) or None):
+                seen += 1
+                advance(1)
+                scrubbed = scrub(memory.content)
+                if not scrubbed.found:
+                    continue
+                changed += 1
+                found += scrubbed.found
+                if not dry_run:
+                    await store.rewrite(memory, scrubbed.text)
+        emptied = True
+        if changed and not dry_run and isinstance(store, LocalStore):
+            emptied = await store.compact()
+        return found, seen, changed, emptied
+
+    in_store, seen, changed, emptied = _with_store(backend, work)
+    outbox = outbox or default_outbox()
+    try:
+        in_outbox, turns = scrub_outbox(outbox, dry_run=dry_run)
+    except (sqlite3.Error, OSError) as e:
+        raise click.ClickException(f"cannot scrub the outbox {outbox}: {e}") from None
+    table = Table("secret", "memories", "outbox", title="secrets that would be replaced" if dry_run else "secrets replaced")
+    for kind in sorted(in_store.keys() | in_outbox.keys()):
+        table.add_row(escape(kind), str(in_store[kind]), str(in_outbox[kind]))
+    if table.row_count:
+        console.print(table)
+    verb = "would replace" if dry_run else "replaced"
+    console.print(f"{verb} {in_store.total()} secrets in {changed} of {seen} memories ({backend.name} store)"
+                  f" and {in_outbox.total()} in {turns} turns of the outbox {escape(str(outbox))}")
+    if not emptied:
+        err_console.print("memproxy: another process (a running proxy?) kept the store's WAL file from being emptied:"
+                          " it may still hold replaced text until that process checkpoints it; stop it and run again")
+
+
+def _report_replaced(found: Counter[str]) -> None:
+    """Say on stderr which secrets were replaced before storing (kinds and counts only)."""
+    if found:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(found.items()))
+        err_console.print(escape(f"replaced {found.total()} secrets by [secret: <kind>] before storing: {kinds}"))
 
 
 def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str, Any]:

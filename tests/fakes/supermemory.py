@@ -192,6 +192,8 @@ class FakeSupermemory(RecordingServer):
                 return self._profile(data)
             case "GET" | "DELETE" as method, path if m := DOCUMENT_PATH.fullmatch(path):
                 return self._document(method, m[1])
+            case "PATCH", path if m := DOCUMENT_PATH.fullmatch(path):
+                return self._update(m[1], data)
         return _error(404, f"no route {request.method} {request.path}")
 
     async def _fail(self, request: web.Request) -> web.Response | None:
@@ -293,6 +295,19 @@ class FakeSupermemory(RecordingServer):
             "totalPages": math.ceil(len(docs) / limit) if limit else 0,
         }
         return web.json_response({"memories": docs[(page - 1) * limit : page * limit], "pagination": pagination})
+
+    def _update(self, doc_id: str, data: Any) -> web.Response:
+        """PATCH /v3/documents/{id}: what the body names is replaced (content, metadata); the rest stays."""
+        doc = self.documents.get(doc_id)
+        if doc is None:
+            return _error(404, "Document not found")
+        if not isinstance(data, dict):
+            return _error(400, "Invalid JSON body")
+        content, metadata = data.get("content", doc.content), data.get("metadata", doc.metadata)
+        if not isinstance(content, str) or not content or not isinstance(metadata, dict):
+            return _error(400, "content must be a non-empty string and metadata an object")
+        doc.content, doc.metadata, doc.updated_at = content, metadata, self._tick()
+        return web.json_response({"id": doc.id, "status": "queued"})
 
     def _document(self, method: str, doc_id: str) -> web.Response:
         doc = self.documents.get(doc_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,25 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     async def forget(self, scope: str, memory_id: str) -> bool:
         """Delete one memory of `scope`; True if it existed."""
+
+    async def rewrite(self, memory: Memory, content: str) -> bool:
+        """Replace the content of `memory`, as `list` or `every` gave it; its id, scope, metadata and date stay.
+        True if it still existed."""
+        raise NotImplementedError(f"the {self.name} store cannot rewrite a memory")
+
+    async def every(self, scopes: Sequence[str] | None = None, page: int = 100) -> AsyncIterator[Memory]:
+        """Every memory of `scopes` (all the store holds if None), fetched `page` at a time: for maintenance
+        such as scrubbing. This default lists the given scopes."""
+        if scopes is None:
+            raise NotImplementedError(f"the {self.name} store cannot list all its scopes")
+        for scope in scopes:
+            offset = 0
+            while batch := await self.list(scope, page, offset):
+                for memory in batch:
+                    yield memory
+                if len(batch) < page:
+                    break
+                offset += len(batch)
 
     async def profile(self, scope: str) -> list[str]:
         """Facts the backend keeps about `scope` as a whole (none by default)."""

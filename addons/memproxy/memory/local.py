@@ -10,7 +10,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,6 +82,7 @@ INSERT = (
     "INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id"
 )
+INDEX = "INSERT INTO memories_fts(rowid, terms) VALUES (?, ?)"
 UNINDEX = "INSERT INTO memories_fts(memories_fts, rowid, terms) VALUES ('delete', ?, ?)"
 
 WORD = re.compile(r"[^\W_]+")
@@ -175,6 +176,22 @@ class LocalStore(MemoryStore):
 
     async def forget(self, scope: str, memory_id: str) -> bool:
         return await self._run(self._forget, scope, memory_id)
+
+    async def rewrite(self, memory: Memory, content: str) -> bool:
+        return await self._run(self._rewrite, memory.scope, memory.id, content)
+
+    async def every(self, scopes: Sequence[str] | None = None, page: int = 500) -> AsyncIterator[Memory]:
+        """Every memory of `scopes` (of the whole store if None), oldest first."""
+        after = 0
+        while rows := await self._run(self._page, None if scopes is None else list(scopes), after, page):
+            for row in rows:
+                yield _memory(row)
+            after = rows[-1][0]
+
+    async def compact(self) -> bool:
+        """Leave no trace of rewritten or forgotten text in the file: merge the index, rebuild the file and empty
+        its WAL. False if another connection (a running proxy) kept the WAL from being emptied."""
+        return await self._run(self._compact)
 
     async def count(self, scope: str | None = None) -> int:
         """How many memories `scope` holds, or the whole store if `scope` is None."""
@@ -290,7 +307,7 @@ class LocalStore(MemoryStore):
         """Insert a memory and index it, in the caller's transaction; None if (scope, custom_id) exists."""
         row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
         if row is not None:
-            db.execute("INSERT INTO memories_fts(rowid, terms) VALUES (?, ?)", (row[0], index_text(scope, content)))
+            db.execute(INDEX, (row[0], index_text(scope, content)))
         return None if row is None else row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
@@ -337,3 +354,31 @@ class LocalStore(MemoryStore):
             if row is not None:
                 db.execute(UNINDEX, (row[0], index_text(scope, row[1])))
         return row is not None
+
+    @staticmethod
+    def _rewrite(db: sqlite3.Connection, scope: str, memory_id: str, content: str) -> bool:
+        """Replace a memory's content and its index entry (deleted with the text it was indexed with)."""
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT id, content FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)).fetchone()
+            if row is not None:
+                db.execute(UNINDEX, (row[0], index_text(scope, row[1])))
+                db.execute("UPDATE memories SET content = ? WHERE id = ?", (content, row[0]))
+                db.execute(INDEX, (row[0], index_text(scope, content)))
+        return row is not None
+
+    @staticmethod
+    def _page(db: sqlite3.Connection, scopes: list[str] | None, after: int, limit: int) -> list[tuple[Any, ...]]:
+        where = "" if scopes is None else f" AND m.scope IN ({', '.join('?' * len(scopes))})"
+        sql = f"SELECT {COLUMNS} FROM memories AS m WHERE m.id > ?{where} ORDER BY m.id LIMIT ?"
+        return db.execute(sql, (after, *(scopes or ()), limit)).fetchall()
+
+    def _compact(self, db: sqlite3.Connection) -> bool:
+        # A contentless index keeps deleted terms in its segments until they are merged; VACUUM then drops
+        # the free pages that held old text, and the checkpoint empties the WAL, which held it too.
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+        self._unmerged = 0
+        db.execute("VACUUM")
+        return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0

@@ -14,8 +14,10 @@ API facts this module relies on (Supermemory's API docs and the official superme
   values. The docs do not tie a customId to a container tag, so ours folds the tag in.
 - POST /v3/documents/list {containerTags, limit, page, sort, order, includeContent}
   -> {memories: [{id, customId, content, metadata, containerTags, createdAt, updatedAt}], pagination};
-  containerTags match exactly. GET /v3/documents/{id} -> the document, with its containerTags.
-  DELETE /v3/documents/{id} -> empty body.
+  containerTags match exactly; without them, every document of the account is listed.
+  GET /v3/documents/{id} -> the document, with its containerTags. DELETE /v3/documents/{id} -> empty body.
+- PATCH /v3/documents/{id} {content} -> {id, status}: the content is replaced and the document processed
+  again (its id, customId, containerTag and metadata stay).
 - Errors answer {error, details?} with the HTTP status; 429 can carry Retry-After.
 """
 
@@ -27,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -263,6 +265,30 @@ class SupermemoryStore(MemoryStore):
         }
         docs = await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
         return [m for d in docs[skip:] if (m := _document(scope, d)) is not None][:limit]
+
+    async def every(self, scopes: Sequence[str] | None = None, page: int = 100) -> AsyncIterator[Memory]:
+        """Every memory of `scopes`; if None, every document of the account, each with its first containerTag
+        as its scope (a tag cannot be mapped back to a scope)."""
+        if scopes is not None:
+            async for memory in super().every(scopes, page):
+                yield memory
+            return
+        number = 1
+        while True:
+            body = {"limit": page, "page": number, "sort": "createdAt", "order": "desc", "includeContent": True}
+            docs = await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
+            for doc in docs:
+                tags = doc.get("containerTags") if isinstance(doc, dict) else None
+                tag = tags[0] if isinstance(tags, list) and tags and isinstance(tags[0], str) else ""
+                if (memory := _document(tag, doc)) is not None:
+                    yield memory
+            if len(docs) < page:
+                return
+            number += 1
+
+    async def rewrite(self, memory: Memory, content: str) -> bool:
+        path = f"/v3/documents/{quote(memory.id, safe='')}"
+        return await self._call("PATCH", path, {"content": content}, missing_ok=True) is not MISSING
 
     async def forget(self, scope: str, memory_id: str) -> bool:
         if not memory_id:
