@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from fakes import FakeUpstream
 from memproxy.cookies import CookieSessions
@@ -134,26 +136,150 @@ async def test_unwritable_location_logs_and_does_not_raise(tmp_path: Path, caplo
 async def test_client_sends_and_stores_its_jar_and_saves_changes(tmp_path: Path, upstream: FakeUpstream) -> None:
     path = tmp_path / "cookies.json"
     sessions = CookieSessions(path, timeout=7)
-    client = sessions.client("alice", "127.0.0.1")
-    assert sessions.client("alice", "127.0.0.1") is client  # pooled
-    assert sessions.client("bob", "127.0.0.1") is not client
-    assert client.timeout.read == 7
+    with sessions.lease("alice", "127.0.0.1") as client:
+        with sessions.lease("alice", "127.0.0.1") as again:
+            assert again is client  # pooled
+        with sessions.lease("bob", "127.0.0.1") as bob:
+            assert bob is not client
+        assert client.timeout.read == 7
 
-    upstream.require_cookie = "cf_clearance"
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    first = await client.post(f"{upstream.url}/v1/chat/completions", json=body)
-    assert first.status_code == 403 and first.headers["cf-mitigated"] == "challenge"
-    assert sessions.jar("alice", "127.0.0.1")["cf_clearance"] == upstream.cookie_token
-    second = await client.post(f"{upstream.url}/v1/chat/completions", json=body)
-    assert second.status_code == 200
-    assert upstream.requests[-1].headers["cookie"] == f"cf_clearance={upstream.cookie_token}"
-    bob = await sessions.client("bob", "127.0.0.1").post(f"{upstream.url}/v1/chat/completions", json=body)
-    assert bob.status_code == 403 and "cookie" not in upstream.requests[-1].headers
+        upstream.require_cookie = "cf_clearance"
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        first = await client.post(f"{upstream.url}/v1/chat/completions", json=body)
+        assert first.status_code == 403 and first.headers["cf-mitigated"] == "challenge"
+        assert sessions.jar("alice", "127.0.0.1")["cf_clearance"] == upstream.cookie_token
+        second = await client.post(f"{upstream.url}/v1/chat/completions", json=body)
+        assert second.status_code == 200
+        assert upstream.requests[-1].headers["cookie"] == f"cf_clearance={upstream.cookie_token}"
+    with sessions.lease("bob", "127.0.0.1") as bob:
+        assert (await bob.post(f"{upstream.url}/v1/chat/completions", json=body)).status_code == 403
+    assert "cookie" not in upstream.requests[-1].headers
 
     await sessions.aclose()  # waits for the saves the Set-Cookie responses scheduled
     assert client.is_closed
     saved = json.loads(path.read_text())
     assert {(s["scope"], s["host"]) for s in saved["sessions"]} == {("alice", "127.0.0.1"), ("bob", "127.0.0.1")}
     assert upstream.cookie_token in path.read_text()
-    assert not sessions.client("alice", "127.0.0.1").is_closed  # a later use opens a new one
+    with sessions.lease("alice", "127.0.0.1") as later:
+        assert not later.is_closed  # a later use opens a new one
+    await sessions.aclose()
+
+
+class Ticker:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_clients_are_bounded_least_recently_used_first(tmp_path: Path) -> None:
+    sessions = CookieSessions(tmp_path / "c.json", max_clients=3)
+    seen = []
+    for n in range(10):
+        with sessions.lease(f"scope-{n}", HOST) as client:
+            seen.append(client)
+        assert sessions.open_clients() <= 3
+    await asyncio.sleep(0)  # the evicted clients close in the background
+    await asyncio.gather(*sessions._tasks)
+    assert [c.is_closed for c in seen] == [True] * 7 + [False] * 3
+    with sessions.lease("scope-7", HOST) as client:  # a use moves it to the back of the line
+        assert client is seen[7]
+    with sessions.lease("scope-new", HOST):
+        pass
+    await asyncio.gather(*sessions._tasks)
+    assert not seen[7].is_closed and seen[8].is_closed
+    await sessions.aclose()
+    assert all(c.is_closed for c in seen)
+
+
+async def test_a_client_in_use_is_closed_only_when_its_user_is_done(tmp_path: Path) -> None:
+    sessions = CookieSessions(tmp_path / "c.json", max_clients=1)
+    with sessions.lease("busy", HOST) as busy:
+        with sessions.lease("other", HOST) as other:
+            assert sessions.open_clients() == 1
+            await asyncio.gather(*sessions._tasks)
+            assert not busy.is_closed
+            with sessions.lease("busy", HOST) as fresh:  # the pool has a new one for the pair meanwhile
+                assert fresh is not busy
+        await asyncio.gather(*sessions._tasks)
+        assert not busy.is_closed and other.is_closed
+    await asyncio.gather(*sessions._tasks)
+    assert busy.is_closed and not fresh.is_closed
+    await sessions.aclose()
+
+
+async def test_evicted_pairs_keep_their_jar_only_with_cookies_or_a_mark(tmp_path: Path) -> None:
+    clock = Clock()
+    sessions = CookieSessions(tmp_path / "c.json", max_clients=1, ttl=60, clock=clock)
+    sessions.note_challenge("with-cookies", HOST, CHALLENGE)
+    sessions.note_challenge("marked", HOST, [])
+    for scope in ("with-cookies", "marked", "empty", "last"):
+        with sessions.lease(scope, HOST):
+            pass
+    assert set(sessions._jars) == {("with-cookies", HOST), ("marked", HOST), ("last", HOST)}
+    assert dict(sessions.jar("with-cookies", HOST)) == {"cf_clearance": "tok-123", "__cf_bm": "bm-456"}
+    clock.now += 61  # the mark has expired: the next eviction of the pair forgets it
+    for scope in ("marked", "last"):
+        with sessions.lease(scope, HOST):
+            pass
+    assert set(sessions._jars) == {("with-cookies", HOST), ("last", HOST)} and not sessions._marks.keys() - {
+        ("with-cookies", HOST)
+    }
+    await sessions.aclose()
+
+
+async def test_idle_clients_are_closed(tmp_path: Path) -> None:
+    ticker = Ticker()
+    sessions = CookieSessions(tmp_path / "c.json", idle=30, monotonic=ticker)
+    with sessions.lease("old", HOST) as old:
+        pass
+    ticker.now += 20
+    with sessions.lease("recent", HOST) as recent:
+        ticker.now += 15
+        with sessions.lease("busy", HOST) as busy:
+            ticker.now += 40
+            sessions.close_idle()  # "busy" is in use, however long ago it started
+            await asyncio.gather(*sessions._tasks)
+            assert old.is_closed and not busy.is_closed and not recent.is_closed
+        sessions.close_idle()
+        assert sessions.open_clients() == 2
+    ticker.now += 30
+    sessions.close_idle()
+    await asyncio.gather(*sessions._tasks)
+    assert busy.is_closed and recent.is_closed and sessions.open_clients() == 0
+    await sessions.aclose()
+
+
+async def test_the_idle_timer_closes_clients_without_further_requests(tmp_path: Path) -> None:
+    sessions = CookieSessions(tmp_path / "c.json", idle=0.05)
+    with sessions.lease("alice", HOST) as client:
+        pass
+    for _ in range(200):  # a wait, bounded, not a timing assertion
+        if client.is_closed:
+            break
+        await asyncio.sleep(0.05)
+    assert client.is_closed and sessions.open_clients() == 0
+    await sessions.aclose()
+
+
+async def test_clients_do_not_follow_redirects_and_run_the_response_hooks(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    seen: list[int] = []
+
+    async def hook(response: httpx.Response) -> None:
+        seen.append(response.status_code)
+
+    sessions = CookieSessions(tmp_path / "c.json")
+    sessions.add_response_hook(hook)
+    sessions.add_response_hook(hook)  # once is enough
+    with FakeUpstream() as internal:
+        upstream.fail_status, upstream.fail_headers = 307, {"Location": f"{internal.url}/v1/chat/completions"}
+        with sessions.lease("alice", "127.0.0.1") as client:
+            response = await client.post(f"{upstream.url}/v1/chat/completions", json={"model": "m", "messages": []})
+        assert response.status_code == 307 and internal.requests == []
+    assert seen == [307]
     await sessions.aclose()

@@ -18,10 +18,11 @@ import openai
 import pytest
 from fakes import FakeUpstream
 from fakes.upstream import DEFAULT_REPLY
+from memproxy import reroute
 from memproxy.cookies import CookieSessions
 from memproxy.protocols import ADAPTERS
 from memproxy.protocols.sse import SSEParser
-from memproxy.reroute import SECRET_HEADER, Gateway
+from memproxy.reroute import SECRET_HEADER, TICKET_HEADER, Gateway
 
 ADAPTER = {adapter.name: adapter for adapter in ADAPTERS}
 SCOPE = "claude-code:myrepo"
@@ -522,19 +523,94 @@ async def test_client_leaving_mid_stream_is_quiet_and_the_gateway_goes_on(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize(
-    ("drop", "sdk"),
-    [("x-memproxy-upstream", None), ("x-memproxy-scope", None), (None, "not json"), (None, '["a list"]')],
-)
-async def test_missing_or_bad_gateway_headers_are_a_400(
-    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, drop: str | None, sdk: str | None
+@pytest.mark.parametrize("ticket", ["missing", "unknown", "used", "no scope"])
+async def test_requests_without_a_valid_ticket_are_a_400(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, ticket: str
 ) -> None:
-    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE) | auth("anthropic")
-    if drop:
-        del headers[drop]
-    if sdk:
-        headers["x-memproxy-sdk"] = sdk
+    scope = "" if ticket == "no scope" else SCOPE
+    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=scope) | auth("anthropic")
+    if ticket == "missing":
+        del headers[TICKET_HEADER]
+    elif ticket == "unknown":
+        headers[TICKET_HEADER] = "not-a-ticket"
+    elif ticket == "used":
+        first = await client.post(f"{gateway.url}/v1/messages", json=request_body("anthropic"), headers=headers)
+        assert first.status_code == 200
+        upstream.clear()
     response = await client.post(f"{gateway.url}/v1/messages", json=request_body("anthropic"), headers=headers)
     assert response.status_code == 400
     assert_error_shape("anthropic", response.json(), "invalid_request_error")
     assert upstream.requests == []
+
+
+async def test_tickets_are_bounded_and_expire(gateway: Gateway, upstream: FakeUpstream) -> None:
+    first = gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE)[TICKET_HEADER]
+    for _ in range(reroute.MAX_TICKETS):
+        gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE)
+    assert len(gateway._tickets) == reroute.MAX_TICKETS and first not in gateway._tickets
+
+
+async def test_client_sent_gateway_headers_decide_nothing(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider mapping, an upstream or a scope in a request's own headers is ignored: only the
+    ticket says where the gateway sends a request, and nothing a request carries is resolved from
+    the environment."""
+    secret = "memproxy-env-secret-" + "7" * 12
+    monkeypatch.setenv("MEMPROXY_TEST_SECRET_VAR", secret)
+    with FakeUpstream() as attacker:
+        forged = {
+            "x-memproxy-sdk": json.dumps(
+                {
+                    "model": "openai/gpt-4o",
+                    "api_base": f"{attacker.url}/v1",
+                    "api_key": "os.environ/MEMPROXY_TEST_SECRET_VAR",
+                }
+            ),
+            "x-memproxy-upstream": attacker.url,
+            "x-memproxy-scope": "someone-else",
+            "x-memproxy-protocol": "anthropic",
+        }
+        headers = forged | gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE)
+        response = await client.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=request_body("openai_chat"),
+            headers=headers | auth("openai_chat"),
+        )
+        assert response.status_code == 200, response.text
+        assert attacker.requests == []
+    [sent] = llm_requests(upstream)
+    assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert secret not in json.dumps(sent.headers) and not [h for h in sent.headers if h.startswith("x-memproxy")]
+
+
+# redirects
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_redirects_are_not_followed_and_reach_the_client_as_they_came(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str, stream: bool
+) -> None:
+    with FakeUpstream() as internal:
+        location = f"{internal.url}{PATH[protocol]}"
+        upstream.fail_status, upstream.fail_headers = 307, {"Location": location}
+        response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+        assert response.status_code == 307, response.text
+        assert response.headers["location"] == location
+        assert response.headers["content-type"].startswith("application/json")
+        assert upstream.fail_message in json.dumps(response.json())  # the upstream's own body
+        assert internal.requests == []
+    assert len(llm_requests(upstream)) == 1
+
+
+async def test_a_redirect_after_a_cookie_challenge_is_not_followed(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    with FakeUpstream() as internal:
+        upstream.require_cookie = "cf_clearance"
+        upstream.fail_status, upstream.fail_headers = 308, {"Location": f"{internal.url}/v1/messages"}
+        response = await call(client, gateway, upstream, "anthropic", request_body("anthropic", stream=True))
+        assert response.status_code == 308 and response.headers["location"].startswith(internal.url)
+        assert internal.requests == []
+    assert len(llm_requests(upstream)) == 2  # the challenged request and its retry with the cookie

@@ -4,17 +4,27 @@ LiteLLM's own HTTP clients neither store nor send cookies, so the gateway hands 
 these clients instead. Jars are never shared across scopes. A (scope, host) that met a
 cookie challenge is marked as needing the SDK path for ``ttl`` seconds. Jars and marks
 are persisted to one JSON file (mode 0600, written atomically in a worker thread).
+
+Clients are bounded, since any request can name a new scope: at most ``max_clients``, the
+least recently used going first, and each closed after ``idle`` seconds unused. A client
+in use when it goes is closed when its last user is done. A pair whose client went keeps
+its jar only while the jar holds cookies (those are persisted) or the pair is marked.
+Clients never follow redirects: a redirect's target would get the request's body and key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from http.cookiejar import Cookie
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,17 @@ from . import private
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_CLIENTS = 64
+IDLE_SECONDS = 60.0
 Key = tuple[str, str]  # (scope, host)
+ResponseHook = Callable[[httpx.Response], Awaitable[None]]
+
+
+@dataclass(eq=False, slots=True)
+class _Pooled:
+    client: httpx.AsyncClient
+    users: int = 0  # leases not yet returned
+    last_used: float = 0.0  # monotonic
 
 
 class CookieSessions:
@@ -41,15 +61,24 @@ class CookieSessions:
         *,
         ttl: float = 3600.0,
         timeout: float = 600.0,
+        max_clients: int = MAX_CLIENTS,
+        idle: float = IDLE_SECONDS,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.ttl = ttl
         self.timeout = timeout
+        self.max_clients = max_clients
+        self.idle = idle
         self._clock = clock  # wall clock: marks outlive restarts
+        self._monotonic = monotonic  # idle time of clients
         self._jars: dict[Key, httpx.Cookies] = {}
-        self._clients: dict[Key, httpx.AsyncClient] = {}
+        self._clients: OrderedDict[Key, _Pooled] = OrderedDict()  # least recently used first
         self._marks: dict[Key, float] = {}  # (scope, host) -> needs the SDK path until then
+        self._response_hooks: list[ResponseHook] = []
+        self._ssl: ssl.SSLContext | None = None  # one for all clients: each of its own costs memory and CPU
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._save_lock = asyncio.Lock()
         self._save_queued = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,24 +91,44 @@ class CookieSessions:
             jar = self._jars[key] = httpx.Cookies()
         return jar
 
-    def client(self, scope: str, host: str) -> httpx.AsyncClient:
-        """The pooled client of (scope, host): sends and stores that pair's cookies.
+    def add_response_hook(self, hook: ResponseHook) -> None:
+        """Run ``hook`` on every response of the pooled clients (once, however often it is added)."""
+        if hook not in self._response_hooks:
+            self._response_hooks.append(hook)
+
+    @contextlib.contextmanager
+    def lease(self, scope: str, host: str) -> Iterator[httpx.AsyncClient]:
+        """The pooled client of (scope, host), for the ``with`` block: it sends and stores that
+        pair's cookies, and is not closed while the block runs.
 
         A response that sets cookies schedules a save. Proxy variables are ignored, so the
         gateway's own calls never loop back through the proxy.
         """
         key = (scope, host.lower())
-        client = self._clients.get(key)
-        if client is None or client.is_closed:
-            client = self._clients[key] = httpx.AsyncClient(
-                cookies=self.jar(*key).jar,  # the CookieJar itself, so the client shares it
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                follow_redirects=True,
-                trust_env=False,
-                event_hooks={"response": [self._on_response]},
-            )
-        return client
+        pooled = self._pooled(key)
+        pooled.users += 1
+        try:
+            yield pooled.client
+        finally:
+            pooled.users -= 1
+            pooled.last_used = self._monotonic()
+            if pooled.users == 0 and self._clients.get(key) is not pooled:  # it went while in use
+                self._retire(key, pooled)
+            self._arm_idle_timer()
+
+    def open_clients(self) -> int:
+        """How many pooled clients there are."""
+        return len(self._clients)
+
+    def close_idle(self) -> None:
+        """Close the clients nobody has used for ``idle`` seconds (the idle timer calls this)."""
+        self._idle_timer = None
+        now = self._monotonic()
+        for key, pooled in list(self._clients.items()):
+            if pooled.users == 0 and now - pooled.last_used >= self.idle:
+                del self._clients[key]
+                self._retire(key, pooled)
+        self._arm_idle_timer()
 
     def note_challenge(self, scope: str, host: str, set_cookie: list[str]) -> None:
         """Store the cookies of a challenge response (raw ``Set-Cookie`` values) in the jar
@@ -99,7 +148,9 @@ class CookieSessions:
 
     async def load(self) -> None:
         """Restore jars and marks from the file. A missing file means empty; an unreadable
-        one is kept as ``<name>.bak`` and we start empty."""
+        one is kept as ``<name>.bak`` and we start empty. Prepares the clients' TLS context too."""
+        if self._ssl is None:  # it reads the CA bundle: not on the event loop
+            self._ssl = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
         try:
             entries = await asyncio.to_thread(_read, self.path)
         except FileNotFoundError:
@@ -142,30 +193,93 @@ class CookieSessions:
                 logger.warning("Could not save cookie sessions to %s: %s", self.path, type(exc).__name__)
 
     async def aclose(self) -> None:
-        """Finish pending saves and close every pooled client."""
+        """Finish pending saves and closes, and close every pooled client."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        await asyncio.gather(*(p.client.aclose() for p in clients), return_exceptions=True)
 
     # internals
 
-    async def _on_response(self, response: httpx.Response) -> None:
-        if response.headers.get_list("set-cookie"):  # the client has just stored them
-            self._schedule_save()
+    def _pooled(self, key: Key) -> _Pooled:
+        """The pair's pool entry, made the most recently used; a new one may push the oldest out."""
+        pooled = self._clients.get(key)
+        if pooled is not None and not pooled.client.is_closed:
+            self._clients.move_to_end(key)
+        else:
+            pooled = self._clients[key] = _Pooled(self._new_client(key))
+            self._clients.move_to_end(key)
+            while len(self._clients) > self.max_clients:
+                old_key, old = self._clients.popitem(last=False)
+                if old.users == 0:
+                    self._retire(old_key, old)
+        pooled.last_used = self._monotonic()
+        return pooled
 
-    def _schedule_save(self) -> None:
-        """Save soon, in the background; one queued save covers any number of changes."""
+    def _new_client(self, key: Key) -> httpx.AsyncClient:
+        if self._ssl is None:  # load() was not awaited
+            self._ssl = httpx.create_ssl_context(trust_env=False)
+        return httpx.AsyncClient(
+            cookies=self.jar(*key).jar,  # the CookieJar itself, so the client shares it
+            verify=self._ssl,
+            timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=False,
+            trust_env=False,
+            event_hooks={"response": [self._on_response]},
+        )
+
+    def _retire(self, key: Key, pooled: _Pooled) -> None:
+        """Close a client that has left the pool; forget its pair's jar unless it is worth keeping."""
+        self._spawn(pooled.client.aclose())
+        if key in self._clients:  # a newer client of the pair shares the jar
+            return
+        until = self._marks.get(key)
+        if until is not None and until <= self._clock():
+            del self._marks[key]
+            until = None
+        jar = self._jars.get(key)
+        if jar is not None and until is None:
+            jar.jar.clear_expired_cookies()
+            if not any(True for _ in jar.jar):
+                del self._jars[key]
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None or not self._clients:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        self._idle_timer = loop.call_later(self.idle, self.close_idle)
+
+    async def _on_response(self, response: httpx.Response) -> None:
+        if response.headers.get_list("set-cookie"):  # the client has just stored them
+            self._schedule_save()
+        for hook in self._response_hooks:
+            await hook(response)
+
+    def _schedule_save(self) -> None:
+        """Save soon, in the background; one queued save covers any number of changes."""
         if self._save_queued:
             return
-        self._save_queued = True
-        task = loop.create_task(self.save())
+        if self._spawn(self.save()):
+            self._save_queued = True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` in the background (aclose waits for it); False without a running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return False
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     def _snapshot(self) -> dict[str, Any]:
         now = self._clock()

@@ -2,11 +2,15 @@
 
 mitmproxy cannot stream a response an addon makes up, so the addon points the flow at this
 gateway instead: ``http://127.0.0.1:PORT`` + the original path and query, the client's JSON
-body (memories already injected) and headers, plus the ``x-memproxy-*`` headers below
-(``Gateway.request_headers`` builds them). The gateway calls litellm for the client's
-protocol with the cookie-holding client of (scope, upstream host) and answers in the
-client's own protocol: JSON, or SSE written event by event as litellm yields it. Every
-error, before or during a stream, comes back in that protocol's error format.
+body (memories already injected) and headers, plus two headers (``Gateway.request_headers``
+builds them): the gateway's secret and a single-use ticket. The ticket names what the addon
+decided for this request (protocol, upstream origin, scope and the rule's provider mapping),
+which the gateway holds; so nothing a request carries can pick a provider, an ``api_base`` or
+an environment variable. The gateway calls litellm for the client's protocol with the
+cookie-holding client of (scope, upstream host) and answers in the client's own protocol:
+JSON, or SSE written event by event as litellm yields it. Every error, before or during a
+stream, comes back in that protocol's error format. Redirects are never followed: an
+upstream's 3xx goes back to the client as it came (status, ``Location``, body).
 
 litellm takes seconds to import: ``warm_litellm()`` imports it once, in a worker thread.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -23,30 +28,33 @@ import re
 import secrets
 import socket
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import httpx
 from aiohttp import web
 
 from .cookies import CookieSessions
-from .protocols import ADAPTERS, Adapter
+from .protocols import ADAPTERS, Adapter, detect_path
 from .rules import resolve_env
 
 logger = logging.getLogger(__name__)
 
 SECRET_HEADER = "x-memproxy-secret"
-PROTOCOL_HEADER = "x-memproxy-protocol"  # anthropic | openai_chat | openai_responses
-UPSTREAM_HEADER = "x-memproxy-upstream"  # the original origin: scheme://host[:port]
-SCOPE_HEADER = "x-memproxy-scope"  # the user id
-SDK_HEADER = "x-memproxy-sdk"  # optional JSON provider mapping: {"model", "api_base", "api_key"}
+TICKET_HEADER = "x-memproxy-ticket"  # names one request's Ticket, held by the gateway
+TICKET_TTL = 600.0  # seconds a ticket waits for its request (a flow held in mitmweb's intercept, say)
+MAX_TICKETS = 4096  # tickets waiting at once; the oldest go first
 
 # Set before litellm is imported: no network fetches of its own (cost map, beta headers...).
 LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
 MAX_BODY = 256 * 2**20
 MAX_MESSAGE_CHARS = 2000
+MAX_REDIRECT_BODY = 64 * 1024  # of an upstream's 3xx body, passed back to the client
+_REDIRECT_HEADERS = frozenset({"location", "content-type", "retry-after"})  # of a 3xx, passed back
 
 _ADAPTERS = {adapter.name: adapter for adapter in ADAPTERS}
 _FALLBACK_ADAPTER = _ADAPTERS["openai_chat"]  # error format when the protocol is unknown
@@ -125,6 +133,49 @@ async def warm_litellm() -> ModuleType:
 
 
 @dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the addon decided for one request it points at the gateway."""
+
+    protocol: str  # anthropic | openai_chat | openai_responses
+    upstream: str  # the original origin: scheme://host[:port]
+    scope: str
+    sdk: Mapping[str, str] | None  # the rule's provider mapping {"model", "api_base", "api_key"}, from the rules file
+    expires: float  # time.monotonic()
+
+
+class _Redirected(Exception):
+    """An upstream answered 3xx. The SDK path never follows one: the target would get the body and the key."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        super().__init__(f"The upstream answered HTTP {status} (a redirect, not followed)")
+        self.status, self.headers, self.body = status, headers, body
+
+
+# The 3xx responses seen while serving the current gateway request (each aiohttp handler runs in a task
+# of its own; litellm's tasks and threads copy the context, so they append to the same list).
+_redirects: contextvars.ContextVar[list[_Redirected]] = contextvars.ContextVar("memproxy_redirects")
+
+
+async def stop_at_redirect(response: httpx.Response) -> None:
+    """An httpx response hook: end the request at a 3xx, keeping what the client should get of it.
+
+    litellm wraps whatever its HTTP call raises in exceptions of its own, differently per
+    provider, so the response is kept in ``_redirects`` for the gateway to find."""
+    if not 300 <= response.status_code < 400:
+        return
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= MAX_REDIRECT_BODY:
+            break
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() in _REDIRECT_HEADERS]
+    redirect = _Redirected(response.status_code, headers, bytes(body[:MAX_REDIRECT_BODY]))
+    if (seen := _redirects.get(None)) is not None:
+        seen.append(redirect)
+    raise redirect
+
+
+@dataclass(frozen=True, slots=True)
 class _Failure:
     """An error as the client will see it."""
 
@@ -163,8 +214,10 @@ class Gateway:
         self.sessions = sessions
         self.port = 0
         self.secret = ""
+        self._tickets: OrderedDict[str, Ticket] = OrderedDict()
         self._runner: web.AppRunner | None = None
         self._lock = asyncio.Lock()
+        sessions.add_response_hook(stop_at_redirect)
 
     @property
     def url(self) -> str:
@@ -192,29 +245,38 @@ class Gateway:
             if self._runner is not None:
                 await self._runner.cleanup()
             self._runner, self.port, self.secret = None, 0, ""
+            self._tickets.clear()
 
     def request_headers(
         self, *, protocol: str, upstream: str, scope: str, sdk: Mapping[str, str] | None = None
     ) -> dict[str, str]:
-        """The x-memproxy-* headers the addon adds to a flow it points at the gateway."""
-        headers = {
-            SECRET_HEADER: self.secret,
-            PROTOCOL_HEADER: protocol,
-            UPSTREAM_HEADER: upstream,
-            SCOPE_HEADER: scope,
-        }
-        if sdk:
-            headers[SDK_HEADER] = json.dumps(dict(sdk))
-        return headers
+        """The headers the addon adds to one request it points at the gateway: the secret and a new
+        ticket for ``protocol``, ``upstream`` (scheme://host[:port]), ``scope`` and the rule's ``sdk``
+        mapping. A ticket serves one request, within TICKET_TTL seconds."""
+        now = time.monotonic()
+        while self._tickets and (
+            len(self._tickets) >= MAX_TICKETS or next(iter(self._tickets.values())).expires <= now
+        ):
+            self._tickets.popitem(last=False)
+        name = secrets.token_urlsafe(24)
+        mapping = MappingProxyType(dict(sdk)) if sdk else None
+        self._tickets[name] = Ticket(protocol, upstream, scope, mapping, now + TICKET_TTL)
+        return {SECRET_HEADER: self.secret, TICKET_HEADER: name}
 
     # request handling
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        adapter = _ADAPTERS.get(request.headers.get(PROTOCOL_HEADER, ""), _FALLBACK_ADAPTER)
+        ticket = self._tickets.get(request.headers.get(TICKET_HEADER, ""))
+        # The error format: the ticket's protocol, else the path's (a request without a valid ticket)
+        adapter = _ADAPTERS.get(ticket.protocol) if ticket else detect_path(request.method, request.path)
+        adapter = adapter or _FALLBACK_ADAPTER
+        token = _redirects.set([])
         try:
             return await self._serve(request, adapter)
         except Exception as exc:  # a bug of ours: still an answer in the client's protocol
             return _error_response(adapter, _failure(exc, _Redactor()))
+        finally:
+            _redirects.reset(token)
 
     async def _serve(self, request: web.Request, adapter: Adapter) -> web.StreamResponse:
         given = request.headers.get(SECRET_HEADER, "").encode()
@@ -222,35 +284,43 @@ class Gateway:
             return _error_response(
                 adapter, _Failure(403, "Forbidden: missing or wrong gateway secret", "permission_error")
             )
+        ticket = self._tickets.pop(request.headers.get(TICKET_HEADER, ""), None)
         try:
-            call = _parse(adapter, request, await _read_json(request))
+            if ticket is None or ticket.expires <= time.monotonic():
+                raise _BadRequest(400, f"Missing, used or expired {TICKET_HEADER}")
+            call = _parse(adapter, request, await _read_json(request), ticket)
         except _BadRequest as exc:
             return _error_response(adapter, exc.failure)
         redact = _Redactor(call.api_key, self.sessions.jar(call.scope, call.host))
-        try:
-            result = await self._attempt_twice(call)
-        except Exception as exc:
-            failure = _failure(exc, redact)
-            logger.info("SDK gateway: %s %s -> %d %s", adapter.name, call.model, failure.status, failure.message)
-            return _error_response(adapter, failure)
-        if isinstance(result, bytes):
-            return web.Response(body=result, content_type="application/json")
-        return await _stream(request, adapter, *result, redact)
+        with self.sessions.lease(call.scope, call.host) as http:
+            try:
+                result = await self._attempt_twice(call, http)
+            except Exception as exc:
+                if redirects := _redirects.get([]):
+                    status = redirects[-1].status
+                    logger.info("SDK gateway: %s %s -> %d, a redirect not followed", adapter.name, call.model, status)
+                    return _redirect_response(redirects[-1])
+                failure = _failure(exc, redact)
+                logger.info("SDK gateway: %s %s -> %d %s", adapter.name, call.model, failure.status, failure.message)
+                return _error_response(adapter, failure)
+            if isinstance(result, bytes):
+                return web.Response(body=result, content_type="application/json")
+            return await _stream(request, adapter, *result, redact)
 
-    async def _attempt_twice(self, call: _Call) -> Any:
+    async def _attempt_twice(self, call: _Call, http: httpx.AsyncClient) -> Any:
         """Call litellm; after a cookie challenge (the client has stored its cookies), once more."""
         try:
-            return await self._attempt(call)
+            return await self._attempt(call, http)
         except Exception as exc:
             if not _is_challenge(exc):
                 raise
             logger.info("SDK gateway: cookie challenge from %s, retrying with the session's cookies", call.host)
             self.sessions.note_challenge(call.scope, call.host, [])
-            return await self._attempt(call)
+            return await self._attempt(call, http)
 
-    async def _attempt(self, call: _Call) -> bytes | tuple[AsyncIterator[bytes], bytes]:
+    async def _attempt(self, call: _Call, http: httpx.AsyncClient) -> bytes | tuple[AsyncIterator[bytes], bytes]:
         """The JSON response body, or (frames, first frame) of a stream that has begun."""
-        result = await _invoke(await warm_litellm(), call, self.sessions.client(call.scope, call.host))
+        result = await _invoke(await warm_litellm(), call, http)
         if not call.stream:
             body = _plain(result)
             return json.dumps(_upstream_ids(body) if call.adapter.name == "openai_responses" else body).encode()
@@ -272,24 +342,19 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _parse(adapter: Adapter, request: web.Request, body: dict[str, Any]) -> _Call:
-    """Validate the gateway headers and pick litellm's model, api_base, key and cookie host."""
-    protocol = request.headers.get(PROTOCOL_HEADER, "")
+def _parse(adapter: Adapter, request: web.Request, body: dict[str, Any], ticket: Ticket) -> _Call:
+    """Pick litellm's model, api_base, key and cookie host from the ticket, the path and the body.
+
+    The provider mapping, and the ``${ENV}`` references in it, come from the ticket only."""
+    protocol = ticket.protocol
     if protocol not in _PROVIDERS:
         raise _BadRequest(400, f"Protocol {protocol or '(none)'} is not supported on the SDK path")
     if missing := [field for field in _REQUIRED.get(protocol, ("model",)) if field not in body]:
         raise _BadRequest(400, f"{', '.join(missing)}: field required")
-    origin = request.headers.get(UPSTREAM_HEADER, "").rstrip("/")
-    scope = request.headers.get(SCOPE_HEADER, "")
+    origin, scope = ticket.upstream.rstrip("/"), ticket.scope
     if not _host(origin) or not scope:
-        raise _BadRequest(400, f"The gateway needs {UPSTREAM_HEADER} and {SCOPE_HEADER}")
-    try:
-        mapping = json.loads(request.headers.get(SDK_HEADER) or "{}")
-    except ValueError:
-        mapping = None
-    if not isinstance(mapping, dict):
-        raise _BadRequest(400, f"{SDK_HEADER} must be a JSON object")
-    mapping = {k: v for k, v in mapping.items() if isinstance(v, str)}
+        raise _BadRequest(400, "The gateway needs an upstream origin and a scope")
+    mapping = dict(ticket.sdk or {})
 
     if mapping.get("model"):
         model, api_base = mapping["model"], resolve_env(mapping.get("api_base"))
@@ -336,7 +401,8 @@ async def _invoke(litellm: ModuleType, call: _Call, http: httpx.AsyncClient) -> 
     """
     from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 
-    handler = AsyncHTTPHandler()
+    # No redirects on the client litellm makes itself either (it retries a refused connection on one).
+    handler = AsyncHTTPHandler(follow_redirects=False, event_hooks={"response": [stop_at_redirect]})
     handler.client = http
     client: Any = handler
     provider = litellm.get_llm_provider(call.model)[1]
@@ -529,6 +595,11 @@ def _error_body(adapter: Adapter, failure: _Failure) -> dict[str, Any]:
     if failure.code and adapter.name.startswith("openai"):
         body["error"]["code"] = failure.code
     return body
+
+
+def _redirect_response(redirect: _Redirected) -> web.Response:
+    """An upstream's 3xx as it came: status, Location (and type, Retry-After) and body."""
+    return web.Response(status=redirect.status, body=redirect.body or None, headers=redirect.headers)
 
 
 def _error_response(adapter: Adapter, failure: _Failure) -> web.Response:

@@ -1,5 +1,8 @@
 """The SDK path as the addon sees it: when a flow takes it, pointing the flow at the gateway, cookie challenges.
 
+What goes to the gateway never carries a client's own ``x-memproxy-*`` header: those are the
+gateway's, and only the addon sets them (see ``Gateway.request_headers``).
+
 The heavy parts (cookies.py pulls in httpx, reroute.py aiohttp and litellm) are imported lazily, in threads,
 so that mitmdump starts without them.
 """
@@ -25,6 +28,11 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # what the gateway serves
 CHALLENGE_STATUSES = (403, 429, 503)
 HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
+INTERNAL_PREFIX = "x-memproxy-"  # the gateway's headers
+
+
+def _internal(name: str) -> bool:
+    return name.lower().startswith(INTERNAL_PREFIX)
 
 
 def _origin(req: http.Request) -> str:
@@ -78,8 +86,11 @@ class SdkPath:
         """Point the flow at the gateway, which serves it through litellm, streaming as it goes."""
         gateway = await self.ready()
         req = flow.request
-        req.headers.update(gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.user_id,
-                                                   sdk=route.actions.sdk))
+        for name in {k.lower() for k in req.headers if _internal(k)}:
+            del req.headers[name]
+        sdk = route.actions.sdk  # the rules file's own mapping, never one a request carries
+        headers = gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.user_id, sdk=sdk)
+        req.headers.update(headers)
         req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
 
     def is_challenge(self, flow: http.HTTPFlow) -> bool:
@@ -103,7 +114,7 @@ class SdkPath:
         info, req = flow.metadata["memproxy"], flow.request
         self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
         gateway = await self.ready()
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not _internal(k)}
         headers |= gateway.request_headers(protocol=info["adapter"], upstream=_origin(req), scope=info["user_id"])
         async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
             r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
