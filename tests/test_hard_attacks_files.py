@@ -57,7 +57,8 @@ def start(mitmdump, upstream, tmp_path: Path, **options: str):
         upstream=upstream,
         addon=None,
         extra_scripts=[REDIRECT, "addons/memory.py"],
-        options={"memory_rules": str(rules), "memory_retry_max": "1", **options},
+        # the redirected flows reach the addon on their way to the fake upstream on 127.0.0.1: a memory host here
+        options={"memory_rules": str(rules), "memory_retry_max": "1", "memory_hosts": "*", **options},
     )
 
 
