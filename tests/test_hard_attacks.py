@@ -9,6 +9,8 @@ their own files (test_hard_attacks_*.py).
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -184,3 +186,20 @@ def test_a_name_that_rebinds_to_the_proxy_cannot_reach_it(mitmdump, upstream, tm
     assert upstream.requests == [], statuses
     assert set(statuses) <= {403, 502}, statuses
     assert "that is this proxy's own listener" in proc.log_text()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/proc/net/tcp").exists(),
+                    reason="needs root (to run a client as another user) and Linux's /proc/net/tcp")
+def test_another_local_user_cannot_use_the_proxy(mitmdump, upstream, tmp_path):
+    """Any account can connect to a loopback port; the kernel says whose socket it is, and memproxy closes it."""
+    proc = start(mitmdump, upstream, tmp_path)
+    ask = (f"exec 3<>/dev/tcp/127.0.0.1/{proc.port} && printf 'GET http://memproxy/memory-routing/status HTTP/1.1\\r\\n"
+           "Host: memproxy\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3")
+
+    def status_as(user: int | None) -> str:
+        done = subprocess.run(["bash", "-c", ask], user=user, capture_output=True, text=True, timeout=30, cwd="/")
+        return done.stdout
+
+    assert "backend" in status_as(None), proc.log_text()  # this user (root)
+    assert "HTTP/1.1" not in status_as(65534)  # nobody: the connection is closed before anything is read
+    assert "refused a connection from another local user (uid 65534)" in proc.log_text()

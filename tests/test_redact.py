@@ -21,7 +21,6 @@ CREDENTIALS = {
     "x-goog-api-key": "AIza-secret-4",
     "cookie": "session=secret-5; theme=dark",
     "x-supermemory-api-key": "sm-secret-6",
-    "x-memproxy-sdk": '{"model": "anthropic/claude-sonnet-4-6", "api_key": "sk-ant-secret-8"}',
 }
 
 

@@ -28,7 +28,6 @@ CREDENTIAL_HEADERS = frozenset(
     {
         "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
         "x-supermemory-api-key",
-        "x-memproxy-sdk",  # the SDK path's provider mapping for the gateway: may hold a rules file's sdk api_key
     }
 )  # fmt: skip
 MIN_SECRET = 8  # shorter values are not matched inside other headers
