@@ -102,7 +102,9 @@ class Server:
         return 0.0
 
     def get(self, path: str) -> tuple[dict[str, str], bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+        """GET one of memproxy's own endpoints: the reverse listener answers them under the Host `memproxy`."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Host": "memproxy"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return dict(resp.headers), resp.read()
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
