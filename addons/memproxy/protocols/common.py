@@ -111,7 +111,7 @@ def frame_context(memories: Sequence[str], scope: str, max_chars: int) -> str:
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
     lines: list[str] = []
     for memory in memories:
-        text = defuse(visible(memory)).strip() if isinstance(memory, str) else ""
+        text = _framed(memory) if isinstance(memory, str) else ""
         if not text:
             continue
         line = "- " + text.replace("\n", "\n  ") + "\n"
@@ -123,6 +123,13 @@ def frame_context(memories: Sequence[str], scope: str, max_chars: int) -> str:
     return head + "".join(lines) + MEMORY_CLOSE if lines else ""
 
 
+@functools.lru_cache(maxsize=256)
+def _framed(memory: str) -> str:
+    """A memory's text as it is framed. A scope's memories come back request after request, and looking one
+    up here costs a fraction of checking it again (a hash and a comparison against several passes)."""
+    return defuse(visible(memory)).strip()
+
+
 def visible(text: str) -> str:
     """`text` in NFKC without control characters (but newline and tab), format characters and lone surrogates.
 
@@ -131,13 +138,6 @@ def visible(text: str) -> str:
         raw = text.encode("ascii")
         kept = raw.translate(None, _ASCII_INVISIBLE)
         return text if len(kept) == len(raw) else kept.decode("ascii")
-    return _visible_unicode(text)
-
-
-@functools.lru_cache(maxsize=128)
-def _visible_unicode(text: str) -> str:
-    """`visible` for text that is not ASCII: two passes over each character, several times what hashing it
-    costs, and a scope's memories come back request after request, so results are kept."""
     text = _nfkc(text)
     if not _printable(text):  # rare: one of ours, or private-use, unassigned or other space characters
         text = _nfkc(_drop_invisible(text))  # NFKC makes no invisible character, but may compose across a dropped one
