@@ -150,11 +150,11 @@ def test_huge_messages_do_not_stop_recall_from_supermemory_either(mitmdump, upst
             chat(client, f"first {log_text(8 * MB, n)} last", **{"x-test-scope": "a"})
             upstream.clear()
         chat(client, "How is the bravo service deployed?", **{"x-test-scope": "b"})
+    sent = json.dumps(upstream.last(CHAT).json)
+    assert MEMORY_TAG in sent and "deployed with Nomad" in sent, proc.log_text()[-2000:]
     searches = [r.json for r in supermemory.requests if r.path == "/v4/search"]
     assert len(searches) == 7 and all(len(s["q"]) < 3000 for s in searches), [len(s.get("q") or "") for s in searches]
     assert searches[0]["q"].startswith("first ") and searches[0]["q"].endswith(" last")
-    sent = json.dumps(upstream.last(CHAT).json)
-    assert MEMORY_TAG in sent and "deployed with Nomad" in sent, proc.log_text()[-2000:]
 
 
 # -- 12: stored text cannot frame itself ----------------------------------------------------------------

@@ -136,8 +136,8 @@ class Recall:
     first (clip_query): an entry's size does not depend on what a client sent.
 
     The breaker opens on the backend's failures, not on a client's input:
-    - an error counts, unless the backend refused this one request (a 4xx other than 401, 402, 403, 408
-      and 429, such as a query it will not take), which says nothing of its health either way;
+    - an error counts, unless the backend refused this one request (a 4xx other than 401, 402, 403, 408,
+      409 and 429, such as a query it will not take), which says nothing of its health either way;
     - an answer after the time budget counts only for a store whose `late_is_failure` is set. Supermemory's
       is: a slow service stays slow for a while, and until it recovers every request would wait out its
       budget for nothing. The local store's is not: its searches take turns on one thread, so a late
