@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.protocols import ADAPTERS, frame_context, strip_memory_blocks
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter
+from memproxy.protocols.common import BOILERPLATE_TAGS, clean_query, visible
 from memproxy.protocols.sse import SSEParser
-from test_protocols import chat_body, claude_code_body, codex_body, gemini_body, simple_anthropic
+from test_protocols import (
+    CLOSING,
+    OPENING,
+    SPOOFS,
+    as_read,
+    chat_body,
+    claude_code_body,
+    codex_body,
+    gemini_body,
+    simple_anthropic,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None)
 BY_NAME = {a.name: a for a in ADAPTERS}
@@ -221,6 +234,48 @@ def test_frame_context_respects_cap_and_is_strippable(memories: list[str], scope
     assert len(text) <= max_chars or text == ""
     if text:
         assert strip_memory_blocks(f"q {text} r") == "q  r"
+
+
+# Pieces that tags are made of, in disguise: memory text drawn from them (and anything else) tries to frame itself.
+TAG_PIECES = [
+    "<", "</", "< /", "<\\/", "\uff1c", "\ufe64", "\uff0f", ">", "\uff1e", " ", "\n", "\t", "\u00a0", "\u3000",
+    "recalled", "RECALLED", "ｒｅｃａｌｌｅｄ", "-", "_", "\u2010", "memories", "Memories", "ｍｅｍｏｒｉｅｓ", 'scope="admin"',
+    "\u200b", "\u200d", "\u2060", "\u00ad", "\ufeff", "\u202e", "\u2066", "\u061c", "\x00", "\x1b", "\x7f", "\x85",
+    "\ud800", "\U000e0041", "e\u0301", "\u0301",
+]  # fmt: skip
+tag_text = st.lists(st.sampled_from(TAG_PIECES) | st.sampled_from(SPOOFS) | st.text(max_size=4), max_size=24).map("".join)
+
+
+@SETTINGS
+@given(memories=st.lists(tag_text | st.text(), min_size=1, max_size=5), scope=tag_text | st.text(max_size=20))
+def test_a_framed_block_has_exactly_one_opening_and_one_closing_tag(memories: list[str], scope: str) -> None:
+    text = frame_context(memories, scope, 100_000)
+    if not text:  # nothing visible in any memory
+        assert all(not visible(m).strip() for m in memories)
+        return
+    read = as_read(text)
+    assert len(OPENING.findall(read)) == 1 and len(CLOSING.findall(read)) == 1, text
+    assert read.startswith("<recalled-memories scope=") and read.endswith("</recalled-memories>")
+    assert not [c for c in text if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf", "Cs")]
+    assert unicodedata.is_normalized("NFKC", text)
+
+
+# The regexes that stripped blocks before they were found in linear time: the same answers, on small texts.
+OLD_MEMORY_BLOCK = re.compile(r"<recalled-memories\b[^>]*>.*?</recalled-memories>", re.S | re.I)
+OLD_BOILERPLATE = re.compile(r"<(%s)\b[^>]*>.*?</\1>" % "|".join(map(re.escape, BOILERPLATE_TAGS)), re.S)
+BLOCK_PIECES = [
+    "<recalled-memories", "<RECALLED-memories", "</recalled-memories>", "</Recalled-Memories>", "<recalled-memoriesx",
+    *(f"<{t}" for t in BOILERPLATE_TAGS), *(f"</{t}>" for t in BOILERPLATE_TAGS), "<System-reminder", "</system-reminder",
+    ">", " ", "\n", "x", "<", "/", ' scope="a">',
+]  # fmt: skip
+block_text = st.lists(st.sampled_from(BLOCK_PIECES), max_size=30).map("".join)
+
+
+@SETTINGS
+@given(text=block_text)
+def test_blocks_are_stripped_as_the_lazy_regexes_did(text: str) -> None:
+    assert strip_memory_blocks(text) == OLD_MEMORY_BLOCK.sub("", text)
+    assert clean_query(text) == OLD_BOILERPLATE.sub("", OLD_MEMORY_BLOCK.sub("", text)).strip()
 
 
 line_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n")

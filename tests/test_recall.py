@@ -7,8 +7,13 @@ import gc
 import logging
 
 import pytest
+from conftest import SUPERMEMORY_KEY
+from fakes.supermemory import FakeSupermemory
 from memproxy.memory.base import Memory, MemoryStore, StoreError
-from memproxy.recall import CircuitBreaker, Recall, within
+from memproxy.memory.local import LocalStore
+from memproxy.memory.supermemory import SupermemoryStore
+from memproxy.protocols.common import ELISION
+from memproxy.recall import MAX_QUERY_CHARS, CircuitBreaker, Recall, clip_query, within
 
 
 class Clock:
@@ -24,9 +29,11 @@ class CountingStore(MemoryStore):
 
     def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
         self.delay, self.error, self.calls = delay, error, 0
+        self.queries: list[str] = []
 
     async def search(self, scope, query, limit=5, threshold=0.0):
         self.calls += 1
+        self.queries.append(query)
         await asyncio.sleep(self.delay)
         if self.error:
             raise self.error
@@ -198,3 +205,83 @@ async def test_a_store_that_fails_before_it_starts_fails_open_and_counts_as_a_fa
     assert await recall.search("s", "q", 5, 0.0, 1.0) == ()
     await asyncio.sleep(0)  # the fetch's done callback runs on the loop's next turn
     assert recall.breaker.state == "open"
+
+
+# -- what a client's input can and cannot do -------------------------------------------------------
+
+
+def test_clip_query_keeps_both_ends_of_a_long_query_in_whole_words():
+    assert clip_query("a short question") == "a short question"
+    query = "Why does this fail? " + "alpha beta gamma " * 1000 + "KeyError: user"
+    clipped = clip_query(query)
+    head, tail = clipped.split(ELISION)
+    assert head.startswith("Why does this fail?") and tail.endswith("KeyError: user")
+    assert len(head) + len(tail) <= MAX_QUERY_CHARS
+    assert set(clipped.replace(ELISION, " ").split()) <= set(query.split())  # no word cut in two
+
+
+async def test_a_huge_query_is_searched_clipped_and_cached_under_a_digest():
+    store = CountingStore()
+    recall = Recall(store)
+    query = "first " + "word " * 400_000 + "last"
+    assert await recall.search("s", query, 5, 0.0, 1.0)
+    assert await recall.search("s", query, 5, 0.0, 1.0)
+    assert store.calls == 1
+    (searched,) = store.queries
+    assert searched == clip_query(query) and searched.startswith("first ") and searched.endswith(" last")
+    ((scope, digest, limit, threshold),) = recall._cache
+    assert (scope, len(digest), limit, threshold) == ("s", 16, 5, 0.0)
+
+
+async def test_supermemory_is_asked_with_the_clipped_query(supermemory: FakeSupermemory):
+    store = SupermemoryStore(SUPERMEMORY_KEY, supermemory.url)
+    try:
+        await Recall(store).search("s", "first " + "word " * 400_000 + "last", 5, 0.0, 10.0)
+    finally:
+        await store.close()
+    q = supermemory.last("/v4/search").json["q"]
+    assert len(q) <= MAX_QUERY_CHARS + len(ELISION) and q.startswith("first ") and q.endswith(" last")
+
+
+async def test_late_answers_of_the_local_store_leave_the_breaker_closed():
+    assert LocalStore.late_is_failure is False and SupermemoryStore.late_is_failure is True
+
+    class Busy(CountingStore):
+        late_is_failure = False
+
+    store = Busy(delay=0.05)
+    recall = Recall(store, breaker=CircuitBreaker(failures=2, reset_after=60))
+    for i in range(5):
+        assert await recall.search("s", f"q{i}", 5, 0.0, 0.01) == ()
+    await asyncio.sleep(0.1)
+    assert recall.breaker.state == "closed"
+    assert await recall.search("s", "fresh", 5, 0.0, 1.0) and store.calls == 6
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_a_refused_request_does_not_trip_the_breaker(status):
+    store = CountingStore(error=StoreError("refused", status=status))
+    recall = Recall(store, breaker=CircuitBreaker(failures=2))
+    for i in range(5):
+        assert await recall.search("s", f"q{i}", 5, 0.0, 1.0) == ()
+    assert store.calls == 5 and recall.breaker.state == "closed"
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe():
+    clock = Clock()
+    store = FutureStore()
+    breaker = CircuitBreaker(failures=1, reset_after=10, clock=clock)
+    breaker.failure()
+    clock.now += 11
+    recall = Recall(store, breaker=breaker, clock=clock)
+    waiter = asyncio.ensure_future(recall.search("s", "probe", 5, 0.0, 5.0))
+    await asyncio.sleep(0)
+    assert breaker.state == "half-open"
+    store.pending[0][0].cancel()  # the store gave up on it (closing)
+    assert await waiter == ()
+    assert breaker.state == "open"
+    search = asyncio.ensure_future(recall.search("s", "again", 5, 0.0, 5.0))
+    await asyncio.sleep(0)
+    assert store.calls == 2  # probed again, not stuck half-open
+    store.pending[1][0].set_result(("about again",))
+    assert await search == ("about again",) and breaker.state == "closed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import statistics
 import time
@@ -12,13 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .memory.base import MemoryStore, StoreError
+from .protocols.common import ELISION
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str, int, float]  # (scope, query, limit, threshold)
+Key = tuple[str, bytes, int, float]  # (scope, digest of the query, limit, threshold)
 Texts = tuple[str, ...]  # what recall gives the request path: the contents of the memories found, best first
 T = TypeVar("T")
-PROFILE = "\0profile"  # the query part of a profile lookup's key
+PROFILE = b"profile"  # the query part of a profile lookup's key (a digest is 16 bytes)
+MAX_QUERY_CHARS = 2000
 
 # Backend answers that will not get better by retrying: say so once, clearly.
 LOUD_STATUSES = {
@@ -26,6 +29,31 @@ LOUD_STATUSES = {
     402: "the memory backend is out of credits (402): recall and storage are paused until it is topped up",
     403: "the memory backend refused access (403): check the API key's permissions",
 }
+
+
+def clip_query(query: str, limit: int = MAX_QUERY_CHARS) -> str:
+    """`query` as a store searches it: whole if short, else its first and last `limit // 2` characters.
+
+    A search uses a few dozen words (the local store the 24 longest distinct ones, Supermemory an embedding
+    of `q`), so a longer query only costs: the store's time, the request's size, a service's limits. A long
+    message is mostly pasted material, a log, a file or a diff, and what it asks is usually said before or
+    after the paste (a question above it, a traceback's last lines or a request below it), so both ends
+    are kept. A word cut in two at either end is left out.
+    """
+    if len(query) <= limit:
+        return query
+    half = limit // 2
+    head, tail = query[:half], query[-half:]
+    if not query[half].isspace() and len(words := head.rsplit(None, 1)) == 2:
+        head = words[0]
+    if not query[-half - 1].isspace() and len(words := tail.split(None, 1)) == 2:
+        tail = words[1]
+    return head + ELISION + tail
+
+
+def query_key(query: str) -> bytes:
+    """The cache's name for `query`: a digest, so that an entry's size does not depend on the query's."""
+    return hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 async def within(future: asyncio.Future[T], timeout: float) -> T:
@@ -84,6 +112,11 @@ class CircuitBreaker:
             logger.info("memproxy: memory backend is answering again; recall resumed")
         self.failed, self.opened_at, self.probing = 0, None, False
 
+    def release(self) -> None:
+        """An outcome that says nothing of the backend's health (a cancelled call, a refused request): a probe
+        ends without a verdict, so that the next call probes again."""
+        self.probing = False
+
     def failure(self) -> None:
         self.failed += 1
         if self.probing or (self.opened_at is None and self.failed >= self.failures):
@@ -99,7 +132,18 @@ class Recall:
 
     It answers with the memories' contents only, a tuple of strings: what injection uses, and what the
     collector stops tracking, so a full cache of them (bench (d): a fresh query every request) adds nothing
-    to the walk of each full collection.
+    to the walk of each full collection. The cache is keyed by a digest of the query, which is clipped
+    first (clip_query): an entry's size does not depend on what a client sent.
+
+    The breaker opens on the backend's failures, not on a client's input:
+    - an error counts, unless the backend refused this one request (a 4xx other than 401, 402, 403, 408,
+      409 and 429, such as a query it will not take), which says nothing of its health either way;
+    - an answer after the time budget counts only for a store whose `late_is_failure` is set. Supermemory's
+      is: a slow service stays slow for a while, and until it recovers every request would wait out its
+      budget for nothing. The local store's is not: its searches take turns on one thread, so a late
+      answer means the thread was busy (a burst of requests, a batch of writes, an index merge), and the
+      next search is on time again; opening the breaker would take every scope's memories away for
+      `reset_after` seconds for what one burst did. Clipped queries keep any one search short.
     """
 
     def __init__(
@@ -122,13 +166,17 @@ class Recall:
         self._took: deque[float] = deque(maxlen=1024)  # seconds, of the latest searches (cache hits too)
 
     async def search(self, scope: str, query: str, limit: int, threshold: float, timeout: float) -> Texts:
-        """The contents of the memories for the query, or () on timeout, failure or an open breaker. Never raises."""
+        """The contents of the memories for the query (clipped), or () on timeout, failure or an open breaker.
+        Never raises."""
+        query = clip_query(query)
         if not query.strip():
             return ()
         started = time.perf_counter()
         try:
             return await self._lookup(
-                (scope, query, limit, threshold), lambda: self.store.start_search(scope, query, limit, threshold), timeout
+                (scope, query_key(query), limit, threshold),
+                lambda: self.store.start_search(scope, query, limit, threshold),
+                timeout,
             )
         finally:
             self._took.append(time.perf_counter() - started)
@@ -167,6 +215,10 @@ class Recall:
             return await within(future, timeout)
         except TimeoutError:
             self._once("timeout", f"recall took longer than {timeout * 1000:.0f} ms; went on without memories")
+        except asyncio.CancelledError:
+            if not future.cancelled() or ((task := asyncio.current_task()) is not None and task.cancelling()):
+                raise  # the caller was cancelled, not the fetch
+            self._once("cancelled", "recall was cancelled (the store is closing); went on without memories")
         except Exception as e:  # noqa: BLE001 - fail open; _finished already logged
             self._once(f"error:{type(e).__name__}", f"recall failed, went on without memories: {type(e).__name__}: {e}")
         return ()
@@ -188,14 +240,18 @@ class Recall:
         if self._inflight.get(key) is future:
             del self._inflight[key]
         if future.cancelled():
+            self.breaker.release()
             return
         if (e := future.exception()) is not None:  # retrieved here, so nobody waiting is no warning
-            self.breaker.failure()
+            if isinstance(e, StoreError) and e.permanent and e.status not in LOUD_STATUSES:
+                self.breaker.release()  # this request was refused; the backend answered
+            else:
+                self.breaker.failure()
             if isinstance(e, StoreError) and e.status in LOUD_STATUSES:
                 self._once(f"status:{e.status}", LOUD_STATUSES[e.status], logging.ERROR)
             return
-        if self.clock() - started > budget:
-            self.breaker.failure()  # it answered, but too late to be of use: a slow backend trips the breaker too
+        if self.store.late_is_failure and self.clock() - started > budget:
+            self.breaker.failure()  # it answered, but too late to be of use (see the class's docstring)
         else:
             self.breaker.success()
         self._cache[key] = (self.clock() + self.ttl, future.result())

@@ -43,6 +43,9 @@ class MemoryStore(abc.ABC):
     """
 
     name: str
+    # Whether recall's circuit breaker counts an answer that came after the time budget as a failure
+    # (recall.Recall says why a remote service's does and the local store's does not).
+    late_is_failure: bool = True
 
     @abc.abstractmethod
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:

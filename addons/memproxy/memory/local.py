@@ -134,6 +134,7 @@ class LocalStore(MemoryStore):
     """Memories in a local SQLite file; all database work runs in one dedicated thread."""
 
     name = "local"
+    late_is_failure = False  # a late answer means a busy worker thread, not a failing store (see recall.Recall)
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else Path(platformdirs.user_data_dir("memproxy")) / "memories.db"

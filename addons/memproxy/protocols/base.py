@@ -68,7 +68,8 @@ class Adapter(abc.ABC):
     def query(self, body: Any, strategy: str) -> str:
         """The search query text for a query strategy. Text parts of block content
         count; tool results, tool calls and images are skipped; text inside
-        <recalled-memories>…</recalled-memories> is removed."""
+        <recalled-memories>…</recalled-memories> is removed; of a long message only
+        the start and the end are read (common.SCAN_HEAD, common.SCAN_TAIL)."""
 
     @abc.abstractmethod
     def inject(self, body: Any, context: str, strategy: str) -> bool:

@@ -4,9 +4,11 @@ query selection, prompt-cache-safe placement and the JSON event accumulator."""
 from __future__ import annotations
 
 import abc
+import functools
 import html
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,30 +22,96 @@ MEMORY_NOTE = (
 # Client boilerplate wrapped in these tags is dropped from query text:
 # Claude Code's reminders, Codex's and Gemini CLI's environment preambles.
 BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context")
-
-_MEMORY_BLOCK = re.compile(re.escape(MEMORY_OPEN) + r"\b[^>]*>.*?" + re.escape(MEMORY_CLOSE), re.S | re.I)
-_MEMORY_CLOSE_START = re.compile(re.escape(MEMORY_CLOSE[:-1]), re.I)
-_BOILERPLATE = re.compile(r"<(%s)\b[^>]*>.*?</\1>" % "|".join(map(re.escape, BOILERPLATE_TAGS)), re.S)
+# Query text is read from at most this many characters at the start and at the end of a message: a
+# search uses a few dozen of its words, and a pasted log of megabytes would otherwise be cleaned in full
+# on the event loop. A boilerplate block that the cut runs through is dropped all the same (Blocks.strip).
+SCAN_HEAD = 64 * 1024
+SCAN_TAIL = 16 * 1024
+ELISION = "\n…\n"  # stands for the middle of a long text that was left out
 
 INF = float("inf")
 
 
+class Blocks:
+    """Blocks of text from an opening tag `<name …>` to the next `</name>`, for a few tag names, found in
+    linear time. (The lazy regex `<name\\b[^>]*>.*?</name>` takes quadratic time on text holding many
+    openings and no closing, text any client can send.)"""
+
+    def __init__(self, names: Sequence[str], ignore_case: bool = False) -> None:
+        flags = re.I if ignore_case else 0
+        self._fold: Callable[[str], str] = str.lower if ignore_case else str
+        self._opening = re.compile(r"<(%s)\b" % "|".join(map(re.escape, names)), flags)
+        self._closing = {self._fold(n): re.compile(re.escape(f"</{n}>"), flags) for n in names}
+
+    def strip(self, text: str, *, cut_start: bool = False, cut_end: bool = False) -> str:
+        """`text` without its blocks. A block whose closing tag never comes stays, unless the text was
+        cut from a longer one: `cut_end` drops it to the end; `cut_start` drops what precedes a closing
+        tag met before any opening one (the end of a block that began before the cut)."""
+        if "<" not in text:
+            return text
+        kept = at = 0  # text[kept:] is still to be copied; openings are looked for from `at`
+        if cut_start:
+            first = self._opening.search(text)
+            before = len(text) if first is None else first.start()
+            ends = [m for c in self._closing.values() if (m := c.search(text)) and m.start() < before]
+            kept = at = min(ends, key=lambda m: m.start()).end() if ends else 0
+        parts: list[str] = []
+        unclosed: set[str] = set()  # names with no closing tag after `at`: their later openings are no blocks
+        while (opening := self._opening.search(text, at)) is not None:
+            name = self._fold(opening[1])
+            if name in unclosed:
+                at = opening.end()
+                continue
+            gt = text.find(">", opening.end())
+            closing = self._closing[name].search(text, gt + 1) if gt >= 0 else None
+            if closing is None and cut_end:
+                parts.append(text[kept : opening.start()])
+                kept = len(text)
+                break
+            if gt < 0:
+                break  # no ">" after this opening: none after any later one either
+            if closing is None:
+                unclosed.add(name)
+                at = opening.end()
+                continue
+            parts.append(text[kept : opening.start()])
+            kept = at = closing.end()
+        parts.append(text[kept:])
+        return "".join(parts)
+
+
+_MEMORY_BLOCKS = Blocks([MEMORY_OPEN[1:]], ignore_case=True)
+_BOILERPLATE = Blocks(BOILERPLATE_TAGS)
+
+
 def strip_memory_blocks(text: str) -> str:
     """`text` without any <recalled-memories …>…</recalled-memories> block."""
-    return _MEMORY_BLOCK.sub("", text)
+    return _MEMORY_BLOCKS.strip(text)
+
+
+# -- framing ----------------------------------------------------------------------------------------
+# Stored text is untrusted: a memory holds whatever a client sent or an upstream answered. It must never
+# open or close a memory block, nor carry characters a reader cannot see. So each memory is normalised
+# (NFKC folds fullwidth and other compatibility forms, "＜" into "<"), loses its control characters
+# (but newline and tab), format characters (zero-width, bidi controls, BOM, soft hyphen) and lone
+# surrogates, and then every "<" that starts something a model could read as a memory tag (a slash,
+# spaces and the name in any case, with any separators) becomes "&lt;".
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories dropped from memory text
+_ASCII_INVISIBLE = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # their ASCII members: controls but tab, newline
+_MEMORY_TAG = re.compile(r"<(?=(?i:[\s/\\]*recalled[\W_]*memories))")  # "<" case-sensitive: a faster scan
 
 
 def frame_context(memories: Sequence[str], scope: str, max_chars: int) -> str:
     """The recalled-memories block for `memories` (best first), at most `max_chars`
     long. Memories that do not fit are dropped whole, except that an over-long
-    first one is cut short with "…". Returns "" if none fits."""
-    head = f'{MEMORY_OPEN} scope="{html.escape(scope)}">\n{MEMORY_NOTE}\n'
+    first one is cut short with "…". Returns "" if none fits. No memory can open or
+    close a block (see above), so the block holds exactly one opening and one closing tag."""
+    head = f'{MEMORY_OPEN} scope="{_attribute(scope)}">\n{MEMORY_NOTE}\n'
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
     lines: list[str] = []
     for memory in memories:
-        text = memory.strip() if isinstance(memory, str) else ""
-        if "</" in text:
-            text = _neutralise(text)
+        text = _framed(memory) if isinstance(memory, str) else ""
         if not text:
             continue
         line = "- " + text.replace("\n", "\n  ") + "\n"
@@ -55,16 +123,70 @@ def frame_context(memories: Sequence[str], scope: str, max_chars: int) -> str:
     return head + "".join(lines) + MEMORY_CLOSE if lines else ""
 
 
-def _neutralise(text: str) -> str:
-    """`text` with any closing memory tag defused ("</recalled-memories" -> "<\\/recalled-memories")."""
-    return _MEMORY_CLOSE_START.sub(lambda m: "<\\" + m.group()[1:], text)
+@functools.lru_cache(maxsize=256)
+def _framed(memory: str) -> str:
+    """A memory's text as it is framed. A scope's memories come back request after request, and looking one
+    up here costs a fraction of checking it again (a hash and a comparison against several passes)."""
+    return defuse(visible(memory)).strip()
+
+
+def visible(text: str) -> str:
+    """`text` in NFKC without control characters (but newline and tab), format characters and lone surrogates.
+
+    Plain ASCII text, the common case, is checked in one pass over its bytes."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        kept = raw.translate(None, _ASCII_INVISIBLE)
+        return text if len(kept) == len(raw) else kept.decode("ascii")
+    text = _nfkc(text)
+    if not _printable(text):  # rare: one of ours, or private-use, unassigned or other space characters
+        text = _nfkc(_drop_invisible(text))  # NFKC makes no invisible character, but may compose across a dropped one
+    return text
+
+
+def defuse(text: str) -> str:
+    """`text` with every "<" that could start a memory tag, read loosely, written "&lt;"."""
+    return _MEMORY_TAG.sub("&lt;", text) if "<" in text else text
+
+
+@functools.lru_cache(maxsize=256)
+def _attribute(scope: str) -> str:
+    """`scope` as the value of the block's scope attribute: visible, on one line, HTML-escaped."""
+    return html.escape(" ".join(visible(scope).split()))
+
+
+def _nfkc(text: str) -> str:
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+
+
+def _printable(text: str) -> bool:
+    """No character of `text` but newline and tab is unprintable."""
+    return text.replace("\n", " ").replace("\t", " ").isprintable()
+
+
+def _drop_invisible(text: str) -> str:
+    gone = {c for c in set(text) if c not in "\n\t" and unicodedata.category(c) in _INVISIBLE}
+    return text.translate(dict.fromkeys(map(ord, gone))) if gone else text
+
+
+# -- query text -------------------------------------------------------------------------------------
 
 
 def clean_query(text: str) -> str:
-    """Query text without injected memories and client boilerplate. JSON's "\\ud800" escapes
+    """Query text without injected memories and client boilerplate, read from the first SCAN_HEAD and the
+    last SCAN_TAIL characters of a longer text (the middle becomes ELISION). JSON's "\\ud800" escapes
     become "?": a lone surrogate cannot be encoded, so it could be neither searched nor stored."""
+    if len(text) <= SCAN_HEAD + SCAN_TAIL:
+        return _clean(text)
+    head = _clean(text[:SCAN_HEAD], cut_end=True)
+    tail = _clean(text[-SCAN_TAIL:], cut_start=True)
+    return head + ELISION + tail if head and tail else head or tail
+
+
+def _clean(text: str, *, cut_start: bool = False, cut_end: bool = False) -> str:
     text = text.encode("utf-8", "replace").decode() if not text.isascii() else text
-    return _BOILERPLATE.sub("", strip_memory_blocks(text)).strip()
+    text = _MEMORY_BLOCKS.strip(text, cut_start=cut_start, cut_end=cut_end)
+    return _BOILERPLATE.strip(text, cut_start=cut_start, cut_end=cut_end).strip()
 
 
 def select_query(turns: Iterable[tuple[str, str]], strategy: str) -> str:
