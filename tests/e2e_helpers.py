@@ -14,6 +14,7 @@ from typing import Any
 
 from fakes import FakeUpstream
 from fakes.supermemory import FakeSupermemory
+from memproxy.memory.base import MemoryStore
 from memproxy.memory.local import LocalStore
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -63,11 +64,10 @@ CLAUDE_UA = "claude-cli/2.1.328 (external, cli)"
 MEMORY_TAG = "<recalled-memories"  # what recall adds to a request
 
 
-def seed(db: Path, scope: str, *contents: str) -> None:
-    """Store memories in `scope` of the local store at `db` (before or while mitmdump runs)."""
+def seed_store(store: MemoryStore, scope: str, *contents: str) -> None:
+    """Store memories in `scope` of `store`, then close it."""
 
     async def go() -> None:
-        store = LocalStore(db)
         try:
             for text in contents:
                 await store.add(scope, text)
@@ -75,6 +75,11 @@ def seed(db: Path, scope: str, *contents: str) -> None:
             await store.close()
 
     asyncio.run(go())
+
+
+def seed(db: Path, scope: str, *contents: str) -> None:
+    """Store memories in `scope` of the local store at `db` (before or while mitmdump runs)."""
+    seed_store(LocalStore(db), scope, *contents)
 
 
 def memories(db: Path, scope: str) -> list[str]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import SUPERMEMORY_KEY
-from e2e_helpers import MEMORY_TAG, seed, start_with_supermemory
+from e2e_helpers import MEMORY_TAG, seed, seed_store, start_with_supermemory
 from memproxy.memory.supermemory import SupermemoryStore
 
 pytestmark = pytest.mark.e2e
@@ -53,16 +52,7 @@ def start(mitmdump, upstream, tmp_path: Path, rules_text: str, **options: str):
 
 def seed_supermemory(supermemory, scope: str, *contents: str) -> None:
     """Store memories in `scope` of the fake Supermemory, as the proxy would."""
-
-    async def go() -> None:
-        store = SupermemoryStore(SUPERMEMORY_KEY, supermemory.url)
-        try:
-            for text in contents:
-                await store.add(scope, text)
-        finally:
-            await store.close()
-
-    asyncio.run(go())
+    seed_store(SupermemoryStore(SUPERMEMORY_KEY, supermemory.url), scope, *contents)
 
 
 def chat(client: httpx.Client, text: str, **headers: str) -> None:

@@ -31,6 +31,7 @@ OWN_PREFIX = b"x-memproxy-"
 OWN_NAME = "memproxy"  # the name memproxy answers to: http://memproxy/memory-routing/status
 CLIENT_HOST = "memproxy_client_host"  # flow metadata: the Host a reverse-mode client sent, before the rewrite
 ANY = "*"
+_MAX_WARNED = 1024
 _TLS_SCHEMES = ("https", "http3", "quic", "tls", "dtls")
 
 
@@ -57,6 +58,7 @@ class Boundary:
         self.names: frozenset[str] = frozenset()
         self.keep_host = False  # the user's keep_host_header; the option itself is held on
         self._holding = False
+        self._warned: set[str] = set()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -127,7 +129,11 @@ class Boundary:
         )
         flow.response = http.Response.make(403, message + "\n", {"content-type": "text/plain; charset=utf-8"})
         flow.comment = message
-        logger.warning("%s", message)
+        if host not in self._warned:  # once per name: a page may try many times
+            if len(self._warned) >= _MAX_WARNED:
+                self._warned.clear()
+            self._warned.add(host)
+            logger.warning("%s", message)
 
 
 def _loop_running() -> bool:
