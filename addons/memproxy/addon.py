@@ -208,7 +208,8 @@ class MemoryAddon:
             "memory_hosts",
             Sequence[str],
             list(DEFAULT_HOSTS),
-            "TLS hosts (globs) whose traffic is decrypted; all other TLS is tunnelled untouched. '*' decrypts all.",
+            "Hosts (globs) whose requests get a memory, and whose TLS is decrypted; all other TLS is tunnelled"
+            " untouched, and other hosts' requests pass through without memory. '*' is every host.",
         )
         loader.add_option(
             "memory_origins",
@@ -253,6 +254,8 @@ class MemoryAddon:
         if "memory_hosts" in updated:
             self._host_cache.clear()
         if "memory_origins" in updated:
+            if any(not o.strip() for o in opts.memory_origins):
+                raise exceptions.OptionsError("memory_origins: an empty origin")
             self.origins = frozenset(o.strip().lower().rstrip("/") for o in opts.memory_origins)
         # Read on every request: mitmproxy's option lookups are slow for a hot path.
         self.enabled, self.max_body = opts.memory_enabled, opts.memory_max_body
@@ -420,9 +423,12 @@ class MemoryAddon:
         decision = await self._decide(flow, adapter, headers, body, content, dumps)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
-        elif self.sdk and self.sdk.wants(decision.route, req.host, adapter.name):
-            await self.sdk.redirect(flow, adapter.name, decision.route)
-            decision.info["route"] = "sdk"
+        elif self.sdk:
+            if self.sdk.sessions is None:
+                await self.sdk.restored(self.timeout)
+            if self.sdk.wants(decision.route, req.host, adapter.name):
+                await self.sdk.redirect(flow, adapter.name, decision.route)
+                decision.info["route"] = "sdk"
         if decision.content is not None:
             req.set_content(decision.content)
         if decision.pending:

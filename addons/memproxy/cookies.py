@@ -148,9 +148,7 @@ class CookieSessions:
 
     async def load(self) -> None:
         """Restore jars and marks from the file. A missing file means empty; an unreadable
-        one is kept as ``<name>.bak`` and we start empty. Prepares the clients' TLS context too."""
-        if self._ssl is None:  # it reads the CA bundle: not on the event loop
-            self._ssl = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
+        one is kept as ``<name>.bak`` and we start empty."""
         try:
             entries = await asyncio.to_thread(_read, self.path)
         except FileNotFoundError:
@@ -179,6 +177,11 @@ class CookieSessions:
             jar.clear_expired_cookies()
             if until is not None and until > now:
                 self._marks[(scope, host.lower())] = until
+
+    async def prepare_tls(self) -> None:
+        """Make the clients' TLS context now, off the event loop (it reads the CA bundle)."""
+        if self._ssl is None:
+            self._ssl = await asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
 
     async def save(self) -> None:
         """Write jars and marks atomically (temp file + rename, mode 0600) in a worker thread."""
@@ -220,7 +223,7 @@ class CookieSessions:
         return pooled
 
     def _new_client(self, key: Key) -> httpx.AsyncClient:
-        if self._ssl is None:  # load() was not awaited
+        if self._ssl is None:  # prepare_tls() was not awaited
             self._ssl = httpx.create_ssl_context(trust_env=False)
         return httpx.AsyncClient(
             cookies=self.jar(*key).jar,  # the CookieJar itself, so the client shares it

@@ -10,6 +10,7 @@ so that mitmdump starts without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 from pathlib import Path
@@ -47,6 +48,7 @@ class SdkPath:
         self.sessions: CookieSessions | None = None
         self.gateway: Gateway | None = None
         self._lock = asyncio.Lock()
+        self._restored = asyncio.Event()
 
     async def load(self) -> None:
         """Restore the cookie jars and the (scope, host) pairs that must take the SDK path (once)."""
@@ -59,6 +61,14 @@ class SdkPath:
             sessions = cookies.CookieSessions(self.cookies_path, ttl=self.ttl)
             await sessions.load()
             self.sessions = sessions
+            self._restored.set()
+            await sessions.prepare_tls()
+
+    async def restored(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, until the jars are restored: at start-up the proxy listens before
+        they are, and a (scope, host) that a challenge put on the SDK path must stay there across a restart."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._restored.wait(), timeout)
 
     async def ready(self) -> Gateway:
         """The gateway, started (litellm imported in a thread) on first use."""
