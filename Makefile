@@ -47,6 +47,7 @@ test-slow: $(VENV)/.synced
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check addons tests
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.synced
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -22,6 +22,7 @@ import pytest
 from e2e_helpers import MITMDUMP, SCRUBBED_ENV, free_port, isolated_env, loopback_mitmdump_argv  # noqa: F401 - re-exported
 from fakes import FakeUpstream, codex_request
 from fakes.supermemory import FakeSupermemory
+from memproxy.config import READY_LINE
 from mitmproxy import certs
 from websockets.sync.client import connect
 
@@ -30,7 +31,7 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 REDIRECT = FAKES / "redirect.py"
 READY_TIMEOUT = 30.0
 STARTUP_GRACE = 0.2
-ADDON_READY = "memproxy: point clients here"  # the memory addon's last start-up line
+ADDON_READY = READY_LINE  # the memory addon's last start-up line
 SUPERMEMORY_KEY = "sm_test_SECRET_9f8e7d6c5b4a3f2e1d0c"  # the supermemory fixture's key: no log may show it
 
 Via = Literal["proxy", "reverse"]

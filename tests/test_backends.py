@@ -6,10 +6,11 @@ from pathlib import Path
 
 import platformdirs
 import pytest
+from memproxy.config import resolve_env
 from memproxy.memory import choose_backend, open_store
 from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import DEFAULT_BASE_URL, SupermemoryStore
-from memproxy.rules import Rules, resolve_env
+from memproxy.rules import Rules
 
 
 def test_auto_without_key_is_local():

@@ -19,7 +19,7 @@ from conftest import REDIRECT, MitmdumpProc, free_port, isolated_env
 from e2e_helpers import wait_until
 from memproxy.cli import listening, mitmdump_argv
 from memproxy.ports import PortRegistry
-from memproxy.redact import MARK
+from memproxy.wire import MARK
 
 pytestmark = pytest.mark.e2e
 

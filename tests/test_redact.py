@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from memproxy.addon import MemoryAddon
 from memproxy.cookies import CookieSessions
-from memproxy.redact import MARK, Redact
+from memproxy.redact import Redact
 from memproxy.reroute import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
+from memproxy.wire import MARK
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 

@@ -22,23 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import platformdirs
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from . import protocols
+from . import config, protocols
 from .boundary import CLIENT_HOST, OWN_NAME
 from .capture import Outbox, Turn
-from .guard import is_loopback
+from .logs import Once, brief
 from .memory import Backend, MemoryStore, StoreError, configured_backend, open_store
 from .ports import PortRegistry, ProjectListeners
 from .protocols.base import Adapter, ReplyAccumulator
 from .protocols.sse import SSEParser
 from .recall import Recall
-from .rules import DEFAULT_RULES, FILTERS, RequestView, Route, RulesError, RulesFile, plain_headers
+from .rules import FILTERS, RequestView, Route, RulesError, RulesFile, plain_headers
 from .sdkpath import SdkPath
+from .wire import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +98,9 @@ def fail_open(hook):
         try:
             return await hook(self, *args)
         except Exception as e:  # noqa: BLE001 - fail open is the contract
-            logger.warning("memproxy: %s failed, flow passed through unchanged: %s", hook.__name__, _brief(e))
+            logger.warning("memproxy: %s failed, flow passed through unchanged: %s", hook.__name__, brief(e))
 
     return wrapper
-
-
-def _brief(e: BaseException) -> str:
-    """An exception as one short line, never a traceback (bodies may hold user data)."""
-    text = str(e).splitlines()[0][:160] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _json_response(data: Any, status: int = 200) -> http.Response:
@@ -171,7 +165,7 @@ class MemoryAddon:
         self._tasks: set[asyncio.Task] = set()
         self._host_cache: dict[str, bool] = {}
         self.origins: frozenset[str] = frozenset()
-        self._warned: set[str] = set()
+        self._once = Once(logger)
         self._running = False
         self.enabled, self.max_body, self.timeout = True, 16 * 1024 * 1024, 0.3  # set from options in configure
         self._started_at = time.time()
@@ -184,7 +178,7 @@ class MemoryAddon:
             logging.getLogger(noisy).setLevel(logging.INFO)
         loader.add_option("memory_enabled", bool, True, "Give LLM flows a memory. Off: pass everything through.")
         loader.add_option(
-            "memory_rules", str, "", f"Memory-routing rules file (YAML). Empty: {DEFAULT_RULES.name} shipped with memproxy."
+            "memory_rules", str, "", f"Memory-routing rules file (YAML). Empty: {config.DEFAULT_RULES.name} shipped with memproxy."
         )
         loader.add_option(
             "memory_backend",
@@ -261,7 +255,7 @@ class MemoryAddon:
         self.enabled, self.max_body = opts.memory_enabled, opts.memory_max_body
         self.timeout = opts.memory_timeout_ms / 1000
         if "memory_rules" in updated:
-            path = Path(opts.memory_rules).expanduser() if opts.memory_rules else DEFAULT_RULES
+            path = Path(opts.memory_rules).expanduser() if opts.memory_rules else config.DEFAULT_RULES
             try:
                 self.rules_file = RulesFile(path)
             except RulesError as e:
@@ -312,10 +306,10 @@ class MemoryAddon:
             return
         opts = ctx.options
         # Everything a request needs exists before the first await: the proxy is already listening.
-        outbox = opts.memory_outbox or Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
+        outbox = opts.memory_outbox or config.outbox_path()
         self.capture = Outbox(outbox, self.store, max_delay=opts.memory_retry_max)
         self.listeners = ProjectListeners(PortRegistry(opts.memory_projects or None), opts.memory_project_mode)
-        cookies = opts.memory_cookies or Path(platformdirs.user_data_dir("memproxy")) / "cookies.json"
+        cookies = opts.memory_cookies or config.cookies_path()
         self.sdk = SdkPath(Path(cookies), opts.memory_sdk_ttl, opts.memory_sdk_timeout)
         # Warm the gateway (and litellm) only if a rule routes to it; else just restore the cookie jars.
         self._spawn(self.sdk.ready() if "sdk" in self.rules_file.rules.routes else self.sdk.load(), "SDK path")
@@ -324,7 +318,7 @@ class MemoryAddon:
         self._watcher = self._spawn(self._watch(), "watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
         logger.info(
-            "memproxy: point clients here: HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
+            config.READY_LINE + ": HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
             " (NODE_EXTRA_CA_CERTS for Node tools), or use a reverse listener as base URL; see README.md",
             opts.listen_host or "127.0.0.1",
             opts.listen_port or 8080,
@@ -350,7 +344,7 @@ class MemoryAddon:
             try:
                 await self.listeners.sync()
             except Exception as e:  # noqa: BLE001 - a bad registry must not stop the watcher
-                self._warn_once("listeners", f"project listeners not updated: {_brief(e)}")
+                self._once("listeners", "memproxy: project listeners not updated: %s", brief(e))
             await asyncio.sleep(1.0)
             await self._reload_rules()
 
@@ -361,7 +355,7 @@ class MemoryAddon:
         try:
             reloaded, error = await asyncio.to_thread(self.rules_file.check)
         except Exception as e:  # noqa: BLE001
-            reloaded, error = False, _brief(e)
+            reloaded, error = False, brief(e)
         if reloaded:
             logger.info("memproxy: rules reloaded from %s", self.rules_file.path)
             try:
@@ -471,13 +465,13 @@ class MemoryAddon:
             else:
                 flow.response = _json_response({"error": f"memproxy has no {path}"}, 404)
         except Exception as e:  # noqa: BLE001 - answered either way: never sent on to a real host
-            logger.warning("memproxy: %s failed: %s", path, _brief(e))
-            flow.response = _json_response({"error": f"memproxy: {_brief(e)}"}, 500)
+            logger.warning("memproxy: %s failed: %s", path, brief(e))
+            flow.response = _json_response({"error": f"memproxy: {brief(e)}"}, 500)
 
     def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
         """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""
         if self.router is None:
-            self._warn_once("router", "route supermemory_router needs a Supermemory API key; passed through instead")
+            self._once("router", "memproxy: route supermemory_router needs a Supermemory API key; passed through instead")
             return
         base_url, api_key = self.router
         flow.request.url = f"{base_url.rstrip('/')}/v3/{flow.request.url}"
@@ -492,7 +486,7 @@ class MemoryAddon:
         def finished(t: asyncio.Task) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                logger.warning("memproxy: %s failed: %s", name, _brief(t.exception()))
+                logger.warning("memproxy: %s failed: %s", name, brief(t.exception()))
 
         task.add_done_callback(finished)
         return task
@@ -589,13 +583,6 @@ class MemoryAddon:
         facts, found = await asyncio.gather(self.recall.profile(route.user_id, timeout), search)
         return facts + found
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning("memproxy: %s", message)
-        else:
-            logger.debug("memproxy: %s", message)
-
     def _annotate(self, flow: http.HTTPFlow, decision: Decision) -> None:
         """Show the decision in mitmweb: marker, comment and metadata."""
         info = decision.info
@@ -623,7 +610,7 @@ class MemoryAddon:
             try:
                 letters: int | str = len(await outbox.dead_letters())
             except Exception as e:  # noqa: BLE001 - a broken outbox is something status must show
-                letters = f"unreadable ({_brief(e)})"
+                letters = f"unreadable ({brief(e)})"
         return {
             "started_at": self._started_at,
             "rules": str(self.rules_file.path) if self.rules_file else None,
@@ -671,7 +658,7 @@ class MemoryAddon:
                 self._remember(pending, pending.reply.text())
         except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
             self.pending.pop(flow_id, None)
-            self._warn_once("tee", f"capture of a streamed reply failed: {_brief(e)}")
+            self._once("tee", "memproxy: capture of a streamed reply failed: %s", brief(e))
         return chunk
 
     @fail_open

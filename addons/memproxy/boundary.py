@@ -23,23 +23,23 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .guard import is_loopback
+from .logs import Once
+from .wire import OWN_PREFIX, is_loopback
 
 logger = logging.getLogger(__name__)
 
-OWN_PREFIX = b"x-memproxy-"
 OWN_NAME = "memproxy"  # the name memproxy answers to: http://memproxy/memory-routing/status
 CLIENT_HOST = "memproxy_client_host"  # flow metadata: the Host a reverse-mode client sent, before the rewrite
 ANY = "*"
-_MAX_WARNED = 1024
+_OWN = OWN_PREFIX.encode()
 _TLS_SCHEMES = ("https", "http3", "quic", "tls", "dtls")
 
 
 def strip_own_headers(req: http.Request) -> None:
     """Remove every `x-memproxy-*` header from a client's request."""
     fields = req.headers.fields
-    if any(name[:11].lower() == OWN_PREFIX for name, _ in fields):
-        req.headers.fields = tuple(f for f in fields if f[0][:11].lower() != OWN_PREFIX)
+    if any(name[: len(_OWN)].lower() == _OWN for name, _ in fields):
+        req.headers.fields = tuple(f for f in fields if f[0][: len(_OWN)].lower() != _OWN)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -58,7 +58,7 @@ class Boundary:
         self.names: frozenset[str] = frozenset()
         self.keep_host = False  # the user's keep_host_header; the option itself is held on
         self._holding = False
-        self._warned: set[str] = set()
+        self._once = Once(logger)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -129,11 +129,7 @@ class Boundary:
         )
         flow.response = http.Response.make(403, message + "\n", {"content-type": "text/plain; charset=utf-8"})
         flow.comment = message
-        if host not in self._warned:  # once per name: a page may try many times
-            if len(self._warned) >= _MAX_WARNED:
-                self._warned.clear()
-            self._warned.add(host)
-            logger.warning("%s", message)
+        self._once(host, "%s", message)  # once per name: a page may try many times
 
 
 def _loop_running() -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from . import private
+from .logs import brief
 from .memory.base import MemoryStore, StoreError
 from .protocols import strip_memory_blocks
 from .scrub import load as load_detectors
@@ -158,14 +159,7 @@ def _load_detectors() -> None:
     try:
         load_detectors()
     except Exception as e:  # noqa: BLE001 - each turn tries again, and says why it fails
-        logger.warning("memproxy: cannot load the secret detectors (%s); turns are not stored", _brief(e))
-
-
-def _brief(error: BaseException) -> str:
-    """A short description of `error` for logs: its status or type, never a payload."""
-    if isinstance(error, StoreError) and error.status is not None:
-        return f"status {error.status}"
-    return type(error).__name__
+        logger.warning("memproxy: cannot load the secret detectors (%s); turns are not stored", brief(e, message=False))
 
 
 def _retry_after(error: BaseException) -> float:
@@ -430,7 +424,7 @@ class Outbox:
         self._writing -= 1
         turn, new, error = written.result()
         if turn is None:
-            logger.warning("memproxy: a turn was not stored: looking for secrets in it failed (%s)", _brief(error))
+            logger.warning("memproxy: a turn was not stored: looking for secrets in it failed (%s)", brief(error, message=False))
         elif error is None:
             self._pending += new
             if self._unsaved:
@@ -447,7 +441,7 @@ class Outbox:
                     "memproxy: cannot write the capture outbox %s (%s); keeping up to %d turns in memory,"
                     " sending them from there and retrying the write every %gs",
                     self.path,
-                    reason or _brief(error),
+                    reason or brief(error, message=False),
                     MAX_UNSAVED,
                     SAVE_RETRY,
                 )
@@ -622,7 +616,7 @@ class Outbox:
             self._rejecting = True
             logger.warning(
                 "memproxy: the memory store rejected a turn (%s); kept in the dead letters of %s, not retried",
-                _brief(error),
+                brief(error, message=False),
                 self.path,
             )
         self._settled("dead")
@@ -640,7 +634,7 @@ class Outbox:
         if not self._paused:
             self._paused = True
             logger.warning(
-                "memproxy: capture paused, %d pending, retrying in %.1fs (%s)", self._pending, delay, _brief(error)
+                "memproxy: capture paused, %d pending, retrying in %.1fs (%s)", self._pending, delay, brief(error, message=False)
             )
 
     def _backoff(self, attempts: int, retry_after: float) -> float:

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import platformdirs
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+
+from . import config
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -54,7 +55,7 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 SHELLS = ("bash", "zsh", "fish", "powershell")
 IMPORT_BATCH = 500  # memories a transaction when importing into the local store
 READY_TIMEOUT = 30.0  # seconds for a proxy started by `wrap` to be ready
-READY_LINE = b"memproxy: point clients here"  # the addon's last start-up line: its options are valid
+READY_LINE = config.READY_LINE.encode()  # the addon's last start-up line: its options are valid
 EXPORT_PAGE = 500
 
 console = Console(soft_wrap=True)
@@ -212,10 +213,10 @@ def _backend(backend: str | None, db: Path | None, rules_path: Path | None) -> B
 
 
 def _load_rules(path: Path | None) -> Rules:
-    from .rules import DEFAULT_RULES, Rules, RulesError
+    from .rules import Rules, RulesError
 
     try:
-        return Rules.load(path or DEFAULT_RULES)
+        return Rules.load(path or config.DEFAULT_RULES)
     except RulesError as e:
         raise click.ClickException(f"invalid rules:\n{e}") from None
 
@@ -323,7 +324,7 @@ def _start_proxy(argv: list[str], host: str, port: int) -> subprocess.Popen[byte
     """Start mitmdump in the background (in its own session, so Ctrl-C meant for the client spares it)."""
     from . import private
 
-    log_path = platformdirs.user_log_path("memproxy") / f"proxy-{port}.log"
+    log_path = config.log_dir() / f"proxy-{port}.log"
     private.private_dir(log_path.parent)
     with private.open_private(log_path, "wb") as log:  # it shows scopes, project paths and URLs
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -481,15 +482,15 @@ def rules() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 def rules_check(file: Path | None) -> None:
     """Validate FILE (default: the bundled rules/memory.yaml); errors name file, line and key."""
-    from .rules import DEFAULT_RULES, Rules, RulesError
+    from .rules import Rules, RulesError
 
     try:
-        loaded = Rules.load(file or DEFAULT_RULES)
+        loaded = Rules.load(file or config.DEFAULT_RULES)
     except RulesError as e:
         for line in e.errors:
             click.echo(line, err=True)
         raise click.exceptions.Exit(1) from None
-    console.print(f"ok: {len(_compiled(loaded))} rules in {escape(str(file or DEFAULT_RULES))}")
+    console.print(f"ok: {len(_compiled(loaded))} rules in {escape(str(file or config.DEFAULT_RULES))}")
 
 
 @rules.command("explain")
@@ -1001,7 +1002,7 @@ def projects_remove(registry: Path | None, path: Path) -> None:
 
 
 def default_outbox() -> Path:
-    return Path(platformdirs.user_data_dir("memproxy")) / "outbox.db"
+    return config.outbox_path()
 
 
 @main.command("dead-letters")

@@ -18,7 +18,6 @@ set lookup on the port):
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import socket
@@ -31,13 +30,14 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.utils import human
 
+from .logs import Once
+from .wire import IPAddress, ip_address, reaches_loopback
+
 if TYPE_CHECKING:
     from .addon import MemoryAddon
     from .reroute import Gateway
 
 logger = logging.getLogger(__name__)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALL_INTERFACES = ""  # a listen host: every address of the machine
 GATEWAY_HOST = "127.0.0.1"  # where the addon's redirect points a flow for the SDK gateway
@@ -47,35 +47,11 @@ _LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
 _MAX_CACHE = 1024
 
 
-def _ip(text: str) -> IPAddress | None:
-    """An IP literal in any form a resolver accepts (`::ffff:127.0.0.1`, `127.1`, `0x7f000001`), or None."""
-    try:
-        ip: IPAddress = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(text))
-        except (OSError, ValueError, UnicodeError):
-            return None
-    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
-
-
-def _is_loopback(ip: IPAddress) -> bool:
-    """Loopback, or unspecified (a connection to 0.0.0.0 or :: reaches loopback)."""
-    return ip.is_loopback or ip.is_unspecified
-
-
-@functools.lru_cache(maxsize=_MAX_CACHE)
-def is_loopback(address: str) -> bool:
-    """Whether an address literal (a client's peer address, a Host) is this machine's loopback."""
-    ip = _ip(address.strip("[]"))
-    return ip is not None and _is_loopback(ip)
-
-
 def _literal(host: str) -> list[IPAddress] | None:
     """The addresses a host spelled as a literal (or `localhost`) stands for; None for a name to resolve."""
     if host == "localhost" or host.endswith(".localhost"):
         return [_LOCALHOST]
-    ip = _ip(host)
+    ip = ip_address(host)
     return [ip] if ip is not None else None
 
 
@@ -87,7 +63,7 @@ class Guard:
         self.enabled = True
         self.own: dict[int, tuple[str, frozenset[str]]] = {}  # port -> (what, listen hosts)
         self._local: dict[IPAddress, bool] = {}
-        self._warned: set[tuple[str, int]] = set()
+        self._once = Once(logger)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -184,7 +160,7 @@ class Guard:
             what, hosts = self.own[port]
             if any(self._is_own(ip, hosts) for ip in ips):
                 return what
-        if gateway is not None and port == gateway.port and any(_is_loopback(ip) for ip in ips):
+        if gateway is not None and port == gateway.port and any(reaches_loopback(ip) for ip in ips):
             return "memproxy's SDK gateway"
         return None
 
@@ -200,10 +176,10 @@ class Guard:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             return []
-        return [ip for *_, sockaddr in infos if (ip := _ip(str(sockaddr[0]))) is not None]
+        return [ip for *_, sockaddr in infos if (ip := ip_address(str(sockaddr[0]))) is not None]
 
     def _is_own(self, ip: IPAddress, hosts: frozenset[str]) -> bool:
-        if _is_loopback(ip) or str(ip) in hosts:
+        if reaches_loopback(ip) or str(ip) in hosts:
             return True
         return ALL_INTERFACES in hosts and self._is_local(ip)
 
@@ -228,15 +204,11 @@ class Guard:
 
     def _warn(self, host: str, port: int, message: str, client: tuple | None) -> None:
         """Log a refusal once per destination."""
-        if (host, port) not in self._warned:
-            if len(self._warned) > _MAX_CACHE:
-                self._warned.clear()
-            self._warned.add((host, port))
-            logger.warning("%s (client %s)", message, human.format_address(client))
+        self._once((host, port), "%s (client %s)", message, human.format_address(client))
 
 
 def _listen_host(host: str) -> str:
     host = host.lower().strip("[]")
     if host in _EVERY:
         return ALL_INTERFACES
-    return str(ip) if (ip := _ip(host)) is not None else host
+    return str(ip) if (ip := ip_address(host)) is not None else host

@@ -20,7 +20,8 @@ import struct
 from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
 
-from .guard import is_loopback
+from .logs import Once
+from .wire import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ NLMSG_ERROR = 2
 _NO_COOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
 _MSG_UID = 16 + 4 + 48 + 12  # nlmsghdr, inet_diag_msg's family/state/timer/retrans, sockid, expires/rqueue/wqueue
-_MAX_WARNED = 64
 AVAILABLE = hasattr(socket, "AF_NETLINK")
 
 
@@ -66,7 +66,7 @@ class LocalUsers:
     def __init__(self) -> None:
         self.enabled = AVAILABLE
         self.me = os.geteuid() if hasattr(os, "geteuid") else -1
-        self._warned: set[int | str] = set()
+        self._once = Once(logger)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -90,15 +90,10 @@ class LocalUsers:
         try:
             uid = socket_owner(peer, local)
         except OSError as e:
-            self._warn_once("netlink", "memproxy: cannot ask the kernel who owns a connection (%s);"
+            self._once("netlink", "memproxy: cannot ask the kernel who owns a connection (%s);"
                             " other local users are not told apart", e)
             return
         if uid is None or uid in (self.me, 0):
             return  # not found: the client is gone already
         client.error = f"memproxy serves only the user who started it (uid {self.me}), not uid {uid}"
-        self._warn_once(uid, "memproxy: refused a connection from another local user (uid %d)", uid)
-
-    def _warn_once(self, key: int | str, message: str, *args: object) -> None:
-        if key not in self._warned and len(self._warned) < _MAX_WARNED:
-            self._warned.add(key)
-            logger.warning(message, *args)
+        self._once(uid, "memproxy: refused a connection from another local user (uid %d)", uid)

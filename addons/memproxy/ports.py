@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from filelock import FileLock
 
-from . import private
+from . import config, private
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class PortRegistry:
         lo, hi = port_range
         if not 0 < lo <= hi <= 65535:
             raise ValueError(f"invalid port range {lo}-{hi}")
-        self.path = Path(path) if path is not None else Path(platformdirs.user_config_dir("memproxy")) / "ports.json"
+        self.path = Path(path) if path is not None else config.registry_path()
         self.port_range = (lo, hi)
         self._lock = FileLock(f"{self.path}.lock", timeout=LOCK_TIMEOUT, mode=private.FILE_MODE)
 

@@ -43,13 +43,14 @@ from typing import IO, Any
 
 import platformdirs
 
+from . import config
+
 logger = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database, named after it
 POSIX = os.name == "posix"
-APP = "memproxy"
 
 
 class UnsafePath(PermissionError):
@@ -58,12 +59,7 @@ class UnsafePath(PermissionError):
 
 def own_dirs() -> set[str]:
     """memproxy's own default directories (real paths), which it keeps at 0700."""
-    dirs = (
-        platformdirs.user_data_path(APP),
-        platformdirs.user_config_path(APP),
-        platformdirs.user_state_path(APP),
-        platformdirs.user_log_path(APP),
-    )
+    dirs = (config.data_dir(), config.config_dir(), platformdirs.user_state_path(config.APP), config.log_dir())
     return {os.path.realpath(d) for d in dirs}
 
 

@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .logs import Once
 from .memory.base import MemoryStore, StoreError
 from .protocols.common import ELISION
 
@@ -162,7 +163,7 @@ class Recall:
         self.clock = clock
         self._cache: OrderedDict[Key, tuple[float, Texts]] = OrderedDict()
         self._inflight: dict[Key, asyncio.Future[Texts]] = {}
-        self._said: set[str] = set()
+        self._said = Once(logger)
         self._took: deque[float] = deque(maxlen=1024)  # seconds, of the latest searches (cache hits too)
 
     async def search(self, scope: str, query: str, limit: int, threshold: float, timeout: float) -> Texts:
@@ -264,9 +265,4 @@ class Recall:
             del self._cache[key]
 
     def _once(self, key: str, message: str, level: int = logging.WARNING) -> None:
-        """Log a condition once; repeats go to debug, so a failing backend is one line, not one per request."""
-        if key in self._said:
-            logger.debug("memproxy: %s", message)
-        else:
-            self._said.add(key)
-            logger.log(level, "memproxy: %s", message)
+        self._said(key, "memproxy: %s", message, level=level)

@@ -20,16 +20,11 @@ from urllib.parse import quote
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
+from .wire import CREDENTIAL_HEADERS, MARK
+
 if TYPE_CHECKING:
     from .addon import MemoryAddon
 
-MARK = "<redacted>"
-CREDENTIAL_HEADERS = frozenset(
-    {
-        "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-        "x-supermemory-api-key",
-    }
-)  # fmt: skip
 MIN_SECRET = 8  # shorter values are not matched inside other headers
 
 _NAMES = frozenset(name.encode() for name in CREDENTIAL_HEADERS)

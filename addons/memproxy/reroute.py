@@ -38,9 +38,10 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from .config import resolve_env
 from .cookies import CookieSessions
 from .protocols import ADAPTERS, Adapter, detect_path
-from .rules import resolve_env
+from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, MARK, OWN_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,10 @@ _PROVIDERS = {
 }  # litellm's, per protocol
 _ENDPOINTS = {"anthropic": "/v1/messages", "openai_chat": "/chat/completions", "openai_responses": "/responses"}
 _REQUIRED = {"anthropic": ("model", "messages", "max_tokens"), "openai_chat": ("model", "messages")}
-_NOT_FORWARDED = frozenset(
-    {
-        "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection",
-        "keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection", "accept",
-        "accept-encoding", "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-    }
-)  # fmt: skip
-_CHALLENGE_STATUSES = frozenset({403, 429, 503})
+_NOT_FORWARDED = CREDENTIAL_HEADERS | {
+    "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection",
+    "keep-alive", "te", "trailer", "upgrade", "proxy-connection", "accept", "accept-encoding",
+}  # fmt: skip
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -368,7 +365,7 @@ def _parse(adapter: Adapter, request: web.Request, body: dict[str, Any], ticket:
     headers = {
         k.lower(): v
         for k, v in request.headers.items()
-        if k.lower() not in _NOT_FORWARDED and not k.lower().startswith(("x-memproxy-", "x-stainless-"))
+        if k.lower() not in _NOT_FORWARDED and not k.lower().startswith((OWN_PREFIX, "x-stainless-"))
     }
     stream = adapter.is_streaming(request.path_qs, body)
     return _Call(adapter, scope, host, model, api_base, api_key, body, headers, stream)
@@ -525,7 +522,7 @@ class _Redactor:
         cookies = [c.value for c in self._jar.jar] if self._jar is not None else []
         for secret in (self._api_key, *cookies):
             if secret and len(secret) >= 4:
-                text = text.replace(secret, "[redacted]")
+                text = text.replace(secret, MARK)
         return text
 
 
@@ -587,7 +584,7 @@ def _is_challenge(exc: Exception) -> bool:
     headers = getattr(exc, "litellm_response_headers", None) or {}
     if _header(headers, "cf-mitigated"):
         return True
-    return getattr(exc, "status_code", None) in _CHALLENGE_STATUSES and bool(_header(headers, "set-cookie"))
+    return getattr(exc, "status_code", None) in CHALLENGE_STATUSES and bool(_header(headers, "set-cookie"))
 
 
 def _error_body(adapter: Adapter, failure: _Failure) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -32,13 +31,14 @@ import yaml
 from mitmproxy import flowfilter
 from mitmproxy.http import Headers
 
+from memproxy.config import BACKENDS, ConfigError, MemoryConfig
+from memproxy.logs import Once
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES
-from memproxy.redact import CREDENTIAL_HEADERS, MARK
 from memproxy.regexes import Pattern, RegexTimeout, nested_repetition
+from memproxy.wire import CREDENTIAL_HEADERS, MARK
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "memory.yaml"  # shipped with memproxy
 ROUTES: tuple[str, ...] = ("passthrough", "sdk", "supermemory_router")
 SDK_KEYS: tuple[str, ...] = ("model", "api_base", "api_key")
 BUILTIN_VARS: tuple[str, ...] = ("host", "path", "method", "port", "model", "project")
@@ -104,35 +104,12 @@ FILTERS: dict[str, Callable[[str], str]] = {
 }
 
 
-class RulesError(Exception):
+class RulesError(ConfigError):
     """Invalid rules. Each line of str(e) reads "FILE:LINE: KEY.PATH: message"."""
 
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryConfig:
-    """The `memory:` section: which backend, and its settings. Secrets stay as written
-    (e.g. "${SUPERMEMORY_API_KEY}"): the caller resolves them with `resolve_env`."""
-
-    backend: str = "auto"  # auto | local | supermemory
-    local_path: str | None = None
-    supermemory: Mapping[str, str] = field(default_factory=dict)  # api_key, base_url, search_mode, container_tag
-
-
-BACKENDS: tuple[str, ...] = ("auto", "local", "supermemory")
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$|^os\.environ/([A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def resolve_env(value: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """`${NAME}` or `os.environ/NAME` -> the variable's value (None if unset); other strings as they are."""
-    if value is None:
-        return None
-    if m := _ENV_REF.match(value.strip()):
-        return environ.get(m.group(1) or m.group(2)) or None
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,21 +149,12 @@ def _model_matches(pattern: Pattern, model: str) -> bool:
     try:
         return pattern.search(model, time.monotonic() + MODEL_BUDGET) is not None
     except RegexTimeout:
-        _warn_once(f"models\0{pattern.pattern}", "a models regex ran out of time (%d ms) on a model name and"
+        _warn_once(f"models\0{pattern.pattern}", "memproxy: a models regex ran out of time (%d ms) on a model name and"
                    " does not match: %r", MODEL_BUDGET * 1000, pattern.pattern[:80])
         return False
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str, *args: Any) -> None:
-    """Log `message` the first time `key` comes up, at debug level after that."""
-    if key in _warned:
-        logger.debug("memproxy: " + message, *args)
-    else:
-        _warned.add(key)
-        logger.warning("memproxy: " + message, *args)
+_warn_once = Once(logger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -973,7 +941,7 @@ class Rules:
             except RegexTimeout as e:
                 _warn_once(
                     f"{self.source}\0{rule.name}",
-                    "rule %r did not match: a regex ran out of the time budget for routing: %r",
+                    "memproxy: rule %r did not match: a regex ran out of the time budget for routing: %r",
                     rule.name, e.pattern[:80],
                 )
                 continue

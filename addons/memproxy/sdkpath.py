@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 
 from .rules import Route
+from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, OWN_PREFIX
 
 if TYPE_CHECKING:
     from .cookies import CookieSessions
@@ -26,14 +27,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # what the gateway serves
-CHALLENGE_STATUSES = (403, 429, 503)
 HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
-INTERNAL_PREFIX = "x-memproxy-"  # the gateway's headers
-
-
 def _internal(name: str) -> bool:
-    return name.lower().startswith(INTERNAL_PREFIX)
+    return name.lower().startswith(OWN_PREFIX)
 
 
 def _origin(req: http.Request) -> str:
@@ -88,7 +84,7 @@ class SdkPath:
 
     def wants(self, route: Route, host: str, protocol: str) -> bool:
         """Whether this request takes the SDK path: its rule says so, or its host asked for cookies."""
-        if protocol not in PROTOCOLS:
+        if protocol not in GATEWAY_PROTOCOLS:
             return False
         return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.user_id, host))
 
@@ -110,7 +106,7 @@ class SdkPath:
             resp is not None
             and info is not None
             and info.get("route") != "sdk"
-            and info.get("adapter") in PROTOCOLS
+            and info.get("adapter") in GATEWAY_PROTOCOLS
             and self.sessions is not None
             and resp.status_code in CHALLENGE_STATUSES
             and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import platformdirs
 
-from .. import private
+from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError
 
@@ -137,7 +136,7 @@ class LocalStore(MemoryStore):
     late_is_failure = False  # a late answer means a busy worker thread, not a failing store (see recall.Recall)
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else Path(platformdirs.user_data_dir("memproxy")) / "memories.db"
+        self.path = Path(path) if path is not None else config.store_path()
         self._worker = Worker("memproxy-store")
         self._db: sqlite3.Connection | None = None
         self._closed = False

@@ -36,11 +36,12 @@ from urllib.parse import quote
 
 import httpx
 
+from ..config import SUPERMEMORY_URL
 from .base import Memory, MemoryStore, StoreError
 
 T = TypeVar("T")
 
-DEFAULT_BASE_URL = "https://api.supermemory.ai"
+DEFAULT_BASE_URL = SUPERMEMORY_URL
 SEARCH_MODES = ("memories", "hybrid", "documents")
 ID_MAX = 100  # characters in a containerTag or customId
 ID_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
