@@ -1,10 +1,11 @@
 """`make bench-ab ARGS="REV [REV ...]"`: setup (d) of two or more revisions of the addon, side by side.
 
-On a machine whose speed drifts by ±25 % within minutes, the figure that holds is the ratio of two setups
-measured back to back: the setups take turns for BENCH_AB_RUNS runs of BENCH_AB_SECONDS each (30 × 2 s), and
-the report is the median of the per-turn ratios to the first revision (±2 % here, where `make bench`'s ratios
-of medians move by ±10 %). CPU per request is split by thread (the loop thread and all others, from
-/proc/<pid>/task), since a change can move work from one to the other without saving any.
+A machine's speed drifts within minutes, and drift hits two setups alike only if they run back to back: so
+the revisions take turns for BENCH_AB_RUNS runs of BENCH_AB_SECONDS each (30 × 2 s), and the report is the
+median of the per-turn ratios to the first revision, with their quartiles, rather than a ratio of medians
+as in `make bench` (bench/README.md, "Reading the figures", says how far each repeats). CPU per request is
+split by thread (the loop thread and all others, from /proc/<pid>/task), since a change can move work from
+one to the other without saving any.
 
 A revision is anything `git archive` takes (HEAD~1, a branch, a commit) or "worktree" for the files as they
 are now. Setup c instead of d: BENCH_AB_SETUP=c.

@@ -1,11 +1,11 @@
 """`make bench-callgrind`: what each overhead setup costs a request in instructions and cache misses.
 
-CPU time on this shared machine moves ±25 % between runs of the same setup, so a change worth 2 % cannot be
-seen in `make bench`. Under callgrind a real mitmdump runs the same requests with a count that repeats within
-about 0.5 % (instructions) and 10 % (misses), whatever else the machine does: the instrument for deciding whether
-a change to the request path saves work. It sees neither the kernel (syscalls, the copies of `read`: use
-`strace -c`) nor the TLB, so a change whose win is made of misses needs a paired A/B of real processes as well:
-reading the store through a memory map cut the simulated misses by a third and made the loop thread slower.
+CPU time of one setup moves between runs by more than a small change to the request path saves, so `make
+bench` cannot see such a change. Under callgrind a real mitmdump runs the same requests and the count repeats,
+whatever else the machine does (bench/README.md, "Reading the figures"): the instrument for deciding whether a
+change to the request path saves work. It sees neither the kernel (syscalls, the copies of `read`: use
+`strace -c`) nor the TLB, so a change whose win is made of misses needs a paired A/B of real processes as well
+(`make bench-ab`); bench/README.md has a case where fewer simulated misses did not make the process cheaper.
 
 Each setup of section 1 that takes part, (a), (c) and (d) by default, is started uninstrumented (start-up takes
 ~1 min under valgrind), warmed up, then counted over exactly BENCH_CG_REQUESTS requests at c=16 from a client

@@ -370,7 +370,7 @@ def report(results: dict) -> str:
     for c in CONCURRENCY:
         base_rps, base_p50, base_cpu = (med(o["a"][str(c)], k) for k in ("rps", "p50", "cpu_ms_per_req"))
         for key in ("a", "b", "c", "d", "a2", "upstream"):
-            if key not in o:  # results.json of a run before (a′) existed
+            if key not in o:  # --report may re-render a results.json without (a′)
                 continue
             runs = o[key][str(c)]
             rps, p50, p99 = med(runs, "rps"), med(runs, "p50") / 1000, med(runs, "p99") / 1000
