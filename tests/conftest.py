@@ -62,6 +62,7 @@ class MitmdumpProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> MitmdumpProc:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0  # a restart appends
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -86,7 +87,7 @@ class MitmdumpProc:
         if not any(str(arg).endswith("addons/memory.py") for arg in self.argv):
             return True
         while time.monotonic() < deadline and self.process.poll() is None:
-            if ADDON_READY in self.log_text():
+            if ADDON_READY.encode() in self.log_path.read_bytes()[self._log_start :]:
                 return True
             time.sleep(0.02)
         return False

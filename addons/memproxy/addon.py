@@ -311,10 +311,14 @@ class MemoryAddon:
         self.listeners = ProjectListeners(PortRegistry(opts.memory_projects or None), opts.memory_project_mode)
         cookies = opts.memory_cookies or config.cookies_path()
         self.sdk = SdkPath(Path(cookies), opts.memory_sdk_ttl, opts.memory_sdk_timeout)
-        # Warm the gateway (and litellm) only if a rule routes to it; else just restore the cookie jars.
-        self._spawn(self.sdk.ready() if "sdk" in self.rules_file.rules.routes else self.sdk.load(), "SDK path")
+        # The cookie jars are restored before the ready line, so that a (scope, host) a challenge put on the SDK
+        # path stays there across a restart; the gateway (and litellm) warms up only if a rule routes to it.
+        restoring = self._spawn(self.sdk.load(), "cookie jars")
+        if "sdk" in self.rules_file.rules.routes:
+            self._spawn(self.sdk.ready(), "SDK path")
         await self.capture.start()
         await self._open_store()
+        await asyncio.wait([restoring])
         self._watcher = self._spawn(self._watch(), "watcher")
         logger.info("memproxy: rules from %s", self.rules_file.path)
         logger.info(

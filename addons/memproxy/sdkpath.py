@@ -107,7 +107,6 @@ class SdkPath:
             and info is not None
             and info.get("route") != "sdk"
             and info.get("adapter") in GATEWAY_PROTOCOLS
-            and self.sessions is not None
             and resp.status_code in CHALLENGE_STATUSES
             and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
         )
@@ -118,8 +117,8 @@ class SdkPath:
         import httpx
 
         info, req = flow.metadata["memproxy"], flow.request
+        gateway = await self.ready()  # the jars are loaded by then, even right after a start
         self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
-        gateway = await self.ready()
         headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not _internal(k)}
         headers |= gateway.request_headers(protocol=info["adapter"], upstream=_origin(req), scope=info["user_id"])
         async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
