@@ -17,7 +17,7 @@ import httpx
 import pytest
 from conftest import FAKES, memproxy_client
 from e2e_helpers import MEMORY_TAG, claude_body, claude_headers, free_port, memories, seed, wait_memories, wait_until
-from memproxy.cli import listening
+from memproxy.cli.common import listening
 from memproxy.ports import PortRegistry
 from mitmproxy.net.local_ip import get_local_ip
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from conftest import REDIRECT, MitmdumpProc, free_port, isolated_env
 from e2e_helpers import wait_until
-from memproxy.cli import listening, mitmdump_argv
+from memproxy.cli.common import listening
+from memproxy.cli.proxy import mitmdump_argv
 from memproxy.ports import PortRegistry
 from memproxy.wire import MARK
 

@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 from memproxy import private
 from memproxy.capture import Outbox, Turn
-from memproxy.cli import ensure_ca, main
+from memproxy.cli import main
+from memproxy.cli.clients import ensure_ca
 from memproxy.cookies import CookieSessions
 from memproxy.memory.base import StoreError
 from memproxy.memory.local import LocalStore

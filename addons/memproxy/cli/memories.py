@@ -1,0 +1,322 @@
+"""`memproxy memories`: see and edit what is remembered, on the configured backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from .. import config
+from .common import console, err_console, load_rules, rules_option, when
+
+if TYPE_CHECKING:
+    from ..memory import Backend, Memory, MemoryStore
+
+T = TypeVar("T")
+
+IMPORT_BATCH = 500  # memories a transaction when importing into the local store
+EXPORT_PAGE = 500
+
+scope_option = click.option("--scope", required=True, help="The memory scope (user id), e.g. claude-code:myrepo.")
+
+
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--backend, --db and --rules, resolved to the chosen backend (passed as `backend`)."""
+
+    @click.option("--backend", type=click.Choice(("auto", "local", "supermemory")), default=None,
+                  help="The memory backend. Default: the rules file's memory.backend, else auto"
+                  " (supermemory when SUPERMEMORY_API_KEY is set, else local).")
+    @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="The local store's file (option memory_db). Default: memories.db in the user's data dir.")
+    @rules_option
+    @functools.wraps(f)
+    def wrapper(backend: str | None, db: Path | None, rules_path: Path | None, **kwargs: Any) -> Any:
+        return f(backend=_backend(backend, db, rules_path), **kwargs)
+
+    return wrapper
+
+
+def _backend(backend: str | None, db: Path | None, rules_path: Path | None) -> Backend:
+    """Choose the backend as the addon does: the option, else the rules file's memory section, else auto."""
+    from ..memory import configured_backend
+
+    memory = load_rules(rules_path).memory
+    try:
+        return configured_backend(backend or "", str(db.expanduser()) if db else None, memory)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]]) -> T:
+    """Open the backend's store, run `work` on it, close it; a store failure is a clear error."""
+    from ..memory import StoreError, open_store
+
+    async def go() -> T:
+        store = open_store(backend)
+        try:
+            await store.open()
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.group()
+def memories() -> None:
+    """See and edit what is remembered, on the configured backend."""
+
+
+@memories.command("list")
+@store_options
+@scope_option
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+def memories_list(backend: Backend, scope: str, limit: int, offset: int) -> None:
+    """List a scope's memories, newest first."""
+    found = _with_store(backend, lambda store: store.list(scope, limit, offset))
+    _print_memories(found, f"{len(found)} memories in {scope}, newest first")
+
+
+@memories.command("search")
+@store_options
+@scope_option
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Minimum relevance.")
+def memories_search(backend: Backend, scope: str, query: str, limit: int, threshold: float) -> None:
+    """Search a scope's memories as recall does, best first."""
+    found = _with_store(backend, lambda store: store.search(scope, query, limit, threshold))
+    _print_memories(found, f"{len(found)} memories in {scope} for {query!r}", scores=True)
+
+
+def _print_memories(found: list[Memory], title: str, *, scores: bool = False) -> None:
+    table = Table("id", *(["score"] if scores else []), "created", "client", "content", title=escape(title))
+    for m in found:
+        preview = m.content if len(m.content) <= 300 else m.content[:299] + "…"
+        score = [f"{m.score:.2f}"] if scores else []
+        table.add_row(escape(m.id), *score, when(m.created_at), escape(str(m.metadata.get("client", ""))), escape(preview))
+    console.print(table)
+
+
+@memories.command("add")
+@store_options
+@scope_option
+@click.argument("content")
+def memories_add(backend: Backend, scope: str, content: str) -> None:
+    """Remember CONTENT in a scope (secrets in it are replaced by [secret: <kind>], as in captured turns)."""
+    from ..scrub import scrub
+
+    if not content.strip():
+        raise click.BadParameter("the memory is empty", param_hint="CONTENT")
+    scrubbed = scrub(content)
+    memory_id = _with_store(backend, lambda store: store.add(scope, scrubbed.text, metadata={"client": "memproxy-cli"}))
+    _report_replaced(scrubbed.found)
+    console.print(f"added memory {memory_id} to {escape(scope)}")
+
+
+@memories.command("forget")
+@store_options
+@scope_option
+@click.argument("memory_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting.")
+def memories_forget(backend: Backend, scope: str, memory_id: str, yes: bool) -> None:
+    """Delete the memory MEMORY_ID of a scope (asks first unless --yes)."""
+    if not yes:
+        click.confirm(f"Forget memory {memory_id} of {scope}?", abort=True)
+    if not _with_store(backend, lambda store: store.forget(scope, memory_id)):
+        raise click.ClickException(f"no memory {memory_id} in scope {scope}")
+    console.print(f"forgot memory {memory_id} of {escape(scope)}")
+
+
+@memories.command("export")
+@store_options
+@scope_option
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="The JSONL file to write (0600). Default: standard output.")
+def memories_export(backend: Backend, scope: str, path: str) -> None:
+    """Write a scope's memories as JSONL: one {scope, content, metadata, id, created_at} per line."""
+
+    async def work(store: MemoryStore) -> int:
+        done = 0
+        with _progress(f"exporting {scope}", None) as advance:
+            while page := await store.list(scope, EXPORT_PAGE, done):
+                for m in page:
+                    record = {"scope": m.scope, "content": m.content, "metadata": m.metadata, "id": m.id,
+                              "created_at": m.created_at}
+                    output.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done += len(page)
+                advance(len(page))
+                if len(page) < EXPORT_PAGE:
+                    break
+        return done
+
+    with _output(path) as output:
+        n = _with_store(backend, work)
+    err_console.print(f"exported {n} memories of {escape(scope)}")
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[Any]:
+    """Standard output for "-", else the file at `path`, private (0600); opened before the store is."""
+    if path == "-":
+        yield click.get_text_stream("stdout")
+        return
+    from ..private import open_private
+
+    try:
+        f = open_private(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+    with f:
+        yield f
+
+
+@memories.command("import")
+@store_options
+@click.option("--scope", default=None, help="Import every memory into this scope instead of the one on its line.")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
+    """Read memories from a JSONL export; importing the same file again adds nothing new.
+
+    Secrets in them are replaced by [secret: <kind>], as in captured turns."""
+    from ..scrub import scrub
+
+    records = [_record(file.name, n, line, scope) for n, line in enumerate(file, 1) if line.strip()]
+    records.sort(key=lambda r: r["created_at"])  # oldest first, so that the store keeps their order
+    found: Counter[str] = Counter()
+    for record in records:
+        scrubbed = scrub(record["content"])
+        record["content"] = scrubbed.text
+        found += scrubbed.found
+
+    async def work(store: MemoryStore) -> None:
+        from ..memory import Memory
+        from ..memory.local import LocalStore
+
+        with _progress(f"importing {file.name}", len(records)) as advance:
+            if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
+                batch = [Memory(r["id"] or "", r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
+                for i in range(0, len(batch), IMPORT_BATCH):
+                    chunk = batch[i : i + IMPORT_BATCH]
+                    await store.add_many(chunk)
+                    advance(len(chunk))
+                return
+            for r in records:
+                await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
+                advance(1)
+
+    _with_store(backend, work)
+    _report_replaced(found)
+    console.print(f"imported {len(records)} memories from {escape(file.name)} (ones imported before are kept once)")
+
+
+@memories.command("scrub")
+@store_options
+@click.option("--scope", "scopes", multiple=True,
+              help="Only this scope (repeatable). Default: every scope of the local store; on Supermemory, every"
+              " document the API key can list.")
+@click.option("--outbox", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The outbox file (option memory_outbox), scrubbed whole. Default: outbox.db in the user's data dir.")
+@click.option("--dry-run", is_flag=True, help="Count the secrets that would be replaced; change nothing.")
+def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | None, dry_run: bool) -> None:
+    """Replace secrets (API keys, tokens, private keys) by [secret: <kind>] in stored memories, in the turns
+    waiting in the outbox and in its dead letters.
+
+    Prints how many of each kind, never a secret. The local store's file and the outbox are rebuilt, so that
+    no old page keeps them. Best run with the proxy stopped.
+    """
+    from ..capture import scrub_outbox
+    from ..memory.local import LocalStore
+    from ..scrub import scrub
+
+    async def work(store: MemoryStore) -> tuple[Counter[str], int, int, bool]:
+        found: Counter[str] = Counter()
+        seen = changed = 0
+        with _progress("scrubbing memories", None) as advance:
+            async for memory in store.every(list(scopes) or None):
+                seen += 1
+                advance(1)
+                scrubbed = scrub(memory.content)
+                if not scrubbed.found:
+                    continue
+                changed += 1
+                found += scrubbed.found
+                if not dry_run:
+                    await store.rewrite(memory, scrubbed.text)
+        emptied = True
+        if changed and not dry_run and isinstance(store, LocalStore):
+            emptied = await store.compact()
+        return found, seen, changed, emptied
+
+    in_store, seen, changed, emptied = _with_store(backend, work)
+    outbox = outbox or config.outbox_path()
+    try:
+        in_outbox, turns = scrub_outbox(outbox, dry_run=dry_run)
+    except (sqlite3.Error, OSError) as e:
+        raise click.ClickException(f"cannot scrub the outbox {outbox}: {e}") from None
+    table = Table("secret", "memories", "outbox", title="secrets that would be replaced" if dry_run else "secrets replaced")
+    for kind in sorted(in_store.keys() | in_outbox.keys()):
+        table.add_row(escape(kind), str(in_store[kind]), str(in_outbox[kind]))
+    if table.row_count:
+        console.print(table)
+    verb = "would replace" if dry_run else "replaced"
+    console.print(f"{verb} {in_store.total()} secrets in {changed} of {seen} memories ({backend.name} store)"
+                  f" and {in_outbox.total()} in {turns} turns of the outbox {escape(str(outbox))}")
+    if not emptied:
+        err_console.print("memproxy: another process (a running proxy?) kept the store's WAL file from being emptied:"
+                          " it may still hold replaced text until that process checkpoints it; stop it and run again")
+
+
+def _report_replaced(found: Counter[str]) -> None:
+    """Say on stderr which secrets were replaced before storing (kinds and counts only)."""
+    if found:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(found.items()))
+        err_console.print(escape(f"replaced {found.total()} secrets by [secret: <kind>] before storing: {kinds}"))
+
+
+def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str, Any]:
+    """One JSONL line of an export, checked; `scope` overrides the line's."""
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise click.ClickException(f"{source}:{line_no}: not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{source}:{line_no}: expected a JSON object")
+    record = {
+        "scope": scope or data.get("scope"),
+        "content": data.get("content"),
+        "metadata": data.get("metadata") or {},
+        "id": None if data.get("id") is None else str(data["id"]),
+        "created_at": data.get("created_at") if isinstance(data.get("created_at"), int | float) else 0,
+    }
+    valid = {
+        "scope": isinstance(record["scope"], str) and bool(record["scope"]),
+        "content": isinstance(record["content"], str) and bool(record["content"].strip()),
+        "metadata": isinstance(record["metadata"], dict),
+    }
+    if bad := [key for key, ok in valid.items() if not ok]:
+        raise click.ClickException(f"{source}:{line_no}: missing or invalid {', '.join(bad)}")
+    return record
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (shown on a terminal only); yields `advance(n)`."""
+    with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
