@@ -4,7 +4,10 @@
     scopes     scope names: injective, readable
     templates  scope templates `{var|filter}`
     source     the file read safely, parsed as YAML with the line of every key
-    loading    validated data compiled into rules
+    fields     the kinds of value a rules file holds (pydantic types that compile as they validate)
+    schema     the file's schema (pydantic models) and its JSON Schema for editors
+    legacy     the earlier implementation's user_id_mappings and context_retrieval
+    loading    validation errors worded FILE:LINE: key.path: message; validated data compiled into rules
     matching   a compiled rule's conditions and template
     ruleset    Rules (first match wins) and RulesFile (reloaded on change)
 
@@ -17,13 +20,15 @@ repetitions.
 from .matching import DEFAULT_BUDGET, HeaderCondition, Rule
 from .model import MODEL_BUDGET, ROUTES, SDK_KEYS, Actions, HeaderDict, RequestView, Route, RulesError, plain_headers
 from .ruleset import MIN_BUDGET, Rules, RulesFile
+from .schema import SCHEMA_FILE, json_schema
 from .scopes import SCOPE_HASH_LEN, SCOPE_HASH_MARK, SCOPE_MAX, named_scope, scope_name
 from .source import ALIAS_BUDGET, MAX_RULES_BYTES, read_rules_file
 from .templates import BUILTIN_VARS, FILTERS
 
 __all__ = [
     "ALIAS_BUDGET", "BUILTIN_VARS", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET",
-    "ROUTES", "SCOPE_HASH_LEN", "SCOPE_HASH_MARK", "SCOPE_MAX", "SDK_KEYS", "Actions", "HeaderCondition",
-    "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError", "RulesFile", "named_scope", "plain_headers",
+    "ROUTES", "SCHEMA_FILE", "SCOPE_HASH_LEN", "SCOPE_HASH_MARK", "SCOPE_MAX", "SDK_KEYS", "Actions", "Condition",
+    "HeaderCondition", "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError",
+    "RulesFile", "json_schema", "named_scope", "plain_headers",
     "read_rules_file", "scope_name",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 BUILTIN_VARS: tuple[str, ...] = ("host", "path", "method", "port", "model", "project")
 
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SLUG_RUN = re.compile(r"[^\w.-]+")
 
 
@@ -35,7 +35,7 @@ Part = str | tuple[str, tuple[Callable[[str], str], ...]]
 def problems(text: str, groups: Collection[str] | None = None) -> list[str]:
     """What is wrong with template `text`, in order; its variables are checked against `groups` (and
     BUILTIN_VARS) unless `groups` is None."""
-    if _PLACEHOLDER.sub("", text).count("{") or _PLACEHOLDER.sub("", text).count("}"):
+    if PLACEHOLDER.sub("", text).count("{") or PLACEHOLDER.sub("", text).count("}"):
         return [f"unbalanced braces in template '{text}'"]
     found = []
     for name, filters in _placeholders(text):
@@ -49,7 +49,7 @@ def problems(text: str, groups: Collection[str] | None = None) -> list[str]:
 
 def _placeholders(text: str) -> list[tuple[str, list[str]]]:
     out = []
-    for inner in _PLACEHOLDER.findall(text):
+    for inner in PLACEHOLDER.findall(text):
         name, *filters = (s.strip() for s in inner.split("|"))
         out.append((name, filters))
     return out
@@ -58,7 +58,7 @@ def _placeholders(text: str) -> list[tuple[str, list[str]]]:
 def parse(text: str) -> tuple[Part, ...]:
     """The parts of a template that has no `problems`."""
     parts: list[Part] = []
-    for i, piece in enumerate(_PLACEHOLDER.split(text)):
+    for i, piece in enumerate(PLACEHOLDER.split(text)):
         if i % 2 == 0:  # literal text between placeholders
             if piece:
                 parts.append(piece)
