@@ -10,6 +10,7 @@
     loading    validation errors worded FILE:LINE: key.path: message; validated data compiled into rules
     matching   a compiled rule's conditions and template
     ruleset    Rules (first match wins) and RulesFile (reloaded on change)
+    explain    why a request got its route: the rules tried and the conditions that decided
 
 Everything is compiled at load; `Rules.match` only evaluates precompiled conditions, cheap ones (method,
 port, host, path, headers) before the body. Regexes search against the request's deadline (see
@@ -17,6 +18,7 @@ memproxy.regexes); flow filters, which mitmproxy runs with no time limit, may no
 repetitions.
 """
 
+from .explain import Condition, Explanation, Tried, describe_actions, explain
 from .matching import DEFAULT_BUDGET, HeaderCondition, Rule
 from .model import MODEL_BUDGET, ROUTES, SDK_KEYS, Actions, HeaderDict, RequestView, Route, RulesError, plain_headers
 from .ruleset import MIN_BUDGET, Rules, RulesFile
@@ -28,7 +30,7 @@ from .templates import BUILTIN_VARS, FILTERS
 __all__ = [
     "ALIAS_BUDGET", "BUILTIN_VARS", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET",
     "ROUTES", "SCHEMA_FILE", "SCOPE_HASH_LEN", "SCOPE_HASH_MARK", "SCOPE_MAX", "SDK_KEYS", "Actions", "Condition",
-    "HeaderCondition", "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError",
-    "RulesFile", "json_schema", "named_scope", "plain_headers",
+    "Explanation", "HeaderCondition", "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError",
+    "RulesFile", "Tried", "describe_actions", "explain", "json_schema", "named_scope", "plain_headers",
     "read_rules_file", "scope_name",
 ]
