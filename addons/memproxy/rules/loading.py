@@ -17,9 +17,9 @@ from memproxy.config import MemoryConfig
 from . import legacy, templates
 from .fields import type_name
 from .matching import HeaderCondition, Rule, json_path
-from .model import Actions
+from .model import SDK_KEYS, Actions
 from .schema import Rule as RuleEntry
-from .schema import RulesDocument, actions_fields, duplicate_names, known_keys
+from .schema import RulesDocument, Settings, duplicate_names, known_keys
 from .scopes import named_scope
 from .source import KeyPath, Source
 
@@ -133,6 +133,20 @@ def compile_document(doc: RulesDocument) -> Loaded:
     )
     return Loaded(named_scope(default_scope.strip()), override_header.lower(), defaults, tuple(rules),
                   legacy.retrieval_settings(doc.context_retrieval), memory, doc.allow_override)
+
+
+def actions_fields(settings: Settings) -> dict[str, Any]:
+    """The Actions fields that `settings` sets (left out: inherited)."""
+    fields: dict[str, Any] = {}
+    for name in settings.model_fields_set.intersection(Settings.model_fields):
+        value = getattr(settings, name)
+        if name == "models":
+            fields.update({f"models_{k}": tuple(p.pattern for p in getattr(value, k)) for k in value.model_fields_set})
+        elif name == "sdk":
+            fields["sdk"] = MappingProxyType({k: getattr(value, k) for k in SDK_KEYS if k in value.model_fields_set})
+        else:
+            fields[name] = value
+    return fields
 
 
 def _last_set(default: str, *keys: tuple[Any, str]) -> str:

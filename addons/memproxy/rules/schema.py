@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import typing
-from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import (
@@ -52,7 +51,6 @@ from .fields import (
     token,
 )
 from .legacy import ContextRetrieval, UserIdMappings
-from .model import SDK_KEYS
 
 SCHEMA_FILE = DEFAULT_RULES.with_name("memory.schema.json")  # the published copy, beside the default rules
 _LITELLM = "A section of a LiteLLM config sharing the file: ignored here."
@@ -89,23 +87,6 @@ class Settings(Model):
     route: RouteName = Field("passthrough", description="sdk: through the LiteLLM SDK path; supermemory_router: "
                                                         "Supermemory's Memory Router.")
     sdk: Sdk = Field(Sdk(), description="The SDK path's provider mapping.")
-
-
-SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)
-
-
-def actions_fields(settings: Settings) -> dict[str, Any]:
-    """The Actions fields that `settings` sets (left out: inherited)."""
-    fields: dict[str, Any] = {}
-    for name in settings.model_fields_set.intersection(SETTINGS):
-        value = getattr(settings, name)
-        if name == "models":
-            fields.update({f"models_{k}": tuple(p.pattern for p in getattr(value, k)) for k in value.model_fields_set})
-        elif name == "sdk":
-            fields["sdk"] = MappingProxyType({k: getattr(value, k) for k in SDK_KEYS if k in value.model_fields_set})
-        else:
-            fields[name] = value
-    return fields
 
 
 class Match(Model):
