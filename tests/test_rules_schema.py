@@ -18,10 +18,12 @@ DEFAULT_RULES = ROOT / "rules" / "memory.yaml"
 
 
 def editor() -> jsonschema.protocols.Validator:
-    """What an editor checks a rules file with: the published schema, as a draft 2020-12 validator."""
+    """What an editor checks a rules file with: the published schema, with the validator of the draft it declares."""
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.validators.validator_for(schema)
+    assert validator is jsonschema.Draft7Validator  # what YAML language servers read
+    validator.check_schema(schema)
+    return validator(schema)
 
 
 def flagged(doc: Any) -> set[str]:
@@ -34,7 +36,7 @@ def flagged(doc: Any) -> set[str]:
         path = tuple(e.absolute_path)
         if e.validator == "additionalProperties":
             allowed = set(e.schema.get("properties", {}))
-            patterns = [jsonschema.Draft202012Validator({"pattern": p}) for p in e.schema.get("patternProperties", {})]
+            patterns = [jsonschema.Draft7Validator({"pattern": p}) for p in e.schema.get("patternProperties", {})]
             path += (next(k for k in e.instance if k not in allowed and not any(p.is_valid(k) for p in patterns)),)
         out.add(key_path(path))
         stack.extend(e.context)
@@ -59,8 +61,9 @@ def test_the_published_schema_is_current():
 
 
 def test_the_default_rules_point_editors_at_the_schema_and_pass_it():
-    first = DEFAULT_RULES.read_text(encoding="utf-8").splitlines()[0]
-    assert first == "# yaml-language-server: $schema=memory.schema.json"
+    first, second = DEFAULT_RULES.read_text(encoding="utf-8").splitlines()[:2]
+    assert first == "# yaml-language-server: $schema=memory.schema.json"  # VS Code's YAML extension
+    assert second == "# $schema: memory.schema.json"  # JetBrains IDEs
     assert (DEFAULT_RULES.parent / first.split("$schema=")[1]) == SCHEMA_FILE and SCHEMA_FILE.exists()
     assert list(editor().iter_errors(yaml.safe_load(DEFAULT_RULES.read_text(encoding="utf-8")))) == []
 

@@ -256,10 +256,12 @@ def known_keys(path: tuple[str | int, ...]) -> tuple[str, ...]:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a rules file: editors complete and check the file with it.
-    Defaults that only mean "not set" (empty, null, a whole section) are left out: an editor would offer them."""
+    """The JSON Schema of a rules file: editors complete and check the file with it. It declares draft 7, the
+    newest that YAML editors' language servers all read (it uses nothing newer; `$defs` is only where its
+    `$ref`s point). Defaults that only mean "not set" (empty, null, a whole section) are left out: an editor
+    would offer them."""
     schema = _without_empty_defaults(RulesDocument.model_json_schema())
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **schema}
 
 
 def _without_empty_defaults(node: Any) -> Any:
