@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("yaml", "mitmproxy.flowfilter", "httpx", "litellm")
+HEAVY = ("yaml", "mitmproxy.flowfilter", "httpx", "litellm", "pydantic")
 
 
 def test_the_layer_contract_is_kept():

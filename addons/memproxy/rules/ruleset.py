@@ -1,0 +1,147 @@
+"""A loaded rules file: the first matching rule routes a request; the file is reloaded when it changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from types import MappingProxyType
+from typing import Any
+
+from memproxy.config import MemoryConfig
+from memproxy.logs import Once
+from memproxy.regexes import RegexTimeout
+
+from . import loading
+from .matching import DEFAULT_BUDGET, Rule
+from .model import Actions, RequestView, Route, RulesError
+from .scopes import named_scope
+from .source import read_rules_file
+
+logger = logging.getLogger(__name__)
+_warn_once = Once(logger)
+
+MIN_BUDGET = 0.01  # seconds matching may always take: a zero recall budget still routes
+
+
+class Rules:
+    """Validated, compiled memory-routing rules."""
+
+    def __init__(
+        self,
+        source: str,
+        default_user_id: str,
+        override_header: str,
+        defaults: Actions,
+        rules: tuple[Rule, ...],
+        legacy: dict[str, Any],
+        memory: MemoryConfig | None = None,
+        *,
+        allow_override: bool = True,
+    ) -> None:
+        self.source = source
+        self.default_user_id = default_user_id  # the default scope
+        self.override_header = override_header
+        self.allow_override = allow_override  # False: the override header names no scope, whatever the rule
+        self.defaults = defaults
+        self.legacy = legacy  # api_key (usually an os.environ/ reference), container_tag
+        self.memory = memory or MemoryConfig(supermemory=MappingProxyType(
+            {"api_key": legacy["api_key"]} if "api_key" in legacy else {}
+        ))
+        self._rules = rules
+        # Whether any rule has `body:` regexes; if not, callers need not decode bodies to text.
+        self.reads_raw_body = any(rule.body for rule in rules)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The compiled rules, in the order they are tried (the legacy `header_patterns` last)."""
+        return self._rules
+
+    @property
+    def routes(self) -> frozenset[str]:
+        """Every route some request can take under these rules."""
+        return frozenset(rule.actions.route for rule in self._rules) | {self.defaults.route}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Rules:
+        """Load a rules file: a regular file (symlinks followed) of at most MAX_RULES_BYTES; raises RulesError."""
+        return cls.from_text(read_rules_file(path), str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Rules:
+        """Parse rules from YAML text; raises RulesError."""
+        s = loading.load(text, source)
+        return cls(source, s.default_user_id, s.override_header, s.defaults, s.rules, s.legacy, s.memory,
+                   allow_override=s.allow_override)
+
+    def match(self, req: RequestView, budget: float | None = None) -> Route:
+        """The route for a request: first matching rule, else the default. Never raises.
+
+        Regexes search for at most `budget` seconds in all (DEFAULT_BUDGET if None, at least MIN_BUDGET):
+        a rule whose regex runs out of time does not match, and that is logged once per rule.
+        """
+        budget = DEFAULT_BUDGET if budget is None else budget
+        try:
+            return self._match(req, time.monotonic() + max(budget, MIN_BUDGET))
+        except Exception as e:  # routing must never break a request
+            logger.warning("memproxy: rule matching failed, using the default user id: %s", type(e).__name__)
+            return Route(self.default_user_id, None, True, None, False, self.defaults, {})
+
+    def _match(self, req: RequestView, deadline: float) -> Route:
+        for rule in self._rules:
+            try:
+                caps = rule.captures(req, deadline)
+            except RegexTimeout as e:
+                _warn_once(
+                    f"{self.source}\0{rule.name}",
+                    "memproxy: rule %r did not match: a regex ran out of the time budget for routing: %r",
+                    rule.name, e.pattern[:80],
+                )
+                continue
+            if caps is not None and (user_id := rule.user_id(req, caps, self.default_user_id)) is not None:
+                break
+        else:
+            rule, user_id, caps = None, self.default_user_id, {}
+        route_user_id = user_id
+        override = req.headers.get(self.override_header)
+        if isinstance(override, str) and self.allow_override and (rule is None or rule.allow_override):
+            if value := override.strip():
+                route_user_id = named_scope(value)
+        return Route(
+            user_id=route_user_id,
+            rule=rule.name if rule else None,
+            is_default=rule is None,
+            matched_pattern=rule.matched_pattern(req, user_id) if rule else None,
+            custom_header_present=override is not None,
+            actions=rule.actions if rule else self.defaults,
+            captures=MappingProxyType(caps),
+        )
+
+
+class RulesFile:
+    """A rules file, reloaded by `check()` when it changes; a bad edit keeps the last good rules."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self._stamp = self._stat()
+        self.rules = Rules.load(path)  # raises RulesError: there are no last good rules yet
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size  # a file replaced by another counts as changed
+
+    def check(self) -> tuple[bool, str | None]:
+        """Reload if the file changed: (True, None) on a reload, (False, why) on a bad edit,
+        (False, None) if unchanged. Blocking: run it in a worker thread."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False, None
+        self._stamp = stamp
+        try:
+            self.rules = Rules.load(self.path)
+        except RulesError as e:
+            return False, str(e)
+        return True, None
