@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import FAKES, REDIRECT, SCRUBBED_ENV, free_port
+from conftest import FAKES, REDIRECT, ROOT, SCRUBBED_ENV, free_port
 from e2e_helpers import CLAUDE_UA, claude_body, seed
 from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
@@ -181,6 +181,12 @@ def test_certs_creates_the_ca_once(cli: Cli, tmp_path: Path):
 def test_rules_check_bundled_file(cli: Cli):
     out = cli.ok("rules", "check")
     assert re.match(r"ok: [1-9]\d* rules in .*rules/memory\.yaml", out)
+
+
+def test_rules_schema_prints_the_published_schema(cli: Cli):
+    printed = json.loads(cli.ok("rules", "schema"))
+    assert printed == json.loads((ROOT / "rules" / "memory.schema.json").read_text())
+    assert "rules" in printed["properties"]
 
 
 def test_rules_check_reports_file_and_line(cli: Cli, tmp_path: Path):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
     from ..ports import PortRegistry
-    from ..rules import Actions, RequestView, Rules
+    from ..rules import RequestView, Rules
 
 
 @click.group()
@@ -38,7 +37,15 @@ def rules_check(file: Path | None) -> None:
         for line in e.errors:
             click.echo(line, err=True)
         raise click.exceptions.Exit(1) from None
-    console.print(f"ok: {len(_compiled(loaded))} rules in {escape(str(file or config.DEFAULT_RULES))}")
+    console.print(f"ok: {len(loaded.rules)} rules in {escape(str(file or config.DEFAULT_RULES))}")
+
+
+@rules.command("schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of a rules file (what rules/memory.schema.json holds, for editors)."""
+    from ..rules import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2, ensure_ascii=False))
 
 
 @rules.command("explain")
@@ -143,94 +150,24 @@ def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: PortRegis
     )
 
 
-# The condition fields of a compiled rule; `_conditions` tests each alone, to say which held.
-CONDITIONS = ("methods", "ports", "host", "path", "headers", "model", "project", "filter", "body", "json")
-MULTI = ("headers", "body", "json")  # tuples of conditions, each tested alone
-
-
-def _compiled(rules: Rules) -> tuple[Any, ...]:
-    """The compiled rules in order (rules.py has no public accessor for them)."""
-    return rules._rules
-
-
-def _conditions(rule: Any) -> Iterator[tuple[str, Any]]:
-    """(label, a copy of `rule` with only that condition) for each condition of `rule`."""
-    fields = {f.name: f.default for f in dataclasses.fields(rule) if f.name in CONDITIONS}
-    blank = dataclasses.replace(rule, **fields)
-    for name in CONDITIONS:
-        value = getattr(rule, name)
-        for part in (value if name in MULTI else (value,) if value else ()):
-            yield _label(name, part), dataclasses.replace(blank, **{name: (part,) if name in MULTI else part})
-
-
-def _label(name: str, part: Any) -> str:
-    """One condition as the rules file reads it."""
-    match name:
-        case "methods" | "ports":
-            return f"{name[:-1]} {'|'.join(sorted(map(str, part)))}"
-        case "filter":
-            return f"filter {getattr(part, 'pattern', part)}"
-        case "headers" if part.pattern is None:
-            return f"header {part.name} absent"
-        case "headers":
-            return f"header {part.name} {'!~' if part.negate else '~'} {part.pattern.pattern}"
-        case "json":
-            segs, pattern = part
-            return f"json {'.'.join(s if s == '*' else s[0] for s in segs)} ~ {pattern.pattern}"
-        case "body":
-            return f"body ~ {part.pattern}"
-        case _:
-            return f"{name} ~ {part.pattern}"
-
-
-def _holds(rule: Any, view: RequestView) -> bool:
-    """Whether a rule's conditions hold for `view`; a regex out of time does not hold, as in `Rules.match`."""
-    from ..regexes import RegexTimeout
-
-    try:
-        return rule.captures(view) is not None
-    except RegexTimeout:
-        return False
-
-
 def _explain(rules: Rules, view: RequestView) -> None:
     """Print the route of one request, the rules tried before it and the conditions that decided."""
-    route = rules.match(view)
+    from ..rules import describe_actions, explain
+
+    e = explain(rules, view)
+    route = e.route
     agent = view.headers.get("user-agent") or "-"
     console.print(escape(f"request: {view.method} {view.host}{view.path} · port {view.port or '-'} · "
                          f"model {view.model or '-'} · project {view.project or '-'} · user-agent {agent}"))
-    rule_user_id = rules.default_user_id
-    for rule in _compiled(rules):
-        checks = [(label, _holds(one, view)) for label, one in _conditions(rule)]
-        if rule.name == route.rule:
-            held = " · ".join(label for label, _ in checks) or "it has no conditions"
-            console.print(f"  [green]✓[/] {escape(rule.name)}: {escape(held)}")
-            rule_user_id = rule.user_id(view, route.captures, rules.default_user_id)
-            break
-        failed = next((label for label, ok in checks if not ok), None)
-        why = f"{failed} did not hold" if failed else "its user_id template has an empty variable"
-        console.print(f"  [red]✗[/] {escape(rule.name)}: {escape(why)}")
+    for tried in e.tried:
+        mark = "[green]✓[/]" if tried.matched else "[red]✗[/]"
+        console.print(f"  {mark} {escape(tried.rule)}: {escape(tried.why)}")
     console.print(f"user id: [bold]{escape(route.user_id)}[/]  "
                   + (f"rule: [bold]{escape(route.rule)}[/]" if route.rule else "no rule matched: the default user id"))
-    if route.user_id != rule_user_id:
-        console.print(f"  from the {escape(rules.override_header)} header (the rule gives {escape(str(rule_user_id))})")
+    if e.overridden:
+        console.print(f"  from the {escape(e.override_header)} header (the rule gives {escape(str(e.rule_scope))})")
     if route.captures:
         console.print(escape("captured: " + ", ".join(f"{k}={v}" for k, v in route.captures.items())))
     if p := route.matched_pattern:
         console.print(escape(f"matched pattern: header {p['header']} ~ {p['pattern']}"))
-    console.print(f"actions: {escape(_actions(route.actions))}")
-
-
-def _actions(a: Actions) -> str:
-    if a.auxiliary:
-        return "auxiliary: neither recalled nor stored"
-    out = [
-        f"recall ({a.query} query, inject {a.inject}, up to {a.max_results} memories / {a.max_chars} chars,"
-        f" threshold {a.threshold})" if a.recall else "no recall",
-        "store" if a.store else "no store",
-    ]
-    if a.profile:
-        out.append("profile")
-    if a.models_allow or a.models_deny:
-        out.append(f"models allow {list(a.models_allow)} deny {list(a.models_deny)}")
-    return ", ".join([*out, f"route {a.route}"])
+    console.print(f"actions: {escape(describe_actions(route.actions))}")
