@@ -4,8 +4,8 @@ Any local account can connect to a loopback port, and a connection to memproxy g
 scope it routes to (a Claude Code-shaped request naming another user's working directory is enough). On
 Linux the kernel says which user owns each TCP socket: a loopback client whose socket belongs to another
 user (root excepted) has its connection closed before anything is read. The owner is asked of the kernel's
-socket table by the connection's four addresses (netlink `sock_diag`, one exact look-up: a few
-microseconds; /proc/net/tcp would be a scan of every socket). Elsewhere, and for clients that are not on
+socket table by the connection's four addresses (netlink `sock_diag`: one exact look-up, where
+/proc/net/tcp would be a scan of every socket). Elsewhere, and for clients that are not on
 loopback (the override header and `/memory-routing/*` are refused to those), nothing is checked here.
 """
 

@@ -131,7 +131,7 @@ def private_path(
     others open by name: SQLite, a lock), and tightens it and its `companions` (suffixes, such as
     SQLITE_COMPANIONS) to 0600 if they exist and are looser.
     """
-    _tighten_own(Path(os.path.realpath(path)).parent)  # loose from an earlier version: tightened before it is judged
+    _tighten_own(Path(os.path.realpath(path)).parent)  # a looser own dir left by an existing install: tightened before it is judged
     real = check_path(path)
     if make_dirs and private_dir(real.parent):
         real = check_path(path)  # in case someone else made one of them meanwhile

@@ -132,7 +132,7 @@ class Recall:
     """Searches `store` for the request path: cached, single-flight, budgeted, failing open.
 
     It answers with the memories' contents only, a tuple of strings: what injection uses, and what the
-    collector stops tracking, so a full cache of them (bench (d): a fresh query every request) adds nothing
+    collector stops tracking, so a full cache of them (as when every request brings a fresh query) adds nothing
     to the walk of each full collection. The cache is keyed by a digest of the query, which is clipped
     first (clip_query): an entry's size does not depend on what a client sent.
 

@@ -5,7 +5,8 @@ limit and holds the GIL while it does: '^(\\w|\\w)+$' takes exponential time on 
 every other request waits. The `regex` package takes a timeout (`search(text, timeout=seconds)`, raising
 `TimeoutError`); `Pattern.search` gives it what is left of the request's deadline.
 
-A timeout costs `regex` a fixed ~2 us a call, most of a header check. Patterns with neither repetition nor
+A timeout adds a fixed cost to every `regex` call, more than a whole `re` search of a header takes
+(bench/README.md, "What the security checks cost"). Patterns with neither repetition nor
 alternation cost at most (text x pattern) steps, so on short texts they run on `re` with no timeout: that is
 what rules test headers with.
 

@@ -44,7 +44,7 @@ class Scrubbed:
 
 @functools.cache
 def load() -> tuple[Detector, ...]:
-    """The detectors, imported on the first call (a fraction of a second)."""
+    """The detectors, imported on the first call: make it in a worker thread (see the module's docstring)."""
     from .detectors import detectors
 
     return detectors()

@@ -6,7 +6,7 @@
     source     the file read safely, parsed as YAML with the line of every key
     fields     the kinds of value a rules file holds (pydantic types that compile as they validate)
     schema     the file's schema (pydantic models) and its JSON Schema for editors
-    legacy     the earlier implementation's user_id_mappings and context_retrieval
+    legacy     the legacy format: the seed's user_id_mappings and context_retrieval
     loading    validation errors worded FILE:LINE: key.path: message; validated data compiled into rules
     matching   a compiled rule's conditions and template
     ruleset    Rules (first match wins) and RulesFile (reloaded on change)

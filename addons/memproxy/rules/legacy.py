@@ -1,4 +1,5 @@
-"""The earlier implementation's rules format, accepted as it is, so its users can migrate:
+"""The legacy rules format (the seed's `user_id_mappings` and `context_retrieval`), accepted as it is, so that its
+rules files keep working:
 
     user_id_mappings:   custom_header, header_patterns: [{header, pattern, user_id}], default_user_id
     context_retrieval:  enabled, query_strategy, injection_strategy, max_context_length, max_results,

@@ -105,7 +105,8 @@ class Rule:
         return None if rendered is None else scope_name(rendered)
 
     def matched_pattern(self, req: RequestView, user_id: str) -> dict | None:
-        """The first header condition that had to match, as the legacy info endpoint showed it."""
+        """The first header condition that had to match, as /memory-routing/info reports it in `matched_pattern`
+        (the seed's shape: header, value, pattern, user_id)."""
         for h in self.headers:
             if h.pattern is not None and not h.negate:
                 value = MARK if h.key in CREDENTIAL_HEADERS else req.headers.get(h.key)
