@@ -10,6 +10,7 @@ file for the life of the process (turns waiting in it would be stranded by a swi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -57,6 +58,7 @@ class Store:
         self.outbox: Outbox | None = None
         self.router: Router | None = None  # for route supermemory_router
         self._running = False
+        self._swaps = asyncio.Lock()  # one swap at a time, in the order they were decided
         rules.reloaded.append(self._rules_reloaded)
 
     @property
@@ -121,7 +123,7 @@ class Store:
         if self.outbox:
             self.outbox.store = self.store
         if self._running:
-            spawn(self._open(old), "memory store")
+            spawn(self._open(self.store, backend, old), "memory store")
 
     def _rules_reloaded(self) -> None:
         try:
@@ -129,14 +131,16 @@ class Store:
         except ValueError as e:
             logger.warning("memproxy: memory backend unchanged: %s", e)
 
-    async def _open(self, old: MemoryStore | None = None) -> None:
-        if old:
-            await old.close()
-        try:
-            await self.store.open()
-            logger.info("memproxy: %s", self.backend.describe())
-        except StoreError as e:
-            logger.warning("memproxy: memory store unavailable, requests pass through without memory: %s", e)
+    async def _open(self, store: MemoryStore, backend: Backend, old: MemoryStore | None = None) -> None:
+        """Close the store replaced (if any) and open its successor; a store that cannot open is logged."""
+        async with self._swaps:
+            if old:
+                await old.close()
+            try:
+                await store.open()
+                logger.info("memproxy: %s", backend.describe())
+            except StoreError as e:
+                logger.warning("memproxy: memory store unavailable, requests pass through without memory: %s", e)
 
     async def running(self) -> None:
         self._running = True
@@ -146,7 +150,7 @@ class Store:
         path = file_option("memory_outbox") or config.outbox_path()
         self.outbox = Outbox(path, self.store, max_delay=ctx.options.memory_retry_max)
         await self.outbox.start()
-        await self._open()
+        await self._open(self.store, self.backend)
 
     async def done(self) -> None:
         if self.outbox:
