@@ -570,7 +570,7 @@ def _saved_requests(path: Path) -> Iterator[tuple[str, http.HTTPFlow, bytes]]:
 def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: PortRegistry) -> RequestView:
     """What the rules see of a request, as the addon builds it."""
     from . import protocols
-    from .addon import OVERRIDE_KEY
+    from .addons.requestpath import OVERRIDE_KEY
     from .rules import RequestView
 
     req = flow.request

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
+
+
 def _internal(name: str) -> bool:
     return name.lower().startswith(OWN_PREFIX)
 
