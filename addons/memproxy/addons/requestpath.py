@@ -52,6 +52,7 @@ MARKER = ":brain:"
 OVERRIDE_KEY = "memproxy_override"  # flow metadata: the override header's value, taken off the request
 SERVED = "memproxy_served"  # flow metadata: this flow may have memory (a WebSocket's messages follow it)
 SDK = "sdk"  # Outcome.route of a flow that takes the SDK path
+RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 
 
 @dataclass(slots=True)
@@ -192,10 +193,14 @@ class RequestPath:
         if "memory_enabled" in updated:
             self.enabled = opts.memory_enabled
 
-    def running(self) -> None:
-        """The last start-up line, once the addons before this one are up: rules, store, outbox, SDK path."""
+    async def running(self) -> None:
+        """The last start-up line, once the addons before this one are up: rules, store, outbox, and the SDK
+        path's cookie jars, so that a (scope, host) a challenge put on the SDK path stays there across a restart
+        (importing the jars' HTTP client takes longer than a request's recall budget)."""
         if self.rules.rules is None or self.store.store is None:
             return
+        if self.sdk.path is not None:
+            await self.sdk.path.restored(RESTORE_LIMIT)
         opts = ctx.options
         logger.info(
             config.READY_LINE + ": HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
