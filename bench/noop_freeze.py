@@ -1,4 +1,4 @@
-"""Baseline (a′): the no-op addon plus what MemoryAddon does to the collector once running, gc.freeze().
+"""Baseline (a′): the no-op addon plus what the request path does to the collector once running, gc.freeze().
 
 Freezing the objects of start-up makes every later full collection walk only what requests allocate; it
 makes mitmdump itself cheaper, so against (a) alone our ratios would include that gain. (a′) shows its size.

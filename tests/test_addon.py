@@ -1,4 +1,4 @@
-"""Unit level: MemoryAddon's hooks on synthetic flows (mitmproxy.test), for edge cases e2e cannot reach."""
+"""Unit level: the request path's hooks on synthetic flows (mitmproxy.test), for edge cases e2e cannot reach."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from memproxy.addon import MemoryAddon
+from memproxy.addons.hosts import Hosts
+from memproxy.addons.projects import Projects
+from memproxy.addons.requestpath import RequestPath
+from memproxy.addons.ruleswatcher import RulesWatcher
+from memproxy.addons.sdk import Sdk
+from memproxy.addons.store import Store
 from memproxy.memory.base import Memory, MemoryStore
 from memproxy.recall import Recall
 from mitmproxy.test import taddons, tflow
@@ -53,10 +58,17 @@ def chat_flow(text: str = "What did we decide about caching?", **headers: str) -
     return flow
 
 
+def memory_addons() -> list:
+    """The request path and the addons it depends on, as addons/memory.py composes them."""
+    hosts, projects, rules = Hosts(), Projects(), RulesWatcher()
+    sdk, store = Sdk(rules), Store(rules)
+    return [hosts, projects, rules, sdk, store, RequestPath(hosts, projects, rules, store, sdk)]
+
+
 @pytest.fixture
 def addon(tmp_path):
-    a = MemoryAddon()
-    with taddons.context(a) as tctx:
+    *others, a = memory_addons()
+    with taddons.context(*others, a) as tctx:
         tctx.configure(a, memory_db=str(tmp_path / "m.db"), memory_timeout_ms=100, memory_rules=str(ROOT / "rules/memory.yaml"))
         yield a
 
@@ -68,11 +80,11 @@ class Submitted(list):
         self.append(turn)
 
 
-def use(addon: MemoryAddon, store: MemoryStore) -> None:
-    """Put `store` behind the addon, and a list in place of the outbox."""
-    addon.store = store
-    addon.recall = Recall(store)
-    addon.capture = Submitted()
+def use(addon: RequestPath, store: MemoryStore) -> None:
+    """Put `store` behind the request path, and a list in place of the outbox."""
+    addon.store.store = store
+    addon.store.recall = Recall(store)
+    addon.store.outbox = Submitted()
 
 
 async def test_recall_within_budget_injects_and_annotates(addon):
@@ -130,7 +142,7 @@ async def test_same_turn_twice_is_one_memory_id(addon):
         flow.response.headers["content-type"] = "application/json"
         flow.response.content = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Got it."}}]}).encode()
         await addon.response(flow)
-        ids.append(addon.capture.pop().custom_id)
+        ids.append(addon.store.outbox.pop().custom_id)
     assert ids[0] and ids[0] == ids[1]
 
 
@@ -185,9 +197,9 @@ async def test_injection_keeps_the_content_encoding(addon, encoding):
     ],
 )
 def test_bodies_are_parsed_only_if_they_can_be_written_back_as_sent(raw: bytes, written: bytes | None) -> None:
-    from memproxy.addon import _parse
+    from memproxy.jsonbody import parse
 
-    parsed = _parse(raw)
+    parsed = parse(raw)
     if written is None:
         assert parsed is None  # the request passes through untouched
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from memproxy.boundary import CLIENT_HOST, Boundary, strip_own_headers
+from memproxy.addons.boundary import CLIENT_HOST, Boundary, strip_own_headers
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow

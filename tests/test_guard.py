@@ -6,9 +6,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from memproxy.addon import MemoryAddon
+from memproxy.addons.guard import Guard
+from memproxy.addons.ruleswatcher import RulesWatcher
+from memproxy.addons.sdk import Sdk
 from memproxy.cookies import CookieSessions
-from memproxy.guard import Guard
 from memproxy.reroute import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
 from mitmproxy.connection import Server
@@ -136,13 +137,13 @@ async def test_mitmweb_port_is_refused():
 
 
 async def test_only_our_redirect_reaches_the_gateway(tmp_path: Path):
-    memory = MemoryAddon()
-    memory.sdk = SdkPath(tmp_path / "cookies.json", 60, 60)
-    g = Guard(memory)
+    sdk = Sdk(RulesWatcher())
+    sdk.path = SdkPath(tmp_path / "cookies.json", 60, 60)
+    g = Guard(sdk)
     with taddons.context(g) as tctx:
         tctx.configure(g, listen_host="127.0.0.1", listen_port=MAIN)
         assert await judge(g, flow_to("127.0.0.1", GATEWAY)) is None  # no gateway running: not ours
-        memory.sdk.gateway = gateway = Gateway(CookieSessions(tmp_path / "cookies.json"))
+        sdk.path.gateway = gateway = Gateway(CookieSessions(tmp_path / "cookies.json"))
         gateway.port, gateway.secret = GATEWAY, "per-start-secret"
         flow = flow_to("127.0.0.1", GATEWAY)
         assert await judge(g, flow) == 403 and b"SDK gateway" in flow.response.content

@@ -53,7 +53,7 @@ FLAG = Path(os.environ["MEMPROXY_TEST_DISK_FULL"])
 
 class DiskFull:
     def running(self):
-        outbox = ctx.master.addons.get("memoryaddon").capture
+        outbox = ctx.master.addons.get("store").outbox
         self.task = asyncio.get_running_loop().create_task(self.follow(outbox))
 
     async def follow(self, outbox):

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from memproxy.localusers import AVAILABLE, socket_owner
+from memproxy.addons.localusers import AVAILABLE, socket_owner
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="netlink is Linux's")
 

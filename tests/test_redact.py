@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from memproxy.addon import MemoryAddon
+from memproxy.addons.redact import Redact
+from memproxy.addons.ruleswatcher import RulesWatcher
+from memproxy.addons.sdk import Sdk
+from memproxy.addons.store import Router, Store
 from memproxy.cookies import CookieSessions
-from memproxy.redact import Redact
 from memproxy.reroute import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
 from memproxy.wire import MARK
@@ -83,12 +85,13 @@ def test_off_leaves_flows_as_they_were():
 
 
 def test_headers_carrying_memproxys_own_secrets_are_replaced_whatever_their_name(tmp_path: Path):
-    memory = MemoryAddon()
-    memory.router = ("https://api.supermemory.ai", "sm_supermemory_key_123")
-    memory.sdk = SdkPath(tmp_path / "cookies.json", 60, 60)
-    memory.sdk.gateway = Gateway(CookieSessions(tmp_path / "cookies.json"))
-    memory.sdk.gateway.secret = "gateway-secret-456"
-    r = Redact(memory)
+    rules = RulesWatcher()
+    store, sdk = Store(rules), Sdk(rules)
+    store.router = Router("https://api.supermemory.ai", "sm_supermemory_key_123")
+    sdk.path = SdkPath(tmp_path / "cookies.json", 60, 60)
+    sdk.path.gateway = Gateway(CookieSessions(tmp_path / "cookies.json"))
+    sdk.path.gateway.secret = "gateway-secret-456"
+    r = Redact(store, sdk)
     with taddons.context(r) as tctx:
         tctx.configure(r)
         flow = tflow.tflow(resp=True)

@@ -227,6 +227,11 @@ class ProjectListeners:
         self._by_port: dict[int, Project] = {}
         self._ours: list[str] = []
 
+    def use(self, registry: PortRegistry, mode: str) -> None:
+        """Follow another registry, or open another kind of listener: the next `sync` replaces the listeners."""
+        self.registry, self.mode = registry, mode
+        self._version = object()
+
     def project_for_port(self, port: int) -> Project | None:
         """The project whose listener has this port (hot path: a dict lookup)."""
         return self._by_port.get(port)

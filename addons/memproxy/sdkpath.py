@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
+
+
 def _internal(name: str) -> bool:
     return name.lower().startswith(OWN_PREFIX)
 
@@ -45,6 +47,13 @@ class SdkPath:
         self.gateway: Gateway | None = None
         self._lock = asyncio.Lock()
         self._restored = asyncio.Event()
+
+    def limit(self, ttl: int, timeout: int) -> None:
+        """New limits: later cookie challenges keep their (scope, host) on the SDK path for `ttl` seconds, and
+        later replays through the gateway may take `timeout` seconds."""
+        self.ttl, self.timeout = ttl, timeout
+        if self.sessions is not None:
+            self.sessions.ttl = ttl
 
     async def load(self) -> None:
         """Restore the cookie jars and the (scope, host) pairs that must take the SDK path (once)."""
@@ -99,31 +108,29 @@ class SdkPath:
         req.headers.update(headers)
         req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
 
-    def is_challenge(self, flow: http.HTTPFlow) -> bool:
-        """An LLM upstream asking for cookies (403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated)."""
-        resp, info = flow.response, flow.metadata.get("memproxy")
+    def is_challenge(self, flow: http.HTTPFlow, protocol: str) -> bool:
+        """Whether the reply to a request in `protocol` is an LLM upstream asking for cookies (403/429/503 with
+        Set-Cookie, or Cloudflare's cf-mitigated)."""
+        resp = flow.response
         return (
             resp is not None
-            and info is not None
-            and info.get("route") != "sdk"
-            and info.get("adapter") in GATEWAY_PROTOCOLS
+            and protocol in GATEWAY_PROTOCOLS
             and resp.status_code in CHALLENGE_STATUSES
             and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
         )
 
-    async def replay(self, flow: http.HTTPFlow) -> None:
+    async def replay(self, flow: http.HTTPFlow, protocol: str, scope: str) -> None:
         """Keep the challenge's cookies, replay the request through the gateway, answer with its reply.
         This first reply is buffered; later requests of (scope, host) take the SDK path from the start."""
         import httpx
 
-        info, req = flow.metadata["memproxy"], flow.request
+        req = flow.request
         gateway = await self.ready()  # the jars are loaded by then, even right after a start
-        self.sessions.note_challenge(info["user_id"], req.host, flow.response.headers.get_all("set-cookie"))
+        self.sessions.note_challenge(scope, req.host, flow.response.headers.get_all("set-cookie"))
         headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not _internal(k)}
-        headers |= gateway.request_headers(protocol=info["adapter"], upstream=_origin(req), scope=info["user_id"])
+        headers |= gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=scope)
         async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
             r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
         kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
         flow.response = http.Response.make(r.status_code, r.content, kept)
-        info["route"] = "sdk"
-        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, info["user_id"])
+        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, scope)

@@ -20,6 +20,8 @@ MARK = "<redacted>"  # what stands in for a credential or secret that memproxy r
 OWN_PREFIX = "x-memproxy-"  # memproxy's own headers (the gateway's); no client sets them
 CHALLENGE_STATUSES = frozenset({403, 429, 503})  # with Set-Cookie (or cf-mitigated): a cookie challenge
 GATEWAY_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # the adapters the gateway serves
+INFO_PATH = "/memory-routing/info"  # on http://memproxy/: the route of the caller's headers
+STATUS_PATH = "/memory-routing/status"  # on http://memproxy/: what `memproxy status` shows
 
 
 def ip_address(text: str) -> IPAddress | None:

@@ -123,31 +123,25 @@ def _saved_requests(path: Path) -> Iterator[tuple[str, http.HTTPFlow, bytes]]:
 
 
 def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: PortRegistry) -> RequestView:
-    """What the rules see of a request, as the addon builds it."""
+    """What the rules see of a request, built as the request path builds it."""
     from .. import protocols
-    from ..addon import OVERRIDE_KEY
-    from ..rules import RequestView
+    from ..rules import flow_headers, request_view
 
-    req = flow.request
-    method = "POST" if flow.websocket is not None else req.method
+    method = "POST" if flow.websocket is not None else flow.request.method
     try:
         body = json.loads(content) if content else None
     except ValueError:
         body = None
-    adapter = protocols.detect_path(method, req.path)
-    model = adapter.model(req.path, body) if adapter else None
-    if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
-        model = body["model"]
-    headers = req.headers.copy()
-    if (override := flow.metadata.get(OVERRIDE_KEY)) is not None:  # the addon strips it before the flow is saved
-        headers[rules.override_header] = override
-    port = flow.client_conn.sockname[1] if flow.client_conn.sockname else 0
-    project = projects.project_for_port(port) if port else None
-    return RequestView(
-        method=method, host=req.pretty_host, path=req.path, port=port, headers=headers, body=body,
-        raw_body=content.decode("utf-8", "replace") if content else None, model=model,
-        project=project.path if project else None, flow=flow,
-    )
+    adapter = protocols.detect_path(method, flow.request.path)
+    model = adapter.model(flow.request.path, body) if adapter else None
+    raw_body = content.decode("utf-8", "replace") if content else None
+
+    def project_of(port: int) -> str | None:
+        project = projects.project_for_port(port)
+        return project.path if project else None
+
+    headers = flow_headers(flow, rules.override_header)
+    return request_view(flow, headers, project_of, method, body=body, raw_body=raw_body, model=model)
 
 
 def _explain(rules: Rules, view: RequestView) -> None:

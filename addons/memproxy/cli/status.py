@@ -17,7 +17,7 @@ def status(host: str, port: int) -> None:
     """Whether the proxy runs, its listeners, backend, outbox and dead letters, and requests per client."""
     import httpx
 
-    from ..addon import STATUS_PATH
+    from ..wire import STATUS_PATH
 
     where = f"{host}:{port}"
     try:

@@ -11,6 +11,7 @@
     matching   a compiled rule's conditions and template
     ruleset    Rules (first match wins) and RulesFile (reloaded on change)
     explain    why a request got its route: the rules tried and the conditions that decided
+    view       the RequestView of a flow, as the request path and `memproxy rules explain` build it
 
 Everything is compiled at load; `Rules.match` only evaluates precompiled conditions, cheap ones (method,
 port, host, path, headers) before the body. Regexes search against the request's deadline (see
@@ -26,11 +27,12 @@ from .schema import SCHEMA_FILE, json_schema
 from .scopes import SCOPE_HASH_LEN, SCOPE_HASH_MARK, SCOPE_MAX, named_scope, scope_name
 from .source import ALIAS_BUDGET, MAX_RULES_BYTES, read_rules_file
 from .templates import BUILTIN_VARS, FILTERS
+from .view import OVERRIDE_KEY, flow_headers, request_view
 
 __all__ = [
-    "ALIAS_BUDGET", "BUILTIN_VARS", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET",
+    "ALIAS_BUDGET", "BUILTIN_VARS", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET", "OVERRIDE_KEY",
     "ROUTES", "SCHEMA_FILE", "SCOPE_HASH_LEN", "SCOPE_HASH_MARK", "SCOPE_MAX", "SDK_KEYS", "Actions", "Condition",
     "Explanation", "HeaderCondition", "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError",
-    "RulesFile", "Tried", "describe_actions", "explain", "json_schema", "named_scope", "plain_headers",
-    "read_rules_file", "scope_name",
+    "RulesFile", "Tried", "describe_actions", "explain", "flow_headers", "json_schema", "named_scope", "plain_headers",
+    "read_rules_file", "request_view", "scope_name",
 ]

@@ -20,10 +20,11 @@ from urllib.parse import quote
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from .wire import CREDENTIAL_HEADERS, MARK
+from ..wire import CREDENTIAL_HEADERS, MARK
 
 if TYPE_CHECKING:
-    from .addon import MemoryAddon
+    from .sdk import Sdk
+    from .store import Store
 
 MIN_SECRET = 8  # shorter values are not matched inside other headers
 
@@ -36,8 +37,8 @@ _KEY_MARK = b"key=" + quote(MARK).encode()
 class Redact:
     """Replaces a finished flow's request credentials by a marker, before the flow is saved or logged."""
 
-    def __init__(self, memory: MemoryAddon | None = None) -> None:
-        self.memory = memory  # for the Supermemory key and the SDK gateway's secret
+    def __init__(self, store: Store | None = None, sdk: Sdk | None = None) -> None:
+        self.store, self.sdk = store, sdk  # for the Supermemory key and the SDK gateway's secret
         self.enabled = True
         self._live: dict[str, http.HTTPFlow] = {}  # flows whose request has gone upstream, not yet finished
         self._held: dict[str, tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}  # WebSocket handshakes
@@ -108,9 +109,6 @@ class Redact:
 
     def _secrets(self) -> tuple[bytes, ...]:
         """memproxy's own secrets that a request may carry: the Supermemory key, the SDK gateway's secret."""
-        memory = self.memory
-        if memory is None:
-            return ()
-        gateway = memory.sdk.gateway if memory.sdk is not None else None
-        values = (memory.router[1] if memory.router else "", gateway.secret if gateway is not None else "")
+        gateway = self.sdk.gateway if self.sdk is not None else None
+        values = (self.store.supermemory_key if self.store is not None else "", gateway.secret if gateway is not None else "")
         return tuple(v.encode() for v in values if len(v) >= MIN_SECRET)

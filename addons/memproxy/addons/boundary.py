@@ -23,8 +23,8 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .logs import Once
-from .wire import OWN_PREFIX, is_loopback
+from ..logs import Once
+from ..wire import OWN_PREFIX, is_loopback
 
 logger = logging.getLogger(__name__)
 

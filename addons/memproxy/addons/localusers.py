@@ -20,8 +20,8 @@ import struct
 from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
 
-from .logs import Once
-from .wire import is_loopback
+from ..logs import Once
+from ..wire import is_loopback
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.utils import human
 
-from .logs import Once
-from .wire import IPAddress, ip_address, reaches_loopback
+from ..logs import Once
+from ..wire import IPAddress, ip_address, reaches_loopback
 
 if TYPE_CHECKING:
-    from .addon import MemoryAddon
-    from .reroute import Gateway
+    from ..reroute import Gateway
+    from .sdk import Sdk
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def _literal(host: str) -> list[IPAddress] | None:
 class Guard:
     """Refuses requests through the proxy to its own listeners, mitmweb and the SDK gateway."""
 
-    def __init__(self, memory: MemoryAddon | None = None) -> None:
-        self.memory = memory  # for the SDK gateway's port, once it runs
+    def __init__(self, sdk: Sdk | None = None) -> None:
+        self.sdk = sdk  # for the SDK gateway's port, once it runs
         self.enabled = True
         self.own: dict[int, tuple[str, frozenset[str]]] = {}  # port -> (what, listen hosts)
         self._local: dict[IPAddress, bool] = {}
@@ -165,8 +165,7 @@ class Guard:
         return None
 
     def _gateway(self) -> Gateway | None:
-        sdk = self.memory.sdk if self.memory is not None else None
-        gateway = sdk.gateway if sdk is not None else None
+        gateway = self.sdk.gateway if self.sdk is not None else None
         return gateway if gateway is not None and gateway.port else None
 
     @staticmethod

@@ -1,0 +1,406 @@
+"""The memory request path: detect, route, recall, inject, (reroute), capture; then the reply.
+
+`request` reads top to bottom:
+1. only a flow to a memory host or a reverse listener, not sent by a web page (`Hosts.serves`); the
+   override header is taken off (a client on this machine may name a scope with it);
+2. detect: the protocol adapter, from the method and path, and a JSON body that can be written back as sent;
+3. route: the rules' decision on what they see of the flow (`request_view`);
+4. recall the route's memories within the time budget, and inject them in the adapter's format;
+5. reroute: through Supermemory's Memory Router, or through the SDK path when the route or an earlier
+   cookie challenge asks for it;
+6. capture: a pending turn, remembered once its reply is complete: `responseheaders` tees an SSE stream,
+   `response` reads a whole reply (and replays a cookie challenge through the SDK path), and
+   `websocket_message` follows OpenAI Responses over WebSocket.
+
+Every hook fails open: an exception leaves the flow as the client sent it. Each decision shows in mitmweb as
+the flow's marker, comment and `metadata["memproxy"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from .. import config, jsonbody, protocols
+from ..capture import Turn
+from ..logs import Once, brief
+from ..protocols.base import Adapter, ReplyAccumulator
+from ..protocols.sse import SSEParser
+from ..rules import FILTERS, OVERRIDE_KEY, Route, Rules, flow_headers, request_view
+from ..wire import is_loopback
+from .hosts import Hosts
+from .projects import Projects
+from .ruleswatcher import RulesWatcher
+from .sdk import Sdk
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+MARKER = ":brain:"
+SERVED = "memproxy_served"  # flow metadata: this flow may have memory (a WebSocket's messages follow it)
+SDK = "sdk"  # Outcome.route of a flow that takes the SDK path
+RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the request path did with one request or WebSocket message, as mitmweb shows it."""
+
+    scope: str
+    rule: str | None
+    is_default: bool
+    adapter: str
+    model: str | None
+    auxiliary: bool
+    injected: int = 0  # memories injected
+    skipped: str | None = None  # why the request was left untouched
+    ms: float | None = None  # time the decision took
+    route: str | None = None  # SDK once the flow takes the SDK path
+
+    def shown(self) -> dict[str, Any]:
+        """`flow.metadata["memproxy"]`: plain values, which mitmweb and flow files hold (the scope as user_id)."""
+        shown: dict[str, Any] = {
+            "user_id": self.scope,
+            "rule": self.rule,
+            "is_default": self.is_default,
+            "adapter": self.adapter,
+            "model": self.model,
+            "auxiliary": self.auxiliary,
+            "injected": self.injected,
+        }
+        if self.skipped is not None:
+            shown["skipped"] = self.skipped
+        if self.ms is not None:
+            shown["ms"] = self.ms
+        if self.route is not None:
+            shown["route"] = self.route
+        return shown
+
+    def comment(self) -> str:
+        """The flow's comment in mitmweb."""
+        head = f"memproxy: {self.scope} · rule {self.rule or 'default'}"
+        if self.skipped:
+            return f"{head} · {self.skipped}, untouched"
+        noun = "memory" if self.injected == 1 else "memories"
+        return f"{head} · {self.injected} {noun} injected · {self.ms if self.ms is not None else 0} ms"
+
+
+@dataclass(slots=True)
+class Pending:
+    """A turn in flight: what is needed to capture it once the reply is complete."""
+
+    scope: str
+    user: str
+    adapter: Adapter
+    metadata: dict[str, Any]
+    parser: SSEParser | None = None
+    reply: ReplyAccumulator | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the request path decided for one LLM request or WebSocket message."""
+
+    route: Route
+    outcome: Outcome
+    content: bytes | None = None  # the new body, if memories were injected
+    pending: Pending | None = None
+
+
+def fail_open(hook):
+    """Run a hook so that no exception of ours reaches mitmproxy or changes the flow."""
+
+    @functools.wraps(hook)
+    async def wrapper(self: RequestPath, *args):
+        try:
+            return await hook(self, *args)
+        except Exception as e:  # noqa: BLE001 - fail open is the contract
+            logger.warning("memproxy: %s failed, flow passed through unchanged: %s", hook.__name__, brief(e))
+
+    return wrapper
+
+
+class RequestPath:
+    """Gives LLM requests a memory: route, recall, inject, reroute, remember."""
+
+    def __init__(self, hosts: Hosts, projects: Projects, rules: RulesWatcher, store: Store, sdk: Sdk) -> None:
+        self.hosts, self.projects, self.rules, self.store, self.sdk = hosts, projects, rules, store, sdk
+        self.pending: dict[str, Pending] = {}  # turns waiting for their reply, by flow id
+        self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
+        self.clients: Counter[str] = Counter()  # requests per matched rule since start
+        self._once = Once(logger)
+        # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
+        self.enabled, self.max_body, self.timeout = True, 16 * 1024 * 1024, 0.3
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("memory_enabled", bool, True, "Give LLM flows a memory. Off: pass everything through.")
+        loader.add_option(
+            "memory_timeout_ms", int, 300, "Time budget of recall per request, in ms; past it the request goes on without memories."
+        )
+        loader.add_option(
+            "memory_max_body", int, 16 * 1024 * 1024, "Request bodies larger than this many bytes pass through untouched."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "memory_timeout_ms" in updated:
+            if opts.memory_timeout_ms < 0:
+                raise exceptions.OptionsError("memory_timeout_ms must be >= 0")
+            self.timeout = opts.memory_timeout_ms / 1000
+        if "memory_max_body" in updated:
+            if opts.memory_max_body <= 0:
+                raise exceptions.OptionsError("memory_max_body must be > 0")
+            self.max_body = opts.memory_max_body
+        if "memory_enabled" in updated:
+            self.enabled = opts.memory_enabled
+
+    async def running(self) -> None:
+        """The last start-up line, once the addons before this one are up: rules, store, outbox, and the SDK
+        path's cookie jars, so that a (scope, host) a challenge put on the SDK path stays there across a restart
+        (importing the jars' HTTP client takes longer than a request's recall budget)."""
+        if self.rules.rules is None or self.store.store is None:
+            return
+        if self.sdk.path is not None:
+            await self.sdk.path.restored(RESTORE_LIMIT)
+        opts = ctx.options
+        logger.info(
+            config.READY_LINE + ": HTTPS_PROXY=http://%s:%d and trust %s/mitmproxy-ca-cert.pem"
+            " (NODE_EXTRA_CA_CERTS for Node tools), or use a reverse listener as base URL; see README.md",
+            opts.listen_host or "127.0.0.1",
+            opts.listen_port or 8080,
+            opts.confdir,
+        )
+        # What start-up made (modules, mitmproxy's and our objects) lives as long as the process: kept out of
+        # the collector's reach, a full collection walks only what requests allocate.
+        gc.freeze()
+
+    # -- the request --------------------------------------------------------
+
+    @fail_open
+    async def request(self, flow: http.HTTPFlow) -> None:
+        rules = self.rules.rules
+        if not self.enabled or flow.response is not None or rules is None or not self.hosts.serves(flow):
+            return
+        flow.metadata[SERVED] = True  # a WebSocket's messages are judged by their handshake
+        self._take_override(flow, rules)
+        req = flow.request
+        adapter = protocols.detect_path(req.method, req.path)
+        raw = req.raw_content
+        if adapter is None or not raw or len(raw) > self.max_body:
+            return
+        headers = flow_headers(flow, rules.override_header)
+        if not jsonbody.is_json(headers.get("content-type", "")):
+            return
+        try:
+            content = req.get_content()
+        except ValueError:  # an encoding we cannot undo: passed through untouched
+            return
+        if len(content) > self.max_body:  # a small compressed body can decode to a huge one
+            return
+        if (parsed := jsonbody.parse(content)) is None or not adapter.matches_body(parsed[0]):
+            return
+        body, dumps = parsed
+        decision = await self._decide(flow, adapter, headers, body, content, dumps)
+        if decision.route.actions.route == "supermemory_router":
+            self._to_router(flow, decision.route)
+        elif (sdk := self.sdk.path) is not None:
+            if sdk.sessions is None:
+                await sdk.restored(self.timeout)
+            if sdk.wants(decision.route, req.host, adapter.name):
+                await sdk.redirect(flow, adapter.name, decision.route)
+                decision.outcome.route = SDK
+        if decision.content is not None:
+            req.set_content(decision.content)
+        if decision.pending:
+            self.pending[flow.id] = decision.pending
+        self.outcomes[flow.id] = decision.outcome
+        self._annotate(flow, decision.outcome)
+
+    def _take_override(self, flow: http.HTTPFlow, rules: Rules) -> None:
+        """Strip the override header before upstream; keep its value for routing if the client is on this
+        machine (another machine, when listening on all interfaces, cannot pick a scope)."""
+        if values := flow.request.headers.get_all(rules.override_header):  # one pass when it is absent
+            flow.request.headers.set_all(rules.override_header, [])
+            peer = flow.client_conn.peername
+            if peer and is_loopback(peer[0]):
+                flow.metadata[OVERRIDE_KEY] = ", ".join(values)
+
+    async def _decide(
+        self, flow: http.HTTPFlow, adapter: Adapter, headers: dict[str, str], body: Any, raw: bytes,
+        dumps: Callable[[Any], bytes], method: str | None = None,
+    ) -> Decision:
+        """Route one request body, recall and inject memories (serialised by `dumps`), and prepare its capture."""
+        t0 = time.perf_counter()
+        model = adapter.model(flow.request.path, body)
+        rules = self.rules.rules
+        text = raw.decode("utf-8", "replace") if rules.reads_raw_body else None
+        view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model)
+        route = rules.match(view, self.timeout)
+        self.clients[route.rule or "default"] += 1
+        actions = route.actions
+        outcome = Outcome(route.user_id, route.rule, route.is_default, adapter.name, model, actions.auxiliary)
+        decision = Decision(route, outcome)
+        if actions.auxiliary or not actions.allows_model(model):
+            outcome.skipped = "auxiliary" if actions.auxiliary else "model not allowed"
+            return decision
+        if actions.route == "supermemory_router":
+            outcome.skipped = "sent through the Supermemory router"
+            return decision
+        user = adapter.query(body, "last_user")
+        if actions.recall:
+            query = user if actions.query == "last_user" else adapter.query(body, actions.query)
+            memories = await self._search(route, query)
+            text = protocols.frame_context(memories, route.user_id, actions.max_chars)
+            if text and adapter.inject(body, text, actions.inject):
+                decision.content = dumps(body)
+                outcome.injected = len(memories)
+        if actions.store and user:
+            agent = headers.get("user-agent", "")
+            metadata = {
+                "client": agent.split("/", 1)[0].strip()[:64] or adapter.name,
+                "rule": route.rule or "default",
+                "model": model or "",
+                "project": FILTERS["basename"](route.captures.get("cwd", "")),
+            }
+            decision.pending = Pending(route.user_id, user, adapter, metadata)
+        outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
+        return decision
+
+    async def _search(self, route: Route, query: str) -> tuple[str, ...]:
+        """The contents of the route's memories for `query`, within the time budget; any failure means none."""
+        a, timeout, recall = route.actions, self.timeout, self.store.recall
+        search = recall.search(route.user_id, query, a.max_results, a.threshold, timeout)
+        if not a.profile:
+            return await search
+        facts, found = await asyncio.gather(recall.profile(route.user_id, timeout), search)
+        return facts + found
+
+    def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
+        """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""
+        if (router := self.store.router) is None:
+            self._once("router", "memproxy: route supermemory_router needs a Supermemory API key; passed through instead")
+            return
+        flow.request.url = f"{router.base_url.rstrip('/')}/v3/{flow.request.url}"
+        flow.request.headers["x-supermemory-api-key"] = router.api_key
+        flow.request.headers["x-sm-user-id"] = route.user_id
+
+    @staticmethod
+    def _annotate(flow: http.HTTPFlow, outcome: Outcome) -> None:
+        """Show the outcome in mitmweb: marker, comment and metadata."""
+        flow.metadata["memproxy"] = outcome.shown()
+        flow.marked = MARKER
+        flow.comment = outcome.comment()
+
+    # -- the reply ----------------------------------------------------------
+
+    def _challenged(self, flow: http.HTTPFlow, outcome: Outcome | None) -> bool:
+        """Whether a reply is a cookie challenge that the SDK path answers (the flow did not take it yet)."""
+        sdk = self.sdk.path
+        return outcome is not None and sdk is not None and outcome.route != SDK and sdk.is_challenge(flow, outcome.adapter)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
+        resp = flow.response
+        if not self.enabled or resp is None or self._challenged(flow, self.outcomes.get(flow.id)):
+            return
+        if "text/event-stream" not in resp.headers.get("content-type", ""):
+            return
+        pending = self.pending.get(flow.id)
+        if pending is None or resp.status_code >= 300:
+            self.pending.pop(flow.id, None)
+            resp.stream = True
+            return
+        pending.parser, pending.reply = SSEParser(), pending.adapter.accumulator()
+        resp.stream = functools.partial(self._tee, flow.id, pending)
+
+    def _tee(self, flow_id: str, pending: Pending, chunk: bytes) -> bytes:
+        """The stream callable: forwards `chunk` unchanged, feeding a copy to capture."""
+        try:
+            for event, data in pending.parser.feed(chunk):  # b"" ends the stream: flushes a last event
+                pending.reply.feed(event, data)
+            if not chunk and self.pending.pop(flow_id, None) is not None:
+                self._remember(pending, pending.reply.text())
+        except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
+            self.pending.pop(flow_id, None)
+            self._once("tee", "memproxy: capture of a streamed reply failed: %s", brief(e))
+        return chunk
+
+    @fail_open
+    async def response(self, flow: http.HTTPFlow) -> None:
+        outcome, pending = self.outcomes.pop(flow.id, None), self.pending.pop(flow.id, None)
+        if self._challenged(flow, outcome):
+            await self.sdk.path.replay(flow, outcome.adapter, outcome.scope)
+            outcome.route = SDK
+            flow.metadata["memproxy"] = outcome.shown()
+        resp = flow.response
+        if pending is None or resp is None or resp.stream or resp.status_code >= 300:
+            return
+        content = resp.get_content()
+        if "text/event-stream" in resp.headers.get("content-type", ""):  # an SSE reply that was not streamed
+            reply = pending.adapter.accumulator()
+            for event, data in SSEParser().feed(content) + SSEParser().feed(b""):
+                reply.feed(event, data)
+            self._remember(pending, reply.text())
+            return
+        body = json.loads(content)
+        parts = body if isinstance(body, list) else [body]  # Gemini may answer a JSON array of chunks
+        self._remember(pending, "".join(pending.adapter.reply_from_json(p) for p in parts))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.outcomes.pop(flow.id, None)
+        self.pending.pop(flow.id, None)
+
+    def _remember(self, pending: Pending, reply: str) -> None:
+        turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
+        if turn and self.store.outbox is not None:
+            self.store.recall.invalidate(turn.scope)
+            self.store.outbox.submit(turn)
+
+    # -- WebSocket (OpenAI Responses, as Codex CLI speaks it) ----------------
+
+    @fail_open
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if not self.enabled or flow.websocket is None or self.rules.rules is None or SERVED not in flow.metadata:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.is_text:
+            return
+        if not message.from_client:
+            pending = self.pending.get(flow.id)
+            if pending and pending.reply:
+                pending.reply.feed(None, message.text)
+                if pending.reply.done:
+                    del self.pending[flow.id]
+                    self._remember(pending, pending.reply.text())
+            return
+        adapter = protocols.detect_path("POST", flow.request.path)
+        if adapter is None or len(message.content) > self.max_body:
+            return
+        if (parsed := jsonbody.parse(message.content)) is None:
+            return
+        body, dumps = parsed
+        if not isinstance(body, dict) or body.get("type") != "response.create" or not adapter.matches_body(body):
+            return
+        headers = flow_headers(flow, self.rules.rules.override_header)
+        decision = await self._decide(flow, adapter, headers, body, message.content, dumps, method="POST")
+        if decision.content is not None:
+            message.content = decision.content
+        self.pending.pop(flow.id, None)
+        if decision.pending:
+            decision.pending.reply = adapter.accumulator()
+            self.pending[flow.id] = decision.pending
+        self._annotate(flow, decision.outcome)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.pending.pop(flow.id, None)
