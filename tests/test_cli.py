@@ -203,7 +203,7 @@ def test_rules_explain_claude_code(cli: Cli, tmp_path: Path):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(claude_body("/home/me/myrepo", "How do I run the tests?")))
     out = cli.ok("rules", "explain", "--ua", CLAUDE_UA, "--path", "/v1/messages", "--body", body)
-    assert "user id: claude-code:myrepo  rule: claude-code" in out
+    assert "scope: claude-code:myrepo  rule: claude-code" in out
     assert "✓ claude-code: header user-agent ~ ^claude-cli/ · json messages.*.content ~ Primary working directory" in out
     assert "✗ claude-code-background: header x-claude-code-request-class ~ ^(?!main$) did not hold" in out
     assert "captured: cwd=/home/me/myrepo" in out
@@ -213,18 +213,18 @@ def test_rules_explain_claude_code(cli: Cli, tmp_path: Path):
 
 def test_rules_explain_jetbrains_project_and_override(cli: Cli, tmp_path: Path):
     out = cli.ok("rules", "explain", "--ua", JETBRAINS_UA)
-    assert "user id: jetbrains  rule: jetbrains" in out
-    assert "✗ jetbrains-project: its user_id template has an empty variable" in out
+    assert "scope: jetbrains  rule: jetbrains" in out
+    assert "✗ jetbrains-project: its scope template has an empty variable" in out
 
     project, registry = tmp_path / "alpha", tmp_path / "ports.json"
     project.mkdir()
     port = int(re.search(r"port (\d+)", cli.ok("projects", "add", project, "--registry", registry))[1])
     out = cli.ok("rules", "explain", "--ua", JETBRAINS_UA, "--port", port, "--registry", registry)
-    assert "user id: jetbrains:alpha  rule: jetbrains-project" in out
+    assert "scope: jetbrains:alpha  rule: jetbrains-project" in out
     assert f"project {project}" in out
 
     out = cli.ok("rules", "explain", "-H", f"User-Agent: {JETBRAINS_UA}", "-H", "x-memory-user-id: team-notes")
-    assert "user id: team-notes  rule: jetbrains" in out
+    assert "scope: team-notes  rule: jetbrains" in out
     assert "from the x-memory-user-id header (the rule gives jetbrains)" in out
 
 
@@ -247,10 +247,10 @@ def test_rules_explain_saved_flows(cli: Cli, tmp_path: Path):
 
     out = cli.ok("rules", "explain", "--flows", flows)
     assert "flow 1: POST https://api.anthropic.com/v1/messages?beta=true" in out
-    assert "user id: claude-code:shop  rule: claude-code" in out
+    assert "scope: claude-code:shop  rule: claude-code" in out
     assert "flow 2" not in out
     assert "flow 3: GET " in out and "(WebSocket message)" in out
-    assert "user id: codex:api  rule: codex" in out
+    assert "scope: codex:api  rule: codex" in out
 
     junk = tmp_path / "junk.mitm"
     junk.write_bytes(b"not a flow file")

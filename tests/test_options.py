@@ -195,11 +195,11 @@ async def test_rules_change_or_are_refused_keeping_the_last_good_ones(proxy, tmp
     good = tmp_path / "good.yaml"
     good.write_text("default_user_id: someone\n")
     proxy.configure(memory_rules=str(good))
-    assert watcher.rules.match(RequestView()).user_id == "someone"
+    assert watcher.rules.match(RequestView()).scope == "someone"
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: r\n    user_id: [unclosed\n")
     assert "bad.yaml" in proxy.refuses(memory_rules=str(bad))
-    assert watcher.file.path == good and watcher.rules.match(RequestView()).user_id == "someone"
+    assert watcher.file.path == good and watcher.rules.match(RequestView()).scope == "someone"
 
 
 # -- the store and the outbox ---------------------------------------------------------

@@ -207,7 +207,7 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
 def test_default_rules(default_rules: Rules, request_view: RequestView, user_id: str, rule: str | None,
                        auxiliary: bool) -> None:
     route = default_rules.match(request_view)
-    assert (route.user_id, route.rule, route.actions.auxiliary) == (user_id, rule, auxiliary)
+    assert (route.scope, route.rule, route.actions.auxiliary) == (user_id, rule, auxiliary)
     assert route.actions.recall is route.actions.store is (not auxiliary)
     assert route.is_default is (rule is None)
 
@@ -220,7 +220,7 @@ def test_default_rules_all_exercised() -> None:
 
 def test_default_file_settings(default_rules: Rules) -> None:
     assert default_rules.source == str(DEFAULT_RULES)
-    assert default_rules.default_user_id == "default"
+    assert default_rules.default_scope == "default"
     assert default_rules.override_header == "x-memory-user-id"
     assert default_rules.defaults == Actions()
 
@@ -365,7 +365,7 @@ def test_template_filters_and_builtins(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"My Stuff/Repo Name/").hexdigest()[:12]
     rendered = f"Repo Name:my-stuff-repo-name:REPO NAME:api.x.com:8080:post:m1:{digest}"
     # the basename's space makes the name rewritten: "-" for the space, and the rendered text's hash
-    assert route.user_id == scope_name(rendered) == rendered.replace(" ", "-") + "~" + sha(rendered)
+    assert route.scope == scope_name(rendered) == rendered.replace(" ", "-") + "~" + sha(rendered)
     assert route.captures == {"dir": "My Stuff/Repo Name/"}
 
 
@@ -376,23 +376,23 @@ def test_missing_variable_tries_next_rule(tmp_path: Path) -> None:
           - {name: project, user_id: 'p:{project|basename}'}
           - {name: fallback, user_id: plain}
     """)
-    assert rules.match(req(path="/v1/abc")).user_id == "ws:abc"
-    assert rules.match(req(path="/v1", project="/w/shop")).user_id == "p:shop"
+    assert rules.match(req(path="/v1/abc")).scope == "ws:abc"
+    assert rules.match(req(path="/v1", project="/w/shop")).scope == "p:shop"
     assert rules.match(req(path="/v1", project="/")).rule == "fallback"  # empty after basename
     assert rules.match(req(path="/v1")).rule == "fallback"
 
 
 def test_user_id_rewritten_with_a_hash_and_capped(tmp_path: Path) -> None:
     rules = load(tmp_path, "rules: [{name: r, match: {path: '^/(?P<p>.*)'}, user_id: 'u:{p}'}]")
-    assert rules.match(req(path="/a b$c")).user_id == f"u:a-b-c~{sha('u:a b$c')}"
-    assert rules.match(req(path="/проект_1.2")).user_id == "u:проект_1.2"  # Unicode letters stay
-    long = rules.match(req(path="/" + "x" * 300)).user_id
+    assert rules.match(req(path="/a b$c")).scope == f"u:a-b-c~{sha('u:a b$c')}"
+    assert rules.match(req(path="/проект_1.2")).scope == "u:проект_1.2"  # Unicode letters stay
+    long = rules.match(req(path="/" + "x" * 300)).scope
     assert len(long) == 128 and long.endswith("~" + sha("u:" + "x" * 300))
 
 
 def test_slug_keeps_unicode_letters(tmp_path: Path) -> None:
     rules = load(tmp_path, "rules: [{name: r, match: {path: '^/(?P<p>.*)'}, user_id: 'u:{p|slug}'}]")
-    assert rules.match(req(path="/Проект Ärger_1")).user_id == "u:проект-ärger_1"
+    assert rules.match(req(path="/Проект Ärger_1")).scope == "u:проект-ärger_1"
 
 
 # --- scope names: injective -----------------------------------------------------------------
@@ -411,7 +411,7 @@ LOOKALIKE_PROJECTS = [
 
 @pytest.mark.parametrize(("one", "other"), LOOKALIKE_PROJECTS)
 def test_lookalike_projects_get_distinct_scopes(default_rules: Rules, one: str, other: str) -> None:
-    scopes = [default_rules.match(claude(cwd)).user_id for cwd in (one, other)]
+    scopes = [default_rules.match(claude(cwd)).scope for cwd in (one, other)]
     assert scopes[0] != scopes[1]
     assert all(scope.startswith("claude-code:") and len(scope) <= SCOPE_MAX for scope in scopes)
 
@@ -473,7 +473,7 @@ OVERRIDE_RULES = """
 def test_override_header(tmp_path: Path, path: str, value: str, user_id: str, rule: str | None) -> None:
     rules = load(tmp_path, OVERRIDE_RULES)
     route = rules.match(req(path=path, headers={"X-Memory-User-Id": value}))
-    assert (route.user_id, route.rule, route.custom_header_present) == (user_id, rule, True)
+    assert (route.scope, route.rule, route.custom_header_present) == (user_id, rule, True)
     assert route.is_default is (rule is None)
     if rule == "open":
         assert route.actions.max_results == 9  # actions still come from the matched rule
@@ -481,27 +481,27 @@ def test_override_header(tmp_path: Path, path: str, value: str, user_id: str, ru
 
 def test_no_override_header(tmp_path: Path) -> None:
     route = load(tmp_path, OVERRIDE_RULES).match(req(path="/open"))
-    assert (route.user_id, route.custom_header_present) == ("rule-user", False)
+    assert (route.scope, route.custom_header_present) == ("rule-user", False)
 
 
 @pytest.mark.parametrize("path", ["/open", "/locked", "/other"])
 def test_override_turned_off_for_all_rules(tmp_path: Path, path: str) -> None:
     rules = load(tmp_path, "allow_override: false\n" + textwrap.dedent(OVERRIDE_RULES))
     route = rules.match(req(path=path, headers={"x-memory-user-id": "team:alice"}))
-    assert route.user_id == {"/open": "rule-user", "/locked": "locked-user", "/other": "default"}[path]
+    assert route.scope == {"/open": "rule-user", "/locked": "locked-user", "/other": "default"}[path]
     assert route.custom_header_present  # the header is still seen (and stripped), never obeyed
 
 
 def test_override_allowed_by_default_and_explicitly(tmp_path: Path, default_rules: Rules) -> None:
     assert default_rules.allow_override
     rules = load(tmp_path, "allow_override: true\n" + textwrap.dedent(OVERRIDE_RULES))
-    assert rules.allow_override and rules.match(req(path="/open", headers={"x-memory-user-id": "me"})).user_id == "me"
+    assert rules.allow_override and rules.match(req(path="/open", headers={"x-memory-user-id": "me"})).scope == "me"
 
 
 def test_custom_override_header_name(tmp_path: Path) -> None:
     rules = load(tmp_path, "override_header: X-Scope\ndefault_user_id: dflt\n")
-    assert rules.match(req(headers={"x-scope": "mine"})).user_id == "mine"
-    assert rules.match(req(headers={"x-memory-user-id": "mine"})).user_id == "dflt"
+    assert rules.match(req(headers={"x-scope": "mine"})).scope == "mine"
+    assert rules.match(req(headers={"x-memory-user-id": "mine"})).scope == "dflt"
 
 
 # --- actions and defaults -----------------------------------------------------------------
@@ -580,7 +580,7 @@ LEGACY = """
 
 def test_legacy_file(tmp_path: Path) -> None:
     rules = load(tmp_path, LEGACY)
-    assert (rules.default_user_id, rules.override_header) == ("default-dev", "x-memory-user-id")
+    assert (rules.default_scope, rules.override_header) == ("default-dev", "x-memory-user-id")
     assert rules.legacy == {"api_key": "os.environ/SUPERMEMORY_API_KEY", "container_tag": "supermemory"}
     route = rules.match(req(headers={"User-Agent": "OpenAIClientImpl/Java unknown"}))
     assert route.info() == {
@@ -596,7 +596,7 @@ def test_legacy_file(tmp_path: Path) -> None:
     assert default.info()["user_id"] == "default-dev"
     assert (default.info()["matched_pattern"], default.info()["is_default"]) == (None, True)
     overridden = rules.match(req(headers={"user-agent": "OpenAIClientImpl/Java", "x-memory-user-id": "me"}))
-    assert (overridden.user_id, overridden.custom_header_present) == ("me", True)
+    assert (overridden.scope, overridden.custom_header_present) == ("me", True)
     assert overridden.matched_pattern["user_id"] == "pycharm-ai"
     a = rules.defaults
     assert (a.recall, a.max_chars, a.max_results, a.models_allow) == (True, 4000, 5, (r"^claude\-sonnet\-4\.5$",))
@@ -615,9 +615,9 @@ def test_legacy_disabled_and_mixed(tmp_path: Path) -> None:
         context_retrieval: {enabled: false, query_strategy: all_user}
         defaults: {query: first_user}
     """)
-    assert rules.default_user_id == "new-default"
+    assert rules.default_scope == "new-default"
     assert rules.match(req(headers={"user-agent": "pycharm 1"})).rule == "new"
-    assert rules.match(req(headers={"user-agent": "my pycharm"})).user_id == "legacy"
+    assert rules.match(req(headers={"user-agent": "my pycharm"})).scope == "legacy"
     assert (rules.defaults.recall, rules.defaults.query) == (False, "first_user")
 
 
@@ -766,7 +766,7 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
         assert str(e.value) == f"{path}: cannot read rules file: not a regular file"
     link = tmp_path / "link.yaml"
     link.symlink_to(write(tmp_path, "default_user_id: linked\n", "real.yaml"))
-    assert Rules.load(link).default_user_id == "linked"  # a symlink to a regular file is fine
+    assert Rules.load(link).default_scope == "linked"  # a symlink to a regular file is fine
 
 
 def test_rules_file_size_and_encoding(tmp_path: Path) -> None:
@@ -791,7 +791,7 @@ def test_several_errors_reported_in_line_order(tmp_path: Path) -> None:
 def test_from_text_source_name() -> None:
     with pytest.raises(RulesError, match=r"^<string>:1: rules: expected a list"):
         Rules.from_text("rules: 3")
-    assert Rules.from_text("").default_user_id == "default"
+    assert Rules.from_text("").default_scope == "default"
 
 
 # --- robustness ---------------------------------------------------------------------------
@@ -805,7 +805,7 @@ def test_match_never_raises_on_odd_input(default_rules: Rules) -> None:
     ]
     for view in odd:
         route = default_rules.match(view)
-        assert isinstance(route, Route) and route.user_id
+        assert isinstance(route, Route) and route.scope
 
 
 # --- regexes have a time limit -------------------------------------------------------------
@@ -833,8 +833,8 @@ def test_a_regex_out_of_time_does_not_match_and_is_logged_once(
           - {{name: next, user_id: next}}
     """)
     with caplog.at_level(logging.WARNING, logger="memproxy.rules"):
-        assert rules.match(view, budget=0.05).user_id == "next"
-        assert rules.match(view, budget=0.05).user_id == "next"
+        assert rules.match(view, budget=0.05).scope == "next"
+        assert rules.match(view, budget=0.05).scope == "next"
     logged = [r.getMessage() for r in caplog.records]
     assert logged == [f"memproxy: rule 'slow' did not match: a regex ran out of the time budget for routing: {SLOW!r}"]
 
@@ -849,7 +849,7 @@ def test_the_budget_is_shared_by_all_rules(tmp_path: Path) -> None:
           - {{name: header, match: {{headers: {{x-a: '^b$'}}}}, user_id: header}}
     """)
     # The first rule spends the budget; regexes on long texts then fail at once, short header checks still run.
-    assert rules.match(req(raw_body=SLOW_TEXT, headers={"x-a": "b"}), budget=0.05).user_id == "header"
+    assert rules.match(req(raw_body=SLOW_TEXT, headers={"x-a": "b"}), budget=0.05).scope == "header"
 
 
 @pytest.mark.timeout(30)
@@ -864,7 +864,7 @@ def test_the_issue_pattern_answers_at_once(tmp_path: Path, caplog: pytest.LogCap
 
 
 def test_a_zero_budget_still_routes(default_rules: Rules) -> None:
-    assert default_rules.match(claude("/w/shop"), budget=0).user_id == "claude-code:shop"
+    assert default_rules.match(claude("/w/shop"), budget=0).scope == "claude-code:shop"
 
 
 @pytest.mark.timeout(30)
@@ -881,7 +881,7 @@ def test_rules_file_reload(tmp_path: Path) -> None:
     path = write(tmp_path, "rules: [{name: one, user_id: first}]\n")
     watched = RulesFile(path)
     assert watched.check() == (False, None)
-    assert watched.rules.match(req()).user_id == "first"
+    assert watched.rules.match(req()).scope == "first"
 
     stamp = os.stat(path).st_mtime_ns
 
@@ -892,17 +892,17 @@ def test_rules_file_reload(tmp_path: Path) -> None:
     edit("rules: [{name: one, user_id: first, query: nonsense}]\n", 1)
     ok, message = watched.check()
     assert not ok and message.startswith(f"{path}:1: rules[0].query: unknown query strategy")
-    assert watched.rules.match(req()).user_id == "first"  # last good rules kept
+    assert watched.rules.match(req()).scope == "first"  # last good rules kept
     assert watched.check() == (False, None)  # a bad edit is reported once
 
     edit("rules: [{name: two, user_id: second}]\n", 2)
     assert watched.check() == (True, None)
-    assert watched.rules.match(req()).user_id == "second"
+    assert watched.rules.match(req()).scope == "second"
 
     path.unlink()
     ok, message = watched.check()
     assert not ok and "cannot read rules file" in message
-    assert watched.rules.match(req()).user_id == "second"
+    assert watched.rules.match(req()).scope == "second"
 
 
 def test_rules_file_initial_error(tmp_path: Path) -> None:
@@ -924,8 +924,8 @@ def test_rules_file_replaced_by_special_files_keeps_the_last_good(tmp_path: Path
         link.replace(path)
         ok, message = watched.check()
         assert not ok and message.startswith(str(path)) and why in message
-        assert watched.rules.match(req()).user_id == "first"
+        assert watched.rules.match(req()).scope == "first"
     path.unlink()
     write(tmp_path, "rules: [{name: two, user_id: second}]\n")
     assert watched.check() == (True, None)
-    assert watched.rules.match(req()).user_id == "second"
+    assert watched.rules.match(req()).scope == "second"

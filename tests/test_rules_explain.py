@@ -25,7 +25,7 @@ def claude(cwd: str) -> RequestView:
 
 def test_the_matching_rule_and_those_before_it(rules: Rules):
     e = explain(rules, claude("/home/me/shop"))
-    assert (e.route.user_id, e.route.rule, e.rule_scope, e.overridden) == ("claude-code:shop", "claude-code",
+    assert (e.route.scope, e.route.rule, e.rule_scope, e.overridden) == ("claude-code:shop", "claude-code",
                                                                            "claude-code:shop", False)
     assert [t.rule for t in e.tried] == [r.name for r in rules.rules][: len(e.tried)]
     assert [t.matched for t in e.tried] == [False] * (len(e.tried) - 1) + [True]
@@ -41,8 +41,8 @@ def test_an_empty_template_variable_and_the_override_header(rules: Rules):
     e = explain(rules, RequestView(method="POST", path="/v1/chat/completions",
                                    headers={"user-agent": JETBRAINS_UA, "x-memory-user-id": "team-notes"}))
     skipped = next(t for t in e.tried if t.rule == "jetbrains-project")
-    assert skipped.why == "its user_id template has an empty variable" and all(c.held for c in skipped.conditions)
-    assert (e.route.user_id, e.route.rule, e.rule_scope, e.overridden) == ("team-notes", "jetbrains", "jetbrains", True)
+    assert skipped.why == "its scope template has an empty variable" and all(c.held for c in skipped.conditions)
+    assert (e.route.scope, e.route.rule, e.rule_scope, e.overridden) == ("team-notes", "jetbrains", "jetbrains", True)
     assert e.override_header == "x-memory-user-id"
 
 

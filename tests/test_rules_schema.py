@@ -138,7 +138,7 @@ def test_scope_and_user_id_mean_the_same():
     old = Rules.from_text(textwrap.dedent(SPELLINGS.format(default="default_user_id", key="user_id")))
     for view in (RequestView(path="/p/Shop"), RequestView(method="PUT"), RequestView(path="/other")):
         assert new.match(view) == old.match(view)
-    assert [new.match(RequestView(path=p)).user_id for p in ("/p/Shop", "/x")] == ["p:shop", "everyone"]
+    assert [new.match(RequestView(path=p)).scope for p in ("/p/Shop", "/x")] == ["p:shop", "everyone"]
 
 
 @pytest.mark.parametrize(("text", "line", "key"), [

@@ -95,7 +95,7 @@ class SdkPath:
         """Whether this request takes the SDK path: its rule says so, or its host asked for cookies."""
         if protocol not in GATEWAY_PROTOCOLS:
             return False
-        return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.user_id, host))
+        return route.actions.route == "sdk" or (self.sessions is not None and self.sessions.requires_sdk(route.scope, host))
 
     async def redirect(self, flow: http.HTTPFlow, protocol: str, route: Route) -> None:
         """Point the flow at the gateway, which serves it through litellm, streaming as it goes."""
@@ -104,7 +104,7 @@ class SdkPath:
         for name in {k.lower() for k in req.headers if _internal(k)}:
             del req.headers[name]
         sdk = route.actions.sdk  # the rules file's own mapping, never one a request carries
-        headers = gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.user_id, sdk=sdk)
+        headers = gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.scope, sdk=sdk)
         req.headers.update(headers)
         req.scheme, req.host, req.port = "http", "127.0.0.1", gateway.port
 

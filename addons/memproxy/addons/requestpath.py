@@ -249,7 +249,7 @@ class RequestPath:
         route = rules.match(view, self.timeout)
         self.clients[route.rule or "default"] += 1
         actions = route.actions
-        outcome = Outcome(route.user_id, route.rule, route.is_default, adapter.name, model, actions.auxiliary)
+        outcome = Outcome(route.scope, route.rule, route.is_default, adapter.name, model, actions.auxiliary)
         decision = Decision(route, outcome)
         if actions.auxiliary or not actions.allows_model(model):
             outcome.skipped = "auxiliary" if actions.auxiliary else "model not allowed"
@@ -261,7 +261,7 @@ class RequestPath:
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
             memories = await self._search(route, query)
-            text = protocols.frame_context(memories, route.user_id, actions.max_chars)
+            text = protocols.frame_context(memories, route.scope, actions.max_chars)
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
                 outcome.injected = len(memories)
@@ -273,17 +273,17 @@ class RequestPath:
                 "model": model or "",
                 "project": FILTERS["basename"](route.captures.get("cwd", "")),
             }
-            decision.pending = Pending(route.user_id, user, adapter, metadata)
+            decision.pending = Pending(route.scope, user, adapter, metadata)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
     async def _search(self, route: Route, query: str) -> tuple[str, ...]:
         """The contents of the route's memories for `query`, within the time budget; any failure means none."""
         a, timeout, recall = route.actions, self.timeout, self.store.recall
-        search = recall.search(route.user_id, query, a.max_results, a.threshold, timeout)
+        search = recall.search(route.scope, query, a.max_results, a.threshold, timeout)
         if not a.profile:
             return await search
-        facts, found = await asyncio.gather(recall.profile(route.user_id, timeout), search)
+        facts, found = await asyncio.gather(recall.profile(route.scope, timeout), search)
         return facts + found
 
     def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
@@ -293,7 +293,9 @@ class RequestPath:
             return
         flow.request.url = f"{router.base_url.rstrip('/')}/v3/{flow.request.url}"
         flow.request.headers["x-supermemory-api-key"] = router.api_key
-        flow.request.headers["x-sm-user-id"] = route.user_id
+        # The router's name for the scope. Scope names keep Unicode letters: mitmproxy sends them as UTF-8 bytes,
+        # which HTTP allows in a field value (RFC 9110 obs-text) and which a stricter server may refuse.
+        flow.request.headers["x-sm-user-id"] = route.scope
 
     @staticmethod
     def _annotate(flow: http.HTTPFlow, outcome: Outcome) -> None:

@@ -28,7 +28,7 @@ T = TypeVar("T")
 IMPORT_BATCH = 500  # memories a transaction when importing into the local store
 EXPORT_PAGE = 500
 
-scope_option = click.option("--scope", required=True, help="The memory scope (user id), e.g. claude-code:myrepo.")
+scope_option = click.option("--scope", required=True, help="The memory scope, e.g. claude-code:myrepo.")
 
 
 def store_options(f: Callable[..., Any]) -> Callable[..., Any]:

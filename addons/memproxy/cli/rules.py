@@ -63,7 +63,7 @@ def rules_schema() -> None:
 @registry_option
 def rules_explain(rules_path: Path | None, headers: tuple[str, ...], ua: str | None, method: str, req_host: str,
                   path: str, port: int, body: Path | None, flows: Path | None, registry: Path | None) -> None:
-    """Show which rule a request matches, its user id and actions, and why (the conditions that held)."""
+    """Show which rule a request matches, its scope and actions, and why (the conditions that held)."""
     from ..ports import PortRegistry
 
     loaded = load_rules(rules_path)
@@ -156,8 +156,8 @@ def _explain(rules: Rules, view: RequestView) -> None:
     for tried in e.tried:
         mark = "[green]✓[/]" if tried.matched else "[red]✗[/]"
         console.print(f"  {mark} {escape(tried.rule)}: {escape(tried.why)}")
-    console.print(f"user id: [bold]{escape(route.user_id)}[/]  "
-                  + (f"rule: [bold]{escape(route.rule)}[/]" if route.rule else "no rule matched: the default user id"))
+    console.print(f"scope: [bold]{escape(route.scope)}[/]  "
+                  + (f"rule: [bold]{escape(route.rule)}[/]" if route.rule else "no rule matched: the default scope"))
     if e.overridden:
         console.print(f"  from the {escape(e.override_header)} header (the rule gives {escape(str(e.rule_scope))})")
     if route.captures:

@@ -46,7 +46,7 @@ class Tried:
         if self.matched:
             return " · ".join(c.label for c in self.conditions) or "it has no conditions"
         failed = next((c for c in self.conditions if not c.held), None)
-        return f"{failed.label} did not hold" if failed else "its user_id template has an empty variable"
+        return f"{failed.label} did not hold" if failed else "its scope template has an empty variable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +62,20 @@ class Explanation:
     @property
     def overridden(self) -> bool:
         """Whether the override header named the scope instead of the rule."""
-        return self.route.user_id != self.rule_scope
+        return self.route.scope != self.rule_scope
 
 
 def explain(rules: Rules, view: RequestView) -> Explanation:
     """Route `view` with `rules` and say why."""
     route = rules.match(view)
-    rule_scope: str | None = rules.default_user_id
+    rule_scope: str | None = rules.default_scope
     tried = []
     for rule in rules.rules:
         matched = rule.name == route.rule
         tried.append(Tried(rule.name, matched, tuple(Condition(label, _holds(one, view))
                                                      for label, one in conditions(rule))))
         if matched:
-            rule_scope = rule.user_id(view, route.captures, rules.default_user_id)
+            rule_scope = rule.scope(view, route.captures, rules.default_scope)
             break
     return Explanation(route, tuple(tried), rule_scope, rules.override_header)
 

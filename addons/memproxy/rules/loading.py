@@ -28,7 +28,7 @@ from .source import KeyPath, Source
 class Loaded:
     """What a rules file sets, validated and compiled."""
 
-    default_user_id: str  # the default scope
+    default_scope: str
     override_header: str
     defaults: Actions
     rules: tuple[Rule, ...]

@@ -97,20 +97,20 @@ class Rule:
                 return None
         return caps
 
-    def user_id(self, req: RequestView, caps: Mapping[str, str], default: str) -> str | None:
+    def scope(self, req: RequestView, caps: Mapping[str, str], default: str) -> str | None:
         """The scope this rule gives the request, or None if a template variable is missing or empty."""
         if self.template is None:
             return default
         rendered = templates.render(self.template, req, caps)
         return None if rendered is None else scope_name(rendered)
 
-    def matched_pattern(self, req: RequestView, user_id: str) -> dict | None:
+    def matched_pattern(self, req: RequestView, scope: str) -> dict | None:
         """The first header condition that had to match, as /memory-routing/info reports it in `matched_pattern`
         (the seed's shape: header, value, pattern, user_id)."""
         for h in self.headers:
             if h.pattern is not None and not h.negate:
                 value = MARK if h.key in CREDENTIAL_HEADERS else req.headers.get(h.key)
-                return {"header": h.name, "value": value, "pattern": h.pattern.pattern, "user_id": user_id}
+                return {"header": h.name, "value": value, "pattern": h.pattern.pattern, "user_id": scope}
         return None
 
 

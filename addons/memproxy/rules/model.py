@@ -120,9 +120,9 @@ def plain_headers(headers: Mapping[str, str] | None) -> HeaderDict:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """The routing decision for one request. `user_id` is its scope (the info endpoint's name for it)."""
+    """The routing decision for one request: its scope, the rule that gave it, and what to do."""
 
-    user_id: str
+    scope: str
     rule: str | None
     is_default: bool
     matched_pattern: dict | None
@@ -134,7 +134,7 @@ class Route:
         """Flat JSON for /memory-routing/info."""
         a = self.actions
         return {
-            "user_id": self.user_id,
+            "user_id": self.scope,  # the seed's name for the scope
             "matched_pattern": self.matched_pattern,
             "rule": self.rule,
             "is_default": self.is_default,

@@ -30,7 +30,7 @@ class Rules:
     def __init__(
         self,
         source: str,
-        default_user_id: str,
+        default_scope: str,
         override_header: str,
         defaults: Actions,
         rules: tuple[Rule, ...],
@@ -40,7 +40,7 @@ class Rules:
         allow_override: bool = True,
     ) -> None:
         self.source = source
-        self.default_user_id = default_user_id  # the default scope
+        self.default_scope = default_scope  # the default scope
         self.override_header = override_header
         self.allow_override = allow_override  # False: the override header names no scope, whatever the rule
         self.defaults = defaults
@@ -71,7 +71,7 @@ class Rules:
     def from_text(cls, text: str, source: str = "<string>") -> Rules:
         """Parse rules from YAML text; raises RulesError."""
         s = loading.load(text, source)
-        return cls(source, s.default_user_id, s.override_header, s.defaults, s.rules, s.legacy, s.memory,
+        return cls(source, s.default_scope, s.override_header, s.defaults, s.rules, s.legacy, s.memory,
                    allow_override=s.allow_override)
 
     def match(self, req: RequestView, budget: float | None = None) -> Route:
@@ -84,8 +84,8 @@ class Rules:
         try:
             return self._match(req, time.monotonic() + max(budget, MIN_BUDGET))
         except Exception as e:  # routing must never break a request
-            logger.warning("memproxy: rule matching failed, using the default user id: %s", type(e).__name__)
-            return Route(self.default_user_id, None, True, None, False, self.defaults, {})
+            logger.warning("memproxy: rule matching failed, using the default scope: %s", type(e).__name__)
+            return Route(self.default_scope, None, True, None, False, self.defaults, {})
 
     def _match(self, req: RequestView, deadline: float) -> Route:
         for rule in self._rules:
@@ -98,20 +98,20 @@ class Rules:
                     rule.name, e.pattern[:80],
                 )
                 continue
-            if caps is not None and (user_id := rule.user_id(req, caps, self.default_user_id)) is not None:
+            if caps is not None and (given := rule.scope(req, caps, self.default_scope)) is not None:
                 break
         else:
-            rule, user_id, caps = None, self.default_user_id, {}
-        route_user_id = user_id
+            rule, given, caps = None, self.default_scope, {}
+        scope = given
         override = req.headers.get(self.override_header)
         if isinstance(override, str) and self.allow_override and (rule is None or rule.allow_override):
             if value := override.strip():
-                route_user_id = named_scope(value)
+                scope = named_scope(value)
         return Route(
-            user_id=route_user_id,
+            scope=scope,
             rule=rule.name if rule else None,
             is_default=rule is None,
-            matched_pattern=rule.matched_pattern(req, user_id) if rule else None,
+            matched_pattern=rule.matched_pattern(req, given) if rule else None,
             custom_header_present=override is not None,
             actions=rule.actions if rule else self.defaults,
             captures=MappingProxyType(caps),
