@@ -10,7 +10,7 @@ from memproxy.addons.guard import Guard
 from memproxy.addons.ruleswatcher import RulesWatcher
 from memproxy.addons.sdk import Sdk
 from memproxy.cookies import CookieSessions
-from memproxy.reroute import SECRET_HEADER, Gateway
+from memproxy.gateway import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
 from mitmproxy.connection import Server
 from mitmproxy.net.local_ip import get_local_ip

@@ -27,7 +27,7 @@ from e2e_helpers import wait_memories, wait_until
 from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
 from memproxy.cli import main
-from memproxy.reroute import SECRET_HEADER
+from memproxy.gateway import SECRET_HEADER
 from memproxy.wire import CREDENTIAL_HEADERS, MARK
 from mitmproxy import http, io
 

@@ -10,7 +10,7 @@ from memproxy.addons.ruleswatcher import RulesWatcher
 from memproxy.addons.sdk import Sdk
 from memproxy.addons.store import Router, Store
 from memproxy.cookies import CookieSessions
-from memproxy.reroute import SECRET_HEADER, Gateway
+from memproxy.gateway import SECRET_HEADER, Gateway
 from memproxy.sdkpath import SdkPath
 from memproxy.wire import MARK
 from mitmproxy import http

@@ -3,7 +3,7 @@
 What goes to the gateway never carries a client's own ``x-memproxy-*`` header: those are the
 gateway's, and only the addon sets them (see ``Gateway.request_headers``).
 
-The heavy parts (cookies.py pulls in httpx, reroute.py aiohttp and litellm) are imported lazily, in threads,
+The heavy parts (cookies.py pulls in httpx, gateway.py aiohttp and litellm) are imported lazily, in threads,
 so that mitmdump starts without them.
 """
 
@@ -23,7 +23,7 @@ from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, OWN_PREFIX
 
 if TYPE_CHECKING:
     from .cookies import CookieSessions
-    from .reroute import Gateway
+    from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class SdkPath:
         async with self._lock:
             await self._load()
             if self.gateway is None:
-                reroute = await asyncio.to_thread(importlib.import_module, "memproxy.reroute")
-                self.gateway = reroute.Gateway(self.sessions)
+                module = await asyncio.to_thread(importlib.import_module, "memproxy.gateway")
+                self.gateway = module.Gateway(self.sessions)
         await self.gateway.start()
         return self.gateway
 

@@ -34,7 +34,7 @@ from ..logs import Once
 from ..wire import IPAddress, ip_address, reaches_loopback
 
 if TYPE_CHECKING:
-    from ..reroute import Gateway
+    from ..gateway import Gateway
     from .sdk import Sdk
 
 logger = logging.getLogger(__name__)

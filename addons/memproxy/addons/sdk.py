@@ -20,7 +20,7 @@ from .common import spawn
 from .ruleswatcher import RulesWatcher
 
 if TYPE_CHECKING:
-    from ..reroute import Gateway
+    from ..gateway import Gateway
 
 
 class Sdk:

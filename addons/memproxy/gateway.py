@@ -1,4 +1,5 @@
-"""The SDK path: a loopback gateway that serves LLM requests through litellm, with cookie sessions.
+"""The gateway: the loopback server that the SDK path sends requests to, serving them through litellm with
+cookie sessions.
 
 mitmproxy cannot stream a response an addon makes up, so the addon points the flow at this
 gateway instead: ``http://127.0.0.1:PORT`` + the original path and query, the client's JSON

@@ -18,11 +18,11 @@ import openai
 import pytest
 from fakes import FakeUpstream
 from fakes.upstream import DEFAULT_REPLY
-from memproxy import reroute
+from memproxy import gateway as gateway_module
 from memproxy.cookies import CookieSessions
+from memproxy.gateway import SECRET_HEADER, TICKET_HEADER, Gateway
 from memproxy.protocols import ADAPTERS
 from memproxy.protocols.sse import SSEParser
-from memproxy.reroute import SECRET_HEADER, TICKET_HEADER, Gateway
 from memproxy.wire import MARK
 
 ADAPTER = {adapter.name: adapter for adapter in ADAPTERS}
@@ -546,9 +546,9 @@ async def test_requests_without_a_valid_ticket_are_a_400(
 
 async def test_tickets_are_bounded_and_expire(gateway: Gateway, upstream: FakeUpstream) -> None:
     first = gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE)[TICKET_HEADER]
-    for _ in range(reroute.MAX_TICKETS):
+    for _ in range(gateway_module.MAX_TICKETS):
         gateway.request_headers(protocol="openai_chat", upstream=upstream.url, scope=SCOPE)
-    assert len(gateway._tickets) == reroute.MAX_TICKETS and first not in gateway._tickets
+    assert len(gateway._tickets) == gateway_module.MAX_TICKETS and first not in gateway._tickets
 
 
 async def test_client_sent_gateway_headers_decide_nothing(
