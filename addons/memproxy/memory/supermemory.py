@@ -37,6 +37,7 @@ from urllib.parse import quote
 import httpx
 
 from ..config import SUPERMEMORY_URL
+from ..wire import MARK
 from .base import Memory, MemoryStore, StoreError
 
 T = TypeVar("T")
@@ -321,7 +322,7 @@ class SupermemoryStore(MemoryStore):
 
     def _error(self, message: str, **kwargs: Any) -> StoreError:
         """A StoreError whose message cannot carry the API key, whatever text went into it."""
-        return StoreError(message.replace(self._api_key, "***") if self._api_key else message, **kwargs)
+        return StoreError(message.replace(self._api_key, MARK) if self._api_key else message, **kwargs)
 
     async def _call(
         self,
