@@ -3,7 +3,7 @@
 Memories are turn-shaped ("User: ...\\nAssistant: ..."), 15 to 110 words drawn from a Zipf vocabulary whose
 most frequent words are English function words and common coding words, spread evenly over 100 scopes.
 Queries are 6 to 10 words from the same distribution, each in a random scope. Searches and adds go through
-LocalStore, as recall and capture call it. Each database is built once and kept under bench/out, keyed by a
+LocalStore, as recall and the outbox call it. Each database is built once and kept under bench/out, keyed by a
 hash of local.py (which holds SCHEMA_VERSION) and of the corpus code, so a store change rebuilds it.
 Run alone: `.venv/bin/python bench/store.py` prints the report's section 3 (BENCH_STORE_SIZES=10000,100000
 for a quick look).
@@ -149,7 +149,7 @@ async def measure(paths: dict[int, Path], copies: dict[int, Path], reps: int) ->
 
 
 async def adds(store: LocalStore, rep: int) -> float:
-    """Memories per second through LocalStore.add, one at a time with a fresh custom id, as capture sends them."""
+    """Memories per second through LocalStore.add, one at a time with a fresh custom id, as the outbox sends them."""
     corpus = Corpus(seed=rep)
     batch = [(corpus.scope(), corpus.memory()) for _ in range(ADDS)]
     started = time.perf_counter()

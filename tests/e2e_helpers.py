@@ -114,7 +114,7 @@ def wait_until(condition, timeout: float = 20.0) -> bool:
 
 
 def outbox_rows(outbox: Path) -> int:
-    """Turns waiting in the capture outbox database at `outbox` (0 before it exists)."""
+    """Turns waiting in the outbox database at `outbox` (0 before it exists)."""
     if not outbox.exists():
         return 0
     with sqlite3.connect(outbox) as db:

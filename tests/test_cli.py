@@ -22,9 +22,9 @@ from e2e_helpers import CLAUDE_UA, claude_body, seed
 from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
 from fakes.upstream import DEFAULT_REPLY
-from memproxy import capture
 from memproxy.cli import main
 from memproxy.memory.supermemory import SupermemoryStore
+from memproxy.outbox import table
 from mitmproxy import http, io
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
@@ -339,9 +339,9 @@ def files_with(directory: Path, secrets: list[str]) -> list[str]:
 
 def seed_outbox(path: Path, contents: list[str]) -> None:
     with sqlite3.connect(path) as db:
-        db.executescript(capture.SCHEMA)
-        capture._queue(db, "turn-1", "claude-code:shop", contents[0], {}, 1.0)
-        db.execute(capture.BURY, ("turn-2", "claude-code:shop", contents[1], "{}", 1.0, 400, "rejected", 1, 2.0))
+        db.executescript(table.SCHEMA)
+        table.enqueue(db, "turn-1", "claude-code:shop", contents[0], {}, 1.0)
+        db.execute(table.BURY, ("turn-2", "claude-code:shop", contents[1], "{}", 1.0, 400, "rejected", 1, 2.0))
 
 
 EXPECTED_KINDS = ("Anthropic API key", "AWS access key", "AWS secret access key", "GitHub token", "private key")

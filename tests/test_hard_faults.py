@@ -31,9 +31,9 @@ from conftest import (
 from e2e_helpers import MEMORY_TAG, chat_parts, outbox_rows, start_with_supermemory, wait_until
 from fakes import FakeUpstream
 from fakes.supermemory import FakeSupermemory
-from memproxy import capture
-from memproxy.capture import Outbox, Turn
+from memproxy.capture import Turn
 from memproxy.memory.supermemory import SupermemoryStore
+from memproxy.outbox import Outbox, held
 
 pytestmark = pytest.mark.e2e
 
@@ -288,9 +288,9 @@ def long_turn(i: int) -> Turn:
 async def test_disk_full_holds_a_bounded_number_of_turns_then_writes_them(
     full_outbox: Outbox, supermemory: FakeSupermemory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "memproxy.capture")
-    monkeypatch.setattr(capture, "MAX_UNSAVED", 2)
-    monkeypatch.setattr(capture, "SAVE_RETRY", 0.05)
+    caplog.set_level(logging.INFO, "memproxy.outbox")
+    monkeypatch.setattr(held, "MAX_UNSAVED", 2)
+    monkeypatch.setattr(held, "SAVE_RETRY", 0.05)
     for i in range(3):
         full_outbox.submit(long_turn(i))
     while full_outbox.stats["disk_errors"] < 3:

@@ -19,7 +19,8 @@ def test_the_layer_contract_is_kept():
     assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("module", ["memproxy.memory.local", "memproxy.recall", "memproxy.capture", "memproxy.config"])
+@pytest.mark.parametrize("module", ["memproxy.memory.local", "memproxy.recall", "memproxy.capture", "memproxy.outbox",
+                                    "memproxy.config"])
 def test_a_low_layer_loads_no_heavy_dependency(module):
     code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -17,12 +17,13 @@ import platformdirs
 import pytest
 from click.testing import CliRunner
 from memproxy import private
-from memproxy.capture import Outbox, Turn
+from memproxy.capture import Turn
 from memproxy.cli import main
 from memproxy.cli.clients import ensure_ca
 from memproxy.cookies import CookieSessions
 from memproxy.memory.base import StoreError
 from memproxy.memory.local import LocalStore
+from memproxy.outbox import Outbox
 from memproxy.ports import PortRegistry
 
 OTHER_UID = 54321  # a user that is not us

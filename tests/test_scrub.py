@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 from memproxy import capture, scrub
-from memproxy.capture import MAX_USER_CHARS, Outbox, Turn, scrub_outbox
+from memproxy.capture import MAX_USER_CHARS, Turn
 from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import SupermemoryStore
+from memproxy.outbox import Outbox, scrub_outbox, table
 from memproxy.scrub import marker
 from secret_corpus import Maker, anthropic_key, aws_key_id, aws_secret, fakes, github_token, look_alikes, openssh_key
-from test_capture import FAST, ScriptedStore
+from test_outbox import FAST, ScriptedStore
 
 FAKES = fakes()
 LOOK_ALIKES = look_alikes()
@@ -134,7 +135,7 @@ def test_no_plugin_ever_calls_its_service(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_importing_scrub_does_not_import_detect_secrets():
-    code = "import memproxy.capture, memproxy.scrub, sys; print('detect_secrets' in sys.modules)"
+    code = "import memproxy.capture, memproxy.outbox, memproxy.scrub, sys; print('detect_secrets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -220,7 +221,7 @@ async def test_an_unwritable_outbox_holds_only_scrubbed_turns(outbox, monkeypatc
     box.submit(turn)
     while box.stats["disk_errors"] < 1:
         await asyncio.sleep(0.01)
-    held = list(box._unsaved.values())
+    held = list(box._held.rows.values())
     assert len(held) == 1 and held[0].custom_id == turn.scrubbed()[0].custom_id
     assert not [s for s in secrets if s in held[0].content]
     store.fail = None
@@ -236,7 +237,7 @@ async def test_a_turn_that_cannot_be_scrubbed_is_not_kept(outbox, monkeypatch, c
 
     monkeypatch.setattr(capture, "scrub", broken)
     turn, secrets = secret_turn()
-    with caplog.at_level(logging.WARNING, logger="memproxy.capture"):
+    with caplog.at_level(logging.WARNING, logger="memproxy.outbox"):
         box.submit(turn)
         assert await box.flush(10)
     assert store.received == [] and box.pending == 0
@@ -248,10 +249,10 @@ def test_scrub_outbox_cleans_pending_turns_and_dead_letters(tmp_path: Path):
     path = tmp_path / "outbox.db"
     turn, secrets = secret_turn()
     with sqlite3.connect(path) as db:
-        db.executescript(capture.SCHEMA)
-        capture._queue(db, "turn-1", turn.scope, turn.content, {}, 1.0)
-        capture._queue(db, "turn-2", turn.scope, "User: hi\nAssistant: hello", {}, 2.0)
-        db.execute(capture.BURY, ("turn-3", turn.scope, turn.content, "{}", 1.0, 400, f"rejected {secrets[3]}", 1, 2.0))
+        db.executescript(table.SCHEMA)
+        table.enqueue(db, "turn-1", turn.scope, turn.content, {}, 1.0)
+        table.enqueue(db, "turn-2", turn.scope, "User: hi\nAssistant: hello", {}, 2.0)
+        db.execute(table.BURY, ("turn-3", turn.scope, turn.content, "{}", 1.0, 400, f"rejected {secrets[3]}", 1, 2.0))
     assert files_holding(tmp_path, secrets)
 
     found, turns = scrub_outbox(path, dry_run=True)
@@ -261,7 +262,7 @@ def test_scrub_outbox_cleans_pending_turns_and_dead_letters(tmp_path: Path):
     assert scrub_outbox(path) == (found, turns)
     assert files_holding(tmp_path, secrets) == {}
     assert scrub_outbox(path) == (Counter(), 0)
-    letters = capture.list_dead_letters(path)
+    letters = table.list_dead_letters(path)
     assert "[secret: GitHub token]" in letters[0]["error"] and "[secret: private key]" in letters[0]["content"]
 
 

@@ -19,8 +19,8 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from .. import config
-from ..capture import Outbox
 from ..memory import Backend, MemoryStore, StoreError, configured_backend, open_store
+from ..outbox import Outbox
 from ..recall import Recall
 from .common import refuse, spawn
 from .ruleswatcher import RulesWatcher

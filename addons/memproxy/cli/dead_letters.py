@@ -19,7 +19,7 @@ from .common import console, when
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def dead_letters(outbox: Path | None, as_json: bool) -> None:
     """List turns the memory backend rejected for good (they are never retried)."""
-    from ..capture import list_dead_letters
+    from ..outbox import list_dead_letters
 
     rows = list_dead_letters(outbox or config.outbox_path())
     if as_json:

@@ -240,8 +240,8 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
     Prints how many of each kind, never a secret. The local store's file and the outbox are rebuilt, so that
     no old page keeps them. Best run with the proxy stopped.
     """
-    from ..capture import scrub_outbox
     from ..memory.local import LocalStore
+    from ..outbox import scrub_outbox
     from ..scrub import scrub
 
     async def work(store: MemoryStore) -> tuple[Counter[str], int, int, bool]:

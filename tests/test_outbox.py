@@ -1,4 +1,4 @@
-"""The capture outbox, against real SQLite files and a scripted memory store."""
+"""The outbox, against real SQLite files and a scripted memory store."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from e2e_helpers import outbox_rows
-from memproxy.capture import Outbox, Turn, list_dead_letters
+from memproxy.capture import Turn
 from memproxy.memory.base import Memory, MemoryStore, StoreError
+from memproxy.outbox import Outbox, list_dead_letters
 
 FAST = {"base_delay": 0.01, "max_delay": 0.2}
 
@@ -152,7 +153,7 @@ async def test_retry_after_is_honoured(path: Path, store: ScriptedStore) -> None
 async def test_pauses_all_rows_while_the_backend_fails(
     outbox: Outbox, store: ScriptedStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="memproxy.capture")
+    caplog.set_level(logging.INFO, logger="memproxy.outbox")
     store.fail = StoreError("down", status=500)
     for turn in turns(40):
         outbox.submit(turn)
@@ -247,8 +248,9 @@ async def test_pending_rows_are_sent_after_a_restart(path: Path) -> None:
 
 KILLED = """
 import asyncio, os, sys
-from memproxy.capture import Outbox, Turn
+from memproxy.capture import Turn
 from memproxy.memory.base import StoreError
+from memproxy.outbox import Outbox
 
 class Down:
     async def add(self, *args):

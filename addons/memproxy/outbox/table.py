@@ -1,0 +1,206 @@
+"""The outbox file: a SQLite table of the turns waiting for the store and one of its dead letters, and every
+statement on them.
+
+The functions that take a connection run in the outbox's worker thread. `list_dead_letters` and
+`scrub_outbox` open the file themselves, for the CLI; listing is read-only and safe while a proxy runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import private
+from ..scrub import scrub
+
+BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+MAX_ERROR_CHARS = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox(
+    id INTEGER PRIMARY KEY,
+    custom_id TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_attempt_at);
+CREATE TABLE IF NOT EXISTS dead_letters(
+    custom_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at REAL NOT NULL
+);
+"""
+# A turn already rejected for good is not queued again.
+INSERT = """
+INSERT OR IGNORE INTO outbox(custom_id, scope, content, metadata, created_at)
+SELECT :custom_id, :scope, :content, :metadata, :created_at
+WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE custom_id = :custom_id)
+"""
+TAKE = """
+SELECT id, custom_id, scope, content, metadata, created_at, attempts, next_attempt_at
+FROM outbox WHERE next_attempt_at <= ? ORDER BY id LIMIT ?
+"""
+BURY = """
+INSERT OR REPLACE INTO dead_letters(custom_id, scope, content, metadata, created_at, status, error, attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+DEAD_LETTERS = """
+SELECT custom_id, scope, content, metadata, created_at, status, error, attempts, failed_at
+FROM dead_letters ORDER BY failed_at, custom_id
+"""
+
+
+@dataclass(slots=True)
+class Row:
+    """A turn waiting to be sent; `id` is None for a turn the outbox could not write (memory only)."""
+
+    id: int | None
+    custom_id: str
+    scope: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    due_at: float = 0.0
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """The outbox, opened as a private file (0600, -wal and -shm too); a refused path raises UnsafePath."""
+    path = private.private_path(path, create=True, companions=private.SQLITE_COMPANIONS)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: every commit survives a process kill
+        db.executescript(SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def enqueue(
+    db: sqlite3.Connection, custom_id: str, scope: str, content: str, metadata: dict[str, Any], created_at: float
+) -> bool:
+    """Add a turn to the outbox; False if it is there already or was rejected for good."""
+    row = dict(
+        custom_id=custom_id,
+        scope=scope,
+        content=content,
+        metadata=json.dumps(metadata, ensure_ascii=False, default=str),
+        created_at=created_at,
+    )
+    return db.execute(INSERT, row).rowcount > 0
+
+
+def enqueue_all(db: sqlite3.Connection, rows: list[Row]) -> list[bool]:
+    """Write turns held in memory to the outbox, all or none; for each, whether it is new there."""
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        return [enqueue(db, r.custom_id, r.scope, r.content, r.metadata, r.created_at) for r in rows]
+
+
+def reopen(db: sqlite3.Connection) -> int:
+    """Make rows left from an earlier run due now (a restart is a fresh start); count them."""
+    db.execute("UPDATE outbox SET next_attempt_at = 0 WHERE next_attempt_at > 0")
+    return count(db)
+
+
+def count(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+def take(db: sqlite3.Connection, now: float, limit: int) -> tuple[list[Row], float | None]:
+    """Up to `limit` rows due at `now`, oldest first; with none, when the next one is due (None: no row waits)."""
+    rows = [
+        Row(id_, custom_id, scope, content, json.loads(metadata), created_at, attempts, due_at)
+        for id_, custom_id, scope, content, metadata, created_at, attempts, due_at in db.execute(TAKE, (now, limit))
+    ]
+    return rows, None if rows else db.execute("SELECT min(next_attempt_at) FROM outbox").fetchone()[0]
+
+
+def delete(db: sqlite3.Connection, id_: int) -> None:
+    db.execute("DELETE FROM outbox WHERE id = ?", (id_,))
+
+
+def reschedule(db: sqlite3.Connection, id_: int, attempts: int, due_at: float) -> None:
+    db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", (attempts, due_at, id_))
+
+
+def bury(db: sqlite3.Connection, row: Row, status: int | None, error: str, failed_at: float) -> None:
+    """Move `row` to the dead letters, with the store's status and the error (clipped): it is never sent again."""
+    metadata = json.dumps(row.metadata, ensure_ascii=False, default=str)
+    letter = (row.custom_id, row.scope, row.content, metadata, row.created_at)
+    letter += (status, error[:MAX_ERROR_CHARS], row.attempts + 1, failed_at)
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(BURY, letter)
+        db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+
+
+def dead_letters(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    keys = ("custom_id", "scope", "content", "metadata", "created_at", "status", "error", "attempts", "failed_at")
+    letters = [dict(zip(keys, row)) for row in db.execute(DEAD_LETTERS)]
+    for letter in letters:
+        letter["metadata"] = json.loads(letter["metadata"])
+    return letters
+
+
+def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The turns the store rejected for good, oldest first; read-only, safe while a proxy runs."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)) as db:
+        try:
+            return dead_letters(db)
+        except sqlite3.OperationalError:  # no outbox was ever created in this file
+            return []
+
+
+def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[Counter[str], int]:
+    """Replace the secrets in the turns waiting in the outbox at `path` and in its dead letters, then rebuild
+    the file and empty its WAL, so that no old page keeps them. Returns how many secrets of each kind were
+    (with `dry_run`: would be) replaced, and in how many turns. Best with no proxy running: a turn that one is
+    sending at that moment keeps the text it read."""
+    found: Counter[str] = Counter()
+    turns = 0
+    path = Path(path)
+    if not path.exists():
+        return found, turns
+    columns = {"outbox": ("id", ("content",)), "dead_letters": ("custom_id", ("content", "error"))}
+    with contextlib.closing(connect(path)) as db:
+        with db:
+            db.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
+            for table, (key, texts) in columns.items():
+                for key_value, *values in db.execute(f"SELECT {key}, {', '.join(texts)} FROM {table}").fetchall():
+                    scrubbed = [scrub(value) for value in values]
+                    if not any(result.found for result in scrubbed):
+                        continue
+                    turns += 1
+                    for result in scrubbed:
+                        found += result.found
+                    if not dry_run:
+                        assignments = ", ".join(f"{column} = ?" for column in texts)
+                        update = f"UPDATE {table} SET {assignments} WHERE {key} = ?"
+                        db.execute(update, (*(result.text for result in scrubbed), key_value))
+        if turns and not dry_run:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return found, turns
