@@ -42,7 +42,7 @@ from aiohttp import web
 from .config import resolve_env
 from .cookies import CookieSessions
 from .protocols import ADAPTERS, Adapter, detect_path
-from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, MARK, OWN_PREFIX
+from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, HOP_HEADERS, MARK, OWN_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,8 @@ _PROVIDERS = {
 }  # litellm's, per protocol
 _ENDPOINTS = {"anthropic": "/v1/messages", "openai_chat": "/chat/completions", "openai_responses": "/responses"}
 _REQUIRED = {"anthropic": ("model", "messages", "max_tokens"), "openai_chat": ("model", "messages")}
-_NOT_FORWARDED = CREDENTIAL_HEADERS | {
-    "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection",
-    "keep-alive", "te", "trailer", "upgrade", "proxy-connection", "accept", "accept-encoding",
+_NOT_FORWARDED = CREDENTIAL_HEADERS | HOP_HEADERS | {
+    "content-type", "te", "trailer", "upgrade", "proxy-connection", "accept", "accept-encoding",
 }  # fmt: skip
 _ERROR_TYPES = {
     400: "invalid_request_error",

@@ -19,16 +19,13 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 
 from .rules import Route
-from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, OWN_PREFIX
+from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, HOP_HEADERS, OWN_PREFIX
 
 if TYPE_CHECKING:
     from .cookies import CookieSessions
     from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
-
-HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive")
-
 
 def _internal(name: str) -> bool:
     return name.lower().startswith(OWN_PREFIX)

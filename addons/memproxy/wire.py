@@ -17,6 +17,9 @@ CREDENTIAL_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "x-supermemory-api-key"}
 )
 MARK = "<redacted>"  # what stands in for a credential or secret that memproxy removed from what it shows
+HOP_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+)  # a message's framing, not its content: not copied when a request or reply is passed on
 OWN_PREFIX = "x-memproxy-"  # memproxy's own headers (the gateway's); no client sets them
 CHALLENGE_STATUSES = frozenset({403, 429, 503})  # with Set-Cookie (or cf-mitigated): a cookie challenge
 GATEWAY_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # the adapters the gateway serves
