@@ -47,7 +47,7 @@ def resolve_env(value: str | None, environ: Mapping[str, str] = os.environ) -> s
 
 
 def data_dir() -> Path:
-    """memproxy's data directory (the store, the outbox, the cookie jars)."""
+    """memproxy's data directory (the store, the outbox, the cookie jars, the project registry)."""
     return platformdirs.user_data_path(APP)
 
 
@@ -71,6 +71,10 @@ def outbox_path() -> Path:
 
 def cookies_path() -> Path:
     return data_dir() / "cookies.json"
+
+
+def projects_path() -> Path:
+    return data_dir() / "projects.json"
 
 
 def registry_path() -> Path:

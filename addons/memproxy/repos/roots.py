@@ -1,0 +1,117 @@
+"""What a project is: the repository that holds a client's working directory.
+
+`project_root(path)` answers for a working directory as a client wrote it:
+- a path in a client's own state dir (`~/.claude/`, `~/.gemini/`, `~/.codex/`, `~/.qwen/`, opencode's XDG
+  dirs) is not a project: None. Clients name these dirs in their prompts beside the working directory;
+- an absolute path that exists here: symlinks resolved, so that every path reaching one repository names it
+  one way (as the port registry does), then the nearest directory, the path itself included, that holds a
+  VCS marker (`.git` a file or a directory, so worktrees and submodules count). The search stops below the
+  user's home and `/`: a dotfiles repository in the home would otherwise be every directory's project. No
+  marker: the directory itself;
+- any other path (a remote or containerised client's, a relative one, a Windows path on POSIX) is not
+  looked up: it is the project as written, lexically normalised (`as_written`).
+
+It stats the file system, perhaps a network one that hangs: `lookup.Roots` runs it in a thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import re
+
+# A repository's root holds one of these: git (a .git file in worktrees and submodules), Mercurial,
+# Sapling, Jujutsu, Subversion (1.7 on: at the root only), Bazaar/Breezy, Darcs, Pijul, Fossil (a checkout
+# database file, named `_FOSSIL_` on Windows).
+MARKERS: tuple[str, ...] = (".git", ".hg", ".sl", ".jj", ".svn", ".bzr", "_darcs", ".pijul", ".fslckout", "_FOSSIL_")
+# Clients' own dirs under a home, where their prompts point at transcripts and temp files.
+STATE_DIRS: tuple[str, ...] = (
+    ".claude",  # Claude Code: projects/<encoded path>/, todos, settings
+    ".gemini",  # Gemini CLI: tmp/<dirname>/, settings
+    ".codex",  # Codex: sessions, config
+    ".qwen",  # Qwen Code
+    ".local/share/opencode",  # opencode: XDG data, state, config and cache dirs
+    ".local/state/opencode",
+    ".config/opencode",
+    ".cache/opencode",
+)
+# Homes as other machines and containers name them; the proxy user's own home is added.
+_HOMES = (r"~", r"/root", r"/home/[^/]+", r"/var/home/[^/]+", r"/Users/[^/]+", r"[A-Za-z]:/Users/[^/]+")
+_WINDOWS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\..., C:/..., \\server\share
+PATH_MAX = 4096  # characters; no working directory is longer (Linux's PATH_MAX)
+
+
+def project_root(path: str, home: str | None = None) -> str | None:
+    """The project root of working directory `path`; None if it is not a project (see the module)."""
+    written = as_written(path, home)
+    if written is None:
+        return None
+    real = _local(written)
+    if real is None:
+        return written
+    real_home = os.path.realpath(_home(home))
+    if in_state_dir(real, real_home):  # reached through a symlink
+        return None
+    return _nearest_root(real, real_home)
+
+
+def as_written(path: str, home: str | None = None) -> str | None:
+    """`path` as the client wrote it, normalised without looking at the file system: no trailing separator,
+    `.` and `..` resolved; a Windows path only loses its trailing separators. None if it cannot be a
+    project: empty, longer than PATH_MAX, or in a client's state dir."""
+    if not path or len(path) > PATH_MAX:
+        return None
+    if _WINDOWS.match(path):
+        written = path.rstrip("\\/")
+        written = written if len(written) > 2 else path[:3]  # a drive's root keeps its separator: C:\
+    else:
+        written = posixpath.normpath(path)
+    return None if in_state_dir(written, home) else written
+
+
+def in_state_dir(path: str, home: str | None = None) -> bool:
+    """Whether `path` is in a client's own state dir under a home (`home`, or as machines name theirs), by
+    its text alone."""
+    return _state_dirs(_home(home)).match(path.replace("\\", "/")) is not None
+
+
+def basename(root: str) -> str:
+    """The last part of a root as written (either separator), '' for a file system's or drive's root."""
+    part = root.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return "" if re.fullmatch(r"[A-Za-z]:", part) else part
+
+
+def _home(home: str | None) -> str:
+    return home if home is not None else os.path.expanduser("~")
+
+
+@functools.lru_cache(maxsize=8)
+def _state_dirs(home: str) -> re.Pattern[str]:
+    homes = [*_HOMES, re.escape(home.replace("\\", "/").rstrip("/"))]
+    dirs = "|".join(re.escape(d) for d in STATE_DIRS)
+    return re.compile(f"(?:{'|'.join(homes)})/(?:{dirs})(?:/|$)")
+
+
+def _local(written: str) -> str | None:
+    """The real path of `written` if it is an absolute path that exists on this machine, else None."""
+    if not os.path.isabs(written):  # relative, or a Windows path on POSIX
+        return None
+    try:
+        real = os.path.realpath(written)
+        return real if os.path.exists(real) else None
+    except (OSError, ValueError):  # a loop of symlinks, a NUL character
+        return None
+
+
+def _nearest_root(real: str, home: str) -> str:
+    """The nearest directory from `real` up that holds a marker, below `home` and `/`; else `real`."""
+    directory = real
+    while directory != home:
+        parent = os.path.dirname(directory)
+        if parent == directory:  # `/` or a drive's root
+            break
+        if any(os.path.lexists(os.path.join(directory, marker)) for marker in MARKERS):
+            return directory
+        directory = parent
+    return real
