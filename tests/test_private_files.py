@@ -306,3 +306,20 @@ def test_group_write_is_harmless_only_for_the_users_private_group(tmp_path: Path
     private._private_group.cache_clear()
     with pytest.raises(private.UnsafePath, match="mode 0775"):
         private.check_path(upg / "memories.db")
+
+
+def test_replace_private_swaps_in_a_0600_file_or_leaves_the_old_one(tmp_path: Path, umask: int, monkeypatch) -> None:
+    target = tmp_path / "registry.json"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    private.replace_private(target, b"new\n")
+    assert target.read_text() == "new\n" and mode(target) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["registry.json"]
+
+    def fail(src, dst):  # the rename fails (a full or read-only file system)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        private.replace_private(target, b"newer\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["registry.json"]

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import ssl
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -324,14 +323,4 @@ def _write_private(path: Path, text: str) -> None:
 
     A symlink is written through (its target replaced); a path memproxy must not trust raises UnsafePath.
     """
-    path = private.private_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    private.replace_private(private.private_path(path), text.encode("utf-8"))

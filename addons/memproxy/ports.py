@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -186,17 +185,7 @@ class PortRegistry:
             },
         }
         path = private.check_path(self.path)  # a symlink is written through
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        private.replace_private(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def _project(path: str, entry: Any) -> Project:

@@ -38,6 +38,7 @@ import functools
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -191,6 +192,23 @@ def open_private(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
         return os.fdopen(fd, mode, **kwargs)
     except BaseException:
         os.close(fd)
+        raise
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Replace the file `path` by `data` atomically: a 0600 temp file beside it, synced, renamed over it.
+
+    `path` is a real path that `check_path` or `private_path` gave; a reader sees the old file or the new one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

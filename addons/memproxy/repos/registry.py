@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import unicodedata
@@ -357,16 +356,7 @@ class ProjectRegistry:
         except UnicodeEncodeError:  # a root with a lone surrogate (undecodable bytes in a file name)
             text = json.dumps(data, indent=2).encode("ascii")
         path = private.check_path(self.path)  # a symlink is written through
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        private.replace_private(path, text + b"\n")
         file.changed = False
 
 
