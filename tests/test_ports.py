@@ -6,7 +6,6 @@ import json
 import logging
 import multiprocessing
 import os
-import queue
 import random
 import socket
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from memproxy.ports import PortRangeExhausted, PortRegistry, Project, port_in_use
+from racing import race
 
 WORKERS = 4
 PROJECTS_PER_WORKER = 10
@@ -237,20 +237,7 @@ def test_concurrent_processes_get_distinct_stable_ports(tmp_path: Path) -> None:
     own = [[f"/srv/w{w}/p{i}" for i in range(PROJECTS_PER_WORKER)] for w in range(WORKERS)]
     shared = own[0] + own[1]  # workers 0 and 1 race on the same 20 projects, in opposite orders
     plans = [shared, shared[::-1], own[2], own[3]]
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=allocate, args=(str(registry.path), port_range, plan, start, out)) for plan in plans]
-    for proc in procs:
-        proc.start()
-    try:
-        results = [out.get(timeout=90) for _ in procs]
-    except queue.Empty:
-        pytest.fail("a worker did not report")
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-    errors = [r for r in results if isinstance(r, str)]
-    assert not errors, errors[0]
+    results = race(allocate, plans, str(registry.path), port_range)
 
     seen: dict[str, int] = {}
     for result in results:

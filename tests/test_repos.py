@@ -8,7 +8,6 @@ import json
 import logging
 import multiprocessing
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from memproxy.repos import (
     roots,
 )
 from memproxy.rules import scope_name
+from racing import race
 
 # roots
 
@@ -621,20 +621,7 @@ def test_concurrent_processes_agree_on_distinct_names(tmp_path: Path) -> None:
     path = tmp_path / "projects.json"
     shared = [f"/w{w}/api" for w in range(8)] + [f"/w{w}/web" for w in range(4)] + ["/x/my repo", "/y/my-repo"]
     plans = [shared, shared[::-1], shared[3:] + shared[:3], [f"/own/p{i}" for i in range(10)]]
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(len(plans)), ctx.Queue()
-    procs = [ctx.Process(target=name_all, args=(str(path), plan, start, out)) for plan in plans]
-    for proc in procs:
-        proc.start()
-    try:
-        results = [out.get(timeout=90) for _ in procs]
-    except queue.Empty:
-        pytest.fail("a worker did not report")
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-    errors = [r for r in results if isinstance(r, str)]
-    assert not errors, errors[0]
+    results = race(name_all, plans, str(path))
     seen: dict[str, str] = {}
     for result in results:
         for root, name in result.items():
