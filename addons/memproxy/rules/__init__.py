@@ -24,13 +24,22 @@ from .matching import DEFAULT_BUDGET, HeaderCondition, Rule
 from .model import MODEL_BUDGET, ROUTES, SDK_KEYS, Actions, HeaderDict, RequestView, Route, RulesError, plain_headers
 from .ruleset import MIN_BUDGET, Rules, RulesFile
 from .schema import SCHEMA_FILE, json_schema
-from .scopes import SCOPE_HASH_LEN, SCOPE_HASH_MARK, SCOPE_MAX, named_scope, scope_name
+from .scopes import (
+    PROJECT_PREFIX,
+    SCOPE_HASH_LEN,
+    SCOPE_HASH_MARK,
+    SCOPE_MAX,
+    USER_SCOPE,
+    named_scope,
+    project_scope,
+    scope_name,
+)
 from .source import ALIAS_BUDGET, MAX_RULES_BYTES, read_rules_file
 from .templates import BUILTIN_VARS, FILTERS
 from .view import OVERRIDE_KEY, flow_headers, request_view
 
 __all__ = [
-    "ALIAS_BUDGET", "BUILTIN_VARS", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET", "OVERRIDE_KEY",
+    "ALIAS_BUDGET", "BUILTIN_VARS", "PROJECT_PREFIX", "USER_SCOPE", "project_scope", "DEFAULT_BUDGET", "FILTERS", "MAX_RULES_BYTES", "MIN_BUDGET", "MODEL_BUDGET", "OVERRIDE_KEY",
     "ROUTES", "SCHEMA_FILE", "SCOPE_HASH_LEN", "SCOPE_HASH_MARK", "SCOPE_MAX", "SDK_KEYS", "Actions", "Condition",
     "Explanation", "HeaderCondition", "HeaderDict", "RequestView", "Route", "Rule", "Rules", "RulesError",
     "RulesFile", "Tried", "describe_actions", "explain", "flow_headers", "json_schema", "named_scope", "plain_headers",

@@ -16,6 +16,14 @@ _REWRITTEN_SCOPE = re.compile(
 )
 _SCOPE_INVALID = re.compile(f"[^{_SCOPE_CHARS}]")
 
+PROJECT_PREFIX = "project:"  # a project's scope: this and the project's name (memproxy.repos.ProjectRegistry)
+USER_SCOPE = "user"  # preferences that apply in every project, recalled beside a project's scope
+
+
+def project_scope(name: str) -> str:
+    """The scope of the project named `name` (a ProjectRegistry name: already a valid scope part)."""
+    return scope_name(PROJECT_PREFIX + name)
+
 
 def scope_name(value: str) -> str:
     """The scope named by `value` (a rendered scope template, the default, an override): injective.
