@@ -2,13 +2,17 @@
 (`claude -p`), Codex CLI (`codex exec`) and Gemini CLI (`gemini -p`), driven through a real mitmdump with
 addons/memory.py, the fake upstream standing in for their providers' hosts. Each is set up as its README
 quickstart says, once by hand and once with `memproxy wrap`; each remembers a turn in one project, recalls it
-there, and keeps it out of another project.
+there, and keeps it out of another project. The three share one memory per project (a repository, whichever
+of its directories a session starts in), each note labelled with the tool that wrote it, and never share it
+with another repository of the same name; the user scope is recalled in every project.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, memories, wait_memories
+from e2e_helpers import MEMORY_TAG, isolated_env, memories, seed, wait_memories
 from fakes import FakeUpstream, Recorded
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +110,7 @@ def test_claude_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp
     upstream.reply = "Noted: alpha deploys with Nomad."
     assert claude(proc, alpha, "We deploy the alpha service with Nomad.", home) == upstream.reply
     assert MEMORY_TAG not in json.dumps(messages_calls(upstream)[-1])
-    stored = wait_memories(db, "claude-code:alpha")
+    stored = wait_memories(db, "project:alpha")
     assert len(stored) == 1, proc.log_text()
     assert "alpha service with Nomad" in stored[0] and upstream.reply in stored[0]
 
@@ -125,10 +129,10 @@ def test_claude_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp
     upstream.reply = "I don't know yet."
     claude(proc, beta, "How does the beta service deploy?", home)
     assert MEMORY_TAG not in json.dumps(messages_calls(upstream)[-1])
-    assert len(wait_memories(db, "claude-code:beta")) == 1
-    assert len(wait_memories(db, "claude-code:alpha", 2)) == 2
+    assert len(wait_memories(db, "project:beta")) == 1
+    assert len(wait_memories(db, "project:alpha", 2)) == 2
     assert memories(db, "claude-code") == []  # no turn fell back to the client-wide scope
-    assert ANTHROPIC_KEY not in json.dumps(memories(db, "claude-code:alpha")) + proc.log_text()
+    assert ANTHROPIC_KEY not in json.dumps(memories(db, "project:alpha")) + proc.log_text()
 
 
 def test_claude_code_in_reverse_mode(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
@@ -139,7 +143,7 @@ def test_claude_code_in_reverse_mode(mitmdump, upstream: FakeUpstream, tmp_path:
     upstream.reply = "Noted: gamma uses SQLite."
     out = run(proc, tmp_path / "gamma", [str(installed("claude")), "-p", "The gamma service uses SQLite."], env, wrap=False)
     assert out.strip() == upstream.reply
-    assert wait_memories(db, "claude-code:gamma") == [f"User: The gamma service uses SQLite.\nAssistant: {upstream.reply}"]
+    assert wait_memories(db, "project:gamma") == [f"User: The gamma service uses SQLite.\nAssistant: {upstream.reply}"]
     assert memories(db, "claude-code") == []
 
 
@@ -151,7 +155,7 @@ def test_codex_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path:
     upstream.reply = "Noted: alpha deploys with Nomad."
     assert upstream.reply in codex(proc, alpha, "We deploy the alpha service with Nomad.", home, wrap=True)
     assert MEMORY_TAG not in json.dumps(codex_turns(upstream)[-1])
-    stored = wait_memories(db, "codex:alpha")
+    stored = wait_memories(db, "project:alpha")
     assert len(stored) == 1, proc.log_text()
     assert "alpha service with Nomad" in stored[0] and upstream.reply in stored[0]
 
@@ -163,10 +167,10 @@ def test_codex_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path:
     upstream.reply = "I don't know yet."
     codex(proc, beta, "How does the beta service deploy?", home)
     assert MEMORY_TAG not in json.dumps(codex_turns(upstream)[-1])
-    assert len(wait_memories(db, "codex:beta")) == 1
-    assert len(wait_memories(db, "codex:alpha", 2)) == 2
+    assert len(wait_memories(db, "project:beta")) == 1
+    assert len(wait_memories(db, "project:alpha", 2)) == 2
     assert memories(db, "codex") == []
-    assert OPENAI_KEY not in json.dumps(memories(db, "codex:alpha")) + proc.log_text()
+    assert OPENAI_KEY not in json.dumps(memories(db, "project:alpha")) + proc.log_text()
 
 
 def gemini_calls(upstream: FakeUpstream, action: str) -> list[dict[str, Any]]:
@@ -183,7 +187,7 @@ def test_gemini_cli_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_
     upstream.reply = "Noted: alpha deploys with Nomad."
     assert gemini(proc, alpha, "We deploy the alpha service with Nomad.", home, wrap=True) == upstream.reply
     assert MEMORY_TAG not in json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
-    stored = wait_memories(db, "gemini-cli:alpha")
+    stored = wait_memories(db, "project:alpha")
     assert len(stored) == 1, proc.log_text()
     assert "alpha service with Nomad" in stored[0] and upstream.reply in stored[0]
 
@@ -197,7 +201,99 @@ def test_gemini_cli_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_
     upstream.reply = "I don't know yet."
     gemini(proc, beta, "How does the beta service deploy?", home)
     assert MEMORY_TAG not in json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
-    assert len(wait_memories(db, "gemini-cli:beta")) == 1
-    assert len(wait_memories(db, "gemini-cli:alpha", 2)) == 2
+    assert len(wait_memories(db, "project:beta")) == 1
+    assert len(wait_memories(db, "project:alpha", 2)) == 2
     assert memories(db, "gemini-cli") == []
-    assert GEMINI_KEY not in json.dumps(memories(db, "gemini-cli:alpha")) + proc.log_text()
+    assert GEMINI_KEY not in json.dumps(memories(db, "project:alpha")) + proc.log_text()
+
+
+# -- one memory per project, shared by the tools --------------------------------------------------------
+
+
+def repository(path: Path) -> Path:
+    """A git repository at `path` (a `.git` directory is what makes it one) with a subdirectory `src`."""
+    (path / ".git").mkdir(parents=True)
+    (path / "src").mkdir()
+    return path
+
+
+def turn_sent(upstream: FakeUpstream, tool: str) -> str:
+    """The last conversation turn `tool` sent upstream, as JSON text."""
+    if tool == "claude":
+        return json.dumps(messages_calls(upstream)[-1])
+    if tool == "codex":
+        return json.dumps(codex_turns(upstream)[-1])
+    return json.dumps(gemini_calls(upstream, "streamGenerateContent")[-1])
+
+
+def ask(tool: str, proc: MitmdumpProc, project: Path, prompt: str, home: Path, upstream: FakeUpstream) -> str:
+    """One turn of `tool` in `project`; what it sent upstream."""
+    {"claude": claude, "codex": codex, "gemini": gemini}[tool](proc, project, prompt, home)
+    return turn_sent(upstream, tool)
+
+
+def test_every_tool_in_a_repository_shares_its_memory(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, shop = tmp_path / "home", repository(tmp_path / "shop")
+    answer_classifier(upstream)
+
+    upstream.reply = "Noted: the shop deploys with Nomad."
+    ask("claude", proc, shop, "The shop deploys with Nomad.", home, upstream)
+    wait_memories(db, "project:shop")
+    upstream.reply = "Noted: the shop's database is Postgres."
+    sent = ask("codex", proc, shop / "src", "The shop's database is Postgres. How does it deploy?", home, upstream)
+    assert MEMORY_TAG in sent and "(Claude Code, " in sent and "shop deploys with Nomad" in sent
+    wait_memories(db, "project:shop", 2)
+
+    upstream.reply = "With Nomad, on Postgres."
+    sent = ask("gemini", proc, shop / "src", "What runs the shop's deploys and its database?", home, upstream)
+    assert "(Claude Code, " in sent and "shop deploys with Nomad" in sent
+    assert "(Codex, " in sent and "database is Postgres" in sent
+    assert len(wait_memories(db, "project:shop", 3)) == 3
+    for scope in ("claude-code", "codex", "gemini-cli", "claude-code:shop", "codex:shop", "gemini-cli:shop",
+                  "project:src", "user"):
+        assert memories(db, scope) == [], scope  # nothing fell back to a tool's scope, a subdirectory or the user
+
+
+@pytest.mark.parametrize("tool", ["claude", "codex", "gemini"])
+def test_repositories_with_one_name_never_share(mitmdump, upstream: FakeUpstream, tmp_path: Path, tool: str) -> None:
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home = tmp_path / "home"
+    work, oss = repository(tmp_path / "work" / "api"), repository(tmp_path / "oss" / "api")
+    answer_classifier(upstream)
+
+    upstream.reply = "Noted."
+    ask(tool, proc, work, "The work api listens on port 7001.", home, upstream)
+    ask(tool, proc, oss / "src", "The oss api listens on port 9009.", home, upstream)
+    work_sent = ask(tool, proc, work / "src", "Which port does the api listen on?", home, upstream)
+    oss_sent = ask(tool, proc, oss, "Which port does the api listen on?", home, upstream)
+    assert "port 7001" in work_sent and "port 9009" not in work_sent
+    assert "port 9009" in oss_sent and "port 7001" not in oss_sent
+    [oss_scope] = [s for s in all_scopes(db) if s.startswith("project:api@")]
+    for scope, other_port in (("project:api", "9009"), (oss_scope, "7001")):
+        stored = wait_memories(db, scope, 2)
+        assert not any(other_port in m for m in stored), (scope, stored)
+
+
+def all_scopes(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [row[0] for row in conn.execute("SELECT DISTINCT scope FROM memories")]
+
+
+def test_the_user_scope_is_recalled_in_every_project_and_filled_by_no_turn(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    db = tmp_path / "memories.db"
+    seed(db, "user", "Answer in British English: colour, behaviour.")
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home = tmp_path / "home"
+    upstream.reply = "Noted: alpha is written in Go."
+    sent = ask("claude", proc, repository(tmp_path / "alpha"), "Alpha is written in Go; what colour is its logo?", home,
+               upstream)
+    assert "From scope user (your preferences in every project):" in sent and "British English" in sent
+    wait_memories(db, "project:alpha")
+    sent = ask("claude", proc, repository(tmp_path / "beta"), "Which colour scheme does beta use?", home, upstream)
+    assert "British English" in sent and "written in Go" not in sent
+    assert memories(db, "user") == ["Answer in British English: colour, behaviour."]

@@ -6,11 +6,16 @@ containerTag, exactly matched). Every memory shares one word, so that any scope'
 memory of every scope if the store ignored scopes; the test proves it would fail then (a scope-blind
 store). If the fake ignored containerTag, the Supermemory property would fail the same way.
 Recall goes through one `Recall` per example, so that its cache, shared by all scopes, is covered too.
+
+Project scopes get the same property: roots that share a directory name, differ by a subdirectory or look
+alike, named by a real project registry, each find only their own memories, and the user scope recalled
+beside a project's lands in its own part of the memory block, holding only the user scope's memories.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +28,10 @@ from hypothesis import strategies as st
 from memproxy.memory.base import Memory, MemoryStore
 from memproxy.memory.local import LocalStore, scope_prefix
 from memproxy.memory.supermemory import SupermemoryStore, container_tag
+from memproxy.protocols import frame_context
 from memproxy.recall import Recall
+from memproxy.repos import ProjectRegistry
+from memproxy.rules import USER_SCOPE, project_scope
 
 KEY = "sm_test_isolation_key"
 CANARY = "isolationcanary"  # in every memory and every query
@@ -84,13 +92,21 @@ async def check_isolation(store: MemoryStore, turns: list[tuple[str, str]], prob
     query = f"{CANARY} {turns[-1][1]}"
     for scope in [*own, *probes]:
         expected = sorted(own.get(scope, []))
-        assert sorted(await recall.search(scope, query, 100, 0.0, TIMEOUT)) == expected, scope
+        assert sorted(unlabelled(await recall.search(scope, query, 100, 0.0, TIMEOUT))) == expected, scope
         assert sorted(m.content for m in await store.search(scope, query, 100)) == expected, scope
         assert sorted(m.content for m in await store.list(scope)) == expected, scope
     for scope, contents in own.items():  # another scope cannot forget this scope's memory
         for other in own.keys() - {scope}:
             assert not await store.forget(other, ids[contents[0]]), (other, scope)
         assert len(await store.list(scope)) == len(contents)
+
+
+def unlabelled(recalled: tuple[str, ...]) -> list[str]:
+    """Recalled memories without the label recall puts before each: `(tool, day) `."""
+    return [LABEL.sub("", text, count=1) for text in recalled]
+
+
+LABEL = re.compile(r"^\([^)]*\) (?=" + CANARY + ")")
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +165,48 @@ def test_a_scope_blind_store_fails_the_check(backend: Backend) -> None:
 def test_a_scope_spelled_like_a_rewritten_tag_gets_its_own_container(fake: FakeSupermemory) -> None:
     twin = container_tag("claude-code:repo")  # a valid containerTag, so also a scope that maps to itself
     run(supermemory(fake), lambda store: check_isolation(store, [("claude-code:repo", ""), (twin, "")], []))
+
+
+# -- project scopes and the user layer ----------------------------------------------------------
+
+ROOTS = [
+    "/home/u/work/api", "/home/u/oss/api", "/home/u/api", "/srv/api", "C:/Users/me/api",  # one directory name
+    "/home/u/work/api/src", "/home/u/work",  # a subdirectory of a project, its parent
+    "/home/u/café", "/home/u/cafe\u0301", "/home/u/my repo", "/home/u/my-repo", "/home/u/my_repo",  # alike
+    "/home/u/user", "/home/u/project:x", "/home/u/a@1a2b3c", "/",  # names like another scope or a hashed name
+]  # fmt: skip
+USER = None  # a turn of the user scope
+owners = st.sampled_from([*ROOTS, USER])
+
+
+async def check_projects(store: MemoryStore, registry: ProjectRegistry, turns: list[tuple[str | None, str]]) -> None:
+    """Every root's project scope holds exactly its turns, and a block framed for it with the user layer holds
+    its turns before the layer's title and the user scope's after it, nothing else."""
+    def scope_of(root: str | None) -> str:
+        return USER_SCOPE if root is USER else project_scope(registry.register(root))
+
+    scopes = {root: scope_of(root) for root in [*ROOTS, USER]}
+    assert len(set(scopes.values())) == len(scopes)  # no two roots, nor a root and the user, share a scope
+    await check_isolation(store, [(scopes[root], noise) for root, noise in turns], list(scopes.values()))
+    recall, query = Recall(store), CANARY
+    mine = {scope: await recall.search(scope, query, 100, 0.0, TIMEOUT) for scope in scopes.values()}
+    title = "From scope user (your preferences in every project):\n"
+    for root, scope in scopes.items():
+        if root is USER:
+            continue
+        block = frame_context(mine[scope], scope, 10**6, also=[(USER_SCOPE, mine[USER_SCOPE])])
+        project_part, _, user_part = block.partition(title)
+        assert marks(project_part) == marks("\n".join(mine[scope])), root
+        assert marks(user_part) == marks("\n".join(mine[USER_SCOPE])), root
+
+
+def marks(text: str) -> list[str]:
+    return sorted(re.findall(r"\bmark\d+x\b", text))
+
+
+@SETTINGS
+@given(turns=st.lists(st.tuples(owners, noise), min_size=1, max_size=10))
+def test_project_scopes_and_the_user_layer_never_cross(backend: Backend, turns: list[tuple[str | None, str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = ProjectRegistry(Path(tmp) / "projects.json")
+        run(backend, lambda store: check_projects(store, registry, turns))
