@@ -58,14 +58,18 @@ def _backend(backend: str | None, db: Path | None, rules_path: Path | None) -> B
         raise click.ClickException(str(e)) from None
 
 
-def with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]]) -> T:
-    """Open the backend's store, run `work` on it, close it; a store failure is a clear error."""
+def with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]], *, read_only: bool = False) -> T:
+    """Open the backend's store, run `work` on it, close it; a store failure is a clear error.
+
+    `read_only` skips the store's `open`, which may write (the local store merges its index): for dry runs, which
+    must leave the store as it was. A store that cannot be opened still fails on its first read."""
     from ..memory import StoreError, open_store
 
     async def go() -> T:
         store = open_store(backend)
         try:
-            await store.open()
+            if not read_only:
+                await store.open()
             return await work(store)
         finally:
             await store.close()
@@ -179,7 +183,7 @@ def memories_move(backend: Backend, source: str, target: str, ids: tuple[str, ..
             raise click.ClickException(f"no memory {', '.join(missing)} in scope {source}; nothing was moved")
         return [by_id[i] for i in dict.fromkeys(ids)]
 
-    memories = with_store(backend, chosen)
+    memories = with_store(backend, chosen, read_only=True)
     if not memories:
         console.print(f"no memories in {escape(source)}; nothing to move")
         return
@@ -231,7 +235,7 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
     except (RegistryError, UnsafePath, OSError) as e:
         raise click.ClickException(f"cannot read the project registry: {e}") from None
 
-    plan = with_store(backend, lambda store: migrate.make_plan(store, records))
+    plan = with_store(backend, lambda store: migrate.make_plan(store, records), read_only=True)
     migrate.print_moves(plan, backend)
     if not plan.moves:
         console.print("nothing to migrate: no per-tool scope of a registered project holds memories")
