@@ -235,6 +235,9 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
     except (RegistryError, UnsafePath, OSError) as e:
         raise click.ClickException(f"cannot read the project registry: {e}") from None
 
+    if not records:
+        err_console.print(f"memproxy: the project registry {escape(str(project_names or config.projects_path()))} holds"
+                          " no projects yet: use your tools in them through the proxy once, then run migrate")
     plan = with_store(backend, lambda store: migrate.make_plan(store, records), read_only=True)
     migrate.print_moves(plan, backend)
     if not plan.moves:

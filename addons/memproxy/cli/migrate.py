@@ -177,11 +177,14 @@ def print_by_hand(plan: Plan, backend: Backend) -> None:
             console.print(escape(
                 f"{mixed.scope} holds {mixed.count} memories of every project used with {mixed.tool}; they are mixed"
                 " and cannot be split automatically, so they were not moved. Projects whose memories it may hold:"))
-        for record in mixed.projects:
-            console.print(escape(f"  {record.root}  ->  {project_scope(record.name)}"))
+        targets = [project_scope(record.name) for record in mixed.projects]
+        for record, target in zip(mixed.projects, targets, strict=True):
+            console.print(escape(f"  {record.root}  ->  {target}"))
+        if not targets:
+            console.print("  none seen yet")
         console.print(escape(f"See them with `{listing} {shlex.quote(mixed.scope)}`, then move each project's with:"))
-        for record in mixed.projects:
-            console.print(escape(f"  {move_command(mixed.scope, project_scope(record.name), backend)}"))
+        for target in targets or [project_scope("NAME")]:
+            console.print(escape(f"  {move_command(mixed.scope, target, backend)}"))
     for unseen in plan.unseen:
         console.print()
         console.print(escape(
