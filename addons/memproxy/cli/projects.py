@@ -15,6 +15,7 @@ from .memories import store_options, with_store
 
 if TYPE_CHECKING:
     from ..memory import Backend, MemoryStore
+    from ..ports import Project
 
 # On Supermemory a scope's memories are counted by listing them: one request a project, up to this many.
 SUPERMEMORY_COUNT_CAP = 100
@@ -69,7 +70,7 @@ def projects_list(backend: Backend, project_names: Path | None, registry: Path |
         seen, registered = names.projects(), ports.projects()
     except (RegistryError, UnsafePath, OSError) as e:
         raise click.ClickException(str(e)) from None
-    port_of = {}
+    port_of: dict[str, Project] = {}
     for p in registered:  # a port's project is the one holding its path, as for a working directory
         port_of.setdefault(project_root(p.path) or p.path, p)
         port_of.setdefault(p.path, p)
@@ -80,7 +81,7 @@ def projects_list(backend: Backend, project_names: Path | None, registry: Path |
         Column("project", overflow="fold"), Column("scope", overflow="fold"), "port", Column("root", overflow="fold"),
         "tools", "memories", "last use", title=escape(f"projects seen ({names.path})"),
     )
-    shown = set()
+    shown: set[Project | None] = set()
     for record, scope in zip(seen, scopes, strict=True):
         port = port_of.get(record.root)
         shown.add(port)
@@ -95,7 +96,7 @@ def projects_list(backend: Backend, project_names: Path | None, registry: Path |
         return
     console.print(table)
     if registered:
-        console.print(f"IDEs reach a project through its port: base URL {proxy_url(DEFAULT_HOST, 0)[:-1]}PORT/v1"
+        console.print(f"IDEs reach a project through its port: base URL http://{DEFAULT_HOST}:PORT/v1"
                       f" (ports registered in {escape(str(ports.path))})")
 
 
