@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -23,8 +24,12 @@ from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
 from fakes.upstream import DEFAULT_REPLY
 from memproxy.cli import main
-from memproxy.memory.supermemory import SupermemoryStore
+from memproxy.memory import Memory, MemoryStore
+from memproxy.memory.local import LocalStore
+from memproxy.memory.supermemory import SupermemoryStore, container_tag
 from memproxy.outbox import table
+from memproxy.repos import ProjectRegistry
+from memproxy.rules import USER_SCOPE
 from mitmproxy import http, io
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
@@ -99,7 +104,7 @@ def test_every_command_is_there():
     assert set(command_paths()) >= {
         ("run",), ("env",), ("wrap",), ("certs",), ("status",), ("dead-letters",),
         ("rules", "check"), ("rules", "explain"),
-        *(("memories", c) for c in ("list", "search", "add", "forget", "export", "import", "scrub")),
+        *(("memories", c) for c in ("list", "search", "add", "forget", "move", "migrate", "export", "import", "scrub")),
         *(("projects", c) for c in ("add", "list", "remove")),
     }
 
@@ -430,6 +435,287 @@ def test_memories_add_and_import_replace_secrets(cli: Cli, tmp_path: Path):
     assert files_with(tmp_path, secrets) == [export.name]
 
 
+# -- project memory: the user scope, moving and migrating -----------------------------------
+
+SM_ENV_KEYS = ("SUPERMEMORY_API_KEY", "SUPERMEMORY_BASE_URL")
+# The scope templates of earlier versions' default rules, for memories "made by the old naming".
+OLD_RULES = """\
+rules:
+  - name: claude-code
+    match:
+      headers: {user-agent: '^claude-cli/'}
+      json: {messages.*.content: 'Primary working directory: (?P<cwd>[^\\n]+)'}
+    scope: 'claude-code:{cwd|basename}'
+"""
+
+
+def sm_env(fake: FakeSupermemory) -> dict[str, str]:
+    return dict(zip(SM_ENV_KEYS, (fake.api_key, fake.url), strict=True))
+
+
+def dump(db: Path) -> list[tuple[object, ...]]:
+    """Every memory of the local store at `db`, as its table holds it."""
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT id, scope, custom_id, content, metadata, created_at FROM memories ORDER BY id").fetchall()
+
+
+def scopes_of(db: Path) -> dict[str, list[str]]:
+    """scope -> its memories' contents, oldest first."""
+    found: dict[str, list[str]] = {}
+    for _, scope, _, content, _, _ in dump(db):
+        found.setdefault(scope, []).append(content)
+    return found
+
+
+def repo(path: Path) -> Path:
+    """A directory that is a repository's root."""
+    (path / ".git").mkdir(parents=True)
+    return path
+
+
+def register(registry: Path, *roots: Path, tool: str | None = None) -> list[str]:
+    """The roots' project names in the project registry at `registry` (a use by `tool` recorded)."""
+    reg = ProjectRegistry(registry)
+    names = [reg.register(str(root)) for root in roots]
+    if tool:
+        for root in roots:
+            reg.note_use(str(root), tool)
+        reg.flush()
+    return names
+
+
+def test_memories_add_user_goes_to_the_user_scope(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "memories.db")
+    assert "to user" in cli.ok("memories", "add", "--user", "Answer in British English", *db)
+    assert "British English" in cli.ok("memories", "list", "--scope", USER_SCOPE, *db)
+    for both_or_neither in (("--user", "--scope", "project:x"), ()):
+        result = cli("memories", "add", *both_or_neither, "no scope", *db)
+        assert result.returncode == 2 and "give exactly one of --scope SCOPE and --user" in result.stderr
+    assert scopes_of(tmp_path / "memories.db") == {USER_SCOPE: ["Answer in British English"]}
+
+
+def test_memories_move_local(cli: Cli, tmp_path: Path):
+    db = tmp_path / "memories.db"
+    asyncio.run(seed_memories(LocalStore(db), "claude-code:api", [
+        ("turn-1", "The api deploys with fly.io", {"tool": "Claude Code"}, 1_700_000_000.0),
+        ("turn-2", "The api tests run with tox", {}, 1_700_000_100.0),
+        ("turn-3", "The other api uses nox", {}, 1_700_000_200.0),
+    ]))
+    seed(db, "project:api", "already here")
+    before = db.read_bytes()
+    ids = {content: id_ for id_, _, _, content, _, _ in dump(db)}
+    args = ("--from", "claude-code:api", "--to", "project:api", "--db", db)
+
+    dry = cli.ok("memories", "move", *args, "--id", ids["The api deploys with fly.io"], "--dry-run")
+    assert "would move 1 memories from claude-code:api to project:api; nothing was changed (dry run)" in dry
+    assert "The api deploys with fly.io" in dry and "tox" not in dry
+    assert db.read_bytes() == before and not db.with_name("memories.db-wal").exists()
+
+    missing = cli("memories", "move", *args, "--id", ids["The api tests run with tox"], "--id", "999", "--yes")
+    assert missing.returncode == 1 and "no memory 999 in scope claude-code:api; nothing was moved" in missing.stderr
+    aborted = cli("memories", "move", *args, stdin="n\n")
+    assert aborted.returncode == 1 and "Aborted" in aborted.stderr
+    same = cli("memories", "move", "--from", "a", "--to", "a", "--db", db)
+    assert same.returncode == 2 and "is the scope they are in already" in same.stderr
+    assert scopes_of(db)["claude-code:api"] == [
+        "The api deploys with fly.io", "The api tests run with tox", "The other api uses nox"]
+
+    old = {r[0]: r for r in dump(db)}
+    out = cli.ok("memories", "move", *args, "--id", ids["The api deploys with fly.io"],
+                 "--id", ids["The api tests run with tox"], "--yes")
+    assert "moved 2 memories from claude-code:api to project:api" in out
+    assert scopes_of(db) == {"claude-code:api": ["The other api uses nox"],
+                             "project:api": ["The api deploys with fly.io", "The api tests run with tox", "already here"]}
+    for row in dump(db):  # id, custom id, content, metadata and date kept
+        if row[1] == "project:api" and row[0] in old:
+            assert row[2:] == old[row[0]][2:]
+    found = cli.ok("memories", "search", "--scope", "project:api", "how does it deploy", "--db", db)
+    assert "fly.io" in found  # indexed under its new scope
+    assert "0 memories in claude-code:api" in cli.ok("memories", "search", "--scope", "claude-code:api", "fly.io", "--db", db)
+    assert "moved 1 memories" in cli.ok("memories", "move", *args, "-y")
+    assert "no memories in claude-code:api; nothing to move" in cli.ok("memories", "move", *args, "-y")
+
+
+async def seed_memories(store: MemoryStore, scope: str, memories: list[tuple[str, str, dict[str, object], float]]) -> None:
+    """Store (custom id, content, metadata, date) memories in `scope`, then close the store (Supermemory: undated)."""
+    try:
+        for custom_id, content, metadata, at in memories:
+            if isinstance(store, LocalStore):
+                await store.add_many([Memory(custom_id, scope, content, 0.0, metadata, at)])
+            else:
+                await store.add(scope, content, custom_id=custom_id, metadata=metadata)
+    finally:
+        await store.close()
+
+
+def test_memories_move_supermemory(cli: Cli, supermemory: FakeSupermemory):
+    asyncio.run(seed_memories(SupermemoryStore(supermemory.api_key, supermemory.url), "codex:api", [
+        ("turn-1", "The api deploys with fly.io", {"tool": "Codex"}, 0.0),
+        ("turn-2", "The api tests run with tox", {"tool": "Codex"}, 0.0),
+    ]))
+    args = ("--from", "codex:api", "--to", "project:api", "--backend", "supermemory")
+    writes = len(supermemory.requests)
+    assert "would move 2 memories" in cli.ok("memories", "move", *args, "--dry-run", env=sm_env(supermemory))
+    assert not [r for r in supermemory.requests[writes:] if r.method != "POST" or r.path != "/v3/documents/list"]
+    assert "moved 2 memories from codex:api to project:api" in cli.ok("memories", "move", *args, "-y", env=sm_env(supermemory))
+    docs = list(supermemory.documents.values())
+    assert sorted((d.container_tag, d.content, d.metadata["tool"]) for d in docs) == [
+        (container_tag("project:api"), "The api deploys with fly.io", "Codex"),
+        (container_tag("project:api"), "The api tests run with tox", "Codex"),
+    ]
+
+
+def test_memories_migrate_local(cli: Cli, tmp_path: Path):
+    """Memories made under the per-tool scopes of the old naming are moved into the project scopes; the dry run
+    changes nothing; a same-name collision and the one-per-tool scopes are reported, not moved."""
+    shop, my_shop = repo(tmp_path / "work/shop"), repo(tmp_path / "work/my shop")
+    api, other_api = repo(tmp_path / "work/api"), repo(tmp_path / "oss/api")
+    registry, db = tmp_path / "projects.json", tmp_path / "memories.db"
+    *names, other_name = register(registry, shop, my_shop, api, other_api)
+    assert names == ["shop", "my-shop", "api"] and re.fullmatch(r"api@[0-9a-f]{6,}", other_name)
+
+    # The old rules' scope for Claude Code in "my shop" (a space: the scope name is rewritten with a hash).
+    old_rules, body = tmp_path / "old.yaml", tmp_path / "body.json"
+    old_rules.write_text(OLD_RULES)
+    body.write_text(json.dumps(claude_body(str(my_shop), "hi")))
+    explained = cli.ok("rules", "explain", "--rules", old_rules, "--ua", CLAUDE_UA, "--path", "/v1/messages", "--body", body)
+    my_shop_scope = re.search(r"scope: (\S+)  rule: claude-code", explained)[1]
+    assert my_shop_scope.startswith("claude-code:my-shop~")
+
+    seed(db, "claude-code:shop", "The shop deploys with fly.io", "The shop's tests run with make test")
+    seed(db, "codex:shop", "Codex: the shop's payments go through Stripe")
+    seed(db, "gemini-cli:shop", "Gemini: the shop's CSS is Tailwind")
+    seed(db, my_shop_scope, "My shop sells tea")
+    seed(db, "jetbrains:api", "JetBrains: one of the two api projects uses Django")  # mixed: two roots named api
+    seed(db, "qwen-code", "Qwen: some project uses Rust")
+    seed(db, "opencode", "opencode: some project uses Go")
+    seed(db, "codex:legacy", "a project the proxy has not seen since")
+    seed(db, "project:shop", "Already in the project scope")
+    seed(db, "openai-sdk", "an SDK script's memory")
+    args = ("--project-names", registry, "--db", db)
+    original, before = dump(db), db.read_bytes()
+
+    dry = cli.ok("memories", "migrate", "--dry-run", *args)
+    assert db.read_bytes() == before and not db.with_name("memories.db-wal").exists()  # the dry run changes nothing
+    for source, target, n in (("claude-code:shop", "project:shop", 2), ("codex:shop", "project:shop", 1),
+                              ("gemini-cli:shop", "project:shop", 1), (my_shop_scope, "project:my-shop", 1)):
+        assert re.search(rf"{re.escape(source)}\s+│\s+{re.escape(target)}\s+│\s+{n}\b", dry), dry
+    assert "would move 5 memories from 4 scopes; nothing was changed (dry run)" in dry
+    assert ("jetbrains:api holds 1 memories of 2 projects whose directories share a name; they are mixed and cannot be"
+            " split automatically, so they were not moved") in dry
+    assert f"  {api}  ->  project:api" in dry and f"  {other_api}  ->  project:{other_name}" in dry
+    for name in ("api", other_name):
+        assert f"memproxy memories move --from jetbrains:api --to project:{name} --db {db} --id ID [--id ID ...]" in dry
+    assert "qwen-code holds 1 memories of every project used with Qwen Code" in dry
+    assert "opencode holds 1 memories of every project used with opencode" in dry
+    assert ("no project named legacy seen yet: use any tool in it once through the proxy, then run migrate again"
+            " (codex:legacy holds 1 memories)") in dry
+
+    aborted = cli("memories", "migrate", *args, stdin="n\n")
+    assert aborted.returncode == 1 and dump(db) == original
+    done = cli.ok("memories", "migrate", "--yes", *args)
+    assert "moved 5 memories from 4 scopes into their projects' scopes" in done
+    assert scopes_of(db) == {
+        "project:shop": ["The shop deploys with fly.io", "The shop's tests run with make test",
+                         "Codex: the shop's payments go through Stripe", "Gemini: the shop's CSS is Tailwind",
+                         "Already in the project scope"],
+        "project:my-shop": ["My shop sells tea"],
+        "jetbrains:api": ["JetBrains: one of the two api projects uses Django"],
+        "qwen-code": ["Qwen: some project uses Rust"],
+        "opencode": ["opencode: some project uses Go"],
+        "codex:legacy": ["a project the proxy has not seen since"],
+        "openai-sdk": ["an SDK script's memory"],
+    }
+    moved = {r[0]: r for r in dump(db)}
+    assert all(moved[r[0]][2:] == r[2:] for r in original)  # ids, custom ids, contents, metadata and dates kept
+    assert "Tailwind" in cli.ok("memories", "search", "--scope", "project:shop", "which css framework", "--db", db)
+
+    again = cli.ok("memories", "migrate", "--yes", *args)  # a second run moves nothing
+    assert "nothing to migrate" in again and "jetbrains:api holds 1 memories" in again
+    assert dump(db) == list(moved.values())
+
+    # The collision, sorted by hand with the printed command.
+    [(mixed_id,)] = [(r[0],) for r in dump(db) if r[1] == "jetbrains:api"]
+    cli.ok("memories", "move", "--from", "jetbrains:api", "--to", "project:api", "--db", db, "--id", mixed_id, "-y")
+    assert scopes_of(db)["project:api"] == ["JetBrains: one of the two api projects uses Django"]
+
+
+def test_memories_migrate_supermemory(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
+    shop, api, other_api = repo(tmp_path / "work/shop"), repo(tmp_path / "work/api"), repo(tmp_path / "oss/api")
+    registry = tmp_path / "projects.json"
+    register(registry, shop, api, other_api, tool="Qwen Code")
+
+    def store() -> SupermemoryStore:
+        return SupermemoryStore(supermemory.api_key, supermemory.url)
+
+    asyncio.run(seed_memories(store(), "claude-code:shop", [("t1", "The shop deploys with fly.io", {"tool": "Claude Code"}, 0)]))
+    asyncio.run(seed_memories(store(), "codex:shop", [("t2", "The shop uses Stripe", {"tool": "Codex"}, 0)]))
+    asyncio.run(seed_memories(store(), "codex:api", [("t3", "One api uses Django", {}, 0)]))
+    asyncio.run(seed_memories(store(), "qwen-code", [("t4", "Some project uses Rust", {}, 0)]))
+    args, env = ("--backend", "supermemory", "--project-names", registry), sm_env(supermemory)
+
+    def writes_during(*command: object) -> tuple[str, list[str]]:
+        first = len(supermemory.requests)
+        out = cli.ok(*command, env=env)
+        return out, [f"{r.method} {r.path}" for r in supermemory.requests[first:]
+                     if r.method != "GET" and r.path != "/v3/documents/list"]
+
+    dry, writes = writes_during("memories", "migrate", "--dry-run", *args)
+    assert writes == []  # the fake received no writes
+    assert "would move 2 memories from 2 scopes" in dry
+    assert "codex:api holds 1 memories of 2 projects" in dry and "qwen-code holds 1 memories" in dry
+    assert "--backend supermemory --id ID" in dry
+
+    done, writes = writes_during("memories", "migrate", "--yes", *args)
+    assert "moved 2 memories from 2 scopes" in done
+    assert sorted(w.split()[0] for w in writes) == ["DELETE", "DELETE", "POST", "POST"]
+    tags = sorted((d.container_tag, d.content, d.metadata.get("tool")) for d in supermemory.documents.values())
+    assert tags == sorted([
+        (container_tag("project:shop"), "The shop deploys with fly.io", "Claude Code"),
+        (container_tag("project:shop"), "The shop uses Stripe", "Codex"),
+        (container_tag("codex:api"), "One api uses Django", None),
+        ("qwen-code", "Some project uses Rust", None),
+    ])
+    again, writes = writes_during("memories", "migrate", "--yes", *args)
+    assert writes == [] and "nothing to migrate" in again
+
+
+def test_projects_lists_every_project_seen(cli: Cli, tmp_path: Path):
+    shop, api = repo(tmp_path / "work/shop"), repo(tmp_path / "work/api")
+    data = cli.home / ".local/share/memproxy"  # the defaults: the project registry and the store
+    register(data / "projects.json", shop, tool="Claude Code")
+    register(data / "projects.json", shop, tool="Codex")
+    register(data / "projects.json", api)
+    out = cli.ok("projects")  # the bare group lists
+    assert re.search(rf"api\s+│\s+project:api\s+│\s+│\s+{api}\s+│\s+-\s+│\s+0\s+│\s+-", out), out
+    assert re.search(rf"shop\s+│\s+project:shop\s+│\s+│\s+{shop}\s+│\s+Claude Code, Codex\s+│\s+0\s+│\s+\d{{4}}-", out)
+    assert not (data / "memories.db").exists()  # listing creates no store
+
+    seed(data / "memories.db", "project:shop", "one", "two")
+    seed(data / "memories.db", "claude-code:shop", "not the project's scope")
+    cli.ok("projects", "add", shop)
+    port = int(re.search(r"port (\d+)", cli.ok("projects", "add", shop))[1])
+    listed = cli.ok("projects", "list")
+    assert re.search(rf"shop\s+│\s+project:shop\s+│\s+{port}\s+│\s+{shop}\s+│\s+Claude Code, Codex\s+│\s+2\s+│", listed), listed
+    assert listed == cli.ok("projects")
+
+    empty = Cli(tmp_path / "empty-home")
+    assert "no projects seen yet" in empty.ok("projects")
+
+
+def test_projects_counts_supermemory_memories(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
+    shop = repo(tmp_path / "shop")
+    registry = tmp_path / "projects.json"
+    register(registry, shop)
+    asyncio.run(seed_memories(SupermemoryStore(supermemory.api_key, supermemory.url), "project:shop",
+                              [(f"t{i}", f"memory {i}", {}, 0) for i in range(3)]))
+    out = cli.ok("projects", "list", "--backend", "supermemory", "--project-names", registry, env=sm_env(supermemory))
+    assert re.search(rf"shop\s+│\s+project:shop\s+│\s+│\s+{shop}\s+│\s+-\s+│\s+3\s+│", out), out
+    supermemory.fault = "500"
+    failed = cli("projects", "list", "--backend", "supermemory", "--project-names", registry, env=sm_env(supermemory))
+    assert failed.returncode == 0 and "memories not counted" in failed.stderr and "project:shop" in failed.stdout
+
+
 # -- projects and dead letters ---------------------------------------------------------------
 
 
@@ -446,7 +732,8 @@ def test_projects_add_list_remove(cli: Cli, tmp_path: Path):
     assert beta_port != port
 
     listed = cli.ok("projects", "list", *registry)
-    assert re.search(rf"alpha\s+│\s+{port}\s+│\s+http://127\.0\.0\.1:{port}/v1\s+│\s+{alpha}", listed)
+    assert re.search(rf"alpha\s+│\s+-\s+│\s+{port}\s+│\s+{alpha}\s+│.*not used yet", listed)  # no tool used it yet
+    assert "IDEs reach a project through its port: base URL http://127.0.0.1:PORT/v1" in listed
     assert "beta" in listed
 
     assert "removed" in cli.ok("projects", "remove", alpha, *registry)

@@ -442,3 +442,40 @@ def test_a_scope_past_the_budget_searches_its_rarest_words(store: LocalStore, mo
     assert hit.content == "shared needle"
     assert len(run(store.search("small", "shared needle", limit=10))) == 10  # a small scope affords every word
     assert len(run(store.search("big", "shared", limit=10))) == 10  # one word is always kept
+
+
+def test_move_keeps_the_memory_and_reindexes_it(store: LocalStore, tmp_path: Path) -> None:
+    add_all(store, "codex:api", FILLER)
+    add_all(store, "project:api", ["The staging cluster is in Frankfurt"])
+    mid = run(store.add("codex:api", "Deploys use rsync to the bastion host", custom_id="turn-1", metadata={"tool": "Codex"}))
+    [before] = [m for m in run(store.list("codex:api")) if m.id == mid]
+    assert run(store.move(before, "project:api")) is True
+    [hit] = run(store.search("project:api", "how do we deploy with rsync?"))
+    assert (hit.id, hit.scope, hit.content, hit.metadata, hit.created_at) == (
+        mid, "project:api", before.content, {"tool": "Codex"}, before.created_at)
+    assert run(store.search("codex:api", "deploy with rsync")) == []
+    assert run(store.count("codex:api")) == len(FILLER) and run(store.count("project:api")) == 2
+    assert run(store.add("project:api", "again", custom_id="turn-1")) == mid  # its custom id went with it
+    assert run(store.move(before, "project:api")) is False  # no longer in codex:api
+    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:  # raises if the index and the table disagree
+        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_move_onto_the_same_custom_id_deletes_the_duplicate(store: LocalStore, tmp_path: Path) -> None:
+    kept = run(store.add("project:api", "the answer as stored there", custom_id="turn-7"))
+    dup = run(store.add("codex:api", "the answer as stored here", custom_id="turn-7"))
+    [memory] = run(store.list("codex:api"))
+    assert run(store.move(memory, "project:api")) is True
+    assert [m.id for m in run(store.list("project:api"))] == [kept]
+    assert run(store.count("codex:api")) == 0 and run(store.search("codex:api", "answer stored")) == []
+    assert dup != kept and [m.id for m in run(store.search("project:api", "answer stored"))] == [kept]
+    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:
+        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_move_to_its_own_scope_changes_nothing(store: LocalStore) -> None:
+    mid = run(store.add("s", "remember the alamo", custom_id="c"))
+    [memory] = run(store.list("s"))
+    assert run(store.move(memory, "s")) is True
+    assert [(m.id, m.content) for m in run(store.search("s", "alamo"))] == [(mid, "remember the alamo")]
+    assert run(store.move(Memory("999", "s", "gone"), "t")) is False

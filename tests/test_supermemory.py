@@ -12,7 +12,7 @@ from conftest import SUPERMEMORY_KEY as KEY  # the supermemory fixture's key
 from fakes.supermemory import FakeSupermemory
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from memproxy.memory import StoreError
+from memproxy.memory import Memory, StoreError
 from memproxy.memory.supermemory import (
     DEFAULT_BASE_URL,
     SupermemoryStore,
@@ -353,3 +353,56 @@ async def test_unencodable_content_is_a_store_error(store: SupermemoryStore, sup
     with pytest.raises(StoreError, match="cannot encode"):
         await store.add("s", "lone surrogate \ud800")
     assert supermemory.requests == []
+
+
+# move
+
+
+async def test_move_adds_to_the_new_container_and_deletes_the_old(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    old = await store.add(SCOPE, "Deploys use rsync to the bastion host", custom_id="turn:1", metadata={"tool": "Codex"})
+    await store.add(SCOPE, "another memory stays")
+    [memory] = [m for m in await store.list(SCOPE) if m.id == old]
+    assert await store.move(memory, "project:api") is True
+    assert old not in supermemory.documents
+    [moved] = await store.list("project:api")
+    assert (moved.content, moved.metadata) == (memory.content, {"tool": "Codex"})
+    assert [m.content for m in await store.list(SCOPE)] == ["another memory stays"]
+    [hit] = await store.search("project:api", "deploy with rsync")
+    assert hit.content == memory.content
+    added = supermemory.last("/v3/documents").json
+    assert added["containerTag"] == container_tag("project:api")
+    assert added["customId"] == document_custom_id(container_tag("project:api"), document_custom_id(container_tag(SCOPE), "turn:1"))
+    assert await store.move(memory, "project:api") is False  # gone from its scope
+
+
+async def test_a_move_run_again_updates_the_same_copy(store: SupermemoryStore) -> None:
+    await store.add("a", "one memory")
+    [memory] = await store.list("a")
+    real_call, deletes = store._call, 0
+
+    async def failing_delete(method: str, path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal deletes
+        if method == "DELETE" and deletes == 0:
+            deletes += 1
+            raise StoreError("interrupted")
+        return await real_call(method, path, *args, **kwargs)
+
+    store._call = failing_delete  # type: ignore[method-assign]  # the fake's faults cannot tell a GET from a DELETE
+    with pytest.raises(StoreError):
+        await store.move(memory, "b")
+    assert len(await store.list("b")) == 1 and len(await store.list("a")) == 1
+    assert await store.move(memory, "b") is True
+    assert [m.content for m in await store.list("b")] == ["one memory"]
+    assert await store.list("a") == []
+
+
+async def test_move_leaves_another_scopes_document_and_its_own_scope_alone(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    await store.add("a", "mine")
+    await store.add("b", "theirs")
+    [theirs] = await store.list("b")
+    pretend = Memory(theirs.id, "a", theirs.content)  # listed under a scope it is not in
+    assert await store.move(pretend, "c") is False
+    assert await store.move(theirs, "b") is True
+    assert [m.content for m in await store.list("b")] == ["theirs"] and await store.list("c") == []
+    assert await store.move(Memory("no-such-doc", "a", "x"), "c") is False
+    assert not [r for r in supermemory.requests if r.method == "DELETE"]

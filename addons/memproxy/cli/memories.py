@@ -18,7 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import config
-from .common import console, err_console, load_rules, rules_option, when
+from .common import console, err_console, load_rules, project_names_option, rules_option, when
 
 if TYPE_CHECKING:
     from ..memory import Backend, Memory, MemoryStore
@@ -58,14 +58,18 @@ def _backend(backend: str | None, db: Path | None, rules_path: Path | None) -> B
         raise click.ClickException(str(e)) from None
 
 
-def _with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]]) -> T:
-    """Open the backend's store, run `work` on it, close it; a store failure is a clear error."""
+def with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]], *, read_only: bool = False) -> T:
+    """Open the backend's store, run `work` on it, close it; a store failure is a clear error.
+
+    `read_only` skips the store's `open`, which may write (the local store merges its index): for dry runs, which
+    must leave the store as it was. A store that cannot be opened still fails on its first read."""
     from ..memory import StoreError, open_store
 
     async def go() -> T:
         store = open_store(backend)
         try:
-            await store.open()
+            if not read_only:
+                await store.open()
             return await work(store)
         finally:
             await store.close()
@@ -88,7 +92,7 @@ def memories() -> None:
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
 def memories_list(backend: Backend, scope: str, limit: int, offset: int) -> None:
     """List a scope's memories, newest first."""
-    found = _with_store(backend, lambda store: store.list(scope, limit, offset))
+    found = with_store(backend, lambda store: store.list(scope, limit, offset))
     _print_memories(found, f"{len(found)} memories in {scope}, newest first")
 
 
@@ -100,7 +104,7 @@ def memories_list(backend: Backend, scope: str, limit: int, offset: int) -> None
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Minimum relevance.")
 def memories_search(backend: Backend, scope: str, query: str, limit: int, threshold: float) -> None:
     """Search a scope's memories as recall does, best first."""
-    found = _with_store(backend, lambda store: store.search(scope, query, limit, threshold))
+    found = with_store(backend, lambda store: store.search(scope, query, limit, threshold))
     _print_memories(found, f"{len(found)} memories in {scope} for {query!r}", scores=True)
 
 
@@ -115,16 +119,26 @@ def _print_memories(found: list[Memory], title: str, *, scores: bool = False) ->
 
 @memories.command("add")
 @store_options
-@scope_option
+@click.option("--scope", default=None, help="The memory scope, e.g. project:shop.")
+@click.option("--user", "user", is_flag=True,
+              help="Into the user scope instead: what applies in every project, recalled beside each project's memories.")
 @click.argument("content")
-def memories_add(backend: Backend, scope: str, content: str) -> None:
-    """Remember CONTENT in a scope (secrets in it are replaced by [secret: <kind>], as in captured turns)."""
+def memories_add(backend: Backend, scope: str | None, user: bool, content: str) -> None:
+    """Remember CONTENT in a scope, or with --user in the user scope (secrets in it are replaced by
+    [secret: <kind>], as in captured turns)."""
     from ..scrub import scrub
 
+    if (scope is None) == (not user):
+        raise click.UsageError("give exactly one of --scope SCOPE and --user")
+    if user:
+        from ..rules import USER_SCOPE
+
+        scope = USER_SCOPE
+    assert scope is not None
     if not content.strip():
         raise click.BadParameter("the memory is empty", param_hint="CONTENT")
     scrubbed = scrub(content)
-    memory_id = _with_store(backend, lambda store: store.add(scope, scrubbed.text, metadata={"client": "memproxy-cli"}))
+    memory_id = with_store(backend, lambda store: store.add(scope, scrubbed.text, metadata={"client": "memproxy-cli"}))
     _report_replaced(scrubbed.found)
     console.print(f"added memory {memory_id} to {escape(scope)}")
 
@@ -138,9 +152,109 @@ def memories_forget(backend: Backend, scope: str, memory_id: str, yes: bool) -> 
     """Delete the memory MEMORY_ID of a scope (asks first unless --yes)."""
     if not yes:
         click.confirm(f"Forget memory {memory_id} of {scope}?", abort=True)
-    if not _with_store(backend, lambda store: store.forget(scope, memory_id)):
+    if not with_store(backend, lambda store: store.forget(scope, memory_id)):
         raise click.ClickException(f"no memory {memory_id} in scope {scope}")
     console.print(f"forgot memory {memory_id} of {escape(scope)}")
+
+
+@memories.command("move")
+@store_options
+@click.option("--from", "source", required=True, help="The scope to move memories out of.")
+@click.option("--to", "target", required=True, help="The scope to move them into, e.g. project:shop.")
+@click.option("--id", "ids", multiple=True, help="Only this memory of --from (repeatable). Default: all of them.")
+@click.option("--dry-run", is_flag=True, help="Show what would move; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before moving.")
+def memories_move(backend: Backend, source: str, target: str, ids: tuple[str, ...], dry_run: bool, yes: bool) -> None:
+    """Move memories from one scope to another, keeping their content and metadata (and, in the local store,
+    their dates).
+
+    For what `memproxy memories migrate` cannot sort: a scope holding several projects' memories. A memory that
+    --to already holds (the same custom id) is deleted from --from instead.
+    """
+    if source == target:
+        raise click.BadParameter("is the scope they are in already", param_hint="--to")
+
+    async def chosen(store: MemoryStore) -> list[Memory]:
+        found = [m async for m in store.every([source])]
+        if not ids:
+            return found
+        by_id = {m.id: m for m in found}
+        if missing := [i for i in dict.fromkeys(ids) if i not in by_id]:
+            raise click.ClickException(f"no memory {', '.join(missing)} in scope {source}; nothing was moved")
+        return [by_id[i] for i in dict.fromkeys(ids)]
+
+    memories = with_store(backend, chosen, read_only=True)
+    if not memories:
+        console.print(f"no memories in {escape(source)}; nothing to move")
+        return
+    _print_memories(memories, f"{len(memories)} memories of {source} to move to {target}")
+    if dry_run:
+        console.print(f"would move {len(memories)} memories from {escape(source)} to {escape(target)};"
+                      " nothing was changed (dry run)")
+        return
+    if not yes:
+        click.confirm(f"Move {len(memories)} memories from {source} to {target}?", abort=True)
+
+    async def move(store: MemoryStore) -> int:
+        moved = 0
+        with _progress(f"moving to {target}", len(memories)) as advance:
+            for memory in memories:
+                moved += await store.move(memory, target)
+                advance(1)
+        return moved
+
+    moved = with_store(backend, move)
+    console.print(f"moved {moved} memories from {escape(source)} to {escape(target)}")
+    if moved < len(memories):
+        err_console.print(f"{len(memories) - moved} memories were no longer in {escape(source)}")
+
+
+@memories.command("migrate")
+@store_options
+@project_names_option
+@click.option("--dry-run", is_flag=True, help="Print the plan (scope -> scope, counts); change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before moving.")
+def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool, yes: bool) -> None:
+    """Move the memories that earlier versions kept per tool (claude-code:api, codex:api, gemini-cli:api,
+    jetbrains:api) into their project's scope (project:api), for every project in the project registry.
+
+    Prints the plan first. A per-tool scope that two projects with one directory name shared, and the
+    one-per-tool scopes qwen-code and opencode, hold several projects' memories mixed: they are not moved, and
+    the output says how to move them by hand (`memproxy memories move`). With the local store, per-tool scopes
+    of directories no tool has used through the proxy since are reported; on Supermemory, which cannot list its
+    scopes, only the scopes of the projects in the registry are looked at. Running it again does nothing new.
+
+    Not for rules that set `project_memory: per_tool`: their scopes are these per-tool scopes.
+    """
+    from ..private import UnsafePath
+    from ..repos import ProjectRegistry, RegistryError
+    from . import migrate
+
+    try:
+        records = ProjectRegistry(project_names).projects()
+    except (RegistryError, UnsafePath, OSError) as e:
+        raise click.ClickException(f"cannot read the project registry: {e}") from None
+
+    if not records:
+        err_console.print(f"memproxy: the project registry {escape(str(project_names or config.projects_path()))} holds"
+                          " no projects yet: use your tools in them through the proxy once, then run migrate")
+    plan = with_store(backend, lambda store: migrate.make_plan(store, records), read_only=True)
+    migrate.print_moves(plan, backend)
+    if not plan.moves:
+        console.print("nothing to migrate: no per-tool scope of a registered project holds memories")
+    elif dry_run:
+        console.print(f"would move {plan.total} memories from {len(plan.moves)} scopes; nothing was changed (dry run)")
+    else:
+        if not yes:
+            click.confirm(f"Move these {plan.total} memories?", abort=True)
+
+        async def work(store: MemoryStore) -> int:
+            with _progress("migrating", plan.total) as advance:
+                return await migrate.carry_out(store, plan, advance)
+
+        done = with_store(backend, work)
+        console.print(f"moved {done} memories from {len(plan.moves)} scopes into their projects' scopes")
+    migrate.print_by_hand(plan, backend)
 
 
 @memories.command("export")
@@ -166,7 +280,7 @@ def memories_export(backend: Backend, scope: str, path: str) -> None:
         return done
 
     with _output(path) as output:
-        n = _with_store(backend, work)
+        n = with_store(backend, work)
     err_console.print(f"exported {n} memories of {escape(scope)}")
 
 
@@ -220,7 +334,7 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
                 await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
                 advance(1)
 
-    _with_store(backend, work)
+    with_store(backend, work)
     _report_replaced(found)
     console.print(f"imported {len(records)} memories from {escape(file.name)} (ones imported before are kept once)")
 
@@ -263,7 +377,7 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
             emptied = await store.compact()
         return found, seen, changed, emptied
 
-    in_store, seen, changed, emptied = _with_store(backend, work)
+    in_store, seen, changed, emptied = with_store(backend, work)
     outbox = outbox or config.outbox_path()
     try:
         in_outbox, turns = scrub_outbox(outbox, dry_run=dry_run)

@@ -102,6 +102,12 @@ class MemoryStore(abc.ABC):
     async def close(self) -> None:
         """Release resources."""
 
+    async def move(self, memory: Memory, scope: str) -> bool:
+        """Move `memory`, as `list` or `every` gave it, to `scope`, keeping its content and metadata (and its date
+        where the backend can set one). If `scope` already holds it (the same custom id), it is only deleted
+        from its own. Moving it to its own scope changes nothing. True if it still existed."""
+        raise NotImplementedError(f"the {self.name} store cannot move a memory")
+
 
 async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
     return tuple(recalled(m.content, m.metadata.get("tool"), m.created_at) for m in await memories)

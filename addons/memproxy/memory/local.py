@@ -385,3 +385,30 @@ class LocalStore(MemoryStore):
         self._unmerged = 0
         db.execute("VACUUM")
         return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+
+    async def move(self, memory: Memory, scope: str) -> bool:
+        return await self._run(self._move, memory.scope, memory.id, scope)
+
+    def _move(self, db: sqlite3.Connection, scope: str, memory_id: str, target: str) -> bool:
+        """Give a memory another scope and index it under that scope's prefix (unindexed with the text it was
+        indexed with); if `target` holds its custom id already, it is a duplicate: deleted."""
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT id, custom_id, content FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+            ).fetchone()
+            if row is None or target == scope:
+                return row is not None
+            id_, custom_id, content = row
+            db.execute(UNINDEX, (id_, index_text(scope, content)))
+            duplicate = custom_id is not None and db.execute(
+                "SELECT 1 FROM memories WHERE scope = ? AND custom_id = ?", (target, custom_id)
+            ).fetchone()
+            if duplicate:
+                db.execute("DELETE FROM memories WHERE id = ?", (id_,))
+            else:
+                db.execute("UPDATE memories SET scope = ? WHERE id = ?", (target, id_))
+                db.execute(INDEX, (id_, index_text(target, content)))
+        self._sizes.pop(scope, None)
+        self._sizes.pop(target, None)
+        return True

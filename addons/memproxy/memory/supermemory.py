@@ -365,3 +365,36 @@ class SupermemoryStore(MemoryStore):
         except ValueError:
             raise self._error(f"{what}: the answer is not JSON") from None
         return data if expect is None else _expect(data, *expect, what)
+
+    async def move(self, memory: Memory, scope: str) -> bool:
+        """Add `memory` to `scope`'s container, then delete it from its own: the API cannot change a document's
+        containerTag. Its content and metadata are kept; its date becomes the move's (the API sets createdAt).
+
+        GET /v3/documents/{id} says whether the document is still in `memory.scope`'s container, and its customId.
+        The copy's customId is that one (or the document's id) mapped to the new container as `add` maps one:
+        a move interrupted between the add and the delete, run again, updates the same copy.
+        """
+        if not memory.id:
+            return False
+        path = f"/v3/documents/{quote(memory.id, safe='')}"
+        doc = await self._call("GET", path, missing_ok=True)
+        if doc is MISSING:
+            return False
+        if not isinstance(doc, dict):
+            raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
+        tags, source, target = doc.get("containerTags"), self.tag(memory.scope), self.tag(scope)
+        if not isinstance(tags, list) or source not in tags:  # not this scope's to move
+            return False
+        if target == source:
+            return True
+        custom_id = doc.get("customId")
+        body: dict[str, Any] = {
+            "content": memory.content,
+            "containerTag": target,
+            "customId": document_custom_id(target, custom_id if isinstance(custom_id, str) and custom_id else memory.id),
+        }
+        if memory.metadata:
+            body["metadata"] = flat_metadata(memory.metadata)
+        await self._call("POST", "/v3/documents", body, expect=("id", str))
+        await self._call("DELETE", path, missing_ok=True)
+        return True
