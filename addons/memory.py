@@ -5,7 +5,7 @@ The addons run in this order, each hook in each addon in turn:
 - Boundary removes what no client may send (and checks a reverse listener's Host) before any other addon
   reads the request;
 - Guard judges where the client sends a request before the request path may point it elsewhere;
-- Hosts, Projects, RulesWatcher, Sdk and Store hold the request path's settings. RulesWatcher is configured
+- Hosts, Projects, ProjectNames, RulesWatcher, Sdk and Store hold the request path's settings. RulesWatcher is configured
   before Store and Sdk, which read the rules; Sdk starts before Store, whose start-up awaits while the proxy
   already listens, so that the first requests find the SDK path;
 - Endpoints answers http://memproxy/... before the request path sees it;
@@ -18,6 +18,7 @@ from memproxy.addons.endpoints import Endpoints
 from memproxy.addons.guard import Guard
 from memproxy.addons.hosts import Hosts
 from memproxy.addons.localusers import LocalUsers
+from memproxy.addons.projectnames import ProjectNames
 from memproxy.addons.projects import Projects
 from memproxy.addons.redact import Redact
 from memproxy.addons.requestpath import RequestPath
@@ -25,15 +26,16 @@ from memproxy.addons.ruleswatcher import RulesWatcher
 from memproxy.addons.sdk import Sdk
 from memproxy.addons.store import Store
 
-hosts, projects, rules = Hosts(), Projects(), RulesWatcher()
+hosts, projects, names, rules = Hosts(), Projects(), ProjectNames(), RulesWatcher()
 sdk, store = Sdk(rules), Store(rules)
-memory = RequestPath(hosts, projects, rules, store, sdk)
+memory = RequestPath(hosts, projects, names, rules, store, sdk)
 addons = [
     LocalUsers(),
     Boundary(),
     Guard(sdk),
     hosts,
     projects,
+    names,
     rules,
     sdk,
     store,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -110,6 +111,24 @@ class MitmdumpProc:
     def restart(self) -> MitmdumpProc:
         self.stop()
         return self.start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """memproxy's default files (the project registry, port registry, stores) of in-process tests go to a
+    temporary directory, never to the user's own."""
+    base = tmp_path_factory.mktemp("user-dirs")
+    saved = {k: os.environ.get(k) for k in XDG_DIRS}
+    os.environ.update({k: str(base / k.lower()) for k in XDG_DIRS})
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
 
 
 @pytest.fixture(scope="session")

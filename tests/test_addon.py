@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from memproxy.addons.hosts import Hosts
+from memproxy.addons.projectnames import ProjectNames
 from memproxy.addons.projects import Projects
 from memproxy.addons.requestpath import RequestPath
 from memproxy.addons.ruleswatcher import RulesWatcher
@@ -26,15 +27,16 @@ class FakeStore(MemoryStore):
 
     name = "fake"
 
-    def __init__(self, results: list[str] = (), delay: float = 0.0, error: Exception | None = None) -> None:
-        self.results, self.delay, self.error = list(results), delay, error
+    def __init__(self, results: list[str] = (), delay: float = 0.0, error: Exception | None = None,
+                 user: list[str] = ()) -> None:
+        self.results, self.delay, self.error, self.user = list(results), delay, error, list(user)
         self.added: list[tuple[str, str, str | None]] = []
 
     async def search(self, scope, query, limit=5, threshold=0.0):
         await asyncio.sleep(self.delay)
         if self.error:
             raise self.error
-        return [Memory(str(i), scope, text, 1.0) for i, text in enumerate(self.results)]
+        return [Memory(str(i), scope, text, 1.0) for i, text in enumerate(self.user if scope == "user" else self.results)]
 
     async def add(self, scope, content, custom_id=None, metadata=None):
         self.added.append((scope, content, custom_id))
@@ -60,9 +62,9 @@ def chat_flow(text: str = "What did we decide about caching?", **headers: str) -
 
 def memory_addons() -> list:
     """The request path and the addons it depends on, as addons/memory.py composes them."""
-    hosts, projects, rules = Hosts(), Projects(), RulesWatcher()
+    hosts, projects, names, rules = Hosts(), Projects(), ProjectNames(), RulesWatcher()
     sdk, store = Sdk(rules), Store(rules)
-    return [hosts, projects, rules, sdk, store, RequestPath(hosts, projects, rules, store, sdk)]
+    return [hosts, projects, names, rules, sdk, store, RequestPath(hosts, projects, names, rules, store, sdk)]
 
 
 @pytest.fixture
@@ -99,6 +101,17 @@ async def test_recall_within_budget_injects_and_annotates(addon):
     assert flow.metadata["memproxy"] | {"ms": 0} == flow.metadata["memproxy"] | {
         "user_id": "openai-sdk", "rule": "openai-sdk", "injected": 1, "adapter": "openai_chat", "ms": 0
     }
+
+
+async def test_the_user_scope_is_recalled_beside_and_labelled_apart(addon):
+    use(addon, FakeStore(["User: use Redis for caching\nAssistant: ok"], user=["Answer in British English"]))
+    flow = chat_flow(user_agent="OpenAI/Python 3.57.0")
+    await addon.request(flow)
+    block = json.loads(flow.request.content)["messages"][0]["content"]
+    mine, theirs = block.split("From scope user (your preferences in every project):\n")
+    assert "use Redis for caching" in mine and "British English" in theirs
+    assert "2 memories injected" in flow.comment
+    assert flow.metadata["memproxy"]["also_recall"] == ["user"]
 
 
 @pytest.mark.parametrize("store", [FakeStore(["x"], delay=3600), FakeStore(error=RuntimeError("backend down"))])

@@ -203,7 +203,8 @@ def test_rules_explain_claude_code(cli: Cli, tmp_path: Path):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(claude_body("/home/me/myrepo", "How do I run the tests?")))
     out = cli.ok("rules", "explain", "--ua", CLAUDE_UA, "--path", "/v1/messages", "--body", body)
-    assert "scope: claude-code:myrepo  rule: claude-code" in out
+    assert "scope: project:myrepo  rule: claude-code" in out
+    assert "project: /home/me/myrepo" in out and "tool: Claude Code" in out and "also recalled: user" in out
     assert "✓ claude-code: header user-agent ~ ^claude-cli/ · json messages.*.content ~ Primary working directory" in out
     assert "✗ claude-code-background: header x-claude-code-request-class ~ ^(?!main$) did not hold" in out
     assert "captured: cwd=/home/me/myrepo" in out
@@ -220,7 +221,7 @@ def test_rules_explain_jetbrains_project_and_override(cli: Cli, tmp_path: Path):
     project.mkdir()
     port = int(re.search(r"port (\d+)", cli.ok("projects", "add", project, "--registry", registry))[1])
     out = cli.ok("rules", "explain", "--ua", JETBRAINS_UA, "--port", port, "--registry", registry)
-    assert "scope: jetbrains:alpha  rule: jetbrains-project" in out
+    assert "scope: project:alpha  rule: jetbrains-project" in out
     assert f"project {project}" in out
 
     out = cli.ok("rules", "explain", "-H", f"User-Agent: {JETBRAINS_UA}", "-H", "x-memory-user-id: team-notes")
@@ -247,10 +248,10 @@ def test_rules_explain_saved_flows(cli: Cli, tmp_path: Path):
 
     out = cli.ok("rules", "explain", "--flows", flows)
     assert "flow 1: POST https://api.anthropic.com/v1/messages?beta=true" in out
-    assert "scope: claude-code:shop  rule: claude-code" in out
+    assert "scope: project:shop  rule: claude-code" in out
     assert "flow 2" not in out
     assert "flow 3: GET " in out and "(WebSocket message)" in out
-    assert "scope: codex:api  rule: codex" in out
+    assert "scope: project:api  rule: codex" in out
 
     junk = tmp_path / "junk.mitm"
     junk.write_bytes(b"not a flow file")

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError
+from memproxy.memory.base import recalled
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
 T = TypeVar("T")
@@ -57,6 +58,28 @@ def test_add_then_search_finds_it(store: LocalStore) -> None:
     assert hit.metadata == {"turn": 3}
     assert hit.created_at > 0
     assert 0 < hit.score < 1
+
+
+async def recall(store: LocalStore, scope: str, query: str) -> tuple[str, ...]:
+    return await store.start_search(scope, query)
+
+
+def test_recall_labels_each_memory_with_its_tool_and_day(store: LocalStore) -> None:
+    day = 1764460800.0  # 2025-11-30 00:00 UTC
+    run(store.add_many([
+        Memory("", "p", "Deploys use rsync", 0.0, {"tool": "Codex"}, day + 3600),
+        Memory("", "p", "Deploys are on Fridays", 0.0, {"client": "memproxy-cli"}, day),
+    ]))
+    found = run(recall(store, "p", "deploys"))
+    assert sorted(found) == ["(2025-11-30) Deploys are on Fridays", "(Codex, 2025-11-30) Deploys use rsync"]
+    assert recalled("x", "  Claude Code  ", day) == "(Claude Code, 2025-11-30) x"
+    assert recalled("x", 3, 0) == recalled("x", None, float("nan")) == "x"  # nothing to say: as stored
+
+
+def test_recall_survives_metadata_sqlite_cannot_read(store: LocalStore) -> None:
+    run(store.add("p", "Deploys use rsync", metadata={"tool": "Codex", "ratio": float("nan")}))  # NaN: not JSON
+    assert [m.content for m in run(store.search("p", "deploys"))] == ["Deploys use rsync"]
+    assert len(run(recall(store, "p", "deploys"))) == 1
 
 
 def test_porter_stemming_matches_word_forms(store: LocalStore) -> None:
@@ -122,8 +145,9 @@ def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
         return await store.start_search("s", query, **kwargs)
 
     for kwargs in ({"limit": 10}, {"limit": 10, "threshold": cut}, {"threshold": 1.0}, {"limit": 2}, {"limit": 0}):
-        assert run(contents(**kwargs)) == tuple(h.content for h in run(store.search("s", query, **kwargs))), kwargs
-    assert run(contents(limit=10))[0] == "kubernetes helm chart values for the ingress"
+        found = run(store.search("s", query, **kwargs))
+        assert run(contents(**kwargs)) == tuple(recalled(h.content, None, h.created_at) for h in found), kwargs
+    assert run(contents(limit=10))[0].endswith(") kubernetes helm chart values for the ingress")
 
 
 def test_a_word_unknown_at_first_search_is_found_once_stored(store: LocalStore) -> None:

@@ -3,10 +3,12 @@ templates, the override header, defaults, the legacy format, validation errors, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from memproxy.repos import assign_name, project_root
 from memproxy.rules import (
     ALIAS_BUDGET,
     MAX_RULES_BYTES,
@@ -27,6 +30,7 @@ from memproxy.rules import (
     RulesFile,
     scope_name,
 )
+from memproxy.rules.templates import ProjectUnknown
 from mitmproxy.test import tflow
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "memory.yaml"
@@ -51,9 +55,26 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class Projects:
+    """The `project` filter's names, as the proxy gives them: roots by `project_root`, names as the project
+    registry assigns them (in memory here)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def cached(self, path: str) -> tuple[str, str] | None:
+        root = project_root(path)
+        if root is None:
+            return None
+        if root not in self.names:
+            self.names[root] = assign_name(root, self.names.values())
+        return root, self.names[root]
+
+
 def req(**kw: Any) -> RequestView:
     if "body" in kw and "raw_body" not in kw:
         kw["raw_body"] = json.dumps(kw["body"])
+    kw.setdefault("projects", Projects())
     return RequestView(**kw)
 
 
@@ -148,16 +169,28 @@ def chat(ua: str, messages: list, **kw: Any) -> RequestView:
 
 
 HELLO = [{"role": "user", "content": "hello"}]
+QWEN_UA = "QwenCode/0.24.4 (linux; x64)"
+QWEN_START = {"role": "user", "content": [
+    {"type": "text", "text": "<system-reminder>\nAvailable skills: none\n</system-reminder>"},
+    {"type": "text", "text": "<system-reminder>\nThis is the Qwen Code. We are setting up the context for our chat.\n"
+     "Today's date is Saturday.\nMy operating system is: linux\nI'm currently working in the directory: /home/u/qproj\n"
+     "Here is the folder structure of the current working directories:\n\n</system-reminder>"},
+    {"type": "text", "text": "add a test"}]}
+OPENCODE_SYSTEM = (
+    "You are opencode, an interactive CLI tool.\nHere is some useful information about the environment you are running in:\n"
+    "<env>\n  Working directory: /home/u/ocproj\n  Workspace root folder: /\n  Is directory a git repo: no\n"
+    "  Platform: linux\n</env>"
+)
 
 DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     # (case id, request, user id, rule, auxiliary)
-    ("claude-code", claude(), "claude-code:myrepo", "claude-code", False),
+    ("claude-code", claude(), "project:myrepo", "claude-code", False),
     ("claude-code real host", claude(**{"x-claude-code-request-class": "main"}),
-     "claude-code:myrepo", "claude-code", False),
-    ("claude-code windows cwd", claude("C:\\Users\\me\\winrepo"), "claude-code:winrepo", "claude-code", False),
+     "project:myrepo", "claude-code", False),
+    ("claude-code windows cwd", claude("C:\\Users\\me\\winrepo"), "project:winrepo", "claude-code", False),
     ("claude-code background", claude(**{"x-claude-code-request-class": "background"}),
      "default", "claude-code-background", True),
-    ("claude-code 2.1.197 cwd in system", claude_197("/home/u/oldrepo"), "claude-code:oldrepo", "claude-code-system",
+    ("claude-code 2.1.197 cwd in system", claude_197("/home/u/oldrepo"), "project:oldrepo", "claude-code-system",
      False),
     ("claude-code no cwd", claude(None), "claude-code", "claude-code-other", False),
     ("claude-code 2.1.197 title", req(
@@ -179,22 +212,38 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
         body={"input": [{"role": "system", "content": "You are a title generator. Output only the title."},
                         {"role": "user", "content": "hello"}]}), "default", "title-generation-responses", True),
     ("codex prewarm", codex([], generate=False), "default", "codex-prewarm", True),
-    ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "codex:proj", "codex", False),
+    ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "project:proj", "codex", False),
     ("codex http", codex([CODEX_PROMPT], **{"x-codex-turn-metadata": json.dumps(
         {"turn_id": "t1", "workspaces": {"/home/u/httpproj": {"latest_git_commit_hash": "abc"}}})}),
-     "codex:httpproj", "codex-http", False),
+     "project:httpproj", "codex-http", False),
     ("codex no cwd", codex([CODEX_PROMPT]), "codex", "codex-other", False),
     ("gemini classifier", gemini("generateContent", "Classify: hello"), "default", "gemini-classifier", True),
-    ("gemini", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT), "gemini-cli:gproj", "gemini-cli", False),
+    ("gemini", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT), "project:gproj", "gemini-cli", False),
     ("gemini no workspace", gemini("streamGenerateContent?alt=sse", "hello"), "gemini-cli",
      "gemini-cli-other", False),
-    ("qwen", chat("QwenCode/0.24.4 (linux; x64)", HELLO), "qwen-code", "qwen-code", False),
-    ("opencode", req(method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic"},
-                     body={"system": [{"type": "text", "text": "You are opencode."}], "messages": HELLO}),
-     "opencode", "opencode", False),
+    ("qwen", chat(QWEN_UA, [{"role": "system", "content": "You are Qwen Code."}, QWEN_START]), "project:qproj",
+     "qwen-code", False),
+    ("qwen no cwd", chat(QWEN_UA, HELLO), "qwen-code", "qwen-code-other", False),
+    ("qwen memory extraction", chat(QWEN_UA, [{"role": "system", "content": (
+        "You are now acting as the managed memory extraction subagent for an AI coding assistant.")}, QWEN_START]),
+     "default", "qwen-code-background", True),
+    ("qwen suggestion", chat(QWEN_UA, [QWEN_START, {"role": "user", "content": (
+        "[SUGGESTION MODE: Suggest what the user might naturally type next.]")}]),
+     "default", "qwen-code-suggestion", True),
+    ("opencode", chat("opencode/1.18.33 ai-sdk/openai-compatible/1.0", [
+        {"role": "system", "content": OPENCODE_SYSTEM}, *HELLO]), "project:ocproj", "opencode", False),
+    ("opencode anthropic", req(method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic"},
+                               body={"system": OPENCODE_SYSTEM, "messages": HELLO}),
+     "project:ocproj", "opencode-messages", False),
+    ("opencode responses", req(method="POST", path="/v1/responses", headers={"User-Agent": "opencode/1.18.33 ai-sdk/openai"},
+                               body={"input": [{"role": "system", "content": OPENCODE_SYSTEM}, *HELLO]}),
+     "project:ocproj", "opencode-responses", False),
+    ("opencode no cwd", req(method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic"},
+                            body={"system": [{"type": "text", "text": "You are opencode."}], "messages": HELLO}),
+     "opencode", "opencode-other", False),
     ("jetbrains", chat("OpenAIClientImpl/Java unknown", HELLO), "jetbrains", "jetbrains", False),
     ("jetbrains per port", chat("OpenAIClientImpl/Java unknown", HELLO, port=8101, project="/home/u/shop"),
-     "jetbrains:shop", "jetbrains-project", False),
+     "project:shop", "jetbrains-project", False),
     ("anthropic sdk", req(method="POST", path="/v1/messages", headers={"User-Agent": "Anthropic/Python 2.13.0"},
                           body={"messages": HELLO}), "anthropic-sdk", "anthropic-sdk", False),
     ("openai sdk", chat("OpenAI/Python 3.57.0", HELLO), "openai-sdk", "openai-sdk", False),
@@ -222,7 +271,8 @@ def test_default_file_settings(default_rules: Rules) -> None:
     assert default_rules.source == str(DEFAULT_RULES)
     assert default_rules.default_scope == "default"
     assert default_rules.override_header == "x-memory-user-id"
-    assert default_rules.defaults == Actions()
+    assert default_rules.defaults == Actions(also_recall=("user",))
+    assert default_rules.project_memory == "shared"
 
 
 # --- conditions ---------------------------------------------------------------------------
@@ -411,9 +461,10 @@ LOOKALIKE_PROJECTS = [
 
 @pytest.mark.parametrize(("one", "other"), LOOKALIKE_PROJECTS)
 def test_lookalike_projects_get_distinct_scopes(default_rules: Rules, one: str, other: str) -> None:
-    scopes = [default_rules.match(claude(cwd)).scope for cwd in (one, other)]
+    projects = Projects()  # one proxy's names
+    scopes = [default_rules.match(dataclasses.replace(claude(cwd), projects=projects)).scope for cwd in (one, other)]
     assert scopes[0] != scopes[1]
-    assert all(scope.startswith("claude-code:") and len(scope) <= SCOPE_MAX for scope in scopes)
+    assert all(scope.startswith("project:") and len(scope) <= SCOPE_MAX for scope in scopes)
 
 
 def test_scope_names_kept_or_rewritten() -> None:
@@ -864,7 +915,7 @@ def test_the_issue_pattern_answers_at_once(tmp_path: Path, caplog: pytest.LogCap
 
 
 def test_a_zero_budget_still_routes(default_rules: Rules) -> None:
-    assert default_rules.match(claude("/w/shop"), budget=0).scope == "claude-code:shop"
+    assert default_rules.match(claude("/w/shop"), budget=0).scope == "project:shop"
 
 
 @pytest.mark.timeout(30)
@@ -929,3 +980,92 @@ def test_rules_file_replaced_by_special_files_keeps_the_last_good(tmp_path: Path
     write(tmp_path, "rules: [{name: two, user_id: second}]\n")
     assert watched.check() == (True, None)
     assert watched.rules.match(req()).scope == "second"
+
+
+# --- project memory -------------------------------------------------------------------------
+
+
+def test_one_project_for_every_tool_and_its_subdirectories(default_rules: Rules, tmp_path: Path) -> None:
+    repo = tmp_path / "api"
+    (repo / "src" / "deep").mkdir(parents=True)
+    (repo / ".git").mkdir()
+    projects = Projects()
+    views = [claude(str(repo)), claude(str(repo / "src" / "deep")), claude_197(str(repo / "src")),
+             codex([{**CODEX_ENV, "content": [{"type": "input_text", "text": f"<cwd>{repo}</cwd>"}]}, CODEX_PROMPT]),
+             gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT.replace("/home/u/gproj", str(repo / "src")))]
+    routes = [default_rules.match(dataclasses.replace(v, projects=projects)) for v in views]
+    assert {r.scope for r in routes} == {"project:api"}
+    assert {r.project for r in routes} == {str(repo)}
+    assert [r.tool for r in routes] == ["Claude Code", "Claude Code", "Claude Code", "Codex", "Gemini CLI"]
+    assert all(r.layers == ("user",) for r in routes)
+
+
+def test_same_named_projects_never_share_a_scope(default_rules: Rules, tmp_path: Path) -> None:
+    projects = Projects()
+    for parent in ("work", "oss"):
+        (tmp_path / parent / "api" / ".git").mkdir(parents=True)
+    first, second = (default_rules.match(dataclasses.replace(claude(str(tmp_path / p / "api")), projects=projects))
+                     for p in ("work", "oss"))
+    assert first.scope == "project:api"
+    assert second.scope.startswith("project:api@") and second.scope != first.scope
+
+
+def test_a_clients_own_state_dir_is_no_project(default_rules: Rules) -> None:
+    home = os.path.expanduser("~")
+    route = default_rules.match(claude(f"{home}/.claude/projects/-home-u-api"))
+    assert (route.scope, route.rule, route.project) == ("claude-code", "claude-code-other", None)
+
+
+class Unknown:
+    """Names no project yet: the route says which directory to look up."""
+
+    def cached(self, path: str) -> tuple[str, str] | None:
+        raise ProjectUnknown(path)
+
+
+def test_an_unknown_project_is_looked_up_before_its_rule_matches(default_rules: Rules) -> None:
+    route = default_rules.match(dataclasses.replace(claude("/w/api/src"), projects=Unknown()))
+    assert (route.unresolved, route.rule, route.scope) == ("/w/api/src", "claude-code-other", "claude-code")
+    assert default_rules.match(dataclasses.replace(claude("/w/api/src"), projects=None)).unresolved is None
+
+
+def test_per_tool_project_memory(tmp_path: Path) -> None:
+    text = DEFAULT_RULES.read_text().replace("project_memory: shared ", "project_memory: per_tool")
+    rules = Rules.from_text(text)
+    assert rules.project_memory == "per_tool"
+    projects = Projects()
+    scopes = [rules.match(dataclasses.replace(v, projects=projects)).scope
+              for v in (claude("/w/api"), codex([CODEX_ENV, CODEX_PROMPT]),
+                        chat("OpenAIClientImpl/Java unknown", HELLO, port=8101, project="/w/api"))]
+    assert scopes == ["claude-code:api", "codex:proj", "jetbrains:api"]
+
+
+def test_layered_scopes(tmp_path: Path) -> None:
+    rules = load(tmp_path, """
+        defaults: {also_recall: [user]}
+        rules:
+          - name: team
+            match: {headers: {x-team: '(?P<team>\\w+)'}}
+            scope: 'project:{team}'
+            also_recall: [user, 'team:{team}', 'project:{team}', 'org:{model}']
+          - {name: plain, scope: x}
+    """)
+    assert rules.match(req(headers={"x-team": "red"})).layers == ("user", "team:red")  # not its own, not missing
+    assert rules.match(req()).layers == ("user",)
+    assert load(tmp_path, "rules: [{name: r, scope: user}]").match(req()).layers == ()
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("defaults: {also_recall: 'user'}", None),  # one scope is a list of one
+    ("defaults: {also_recall: ['{x']}", "unbalanced braces"),
+    ("rules: [{name: r, scope: s, also_recall: ['team:{team}']}]", "unknown template variable 'team'"),
+    ("rules: [{name: r, scope: 's:{cwd|projects}', match: {body: '(?P<cwd>x)'}}]", "unknown template filter 'projects'"),
+    ("project_memory: silo", "unknown project_memory 'silo'"),
+    ("rules: [{name: r, scope: s, tool: 3}]", "expected a string"),
+])
+def test_project_settings_are_checked(tmp_path: Path, text: str, error: str | None) -> None:
+    if error is None:
+        assert load(tmp_path, text).defaults.also_recall == ("user",)
+        return
+    with pytest.raises(RulesError, match=re.escape(error)):
+        load(tmp_path, text)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from memproxy.rules import Actions, RequestView, Rules, describe_actions, explain
+from test_rules import Projects
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "memory.yaml"
 JETBRAINS_UA = "OpenAIClientImpl/Java unknown"
@@ -24,9 +26,10 @@ def claude(cwd: str) -> RequestView:
 
 
 def test_the_matching_rule_and_those_before_it(rules: Rules):
-    e = explain(rules, claude("/home/me/shop"))
-    assert (e.route.scope, e.route.rule, e.rule_scope, e.overridden) == ("claude-code:shop", "claude-code",
-                                                                           "claude-code:shop", False)
+    e = explain(rules, dataclasses.replace(claude("/home/me/shop"), projects=Projects()))
+    assert (e.route.scope, e.route.rule, e.rule_scope, e.overridden) == ("project:shop", "claude-code",
+                                                                           "project:shop", False)
+    assert (e.route.project, e.route.tool, e.route.layers) == ("/home/me/shop", "Claude Code", ("user",))
     assert [t.rule for t in e.tried] == [r.name for r in rules.rules][: len(e.tried)]
     assert [t.matched for t in e.tried] == [False] * (len(e.tried) - 1) + [True]
     first, last = e.tried[0], e.tried[-1]

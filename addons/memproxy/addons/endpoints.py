@@ -65,7 +65,7 @@ class Endpoints:
         path = req.path.split("?", 1)[0]
         try:
             if path == INFO_PATH:
-                flow.response = json_response(self.info(flow))
+                flow.response = json_response(await self.info(flow))
             elif path == STATUS_PATH:
                 flow.response = json_response(await self.status())
             else:
@@ -74,10 +74,12 @@ class Endpoints:
             logger.warning("memproxy: %s failed: %s", path, brief(e))
             flow.response = json_response({"error": f"memproxy: {brief(e)}"}, 500)
 
-    def info(self, flow: http.HTTPFlow) -> dict[str, Any]:
-        """The routing decision for the caller's headers."""
-        view = request_view(flow, plain_headers(flow.request.headers), self.projects.project_path)
-        return self.rules.rules.match(view, self.memory.timeout).info()
+    async def info(self, flow: http.HTTPFlow) -> dict[str, Any]:
+        """The routing decision for the caller's headers (and the project of the port it came to)."""
+        view = request_view(flow, plain_headers(flow.request.headers), self.projects.project_path,
+                            projects=self.memory.names)
+        route = await self.memory.match(self.rules.rules, view, time.perf_counter())
+        return route.info()
 
     async def status(self) -> dict[str, Any]:
         """What `memproxy status` shows: backend, outbox, listeners, and requests per client since start."""

@@ -37,9 +37,10 @@ from ..capture import Turn
 from ..logs import Once, brief
 from ..protocols.base import Adapter, ReplyAccumulator
 from ..protocols.sse import SSEParser
-from ..rules import FILTERS, OVERRIDE_KEY, Route, Rules, flow_headers, request_view
+from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
 from .hosts import Hosts
+from .projectnames import ProjectNames
 from .projects import Projects
 from .ruleswatcher import RulesWatcher
 from .sdk import Sdk
@@ -51,6 +52,7 @@ MARKER = ":brain:"
 SERVED = "memproxy_served"  # flow metadata: this flow may have memory (a WebSocket's messages follow it)
 SDK = "sdk"  # Outcome.route of a flow that takes the SDK path
 RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
+MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
 
 
 @dataclass(slots=True)
@@ -67,6 +69,8 @@ class Outcome:
     skipped: str | None = None  # why the request was left untouched
     ms: float | None = None  # time the decision took
     route: str | None = None  # SDK once the flow takes the SDK path
+    project: str | None = None  # the root of the scope's project
+    layers: tuple[str, ...] = ()  # scopes recalled beside the scope
 
     def shown(self) -> dict[str, Any]:
         """`flow.metadata["memproxy"]`: plain values, which mitmweb and flow files hold (the scope as user_id)."""
@@ -85,11 +89,17 @@ class Outcome:
             shown["ms"] = self.ms
         if self.route is not None:
             shown["route"] = self.route
+        if self.project is not None:
+            shown["project"] = self.project
+        if self.layers:
+            shown["also_recall"] = list(self.layers)
         return shown
 
     def comment(self) -> str:
         """The flow's comment in mitmweb."""
         head = f"memproxy: {self.scope} · rule {self.rule or 'default'}"
+        if self.project is not None:
+            head += f" · project {self.project}"
         if self.skipped:
             return f"{head} · {self.skipped}, untouched"
         noun = "memory" if self.injected == 1 else "memories"
@@ -134,8 +144,10 @@ def fail_open(hook):
 class RequestPath:
     """Gives LLM requests a memory: route, recall, inject, reroute, remember."""
 
-    def __init__(self, hosts: Hosts, projects: Projects, rules: RulesWatcher, store: Store, sdk: Sdk) -> None:
-        self.hosts, self.projects, self.rules, self.store, self.sdk = hosts, projects, rules, store, sdk
+    def __init__(
+        self, hosts: Hosts, projects: Projects, names: ProjectNames, rules: RulesWatcher, store: Store, sdk: Sdk
+    ) -> None:
+        self.hosts, self.projects, self.names, self.rules, self.store, self.sdk = hosts, projects, names, rules, store, sdk
         self.pending: dict[str, Pending] = {}  # turns waiting for their reply, by flow id
         self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
@@ -245,11 +257,13 @@ class RequestPath:
         model = adapter.model(flow.request.path, body)
         rules = self.rules.rules
         text = raw.decode("utf-8", "replace") if rules.reads_raw_body else None
-        view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model)
-        route = rules.match(view, self.timeout)
+        view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model,
+                            projects=self.names)
+        route = await self.match(rules, view, t0)
         self.clients[route.rule or "default"] += 1
         actions = route.actions
-        outcome = Outcome(route.scope, route.rule, route.is_default, adapter.name, model, actions.auxiliary)
+        outcome = Outcome(route.scope, route.rule, route.is_default, adapter.name, model, actions.auxiliary,
+                          project=route.project, layers=route.layers)
         decision = Decision(route, outcome)
         if actions.auxiliary or not actions.allows_model(model):
             outcome.skipped = "auxiliary" if actions.auxiliary else "model not allowed"
@@ -258,33 +272,50 @@ class RequestPath:
             outcome.skipped = "sent through the Supermemory router"
             return decision
         user = adapter.query(body, "last_user")
+        client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
+        if route.project is not None:
+            self.names.used(route.project, route.tool or client)
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
-            memories = await self._search(route, query)
-            text = protocols.frame_context(memories, route.scope, actions.max_chars)
+            found = await self._search(route, query)
+            text = protocols.frame_context(found[0], route.scope, actions.max_chars, also=tuple(zip(route.layers, found[1:])))
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
-                outcome.injected = len(memories)
+                outcome.injected = sum(map(len, found))
         if actions.store and user:
-            agent = headers.get("user-agent", "")
-            metadata = {
-                "client": agent.split("/", 1)[0].strip()[:64] or adapter.name,
-                "rule": route.rule or "default",
-                "model": model or "",
-                "project": FILTERS["basename"](route.captures.get("cwd", "")),
-            }
+            metadata = {"client": client, "rule": route.rule or "default", "model": model or ""}
+            if route.tool:
+                metadata["tool"] = route.tool
+            if route.project is not None:
+                metadata["project"] = route.project
             decision.pending = Pending(route.scope, user, adapter, metadata)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
-    async def _search(self, route: Route, query: str) -> tuple[str, ...]:
-        """The contents of the route's memories for `query`, within the time budget; any failure means none."""
+    async def match(self, rules: Rules, view: RequestView, t0: float) -> Route:
+        """The rules' route for `view`, once the projects its working directories name are known (looked up
+        within the time budget)."""
+        route = rules.match(view, self.timeout)
+        for _ in range(MAX_LOOKUPS):
+            if route.unresolved is None:
+                break
+            await self.names.resolve(route.unresolved, self.timeout - (time.perf_counter() - t0))
+            route = rules.match(view, self.timeout - (time.perf_counter() - t0))
+        return route
+
+    async def _search(self, route: Route, query: str) -> tuple[tuple[str, ...], ...]:
+        """The contents of the memories for `query` of the route's scope (its profile first, if asked) and of each
+        of its layers, searched in parallel within the time budget; any failure means none."""
         a, timeout, recall = route.actions, self.timeout, self.store.recall
-        search = recall.search(route.scope, query, a.max_results, a.threshold, timeout)
-        if not a.profile:
-            return await search
-        facts, found = await asyncio.gather(recall.profile(route.scope, timeout), search)
-        return facts + found
+        searches = [recall.search(scope, query, a.max_results, a.threshold, timeout) for scope in (route.scope, *route.layers)]
+        if a.profile:
+            searches.insert(0, recall.profile(route.scope, timeout))
+        if len(searches) == 1:
+            return (await searches[0],)
+        found = await asyncio.gather(*searches)
+        if a.profile:
+            found[0:2] = [found[0] + found[1]]
+        return tuple(found)
 
     def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
         """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""

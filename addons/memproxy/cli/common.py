@@ -39,6 +39,10 @@ registry_option = click.option(
     "--registry", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="The port registry (option memory_projects). Default: ports.json in the user's config dir.",
 )
+project_names_option = click.option(
+    "--project-names", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The project registry (option memory_project_names). Default: projects.json in the user's data dir.",
+)
 rules_option = click.option(
     "--rules", "rules_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
     help="The rules file (option memory_rules). Default: rules/memory.yaml shipped with memproxy.",

@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 
 from .. import config
-from .common import console, load_rules, registry_option, rules_option
+from .common import console, load_rules, project_names_option, registry_option, rules_option
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -61,13 +61,15 @@ def rules_schema() -> None:
 @click.option("--flows", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Explain every LLM request in a saved mitmproxy flow file instead.")
 @registry_option
+@project_names_option
 def rules_explain(rules_path: Path | None, headers: tuple[str, ...], ua: str | None, method: str, req_host: str,
-                  path: str, port: int, body: Path | None, flows: Path | None, registry: Path | None) -> None:
+                  path: str, port: int, body: Path | None, flows: Path | None, registry: Path | None,
+                  project_names: Path | None) -> None:
     """Show which rule a request matches, its scope and actions, and why (the conditions that held)."""
     from ..ports import PortRegistry
 
     loaded = load_rules(rules_path)
-    projects = PortRegistry(registry)
+    projects = _Projects(PortRegistry(registry), project_names)
     if flows:
         found = 0
         for label, flow, content in _saved_requests(flows):
@@ -122,7 +124,32 @@ def _saved_requests(path: Path) -> Iterator[tuple[str, http.HTTPFlow, bytes]]:
         raise click.ClickException(f"{path}: not a mitmproxy flow file: {e}") from None
 
 
-def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: PortRegistry) -> RequestView:
+class _Projects:
+    """The projects the proxy would name: the listen ports' (the port registry) and the working directories'
+    (their roots, and the names the project registry holds or would give, read without writing)."""
+
+    def __init__(self, ports: PortRegistry, names: Path | None) -> None:
+        from ..repos import ProjectRegistry
+
+        self.ports, self.names = ports, ProjectRegistry(names)
+
+    def project_of(self, port: int) -> str | None:
+        project = self.ports.project_for_port(port)
+        return project.path if project else None
+
+    def cached(self, path: str) -> tuple[str, str] | None:
+        from ..repos import RegistryError, project_root
+
+        root = project_root(path)
+        if root is None:
+            return None
+        try:
+            return root, self.names.name_for(root)
+        except (RegistryError, OSError) as e:
+            raise click.ClickException(f"the project registry {self.names.path}: {e}") from None
+
+
+def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: _Projects) -> RequestView:
     """What the rules see of a request, built as the request path builds it."""
     from .. import protocols
     from ..rules import flow_headers, request_view
@@ -136,12 +163,9 @@ def _view(flow: http.HTTPFlow, content: bytes, rules: Rules, projects: PortRegis
     model = adapter.model(flow.request.path, body) if adapter else None
     raw_body = content.decode("utf-8", "replace") if content else None
 
-    def project_of(port: int) -> str | None:
-        project = projects.project_for_port(port)
-        return project.path if project else None
-
     headers = flow_headers(flow, rules.override_header)
-    return request_view(flow, headers, project_of, method, body=body, raw_body=raw_body, model=model)
+    return request_view(flow, headers, projects.project_of, method, body=body, raw_body=raw_body, model=model,
+                        projects=projects)
 
 
 def _explain(rules: Rules, view: RequestView) -> None:
@@ -160,6 +184,12 @@ def _explain(rules: Rules, view: RequestView) -> None:
                   + (f"rule: [bold]{escape(route.rule)}[/]" if route.rule else "no rule matched: the default scope"))
     if e.overridden:
         console.print(f"  from the {escape(e.override_header)} header (the rule gives {escape(str(e.rule_scope))})")
+    if route.project is not None:
+        console.print(escape(f"project: {route.project}"))
+    if route.tool is not None:
+        console.print(escape(f"tool: {route.tool}"))
+    if route.layers:
+        console.print(escape("also recalled: " + ", ".join(route.layers)))
     if route.captures:
         console.print(escape("captured: " + ", ".join(f"{k}={v}" for k, v in route.captures.items())))
     if p := route.matched_pattern:

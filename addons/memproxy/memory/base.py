@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,4 +104,20 @@ class MemoryStore(abc.ABC):
 
 
 async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
-    return tuple(m.content for m in await memories)
+    return tuple(recalled(m.content, m.metadata.get("tool"), m.created_at) for m in await memories)
+
+
+def recalled(content: str, tool: Any, created_at: float) -> str:
+    """A memory as recall gives it: `(Codex, 2026-11-30) <content>`, the tool that stored it (if recorded)
+    and its day (UTC), so that a model knows where a note came from."""
+    day = _day(int(created_at // 86400)) if created_at and created_at > 0 else ""
+    label = ", ".join(x for x in ((tool.strip()[:40] if isinstance(tool, str) else ""), day) if x)
+    return f"({label}) {content}" if label else content
+
+
+@functools.lru_cache(maxsize=1024)
+def _day(days: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(days * 86400))
+    except (OverflowError, OSError, ValueError):
+        return ""

@@ -18,7 +18,7 @@ import orjson
 
 from .. import config, private
 from ..worker import Worker
-from .base import Memory, MemoryStore, StoreError
+from .base import Memory, MemoryStore, StoreError, recalled
 
 T = TypeVar("T")
 
@@ -74,7 +74,10 @@ SELECT {columns}, best.score FROM (
 WHERE +m.scope = ? ORDER BY best.score
 """
 SEARCH_MEMORIES = SEARCH.format(columns=COLUMNS)
-SEARCH_CONTENTS = SEARCH.format(columns="m.content")  # recall's: nothing it does not inject
+# Recall's: nothing it does not inject (a memory's content, tool and date).
+SEARCH_CONTENTS = SEARCH.format(
+    columns="m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
+)
 DF = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
@@ -256,7 +259,7 @@ class LocalStore(MemoryStore):
         return [_memory(tuple(row), score) for *row, score in self._ranked(db, SEARCH_MEMORIES, scope, query, limit, threshold)]
 
     def _contents(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> tuple[str, ...]:
-        return tuple(content for content, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
+        return tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
 
     def _ranked(self, db: sqlite3.Connection, sql: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
         """The rows of `sql` (a SEARCH) for `query` in `scope`, best first, each ending in its score in [0, 1)."""

@@ -197,6 +197,18 @@ class ProjectRegistry:
             self._learn(file)
             return record.name
 
+    def name_for(self, root: str) -> str:
+        """The name `root` has, or would be given now, without writing anything (for `memproxy rules explain`).
+        Raises RegistryError, OSError."""
+        if name := self.cached_name(root):
+            return name
+        file = self._parse()
+        if file is None:  # corrupt: the proxy would start a new file and hash new names
+            return assign_name(root, (), plain=False)
+        record = file.projects.get(root)
+        return record.name if record else assign_name(root, {r.name for r in file.projects.values()},
+                                                       plain=not file.recovered_from)
+
     def flush(self) -> None:
         """Merge the uses not yet written into the file (naming new projects). Raises RegistryError, OSError (the uses are kept)."""
         with self._mutex:

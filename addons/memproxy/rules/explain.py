@@ -16,6 +16,7 @@ from memproxy.regexes import RegexTimeout
 from .matching import Rule
 from .model import Actions, RequestView, Route
 from .ruleset import Rules
+from .templates import ProjectUnknown
 
 # The condition fields of a compiled rule, in the order they are tested.
 CONDITIONS = ("methods", "ports", "host", "path", "headers", "model", "project", "filter", "body", "json")
@@ -75,7 +76,10 @@ def explain(rules: Rules, view: RequestView) -> Explanation:
         tried.append(Tried(rule.name, matched, tuple(Condition(label, _holds(one, view))
                                                      for label, one in conditions(rule))))
         if matched:
-            rule_scope = rule.scope(view, route.captures, rules.default_scope)
+            try:
+                rule_scope = rule.scope(view, route.captures, rules.default_scope)
+            except ProjectUnknown:  # the caller's projects named it for the route, and cannot now
+                rule_scope = None
             break
     return Explanation(route, tuple(tried), rule_scope, rules.override_header)
 

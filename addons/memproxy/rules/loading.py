@@ -35,6 +35,7 @@ class Loaded:
     legacy: dict[str, Any]
     memory: MemoryConfig
     allow_override: bool
+    project_memory: str = "shared"
 
 
 def load(text: str, source: str) -> Loaded:
@@ -121,7 +122,8 @@ def compile_document(doc: RulesDocument) -> Loaded:
     """Rules from a validated document. The new format's keys win over the legacy ones."""
     base = {**legacy.retrieval_actions(doc.context_retrieval), **actions_fields(doc.defaults)}
     defaults = Actions.make(base)
-    rules = [compile_rule(f"rules[{i}]", entry, base) for i, entry in enumerate(doc.rules)]
+    per_tool = doc.project_memory == "per_tool"
+    rules = [compile_rule(f"rules[{i}]", entry, base, per_tool=per_tool) for i, entry in enumerate(doc.rules)]
     rules += legacy.header_rules(doc.user_id_mappings, defaults)
     default_scope = _last_set("default", (doc.user_id_mappings, "default_user_id"), (doc, "default_user_id"),
                               (doc, "default_scope"))
@@ -132,7 +134,7 @@ def compile_document(doc: RulesDocument) -> Loaded:
         MappingProxyType({k: getattr(sm, k) for k in type(sm).model_fields if k in sm.model_fields_set}),
     )
     return Loaded(named_scope(default_scope.strip()), override_header.lower(), defaults, tuple(rules),
-                  legacy.retrieval_settings(doc.context_retrieval), memory, doc.allow_override)
+                  legacy.retrieval_settings(doc.context_retrieval), memory, doc.allow_override, doc.project_memory)
 
 
 def actions_fields(settings: Settings) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def actions_fields(settings: Settings) -> dict[str, Any]:
             fields.update({f"models_{k}": tuple(p.pattern for p in getattr(value, k)) for k in value.model_fields_set})
         elif name == "sdk":
             fields["sdk"] = MappingProxyType({k: getattr(value, k) for k in SDK_KEYS if k in value.model_fields_set})
+        elif name == "also_recall":
+            fields[name] = tuple(value)
         else:
             fields[name] = value
     return fields
@@ -157,14 +161,17 @@ def _last_set(default: str, *keys: tuple[Any, str]) -> str:
     return default
 
 
-def compile_rule(default_name: str, entry: RuleEntry, base: dict[str, Any]) -> Rule:
-    """A rule entry, compiled; `base`: the Actions fields it inherits."""
+def compile_rule(default_name: str, entry: RuleEntry, base: dict[str, Any], *, per_tool: bool = False) -> Rule:
+    """A rule entry, compiled; `base`: the Actions fields it inherits; `per_tool`: project memory per tool."""
     m = entry.match
     template = entry.scope or entry.user_id
+    tool = entry.tool.strip()
     return Rule(
         name=entry.name or default_name,
         actions=Actions.make({**base, **actions_fields(entry)}),
         template=templates.parse(template) if template else None,
+        tool=tool,
+        silo=f"{templates.FILTERS['slug'](tool)}:" if per_tool and tool else "",
         allow_override=entry.allow_override,
         methods=frozenset(x.upper() for x in m.method),
         ports=frozenset(m.port),

@@ -18,7 +18,7 @@ from memproxy.wire import CREDENTIAL_HEADERS, MARK
 
 from . import templates
 from .model import Actions, RequestView
-from .scopes import scope_name
+from .scopes import PROJECT_PREFIX, scope_name
 
 DEFAULT_BUDGET = 0.3  # seconds a rule's conditions may take when the caller gives no deadline
 
@@ -47,6 +47,8 @@ class Rule:
     name: str
     actions: Actions
     template: tuple[templates.Part, ...] | None = None  # None: the default scope
+    tool: str = ""  # the tool its requests come from, as memories show it
+    silo: str = ""  # per-tool project memory: what replaces `project:` at the start of its scope (`codex:`)
     allow_override: bool = True
     methods: frozenset[str] = frozenset()
     ports: frozenset[int] = frozenset()
@@ -97,12 +99,17 @@ class Rule:
                 return None
         return caps
 
-    def scope(self, req: RequestView, caps: Mapping[str, str], default: str) -> str | None:
-        """The scope this rule gives the request, or None if a template variable is missing or empty."""
+    def scope(self, req: RequestView, caps: Mapping[str, str], default: str, roots: list[str] | None = None) -> str | None:
+        """The scope this rule gives the request, or None if a template variable is missing or empty. The
+        roots of the projects it names are appended to `roots`. Raises templates.ProjectUnknown."""
         if self.template is None:
             return default
-        rendered = templates.render(self.template, req, caps)
-        return None if rendered is None else scope_name(rendered)
+        rendered = templates.render(self.template, req, caps, roots)
+        if rendered is None:
+            return None
+        if self.silo and rendered.startswith(PROJECT_PREFIX):
+            rendered = self.silo + rendered[len(PROJECT_PREFIX):]
+        return scope_name(rendered)
 
     def matched_pattern(self, req: RequestView, scope: str) -> dict | None:
         """The first header condition that had to match, as /memory-routing/info reports it in `matched_pattern`

@@ -46,6 +46,7 @@ class Actions:
     models_deny: tuple[str, ...] = ()
     route: str = "passthrough"
     sdk: Mapping[str, str] | None = None
+    also_recall: tuple[str, ...] = ()  # scope templates recalled beside the route's scope (the user scope)
     _allow: tuple[Pattern, ...] = field(init=False, repr=False, compare=False)
     _deny: tuple[Pattern, ...] = field(init=False, repr=False, compare=False)
 
@@ -93,8 +94,9 @@ class RequestView:
     body: Any = None
     raw_body: str | None = None
     model: str | None = None
-    project: str | None = None
+    project: str | None = None  # the registered project of the listen port (its path)
     flow: Any = None
+    projects: Any = None  # the `project` filter's ProjectNames (templates), if projects can be named
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", plain_headers(self.headers))
@@ -129,11 +131,15 @@ class Route:
     custom_header_present: bool
     actions: Actions
     captures: Mapping[str, str]
+    project: str | None = None  # the root of the project the scope names
+    tool: str | None = None  # the rule's tool
+    layers: tuple[str, ...] = ()  # scopes recalled beside `scope` (also_recall), in order
+    unresolved: str | None = None  # a working directory whose project must be looked up before matching again
 
     def info(self) -> dict:
-        """Flat JSON for /memory-routing/info."""
+        """Flat JSON for /memory-routing/info: the seed's keys, and the project, tool and layers when there are."""
         a = self.actions
-        return {
+        info = {
             "user_id": self.scope,  # the seed's name for the scope
             "matched_pattern": self.matched_pattern,
             "rule": self.rule,
@@ -146,3 +152,10 @@ class Route:
             "inject": a.inject,
             "route": a.route,
         }
+        if self.project is not None:
+            info["project"] = self.project
+        if self.tool is not None:
+            info["tool"] = self.tool
+        if self.layers:
+            info["also_recall"] = list(self.layers)
+        return info

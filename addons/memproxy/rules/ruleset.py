@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -12,11 +13,12 @@ from memproxy.config import MemoryConfig
 from memproxy.logs import Once
 from memproxy.regexes import RegexTimeout
 
-from . import loading
+from . import loading, templates
 from .matching import DEFAULT_BUDGET, Rule
 from .model import Actions, RequestView, Route, RulesError
-from .scopes import named_scope
+from .scopes import named_scope, scope_name
 from .source import read_rules_file
+from .templates import ProjectUnknown
 
 logger = logging.getLogger(__name__)
 _warn_once = Once(logger)
@@ -38,8 +40,10 @@ class Rules:
         memory: MemoryConfig | None = None,
         *,
         allow_override: bool = True,
+        project_memory: str = "shared",
     ) -> None:
         self.source = source
+        self.project_memory = project_memory  # shared: one memory per project; per_tool: one per project and tool
         self.default_scope = default_scope  # the default scope
         self.override_header = override_header
         self.allow_override = allow_override  # False: the override header names no scope, whatever the rule
@@ -72,13 +76,15 @@ class Rules:
         """Parse rules from YAML text; raises RulesError."""
         s = loading.load(text, source)
         return cls(source, s.default_scope, s.override_header, s.defaults, s.rules, s.legacy, s.memory,
-                   allow_override=s.allow_override)
+                   allow_override=s.allow_override, project_memory=s.project_memory)
 
     def match(self, req: RequestView, budget: float | None = None) -> Route:
         """The route for a request: first matching rule, else the default. Never raises.
 
         Regexes search for at most `budget` seconds in all (DEFAULT_BUDGET if None, at least MIN_BUDGET):
-        a rule whose regex runs out of time does not match, and that is logged once per rule.
+        a rule whose regex runs out of time does not match, and that is logged once per rule. A rule whose
+        scope names a project that `req.projects` does not know yet does not match either: the route's
+        `unresolved` names its working directory, to be looked up before matching again.
         """
         budget = DEFAULT_BUDGET if budget is None else budget
         try:
@@ -88,18 +94,22 @@ class Rules:
             return Route(self.default_scope, None, True, None, False, self.defaults, {})
 
     def _match(self, req: RequestView, deadline: float) -> Route:
+        unresolved: str | None = None
+        roots: list[str] = []
         for rule in self._rules:
             try:
                 caps = rule.captures(req, deadline)
+                if caps is not None and (given := rule.scope(req, caps, self.default_scope, roots)) is not None:
+                    break
             except RegexTimeout as e:
                 _warn_once(
                     f"{self.source}\0{rule.name}",
                     "memproxy: rule %r did not match: a regex ran out of the time budget for routing: %r",
                     rule.name, e.pattern[:80],
                 )
-                continue
-            if caps is not None and (given := rule.scope(req, caps, self.default_scope)) is not None:
-                break
+            except ProjectUnknown as e:
+                unresolved = unresolved or e.path
+            roots.clear()
         else:
             rule, given, caps = None, self.default_scope, {}
         scope = given
@@ -115,7 +125,30 @@ class Rules:
             custom_header_present=override is not None,
             actions=rule.actions if rule else self.defaults,
             captures=MappingProxyType(caps),
+            project=roots[0] if roots else None,
+            tool=rule.tool or None if rule else None,
+            layers=self._layers(rule.actions if rule else self.defaults, req, caps, scope),
+            unresolved=unresolved,
         )
+
+    @staticmethod
+    def _layers(actions: Actions, req: RequestView, caps: dict[str, str], scope: str) -> tuple[str, ...]:
+        """The scopes `also_recall` names for this request, without `scope` and repeats; a template whose variable
+        is missing (or whose project is not known) names none."""
+        layers: list[str] = []
+        for text in actions.also_recall:
+            try:
+                rendered = templates.render(_parsed(text), req, caps)
+            except ProjectUnknown:
+                rendered = None
+            if rendered is not None and (layer := scope_name(rendered)) != scope and layer not in layers:
+                layers.append(layer)
+        return tuple(layers)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(template: str) -> tuple[templates.Part, ...]:
+    return templates.parse(template)
 
 
 class RulesFile:

@@ -87,6 +87,16 @@ class Settings(Model):
     route: RouteName = Field("passthrough", description="sdk: through the LiteLLM SDK path; supermemory_router: "
                                                         "Supermemory's Memory Router.")
     sdk: Sdk = Field(Sdk(), description="The SDK path's provider mapping.")
+    also_recall: many(Text) = Field([], description="Scopes recalled beside the rule's own, labelled apart within "
+                                                    "max_chars, e.g. [user] or [user, 'team:{team}']: templates "
+                                                    "like `scope`. Nothing is stored in them.")
+
+    @field_validator("also_recall")
+    @classmethod
+    def _layer_templates(cls, v: list[str]) -> list[str]:
+        if problems := [p for t in v for p in templates.problems(t)]:
+            raise invalid(*problems)
+        return v
 
 
 class Match(Model):
@@ -128,6 +138,9 @@ class Rule(Settings):
     scope: Text = Field("", description=f"The scope. {_TEMPLATE} Default: the default scope.")
     user_id: Text = Field("", description="Same as scope (the earlier spelling).")
     allow_override: bool = Field(True, description="false: the override header cannot change this rule's scope.")
+    tool: Text = Field("", description="The tool its requests come from (e.g. Codex): recorded on every memory it "
+                                       "stores, shown on recalled notes, and its own scope under "
+                                       "project_memory: per_tool.")
 
     @field_validator("scope", "user_id")
     @classmethod
@@ -141,6 +154,9 @@ class Rule(Settings):
     def _one_scope(self) -> Rule:
         if {"scope", "user_id"} <= self.model_fields_set:
             raise invalid("'user_id' is the earlier spelling of 'scope': give one of them", at=("user_id",))
+        groups = self.match.groups()
+        if problems := [p for t in self.also_recall for p in templates.problems(t, groups)]:
+            raise invalid(*problems, at=("also_recall",))
         return self
 
 
@@ -202,6 +218,9 @@ class RulesDocument(Model):
     override_header: HeaderName = Field("x-memory-user-id", description="A request header naming the scope; "
                                                                          "removed before the request leaves.")
     allow_override: bool = Field(True, description="false: the override header is never obeyed.")
+    project_memory: choice(("shared", "per_tool"), "project_memory") = Field(
+        "shared", description="shared: every tool recalls and stores one memory per project (`project:<name>`); "
+                              "per_tool: each tool its own (`<tool>:<name>`, the rule's `tool` as a slug).")
     defaults: section(Settings) = Field(Settings(), description="What every rule does unless it says otherwise.")
     rules: Annotated[list[Rule], BeforeValidator(_no_rules, json_schema_input_type=list[Rule] | None)] = Field(
         [], description="Tried from top to bottom; the first whose match holds wins.")

@@ -1,6 +1,8 @@
-"""Scope templates: literal text with `{variable|filter|...}` placeholders, e.g. `claude-code:{cwd|basename}`.
+"""Scope templates: literal text with `{variable|filter|...}` placeholders, e.g. `project:{cwd|project}`.
 
-Variables are the named groups of the rule's regexes and BUILTIN_VARS, taken from the request.
+Variables are the named groups of the rule's regexes and BUILTIN_VARS, taken from the request. The filter
+`project` names the project that holds a path: the request's `projects` (a ProjectNames) knows it, or raises
+ProjectUnknown for the caller to look it up off the event loop and match again.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 BUILTIN_VARS: tuple[str, ...] = ("host", "path", "method", "port", "model", "project")
 
@@ -27,6 +29,31 @@ FILTERS: dict[str, Callable[[str], str]] = {
     "upper": str.upper,
     "hash": lambda v: hashlib.sha256(v.encode("utf-8", "surrogatepass")).hexdigest()[:12],
 }
+
+PROJECT_FILTER = "project"
+
+
+class ProjectUnknown(Exception):
+    """A template needs the project of `path`, which is not known yet."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+class ProjectNames(Protocol):
+    """What the `project` filter asks: the project holding a working directory."""
+
+    def cached(self, path: str) -> tuple[str, str] | None:
+        """(root, name) of the project holding `path`, None if `path` is no project (a client's own state
+        dir); raises ProjectUnknown if not known yet. Never blocks."""
+
+
+def _no_project(value: str) -> str:  # the `project` filter's place in FILTERS: `render` applies it
+    raise AssertionError("the project filter is applied by render()")
+
+
+FILTERS[PROJECT_FILTER] = _no_project
 
 # A template part: literal text, or (variable, filters).
 Part = str | tuple[str, tuple[Callable[[str], str], ...]]
@@ -68,8 +95,15 @@ def parse(text: str) -> tuple[Part, ...]:
     return tuple(parts)
 
 
-def render(parts: tuple[Part, ...], req: Any, caps: Mapping[str, str]) -> str | None:
-    """The template's text for a request (`req`: a RequestView), or None if a variable is missing or empty."""
+def uses_project(parts: tuple[Part, ...] | None) -> bool:
+    """Whether a parsed template names a project (its `project` filter)."""
+    return any(not isinstance(p, str) and _no_project in p[1] for p in parts or ())
+
+
+def render(parts: tuple[Part, ...], req: Any, caps: Mapping[str, str], roots: list[str] | None = None) -> str | None:
+    """The template's text for a request (`req`: a RequestView), or None if a variable is missing or empty (or
+    the `project` filter's path is no project). The roots of the projects named are appended to `roots`.
+    Raises ProjectUnknown."""
     out = []
     for part in parts:
         if isinstance(part, str):
@@ -78,7 +112,17 @@ def render(parts: tuple[Part, ...], req: Any, caps: Mapping[str, str]) -> str | 
         name, filters = part
         value = (caps.get(name) or _builtin(req, name)).strip()
         for f in filters:
-            value = f(value) if value else value
+            if not value:
+                break
+            if f is _no_project:
+                project = req.projects.cached(value) if req.projects is not None else None
+                if project is None:
+                    return None
+                value = project[1]
+                if roots is not None:
+                    roots.append(project[0])
+            else:
+                value = f(value)
         if not value:
             return None
         out.append(value)
