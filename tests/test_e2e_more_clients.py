@@ -206,23 +206,22 @@ def test_qwen_code_and_opencode_through_a_reverse_listener(mitmdump, upstream: F
     assert opencode(proc, tmp_path / "delta", "Delta uses Postgres.", home, base_url=f"{proc.base_url}/v1") == upstream.reply
     assert {r.headers["user-agent"].split("/")[0] for r in upstream.requests} == {"QwenCode", "opencode"}
     assert wait_until(lambda: len(qwen_extractions(upstream)) == 1)
+    assert wait_memories(db, "project:gamma") == [f"User: Gamma uses SQLite.\nAssistant: {upstream.reply}"]
+    assert wait_memories(db, "project:delta") == [f'User: "Delta uses Postgres."\nAssistant: {upstream.reply}']
+    assert len(every_memory(db)) == 2
     assert QWEN_KEY not in proc.log_text() and OPENCODE_KEY not in proc.log_text()
 
 
 # --- One memory per project ----------------------------------------------------------------------------------------
 
-# Until the project-memory wiring lands (issue 16), both clients share one scope per tool (`qwen-code`, `opencode`):
-# these tests describe the project scopes and fail, as expected, before it.
-UNTIL_PROJECT_MEMORY = pytest.mark.xfail(strict=True, reason="project scopes for Qwen Code and opencode (issue 16)")
 
-
-def every_memory(db: Path) -> list[tuple[str, str]]:
-    """(scope, content) of every memory in the local store at `db`, whatever its scope."""
+def every_memory(db: Path) -> list[tuple[str, str, str | None]]:
+    """(scope, content, tool) of every memory in the local store at `db`, whatever its scope."""
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT scope, content FROM memories ORDER BY id").fetchall()
+        rows = conn.execute("SELECT scope, content, metadata FROM memories ORDER BY id").fetchall()
+    return [(scope, content, json.loads(metadata).get("tool")) for scope, content, metadata in rows]
 
 
-@UNTIL_PROJECT_MEMORY
 def test_qwen_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
     db = tmp_path / "memories.db"
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
@@ -248,19 +247,20 @@ def test_qwen_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_p
     sent = json.dumps(qwen_turns(upstream)[-1])
     assert f"{QWEN_CWD}{alpha / 'src'}" in sent  # started in a subdirectory: still the alpha project
     assert MEMORY_TAG in sent and "alpha service with Nomad" in sent
+    assert "- (Qwen Code, " in sent  # the recalled note says which tool wrote it
     assert "beta service" not in sent
 
     # The extraction calls are auxiliary: nothing recalled into them, nothing of theirs stored, in any scope.
     assert all(MEMORY_TAG not in json.dumps(call) for call in qwen_extractions(upstream))
     assert len(wait_memories(db, "project:alpha", 2)) == 2
     kept = every_memory(db)
-    assert sorted(scope for scope, _ in kept) == ["project:alpha", "project:alpha", "project:beta"], kept
-    assert not any(QWEN_EXTRACTION_TASK in content for _, content in kept)
+    assert sorted(scope for scope, _, _ in kept) == ["project:alpha", "project:alpha", "project:beta"], kept
+    assert {tool for _, _, tool in kept} == {"Qwen Code"}
+    assert not any(QWEN_EXTRACTION_TASK in content for _, content, _ in kept)
     assert "beta service" not in json.dumps(memories(db, "project:alpha"))
     assert QWEN_KEY not in json.dumps(kept) + proc.log_text()
 
 
-@UNTIL_PROJECT_MEMORY
 def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
     db = tmp_path / "memories.db"
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
@@ -283,6 +283,7 @@ def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_pa
     sent = json.dumps(opencode_turns(upstream)[-1])
     assert f"{OPENCODE_CWD}{alpha / 'src'}" in sent  # started in a subdirectory: still the alpha project
     assert MEMORY_TAG in sent and "alpha service with Nomad" in sent
+    assert "- (opencode, " in sent  # the recalled note says which tool wrote it
     assert "beta service" not in sent
 
     # The title calls are auxiliary: nothing recalled into them, nothing of theirs stored, in any scope.
@@ -290,7 +291,8 @@ def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_pa
     assert len(titles) == 3 and all(MEMORY_TAG not in json.dumps(call) for call in titles)
     assert len(wait_memories(db, "project:alpha", 2)) == 2
     kept = every_memory(db)
-    assert sorted(scope for scope, _ in kept) == ["project:alpha", "project:alpha", "project:beta"], kept
-    assert not any("Generate a title" in content for _, content in kept)
+    assert sorted(scope for scope, _, _ in kept) == ["project:alpha", "project:alpha", "project:beta"], kept
+    assert {tool for _, _, tool in kept} == {"opencode"}
+    assert not any("Generate a title" in content for _, content, _ in kept)
     assert "beta service" not in json.dumps(memories(db, "project:alpha"))
     assert OPENCODE_KEY not in json.dumps(kept) + proc.log_text()
