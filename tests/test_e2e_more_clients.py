@@ -1,7 +1,8 @@
 """End to end with two more real clients from npm (tests/clients): Qwen Code (`qwen -p`) and opencode
 (`opencode run`), both speaking Chat Completions to an OpenAI-compatible endpoint, driven through a real mitmdump
 with addons/memory.py, the fake upstream standing in for the provider. Each runs fully offline: the only host it
-reaches is the API's.
+reaches is the API's. Each remembers a turn in its project's scope (`project:<name>`), recalls it there, also from a
+subdirectory, and keeps it out of another project; its auxiliary calls are neither recalled into nor stored.
 
 What they send (Qwen Code 0.24.4, opencode 1.18.33), as the wire tests below check:
 - Qwen Code: the working directory in the first user message, in the text part
