@@ -28,8 +28,9 @@ run: $(VENV)/.synced
 web: $(VENV)/.synced
 	$(VENV)/bin/memproxy run --web --host $(LISTEN_HOST) -p $(LISTEN_PORT) $(ARGS)
 
-# Real clients for the end-to-end tests (tests/clients: Claude Code, Codex CLI, Gemini CLI, pinned with their
-# hashes in package-lock.json).
+# Real clients for the end-to-end tests (tests/clients: Claude Code, Codex CLI, Gemini CLI, Qwen Code, opencode,
+# pinned with their hashes in package-lock.json). Platform packages the registry does not serve stay in the lock as
+# version-only optional entries, which npm ci needs and never fetches on Linux x64.
 CLIENTS := tests/clients/node_modules/.installed
 
 $(CLIENTS): tests/clients/package.json tests/clients/package-lock.json

@@ -6,18 +6,22 @@ import asyncio
 import os
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakes import FakeUpstream
 from fakes.supermemory import FakeSupermemory
 from memproxy.memory.base import MemoryStore
 from memproxy.memory.local import LocalStore
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
+MEMPROXY = Path(sys.executable).with_name("memproxy")
+CLIENT_BIN = Path(__file__).resolve().parent / "clients/node_modules/.bin"  # real clients: `make test` runs npm ci
 # Variables that would leak the developer's setup into a proxy under test or bench.
 SCRUBBED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "supermemory_api_key"}
 
@@ -175,3 +179,26 @@ def claude_body(cwd: str, text: str, *, stream: bool = True) -> dict[str, Any]:
 
 def claude_headers(**extra: str) -> dict[str, str]:
     return {"user-agent": CLAUDE_UA, "x-app": "cli", "anthropic-version": "2023-06-01", "x-api-key": "sk-ant-e2e", **extra}
+
+
+def installed_client(name: str) -> Path:
+    """The real client `name` from tests/clients; skipped if it is not installed, a failure under CI."""
+    path = CLIENT_BIN / name
+    if not path.exists():
+        message = f"{name} is not installed at {path} (`make test` runs npm ci in tests/clients)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI has npm: a missing client is a broken set-up, not a reason to skip
+        pytest.skip(message)
+    return path
+
+
+def run_client(proc: Any, project: Path, argv: list[str], env: dict[str, str], *, wrap: bool) -> str:
+    """`argv` in `project` (created if missing; `PWD` says so too, as a shell started there would) with `env`,
+    through mitmdump `proc` as `env` says, or by `memproxy wrap`. Its stdout; a failure shows the proxy's log."""
+    if wrap:
+        argv = [str(MEMPROXY), "wrap", "--port", str(proc.port), "--confdir", str(proc.confdir), *argv]
+    project.mkdir(parents=True, exist_ok=True)
+    env = env | {"PWD": str(project)}
+    done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proc.log_text()}"
+    return done.stdout
