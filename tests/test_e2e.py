@@ -83,7 +83,7 @@ def test_anthropic_stream_is_captured_and_recalled(mitmdump, upstream, anthropic
 def test_projects_do_not_share_memories(mitmdump, upstream, db):
     """Claude Code in two working directories: two scopes, no memory crosses between them."""
     proc = start(mitmdump, upstream, db, "reverse")
-    seed(db, "claude-code:alpha", "User: the alpha project uses Postgres\nAssistant: ok")
+    seed(db, "project:alpha", "User: the alpha project uses Postgres\nAssistant: ok")
     with httpx.Client(base_url=proc.base_url, timeout=30) as client:
         for cwd in ("/work/alpha", "/work/beta"):
             r = client.post("/v1/messages?beta=true", json=claude_body(cwd, "Which database does this project use?"), headers=claude_headers())
@@ -97,9 +97,9 @@ def test_projects_do_not_share_memories(mitmdump, upstream, db):
         "type": "text", "text": "Which database does this project use?", "cache_control": {"type": "ephemeral"}
     }
     assert MEMORY_TAG in alpha["messages"][-1]["content"][1]["text"]
-    assert len(wait_memories(db, "claude-code:beta")) == 1
-    assert len(wait_memories(db, "claude-code:alpha", 2)) == 2
-    assert "Postgres" not in json.dumps(memories(db, "claude-code:beta"))
+    assert len(wait_memories(db, "project:beta")) == 1
+    assert len(wait_memories(db, "project:alpha", 2)) == 2
+    assert "Postgres" not in json.dumps(memories(db, "project:beta"))
 
 
 @pytest.mark.parametrize("via", ["proxy", "reverse"])
@@ -110,7 +110,7 @@ def test_codex_websocket_recall_and_capture(mitmdump, upstream, ws_responses_cli
         proc, codex_request(generate=False), codex_request("How do we deploy to fly.io?", cwd="/home/dev/shop"), via=via
     )
     assert events[-1]["type"] == "response.completed"
-    stored = wait_memories(db, "codex:shop")
+    stored = wait_memories(db, "project:shop")
     assert len(stored) == 1 and "fly.io from the main branch" in stored[0], proc.log_text()
 
     ws_responses_client(proc, codex_request("Where do deploys go?", cwd="/home/dev/shop"), via=via)
@@ -119,12 +119,12 @@ def test_codex_websocket_recall_and_capture(mitmdump, upstream, ws_responses_cli
     assert "fly.io from the main branch" in json.dumps(second["input"]), proc.log_text()
     assert second["instructions"] == codex_request()["instructions"]
     time.sleep(0.5)
-    assert len(memories(db, "codex:shop")) == 2  # the prewarm was not stored
+    assert len(memories(db, "project:shop")) == 2  # the prewarm was not stored
 
 
 def test_gemini_stream_recall_and_capture(mitmdump, upstream, http_client, db):
     proc = start(mitmdump, upstream, db)
-    seed(db, "gemini-cli:site", "User: the site is built with Hugo\nAssistant: noted")
+    seed(db, "project:site", "User: the site is built with Hugo\nAssistant: noted")
     body = {
         "contents": [
             {"role": "user", "parts": [{"text": "<session_context>\n- **Workspace Directories:**\n  - /src/site\n</session_context>"}]},
@@ -140,7 +140,7 @@ def test_gemini_stream_recall_and_capture(mitmdump, upstream, http_client, db):
     sent = upstream.last(":streamGenerateContent").json
     assert "built with Hugo" in json.dumps(sent["contents"][-1]), proc.log_text()
     assert sent["contents"][0] == body["contents"][0]
-    assert len(wait_memories(db, "gemini-cli:site", 2)) == 2
+    assert len(wait_memories(db, "project:site", 2)) == 2
 
 
 # -- streaming fidelity ------------------------------------------------------
@@ -220,7 +220,7 @@ def test_override_header_is_stripped_and_scopes(mitmdump, upstream, openai_clien
 
 def test_auxiliary_calls_are_neither_injected_nor_stored(mitmdump, upstream, db):
     proc = start(mitmdump, upstream, db, "reverse")
-    seed(db, "claude-code:proj", "User: proj uses uv\nAssistant: ok")
+    seed(db, "project:proj", "User: proj uses uv\nAssistant: ok")
     with httpx.Client(base_url=proc.base_url, timeout=30) as client:
         body = claude_body("/x/proj", "Which package manager?", stream=False)
         r = client.post("/v1/messages", json=body, headers=claude_headers(**{"x-claude-code-request-class": "background"}))
@@ -230,7 +230,7 @@ def test_auxiliary_calls_are_neither_injected_nor_stored(mitmdump, upstream, db)
     assert upstream.last("/v1/messages").json == body
     assert upstream.last("count_tokens").json == body
     time.sleep(0.5)
-    assert memories(db, "claude-code:proj") == ["User: proj uses uv\nAssistant: ok"]
+    assert memories(db, "project:proj") == ["User: proj uses uv\nAssistant: ok"]
 
 
 def test_compressed_request_body_is_reencoded(mitmdump, upstream, db):

@@ -36,7 +36,7 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
     registry = PortRegistry(tmp_path / "ports.json", (low, low + 40))
     alpha = registry.get_or_allocate_port(tmp_path / "work" / "alpha")
     beta = registry.get_or_allocate_port(tmp_path / "work" / "beta")
-    seed(db, "jetbrains:alpha", "User: alpha is a Django project\nAssistant: ok")
+    seed(db, "project:alpha", "User: alpha is a Django project\nAssistant: ok")
     proc = mitmdump(
         mode="reverse",
         upstream=upstream,
@@ -52,15 +52,15 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
     ask(beta, "Which web framework does this project use?")
     to_alpha, to_beta = (json.dumps(r.json) for r in upstream.requests)
     assert "Django" in to_alpha and "Django" not in to_beta
-    assert len(wait_memories(db, "jetbrains:beta")) == 1
-    assert len(wait_memories(db, "jetbrains:alpha", 2)) == 2
-    assert "Django" not in json.dumps(memories(db, "jetbrains:beta"))
+    assert len(wait_memories(db, "project:beta")) == 1
+    assert len(wait_memories(db, "project:alpha", 2)) == 2
+    assert "Django" not in json.dumps(memories(db, "project:beta"))
 
     # Registering a project while running opens its listener; removing it closes it. No restart.
     gamma = registry.get_or_allocate_port(tmp_path / "work" / "gamma")
     assert wait_until(lambda: listening(gamma)), proc.log_text()
     ask(gamma, "First question in gamma")
-    assert wait_memories(db, "jetbrains:gamma")
+    assert wait_memories(db, "project:gamma")
     registry.remove(tmp_path / "work" / "gamma")
     assert wait_until(lambda: not listening(gamma)), proc.log_text()
     assert listening(alpha) and listening(proc.port)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import MITMDUMP, ROOT, SUPERMEMORY_KEY, free_port
-from e2e_helpers import MEMORY_TAG, chat, outbox_rows, start_with_supermemory, wait_until
+from e2e_helpers import MEMORY_TAG, chat, outbox_rows, seed_store, start_with_supermemory, wait_until
+from memproxy.memory.supermemory import SupermemoryStore
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +32,16 @@ def test_auto_backend_remembers_and_recalls_through_supermemory(mitmdump, upstre
     assert doc.container_tag == "openai-sdk" and doc.custom_id
     assert "second Tuesday" in doc.content and doc.metadata["model"] == "gpt-4o"
 
+    seed_store(SupermemoryStore(SUPERMEMORY_KEY, supermemory.url), "user", "When talking of the release train, answer in British English.")
     chat(client, "When does the release train leave?")
-    search = supermemory.last("/v4/search").json
-    assert search["containerTag"] == "openai-sdk" and search["q"] == "When does the release train leave?"
-    assert "second Tuesday" in json.dumps(upstream.last("/chat/completions").json["messages"])
+    with supermemory._seen:
+        searches = [r.json for r in supermemory.requests if r.path == "/v4/search"][-2:]
+    # the route's scope and the user scope, each its own containerTag, searched side by side
+    assert sorted(s["containerTag"] for s in searches) == ["openai-sdk", "user"]
+    assert {s["q"] for s in searches} == {"When does the release train leave?"}
+    sent = upstream.last("/chat/completions").json["messages"][0]["content"]
+    ours, users = sent.split("From scope user (your preferences in every project):")
+    assert "second Tuesday" in ours and "British English" in users and "second Tuesday" not in users
     log = proc.log_text()
     assert "supermemory memory store" in log and "auto: SUPERMEMORY_API_KEY is set" in log
     assert SUPERMEMORY_KEY not in log

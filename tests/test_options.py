@@ -4,6 +4,7 @@ either takes effect or is refused with OptionsError, never silently ignored (mit
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from memproxy.addons.boundary import Boundary
 from memproxy.addons.guard import Guard
 from memproxy.addons.hosts import Hosts
 from memproxy.addons.localusers import AVAILABLE, LocalUsers
+from memproxy.addons.projectnames import ProjectNames
 from memproxy.addons.projects import Projects
 from memproxy.addons.redact import Redact
 from memproxy.addons.requestpath import RequestPath
@@ -21,6 +23,7 @@ from memproxy.addons.ruleswatcher import RulesWatcher
 from memproxy.addons.sdk import Sdk
 from memproxy.addons.store import Store
 from memproxy.ports import PortRegistry
+from memproxy.repos import ProjectRegistry
 from memproxy.rules import RequestView
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
@@ -73,9 +76,10 @@ async def proxy(tmp_path: Path, monkeypatch):
             memory_outbox=str(tmp_path / "outbox.db"),
             memory_cookies=str(tmp_path / "cookies.json"),
             memory_projects=str(tmp_path / "ports.json"),
+            memory_project_names=str(tmp_path / "projects.json"),
         )
         yield p
-        for kind in (RulesWatcher, Projects, Sdk, Store):
+        for kind in (RulesWatcher, Projects, ProjectNames, Sdk, Store):
             if (done := p[kind].done()) is not None:
                 await done
 
@@ -183,6 +187,35 @@ async def test_project_listeners_follow_the_registry_and_the_mode(proxy, tmp_pat
     proxy.configure(memory_projects=str(tmp_path / "ports.json"))
     await projects.listeners.sync()
     assert projects.project_for_port(port) is None and f"regular@{port}" not in proxy.tctx.options.mode
+
+
+@covers("memory_project_names")
+async def test_projects_are_named_in_the_registry_the_option_names(proxy, tmp_path):
+    names, memory = proxy[ProjectNames], proxy[RequestPath]
+    await start(proxy, RulesWatcher, Store)
+    repo = tmp_path / "shop"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "src").mkdir()
+
+    async def scope_in(cwd: Path) -> str:
+        flow = chat_flow(**{"user-agent": "claude-cli/2.1.328 (external, cli)"})
+        flow.request.path = "/v1/messages"
+        flow.request.content = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [
+            {"role": "system", "content": f"Primary working directory: {cwd}\n"},
+            {"role": "user", "content": "hi"}]}).encode()
+        await memory.request(flow)
+        return flow.metadata["memproxy"]["user_id"]
+
+    assert await scope_in(repo / "src") == "project:shop"
+    await names.done()  # the use is written
+    [record] = ProjectRegistry(tmp_path / "projects.json").projects()
+    assert (record.root, record.name, record.tools) == (str(repo), "shop", frozenset({"Claude Code"}))
+
+    other = tmp_path / "other.json"
+    ProjectRegistry(other).register("/elsewhere/shop")  # that file's "shop" is another root
+    proxy.configure(memory_project_names=str(other))
+    assert await scope_in(repo) == "project:shop@" + hashlib.sha256(str(repo).encode()).hexdigest()[:6]
+    assert "is a directory" in proxy.refuses(memory_project_names=str(tmp_path))
 
 
 # -- rules ------------------------------------------------------------------------
