@@ -639,6 +639,13 @@ def test_memories_migrate_local(cli: Cli, tmp_path: Path):
     cli.ok("memories", "move", "--from", "jetbrains:api", "--to", "project:api", "--db", db, "--id", mixed_id, "-y")
     assert scopes_of(db)["project:api"] == ["JetBrains: one of the two api projects uses Django"]
 
+    # Under per-tool project memory, the per-tool scopes are the live ones: nothing to migrate.
+    silos = tmp_path / "silos.yaml"
+    silos.write_text("project_memory: per_tool\n")
+    before = dump(db)
+    refused = cli("memories", "migrate", "--yes", "--rules", silos, *args)
+    assert refused.returncode == 1 and "project_memory: per_tool" in refused.stderr and dump(db) == before
+
 
 def test_memories_migrate_supermemory(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
     shop, api, other_api = repo(tmp_path / "work/shop"), repo(tmp_path / "work/api"), repo(tmp_path / "oss/api")

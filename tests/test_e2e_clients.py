@@ -10,6 +10,7 @@ with another repository of the same name; the user scope is recalled in every pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -211,9 +212,9 @@ def test_gemini_cli_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_
 
 
 def repository(path: Path) -> Path:
-    """A git repository at `path` (a `.git` directory is what makes it one) with a subdirectory `src`."""
-    (path / ".git").mkdir(parents=True)
-    (path / "src").mkdir()
+    """A git repository at `path`, with a subdirectory `src`."""
+    (path / "src").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(path)], check=True, capture_output=True)
     return path
 
 
@@ -227,8 +228,9 @@ def turn_sent(upstream: FakeUpstream, tool: str) -> str:
 
 
 def ask(tool: str, proc: MitmdumpProc, project: Path, prompt: str, home: Path, upstream: FakeUpstream) -> str:
-    """One turn of `tool` in `project`; what it sent upstream."""
-    {"claude": claude, "codex": codex, "gemini": gemini}[tool](proc, project, prompt, home)
+    """One turn of `tool` in `project`; what it sent upstream. Codex goes through `memproxy wrap`, which writes the
+    CA bundle it trusts."""
+    {"claude": claude, "codex": functools.partial(codex, wrap=True), "gemini": gemini}[tool](proc, project, prompt, home)
     return turn_sent(upstream, tool)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import json
 import sqlite3
 from collections import Counter
@@ -42,6 +43,8 @@ def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @rules_option
     @functools.wraps(f)
     def wrapper(backend: str | None, db: Path | None, rules_path: Path | None, **kwargs: Any) -> Any:
+        if "rules_path" in inspect.signature(f).parameters:  # the command reads the rules too
+            kwargs["rules_path"] = rules_path
         return f(backend=_backend(backend, db, rules_path), **kwargs)
 
     return wrapper
@@ -214,7 +217,8 @@ def memories_move(backend: Backend, source: str, target: str, ids: tuple[str, ..
 @project_names_option
 @click.option("--dry-run", is_flag=True, help="Print the plan (scope -> scope, counts); change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before moving.")
-def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool, yes: bool) -> None:
+def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool, yes: bool,
+                     rules_path: Path | None) -> None:
     """Move the memories that earlier versions kept per tool (claude-code:api, codex:api, gemini-cli:api,
     jetbrains:api) into their project's scope (project:api), for every project in the project registry.
 
@@ -224,8 +228,11 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
     of directories no tool has used through the proxy since are reported; on Supermemory, which cannot list its
     scopes, only the scopes of the projects in the registry are looked at. Running it again does nothing new.
 
-    Not for rules that set `project_memory: per_tool`: their scopes are these per-tool scopes.
+    Refused under rules that set `project_memory: per_tool`: their scopes are these per-tool scopes.
     """
+    if load_rules(rules_path).project_memory == "per_tool":
+        raise click.ClickException("the rules set project_memory: per_tool, so the per-tool scopes are in use:"
+                                   " there is nothing to migrate")
     from ..private import UnsafePath
     from ..repos import ProjectRegistry, RegistryError
     from . import migrate
