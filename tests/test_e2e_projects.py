@@ -55,6 +55,8 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
     assert len(wait_memories(db, "project:beta")) == 1
     assert len(wait_memories(db, "project:alpha", 2)) == 2
     assert "Django" not in json.dumps(memories(db, "project:beta"))
+    info = httpx.get(f"http://127.0.0.1:{alpha}/memory-routing/info", headers={**JETBRAINS, "host": "memproxy"}).json()
+    assert (info["user_id"], info["project"], info["tool"]) == ("project:alpha", str(tmp_path / "work" / "alpha"), "JetBrains")
 
     # Registering a project while running opens its listener; removing it closes it. No restart.
     gamma = registry.get_or_allocate_port(tmp_path / "work" / "gamma")
