@@ -12,45 +12,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, MitmdumpProc
+from conftest import MitmdumpProc
 from e2e_helpers import MEMORY_TAG, isolated_env, memories, seed, wait_memories
+from e2e_helpers import installed_client as installed
+from e2e_helpers import run_client as run
 from fakes import FakeUpstream, Recorded
 
 pytestmark = pytest.mark.e2e
 
-BIN = ROOT / "tests/clients/node_modules/.bin"
-MEMPROXY = Path(sys.executable).with_name("memproxy")
 ANTHROPIC_KEY = "sk-ant-fake-e2e-claude"  # distinctive, and short of a real key's shape
 OPENAI_KEY = "sk-e2e-real-codex-0123456789"
 GEMINI_KEY = "AIza-e2e-real-gemini-0123456789"
-
-
-def installed(name: str) -> Path:
-    path = BIN / name
-    if not path.exists():
-        message = f"{name} is not installed at {path} (`make test` runs npm ci in tests/clients)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI has npm: a missing client is a broken set-up, not a reason to skip
-        pytest.skip(message)
-    return path
-
-
-def run(proc: MitmdumpProc, project: Path, argv: list[str], env: dict[str, str], *, wrap: bool) -> str:
-    """`argv` in `project` with `env`: through the proxy as `env` says, or by `memproxy wrap`. Its stdout."""
-    if wrap:
-        argv = [str(MEMPROXY), "wrap", "--port", str(proc.port), "--confdir", str(proc.confdir), *argv]
-    project.mkdir(exist_ok=True)
-    done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100)
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{proc.log_text()}"
-    return done.stdout
 
 
 def claude(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: bool = False) -> str:

@@ -293,18 +293,23 @@ class SupermemoryStore(MemoryStore):
         return await self._call("PATCH", path, {"content": content}, missing_ok=True) is not MISSING
 
     async def forget(self, scope: str, memory_id: str) -> bool:
-        if not memory_id:
+        path, doc = await self._document(scope, memory_id)
+        if doc is None:  # gone, or not this scope's to delete
             return False
+        return await self._call("DELETE", path, missing_ok=True) is not MISSING
+
+    async def _document(self, scope: str, memory_id: str) -> tuple[str, dict[str, Any] | None]:
+        """The path of document `memory_id`, and the document if it exists in `scope`'s container."""
         path = f"/v3/documents/{quote(memory_id, safe='')}"
+        if not memory_id:
+            return path, None
         doc = await self._call("GET", path, missing_ok=True)
         if doc is MISSING:
-            return False
+            return path, None
         if not isinstance(doc, dict):
             raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
         tags = doc.get("containerTags")
-        if not isinstance(tags, list) or self.tag(scope) not in tags:  # not this scope's to delete
-            return False
-        return await self._call("DELETE", path, missing_ok=True) is not MISSING
+        return path, doc if isinstance(tags, list) and self.tag(scope) in tags else None
 
     async def close(self) -> None:
         self._closed = True
@@ -374,17 +379,10 @@ class SupermemoryStore(MemoryStore):
         The copy's customId is that one (or the document's id) mapped to the new container as `add` maps one:
         a move interrupted between the add and the delete, run again, updates the same copy.
         """
-        if not memory.id:
+        path, doc = await self._document(memory.scope, memory.id)
+        if doc is None:  # gone, or not this scope's to move
             return False
-        path = f"/v3/documents/{quote(memory.id, safe='')}"
-        doc = await self._call("GET", path, missing_ok=True)
-        if doc is MISSING:
-            return False
-        if not isinstance(doc, dict):
-            raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
-        tags, source, target = doc.get("containerTags"), self.tag(memory.scope), self.tag(scope)
-        if not isinstance(tags, list) or source not in tags:  # not this scope's to move
-            return False
+        source, target = self.tag(memory.scope), self.tag(scope)
         if target == source:
             return True
         custom_id = doc.get("customId")
