@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memproxy.memory import Memory, StoreError
+from memproxy.memory import Memory, StoreError, local
 from memproxy.memory.base import recalled
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
@@ -80,6 +80,32 @@ def test_recall_survives_metadata_sqlite_cannot_read(store: LocalStore) -> None:
     run(store.add("p", "Deploys use rsync", metadata={"tool": "Codex", "ratio": float("nan")}))  # NaN: not JSON
     assert [m.content for m in run(store.search("p", "deploys"))] == ["Deploys use rsync"]
     assert len(run(recall(store, "p", "deploys"))) == 1
+
+
+def test_an_empty_scope_is_answered_without_the_worker_until_a_memory_arrives(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(local, "EMPTY_TTL", 0.5)
+    db = tmp_path / "memories.db"
+
+    async def go() -> None:
+        store, other = LocalStore(db), LocalStore(db)  # `other`: another process's connection
+        try:
+            assert await store.start_search("user", "deploys") == ()
+            assert "user" in store._empty
+            calls = store._worker.submit
+            monkeypatch.setattr(store._worker, "submit", lambda *a: pytest.fail("the worker was asked"))
+            assert await store.start_search("user", "deploys") == ()  # answered on the loop
+            monkeypatch.setattr(store._worker, "submit", calls)
+            await store.add("user", "Deploys are on Fridays")  # its own add: found at once
+            assert len(await store.start_search("user", "deploys")) == 1
+            assert await store.start_search("team", "deploys") == ()
+            await other.add("team", "Deploys are on Fridays")  # another connection's: found once the time is up
+            await asyncio.sleep(0.6)
+            assert len(await store.start_search("team", "deploys")) == 1
+        finally:
+            await store.close()
+            await other.close()
+
+    run(go())
 
 
 def test_porter_stemming_matches_word_forms(store: LocalStore) -> None:

@@ -33,6 +33,11 @@ DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
 # them into one on open and after adding a tenth of its size (at least OPTIMISE_EVERY memories).
 MAX_SEGMENTS = 4
 OPTIMISE_EVERY = 1000
+# A scope found empty is answered on the event loop, with no trip to the worker thread, for this many seconds
+# (the user scope beside every request is empty for most users); a memory this store adds to it ends that at
+# once, one another process adds is seen after it.
+EMPTY_TTL = 2.0
+MAX_EMPTY = 4096  # scopes remembered as empty
 
 # The index is contentless and scoped: each memory is indexed as its words, each glued to a prefix
 # derived from the scope (see `index_text`), so every scope has its own posting lists and a search
@@ -149,6 +154,7 @@ class LocalStore(MemoryStore):
         self._df: dict[str, int] = {}
         self._df_expiry = 0.0
         self._unmerged = 0  # memories added since the index was last merged; worker thread only
+        self._empty: dict[str, float] = {}  # scope -> monotonic time until which it is taken to be empty
 
     async def open(self) -> None:
         """Open the database now, so that an unusable path is reported at start-up, and merge its index."""
@@ -158,6 +164,10 @@ class LocalStore(MemoryStore):
         return await self._run(self._search, scope, query, limit, threshold)
 
     def start_search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> asyncio.Future[tuple[str, ...]]:
+        if (until := self._empty.get(scope)) is not None and until > time.monotonic() and not self._closed:
+            found: asyncio.Future[tuple[str, ...]] = asyncio.get_running_loop().create_future()
+            found.set_result(())
+            return found
         return self._run(self._contents, scope, query, limit, threshold)
 
     async def add(
@@ -259,7 +269,12 @@ class LocalStore(MemoryStore):
         return [_memory(tuple(row), score) for *row, score in self._ranked(db, SEARCH_MEMORIES, scope, query, limit, threshold)]
 
     def _contents(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> tuple[str, ...]:
-        return tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
+        found = tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
+        if not found and db.execute("SELECT 1 FROM memories WHERE scope = ? LIMIT 1", (scope,)).fetchone() is None:
+            if len(self._empty) >= MAX_EMPTY:
+                self._empty.clear()
+            self._empty[scope] = time.monotonic() + EMPTY_TTL
+        return found
 
     def _ranked(self, db: sqlite3.Connection, sql: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
         """The rows of `sql` (a SEARCH) for `query` in `scope`, best first, each ending in its score in [0, 1)."""
@@ -314,6 +329,7 @@ class LocalStore(MemoryStore):
         return None if row is None else row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
+        self._empty.pop(scope, None)
         with db:
             db.execute("BEGIN IMMEDIATE")
             id_ = self._insert(db, scope, content, custom_id, metadata, now)
@@ -323,6 +339,8 @@ class LocalStore(MemoryStore):
         return str(id_)
 
     def _add_many(self, db: sqlite3.Connection, memories: list[Memory], now: float) -> int:
+        for m in memories:
+            self._empty.pop(m.scope, None)
         with db:
             db.execute("BEGIN IMMEDIATE")
             added = sum(
@@ -400,6 +418,7 @@ class LocalStore(MemoryStore):
             if row is None or target == scope:
                 return row is not None
             id_, custom_id, content = row
+            self._empty.pop(target, None)
             db.execute(UNINDEX, (id_, index_text(scope, content)))
             duplicate = custom_id is not None and db.execute(
                 "SELECT 1 FROM memories WHERE scope = ? AND custom_id = ?", (target, custom_id)
