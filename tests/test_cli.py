@@ -773,7 +773,8 @@ def test_status_of_a_running_proxy(cli: Cli, mitmdump, upstream, openai_client, 
     assert f"memproxy is running on 127.0.0.1:{proc.port}" in out
     assert "listeners: regular" in out
     assert "backend: local memory store" in out and "recall circuit closed" in out
-    assert re.search(r"recall: [\d.]+ ms median, [\d.]+ ms p99 \(last 1 searches\)", out)
+    # one request, two searches: the route's scope and the user scope beside it
+    assert re.search(r"recall: [\d.]+ ms median, [\d.]+ ms p99 \(last 2 searches\)", out)
     assert "dead letters 0" in out
     assert re.search(r"openai-sdk\s+│\s+1\b", out)
 
