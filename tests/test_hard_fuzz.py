@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 
 NOOP = "tests/fakes/noop_addon.py"
 SCOPE = "default"  # the shipped rules' scope for a client they do not know
-CODEX_SCOPE = "codex:zebra"  # the shipped rules' scope for Codex CLI in /work/zebra
+CODEX_SCOPE = "project:zebra"  # the shipped rules' scope for Codex CLI in /work/zebra (a path not on this machine)
 MEMORY = "User: the zebra cluster listens on port 7443\nAssistant: noted"
 QUERY = "Which port does the zebra cluster listen on?"
 MAX_BODY = 4 * 2**20  # the addon's memory_max_body in these tests
