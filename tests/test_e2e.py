@@ -122,6 +122,25 @@ def test_codex_websocket_recall_and_capture(mitmdump, upstream, ws_responses_cli
     assert len(memories(db, "project:shop")) == 2  # the prewarm was not stored
 
 
+def test_a_codex_session_keeps_its_project_on_its_websocket(mitmdump, upstream, ws_responses_client, db):
+    """Over its WebSocket Codex sends input incrementally: a later turn (after `previous_response_id`) has no
+    <environment_context> of its own. It stays in the project the session's first turn named; another session
+    that names none does not inherit it."""
+    proc = start(mitmdump, upstream, db)
+    seed(db, "project:shop", "User: the shop deploys to fly.io\nAssistant: noted")
+    later = codex_request("Where does the shop deploy to?")
+    later["input"], later["previous_response_id"] = later["input"][1:], "resp_1"
+    upstream.reply = "To fly.io."
+    ws_responses_client(proc, codex_request("Hello shop", cwd="/home/dev/shop"), later, via="proxy")
+    first, second = [m for rec in upstream.requests for m in rec.ws_messages]
+    assert "deploys to fly.io" in json.dumps(second["input"]), proc.log_text()
+    assert len(wait_memories(db, "project:shop", 3)) == 3
+    ws_responses_client(proc, later, via="proxy")  # a new connection: no project
+    *_, third = [m for rec in upstream.requests for m in rec.ws_messages]
+    assert "deploys to fly.io" not in json.dumps(third["input"])
+    assert len(wait_memories(db, "codex")) == 1 and len(memories(db, "project:shop")) == 3
+
+
 def test_gemini_stream_recall_and_capture(mitmdump, upstream, http_client, db):
     proc = start(mitmdump, upstream, db)
     seed(db, "project:site", "User: the site is built with Hugo\nAssistant: noted")

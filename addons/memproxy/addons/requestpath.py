@@ -150,6 +150,7 @@ class RequestPath:
         self.hosts, self.projects, self.names, self.rules, self.store, self.sdk = hosts, projects, names, rules, store, sdk
         self.pending: dict[str, Pending] = {}  # turns waiting for their reply, by flow id
         self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
+        self.sessions: dict[str, Route] = {}  # a WebSocket's route that named a project, by flow id
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -260,6 +261,8 @@ class RequestPath:
         view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model,
                             projects=self.names)
         route = await self.match(rules, view, t0)
+        if flow.websocket is not None:
+            route = self._in_session(flow.id, route)
         self.clients[route.rule or "default"] += 1
         actions = route.actions
         outcome = Outcome(route.scope, route.rule, route.is_default, adapter.name, model, actions.auxiliary,
@@ -302,6 +305,18 @@ class RequestPath:
             await self.names.resolve(route.unresolved, self.timeout - (time.perf_counter() - t0))
             route = rules.match(view, self.timeout - (time.perf_counter() - t0))
         return route
+
+    def _in_session(self, flow_id: str, route: Route) -> Route:
+        """A WebSocket carries one session of one client in one directory, and sends its input incrementally: a
+        later turn names no working directory. Such a turn keeps the project route an earlier turn of the same
+        tool named, unless it is auxiliary or the override header names its scope."""
+        if route.project is not None:
+            self.sessions[flow_id] = route
+            return route
+        known = self.sessions.get(flow_id)
+        if known is None or route.actions.auxiliary or route.custom_header_present or route.tool != known.tool:
+            return route
+        return known
 
     async def _search(self, route: Route, query: str) -> tuple[tuple[str, ...], ...]:
         """The contents of the memories for `query` of the route's scope (its profile first, if asked) and of each
@@ -393,6 +408,7 @@ class RequestPath:
     def error(self, flow: http.HTTPFlow) -> None:
         self.outcomes.pop(flow.id, None)
         self.pending.pop(flow.id, None)
+        self.sessions.pop(flow.id, None)
 
     def _remember(self, pending: Pending, reply: str) -> None:
         turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
@@ -437,3 +453,4 @@ class RequestPath:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.pending.pop(flow.id, None)
+        self.sessions.pop(flow.id, None)
