@@ -57,6 +57,11 @@ def test_each_project_port_is_its_own_scope(mitmdump, upstream, tmp_path: Path):
     assert "Django" not in json.dumps(memories(db, "project:beta"))
     info = httpx.get(f"http://127.0.0.1:{alpha}/memory-routing/info", headers={**JETBRAINS, "host": "memproxy"}).json()
     assert (info["user_id"], info["project"], info["tool"]) == ("project:alpha", str(tmp_path / "work" / "alpha"), "JetBrains")
+    # Another client given the port's base URL (a VS Code extension) shares the project's memory.
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Which web framework does this project use?"}]}
+    r = httpx.post(f"http://127.0.0.1:{alpha}/v1/chat/completions", json=body, headers={"user-agent": "Continue/1.2"},
+                   timeout=30)
+    assert r.status_code == 200 and "Django" in json.dumps(upstream.requests[-1].json)
 
     # Registering a project while running opens its listener; removing it closes it. No restart.
     gamma = registry.get_or_allocate_port(tmp_path / "work" / "gamma")
