@@ -95,11 +95,6 @@ def parse(text: str) -> tuple[Part, ...]:
     return tuple(parts)
 
 
-def uses_project(parts: tuple[Part, ...] | None) -> bool:
-    """Whether a parsed template names a project (its `project` filter)."""
-    return any(not isinstance(p, str) and _no_project in p[1] for p in parts or ())
-
-
 def render(parts: tuple[Part, ...], req: Any, caps: Mapping[str, str], roots: list[str] | None = None) -> str | None:
     """The template's text for a request (`req`: a RequestView), or None if a variable is missing or empty (or
     the `project` filter's path is no project). The roots of the projects named are appended to `roots`.
