@@ -223,13 +223,13 @@ def test_every_tool_in_a_repository_shares_its_memory(mitmdump, upstream: FakeUp
     wait_memories(db, "project:shop")
     upstream.reply = "Noted: the shop's database is Postgres."
     sent = ask("codex", proc, shop / "src", "The shop's database is Postgres. How does it deploy?", home, upstream)
-    assert MEMORY_TAG in sent and "(Claude Code, " in sent and "shop deploys with Nomad" in sent
+    assert MEMORY_TAG in sent and ", Claude Code) " in sent and "shop deploys with Nomad" in sent
     wait_memories(db, "project:shop", 2)
 
     upstream.reply = "With Nomad, on Postgres."
     sent = ask("gemini", proc, shop / "src", "What runs the shop's deploys and its database?", home, upstream)
-    assert "(Claude Code, " in sent and "shop deploys with Nomad" in sent
-    assert "(Codex, " in sent and "database is Postgres" in sent
+    assert ", Claude Code) " in sent and "shop deploys with Nomad" in sent
+    assert ", Codex) " in sent and "database is Postgres" in sent
     assert len(wait_memories(db, "project:shop", 3)) == 3
     for scope in ("claude-code", "codex", "gemini-cli", "claude-code:shop", "codex:shop", "gemini-cli:shop",
                   "project:src", "user"):

@@ -248,7 +248,7 @@ def test_qwen_code_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_p
     sent = json.dumps(qwen_turns(upstream)[-1])
     assert f"{QWEN_CWD}{alpha / 'src'}" in sent  # started in a subdirectory: still the alpha project
     assert MEMORY_TAG in sent and "alpha service with Nomad" in sent
-    assert "- (Qwen Code, " in sent  # the recalled note says which tool wrote it
+    assert ", Qwen Code) " in sent  # the recalled note says which tool wrote it
     assert "beta service" not in sent
 
     # The extraction calls are auxiliary: nothing recalled into them, nothing of theirs stored, in any scope.
@@ -284,7 +284,7 @@ def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_pa
     sent = json.dumps(opencode_turns(upstream)[-1])
     assert f"{OPENCODE_CWD}{alpha / 'src'}" in sent  # started in a subdirectory: still the alpha project
     assert MEMORY_TAG in sent and "alpha service with Nomad" in sent
-    assert "- (opencode, " in sent  # the recalled note says which tool wrote it
+    assert ", opencode) " in sent  # the recalled note says which tool wrote it
     assert "beta service" not in sent
 
     # The title calls are auxiliary: nothing recalled into them, nothing of theirs stored, in any scope.

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError, local
-from memproxy.memory.base import recalled
+from memproxy.memory.base import recalled, unlabelled
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
 T = TypeVar("T")
@@ -71,9 +71,12 @@ def test_recall_labels_each_memory_with_its_tool_and_day(store: LocalStore) -> N
         Memory("", "p", "Deploys are on Fridays", 0.0, {"client": "memproxy-cli"}, day),
     ]))
     found = run(recall(store, "p", "deploys"))
-    assert sorted(found) == ["(2025-11-30) Deploys are on Fridays", "(Codex, 2025-11-30) Deploys use rsync"]
-    assert recalled("x", "  Claude Code  ", day) == "(Claude Code, 2025-11-30) x"
-    assert recalled("x", 3, 0) == recalled("x", None, float("nan")) == "x"  # nothing to say: as stored
+    assert sorted(found) == ["(2025-11-30) Deploys are on Fridays", "(2025-11-30, Codex) Deploys use rsync"]
+    assert recalled("x", "  Claude Code  ", day) == "(2025-11-30, Claude Code) x"
+    assert recalled("x", 3, 0) == recalled("x", None, float("nan")) == recalled("x", None, float("inf")) == "x"
+    for text in ("(2025-11-30, Claude Code) x", "(2025-11-30) x", "(Codex) x"):
+        assert unlabelled(text) == "x"
+    assert unlabelled("(a note) in brackets") == "in brackets" and unlabelled("User: (x) y") == "User: (x) y"
 
 
 def test_recall_survives_metadata_sqlite_cannot_read(store: LocalStore) -> None:

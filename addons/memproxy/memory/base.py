@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -114,11 +116,21 @@ async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
 
 
 def recalled(content: str, tool: Any, created_at: float) -> str:
-    """A memory as recall gives it: `(Codex, 2026-11-30) <content>`, the tool that stored it (if recorded)
-    and its day (UTC), so that a model knows where a note came from."""
-    day = _day(int(created_at // 86400)) if created_at and created_at > 0 else ""
-    label = ", ".join(x for x in ((tool.strip()[:40] if isinstance(tool, str) else ""), day) if x)
+    """A memory as recall gives it: `(2026-11-30, Codex) <content>`, its day (UTC) and the tool that stored it
+    (if recorded), so that a model knows how old a note is and where it came from."""
+    day = _day(int(created_at // 86400)) if created_at and math.isfinite(created_at) and created_at > 0 else ""
+    label = ", ".join(x for x in (day, (tool.strip()[:40] if isinstance(tool, str) else "")) if x)
     return f"({label}) {content}" if label else content
+
+
+def unlabelled(recalled_text: str) -> str:
+    """A recalled memory's content, without the label `recalled` put before it."""
+    found = LABEL.match(recalled_text)
+    return recalled_text[found.end() :] if found else recalled_text
+
+
+# `recalled`'s label: a day, a tool, or both.
+LABEL = re.compile(r"\((?:\d{4}-\d\d-\d\d(?:, [^\n]{1,40}?)?|[^\n]{1,40}?)\) ")
 
 
 @functools.lru_cache(maxsize=1024)
