@@ -26,7 +26,7 @@ from fakes.supermemory import FakeSupermemory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.memory.base import Memory, MemoryStore
-from memproxy.memory.local import LocalStore, scope_prefix
+from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import SupermemoryStore, container_tag
 from memproxy.protocols import frame_context
 from memproxy.recall import Recall
@@ -47,8 +47,8 @@ SCOPES = [
     "x" * 100, "x" * 101, "y" * 150 + "1", "y" * 150 + "2",  # Supermemory's 100-character limit
     "claude-code:repo", "claude-code-repo", "codex:shop", "default",
 ]  # fmt: skip
-# Words as the local index holds them for another scope: a scope's prefix glued to the shared word.
-TOKENS = [scope_prefix(s) + CANARY for s in SCOPES[:6]]
+# Names of the local index's tables and its column, as words.
+TOKENS = ["memories_fts_1", "memories_fts_2", "scope_indexes", "terms", "terms:" + CANARY]
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=10)  # lone surrogates cannot be stored
 scopes = st.sampled_from(SCOPES) | text
@@ -84,7 +84,7 @@ async def check_isolation(store: MemoryStore, turns: list[tuple[str, str]], prob
     own: dict[str, list[str]] = {}
     ids: dict[str, str] = {}
     for n, (scope, extra) in enumerate(turns):
-        content = f"{CANARY} mark{n}x {extra}"  # unique: its mark
+        content = f"{CANARY} mark{n}x {extra} mark{n}y mark{n}z"  # unique, and never a near-duplicate: its marks
         mine = own.setdefault(scope, [])
         ids[content] = await store.add(scope, content, custom_id=f"turn-{len(mine)}", metadata={"n": n})
         mine.append(content)
@@ -210,3 +210,33 @@ def test_project_scopes_and_the_user_layer_never_cross(backend: Backend, turns: 
     with tempfile.TemporaryDirectory() as tmp:
         registry = ProjectRegistry(Path(tmp) / "projects.json")
         run(backend, lambda store: check_projects(store, registry, turns))
+
+
+# -- a scope's ranking is its own ---------------------------------------------------------------
+
+WORDS = ["deploy", "deploys", "deployed", "rsync", "bastion", "friday", "things", "thing", "careful", "career",
+         "redis", "port", "cache", CANARY]  # fmt: skip
+sentences = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map(" ".join)
+
+
+async def check_own_ranking(store: MemoryStore, mine: list[str], others: list[tuple[str, str]], query: str) -> None:
+    """A scope's results and their order for `query` are the same before and after other scopes fill up."""
+    for n, text in enumerate(mine):
+        await store.add("project:mine", f"{text} mark{n}x", custom_id=f"turn-{n}")
+    before = [(m.content, round(m.score, 9)) for m in await store.search("project:mine", query, 100)]
+    for n, (scope, text) in enumerate(others):
+        await store.add(scope, text, custom_id=f"turn-{n}")
+    after = [(m.content, round(m.score, 9)) for m in await store.search("project:mine", query, 100)]
+    assert after == before
+
+
+@SETTINGS
+@given(
+    mine=st.lists(sentences, min_size=1, max_size=8),
+    others=st.lists(st.tuples(st.sampled_from(["project:other", "user", "project:mine2", "a"]), sentences), max_size=30),
+    query=sentences,
+)
+def test_other_scopes_never_change_a_scopes_ranking(
+    backend: Backend, mine: list[str], others: list[tuple[str, str]], query: str
+) -> None:
+    run(backend, lambda store: check_own_ranking(store, mine, others, query))

@@ -131,17 +131,21 @@ def test_scopes_never_cross(store: LocalStore) -> None:
     assert [m.id for m in run(store.list("team:b"))] == [b]
 
 
-def test_custom_id_is_idempotent_per_scope(store: LocalStore) -> None:
-    first = run(store.add("s", "original text", custom_id="turn-1"))
-    again = run(store.add("s", "different text", custom_id="turn-1"))
+def test_a_custom_id_is_one_memory_per_scope_updated_by_each_add(store: LocalStore, tmp_path: Path) -> None:
+    first = run(store.add("s", "original text", custom_id="turn-1", metadata={"step": 1}))
+    [before] = run(store.list("s"))
+    assert run(store.add("s", "original text", custom_id="turn-1", metadata={"step": 1})) == first
+    assert run(store.list("s")) == [before]  # the same memory again changes nothing, not even its date
+    again = run(store.add("s", "the final answer", custom_id="turn-1", metadata={"step": 2}))
     elsewhere = run(store.add("t", "original text", custom_id="turn-1"))
-    assert again == first
-    assert elsewhere != first
-    assert [m.content for m in run(store.list("s"))] == ["original text"]
-
-    no_ids = [run(store.add("s", "same text")) for _ in range(2)]
-    assert len(set(no_ids)) == 2
-    assert run(store.count("s")) == 3
+    assert again == first and elsewhere != first
+    [after] = run(store.list("s"))
+    assert (after.id, after.content, after.metadata) == (first, "the final answer", {"step": 2})
+    assert after.created_at >= before.created_at
+    assert [m.id for m in run(store.search("s", "final answer"))] == [first]
+    assert run(store.search("s", "original")) == []  # unindexed with the text it replaced
+    assert [m.content for m in run(store.list("t"))] == ["original text"]
+    integrity(tmp_path / "memories.db")
 
 
 def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
@@ -257,13 +261,21 @@ def test_list_forget_count_scopes(store: LocalStore) -> None:
     assert run(store.scopes()) == ["s"]
 
 
+def integrity(path: Path) -> None:
+    """Raises if any scope's index and the memories disagree."""
+    with closing(sqlite3.connect(path)) as db:
+        tables = [f"memories_fts_{i}" for (i,) in db.execute("SELECT id FROM scope_indexes")]
+        assert tables
+        for table in tables:
+            db.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
+
+
 def test_index_stays_in_sync_with_the_table(store: LocalStore, tmp_path: Path) -> None:
     ids = add_all(store, "s", FILLER)
     for mid in ids[::2]:
         run(store.forget("s", mid))
     run(store.add("s", "one more after the deletes"))
-    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:  # raises if the index and the table disagree
-        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    integrity(tmp_path / "memories.db")
 
 
 def test_memories_survive_close_and_reopen(tmp_path: Path) -> None:
@@ -279,8 +291,9 @@ def test_memories_survive_close_and_reopen(tmp_path: Path) -> None:
     try:
         [m] = run(second.list("s"))
         assert (m.id, m.content, m.metadata) == (mid, "remember the alamo", {"k": "v"})
-        assert run(second.add("s", "other", custom_id="c")) == mid
         assert [h.id for h in run(second.search("s", "alamo"))] == [mid]
+        assert run(second.add("s", "forget the maine", custom_id="c")) == mid
+        assert [h.id for h in run(second.search("s", "maine"))] == [mid] and run(second.count()) == 1
     finally:
         run(second.close())
 
@@ -384,20 +397,10 @@ def test_add_many_keeps_ids_metadata_and_dates(store: LocalStore) -> None:
     assert run(store.add_many([Memory("imported-1", "s", "a duplicate of an imported memory")])) == 0
     [hit] = run(store.search("s", "which port does redis use"))
     assert (hit.content, hit.metadata, hit.created_at) == (rows[0].content, {"k": 1}, 123.0)
-    assert run(store.add("s", "again", custom_id="imported-1")) == hit.id
     assert [m.created_at > 123.0 for m in run(store.list("s"))] == [True, False]  # newest first; undated is "now"
+    assert run(store.add("s", "again", custom_id="imported-1")) == hit.id
+    assert run(store.list("s"))[0].content == "again"
     assert [m.scope for m in run(store.search("other", "redis"))] == ["other"]
-
-
-def test_scopes_whose_prefixes_collide_still_never_mix(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The index prefixes each scope's words with a hash; a collision must cost speed, never isolation."""
-    import memproxy.memory.local as local
-
-    monkeypatch.setattr(local, "scope_prefix", lambda scope: "scollide")
-    add_all(store, "alice", ["the launch codes are in the blue folder"])
-    add_all(store, "bob", ["the launch party is on friday"])
-    assert [m.content for m in run(store.search("bob", "launch codes folder", limit=5))] == ["the launch party is on friday"]
-    assert [m.scope for m in run(store.search("alice", "launch party"))] == ["alice"]
 
 
 V1_SCHEMA = """
@@ -427,13 +430,14 @@ def test_a_version_1_store_is_reindexed_on_open(tmp_path: Path) -> None:
     finally:
         run(store.close())
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
+    integrity(path)
 
 
-def segments(path: Path) -> int:
+def segments(path: Path, scope: str = "s") -> int:
     with closing(sqlite3.connect(path)) as db:
-        return db.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0]
+        [table] = db.execute("SELECT id FROM scope_indexes WHERE scope = ?", (scope,)).fetchone()
+        return db.execute(f"SELECT count(DISTINCT segid) FROM memories_fts_{table}_idx").fetchone()[0]
 
 
 def test_the_index_is_merged_on_open_and_after_many_adds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -456,8 +460,7 @@ def test_the_index_is_merged_on_open_and_after_many_adds(tmp_path: Path, monkeyp
         assert len(run(reopened.search("s", "topic3 note", limit=10))) == 10
     finally:
         run(reopened.close())
-    with closing(sqlite3.connect(path)) as db:
-        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    integrity(path)
 
 
 def test_a_scope_past_the_budget_searches_its_rarest_words(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,8 +489,7 @@ def test_move_keeps_the_memory_and_reindexes_it(store: LocalStore, tmp_path: Pat
     assert run(store.count("codex:api")) == len(FILLER) and run(store.count("project:api")) == 2
     assert run(store.add("project:api", "again", custom_id="turn-1")) == mid  # its custom id went with it
     assert run(store.move(before, "project:api")) is False  # no longer in codex:api
-    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:  # raises if the index and the table disagree
-        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    integrity(tmp_path / "memories.db")
 
 
 def test_move_onto_the_same_custom_id_deletes_the_duplicate(store: LocalStore, tmp_path: Path) -> None:
@@ -498,8 +500,7 @@ def test_move_onto_the_same_custom_id_deletes_the_duplicate(store: LocalStore, t
     assert [m.id for m in run(store.list("project:api"))] == [kept]
     assert run(store.count("codex:api")) == 0 and run(store.search("codex:api", "answer stored")) == []
     assert dup != kept and [m.id for m in run(store.search("project:api", "answer stored"))] == [kept]
-    with closing(sqlite3.connect(tmp_path / "memories.db")) as db:
-        db.execute("INSERT INTO memories_fts(memories_fts, rank) VALUES ('integrity-check', 1)")
+    integrity(tmp_path / "memories.db")
 
 
 def test_move_to_its_own_scope_changes_nothing(store: LocalStore) -> None:

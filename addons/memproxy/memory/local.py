@@ -1,15 +1,13 @@
-"""The embedded store: one SQLite file with an FTS5 (BM25) index, owned by one worker thread."""
+"""The embedded store: one SQLite file, searched with BM25 per scope (memory.index), owned by one worker thread."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,113 +17,50 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
+from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, Indexes, match, query_terms, resemblance
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
-MAX_TERMS = 24
 # bm25() counts every memory holding each query term, so a common term costs the most and ranks the
 # least: a search in a scope larger than this keeps its rarest terms up to this many counted memories.
 DF_BUDGET = 10_000
 DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
-# Every write transaction adds an index segment, and a search reads every segment: the store merges
-# them into one on open and after adding a tenth of its size (at least OPTIMISE_EVERY memories).
+# Every write transaction adds a segment to its scope's index, and a search reads every segment: the store
+# merges a scope's segments into one on open and once it has added a tenth of the scope's size (at least
+# OPTIMISE_EVERY memories) to it.
 MAX_SEGMENTS = 4
-OPTIMISE_EVERY = 1000
+OPTIMISE_EVERY = 64
 # A scope found empty is answered on the event loop, with no trip to the worker thread, for this many seconds
 # (the user scope beside every request is empty for most users); a memory this store adds to it ends that at
 # once, one another process adds is seen after it.
 EMPTY_TTL = 2.0
 MAX_EMPTY = 4096  # scopes remembered as empty
 
-# The index is contentless and scoped: each memory is indexed as its words, each glued to a prefix
-# derived from the scope (see `index_text`), so every scope has its own posting lists and a search
-# costs what its scope holds, not what the store holds. The store writes both tables in one
-# transaction; `index_text` must stay deterministic (a change needs a SCHEMA_VERSION bump, which
-# reindexes), since deleting from a contentless index repeats the text that was indexed.
-SCHEMA = f"""
-BEGIN IMMEDIATE;
+# The memories; each scope's index is a table of its own (memory.index), written in the same transaction.
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories(
     id INTEGER PRIMARY KEY,
     scope TEXT NOT NULL,
     custom_id TEXT,
     content TEXT NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{{}}',
+    metadata TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     UNIQUE(scope, custom_id)
 );
 CREATE INDEX IF NOT EXISTS memories_scope_created ON memories(scope, created_at);
-DROP TRIGGER IF EXISTS memories_ai;
-DROP TRIGGER IF EXISTS memories_ad;
-DROP TRIGGER IF EXISTS memories_au;
-DROP VIEW IF EXISTS memories_fts_source;
-DROP TABLE IF EXISTS memories_fts;
-CREATE VIRTUAL TABLE memories_fts USING fts5(terms, content='', tokenize='porter unicode61');
-INSERT INTO memories_fts(rowid, terms) SELECT id, memproxy_index_text(scope, content) FROM memories;
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
 """
 
 COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
-# Rank in the FTS index alone (bm25() in the subquery, not the `rank` column, which costs FTS5 a nested
-# statement per search), then read the few best memories by id. `+m.scope` keeps SQLite from scanning
-# the scope's index instead; the scope test guards against prefix collisions (a collision can only
-# cost results, never leak another scope's).
-SEARCH = """
-SELECT {columns}, best.score FROM (
-    SELECT rowid AS id, bm25(memories_fts) AS score FROM memories_fts WHERE memories_fts MATCH ? ORDER BY score LIMIT ?
-) AS best CROSS JOIN memories AS m ON m.id = best.id
-WHERE +m.scope = ? ORDER BY best.score
-"""
-SEARCH_MEMORIES = SEARCH.format(columns=COLUMNS)
 # Recall's: nothing it does not inject (a memory's content, tool and date).
-SEARCH_CONTENTS = SEARCH.format(
-    columns="m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
-)
-DF = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
+CONTENTS = "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
+DF = "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
     "INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id"
 )
-INDEX = "INSERT INTO memories_fts(rowid, terms) VALUES (?, ?)"
-UNINDEX = "INSERT INTO memories_fts(memories_fts, rowid, terms) VALUES ('delete', ?, ?)"
-
-WORD = re.compile(r"[^\W_]+")
-STOPWORDS = frozenset(
-    """
-    about above after again against all also am an and any are as at be because been before being below
-    between both but by can could did do does doing done down during each few for from further get got
-    had has have having he her here hers herself him himself his how if in into is it its itself just
-    let like me more most my myself no nor not now of off on once only or other our ours ourselves out
-    over own please same she should so some such than that the their theirs them themselves then there
-    these they this those through to too under until up use used using very via was we were what when
-    where which while who whom why will with would yes yet you your yours yourself yourselves
-    """.split()
-)
-
-
-def words(text: str) -> list[str]:
-    """The meaningful words of `text`, in order: lower case, no stopwords or 1-char words."""
-    return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
-
-
-def query_terms(text: str) -> list[str]:
-    """The distinct meaningful words of `text`, the longest MAX_TERMS."""
-    return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
-
-
-@functools.lru_cache(maxsize=4096)
-def scope_prefix(scope: str) -> str:
-    """What every indexed word of `scope` starts with: 's' and 10 hex digits of the scope's hash."""
-    return "s" + hashlib.blake2b(scope.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
-
-
-def index_text(scope: str, content: str) -> str:
-    """The text the index holds for a memory: its words, each glued to the scope's prefix."""
-    prefix = scope_prefix(scope)
-    return " ".join(prefix + w for w in words(content))
 
 
 def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
@@ -143,17 +78,20 @@ class LocalStore(MemoryStore):
     name = "local"
     late_is_failure = False  # a late answer means a busy worker thread, not a failing store (see recall.Recall)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path) if path is not None else config.store_path()
+        self.clock = clock  # a new memory's date
         self._worker = Worker("memproxy-store")
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        # Worker thread only: scope -> memories it holds, and scoped term -> memories holding it (both
-        # capped at DF_BUDGET + 1), forgotten every DF_TTL seconds.
+        # Worker thread only: the scopes' index tables; scope -> memories it holds, and (table, term) ->
+        # memories holding it (both capped at DF_BUDGET + 1), forgotten every DF_TTL seconds; and the memories
+        # added to each table since its segments were last merged.
+        self._indexes = Indexes()
         self._sizes: dict[str, int] = {}
-        self._df: dict[str, int] = {}
+        self._df: dict[tuple[str, str], int] = {}
         self._df_expiry = 0.0
-        self._unmerged = 0  # memories added since the index was last merged; worker thread only
+        self._unmerged: Counter[str] = Counter()
         self._empty: dict[str, float] = {}  # scope -> monotonic time until which it is taken to be empty
 
     async def open(self) -> None:
@@ -177,12 +115,12 @@ class LocalStore(MemoryStore):
             metadata_json = json.dumps(metadata or {}, ensure_ascii=False)
         except (TypeError, ValueError) as e:
             raise StoreError(f"metadata is not JSON-serialisable: {type(e).__name__}") from e
-        return await self._run(self._add, scope, content, custom_id, metadata_json, time.time())
+        return await self._run(self._add, scope, content, custom_id, metadata_json, self.clock())
 
     async def add_many(self, memories: Iterable[Memory]) -> int:
         """Store many memories in one transaction (imports, benchmarks): each keeps its metadata and
         created_at (0 means now), and its id is its custom id (empty means none). Returns how many were new."""
-        return await self._run(self._add_many, list(memories), time.time())
+        return await self._run(self._add_many, list(memories), self.clock())
 
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
         return await self._run(lambda db: [_memory(r) for r in db.execute(LIST, (scope, limit, offset))])
@@ -237,6 +175,7 @@ class LocalStore(MemoryStore):
         try:
             return fn(self._db, *args)
         except (sqlite3.Error, UnicodeError) as e:  # UnicodeError: lone surrogates in the text
+            self._indexes.reset()  # a table its transaction made was rolled back with it
             raise StoreError(f"local store at {self.path}: {type(e).__name__}: {e}") from e
 
     def _connect(self) -> sqlite3.Connection:
@@ -245,12 +184,11 @@ class LocalStore(MemoryStore):
             # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
             path = private.private_path(self.path, create=True, companions=private.SQLITE_COMPANIONS)
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            db.create_function("memproxy_index_text", 2, index_text, deterministic=True)  # for SCHEMA's reindex
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
-                db.executescript(SCHEMA)
+                self._migrate(db)
         except (OSError, sqlite3.Error) as e:
             if db is not None:
                 db.close()
@@ -260,38 +198,48 @@ class LocalStore(MemoryStore):
             raise StoreError(f"the memory store at {self.path} has schema {version}, newer than {SCHEMA_VERSION}")
         return db
 
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a store of an earlier schema (or a new file) to this one, in one transaction: the memories stay
+        as they are, and every index is rebuilt."""
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # another process may have won
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)
+                self._indexes.rebuild(db)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def _disconnect(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
     def _search(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> list[Memory]:
-        return [_memory(tuple(row), score) for *row, score in self._ranked(db, SEARCH_MEMORIES, scope, query, limit, threshold)]
+        return [_memory(tuple(row), score) for *row, score in self._ranked(db, COLUMNS, scope, query, limit, threshold)]
 
     def _contents(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> tuple[str, ...]:
-        found = tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, SEARCH_CONTENTS, scope, query, limit, threshold))
+        found = tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, CONTENTS, scope, query, limit, threshold))
         if not found and db.execute("SELECT 1 FROM memories WHERE scope = ? LIMIT 1", (scope,)).fetchone() is None:
             if len(self._empty) >= MAX_EMPTY:
                 self._empty.clear()
             self._empty[scope] = time.monotonic() + EMPTY_TTL
         return found
 
-    def _ranked(self, db: sqlite3.Connection, sql: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
-        """The rows of `sql` (a SEARCH) for `query` in `scope`, best first, each ending in its score in [0, 1)."""
-        prefix = scope_prefix(scope)
-        terms = [prefix + t for t in query_terms(query)] if limit > 0 else []
-        terms = self._affordable(db, scope, terms)
+    def _ranked(self, db: sqlite3.Connection, columns: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
+        """`columns` of the memories of `scope` for `query`, best first, each row ending in its score in [0, 1)."""
+        table = self._indexes.table(db, scope) if limit > 0 else None
+        terms = self._affordable(db, scope, table, query_terms(query)) if table is not None else []
         if not terms:
             return []
         found = []
-        for *row, rank in db.execute(sql, (" OR ".join(f'"{t}"' for t in terms), limit, scope)):
+        for *row, rank in db.execute(self._indexes.search_sql(table, columns), (match(terms), limit, scope)):
             score = -rank / (1 - rank)  # x / (1 + x) for x = -bm25: monotonic, in [0, 1)
             if score < threshold:
                 break
             found.append((*row, score))
         return found
 
-    def _affordable(self, db: sqlite3.Connection, scope: str, terms: list[str]) -> list[str]:
+    def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:
         """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
 
         Only a scope holding more than DF_BUDGET memories can exceed it, so only those are counted.
@@ -308,84 +256,128 @@ class LocalStore(MemoryStore):
             ).fetchone()[0]
         if self._sizes[scope] <= DF_BUDGET:
             return terms
+        df = DF.format(table, table)
         for term in terms:
-            if term not in self._df:
-                self._df[term] = db.execute(DF, (f'"{term}"', DF_BUDGET + 1)).fetchone()[0]
+            if (table, term) not in self._df:
+                self._df[table, term] = db.execute(df, (match([term]), DF_BUDGET + 1)).fetchone()[0]
         kept: list[str] = []
         total = 0
-        for term in sorted(terms, key=self._df.__getitem__):
-            total += self._df[term]
+        for term in sorted(terms, key=lambda t: self._df[table, t]):
+            total += self._df[table, term]
             if kept and total > DF_BUDGET:
                 break
             kept.append(term)
         return kept
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, at: float) -> int | None:
+    def _insert(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, at: float) -> int | None:
         """Insert a memory and index it, in the caller's transaction; None if (scope, custom_id) exists."""
         row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
         if row is not None:
-            db.execute(INDEX, (row[0], index_text(scope, content)))
+            self._indexes.add(db, scope, row[0], content, at)
         return None if row is None else row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
+        """Add a memory; or update the one with its custom id, or a near-duplicate of it (see `_near_duplicate`)."""
         self._empty.pop(scope, None)
         with db:
             db.execute("BEGIN IMMEDIATE")
-            id_ = self._insert(db, scope, content, custom_id, metadata, now)
-            if id_ is None:
-                id_ = db.execute("SELECT id FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)).fetchone()[0]
-        self._added(db, 1)
+            old = None if custom_id is None else db.execute(
+                "SELECT id, content, metadata, created_at FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)
+            ).fetchone()
+            if old is None:
+                old = self._near_duplicate(db, scope, content)
+            if old is None:
+                id_ = self._insert(db, scope, content, custom_id, metadata, now)
+            else:
+                id_ = old[0]
+                if (old[1], old[2]) != (content, metadata):  # the same memory again changes nothing, not even its date
+                    self._replace(db, scope, old, content, custom_id, metadata, now)
+        self._added(db, scope)
         return str(id_)
+
+    def _near_duplicate(self, db: sqlite3.Connection, scope: str, content: str) -> tuple[Any, ...] | None:
+        """The memory of `scope` that `content` nearly repeats (the same answer stored again, a turn retried with
+        a word changed), among its best matches; None if there is none."""
+        table = self._indexes.table(db, scope)
+        terms = query_terms(content) if table is not None else []
+        if not terms:
+            return None
+        columns = "m.id, m.content, m.metadata, m.created_at"
+        for row in db.execute(self._indexes.search_sql(table, columns), (match(terms), NEAR_CANDIDATES, scope)):
+            if resemblance(content, row[1]) >= NEAR_DUPLICATE:
+                return tuple(row[:4])
+        return None
+
+    def _replace(self, db: sqlite3.Connection, scope: str, old: tuple[Any, ...], content: str, custom_id: str | None,
+                 metadata: str, now: float) -> None:
+        """Give the memory `old` (id, content, metadata, created_at) a new content, metadata and date, and the custom
+        id of what replaced it (the turn that may update it again), in the caller's transaction."""
+        id_, old_content, _, old_at = old
+        self._indexes.remove(db, scope, id_, old_content, old_at)
+        db.execute(
+            "UPDATE memories SET content = ?, metadata = ?, created_at = ?, custom_id = coalesce(?, custom_id) WHERE id = ?",
+            (content, metadata, now, custom_id, id_),
+        )
+        self._indexes.add(db, scope, id_, content, now)
 
     def _add_many(self, db: sqlite3.Connection, memories: list[Memory], now: float) -> int:
         for m in memories:
             self._empty.pop(m.scope, None)
         with db:
             db.execute("BEGIN IMMEDIATE")
-            added = sum(
-                self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), m.created_at or now)
+            added = [
+                m.scope for m in memories
+                if self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), m.created_at or now)
                 is not None
-                for m in memories
-            )
-        self._added(db, added)
-        return added
+            ]
+        for scope in set(added):
+            self._added(db, scope, added.count(scope))
+        return len(added)
 
-    def _added(self, db: sqlite3.Connection, n: int) -> None:
-        self._unmerged += n
-        if self._unmerged >= OPTIMISE_EVERY and self._unmerged * 10 >= db.execute("SELECT max(id) FROM memories").fetchone()[0]:
-            self._optimise(db)
+    def _added(self, db: sqlite3.Connection, scope: str, n: int = 1) -> None:
+        """Count what was added to `scope`'s table; merge its segments once a tenth of its size was added."""
+        if (table := self._indexes.table(db, scope)) is None:
+            return
+        self._unmerged[table] += n
+        if self._unmerged[table] >= OPTIMISE_EVERY and self._unmerged[table] * 10 >= db.execute(
+            "SELECT count(*) FROM memories WHERE scope = ?", (scope,)
+        ).fetchone()[0]:
+            self._optimise_table(db, table)
 
     def _optimise(self, db: sqlite3.Connection) -> None:
-        """Merge the index's segments into one if there are more than MAX_SEGMENTS."""
-        self._unmerged = 0
-        if db.execute("SELECT count(DISTINCT segid) FROM memories_fts_idx").fetchone()[0] > MAX_SEGMENTS:
+        """Merge each scope's segments into one where there are more than MAX_SEGMENTS."""
+        for table in self._indexes.tables(db):
+            self._optimise_table(db, table)
+
+    def _optimise_table(self, db: sqlite3.Connection, table: str) -> None:
+        self._unmerged.pop(table, None)
+        if db.execute(f"SELECT count(DISTINCT segid) FROM {table}_idx").fetchone()[0] > MAX_SEGMENTS:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+                db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
 
-    @staticmethod
-    def _forget(db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
+    def _forget(self, db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
         # SQLite gives the text id the column's integer affinity; an id that is not an integer matches nothing.
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content", (memory_id, scope)
+                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content, created_at", (memory_id, scope)
             ).fetchone()
             if row is not None:
-                db.execute(UNINDEX, (row[0], index_text(scope, row[1])))
+                self._indexes.remove(db, scope, *row)
         return row is not None
 
-    @staticmethod
-    def _rewrite(db: sqlite3.Connection, scope: str, memory_id: str, content: str) -> bool:
+    def _rewrite(self, db: sqlite3.Connection, scope: str, memory_id: str, content: str) -> bool:
         """Replace a memory's content and its index entry (deleted with the text it was indexed with)."""
         with db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id, content FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)).fetchone()
+            row = db.execute(
+                "SELECT id, content, created_at FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+            ).fetchone()
             if row is not None:
-                db.execute(UNINDEX, (row[0], index_text(scope, row[1])))
+                self._indexes.remove(db, scope, *row)
                 db.execute("UPDATE memories SET content = ? WHERE id = ?", (content, row[0]))
-                db.execute(INDEX, (row[0], index_text(scope, content)))
+                self._indexes.add(db, scope, row[0], content, row[2])
         return row is not None
 
     @staticmethod
@@ -399,8 +391,9 @@ class LocalStore(MemoryStore):
         # the free pages that held old text, and the checkpoint empties the WAL, which held it too.
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
-        self._unmerged = 0
+            for table in self._indexes.tables(db):
+                db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
+        self._unmerged.clear()
         db.execute("VACUUM")
         return db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
 
@@ -408,18 +401,18 @@ class LocalStore(MemoryStore):
         return await self._run(self._move, memory.scope, memory.id, scope)
 
     def _move(self, db: sqlite3.Connection, scope: str, memory_id: str, target: str) -> bool:
-        """Give a memory another scope and index it under that scope's prefix (unindexed with the text it was
-        indexed with); if `target` holds its custom id already, it is a duplicate: deleted."""
+        """Give a memory another scope and index it in that scope's table (unindexed with the text it was indexed
+        with); if `target` holds its custom id already, it is a duplicate: deleted."""
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT id, custom_id, content FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+                "SELECT id, custom_id, content, created_at FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
             ).fetchone()
             if row is None or target == scope:
                 return row is not None
-            id_, custom_id, content = row
+            id_, custom_id, content, created_at = row
             self._empty.pop(target, None)
-            db.execute(UNINDEX, (id_, index_text(scope, content)))
+            self._indexes.remove(db, scope, id_, content, created_at)
             duplicate = custom_id is not None and db.execute(
                 "SELECT 1 FROM memories WHERE scope = ? AND custom_id = ?", (target, custom_id)
             ).fetchone()
@@ -427,7 +420,7 @@ class LocalStore(MemoryStore):
                 db.execute("DELETE FROM memories WHERE id = ?", (id_,))
             else:
                 db.execute("UPDATE memories SET scope = ? WHERE id = ?", (target, id_))
-                db.execute(INDEX, (id_, index_text(target, content)))
+                self._indexes.add(db, target, id_, content, created_at)
         self._sizes.pop(scope, None)
         self._sizes.pop(target, None)
         return True

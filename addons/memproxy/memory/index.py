@@ -1,0 +1,163 @@
+"""The local store's search index: one contentless FTS5 table per scope, BM25 over what that scope holds.
+
+A scope's table gives bm25() its own statistics (memory count, average length, how many memories hold each
+word), so a scope's ranking depends on its memories alone and says nothing of other scopes. Every table
+tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope. A memory is
+indexed as its words and its date's month and year ("november 2026"), so that a query naming a month finds
+the memories of that month.
+
+The tables are named by the `scope_indexes` table (`memories_fts_<id>`). The index is contentless: removing
+a memory repeats the exact text it was indexed with, so `index_text` must stay deterministic (a change needs
+a SCHEMA_VERSION bump, which rebuilds the index).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+
+MAX_TERMS = 24
+WORD = re.compile(r"[^\W_]+")
+STOPWORDS = frozenset(
+    """
+    about above after again against all also am an and any are as at be because been before being below
+    between both but by can could did do does doing done down during each few for from further get got
+    had has have having he her here hers herself him himself his how if in into is it its itself just
+    let like me more most my myself no nor not now of off on once only or other our ours ourselves out
+    over own please same she should so some such than that the their theirs them themselves then there
+    these they this those through to too under until up use used using very via was we were what when
+    where which while who whom why will with would yes yet you your yours yourself yourselves
+    """.split()
+)
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+# Two memories are near-duplicates when this share of their words, in order, is the same (difflib's ratio):
+# one word changed in twenty still merges; a changed number in a short note does not.
+NEAR_DUPLICATE = 0.9
+NEAR_CANDIDATES = 3  # memories of the scope compared with a new one: its best matches
+
+TABLE = "memories_fts_{}"
+CREATE = "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(terms, content='', tokenize='porter unicode61')"
+# Rank in the scope's table alone (bm25() in the subquery, not the `rank` column, which costs FTS5 a nested
+# statement per search), then read the few best memories by id. `+m.scope` keeps SQLite from scanning the
+# scope's index instead, and guards the scope: a search can only ever return the scope's own memories.
+SEARCH = """
+SELECT {columns}, best.score FROM (
+    SELECT rowid AS id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?
+) AS best CROSS JOIN memories AS m ON m.id = best.id
+WHERE +m.scope = ? ORDER BY best.score
+"""
+
+
+def words(text: str) -> list[str]:
+    """The meaningful words of `text`, in order: lower case, no stopwords or 1-char words."""
+    return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct meaningful words of `text`, the longest MAX_TERMS."""
+    return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
+
+
+def match(terms: Iterable[str]) -> str:
+    """An FTS5 query for any of `terms` (words: no FTS5 syntax can reach it)."""
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+def date_words(created_at: float) -> str:
+    """The month and year of a Unix time (UTC), as words: "november 2026"; "" if it is not a date."""
+    try:
+        day = time.gmtime(created_at) if created_at > 0 else None
+    except (OverflowError, OSError, ValueError):
+        day = None
+    return f"{MONTHS[day.tm_mon - 1]} {day.tm_year}" if day else ""
+
+
+def index_text(content: str, created_at: float) -> str:
+    """The text the index holds for a memory: its words, then its month and year."""
+    return " ".join((*words(content), date_words(created_at))).rstrip()
+
+
+def resemblance(a: str, b: str) -> float:
+    """How alike two texts are, word by word (every word, numbers included) and in order: 1.0 for the same."""
+    x, y = WORD.findall(a.lower()), WORD.findall(b.lower())
+    matcher = difflib.SequenceMatcher(None, x, y, autojunk=False)
+    if matcher.real_quick_ratio() < NEAR_DUPLICATE or matcher.quick_ratio() < NEAR_DUPLICATE:
+        return 0.0
+    return matcher.ratio()
+
+
+class Indexes:
+    """The scopes' tables, for one connection (the store's worker thread): which table holds a scope, made on
+    the scope's first memory. A table once made is never dropped but by `rebuild`, so names are cached."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, str] = {}
+        self._sql: dict[tuple[str, str], str] = {}
+
+    def table(self, db: sqlite3.Connection, scope: str, *, create: bool = False) -> str | None:
+        """The name of `scope`'s table; None if it has none (it never held a memory) and `create` is False.
+        Creating one must happen inside the caller's write transaction."""
+        if (name := self._tables.get(scope)) is not None:
+            return name
+        row = db.execute("SELECT id FROM scope_indexes WHERE scope = ?", (scope,)).fetchone()
+        if row is None:
+            if not create:
+                return None
+            row = db.execute("INSERT INTO scope_indexes(scope) VALUES (?) RETURNING id", (scope,)).fetchone()
+            db.execute(CREATE.format(TABLE.format(row[0])))
+        name = self._tables[scope] = TABLE.format(row[0])
+        return name
+
+    def reset(self) -> None:
+        """Forget the cached names (after a transaction that may have made a table was rolled back)."""
+        self._tables.clear()
+        self._sql.clear()
+
+    def search_sql(self, table: str, columns: str) -> str:
+        """SEARCH on `table`, reading `columns` of each memory found."""
+        if (sql := self._sql.get((table, columns))) is None:
+            if len(self._sql) > 4096:
+                self._sql.clear()
+            sql = self._sql[table, columns] = SEARCH.format(table=table, columns=columns)
+        return sql
+
+    def add(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:
+        """Index a memory, in the caller's transaction."""
+        table = self.table(db, scope, create=True)
+        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (memory_id, index_text(content, created_at)))
+
+    def remove(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:
+        """Unindex a memory, with the content and date it was indexed with, in the caller's transaction."""
+        if (table := self.table(db, scope)) is not None:
+            db.execute(f"INSERT INTO {table}({table}, rowid, terms) VALUES ('delete', ?, ?)",
+                       (memory_id, index_text(content, created_at)))
+
+    @staticmethod
+    def tables(db: sqlite3.Connection) -> list[str]:
+        """Every scope's table."""
+        return [TABLE.format(i) for (i,) in db.execute("SELECT id FROM scope_indexes ORDER BY id")]
+
+    def rebuild(self, db: sqlite3.Connection) -> None:
+        """Drop every index (this schema's and earlier ones') and index every memory again, in the caller's
+        transaction."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scope_indexes'").fetchone():
+            for table in self.tables(db):
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in (
+            "DROP TRIGGER IF EXISTS memories_ai", "DROP TRIGGER IF EXISTS memories_ad", "DROP TRIGGER IF EXISTS memories_au",
+            "DROP VIEW IF EXISTS memories_fts_source", "DROP TABLE IF EXISTS memories_fts", "DROP TABLE IF EXISTS scope_indexes",
+            "CREATE TABLE scope_indexes(id INTEGER PRIMARY KEY, scope TEXT NOT NULL UNIQUE)",
+        ):
+            db.execute(statement)
+        self.reset()
+        for scope, in db.execute("SELECT DISTINCT scope FROM memories ORDER BY scope").fetchall():
+            table = self.table(db, scope, create=True)
+            for id_, content, created_at in db.execute(
+                "SELECT id, content, created_at FROM memories WHERE scope = ?", (scope,)
+            ).fetchall():
+                db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index_text(content, created_at)))
+
