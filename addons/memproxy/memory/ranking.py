@@ -1,0 +1,68 @@
+"""Ranking helpers for the local store: the words a memory's date adds to the index, and context propagation.
+
+A memory is one turn of a conversation, and the turn that answers a question is often next to the turn that
+names its subject (a follow-up, a reply). So the store ranks in two steps:
+1. BM25 over the scope's index gives the CANDIDATES best memories, each with its score (higher is better);
+2. `propagate` adds to each memory NEIGHBOUR_WEIGHT times the score of each of its neighbours among the
+   NEIGHBOURS_OF best candidates (a memory's neighbours: the memories just before and after it in its scope, no
+   more than NEIGHBOUR_GAP seconds apart), which can also bring in a neighbour that BM25 did not find. The store
+   reads those candidates' neighbours with NEIGHBOURS_SQL, one index step each.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+
+CANDIDATES = 50  # memories BM25 ranks before propagation
+NEIGHBOURS_OF = 10  # best candidates whose neighbours are looked up
+NEIGHBOUR_WEIGHT = 0.5  # share of a neighbour's score a memory receives
+NEIGHBOUR_GAP = 3600.0  # seconds: memories further apart in time are not neighbours (another conversation)
+
+# Each candidate's previous and next memory in its scope, in (created_at, id) order and within NEIGHBOUR_GAP
+# seconds of it: rows (id, previous id or NULL, next id or NULL). Named parameters: scope, ids (the candidates'
+# ids as a JSON array), gap (seconds). Each lookup is one step along the index on memories(scope, created_at).
+NEIGHBOURS_SQL = """
+SELECT c.id,
+    (SELECT p.id FROM memories AS p WHERE p.scope = :scope AND p.created_at >= c.created_at - :gap
+        AND (p.created_at, p.id) < (c.created_at, c.id) ORDER BY p.created_at DESC, p.id DESC LIMIT 1),
+    (SELECT n.id FROM memories AS n WHERE n.scope = :scope AND n.created_at <= c.created_at + :gap
+        AND (n.created_at, n.id) > (c.created_at, c.id) ORDER BY n.created_at, n.id LIMIT 1)
+FROM json_each(:ids) AS j CROSS JOIN memories AS c ON c.id = j.value
+WHERE c.scope = :scope
+"""
+
+
+def date_words(at: float) -> str:
+    """What a memory's date adds to its indexed text: the month's name and the year ("may 2023"); nothing
+    for no date (0) or a date that cannot be one."""
+    if not at:
+        return ""
+    try:
+        day = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return f"{day.strftime('%B').lower()} {day.year}"
+
+
+def neighbours(rows: Iterable[Sequence[int | None]]) -> dict[int, tuple[int, ...]]:
+    """NEIGHBOURS_SQL's rows as a map: candidate id -> the ids of its neighbours."""
+    return {row[0]: tuple(n for n in row[1:] if n is not None) for row in rows if row[0] is not None}
+
+
+def propagate(
+    scores: Mapping[int, float], adjacent: Mapping[int, Sequence[int]], weight: float = NEIGHBOUR_WEIGHT
+) -> list[tuple[int, float]]:
+    """Memories ranked by their own score plus `weight` times the scores of their neighbours among the
+    candidates: (id, score), best first; ties keep the candidates' order, then the order neighbours came in.
+
+    `scores` maps each candidate to its score (higher is better, none negative), `adjacent` a candidate to its
+    neighbours (symmetric: a candidate's neighbour that is a candidate lists it back). A neighbour that is not
+    a candidate is ranked by what it receives alone.
+    """
+    total = dict(scores)
+    for memory, score in scores.items():
+        for other in adjacent.get(memory, ()):
+            total[other] = total.get(other, 0.0) + weight * score
+    order = {memory: i for i, memory in enumerate(total)}
+    return sorted(total.items(), key=lambda item: (-item[1], order[item[0]]))
