@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import itertools
 import random
 import sqlite3
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memproxy.memory import Memory, StoreError, local
+from memproxy.memory import Memory, StoreError, index, local
 from memproxy.memory.base import recalled, unlabelled
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
@@ -34,9 +37,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def hours_apart() -> Callable[[], float]:
+    """A clock that moves two hours on each reading: memories added one by one are not neighbours in time
+    (memory.ranking), so each search finds what its words match."""
+    return functools.partial(next, itertools.count(1_700_000_000.0, 7200.0))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[LocalStore]:
-    s = LocalStore(tmp_path / "memories.db")
+    s = LocalStore(tmp_path / "memories.db", clock=hours_apart())
     yield s
     run(s.close())
 
@@ -509,3 +518,98 @@ def test_move_to_its_own_scope_changes_nothing(store: LocalStore) -> None:
     assert run(store.move(memory, "s")) is True
     assert [(m.id, m.content) for m in run(store.search("s", "alamo"))] == [(mid, "remember the alamo")]
     assert run(store.move(Memory("999", "s", "gone"), "t")) is False
+
+
+# -- dates, stemming, near-duplicates, the schema 2 migration -------------------------------------------
+
+def test_a_memory_shows_its_date_and_a_query_naming_its_month_finds_it(tmp_path: Path) -> None:
+    now = 1_796_083_200.0  # 2026-12-01 00:00 UTC
+    clock = [now - 30 * 86400]  # 30 days ago: 2026-11-01
+    store = LocalStore(tmp_path / "m.db", clock=lambda: clock[0])
+    try:
+        run(store.add("p", "User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway", metadata={"tool": "Codex"}))
+        clock[0] = now
+        run(store.add("p", "User: which queue for the mailer?\nAssistant: the mailer has none, it sends directly"))
+        found = run(recall(store, "p", "which queue did we pick in November?"))
+        assert found[0] == "(2026-11-01, Codex) User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway"
+        assert found[1].startswith("(2026-12-01) User: which queue for the mailer?")
+        assert [m.content for m in run(store.search("p", "november"))] == [found[0].split(") ", 1)[1]]
+        assert len(run(store.search("p", "december 2026"))) == 2 and run(store.search("p", "october")) == []
+    finally:
+        run(store.close())
+
+
+def test_every_scope_stems_alike(store: LocalStore) -> None:
+    scopes = [f"project:{name}" for name in ("api", "web", "shop", "infra", "docs", "mobile", "billing", "auth")]
+    scopes += [f"user:{i}" for i in range(24)]
+    for scope in scopes:
+        add_all(store, scope, ["We really care about the release", "The car is parked outside", "Nate reads things"])
+    for scope in scopes:
+        assert [m.content for m in run(store.search(scope, "car"))] == ["The car is parked outside"], scope
+        assert [m.content for m in run(store.search(scope, "thing"))] == ["Nate reads things"], scope
+        assert [m.content for m in run(store.search(scope, "nation"))] == [], scope
+
+
+def test_near_duplicates_are_merged_into_the_newest(store: LocalStore, tmp_path: Path) -> None:
+    answer = ("User: how do we roll back a bad deploy of the api?\nAssistant: run make rollback with the previous"
+              " release tag, then watch the error rate on the dashboard for ten minutes before you close the incident")
+    first = run(store.add("p", answer, custom_id="turn-a"))
+    assert run(store.add("p", answer)) == first  # the same answer stored twice
+    retried = answer.replace("ten minutes", "fifteen minutes")  # a turn retried with one word changed
+    assert run(store.add("p", retried, custom_id="turn-b")) == first
+    [kept] = run(store.list("p"))
+    assert kept.content == retried
+    assert run(store.add("p", retried + " and page the owner", custom_id="turn-b")) == first  # its custom id now
+    assert run(store.count("p")) == 1
+
+    assert run(store.add("p", "the api listens on port 7001")) != run(store.add("p", "the api listens on port 7002"))
+    assert run(store.add("q", answer)) != first  # another scope's memory is never merged
+    assert run(store.count("p")) == 3 and run(store.count("q")) == 1
+    integrity(tmp_path / "memories.db")
+
+
+# Schema 2, as it was: one table for every scope, each word glued to a prefix derived from the scope.
+V2_SCHEMA = """
+CREATE TABLE memories(id INTEGER PRIMARY KEY, scope TEXT NOT NULL, custom_id TEXT, content TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, UNIQUE(scope, custom_id));
+CREATE INDEX memories_scope_created ON memories(scope, created_at);
+CREATE VIRTUAL TABLE memories_fts USING fts5(terms, content='', tokenize='porter unicode61');
+PRAGMA user_version = 2;
+"""
+
+
+def v2_index_text(scope: str, content: str) -> str:
+    prefix = "s" + hashlib.blake2b(scope.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+    return " ".join(prefix + w for w in index.words(content))
+
+
+def test_a_schema_2_store_is_migrated_on_open_and_answers_the_same_memories(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    rows = [
+        ("project:api", "turn-1", "User: where do logs go?\nAssistant: to Loki, kept 14 days", '{"tool": "Codex"}', 1.7e9),
+        ("project:api", None, "Deploys use rsync over SSH to the bastion host", "{}", 1.7e9 + 60),
+        ("user", None, "I prefer short answers", '{"client": "memproxy-cli"}', 1.7e9 + 120),
+        ("project:web", "turn-1", "User: which css framework?\nAssistant: none, plain CSS modules", "{}", 1.7e9 + 180),
+    ]
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(V2_SCHEMA)
+        for row in rows:
+            id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+                             " RETURNING id", row).fetchone()[0]
+            db.execute("INSERT INTO memories_fts(rowid, terms) VALUES (?, ?)", (id_, v2_index_text(row[0], row[2])))
+        db.commit()
+        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    store = LocalStore(path)
+    try:
+        for scope, _, content, _, _ in rows:
+            assert run(store.search(scope, content))[0].content == content
+        assert run(store.add("project:api", "User: where do logs go?\nAssistant: to Loki, kept 30 days", custom_id="turn-1"))
+        assert run(store.count()) == 4
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        after = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone() is None
+    assert after[1:] == before[1:] and after[0][:3] == before[0][:3]  # nothing lost; turn-1 updated in place
+    integrity(path)

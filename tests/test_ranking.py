@@ -1,4 +1,4 @@
-"""The local store's ranking helpers: date words, neighbours read from a real SQLite file, and propagation."""
+"""The local store's ranking helpers: date words (memory.index), neighbours read from a real SQLite file, and propagation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from memproxy.memory import Memory, ranking
+from memproxy.memory import Memory, index, ranking
 from memproxy.memory.local import LocalStore
 
 DAY = 86_400.0
@@ -18,13 +18,13 @@ DAY = 86_400.0
 
 def test_date_words_name_the_month_and_year() -> None:
     at = datetime.datetime(2023, 5, 8, 13, 56, tzinfo=datetime.UTC).timestamp()
-    assert ranking.date_words(at) == "may 2023"
-    assert ranking.date_words(datetime.datetime(2026, 11, 30, 23, 59, tzinfo=datetime.UTC).timestamp()) == "november 2026"
+    assert index.date_words(at) == "may 2023"
+    assert index.date_words(datetime.datetime(2026, 11, 30, 23, 59, tzinfo=datetime.UTC).timestamp()) == "november 2026"
 
 
 @pytest.mark.parametrize("at", [0.0, float("inf"), float("nan"), 1e300, -1e300])
 def test_no_date_or_an_impossible_one_adds_nothing(at: float) -> None:
-    assert ranking.date_words(at) == ""
+    assert index.date_words(at) == ""
 
 
 def test_a_neighbour_that_bm25_missed_is_brought_in_behind_its_source() -> None:
@@ -100,15 +100,14 @@ def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(
     ]
     _store(path, [Memory(str(i), "s", text, created_at=t + 60 * i) for i, text in enumerate(turns, 1)])
 
-    async def search() -> dict[int, float]:
+    query = "which database did the billing service choose"
+    assert not set(index.query_terms(query)) & set(index.words(turns[1]))  # BM25 alone cannot find the reply
+
+    async def search() -> list[int]:
         store = LocalStore(path)
         try:
-            found = await store.search("s", "which database did the billing service choose", ranking.CANDIDATES)
+            return [int(m.id) for m in await store.search("s", query, 5)]
         finally:
             await store.close()
-        return {int(m.id): m.score for m in found}
 
-    scores = asyncio.run(search())
-    assert 2 not in scores  # BM25 alone does not find the reply
-    ranked = ranking.propagate(scores, _neighbours(path, "s", list(scores)[: ranking.NEIGHBOURS_OF]))
-    assert [memory for memory, _ in ranked][:2] == [1, 2]
+    assert asyncio.run(search())[:2] == [1, 2]  # its neighbour brings it in, right behind

@@ -65,7 +65,9 @@ class MemoryStore(abc.ABC):
     async def add(
         self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> str:
-        """Store a memory and return its id. Idempotent on (scope, custom_id)."""
+        """Store a memory and return its id. A custom id `scope` already holds names that memory: it takes the new
+        content and metadata (the same ones again change nothing), so a turn updated step by step, retried or
+        replayed stays one memory."""
 
     @abc.abstractmethod
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:

@@ -41,15 +41,9 @@ NEAR_CANDIDATES = 3  # memories of the scope compared with a new one: its best m
 
 TABLE = "memories_fts_{}"
 CREATE = "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(terms, content='', tokenize='porter unicode61')"
-# Rank in the scope's table alone (bm25() in the subquery, not the `rank` column, which costs FTS5 a nested
-# statement per search), then read the few best memories by id. `+m.scope` keeps SQLite from scanning the
-# scope's index instead, and guards the scope: a search can only ever return the scope's own memories.
-SEARCH = """
-SELECT {columns}, best.score FROM (
-    SELECT rowid AS id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?
-) AS best CROSS JOIN memories AS m ON m.id = best.id
-WHERE +m.scope = ? ORDER BY best.score
-"""
+# The best memories of a scope's table, (id, bm25), best (lowest) first: bm25(), not the `rank` column, which
+# costs FTS5 a nested statement per search.
+RANK = "SELECT rowid, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
 
 
 def words(text: str) -> list[str]:
@@ -96,7 +90,7 @@ class Indexes:
 
     def __init__(self) -> None:
         self._tables: dict[str, str] = {}
-        self._sql: dict[tuple[str, str], str] = {}
+        self._sql: dict[str, str] = {}
 
     def table(self, db: sqlite3.Connection, scope: str, *, create: bool = False) -> str | None:
         """The name of `scope`'s table; None if it has none (it never held a memory) and `create` is False.
@@ -117,12 +111,12 @@ class Indexes:
         self._tables.clear()
         self._sql.clear()
 
-    def search_sql(self, table: str, columns: str) -> str:
-        """SEARCH on `table`, reading `columns` of each memory found."""
-        if (sql := self._sql.get((table, columns))) is None:
+    def rank_sql(self, table: str) -> str:
+        """RANK on `table`."""
+        if (sql := self._sql.get(table)) is None:
             if len(self._sql) > 4096:
                 self._sql.clear()
-            sql = self._sql[table, columns] = SEARCH.format(table=table, columns=columns)
+            sql = self._sql[table] = RANK.format(table=table)
         return sql
 
     def add(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:

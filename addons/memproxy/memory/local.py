@@ -18,6 +18,7 @@ from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
 from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, Indexes, match, query_terms, resemblance
+from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
 
@@ -55,6 +56,8 @@ CREATE INDEX IF NOT EXISTS memories_scope_created ON memories(scope, created_at)
 COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
 # Recall's: nothing it does not inject (a memory's content, tool and date).
 CONTENTS = "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
+# `columns` of the memories with the given ids, if they are the scope's: a search only ever returns the scope's own.
+READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND m.scope = ?"
 DF = "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
@@ -226,18 +229,28 @@ class LocalStore(MemoryStore):
         return found
 
     def _ranked(self, db: sqlite3.Connection, columns: str, scope: str, query: str, limit: int, threshold: float) -> list[tuple[Any, ...]]:
-        """`columns` of the memories of `scope` for `query`, best first, each row ending in its score in [0, 1)."""
+        """`columns` of the memories of `scope` for `query`, best first, each row ending in its score in [0, 1):
+        BM25 in the scope's index, then context propagation (memory.ranking)."""
         table = self._indexes.table(db, scope) if limit > 0 else None
         terms = self._affordable(db, scope, table, query_terms(query)) if table is not None else []
         if not terms:
             return []
-        found = []
-        for *row, rank in db.execute(self._indexes.search_sql(table, columns), (match(terms), limit, scope)):
-            score = -rank / (1 - rank)  # x / (1 + x) for x = -bm25: monotonic, in [0, 1)
+        scores = {id_: -rank for id_, rank in db.execute(self._indexes.rank_sql(table), (match(terms), max(limit, CANDIDATES)))}
+        if not scores:
+            return []
+        best = json.dumps(list(scores)[:NEIGHBOURS_OF])
+        adjacent = neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP}))
+        ranked = []
+        for id_, x in propagate(scores, adjacent)[:limit]:
+            score = x / (1 + x)  # in [0, 1), in the order of x
             if score < threshold:
                 break
-            found.append((*row, score))
-        return found
+            ranked.append((id_, score))
+        if not ranked:
+            return []
+        sql = READ.format(columns=columns, ids=", ".join("?" * len(ranked)))
+        rows = {id_: row for id_, *row in db.execute(sql, (*(i for i, _ in ranked), scope))}
+        return [(*rows[id_], score) for id_, score in ranked if id_ in rows]
 
     def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:
         """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
@@ -302,10 +315,11 @@ class LocalStore(MemoryStore):
         terms = query_terms(content) if table is not None else []
         if not terms:
             return None
-        columns = "m.id, m.content, m.metadata, m.created_at"
-        for row in db.execute(self._indexes.search_sql(table, columns), (match(terms), NEAR_CANDIDATES, scope)):
+        ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (match(terms), NEAR_CANDIDATES))]
+        sql = READ.format(columns="m.content, m.metadata, m.created_at", ids=", ".join("?" * len(ids)))
+        for row in db.execute(sql, (*ids, scope)) if ids else ():
             if resemblance(content, row[1]) >= NEAR_DUPLICATE:
-                return tuple(row[:4])
+                return tuple(row)
         return None
 
     def _replace(self, db: sqlite3.Connection, scope: str, old: tuple[Any, ...], content: str, custom_id: str | None,

@@ -1,4 +1,4 @@
-"""Ranking helpers for the local store: the words a memory's date adds to the index, and context propagation.
+"""Context propagation: the local store's second ranking step, after BM25.
 
 A memory is one turn of a conversation, and the turn that answers a question is often next to the turn that
 names its subject (a follow-up, a reply). So the store ranks in two steps:
@@ -11,7 +11,6 @@ names its subject (a follow-up, a reply). So the store ranks in two steps:
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 
 CANDIDATES = 50  # memories BM25 ranks before propagation
@@ -31,18 +30,6 @@ SELECT c.id,
 FROM json_each(:ids) AS j CROSS JOIN memories AS c ON c.id = j.value
 WHERE c.scope = :scope
 """
-
-
-def date_words(at: float) -> str:
-    """What a memory's date adds to its indexed text: the month's name and the year ("may 2023"); nothing
-    for no date (0) or a date that cannot be one."""
-    if not at:
-        return ""
-    try:
-        day = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    except (OverflowError, OSError, ValueError):
-        return ""
-    return f"{day.strftime('%B').lower()} {day.year}"
 
 
 def neighbours(rows: Iterable[Sequence[int | None]]) -> dict[int, tuple[int, ...]]:
