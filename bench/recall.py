@@ -57,7 +57,8 @@ def session_date(text: str) -> float:
 
 
 def turns(sample: dict[str, Any], scope: str) -> list[Memory]:
-    """A conversation's turns, as memories of `scope` whose metadata names their dialogs."""
+    """A conversation's turns, as memories of `scope` whose metadata names their dialogs and their session (the
+    conversation memproxy would record)."""
     conv = sample["conversation"]
     a, b = conv["speaker_a"], conv["speaker_b"]
     out: list[Memory] = []
@@ -72,7 +73,7 @@ def turns(sample: dict[str, Any], scope: str) -> list[Memory]:
                 content, ids, i = f"User: {first['text']}\nAssistant: {second['text']}", [first["dia_id"], second["dia_id"]], i + 2
             else:
                 content, ids, i = f"User: {first['text']}", [first["dia_id"]], i + 1
-            out.append(Memory(f"turn-{'-'.join(ids)}", scope, content, 0.0, {"dialogs": ids}, at))
+            out.append(Memory(f"turn-{'-'.join(ids)}", scope, content, 0.0, {"dialogs": ids, "conversation": f"session-{n}"}, at))
     return out
 
 

@@ -14,6 +14,7 @@ from memproxy.memory import Memory, index, ranking
 from memproxy.memory.local import LocalStore
 
 DAY = 86_400.0
+C = {"conversation": "c"}
 
 
 def test_date_words_name_the_month_and_year() -> None:
@@ -72,19 +73,23 @@ def test_neighbours_are_the_scopes_adjacent_memories_in_time_within_the_gap(tmp_
     _store(
         path,
         [
-            Memory("1", "a", "first", created_at=t),
-            Memory("2", "b", "other scope", created_at=t + 30),
-            Memory("3", "a", "second", created_at=t + 60),
-            Memory("4", "a", "third", created_at=t + 120),
-            Memory("5", "a", "next day", created_at=t + DAY),
-            Memory("6", "a", "same time one", created_at=t + DAY + 10),
-            Memory("7", "a", "same time two", created_at=t + DAY + 10),
+            Memory("1", "a", "first", metadata=C, created_at=t),
+            Memory("2", "b", "other scope", metadata=C, created_at=t + 30),
+            Memory("3", "a", "second", metadata=C, created_at=t + 60),
+            Memory("4", "a", "third", metadata=C, created_at=t + 120),
+            Memory("5", "a", "next day", metadata=C, created_at=t + DAY),
+            Memory("6", "a", "same time one", metadata=C, created_at=t + DAY + 10),
+            Memory("7", "a", "same time two", metadata=C, created_at=t + DAY + 10),
+            Memory("8", "a", "a note added by hand", created_at=t + 90),
+            Memory("9", "a", "another conversation", metadata={"conversation": "other"}, created_at=t + 100),
+            Memory("10", "a", "metadata SQLite cannot read", metadata={"conversation": "c", "x": float("nan")}, created_at=t + 110),
         ],
     )
     assert _neighbours(path, "a", [1, 3, 4, 5, 6, 7]) == {1: (3,), 3: (1, 4), 4: (3,), 5: (6,), 6: (5, 7), 7: (6,)}
     assert _neighbours(path, "b", [2]) == {2: ()}
     assert _neighbours(path, "b", [1, 3]) == {}  # another scope's ids are not this scope's candidates
     assert _neighbours(path, "a", [4], gap=DAY) == {4: (3, 5)}
+    assert _neighbours(path, "a", [8, 9, 10]) == {9: ()}  # no conversation, or one of its own: no neighbours
 
 
 def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(tmp_path: Path) -> None:
@@ -98,7 +103,7 @@ def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(
         "User: the billing report is late\nAssistant: I will look into the cron job",
         "User: rename the variable\nAssistant: done",
     ]
-    _store(path, [Memory(str(i), "s", text, created_at=t + 60 * i) for i, text in enumerate(turns, 1)])
+    _store(path, [Memory(str(i), "s", text, metadata=C, created_at=t + 60 * i) for i, text in enumerate(turns, 1)])
 
     query = "which database did the billing service choose"
     assert not set(index.query_terms(query)) & set(index.words(turns[1]))  # BM25 alone cannot find the reply

@@ -1,12 +1,13 @@
 """Context propagation: the local store's second ranking step, after BM25.
 
 A memory is one turn of a conversation, and the turn that answers a question is often next to the turn that
-names its subject (a follow-up, a reply). So the store ranks in two steps:
+names its subject (a follow-up, a reply): the turns memproxy stores name their conversation (metadata
+`conversation`). So the store ranks in two steps:
 1. BM25 over the scope's index gives the CANDIDATES best memories, each with its score (higher is better);
 2. `propagate` adds to each memory NEIGHBOUR_WEIGHT times the score of each of its neighbours among the
-   NEIGHBOURS_OF best candidates (a memory's neighbours: the memories just before and after it in its scope, no
-   more than NEIGHBOUR_GAP seconds apart), which can also bring in a neighbour that BM25 did not find. The store
-   reads those candidates' neighbours with NEIGHBOURS_SQL, one index step each.
+   NEIGHBOURS_OF best candidates (a memory's neighbours: the memories of its conversation just before and after
+   it in its scope, no more than NEIGHBOUR_GAP seconds apart), which can also bring in a neighbour that BM25 did
+   not find. The store reads those candidates' neighbours with NEIGHBOURS_SQL, one index step each.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from collections.abc import Iterable, Mapping, Sequence
 CANDIDATES = 50  # memories BM25 ranks before propagation
 NEIGHBOURS_OF = 10  # best candidates whose neighbours are looked up
 NEIGHBOUR_WEIGHT = 0.5  # share of a neighbour's score a memory receives
-NEIGHBOUR_GAP = 3600.0  # seconds: memories further apart in time are not neighbours (another conversation)
+NEIGHBOUR_GAP = 3600.0  # seconds: memories further apart in time are not neighbours
 
-# Each candidate's previous and next memory in its scope, in (created_at, id) order and within NEIGHBOUR_GAP
-# seconds of it: rows (id, previous id or NULL, next id or NULL). Named parameters: scope, ids (the candidates'
-# ids as a JSON array), gap (seconds). Each lookup is one step along the index on memories(scope, created_at).
-NEIGHBOURS_SQL = """
+_CONVERSATION = "CASE WHEN json_valid({m}.metadata) THEN json_extract({m}.metadata, '$.conversation') END"
+# Each candidate's previous and next memory of its conversation (metadata `conversation`) in its scope, in
+# (created_at, id) order and within NEIGHBOUR_GAP seconds of it: rows (id, previous id or NULL, next id or NULL).
+# A memory of no conversation (a note added by hand) has no neighbours. Named parameters: scope, ids (the
+# candidates' ids as a JSON array), gap (seconds). Each lookup steps along the index on memories(scope, created_at).
+NEIGHBOURS_SQL = f"""
 SELECT c.id,
     (SELECT p.id FROM memories AS p WHERE p.scope = :scope AND p.created_at >= c.created_at - :gap
-        AND (p.created_at, p.id) < (c.created_at, c.id) ORDER BY p.created_at DESC, p.id DESC LIMIT 1),
+        AND (p.created_at, p.id) < (c.created_at, c.id) AND {_CONVERSATION.format(m="p")} = c.conversation
+        ORDER BY p.created_at DESC, p.id DESC LIMIT 1),
     (SELECT n.id FROM memories AS n WHERE n.scope = :scope AND n.created_at <= c.created_at + :gap
-        AND (n.created_at, n.id) > (c.created_at, c.id) ORDER BY n.created_at, n.id LIMIT 1)
-FROM json_each(:ids) AS j CROSS JOIN memories AS c ON c.id = j.value
-WHERE c.scope = :scope
+        AND (n.created_at, n.id) > (c.created_at, c.id) AND {_CONVERSATION.format(m="n")} = c.conversation
+        ORDER BY n.created_at, n.id LIMIT 1)
+FROM (
+    SELECT m.id, m.created_at, {_CONVERSATION.format(m="m")} AS conversation
+    FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value WHERE m.scope = :scope
+) AS c
+WHERE c.conversation IS NOT NULL
 """
 
 
