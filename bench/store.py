@@ -34,7 +34,7 @@ SCOPES = 100
 SEARCHES = 1000  # per size per repetition
 WARM = 200  # searches per size before the first repetition
 ADDS = 500  # per size per repetition
-TARGET_MS, TARGET_SIZE = 5.0, 100_000  # search p50 at 100k
+TARGET_MS, TARGET_SIZE = 1.0, 100_000  # search p50 at 100k
 COMMON = """the of and to a in is it you that for was on are with as be this have from or by not but at an
 they we can all if will there one so do file code test function error use run change build value""".split()
 

@@ -38,6 +38,7 @@ MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augus
 # one word changed in twenty still merges; a changed number in a short note does not.
 NEAR_DUPLICATE = 0.9
 NEAR_CANDIDATES = 3  # memories of the scope compared with a new one: its best matches
+NEAR_TERMS = 8  # words of a new memory that find them (a near-duplicate holds nearly all of its words)
 
 TABLE = "memories_fts_{}"
 CREATE = "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(terms, content='', tokenize='porter unicode61')"

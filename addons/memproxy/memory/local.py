@@ -17,7 +17,7 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, Indexes, match, query_terms, resemblance
+from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, NEAR_TERMS, Indexes, match, query_terms, resemblance
 from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
@@ -312,7 +312,7 @@ class LocalStore(MemoryStore):
         """The memory of `scope` that `content` nearly repeats (the same answer stored again, a turn retried with
         a word changed), among its best matches; None if there is none."""
         table = self._indexes.table(db, scope)
-        terms = query_terms(content) if table is not None else []
+        terms = query_terms(content)[:NEAR_TERMS] if table is not None else []
         if not terms:
             return None
         ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (match(terms), NEAR_CANDIDATES))]
