@@ -539,6 +539,22 @@ def test_a_memory_shows_its_date_and_a_query_naming_its_month_finds_it(tmp_path:
         run(store.close())
 
 
+def test_a_query_naming_a_time_relative_to_now_finds_that_times_memories(tmp_path: Path) -> None:
+    now = 1_796_342_400.0  # 2026-12-04 00:00 UTC
+    clock = [now - 8 * 86400]  # 2026-11-26
+    store = LocalStore(tmp_path / "m.db", clock=lambda: clock[0])
+    try:
+        run(store.add("p", "We decided to keep the monorepo and split the CI pipelines"))
+        clock[0] = now
+        run(store.add("p", "We decided the logo stays blue, and tomorrow we decide the fonts"))
+        [first, second] = run(store.search("p", "what did we decide last week?"))
+        assert first.content.startswith("We decided to keep the monorepo") and second.content.startswith("We decided the logo")
+        assert run(store.search("p", "what did we decide today?"))[0].content.startswith("We decided the logo")
+        assert run(store.search("p", "what did we decide last year?")) == run(store.search("p", "what did we decide?"))
+    finally:
+        run(store.close())
+
+
 def test_every_scope_stems_alike(store: LocalStore) -> None:
     scopes = [f"project:{name}" for name in ("api", "web", "shop", "infra", "docs", "mobile", "billing", "auth")]
     scopes += [f"user:{i}" for i in range(24)]

@@ -57,6 +57,29 @@ def query_terms(text: str) -> list[str]:
     return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
 
 
+# A time relative to now, as a query names it; and the days before now it spans (its first and its last).
+RELATIVE = re.compile(r"\b(today|yesterday|(?:this|last|past|previous)\s+(?:week|month|year))\b", re.I)
+DAYS_BACK = {
+    "today": (0, 0), "yesterday": (1, 1),
+    "this week": (0, 6), "last week": (7, 13), "previous week": (7, 13), "past week": (0, 7),
+    "this month": (0, 0), "last month": (30, 30), "previous month": (30, 30), "past month": (0, 30),
+    "this year": (0, 0), "last year": (365, 365), "previous year": (365, 365), "past year": (0, 365),
+}  # fmt: skip
+
+
+def relative_dates(text: str, now: float) -> list[str]:
+    """The date words (`date_words`: month and year, or the year alone for a year) of each time `text` names
+    relative to `now` ("last week": the week before this one), so that the index's date words match them."""
+    found: list[str] = []
+    for phrase in RELATIVE.findall(text):
+        phrase = " ".join(phrase.lower().split())
+        first, last = DAYS_BACK[phrase]
+        for days in (first, last):
+            words_ = date_words(now - days * 86400).split()
+            found.extend(words_[1:] if phrase.endswith("year") else words_)
+    return list(dict.fromkeys(found))
+
+
 def match(terms: Iterable[str]) -> str:
     """An FTS5 query for any of `terms` (words: no FTS5 syntax can reach it)."""
     return " OR ".join(f'"{t}"' for t in terms)

@@ -17,7 +17,7 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, NEAR_TERMS, Indexes, match, query_terms, resemblance
+from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, NEAR_TERMS, Indexes, match, query_terms, relative_dates, resemblance
 from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
@@ -232,7 +232,8 @@ class LocalStore(MemoryStore):
         """`columns` of the memories of `scope` for `query`, best first, each row ending in its score in [0, 1):
         BM25 in the scope's index, then context propagation (memory.ranking)."""
         table = self._indexes.table(db, scope) if limit > 0 else None
-        terms = self._affordable(db, scope, table, query_terms(query)) if table is not None else []
+        terms = self._terms(query)
+        terms = self._affordable(db, scope, table, terms) if table is not None and terms else []
         if not terms:
             return []
         scores = {id_: -rank for id_, rank in db.execute(self._indexes.rank_sql(table), (match(terms), max(limit, CANDIDATES)))}
@@ -251,6 +252,11 @@ class LocalStore(MemoryStore):
         sql = READ.format(columns=columns, ids=", ".join("?" * len(ranked)))
         rows = {id_: row for id_, *row in db.execute(sql, (*(i for i, _ in ranked), scope))}
         return [(*rows[id_], score) for id_, score in ranked if id_ in rows]
+
+    def _terms(self, query: str) -> list[str]:
+        """The words searched for `query`: its own, and the month and year of each time it names relative to now."""
+        terms = query_terms(query)
+        return list(dict.fromkeys((*terms, *dates))) if (dates := relative_dates(query, self.clock())) else terms
 
     def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:
         """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
