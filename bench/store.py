@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
 from harness import OUT, REPS, words
-from memproxy.memory import local
+from memproxy.memory import index, local
 from memproxy.memory.local import LocalStore
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_STORE_SIZES", "10000,100000,1000000").split(","))
@@ -66,12 +66,13 @@ def turns(size: int) -> Iterator[tuple[str, str]]:
 def database(name: str, rows: Callable[[], Iterable[tuple[str, str]]], *inputs: object) -> tuple[Path, float]:
     """bench/out/NAME-KEY.db holding `rows()`, built if missing: (path, seconds spent building, 0 if cached).
 
-    KEY hashes local.py (and so SCHEMA_VERSION), the builder and `inputs`, what makes the rows (the source
+    KEY hashes local.py (and so SCHEMA_VERSION) and index.py (what the index holds), the builder and `inputs`, what makes the rows (the source
     of functions and classes, the repr of values): a change to any of them builds a new file, replacing the old.
     """
     parts = [str(local.SCHEMA_VERSION), inspect.getsource(build)]
     parts += [inspect.getsource(x) if callable(x) else repr(x) for x in inputs]
-    key = hashlib.sha256("\0".join(parts).encode() + Path(local.__file__).read_bytes()).hexdigest()[:16]
+    code = b"".join(Path(module.__file__).read_bytes() for module in (local, index))
+    key = hashlib.sha256("\0".join(parts).encode() + code).hexdigest()[:16]
     path = OUT / f"{name}-{key}.db"
     if path.exists():
         return path, 0.0
