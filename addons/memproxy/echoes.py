@@ -2,13 +2,13 @@
 
 A conversation's own earlier prompts and answers come back in each of its requests, and were stored as memories
 (a minute ago, or by an earlier session the client resumed): recalled, they would only repeat the conversation
-to itself. A turn's memory (`User: … Assistant: …`, capture.Turn.content) is an echo when its user part is one of
-the request's user texts and its assistant part one of its assistant texts; the same question asked in another
-conversation, whose answer the request does not hold, is still recalled. A memory of free text is an echo when
-the request holds all of it.
+to itself. A turn's memory (`User: … Assistant: …`, capture.Turn.content) is an echo when the request's user texts hold
+its user part and its assistant texts hold its assistant part; the same question asked in another conversation,
+whose answer the request does not hold, is still recalled. A memory of free text is an echo when the request's
+user or assistant texts hold all of it.
 
-Texts are compared whitespace-normalised, by their first PREFIX characters: stored text is clipped and scrubbed,
-so it may end or differ further on. The request's texts are read only when something was found, once.
+Texts are compared whitespace-normalised, a memory's part by its first PREFIX characters: stored text is clipped
+and scrubbed, so it may end or differ further on. The request's texts are read only when something was found.
 """
 
 from __future__ import annotations
@@ -19,68 +19,63 @@ from .memory.base import unlabelled
 from .protocols.base import Entry
 from .protocols.common import clean_query
 
-PREFIX = 200  # characters of a text compared, once whitespace-normalised
+PREFIX = 200  # characters of a memory's part looked for, once whitespace-normalised
 USER, ASSISTANT = "User: ", "\nAssistant: "  # capture.Turn.content
 
 
 def normalised(text: str) -> str:
-    """The start of `text` as it is compared: whitespace runs as one space, at most PREFIX characters."""
-    return " ".join(text[: PREFIX * 4].split())[:PREFIX]
+    return " ".join(text.split())
+
+
+def _needle(text: str) -> str:
+    """What is looked for of a memory's part: its start, from a word's start (and to a word's end, if whole)."""
+    text = normalised(text[: PREFIX * 4])
+    return f" {text[:PREFIX]}" if len(text) > PREFIX else f" {text} "
 
 
 class Heard:
-    """The texts a conversation holds: its user prompts and its assistant answers, normalised."""
+    """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge or split
+    messages when they resume a conversation, so a memory's part is looked for inside them, from a word's start."""
 
-    __slots__ = ("users", "answers", "_whole", "_texts")
+    __slots__ = ("users", "answers", "_joined")
 
-    def __init__(self, users: Iterable[str] = (), answers: Iterable[str] = ()) -> None:
-        self.users = {normalised(t) for t in users}
-        self.answers = {normalised(t) for t in answers}
-        self._texts: list[str] = []  # every text as sent, for free-text memories
-        self._whole: str | None = None
+    def __init__(self) -> None:
+        self.users: list[str] = []  # as `Adapter.query` reads them: boilerplate and memories left out
+        self.answers: list[str] = []
+        self._joined: tuple[str, str] | None = None
 
     @classmethod
-    def of(cls, entries: Sequence[Entry]) -> Heard:
+    def of(cls, entries: Iterable[Entry]) -> Heard:
         heard = cls()
-        heard.add(entries)
+        for entry in entries:
+            if entry.text and entry.role == "user":
+                heard.users.append(clean_query(entry.text))
+            elif entry.text and entry.role == "assistant":
+                heard.answers.append(entry.text)
         return heard
 
-    def add(self, entries: Iterable[Entry]) -> None:
-        for entry in entries:
-            if not entry.text:
-                continue
-            if entry.role == "user":
-                self.users.add(normalised(clean_query(entry.text)))
-            elif entry.role == "assistant":
-                self.answers.add(normalised(entry.text))
-            self._texts.append(entry.text)
-        self._whole = None
-
     def extend(self, other: Heard) -> None:
-        self.users |= other.users
-        self.answers |= other.answers
-        self._texts += other._texts
-        self._whole = None
+        self.users += other.users
+        self.answers += other.answers
+        self._joined = None
 
     def turn(self, user: str, answer: str) -> None:
         """A prompt and its answer this conversation went through (one the request may no longer carry)."""
-        self.users.add(normalised(user))
-        self.answers.add(normalised(answer))
-        self._texts += (user, answer)
-        self._whole = None
+        self.users.append(user)
+        self.answers.append(answer)
+        self._joined = None
 
     def holds(self, memory: str) -> bool:
         """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
+        if self._joined is None:
+            self._joined = (f" {normalised(' '.join(self.users))} ", f" {normalised(' '.join(self.answers))} ")
+        users, answers = self._joined
         content = unlabelled(memory)
         if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
             user, answer = content[len(USER) : at], content[at + len(ASSISTANT) :]
-            return normalised(user) in self.users and normalised(answer) in self.answers
-        text = " ".join(content.split())
-        if not text:
-            return False
-        if self._whole is None:
-            self._whole = "\n".join(" ".join(t.split()) for t in self._texts)
-        return text in self._whole
+            return _needle(user) in users and _needle(answer) in answers
+        text = normalised(content)
+        return bool(text) and (f" {text} " in users or f" {text} " in answers)
 
 
 def without_echoes(found: Sequence[Sequence[str]], heard: Callable[[], Heard], limit: int) -> tuple[tuple[str, ...], ...]:
