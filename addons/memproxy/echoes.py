@@ -20,6 +20,7 @@ from .protocols.base import Entry
 from .protocols.common import clean_query
 
 PREFIX = 200  # characters of a memory's part looked for, once whitespace-normalised
+MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
 USER, ASSISTANT = "User: ", "\nAssistant: "  # capture.Turn.content
 
 
@@ -63,6 +64,7 @@ class Heard:
         """A prompt and its answer this conversation went through (one the request may no longer carry)."""
         self.users.append(user)
         self.answers.append(answer)
+        del self.users[:-MAX_TURNS], self.answers[:-MAX_TURNS]
         self._joined = None
 
     def holds(self, memory: str) -> bool:
