@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .memory.base import unlabelled
 from .protocols.base import Entry
-from .protocols.common import clean_query
 
 PREFIX = 200  # characters of a memory's part looked for, once whitespace-normalised
 MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
@@ -41,7 +40,7 @@ class Heard:
     __slots__ = ("users", "answers", "_joined")
 
     def __init__(self) -> None:
-        self.users: list[str] = []  # as `Adapter.query` reads them: boilerplate and memories left out
+        self.users: list[str] = []
         self.answers: list[str] = []
         self._joined: tuple[str, str] | None = None
 
@@ -49,8 +48,8 @@ class Heard:
     def of(cls, entries: Iterable[Entry]) -> Heard:
         heard = cls()
         for entry in entries:
-            if entry.text and entry.role == "user":
-                heard.users.append(clean_query(entry.text))
+            if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
+                heard.users.append(entry.text)
             elif entry.text and entry.role == "assistant":
                 heard.answers.append(entry.text)
         return heard
