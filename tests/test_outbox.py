@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -315,3 +316,84 @@ async def test_submit_returns_before_the_write(outbox: Outbox, store: ScriptedSt
 
 def test_list_dead_letters_of_a_missing_file(tmp_path: Path) -> None:
     assert list_dead_letters(tmp_path / "none.db") == []
+
+
+# -- one row per prompt: a later step replaces the row an earlier one left waiting -------------------------------
+
+
+def steps(*replies: str, scope: str = "claude-code:repo") -> list[Turn]:
+    """The steps of one prompt's tool loop: one key, a reply each."""
+    return [Turn(scope, "Which files are there?", reply, {"i": i}, key="k" * 32) for i, reply in enumerate(replies)]
+
+
+async def test_a_later_step_replaces_the_waiting_row(outbox: Outbox, store: ScriptedStore, path: Path) -> None:
+    store.fail = StoreError("down", status=503)
+    loop = steps("I will run a shell command first.", "Running one more.", "There are three files.")
+    for turn in loop:
+        outbox.submit(turn)
+    assert not await outbox.flush(0.3)
+    assert outbox.pending == 1 and await outbox.count_pending() == 1 and outbox_rows(path) == 1
+    store.fail = None
+    assert await outbox.flush(5)
+    assert store.stored == {loop[0].custom_id: 1}
+    assert store.received[-1][1:] == (loop[-1].content, loop[-1].custom_id, {"i": 2})
+    assert outbox.pending == 0 and await outbox.count_pending() == 0
+
+
+class GatedStore(ScriptedStore):
+    """Holds each add() until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def add(self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().add(scope, content, custom_id, metadata)
+
+
+async def test_a_step_in_flight_is_followed_by_its_replacement(path: Path) -> None:
+    store = GatedStore()
+    outbox = Outbox(path, store, **FAST)
+    await outbox.start()
+    try:
+        first, final = steps("I will run a shell command first.", "There are three files.")
+        outbox.submit(first)
+        await asyncio.wait_for(store.entered.wait(), 5)  # the first step is being sent
+        outbox.submit(final)
+        while outbox_rows(path) != 1 or await outbox.count_pending() != 1 or outbox.stats["submitted"] < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        store.gate.set()
+        assert await outbox.flush(5)
+        assert [content for _, content, _, _ in store.received] == [first.content, final.content]  # in order
+        assert outbox.pending == 0 and await outbox.count_pending() == 0 and outbox.stats["stored"] == 2
+    finally:
+        await outbox.close(timeout=0)
+
+
+async def test_a_rejected_step_does_not_stop_the_next(outbox: Outbox, store: ScriptedStore, path: Path) -> None:
+    first, final = steps("I will run a shell command first.", "There are three files.")
+    store.script = [StoreError("too large", status=413)]
+    outbox.submit(first)
+    assert await outbox.flush(5)
+    outbox.submit(first)  # the same step again is not queued again
+    outbox.submit(final)
+    assert await outbox.flush(5)
+    assert [content for _, content, _, _ in store.received] == [first.content, final.content]
+    assert store.stored == {final.custom_id: 1} and outbox.stats["dead"] == 1
+
+
+def test_an_older_turn_does_not_replace_a_newer_row(path: Path) -> None:
+    """Turns held in memory reach the file late: a newer row with their custom id stays."""
+    from memproxy.outbox import table
+
+    with contextlib.closing(table.connect(path)) as db:
+        assert table.enqueue(db, "turn-1", "s", "step 1", {}, 10.0)
+        assert not table.enqueue(db, "turn-1", "s", "step 3", {}, 30.0)  # replaced: no row more
+        assert not table.enqueue(db, "turn-1", "s", "step 2", {}, 20.0)  # older: ignored
+        rows, _ = table.take(db, 100.0, 10)
+        assert [(r.custom_id, r.content) for r in rows] == [("turn-1", "step 3")]
+        assert not table.delete(db, rows[0].id - 1)  # the replaced row's id: gone

@@ -125,6 +125,9 @@ def test_never_raises(name: str, data: st.DataObject) -> None:
         query = adapter.query(body, strategy)
         assert isinstance(query, str)
         query.encode()  # so it can be searched and stored
+    prompt = adapter.prompt(body)
+    assert prompt.text == adapter.query(body, "last_user") and isinstance(prompt.key, str)
+    assert bool(prompt.key) == bool(prompt.text) and all(isinstance(c, str) and c for c in prompt.calls)
     assert isinstance(adapter.model("/v1beta/models/m:generateContent", body), (str, type(None)))
     assert isinstance(adapter.is_streaming("/v1/messages", body), bool)
     assert isinstance(adapter.reply_from_json(body), str)
@@ -132,7 +135,7 @@ def test_never_raises(name: str, data: st.DataObject) -> None:
     for event in data.draw(st.lists(json_values, max_size=5)):
         reply.feed(data.draw(st.none() | st.text(max_size=5)), json.dumps(event))
         reply.feed(None, data.draw(st.text(max_size=20)))
-    assert isinstance(reply.text(), str) and isinstance(reply.done, bool)
+    assert isinstance(reply.text(), str) and isinstance(reply.done, bool) and isinstance(reply.calls(), tuple)
     assert isinstance(adapter.inject(body, CONTEXT, data.draw(strategies)), bool)
 
 

@@ -1,8 +1,10 @@
-"""Capture: the turn made from a finished exchange, one user message and the assistant's reply in one scope.
+"""Capture: the turn made from a finished exchange, one user prompt and the assistant's reply in one scope.
 
 A turn is clipped as it is made, with a margin so that a secret the limit cuts is found whole; `scrubbed()`
-makes it ready to store: every secret replaced, then clipped to the limit. Its custom id is stable, so that a
-retried or replayed turn is stored once. The outbox (memproxy.outbox) takes it to the store.
+makes it ready to store: every secret replaced, then clipped to the limit. Its custom id names the prompt in
+its conversation (the protocol adapter's `Prompt.key`), not the reply: every step of a tool loop, every retry
+and every replay of one prompt has the same id, and so one memory, which the latest step updates. The outbox
+(memproxy.outbox) takes it to the store.
 """
 
 from __future__ import annotations
@@ -29,21 +31,22 @@ def _clip(text: str, limit: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One user message and the assistant's reply, in one scope."""
+    """One user prompt and the assistant's reply, in one scope; `key` names the prompt in its conversation."""
 
     scope: str
     user: str
     reply: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
 
     @classmethod
-    def make(cls, scope: str, user: str, reply: str, metadata: dict[str, Any]) -> Turn | None:
+    def make(cls, scope: str, user: str, reply: str, metadata: dict[str, Any], key: str = "") -> Turn | None:
         """A turn to submit, or None if there is nothing worth remembering. `scrubbed()` makes it ready to store."""
         user = _clip(strip_memory_blocks(user), MAX_USER_CHARS + SCRUB_MARGIN)
         reply = _clip(strip_memory_blocks(reply), MAX_REPLY_CHARS + SCRUB_MARGIN)
         if not user or not reply:
             return None
-        return cls(scope, user, reply, metadata)
+        return cls(scope, user, reply, metadata, key)
 
     def scrubbed(self) -> tuple[Turn, Counter[str]]:
         """This turn as it is stored, every secret replaced by `[secret: <kind>]` and then clipped, and how many
@@ -59,6 +62,8 @@ class Turn:
 
     @property
     def custom_id(self) -> str:
-        """Stable per (scope, turn): a retried or replayed turn is stored once."""
-        digest = hashlib.sha256("\0".join((self.scope, self.user, self.reply)).encode())
+        """Stable per (scope, prompt): the steps, retries and replays of one prompt are one memory. A turn
+        without a key (made by hand) is named by its text."""
+        parts = (self.scope, self.key) if self.key else (self.scope, self.user, self.reply)
+        digest = hashlib.sha256("\0".join(parts).encode())
         return "turn-" + digest.hexdigest()[:32]

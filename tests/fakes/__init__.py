@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .upstream import FakeUpstream, Recorded
+from .upstream import FakeUpstream, Recorded, ToolCall
 
-__all__ = ["FakeUpstream", "Recorded", "codex_request"]
+__all__ = ["FakeUpstream", "Recorded", "ToolCall", "codex_request"]
 
 
 def codex_request(text: str = "Say hello", *, cwd: str = "/tmp/project", generate: bool = True) -> dict[str, Any]:

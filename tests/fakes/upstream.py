@@ -47,6 +47,112 @@ class Event:
 Build = Callable[[str, list[str]], tuple[list[Event], Any]]
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the fake asks the client to call, with the text it says first."""
+
+    name: str
+    arguments: dict[str, Any]
+    text: str = "I will run a shell command first."
+    id: str = "call_fake1"
+
+
+def answers_tool(data: Any) -> bool:
+    """Whether a request (or a Responses WebSocket message) ends with a tool's result, in any of the four formats."""
+    if not isinstance(data, dict):
+        return False
+    messages, items, contents = data.get("messages"), data.get("input"), data.get("contents")
+    if isinstance(messages, list) and messages and isinstance(last := messages[-1], dict):
+        content = last.get("content")
+        blocks = content if isinstance(content, list) else []
+        return last.get("role") == "tool" or any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks)
+    if isinstance(items, list) and items and isinstance(last := items[-1], dict):
+        return str(last.get("type", "")).endswith("_call_output")
+    if isinstance(contents, list) and contents and isinstance(last := contents[-1], dict):
+        return any(isinstance(p, dict) and "functionResponse" in p for p in last.get("parts", []))
+    return False
+
+
+def _chat_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
+    """Chat Completions: the text, then one tool call (finish_reason tool_calls)."""
+    base = {"id": "chatcmpl-fake", "created": CREATED, "model": model, "object": "chat.completion.chunk"}
+    arguments = json.dumps(call.arguments)
+    function = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
+
+    def chunk(delta: dict, finish: str | None = None) -> Event:
+        return Event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    start = {"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+    events = [
+        chunk({"role": "assistant", "content": call.text}),
+        chunk({"tool_calls": [start]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}),
+        chunk({}, "tool_calls"),
+        Event("[DONE]"),
+    ]
+    message = {"role": "assistant", "content": call.text, "tool_calls": [function]}
+    body = {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+    return events, body
+
+
+def _anthropic_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
+    """Anthropic Messages: a text block, then a tool_use block (stop_reason tool_use)."""
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": usage}
+    use = {"type": "tool_use", "id": "toolu_fake1", "name": call.name, "input": call.arguments}
+    body = {**message, "content": [{"type": "text", "text": call.text}, use], "stop_reason": "tool_use"}
+    steps: list[tuple[str, dict]] = [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": call.text}}),
+        ("content_block_stop", {"index": 0}),
+        ("content_block_start", {"index": 1, "content_block": {**use, "input": {}}}),
+        ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": json.dumps(call.arguments)}}),
+        ("content_block_stop", {"index": 1}),
+        ("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": usage}),
+        ("message_stop", {}),
+    ]
+    return [Event({"type": name, **data}, name) for name, data in steps], body
+
+
+def _responses_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
+    """OpenAI Responses: a message item with the text, then a function_call item."""
+    message = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": call.text, "annotations": []}]}
+    function = {"id": "fc_fake", "type": "function_call", "status": "completed", "call_id": call.id, "name": call.name,
+                "arguments": json.dumps(call.arguments)}
+    response = {"id": "resp_fake_call", "object": "response", "created_at": CREATED, "status": "in_progress", "model": model,
+                "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
+                "incomplete_details": None}
+    body = {**response, "status": "completed", "output": [message, function],
+            "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+                      "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}}
+    ids = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+    steps: list[tuple[str, dict]] = [
+        ("response.created", {"response": response}),
+        ("response.output_item.added", {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}}),
+        ("response.output_text.delta", {**ids, "delta": call.text, "logprobs": []}),
+        ("response.output_text.done", {**ids, "text": call.text, "logprobs": []}),
+        ("response.output_item.done", {"output_index": 0, "item": message}),
+        ("response.output_item.added", {"output_index": 1, "item": {**function, "status": "in_progress", "arguments": ""}}),
+        ("response.function_call_arguments.delta", {"item_id": "fc_fake", "output_index": 1, "delta": function["arguments"]}),
+        ("response.function_call_arguments.done", {"item_id": "fc_fake", "output_index": 1, "arguments": function["arguments"]}),
+        ("response.output_item.done", {"output_index": 1, "item": function}),
+        ("response.completed", {"response": body}),
+    ]
+    events = [Event({"type": name, "sequence_number": n, **data}, name) for n, (name, data) in enumerate(steps)]
+    return events, body
+
+
+def _gemini_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
+    """Gemini: a text part and a functionCall part."""
+    parts = [{"text": call.text}, {"functionCall": {"name": call.name, "args": call.arguments}}]
+    candidate = {"content": {"role": "model", "parts": parts}, "index": 0, "finishReason": "STOP"}
+    body = {"candidates": [candidate], "usageMetadata": {"promptTokenCount": 10}, "modelVersion": model}
+    return [Event(body)], body
+
+
 def _chat(model: str, parts: list[str]) -> tuple[list[Event], Any]:
     """OpenAI Chat Completions: chunk events and the chat.completion body."""
     base = {"id": "chatcmpl-fake", "created": CREATED, "model": model}
@@ -192,6 +298,7 @@ class _Api:
 
     build: Build
     error: Callable[[int, str], dict]
+    call: Callable[[str, ToolCall], tuple[list[Event], Any]]
     sse_sep: str = "\n\n"
 
     def sse(self, event: Event) -> bytes:
@@ -200,10 +307,10 @@ class _Api:
         return f"{head}data: {data}{self.sse_sep}".encode()
 
 
-CHAT = _Api(_chat, _openai_error)
-ANTHROPIC = _Api(_anthropic, _anthropic_error)
-RESPONSES = _Api(_responses, _openai_error)
-GEMINI = _Api(_gemini, _gemini_error, "\r\n\r\n")  # Google frames SSE events with CRLF
+CHAT = _Api(_chat, _openai_error, _chat_call)
+ANTHROPIC = _Api(_anthropic, _anthropic_error, _anthropic_call)
+RESPONSES = _Api(_responses, _openai_error, _responses_call)
+GEMINI = _Api(_gemini, _gemini_error, _gemini_call, "\r\n\r\n")  # Google frames SSE events with CRLF
 _GEMINI_PATH = re.compile(r"/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)")
 
 
@@ -235,7 +342,10 @@ class FakeUpstream(RecordingServer):
     monotonic send time of every chunk. ``reply_for`` (a function of the
     ``Recorded`` request, or None) gives each request its own reply text.
     ``decompress=False`` records request bodies exactly as they arrived,
-    Content-Encoding not undone.
+    Content-Encoding not undone. ``tool_call`` (a function of the request's
+    parsed body giving a ``ToolCall`` or None) makes a tool loop: a request
+    that does not end with a tool's result is answered with that call, and
+    the one that does with the reply.
     """
 
     thread_name = "fake-upstream"
@@ -245,6 +355,7 @@ class FakeUpstream(RecordingServer):
         self.decompress = decompress
         self.reply = DEFAULT_REPLY
         self.reply_for: Callable[[Recorded], str] | None = None
+        self.tool_call: Callable[[Any], ToolCall | None] | None = None
         self.chunks = 5
         self.chunk_delay = 0.0
         self.lockstep = False
@@ -318,7 +429,10 @@ class FakeUpstream(RecordingServer):
             return await self._websocket(request, rec)
 
         text = self.reply_for(rec) if self.reply_for else self.reply
-        events, reply = api.build(model, split(text, self.chunks))
+        if (call := self._call(data)) is not None:
+            events, reply = api.call(model, call)
+        else:
+            events, reply = api.build(model, split(text, self.chunks))
         if not stream:
             return web.json_response(reply)
         if api is GEMINI and request.query.get("alt") != "sse":  # streamGenerateContent without SSE: a JSON array
@@ -362,10 +476,20 @@ class FakeUpstream(RecordingServer):
             if not (isinstance(data, dict) and data.get("type") == "response.create"):
                 continue
             model = str(data.get("model", "fake-model"))
-            events, _ = _responses(model, split(self.reply, self.chunks), generate=data.get("generate") is not False)
+            generate = data.get("generate") is not False
+            if generate and (call := self._call(data)) is not None:
+                events, _ = _responses_call(model, call)
+            else:
+                events, _ = _responses(model, split(self.reply, self.chunks), generate=generate)
             if not await self._play(events, lambda e: ws.send_json(e.data), request):
                 break
         return ws
+
+    def _call(self, data: Any) -> ToolCall | None:
+        """The tool call to answer `data` with: none once the request carries a tool's result."""
+        if self.tool_call is None or answers_tool(data):
+            return None
+        return self.tool_call(data)
 
     async def _play(self, events: list[Event], write: Callable[[Event], Awaitable[None]], request: web.Request) -> bool:
         """Send ``events``, pacing the text chunks; False if the connection was reset."""

@@ -12,6 +12,11 @@
    `response` reads a whole reply (and replays a cookie challenge through the SDK path), and
    `websocket_message` follows OpenAI Responses over WebSocket.
 
+One memory per prompt: a turn is named by the prompt it answers (`Adapter.prompt`), so each step of a tool loop
+updates the prompt's one memory, and the last step leaves the final answer there. A WebSocket sends its input
+incrementally: a message of only tool outputs continues the connection's prompt (`Thread`). Recall leaves out
+the memories the conversation already holds (memproxy.echoes).
+
 Every hook fails open: an exception leaves the flow as the client sent it. Each decision shows in mitmweb as
 the flow's marker, comment and `metadata["memproxy"]`.
 """
@@ -21,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hashlib
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -34,8 +40,10 @@ from mitmproxy.addonmanager import Loader
 
 from .. import config, jsonbody, protocols
 from ..capture import Turn
+from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
-from ..protocols.base import Adapter, ReplyAccumulator
+from ..protocols.base import Adapter, Prompt, ReplyAccumulator
+from ..protocols.common import unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
@@ -53,6 +61,7 @@ SERVED = "memproxy_served"  # flow metadata: this flow may have memory (a WebSoc
 SDK = "sdk"  # Outcome.route of a flow that takes the SDK path
 RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
+ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
 
 
 @dataclass(slots=True)
@@ -107,6 +116,31 @@ class Outcome:
 
 
 @dataclass(slots=True)
+class Thread:
+    """What one WebSocket went through: the prompt it answers now, as its key names it, and the tools called
+    for it so far (a later message of a tool loop carries only tool outputs), and the prompts and answers of its
+    conversation (later messages carry only what is new)."""
+
+    raw: str = ""  # the current prompt's key as its message gave it
+    key: str = ""  # that key chained to the keys of the connection's earlier prompts
+    user: str = ""
+    calls: tuple[str, ...] = ()
+    heard: Heard = field(default_factory=Heard)
+
+    def answers(self, prompt: Prompt) -> tuple[str, str, tuple[str, ...]]:
+        """The user text, key and calls of the prompt a message answers: its own (a retry of the current one
+        keeps its key), or, for a message of only tool outputs, the current one's."""
+        if prompt.text:
+            if prompt.key != self.raw:
+                chained = hashlib.blake2b(f"{self.key}\0{prompt.key}".encode(), digest_size=16).hexdigest()
+                self.key = chained if self.key else prompt.key
+                self.raw, self.user, self.calls = prompt.key, prompt.text, ()
+        elif not (prompt.follows and self.key):
+            return "", "", prompt.calls
+        return self.user, self.key, unique_calls(self.calls + prompt.calls)
+
+
+@dataclass(slots=True)
 class Pending:
     """A turn in flight: what is needed to capture it once the reply is complete."""
 
@@ -114,6 +148,9 @@ class Pending:
     user: str
     adapter: Adapter
     metadata: dict[str, Any]
+    key: str = ""  # the prompt's key (protocols.base.Prompt)
+    calls: tuple[str, ...] = ()  # tools called since the prompt
+    thread: Thread | None = None  # the WebSocket's, if it came over one
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
 
@@ -151,6 +188,7 @@ class RequestPath:
         self.pending: dict[str, Pending] = {}  # turns waiting for their reply, by flow id
         self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
         self.sessions: dict[str, Route] = {}  # a WebSocket's route that named a project, by flow id
+        self.threads: dict[str, Thread] = {}  # a WebSocket's prompt and conversation, by flow id
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -274,13 +312,17 @@ class RequestPath:
         if actions.route == "supermemory_router":
             outcome.skipped = "sent through the Supermemory router"
             return decision
-        user = adapter.query(body, "last_user")
+        prompt = adapter.prompt(body)
+        user, key, calls, thread = prompt.text, prompt.key, prompt.calls, None
+        if flow.websocket is not None:
+            thread = self.threads.setdefault(flow.id, Thread())
+            user, key, calls = thread.answers(prompt)
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
         if route.project is not None:
             self.names.used(route.project, route.tool or client)
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
-            found = await self._search(route, query)
+            found = await self._search(route, query, functools.partial(_heard, adapter, body, thread))
             text = protocols.frame_context(found[0], route.scope, actions.max_chars, also=tuple(zip(route.layers, found[1:])))
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
@@ -291,7 +333,7 @@ class RequestPath:
                 metadata["tool"] = route.tool
             if route.project is not None:
                 metadata["project"] = route.project
-            decision.pending = Pending(route.scope, user, adapter, metadata)
+            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
@@ -318,19 +360,19 @@ class RequestPath:
             return route
         return known
 
-    async def _search(self, route: Route, query: str) -> tuple[tuple[str, ...], ...]:
+    async def _search(self, route: Route, query: str, heard: Callable[[], Heard]) -> tuple[tuple[str, ...], ...]:
         """The contents of the memories for `query` of the route's scope (its profile first, if asked) and of each
-        of its layers, searched in parallel within the time budget; any failure means none."""
+        of its layers, searched in parallel within the time budget; any failure means none. Memories the
+        conversation (`heard`, read only if something was found) already holds are left out."""
         a, timeout, recall = route.actions, self.timeout, self.store.recall
-        searches = [recall.search(scope, query, a.max_results, a.threshold, timeout) for scope in (route.scope, *route.layers)]
+        limit = a.max_results + ECHO_MARGIN
+        searches = [recall.search(scope, query, limit, a.threshold, timeout) for scope in (route.scope, *route.layers)]
         if a.profile:
             searches.insert(0, recall.profile(route.scope, timeout))
-        if len(searches) == 1:
-            return (await searches[0],)
-        found = await asyncio.gather(*searches)
-        if a.profile:
-            found[0:2] = [found[0] + found[1]]
-        return tuple(found)
+        found = [await searches[0]] if len(searches) == 1 else await asyncio.gather(*searches)
+        profile = found.pop(0) if a.profile else ()
+        found = without_echoes(found, heard, a.max_results)
+        return (profile + found[0], *found[1:]) if profile else found
 
     def _to_router(self, flow: http.HTTPFlow, route: Route) -> None:
         """Send the request through Supermemory's Memory Router: `<base>/v3/<original URL>`."""
@@ -378,7 +420,7 @@ class RequestPath:
             for event, data in pending.parser.feed(chunk):  # b"" ends the stream: flushes a last event
                 pending.reply.feed(event, data)
             if not chunk and self.pending.pop(flow_id, None) is not None:
-                self._remember(pending, pending.reply.text())
+                self._remember(pending, pending.reply.text(), pending.reply.calls())
         except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
             self.pending.pop(flow_id, None)
             self._once("tee", "memproxy: capture of a streamed reply failed: %s", brief(e))
@@ -399,7 +441,7 @@ class RequestPath:
             reply = pending.adapter.accumulator()
             for event, data in SSEParser().feed(content) + SSEParser().feed(b""):
                 reply.feed(event, data)
-            self._remember(pending, reply.text())
+            self._remember(pending, reply.text(), reply.calls())
             return
         body = json.loads(content)
         parts = body if isinstance(body, list) else [body]  # Gemini may answer a JSON array of chunks
@@ -409,10 +451,19 @@ class RequestPath:
         self.outcomes.pop(flow.id, None)
         self.pending.pop(flow.id, None)
         self.sessions.pop(flow.id, None)
+        self.threads.pop(flow.id, None)
 
-    def _remember(self, pending: Pending, reply: str) -> None:
-        turn = Turn.make(pending.scope, pending.user, reply, pending.metadata)
+    def _remember(self, pending: Pending, reply: str, calls: tuple[str, ...] = ()) -> None:
+        """Store the prompt with this step's reply (a later step of its tool loop replaces it), and the names of
+        the tools called since the prompt in its metadata (never their output)."""
+        calls = unique_calls(pending.calls + calls)
+        if (thread := pending.thread) is not None:
+            thread.calls = calls
+        metadata = {**pending.metadata, "calls": list(calls)} if calls else pending.metadata
+        turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
         if turn and self.store.outbox is not None:
+            if thread is not None:
+                thread.heard.turn(turn.user, turn.reply)
             self.store.recall.invalidate(turn.scope)
             self.store.outbox.submit(turn)
 
@@ -431,7 +482,7 @@ class RequestPath:
                 pending.reply.feed(None, message.text)
                 if pending.reply.done:
                     del self.pending[flow.id]
-                    self._remember(pending, pending.reply.text())
+                    self._remember(pending, pending.reply.text(), pending.reply.calls())
             return
         adapter = protocols.detect_path("POST", flow.request.path)
         if adapter is None or len(message.content) > self.max_body:
@@ -454,3 +505,12 @@ class RequestPath:
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.pending.pop(flow.id, None)
         self.sessions.pop(flow.id, None)
+        self.threads.pop(flow.id, None)
+
+
+def _heard(adapter: Adapter, body: Any, thread: Thread | None) -> Heard:
+    """What the conversation holds: the request's messages, and what its WebSocket went through before."""
+    heard = Heard.of(adapter.conversation(body))
+    if thread is not None:
+        heard.extend(thread.heard)
+    return heard

@@ -61,8 +61,11 @@ class Held:
             self.saved(0)
 
     def hold(self, turn: Turn) -> bool:
-        """Keep `turn` until it is sent or written; False if it is held already, or dropped: too many are."""
+        """Keep `turn` until it is sent or written, in place of a held turn with its custom id (an earlier step of
+        its prompt); True if one more turn is held (False: it replaced one, or it was dropped: too many are)."""
+        row = Row(None, turn.custom_id, turn.scope, turn.content, turn.metadata, time.time())
         if turn.custom_id in self.rows:
+            self.rows[turn.custom_id] = row
             return False
         if len(self.rows) >= MAX_UNSAVED:
             self.dropped += 1
@@ -74,7 +77,7 @@ class Held:
                     self.path,
                 )
             return False
-        self.rows[turn.custom_id] = Row(None, turn.custom_id, turn.scope, turn.content, turn.metadata, time.time())
+        self.rows[turn.custom_id] = row
         return True
 
     def saved(self, moved: int) -> None:
@@ -96,5 +99,9 @@ class Held:
     def due_times(self) -> list[float]:
         return [row.due_at for row in self.rows.values()]
 
-    def pop(self, custom_id: str) -> None:
-        self.rows.pop(custom_id, None)
+    def pop(self, row: Row) -> bool:
+        """Forget `row`; False if it is no longer held (a later turn replaced it)."""
+        if self.rows.get(row.custom_id) is not row:
+            return False
+        del self.rows[row.custom_id]
+        return True

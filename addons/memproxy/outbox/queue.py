@@ -176,12 +176,12 @@ class Outbox:
         return rows + taken, min(dues, default=None)
 
     async def stored(self, row: Row) -> None:
-        """The store has `row`: forget it."""
+        """The store has `row`: forget it (a row a later turn replaced meanwhile was counted out then)."""
         if row.id is None:
-            self._held.pop(row.custom_id)
+            waiting = self._held.pop(row)
         else:
-            await self._run(table.delete, row.id)
-        self._settled("stored")
+            waiting = await self._run(table.delete, row.id)
+        self._settled("stored", waiting)
 
     async def retry(self, row: Row, due_at: float) -> None:
         """`row` failed for now: send it again at `due_at` (time.time())."""
@@ -192,15 +192,16 @@ class Outbox:
         self._counts["retried"] += 1
 
     async def bury(self, row: Row, status: int | None, error: str) -> None:
-        """Move `row` to the dead letters; a failed write leaves a row on file queued (and raises)."""
+        """Move `row` to the dead letters, unless a later turn replaced it; a failed write leaves a row on file
+        queued (and raises)."""
+        waiting = row.id is not None or self._held.pop(row)
         try:
-            await self._run(table.bury, row, status, error, time.time())
+            waiting = waiting and await self._run(table.bury, row, status, error, time.time())
         except (sqlite3.Error, OSError):
             if row.id is not None:
                 raise  # the row stays queued; the sender pauses and tries again
             # a memory-only turn (the outbox is unwritable, as logged) is dropped: it was rejected anyway
-        self._held.pop(row.custom_id)
-        self._settled("dead")
+        self._settled("dead", waiting)
 
     # -- writing (worker thread) -------------------------------------------
 
@@ -261,16 +262,18 @@ class Outbox:
             self._held.retry_later()
             return False
         for row, added in zip(rows, new):
-            del self._held.rows[row.custom_id]
-            if not added:  # already queued there, or rejected for good
+            if not self._held.pop(row):  # a later turn replaced it in memory while it was written: both wait
+                self._pending += added
+            elif not added:  # in place of a row queued there, or rejected for good
                 self._pending -= 1
         self._held.saved(len(rows))
         self._update_idle()
         return True
 
-    def _settled(self, outcome: str) -> None:
+    def _settled(self, outcome: str, waiting: bool = True) -> None:
+        """Count a row's outcome; it leaves the pending count unless a later turn replaced it (it left then)."""
         self._counts[outcome] += 1
-        self._pending -= 1
+        self._pending -= waiting
         self._update_idle()
 
     def _update_idle(self) -> None:

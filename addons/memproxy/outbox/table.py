@@ -1,6 +1,9 @@
 """The outbox file: a SQLite table of the turns waiting for the store and one of its dead letters, and every
 statement on them.
 
+One row waits per custom id: a turn replaces the row of an earlier step of its prompt by a new row (a new id, so
+it is sent after any row the sender has in flight, and that row's outcome settles nothing of the new one).
+
 The functions that take a connection run in the outbox's worker thread. `list_dead_letters` and
 `scrub_outbox` open the file themselves, for the CLI; listing is read-only and safe while a proxy runs.
 """
@@ -46,11 +49,15 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     failed_at REAL NOT NULL
 );
 """
-# A turn already rejected for good is not queued again.
+# A turn already rejected for good (the same custom id and content) is not queued again.
+REJECTED = "SELECT 1 FROM dead_letters WHERE custom_id = :custom_id AND content = :content"
+# A waiting row of the same custom id gives way, unless it is newer (held in memory, a turn may reach the file late).
+REPLACE = "DELETE FROM outbox WHERE custom_id = :custom_id AND created_at <= :created_at"
+# The new row's id is the largest before the replaced row went: SQLite would give it the replaced row's id again.
+TOP = "SELECT coalesce(max(id), 0) FROM outbox"
 INSERT = """
-INSERT OR IGNORE INTO outbox(custom_id, scope, content, metadata, created_at)
-SELECT :custom_id, :scope, :content, :metadata, :created_at
-WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE custom_id = :custom_id)
+INSERT OR IGNORE INTO outbox(id, custom_id, scope, content, metadata, created_at)
+VALUES (:top + 1, :custom_id, :scope, :content, :metadata, :created_at)
 """
 TAKE = """
 SELECT id, custom_id, scope, content, metadata, created_at, attempts, next_attempt_at
@@ -97,19 +104,28 @@ def connect(path: Path) -> sqlite3.Connection:
 def enqueue(
     db: sqlite3.Connection, custom_id: str, scope: str, content: str, metadata: dict[str, Any], created_at: float
 ) -> bool:
-    """Add a turn to the outbox; False if it is there already or was rejected for good."""
-    row = dict(
+    """Add a turn to the outbox, in place of a waiting row with its custom id; True if the outbox holds one row
+    more (False: it replaced one, a newer one waits, or it was rejected for good)."""
+    if not db.in_transaction:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            return enqueue(db, custom_id, scope, content, metadata, created_at)
+    row: dict[str, Any] = dict(
         custom_id=custom_id,
         scope=scope,
         content=content,
         metadata=json.dumps(metadata, ensure_ascii=False, default=str),
         created_at=created_at,
     )
-    return db.execute(INSERT, row).rowcount > 0
+    if db.execute(REJECTED, row).fetchone() is not None:
+        return False
+    row["top"] = db.execute(TOP).fetchone()[0]
+    replaced = db.execute(REPLACE, row).rowcount
+    return db.execute(INSERT, row).rowcount > replaced
 
 
 def enqueue_all(db: sqlite3.Connection, rows: list[Row]) -> list[bool]:
-    """Write turns held in memory to the outbox, all or none; for each, whether it is new there."""
+    """Write turns held in memory to the outbox, all or none; for each, whether the outbox holds one row more."""
     with db:
         db.execute("BEGIN IMMEDIATE")
         return [enqueue(db, r.custom_id, r.scope, r.content, r.metadata, r.created_at) for r in rows]
@@ -134,23 +150,27 @@ def take(db: sqlite3.Connection, now: float, limit: int) -> tuple[list[Row], flo
     return rows, None if rows else db.execute("SELECT min(next_attempt_at) FROM outbox").fetchone()[0]
 
 
-def delete(db: sqlite3.Connection, id_: int) -> None:
-    db.execute("DELETE FROM outbox WHERE id = ?", (id_,))
+def delete(db: sqlite3.Connection, id_: int) -> bool:
+    """Delete a sent row; False if a later turn had replaced it already."""
+    return db.execute("DELETE FROM outbox WHERE id = ?", (id_,)).rowcount > 0
 
 
 def reschedule(db: sqlite3.Connection, id_: int, attempts: int, due_at: float) -> None:
     db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", (attempts, due_at, id_))
 
 
-def bury(db: sqlite3.Connection, row: Row, status: int | None, error: str, failed_at: float) -> None:
-    """Move `row` to the dead letters, with the store's status and the error (clipped): it is never sent again."""
+def bury(db: sqlite3.Connection, row: Row, status: int | None, error: str, failed_at: float) -> bool:
+    """Move `row` to the dead letters, with the store's status and the error (clipped): it is never sent again.
+    False if a later turn had replaced it (that one is sent instead). A row held in memory (no id) is buried."""
     metadata = json.dumps(row.metadata, ensure_ascii=False, default=str)
     letter = (row.custom_id, row.scope, row.content, metadata, row.created_at)
     letter += (status, error[:MAX_ERROR_CHARS], row.attempts + 1, failed_at)
     with db:
         db.execute("BEGIN IMMEDIATE")
+        if row.id is not None and not db.execute("DELETE FROM outbox WHERE id = ?", (row.id,)).rowcount:
+            return False
         db.execute(BURY, letter)
-        db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+        return True
 
 
 def dead_letters(db: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .base import ReplyAccumulator
+from .base import Entry, ReplyAccumulator
 from .common import (
     INF,
     Breakpoint,
@@ -14,6 +14,7 @@ from .common import (
     MessagesAdapter,
     Plan,
     apply_plan,
+    block_entry,
     breakpoints,
     find,
     join_text,
@@ -24,6 +25,8 @@ from .common import (
 
 _PATH = re.compile(r"/v1/messages/?$")
 _TEXT = ("text",)
+_CALLS = ("tool_use", "server_tool_use", "mcp_tool_use")
+_RESULTS = ("tool_result",)
 
 
 def _text_block(text: str) -> dict:
@@ -41,6 +44,15 @@ class AnthropicAdapter(MessagesAdapter):
 
     name = "anthropic"
     path_pattern = _PATH
+
+    def conversation(self, body: Any) -> list[Entry]:
+        if not self.matches_body(body):
+            return []
+        return [
+            block_entry(m["role"], m.get("content"), _TEXT, _CALLS, _RESULTS)
+            for m in body["messages"]
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+        ]
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

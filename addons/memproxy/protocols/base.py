@@ -4,12 +4,17 @@ An adapter is stateless and works on already-parsed JSON. It never does I/O,
 so it is safe to call from mitmproxy's event loop. Every method must tolerate
 arbitrary JSON (wrong shapes included) without raising: on a shape it does not
 understand it returns "" / leaves the body unchanged / returns False.
+
+A request answers one user prompt: the last user message with text of its own. In a tool loop the
+client sends the prompt once and then, request after request, the assistant's tool calls and their
+results after it; `prompt` tells which prompt a request answers, and `Prompt.key` names it in its
+conversation, the same for every step of the loop.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 QueryStrategy = Literal["last_user", "first_user", "all_user", "last_assistant"]
 InjectStrategy = Literal["system", "user_prefix", "user_suffix", "dual"]
@@ -20,6 +25,24 @@ INJECT_STRATEGIES: tuple[str, ...] = ("system", "user_prefix", "user_suffix", "d
 # stripped from anything we capture) even if a client echoes it back.
 MEMORY_OPEN = "<recalled-memories"
 MEMORY_CLOSE = "</recalled-memories>"
+
+
+class Entry(NamedTuple):
+    """One message (or input item) of a conversation, as prompt detection and the echo filter read it."""
+
+    role: str  # "user", "assistant", or "tool" for tool results in a message of their own
+    text: str  # its text parts, joined by newlines, as the client sent them
+    calls: tuple[str, ...] = ()  # the names of the tools it calls
+    results: bool = False  # it holds tool results
+
+
+class Prompt(NamedTuple):
+    """The user prompt a request answers."""
+
+    text: str  # as `query(body, "last_user")` gives it; "" if the request holds none
+    key: str  # digest of the conversation's user messages up to and including the prompt; "" without one
+    calls: tuple[str, ...] = ()  # tools the assistant called after the prompt, each once, in order
+    follows: bool = False  # tool results come after the prompt (or, without one, anywhere): a tool loop's step
 
 
 class ReplyAccumulator(abc.ABC):
@@ -39,6 +62,10 @@ class ReplyAccumulator(abc.ABC):
     def done(self) -> bool:
         """True once the terminal event of a turn was seen (e.g. message_stop,
         response.completed, [DONE], or Gemini's finishReason)."""
+
+    def calls(self) -> tuple[str, ...]:
+        """The names of the tools the reply calls, where the format's stream names them (none by default)."""
+        return ()
 
 
 class Adapter(abc.ABC):
@@ -70,6 +97,15 @@ class Adapter(abc.ABC):
         count; tool results, tool calls and images are skipped; text inside
         <recalled-memories>…</recalled-memories> is removed; of a long message only
         the start and the end are read (common.SCAN_HEAD, common.SCAN_TAIL)."""
+
+    @abc.abstractmethod
+    def conversation(self, body: Any) -> list[Entry]:
+        """The conversation's messages in order, system and developer messages left out."""
+
+    @abc.abstractmethod
+    def prompt(self, body: Any) -> Prompt:
+        """The prompt the request answers: tool results are never one, and neither is a message whose text
+        is only client boilerplate or injected memories."""
 
     @abc.abstractmethod
     def inject(self, body: Any, context: str, strategy: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import html
 import json
 import re
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import MEMORY_CLOSE, MEMORY_OPEN, Adapter, ReplyAccumulator
+from .base import MEMORY_CLOSE, MEMORY_OPEN, Adapter, Entry, Prompt, ReplyAccumulator
 
 MEMORY_NOTE = (
     "Notes recalled by memproxy from earlier sessions in this scope. "
@@ -224,6 +225,58 @@ def select_query(turns: Iterable[tuple[str, str]], strategy: str) -> str:
     return next(filter(None, map(clean_query, ordered)), "")
 
 
+# -- the prompt ---------------------------------------------------------------------------------------
+
+MAX_CALLS = 8  # tool names a prompt's trace keeps
+MAX_CALL_CHARS = 64
+
+
+def find_prompt(entries: Sequence[Entry]) -> Prompt:
+    """The prompt of a conversation: its last user message with text left once cleaned (as `select_query`
+    reads it). Its key digests the user messages' texts up to and including it, as sent: every step of a
+    tool loop (and every retry) sends those unchanged, and only tool calls and results follow them."""
+    at, text = len(entries), ""
+    for i in range(len(entries) - 1, -1, -1):
+        entry = entries[i]
+        if entry.role == "user" and entry.text and (text := clean_query(entry.text)):
+            at = i
+            break
+    after = entries[at + 1 :] if text else entries
+    calls = unique_calls(name for entry in after for name in entry.calls)
+    follows = any(entry.results for entry in after)
+    if not text:
+        return Prompt("", "", calls, follows)
+    digest = hashlib.blake2b(digest_size=16)
+    for entry in entries[: at + 1]:
+        if entry.role == "user" and entry.text:
+            digest.update(entry.text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+    return Prompt(text, digest.hexdigest(), calls, follows)
+
+
+def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
+    """Tool names, each once, first seen first, at most MAX_CALLS of them, each clipped."""
+    seen: dict[str, None] = {}
+    for name in names:
+        if isinstance(name, str) and (name := name.strip()[:MAX_CALL_CHARS]):
+            seen[name] = None
+            if len(seen) >= MAX_CALLS:
+                break
+    return tuple(seen)
+
+
+def block_entry(role: str, content: Any, text_types: tuple[str | None, ...], call_types: tuple[str, ...],
+                result_types: tuple[str, ...]) -> Entry:
+    """A message whose content is a string or a list of typed blocks: its text, the names of its tool-call
+    blocks (`call_types`) and whether it holds tool-result blocks (`result_types`)."""
+    text = "\n".join(text_parts(content, text_types))
+    if not isinstance(content, list):
+        return Entry(role, text)
+    blocks = [b for b in content if isinstance(b, dict)]
+    calls = tuple(b.get("name") for b in blocks if b.get("type") in call_types)
+    return Entry(role, text, unique_calls(calls), any(b.get("type") in result_types for b in blocks))
+
+
 def text_parts(content: Any, types: tuple[str | None, ...]) -> list[str]:
     """The texts of `content`: a string, or a list of parts whose "type" is one of
     `types` (None: parts without a type, as in Gemini). Thought parts are skipped."""
@@ -301,6 +354,9 @@ class JsonAdapter(Adapter):
 
     def is_streaming(self, path: str, body: Any) -> bool:
         return body_streams(body)
+
+    def prompt(self, body: Any) -> Prompt:
+        return find_prompt(self.conversation(body))
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

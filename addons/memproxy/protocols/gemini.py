@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .base import INJECT_STRATEGIES, ReplyAccumulator
-from .common import EventAccumulator, JsonAdapter, dig, find, leading, select_query, text_parts
+from .base import INJECT_STRATEGIES, Entry, ReplyAccumulator
+from .common import EventAccumulator, JsonAdapter, dig, find, leading, select_query, text_parts, unique_calls
 
 _PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)/?$")
 _TEXT = (None,)  # Gemini parts have no "type"; text parts carry "text"
@@ -34,6 +34,20 @@ def _is_user(content: dict) -> bool:
 
 def _parts_text(parts: Any) -> str:
     return "".join(text_parts(parts, _TEXT))
+
+
+def _entry(content: dict) -> Entry | None:
+    """A user content (its functionResponse parts are tool results) or a model content (its functionCall parts
+    name tools)."""
+    role = content.get("role")
+    if role not in (None, "user", "model"):
+        return None
+    parts = content.get("parts")
+    parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+    text = "\n".join(text_parts(parts, _TEXT))
+    if role == "model":
+        return Entry("assistant", text, unique_calls(dig(p, "functionCall", "name") for p in parts))
+    return Entry("user", text, (), any("functionResponse" in p for p in parts))
 
 
 class GeminiAdapter(JsonAdapter):
@@ -64,6 +78,11 @@ class GeminiAdapter(JsonAdapter):
             if isinstance(c, dict) and c.get("role") in (None, "user", "model")
         )
         return select_query(turns, strategy)
+
+    def conversation(self, body: Any) -> list[Entry]:
+        if not self.matches_body(body):
+            return []
+        return [e for c in body["contents"] if isinstance(c, dict) and (e := _entry(c)) is not None]
 
     @staticmethod
     def _change(body: dict, context: str, strategy: str) -> Callable[[], None] | None:

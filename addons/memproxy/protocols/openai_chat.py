@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .base import ReplyAccumulator
+from .base import Entry, ReplyAccumulator
 from .common import (
     INF,
     Breakpoint,
@@ -21,6 +21,7 @@ from .common import (
     find,
     join_text,
     text_parts,
+    unique_calls,
     user_with_content,
 )
 
@@ -36,6 +37,22 @@ def _is_user(message: dict) -> bool:
     return message.get("role") == "user"
 
 
+def _entry(message: dict) -> Entry | None:
+    """A user or assistant message, or a tool result (role "tool", or "function" of the older API)."""
+    role = message.get("role")
+    if role in ("tool", "function"):
+        return Entry("tool", "", (), True)
+    if role not in ("user", "assistant"):
+        return None
+    text = "\n".join(text_parts(message.get("content"), _TEXT))
+    if role == "user":
+        return Entry(role, text)
+    calls = message.get("tool_calls")
+    names = [dig(call, "function", "name") for call in (calls if isinstance(calls, list) else ())]
+    names.append(dig(message, "function_call", "name"))
+    return Entry(role, text, unique_calls(names))
+
+
 class OpenAIChatAdapter(MessagesAdapter):
     """Positions are keyed (message, part); (message, inf) is a whole message,
     (message, -1) a new message inserted before it. Some OpenAI-compatible
@@ -43,6 +60,11 @@ class OpenAIChatAdapter(MessagesAdapter):
 
     name = "openai_chat"
     path_pattern = _PATH
+
+    def conversation(self, body: Any) -> list[Entry]:
+        if not self.matches_body(body):
+            return []
+        return [e for m in body["messages"] if isinstance(m, dict) and (e := _entry(m)) is not None]
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

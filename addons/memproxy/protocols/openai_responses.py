@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .base import INJECT_STRATEGIES, ReplyAccumulator
+from .base import INJECT_STRATEGIES, Entry, ReplyAccumulator
 from .common import (
     EventAccumulator,
     JsonAdapter,
@@ -16,6 +16,7 @@ from .common import (
     join_text,
     select_query,
     text_parts,
+    unique_calls,
     user_with_content,
 )
 from .openai_chat import openai_error
@@ -36,6 +37,25 @@ def _is_user(item: dict) -> bool:
 
 def _input_text(text: str) -> dict:
     return {"type": "input_text", "text": text}
+
+
+def _entry(item: dict) -> Entry | None:
+    """A user or assistant message, a tool call (`function_call`, `custom_tool_call`, `local_shell_call`, …:
+    named by its `name`, or else by its type) or a tool's output (`…_call_output`)."""
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if role not in ("user", "assistant"):
+            return None
+        return Entry(role, "\n".join(text_parts(item.get("content"), _TEXT)))
+    if not isinstance(kind, str):
+        return None
+    if kind.endswith("_call_output"):
+        return Entry("tool", "", (), True)
+    if kind.endswith("_call"):
+        name = item.get("name")
+        return Entry("assistant", "", unique_calls([name if isinstance(name, str) else kind.removesuffix("_call")]))
+    return None
 
 
 def output_text(response: Any) -> str:
@@ -77,6 +97,14 @@ class OpenAIResponsesAdapter(JsonAdapter):
             if isinstance(item, dict) and (_is_user(item) or _is_message(item, "assistant"))
         )
         return select_query(turns, strategy)
+
+    def conversation(self, body: Any) -> list[Entry]:
+        if not self.matches_body(body):
+            return []
+        items = body.get("input")
+        if isinstance(items, str):
+            return [Entry("user", items)]
+        return [e for item in (items if isinstance(items, list) else ()) if isinstance(item, dict) and (e := _entry(item))]
 
     @staticmethod
     def _change(body: dict, context: str, strategy: str) -> Callable[[], None] | None:
@@ -120,14 +148,21 @@ class _Accumulator(EventAccumulator):
     def __init__(self) -> None:
         super().__init__()
         self._final = ""
+        self._calls: list[str] = []
 
     def on_event(self, event: str | None, obj: dict) -> None:
         kind = obj.get("type", event)
         if kind == "response.output_text.delta":
             self.add(obj.get("delta"), obj.get("output_index"), obj.get("content_index"))
+        elif kind == "response.output_item.done" and isinstance(item := obj.get("item"), dict):
+            if (entry := _entry(item)) is not None:
+                self._calls += entry.calls
         elif kind in _TERMINAL:
             self._done = True
             self._final = output_text(obj.get("response"))
 
     def text(self) -> str:
         return self._final or super().text()
+
+    def calls(self) -> tuple[str, ...]:
+        return unique_calls(self._calls)

@@ -1,0 +1,88 @@
+"""No echoes: a recalled memory whose content the request already holds is not injected.
+
+A conversation's own earlier prompts and answers come back in each of its requests, and were stored as memories
+(a minute ago, or by an earlier session the client resumed): recalled, they would only repeat the conversation
+to itself. A turn's memory (`User: … Assistant: …`, capture.Turn.content) is an echo when the request's user texts hold
+its user part and its assistant texts hold its assistant part; the same question asked in another conversation,
+whose answer the request does not hold, is still recalled. A memory of free text is an echo when the request's
+user or assistant texts hold all of it.
+
+Texts are compared whitespace-normalised, a memory's part by its first PREFIX characters: stored text is clipped
+and scrubbed, so it may end or differ further on. The request's texts are read only when something was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .memory.base import unlabelled
+from .protocols.base import Entry
+
+PREFIX = 200  # characters of a memory's part looked for, once whitespace-normalised
+MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
+USER, ASSISTANT = "User: ", "\nAssistant: "  # capture.Turn.content
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _needle(text: str) -> str:
+    """What is looked for of a memory's part: its start, from a word's start (and to a word's end, if whole)."""
+    text = normalised(text[: PREFIX * 4])
+    return f" {text[:PREFIX]}" if len(text) > PREFIX else f" {text} "
+
+
+class Heard:
+    """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge or split
+    messages when they resume a conversation, so a memory's part is looked for inside them, from a word's start."""
+
+    __slots__ = ("users", "answers", "_joined")
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+        self.answers: list[str] = []
+        self._joined: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry]) -> Heard:
+        heard = cls()
+        for entry in entries:
+            if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
+                heard.users.append(entry.text)
+            elif entry.text and entry.role == "assistant":
+                heard.answers.append(entry.text)
+        return heard
+
+    def extend(self, other: Heard) -> None:
+        self.users += other.users
+        self.answers += other.answers
+        self._joined = None
+
+    def turn(self, user: str, answer: str) -> None:
+        """A prompt and its answer this conversation went through (one the request may no longer carry)."""
+        self.users.append(user)
+        self.answers.append(answer)
+        del self.users[:-MAX_TURNS], self.answers[:-MAX_TURNS]
+        self._joined = None
+
+    def holds(self, memory: str) -> bool:
+        """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
+        if self._joined is None:
+            self._joined = (f" {normalised(' '.join(self.users))} ", f" {normalised(' '.join(self.answers))} ")
+        users, answers = self._joined
+        content = unlabelled(memory)
+        if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
+            user, answer = content[len(USER) : at], content[at + len(ASSISTANT) :]
+            return _needle(user) in users and _needle(answer) in answers
+        text = normalised(content)
+        return bool(text) and (f" {text} " in users or f" {text} " in answers)
+
+
+def without_echoes(found: Sequence[Sequence[str]], heard: Callable[[], Heard], limit: int) -> tuple[tuple[str, ...], ...]:
+    """`found` (memories per scope, best first) without those the conversation holds, at most `limit` per scope.
+    `heard` reads the conversation, called only if something was found."""
+    if not any(found):
+        return tuple(tuple(memories[:limit]) for memories in found)
+    conversation = heard()
+    return tuple(tuple([m for m in memories if not conversation.holds(m)][:limit]) for memories in found)

@@ -1,0 +1,209 @@
+"""End to end: one memory per user prompt across tool loops, and no echoes, with real clients through a real
+mitmdump. The fake upstream answers each prompt with a tool call first (the text said before it, then the call),
+and the request carrying the tool's result with the final answer. Each prompt leaves exactly one memory, holding
+the final answer and never the tool's output, with the tools it called in its metadata; a conversation is never
+given its own prompts and answers back as memories, while the same question asked in another conversation is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SUPERMEMORY_KEY, MitmdumpProc
+from e2e_helpers import MEMORY_TAG, isolated_env, wait_until
+from e2e_helpers import installed_client as installed
+from e2e_helpers import run_client as run
+from fakes import FakeUpstream, ToolCall
+from fakes.supermemory import FakeSupermemory
+from memproxy.memory.base import Memory
+from memproxy.memory.local import LocalStore
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "Which files are in the repository?"
+FINAL = "The repository holds three files."
+OUTPUT = "tool-output-7f3a"  # what the tool prints: never stored
+
+
+class Backend:
+    """The store a mitmdump keeps memories in: the local one, or Supermemory (its fake), which both update a
+    memory stored again with its custom id."""
+
+    def __init__(self, name: str, tmp_path: Path, supermemory: FakeSupermemory | None) -> None:
+        self.name, self.db, self.supermemory = name, tmp_path / "memories.db", supermemory
+        self.options = {"memory_db": str(self.db), "memory_outbox": str(tmp_path / "outbox.db")}
+        self.env = {}
+        if supermemory is not None:
+            self.env = {"SUPERMEMORY_API_KEY": supermemory.api_key, "SUPERMEMORY_BASE_URL": supermemory.url}
+
+    def stored(self, scope: str) -> list[tuple[str, list[str]]]:
+        """(content, tools called) of each memory of `scope` (with Supermemory: of every container, one here)."""
+        if self.supermemory is not None:
+            docs = list(self.supermemory.documents.values())
+            return [(d.content, json.loads(d.metadata.get("calls", "[]"))) for d in docs]
+
+        async def go() -> list[Memory]:
+            store = LocalStore(self.db)
+            try:
+                return await store.list(scope)
+            finally:
+                await store.close()
+
+        return [(m.content, m.metadata.get("calls", [])) for m in asyncio.run(go())] if self.db.exists() else []
+
+    def settled(self, scope: str, content: str) -> list[tuple[str, list[str]]]:
+        """The memories of `scope` once one holds `content` (capture is asynchronous), or as they are after a wait."""
+        wait_until(lambda: any(c == content for c, _ in self.stored(scope)))
+        return self.stored(scope)
+
+
+@pytest.fixture(params=["local", "supermemory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "local":
+        yield Backend("local", tmp_path, None)
+        return
+    with FakeSupermemory(SUPERMEMORY_KEY) as fake:
+        yield Backend("supermemory", tmp_path, fake)
+
+
+def tool_names(data: Any) -> list[str]:
+    tools = data.get("tools") if isinstance(data, dict) else None
+    return [str(t.get("name") or (t.get("function") or {}).get("name")) for t in tools or () if isinstance(t, dict)]
+
+
+# -- Claude Code --------------------------------------------------------------------------------------------------
+
+
+def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
+    env = isolated_env(home) | {
+        "ANTHROPIC_API_KEY": "sk-ant-fake-e2e-turns",
+        "HTTPS_PROXY": proc.proxy_url,
+        "NODE_EXTRA_CA_CERTS": str(proc.ca_path),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    return run(proc, project, [str(installed("claude")), *args], env, wrap=False).strip()
+
+
+def main_calls(upstream: FakeUpstream) -> list[dict[str, Any]]:
+    """Claude Code's conversation requests (those offering its tools), in order."""
+    return [r.json for r in upstream.requests if r.path == "/v1/messages" and "Bash" in tool_names(r.json)]
+
+
+def test_claude_code_tool_loop_is_one_memory_and_never_its_own_echo(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    # The tool takes a moment, so the step before it is stored before the loop's next request is recalled for.
+    call = ToolCall("Bash", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) else None
+    upstream.reply = FINAL
+
+    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash") == FINAL
+    loop = main_calls(upstream)
+    assert len(loop) == 2 and OUTPUT in json.dumps(loop[1]), proc.log_text()  # the tool ran; its result went back
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["Bash"])], proc.log_text()
+    assert all(MEMORY_TAG not in json.dumps(body) for body in loop)  # its own first step was not recalled into it
+
+    # The session resumed: the conversation holds the prompt and its answer, so their memory is an echo.
+    upstream.clear()
+    follow_up = "Which of the files in the repository is the largest?"
+    upstream.reply = "The largest is the README."
+    assert claude(proc, project, home, "-c", "-p", follow_up, "--allowedTools", "Bash") == upstream.reply
+    resumed = main_calls(upstream)
+    assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0])  # the history came back
+    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
+    memories = backend.settled("project:shop", f"User: {follow_up}\nAssistant: {upstream.reply}")
+    assert len(memories) == 2 and not any(OUTPUT in content for content, _ in memories)
+
+    # Another conversation asking the same question is given the first one's answer.
+    upstream.clear()
+    upstream.reply = FINAL
+    claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash")
+    fresh = main_calls(upstream)
+    assert MEMORY_TAG in json.dumps(fresh[0]) and FINAL in json.dumps(fresh[0])
+    assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
+# -- Codex over its WebSocket --------------------------------------------------------------------------------------
+
+
+def codex(proc: MitmdumpProc, project: Path, home: Path, prompt: str) -> str:
+    env = isolated_env(home) | {"OPENAI_API_KEY": "sk-e2e-turns-codex-0123456789"}
+    argv = [str(installed("codex")), "exec", "--skip-git-repo-check", prompt]
+    return run(proc, project, argv, env, wrap=True)
+
+
+def codex_turns(upstream: FakeUpstream) -> list[dict[str, Any]]:
+    sent = [m for r in upstream.requests if r.path == "/v1/responses" for m in r.ws_messages]
+    return [m for m in sent if m.get("type") == "response.create" and m.get("generate") is not False]
+
+
+def test_codex_tool_loop_over_its_websocket_is_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    """Codex sends the loop's later `response.create` with only the function call's output (and
+    `previous_response_id`): it continues the prompt, and its answer is the prompt's memory."""
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    upstream.tool_call = lambda data: ToolCall("shell", {"command": ["bash", "-lc", f"printf {OUTPUT}"]})
+    upstream.reply = FINAL
+
+    assert FINAL in codex(proc, project, home, PROMPT)
+    loop = codex_turns(upstream)
+    assert len(loop) == 2 and PROMPT not in json.dumps(loop[1]["input"]), proc.log_text()
+    assert [item["type"] for item in loop[1]["input"]] == ["function_call_output"]
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["shell"])], proc.log_text()
+    output = loop[1]["input"][0]["output"]  # Codex's answer to a call of a tool it does not have
+    assert all(MEMORY_TAG not in json.dumps(body) for body in loop)
+
+    upstream.clear()  # another session asks the same: the first one's answer is recalled into it
+    assert FINAL in codex(proc, project, home, PROMPT)
+    again = codex_turns(upstream)
+    assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
+    assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
+# -- Chat Completions with the openai SDK ----------------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "list_files", "parameters": {"type": "object", "properties": {}}}}]
+SCOPE = {"x-memory-user-id": "team"}
+
+
+def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
+) -> None:
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    client = openai_client(proc, via="reverse")
+    upstream.tool_call = lambda data: ToolCall("list_files", {})
+    upstream.reply = FINAL
+
+    def ask(messages: list[dict[str, Any]]) -> Any:
+        return client.chat.completions.create(model="gpt-4o", messages=messages, tools=TOOLS, extra_headers=SCOPE)
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": PROMPT}]
+    step = ask(messages).choices[0].message
+    assert step.tool_calls and step.tool_calls[0].function.name == "list_files"
+    # The step before the call is stored (for now) before the loop goes on: it is no memory for the loop itself.
+    assert backend.settled("team", f"User: {PROMPT}\nAssistant: {step.content}")
+    messages += [step.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": step.tool_calls[0].id, "content": OUTPUT}]
+    assert ask(messages).choices[0].message.content == FINAL
+    assert MEMORY_TAG not in json.dumps(upstream.last("/chat/completions").json)
+    memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+
+    # The conversation goes on: its own prompt and answer are no memory for it.
+    messages += [{"role": "assistant", "content": FINAL}, {"role": "user", "content": "Which of the files in the repository is the largest?"}]
+    ask(messages)
+    assert MEMORY_TAG not in json.dumps(upstream.last("/chat/completions").json)
+    # Another conversation asking the same is given the answer.
+    ask([{"role": "user", "content": PROMPT}])
+    sent = json.dumps(upstream.last("/chat/completions").json)
+    assert MEMORY_TAG in sent and FINAL in sent
+    assert all(OUTPUT not in content for content, _ in backend.stored("team"))

@@ -1,0 +1,179 @@
+"""Which prompt a request answers, in each wire format: every step of a tool loop (tool calls, then their
+results, then the final answer) names the same prompt with the same key; tool results are never a prompt; the
+same words after another history are another prompt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from memproxy.protocols.anthropic import AnthropicAdapter
+from memproxy.protocols.base import Adapter
+from memproxy.protocols.gemini import GeminiAdapter
+from memproxy.protocols.openai_chat import OpenAIChatAdapter
+from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
+
+PROMPT = "Which files are in the repository?"
+STEP = "I will run a shell command first."
+FINAL = "There are three files."
+REMINDER = "<system-reminder>The todo list is empty.</system-reminder>"
+
+
+# Each format as a builder of request bodies from a conversation written once:
+# ("user", text) | ("assistant", text, tool or None) | ("result", output) | ("reminder",)
+
+
+def anthropic(turns: list[tuple]) -> dict:
+    messages: list[dict] = [{"role": "system", "content": "Primary working directory: /repo"}]
+    for turn in turns:
+        if turn[0] == "user":
+            messages.append({"role": "user", "content": [{"type": "text", "text": turn[1]}]})
+        elif turn[0] == "assistant":
+            content: list[dict] = [{"type": "text", "text": turn[1]}]
+            if turn[2]:
+                content.append({"type": "tool_use", "id": "toolu_1", "name": turn[2], "input": {"command": "ls"}})
+            messages.append({"role": "assistant", "content": content})
+        elif turn[0] == "result":
+            block = {"type": "tool_result", "tool_use_id": "toolu_1", "content": turn[1], "cache_control": {"type": "ephemeral"}}
+            messages.append({"role": "user", "content": [block]})
+        else:  # Claude Code puts reminders in a user message of their own, or beside tool results
+            messages[-1]["content"].append({"type": "text", "text": REMINDER})
+    return {"model": "claude-sonnet-4-6", "messages": messages}
+
+
+def chat(turns: list[tuple]) -> dict:
+    messages: list[dict] = [{"role": "system", "content": "You are helpful."}]
+    for turn in turns:
+        if turn[0] == "user":
+            messages.append({"role": "user", "content": turn[1]})
+        elif turn[0] == "assistant":
+            message: dict = {"role": "assistant", "content": turn[1]}
+            if turn[2]:
+                message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": turn[2], "arguments": "{}"}}]
+            messages.append(message)
+        elif turn[0] == "result":
+            messages.append({"role": "tool", "tool_call_id": "call_1", "content": turn[1]})
+        else:
+            messages.append({"role": "user", "content": REMINDER})
+    return {"model": "gpt-4o", "messages": messages}
+
+
+def responses(turns: list[tuple]) -> dict:
+    items: list[dict] = [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]}]
+    for turn in turns:
+        if turn[0] == "user":
+            items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": turn[1]}]})
+        elif turn[0] == "assistant":
+            items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": turn[1]}]})
+            if turn[2]:
+                items.append({"type": "function_call", "call_id": "c1", "name": turn[2], "arguments": "{}"})
+        elif turn[0] == "result":
+            items.append({"type": "function_call_output", "call_id": "c1", "output": turn[1]})
+        else:
+            items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": REMINDER}]})
+    return {"model": "gpt-5", "input": items}
+
+
+def gemini(turns: list[tuple]) -> dict:
+    contents: list[dict] = []
+    for turn in turns:
+        if turn[0] == "user":
+            contents.append({"role": "user", "parts": [{"text": turn[1]}]})
+        elif turn[0] == "assistant":
+            parts: list[dict] = [{"text": turn[1]}]
+            if turn[2]:
+                parts.append({"functionCall": {"name": turn[2], "args": {"command": "ls"}}})
+            contents.append({"role": "model", "parts": parts})
+        elif turn[0] == "result":
+            contents.append({"role": "user", "parts": [{"functionResponse": {"name": "shell", "response": {"output": turn[1]}}}]})
+        else:
+            contents[-1]["parts"].append({"text": REMINDER})
+    return {"contents": contents}
+
+
+FORMATS: dict[str, tuple[Adapter, Callable[[list[tuple]], dict]]] = {
+    "anthropic": (AnthropicAdapter(), anthropic),
+    "chat": (OpenAIChatAdapter(), chat),
+    "responses": (OpenAIResponsesAdapter(), responses),
+    "gemini": (GeminiAdapter(), gemini),
+}
+
+LOOP = [
+    [("user", PROMPT)],
+    [("user", PROMPT), ("assistant", STEP, "shell"), ("result", "a.py b.py c.py")],
+    [("user", PROMPT), ("assistant", STEP, "shell"), ("result", "a.py b.py c.py"), ("reminder",)],
+    [("user", PROMPT), ("assistant", STEP, "shell"), ("result", "a.py"), ("assistant", "", "read"), ("result", "x")],
+]
+
+
+@pytest.fixture(params=list(FORMATS))
+def fmt(request: pytest.FixtureRequest) -> tuple[Adapter, Callable[[list[tuple]], dict]]:
+    return FORMATS[request.param]
+
+
+def test_every_step_of_a_tool_loop_answers_one_prompt(fmt: Any) -> None:
+    adapter, build = fmt
+    prompts = [adapter.prompt(build(turns)) for turns in LOOP]
+    assert {p.text for p in prompts} == {PROMPT}
+    assert len({p.key for p in prompts}) == 1 and prompts[0].key
+    assert [p.follows for p in prompts] == [False, True, True, True]
+    assert [p.calls for p in prompts] == [(), ("shell",), ("shell",), ("shell", "read")]
+
+
+def test_the_next_prompt_is_another_and_the_same_words_after_another_history_too(fmt: Any) -> None:
+    adapter, build = fmt
+    first = adapter.prompt(build(LOOP[1]))
+    after = [*LOOP[1], ("assistant", FINAL, None), ("user", "And hidden files?")]
+    second = adapter.prompt(build(after))
+    assert second.text == "And hidden files?" and second.key != first.key
+    assert second.calls == () and not second.follows  # the earlier loop's calls belong to the earlier prompt
+    elsewhere = adapter.prompt(build([("user", "Where is the README?"), ("assistant", "At the root.", None),
+                                      ("user", "And hidden files?")]))
+    assert elsewhere.text == second.text and elsewhere.key != second.key
+    assert adapter.prompt(build([("user", PROMPT)])).key == first.key  # the same words, the same history
+
+
+def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:
+    adapter, build = fmt
+    prompt = adapter.prompt(build([("result", "a.py")]))
+    assert prompt.text == "" and prompt.key == "" and prompt.follows
+
+
+def test_a_responses_continuation_over_a_websocket_carries_only_tool_outputs() -> None:
+    """Codex's later `response.create` of a loop: `previous_response_id` and the outputs, no user text."""
+    adapter = OpenAIResponsesAdapter()
+    body = {"type": "response.create", "previous_response_id": "resp_1",
+            "input": [{"type": "function_call_output", "call_id": "c1", "output": "a.py"}]}
+    assert adapter.prompt(body) == ("", "", (), True)
+    custom = {"type": "response.create", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": PROMPT}]},
+        {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},
+        {"type": "custom_tool_call_output", "call_id": "c2", "output": "done"},
+        {"type": "local_shell_call", "call_id": "c3", "action": {}},
+    ]}
+    assert adapter.prompt(custom).calls == ("apply_patch", "local_shell")
+
+
+def test_a_responses_reply_names_the_tools_it_calls() -> None:
+    reply = OpenAIResponsesAdapter().accumulator()
+    item = {"type": "function_call", "name": "shell", "call_id": "c1", "arguments": "{}"}
+    reply.feed(None, json.dumps({"type": "response.output_item.done", "output_index": 0, "item": item}))
+    assert reply.calls() == ("shell",)
+
+
+def test_an_injected_memory_or_boilerplate_alone_is_no_prompt() -> None:
+    adapter, build = FORMATS["chat"]
+    body = build([("user", PROMPT), ("assistant", STEP, "shell"), ("result", "ok")])
+    body["messages"].append({"role": "user", "content": '<recalled-memories scope="s">- x</recalled-memories>'})
+    assert adapter.prompt(body).text == PROMPT and adapter.prompt(body).follows
+
+
+def test_trace_keeps_a_few_names_each_once() -> None:
+    adapter, build = FORMATS["chat"]
+    turns: list[tuple] = [("user", PROMPT)]
+    for i in range(20):
+        turns += [("assistant", "", f"tool{i % 12}"), ("result", "x")]
+    calls = adapter.prompt(build(turns)).calls
+    assert calls == tuple(f"tool{i}" for i in range(8))
