@@ -42,9 +42,16 @@ class Backend:
 
     def stored(self, scope: str) -> list[tuple[str, list[str]]]:
         """(content, tools called) of each memory of `scope` (with Supermemory: of every container, one here)."""
+        return [(content, json.loads(calls) if isinstance(calls, str) else calls) for content, calls, _ in self.memories(scope)]
+
+    def conversations(self, scope: str) -> set[str]:
+        """The conversations the memories of `scope` name."""
+        return {conversation for _, _, conversation in self.memories(scope)}
+
+    def memories(self, scope: str) -> list[tuple[str, Any, Any]]:
         if self.supermemory is not None:
             docs = list(self.supermemory.documents.values())
-            return [(d.content, json.loads(d.metadata.get("calls", "[]"))) for d in docs]
+            return [(d.content, d.metadata.get("calls", "[]"), d.metadata.get("conversation")) for d in docs]
 
         async def go() -> list[Memory]:
             store = LocalStore(self.db)
@@ -53,7 +60,8 @@ class Backend:
             finally:
                 await store.close()
 
-        return [(m.content, m.metadata.get("calls", [])) for m in asyncio.run(go())] if self.db.exists() else []
+        found = asyncio.run(go()) if self.db.exists() else []
+        return [(m.content, m.metadata.get("calls", []), m.metadata.get("conversation")) for m in found]
 
     def settled(self, scope: str, content: str) -> list[tuple[str, list[str]]]:
         """The memories of `scope` once one holds `content` (capture is asynchronous), or as they are after a wait."""
@@ -120,6 +128,8 @@ def test_claude_code_tool_loop_is_one_memory_and_never_its_own_echo(
     assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
     memories = backend.settled("project:shop", f"User: {follow_up}\nAssistant: {upstream.reply}")
     assert len(memories) == 2 and not any(OUTPUT in content for content, _ in memories)
+    [conversation] = backend.conversations("project:shop")  # both turns name their one conversation
+    assert isinstance(conversation, str) and len(conversation) == 16
 
     # Another conversation asking the same question is given the first one's answer.
     upstream.clear()

@@ -133,6 +133,8 @@ def test_the_next_prompt_is_another_and_the_same_words_after_another_history_too
                                       ("user", "And hidden files?")]))
     assert elsewhere.text == second.text and elsewhere.key != second.key
     assert adapter.prompt(build([("user", PROMPT)])).key == first.key  # the same words, the same history
+    assert second.conversation == first.conversation != elsewhere.conversation  # named by its first message
+    assert len(first.conversation) == 16 and adapter.prompt(build([("result", "a.py")])).conversation == ""
 
 
 def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:
@@ -146,7 +148,7 @@ def test_a_responses_continuation_over_a_websocket_carries_only_tool_outputs() -
     adapter = OpenAIResponsesAdapter()
     body = {"type": "response.create", "previous_response_id": "resp_1",
             "input": [{"type": "function_call_output", "call_id": "c1", "output": "a.py"}]}
-    assert adapter.prompt(body) == ("", "", (), True)
+    assert adapter.prompt(body) == ("", "", (), True, "")
     custom = {"type": "response.create", "input": [
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": PROMPT}]},
         {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},

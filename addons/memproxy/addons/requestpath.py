@@ -126,11 +126,13 @@ class Thread:
     user: str = ""
     calls: tuple[str, ...] = ()
     heard: Heard = field(default_factory=Heard)
+    conversation: str = ""  # named by the connection's first prompt
 
     def answers(self, prompt: Prompt) -> tuple[str, str, tuple[str, ...]]:
         """The user text, key and calls of the prompt a message answers: its own (a retry of the current one
         keeps its key), or, for a message of only tool outputs, the current one's."""
         if prompt.text:
+            self.conversation = self.conversation or prompt.conversation
             if prompt.key != self.raw:
                 chained = hashlib.blake2b(f"{self.key}\0{prompt.key}".encode(), digest_size=16).hexdigest()
                 self.key = chained if self.key else prompt.key
@@ -313,10 +315,11 @@ class RequestPath:
             outcome.skipped = "sent through the Supermemory router"
             return decision
         prompt = adapter.prompt(body)
-        user, key, calls, thread = prompt.text, prompt.key, prompt.calls, None
+        user, key, calls, conversation, thread = prompt.text, prompt.key, prompt.calls, prompt.conversation, None
         if flow.websocket is not None:
             thread = self.threads.setdefault(flow.id, Thread())
             user, key, calls = thread.answers(prompt)
+            conversation = thread.conversation
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
         if route.project is not None:
             self.names.used(route.project, route.tool or client)
@@ -333,6 +336,8 @@ class RequestPath:
                 metadata["tool"] = route.tool
             if route.project is not None:
                 metadata["project"] = route.project
+            if conversation:
+                metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
             decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision

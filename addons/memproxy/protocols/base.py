@@ -43,6 +43,7 @@ class Prompt(NamedTuple):
     key: str  # digest of the conversation's user messages up to and including the prompt; "" without one
     calls: tuple[str, ...] = ()  # tools the assistant called after the prompt, each once, in order
     follows: bool = False  # tool results come after the prompt (or, without one, anywhere): a tool loop's step
+    conversation: str = ""  # digest of the conversation's first user message: the same for each of its prompts
 
 
 class ReplyAccumulator(abc.ABC):

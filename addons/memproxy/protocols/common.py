@@ -234,7 +234,8 @@ MAX_CALL_CHARS = 64
 def find_prompt(entries: Sequence[Entry]) -> Prompt:
     """The prompt of a conversation: its last user message with text left once cleaned (as `select_query`
     reads it). Its key digests the user messages' texts up to and including it, as sent: every step of a
-    tool loop (and every retry) sends those unchanged, and only tool calls and results follow them."""
+    tool loop (and every retry) sends those unchanged, and only tool calls and results follow them. The
+    conversation is named by its first user message's text alone."""
     at, text = len(entries), ""
     for i in range(len(entries) - 1, -1, -1):
         entry = entries[i]
@@ -246,12 +247,14 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     follows = any(entry.results for entry in after)
     if not text:
         return Prompt("", "", calls, follows)
-    digest = hashlib.blake2b(digest_size=16)
+    digest, first = hashlib.blake2b(digest_size=16), None
     for entry in entries[: at + 1]:
         if entry.role == "user" and entry.text:
-            digest.update(entry.text.encode("utf-8", "surrogatepass"))
+            raw = entry.text.encode("utf-8", "surrogatepass")
+            first = first or hashlib.blake2b(raw, digest_size=8).hexdigest()
+            digest.update(raw)
             digest.update(b"\0")
-    return Prompt(text, digest.hexdigest(), calls, follows)
+    return Prompt(text, digest.hexdigest(), calls, follows, first or "")
 
 
 def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
