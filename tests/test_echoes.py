@@ -26,7 +26,15 @@ def test_the_conversations_own_turns_are_echoes() -> None:
     heard = Heard.of(CONVERSATION)
     assert heard.holds(memory(PROMPT, "I will run a shell command first."))  # its own step, stored a moment ago
     assert heard.holds(memory(PROMPT, f"{ANSWER}\n\nAnything else?"))
-    assert heard.holds(memory("Which one is the largest?", ANSWER))  # whitespace-normalised
+    assert heard.holds(memory("Which one is   the largest?", ANSWER))  # a later prompt of its own
+
+
+def test_a_short_part_must_be_a_whole_message() -> None:
+    heard = Heard.of([Entry("user", "Deploy it"), Entry("assistant", "ok"), Entry("user", "ok, and the docs?"),
+                      Entry("assistant", "Looking at the docs: they are ok")])
+    assert heard.holds(memory("Deploy it", "ok"))
+    assert not heard.holds(memory("ok", "ok"))  # "ok" is no user message of its own, only a part of one
+    assert not heard.holds(memory("Deploy", "ok"))
 
 
 def test_the_same_question_elsewhere_is_no_echo() -> None:

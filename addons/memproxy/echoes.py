@@ -5,10 +5,13 @@ A conversation's own earlier prompts and answers come back in each of its reques
 to itself. A turn's memory (`User: … Assistant: …`, capture.Turn.content) is an echo when the request's user texts hold
 its user part and its assistant texts hold its assistant part; the same question asked in another conversation,
 whose answer the request does not hold, is still recalled. A memory of free text is an echo when the request's
-user or assistant texts hold all of it.
+user or assistant texts hold it.
 
-Texts are compared whitespace-normalised, a memory's part by its first PREFIX characters: stored text is clipped
-and scrubbed, so it may end or differ further on. The request's texts are read only when something was found.
+A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, and scrubbed
+further on, but otherwise the text the client sent), with one C-speed substring search over the request's texts
+joined: the conversation may be megabytes, and this runs on the event loop. A part shorter than SHORT characters
+must be a whole message instead, so that "ok" is not found inside any text. The request's texts are read only
+when something was found.
 """
 
 from __future__ import annotations
@@ -18,31 +21,30 @@ from collections.abc import Callable, Iterable, Sequence
 from .memory.base import unlabelled
 from .protocols.base import Entry
 
-PREFIX = 200  # characters of a memory's part looked for, once whitespace-normalised
+PREFIX = 200  # characters of a memory's part looked for
+SHORT = 24  # a part shorter than this must be a whole message (stripped)
 MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
 USER, ASSISTANT = "User: ", "\nAssistant: "  # capture.Turn.content
+SEPARATOR = "\0"  # between the texts joined: no stored part holds it
 
 
-def normalised(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _needle(text: str) -> str:
-    """What is looked for of a memory's part: its start, from a word's start (and to a word's end, if whole)."""
-    text = normalised(text[: PREFIX * 4])
-    return f" {text[:PREFIX]}" if len(text) > PREFIX else f" {text} "
+def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
+    part = part.strip()
+    if len(part) < SHORT:
+        return bool(part) and part in whole
+    return part[:PREFIX] in joined
 
 
 class Heard:
-    """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge or split
-    messages when they resume a conversation, so a memory's part is looked for inside them, from a word's start."""
+    """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge messages
+    when they resume a conversation, so a memory's part is looked for inside them."""
 
     __slots__ = ("users", "answers", "_joined")
 
     def __init__(self) -> None:
         self.users: list[str] = []
         self.answers: list[str] = []
-        self._joined: tuple[str, str] | None = None
+        self._joined: tuple[str, frozenset[str], str, frozenset[str]] | None = None
 
     @classmethod
     def of(cls, entries: Iterable[Entry]) -> Heard:
@@ -69,14 +71,14 @@ class Heard:
     def holds(self, memory: str) -> bool:
         """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
         if self._joined is None:
-            self._joined = (f" {normalised(' '.join(self.users))} ", f" {normalised(' '.join(self.answers))} ")
-        users, answers = self._joined
+            self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
+                            SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
+        users, whole_users, answers, whole_answers = self._joined
         content = unlabelled(memory)
         if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
             user, answer = content[len(USER) : at], content[at + len(ASSISTANT) :]
-            return _needle(user) in users and _needle(answer) in answers
-        text = normalised(content)
-        return bool(text) and (f" {text} " in users or f" {text} " in answers)
+            return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
+        return _found(content, users, whole_users) or _found(content, answers, whole_answers)
 
 
 def without_echoes(found: Sequence[Sequence[str]], heard: Callable[[], Heard], limit: int) -> tuple[tuple[str, ...], ...]:

@@ -51,10 +51,12 @@ def propagate(
     """Memories ranked by their own score plus `weight` times the scores of their neighbours among the
     candidates: (id, score), best first; ties keep the candidates' order, then the order neighbours came in.
 
-    `scores` maps each candidate to its score (higher is better, none negative), `adjacent` a candidate to its
+    `scores` maps each candidate to its score, best first (higher is better, none negative), `adjacent` a candidate to its
     neighbours (symmetric: a candidate's neighbour that is a candidate lists it back). A neighbour that is not
     a candidate is ranked by what it receives alone.
     """
+    if not any(adjacent.values()):
+        return list(scores.items())  # no neighbours: the candidates in their order
     total = dict(scores)
     for memory, score in scores.items():
         for other in adjacent.get(memory, ()):
