@@ -579,8 +579,11 @@ def test_near_duplicates_are_merged_into_the_newest(store: LocalStore, tmp_path:
     assert run(store.count("p")) == 1
 
     assert run(store.add("p", "the api listens on port 7001")) != run(store.add("p", "the api listens on port 7002"))
+    question = "User: Question load-196 about the parser module?\nAssistant: Reply to load-196: it is written in Rust."
+    assert run(store.add("p", question)) != run(store.add("p", question.replace("196", "197")))  # a number differs
+    assert run(store.add("p", "the api is written in go now")) == run(store.add("p", "the api is written in rust now"))
     assert run(store.add("q", answer)) != first  # another scope's memory is never merged
-    assert run(store.count("p")) == 3 and run(store.count("q")) == 1
+    assert run(store.count("p")) == 6 and run(store.count("q")) == 1
     integrity(tmp_path / "memories.db")
 
 

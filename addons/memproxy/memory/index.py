@@ -34,9 +34,11 @@ STOPWORDS = frozenset(
 )
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
-# Two memories are near-duplicates when this share of their words, in order, is the same (difflib's ratio):
-# one word changed in twenty still merges; a changed number in a short note does not.
-NEAR_DUPLICATE = 0.9
+# Two memories are near-duplicates when at most one word in NEAR_DUPLICATE_WORDS of the longer differs (one at
+# least, in texts of NEAR_DUPLICATE_MIN words or more), the words taken in order, and no number differs: a turn
+# retried with a word changed merges; turns that differ in a number, or in a name named twice, do not.
+NEAR_DUPLICATE_WORDS = 40
+NEAR_DUPLICATE_MIN = 5
 NEAR_CANDIDATES = 3  # memories of the scope compared with a new one: its best matches
 NEAR_TERMS = 8  # words of a new memory that find them (a near-duplicate holds nearly all of its words)
 
@@ -99,13 +101,25 @@ def index_text(content: str, created_at: float) -> str:
     return " ".join((*words(content), date_words(created_at))).rstrip()
 
 
-def resemblance(a: str, b: str) -> float:
-    """How alike two texts are, word by word (every word, numbers included) and in order: 1.0 for the same."""
+def near_duplicates(a: str, b: str) -> bool:
+    """Whether two texts are near-duplicates (see NEAR_DUPLICATE_WORDS): every word counts, numbers included."""
     x, y = WORD.findall(a.lower()), WORD.findall(b.lower())
+    if x == y:
+        return bool(x)
+    longer = max(len(x), len(y))
+    needed = longer - max(1, longer // NEAR_DUPLICATE_WORDS)  # words in common, at least
+    if longer < NEAR_DUPLICATE_MIN or min(len(x), len(y)) < needed:
+        return False
     matcher = difflib.SequenceMatcher(None, x, y, autojunk=False)
-    if matcher.real_quick_ratio() < NEAR_DUPLICATE or matcher.quick_ratio() < NEAR_DUPLICATE:
-        return 0.0
-    return matcher.ratio()
+    if matcher.quick_ratio() * (len(x) + len(y)) / 2 < needed:  # a cheap upper bound of the words in common
+        return False
+    common, changed = 0, []
+    for tag, i, j, k, m in matcher.get_opcodes():
+        if tag == "equal":
+            common += j - i
+        else:
+            changed += x[i:j] + y[k:m]
+    return common >= needed and not any(c.isdigit() for word in changed for c in word)
 
 
 class Indexes:

@@ -17,7 +17,7 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, NEAR_DUPLICATE, NEAR_TERMS, Indexes, match, query_terms, relative_dates, resemblance
+from .index import NEAR_CANDIDATES, NEAR_TERMS, Indexes, match, near_duplicates, query_terms, relative_dates
 from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
@@ -324,7 +324,7 @@ class LocalStore(MemoryStore):
         ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (match(terms), NEAR_CANDIDATES))]
         sql = READ.format(columns="m.content, m.metadata, m.created_at", ids=", ".join("?" * len(ids)))
         for row in db.execute(sql, (*ids, scope)) if ids else ():
-            if resemblance(content, row[1]) >= NEAR_DUPLICATE:
+            if near_duplicates(content, row[1]):
                 return tuple(row)
         return None
 
