@@ -82,6 +82,19 @@ def relative_dates(text: str, now: float) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def near_match(content: str) -> str:
+    """An FTS5 query for the memories that may nearly repeat `content`: those holding all of the first half of
+    its NEAR_TERMS longest words, or all of the second half (one changed word misses one half only). Memories
+    holding all of a few words are few: cheaper to rank than those holding any."""
+    terms = query_terms(content)[:NEAR_TERMS]
+    half = (len(terms) + 1) // 2
+    return " OR ".join(f"({' AND '.join(map(_quoted, group))})" for group in (terms[:half], terms[half:]) if group)
+
+
+def _quoted(term: str) -> str:
+    return f'"{term}"'
+
+
 def match(terms: Iterable[str]) -> str:
     """An FTS5 query for any of `terms` (words: no FTS5 syntax can reach it)."""
     return " OR ".join(f'"{t}"' for t in terms)

@@ -17,7 +17,7 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, NEAR_TERMS, Indexes, match, near_duplicates, query_terms, relative_dates
+from .index import NEAR_CANDIDATES, Indexes, match, near_duplicates, near_match, query_terms, relative_dates
 from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
@@ -318,10 +318,10 @@ class LocalStore(MemoryStore):
         """The memory of `scope` that `content` nearly repeats (the same answer stored again, a turn retried with
         a word changed), among its best matches; None if there is none."""
         table = self._indexes.table(db, scope)
-        terms = query_terms(content)[:NEAR_TERMS] if table is not None else []
-        if not terms:
+        query = near_match(content) if table is not None else ""
+        if not query:
             return None
-        ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (match(terms), NEAR_CANDIDATES))]
+        ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (query, NEAR_CANDIDATES))]
         sql = READ.format(columns="m.content, m.metadata, m.created_at", ids=", ".join("?" * len(ids)))
         for row in db.execute(sql, (*ids, scope)) if ids else ():
             if near_duplicates(content, row[1]):
