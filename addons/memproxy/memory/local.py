@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+STATEMENTS = 1024  # prepared statements kept: a few for each scope searched (its index is a table of its own)
 # bm25() counts every memory holding each query term, so a common term costs the most and ranks the
 # least: a search in a scope larger than this keeps its rarest terms up to this many counted memories.
 DF_BUDGET = 10_000
@@ -57,7 +58,8 @@ COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
 # Recall's: nothing it does not inject (a memory's content, tool and date).
 CONTENTS = "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
 # `columns` of the memories with the given ids, if they are the scope's: a search only ever returns the scope's own.
-READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND m.scope = ?"
+# `+m.scope` keeps SQLite from scanning the scope's index instead of reading the few ids.
+READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND +m.scope = ?"
 DF = "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
@@ -186,7 +188,7 @@ class LocalStore(MemoryStore):
         try:
             # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
             path = private.private_path(self.path, create=True, companions=private.SQLITE_COMPANIONS)
-            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, cached_statements=STATEMENTS)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]

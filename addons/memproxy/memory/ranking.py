@@ -34,7 +34,7 @@ SELECT c.id,
         ORDER BY n.created_at, n.id LIMIT 1)
 FROM (
     SELECT m.id, m.created_at, {_CONVERSATION.format(m="m")} AS conversation
-    FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value WHERE m.scope = :scope
+    FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value WHERE +m.scope = :scope
 ) AS c
 WHERE c.conversation IS NOT NULL
 """
