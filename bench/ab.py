@@ -8,12 +8,16 @@ split by thread (the loop thread and all others, from /proc/<pid>/task), since a
 one to the other without saving any.
 
 A revision is anything `git archive` takes (HEAD~1, a branch, a commit) or "worktree" for the files as they
-are now. Setup c instead of d: BENCH_AB_SETUP=c.
+are now. Setup c instead of d: BENCH_AB_SETUP=c. Each revision searches its own copy of the setup's store,
+indexed by its own code before the runs (`own_store`): a store's schema may differ between revisions, and an
+older revision refuses a newer schema.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -41,6 +45,34 @@ def checkout(rev: str) -> Path:
         archive = subprocess.run(["git", "archive", commit, "addons"], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
+
+
+# Opens a store with the revision's own code (on PYTHONPATH), which rebuilds its index, and closes it.
+REINDEX = """
+import asyncio, sys
+from memproxy.memory.local import LocalStore
+
+async def main():
+    store = LocalStore(sys.argv[1])
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def own_store(tree: Path, store: Path, tag: str) -> Path:
+    """A copy of `store` for the revision in `tree`, its index rebuilt by that revision's store on open (user_version
+    0 makes any revision rebuild it), done now so that no run waits for it."""
+    copy = OUT / f"{tag}{store.name}"
+    if not copy.exists() or copy.stat().st_mtime < store.stat().st_mtime:
+        shutil.copy(store, copy)
+        with sqlite3.connect(copy) as con:
+            con.execute("PRAGMA user_version = 0")
+        con.close()
+        env = {**os.environ, "PYTHONPATH": str(tree / "addons")}
+        subprocess.run([sys.executable, "-c", REINDEX, str(copy)], env=env, check=True)
+    return copy
 
 
 def cpu_by_thread(pid: int) -> tuple[float, float]:
@@ -78,7 +110,12 @@ def main() -> None:
     if len(revs) < 2:
         sys.exit(__doc__)
     files = prepare()
-    loads = {rev: overhead_loads(files, str(checkout(rev) / "addons" / "memory.py"), tag=f"ab{i}-")[SETUP] for i, rev in enumerate(revs)}
+    store = "fts" if SETUP == "d" else "cache"
+    loads = {}
+    for i, rev in enumerate(revs):
+        tree = checkout(rev)
+        own = {**files, store: own_store(tree, files.get(store, OUT / "cache.db"), f"ab{i}-")}
+        loads[rev] = overhead_loads(own, str(tree / "addons" / "memory.py"), tag=f"ab{i}-")[SETUP]
     turns: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in revs}
     with processes() as started:
         upstream = start_upstream(started)

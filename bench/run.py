@@ -130,7 +130,7 @@ def overhead_loads(
 ) -> dict[str, Load]:
     """Section 1's setups (a), (a′), (b), (c), (d): `script` as our addon, each server a `proxy`, `options` added to ours.
     `tag` starts the servers' names (their logs and outboxes), for tools that run them beside these."""
-    body, fts, cache = OUT / "body-cache.json", OUT / "body-fts.json", OUT / "cache.db"
+    body, fts, cache = OUT / "body-cache.json", OUT / "body-fts.json", files.get("cache", OUT / "cache.db")
 
     def ours(name: str, db: Path) -> dict[str, str]:
         return memory_options(files, db, "rules_cache", tag + name) | options
