@@ -116,3 +116,28 @@ def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(
             await store.close()
 
     assert asyncio.run(search())[:2] == [1, 2]  # its neighbour brings it in, right behind
+
+
+def test_a_scope_of_notes_ranks_by_bm25_until_a_conversation_arrives(tmp_path: Path) -> None:
+    """Notes added by hand have no neighbours; the store knows it, and learns at once when a turn arrives."""
+    t = 1_700_000_000.0
+
+    async def go() -> tuple[list[str], list[str]]:
+        store = LocalStore(tmp_path / "m.db", clock=lambda: t)
+        try:
+            await store.add("s", "User: which database for billing?\nAssistant: what are its write patterns?")
+            await store.add("s", "User: mostly appends\nAssistant: then PostgreSQL with a partitioned table")
+            notes = [m.content for m in await store.search("s", "billing database", 5)]
+            for text in ("User: which queue for billing?\nAssistant: how many messages a day?",
+                         "User: about ten thousand\nAssistant: then RabbitMQ is plenty"):
+                await store.add("t", text, metadata=C)
+                await store.add("s", text, metadata=C)
+            turns = [m.content for m in await store.search("s", "billing queue", 5)]
+            return notes, turns
+        finally:
+            await store.close()
+
+    notes, turns = asyncio.run(go())
+    assert notes == ["User: which database for billing?\nAssistant: what are its write patterns?"]
+    assert turns[:2] == ["User: which queue for billing?\nAssistant: how many messages a day?",
+                         "User: about ten thousand\nAssistant: then RabbitMQ is plenty"]

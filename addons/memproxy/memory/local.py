@@ -60,6 +60,7 @@ CONTENTS = "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.meta
 # `columns` of the memories with the given ids, if they are the scope's: a search only ever returns the scope's own.
 # `+m.scope` keeps SQLite from scanning the scope's index instead of reading the few ids.
 READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND +m.scope = ?"
+CONVERSING = "SELECT 1 FROM memories WHERE scope = ? AND instr(metadata, '\"conversation\"') > 0 LIMIT 1"
 DF = "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
 INSERT = (
@@ -94,6 +95,7 @@ class LocalStore(MemoryStore):
         # added to each table since its segments were last merged.
         self._indexes = Indexes()
         self._sizes: dict[str, int] = {}
+        self._conversing: dict[str, bool] = {}  # scope -> whether it holds turns of a conversation
         self._df: dict[tuple[str, str], int] = {}
         self._df_expiry = 0.0
         self._unmerged: Counter[str] = Counter()
@@ -238,13 +240,17 @@ class LocalStore(MemoryStore):
         terms = self._affordable(db, scope, table, terms) if table is not None and terms else []
         if not terms:
             return []
-        scores = {id_: -rank for id_, rank in db.execute(self._indexes.rank_sql(table), (match(terms), max(limit, CANDIDATES)))}
+        converses = self._converses(db, scope)
+        candidates = max(limit, CANDIDATES) if converses else limit
+        scores = {id_: -rank for id_, rank in db.execute(self._indexes.rank_sql(table), (match(terms), candidates))}
         if not scores:
             return []
-        best = json.dumps(list(scores)[:NEIGHBOURS_OF])
-        adjacent = neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP}))
+        order = list(scores.items())
+        if converses:
+            best = json.dumps(list(scores)[:NEIGHBOURS_OF])
+            order = propagate(scores, neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP})))
         ranked = []
-        for id_, x in propagate(scores, adjacent)[:limit]:
+        for id_, x in order[:limit]:
             score = x / (1 + x)  # in [0, 1), in the order of x
             if score < threshold:
                 break
@@ -254,6 +260,13 @@ class LocalStore(MemoryStore):
         sql = READ.format(columns=columns, ids=", ".join("?" * len(ranked)))
         rows = {id_: row for id_, *row in db.execute(sql, (*(i for i, _ in ranked), scope))}
         return [(*rows[id_], score) for id_, score in ranked if id_ in rows]
+
+    def _converses(self, db: sqlite3.Connection, scope: str) -> bool:
+        """Whether `scope` holds turns that name their conversation, whose neighbours propagation looks up (other
+        memories have none); known until DF_TTL ends, or this store adds such a turn."""
+        if (known := self._conversing.get(scope)) is None:
+            known = self._conversing[scope] = db.execute(CONVERSING, (scope,)).fetchone() is not None
+        return known
 
     def _terms(self, query: str) -> list[str]:
         """The words searched for `query`: its own, and the month and year of each time it names relative to now."""
@@ -267,6 +280,7 @@ class LocalStore(MemoryStore):
         """
         if time.monotonic() > self._df_expiry:
             self._sizes.clear()
+            self._conversing.clear()
             self._df.clear()
             self._df_expiry = time.monotonic() + DF_TTL
         if len(terms) < 2:
@@ -295,6 +309,7 @@ class LocalStore(MemoryStore):
         row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
         if row is not None:
             self._indexes.add(db, scope, row[0], content, at)
+            self._conversed(scope, metadata)
         return None if row is None else row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
@@ -341,6 +356,12 @@ class LocalStore(MemoryStore):
             (content, metadata, now, custom_id, id_),
         )
         self._indexes.add(db, scope, id_, content, now)
+        self._conversed(scope, metadata)
+
+    def _conversed(self, scope: str, metadata: str) -> None:
+        """Note that `scope` now holds a turn of a conversation, if this memory's metadata names one."""
+        if '"conversation"' in metadata:
+            self._conversing[scope] = True
 
     def _add_many(self, db: sqlite3.Connection, memories: list[Memory], now: float) -> int:
         for m in memories:
@@ -442,6 +463,7 @@ class LocalStore(MemoryStore):
                 db.execute("DELETE FROM memories WHERE id = ?", (id_,))
             else:
                 db.execute("UPDATE memories SET scope = ? WHERE id = ?", (target, id_))
+                self._conversing.pop(target, None)
                 self._indexes.add(db, target, id_, content, created_at)
         self._sizes.pop(scope, None)
         self._sizes.pop(target, None)
