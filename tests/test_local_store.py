@@ -582,8 +582,10 @@ def test_near_duplicates_are_merged_into_the_newest(store: LocalStore, tmp_path:
     question = "User: Question load-196 about the parser module?\nAssistant: Reply to load-196: it is written in Rust."
     assert run(store.add("p", question)) != run(store.add("p", question.replace("196", "197")))  # a number differs
     assert run(store.add("p", "the api is written in go now")) == run(store.add("p", "the api is written in rust now"))
+    same_answer = "Assistant: the tests pass, all forty two of them, on every supported platform"
+    assert run(store.add("p", f"User: are we green?\n{same_answer}")) != run(store.add("p", f"User: status?\n{same_answer}"))
     assert run(store.add("q", answer)) != first  # another scope's memory is never merged
-    assert run(store.count("p")) == 6 and run(store.count("q")) == 1
+    assert run(store.count("p")) == 8 and run(store.count("q")) == 1
     integrity(tmp_path / "memories.db")
 
 

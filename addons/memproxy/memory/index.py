@@ -35,8 +35,9 @@ STOPWORDS = frozenset(
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
 # Two memories are near-duplicates when at most one word in NEAR_DUPLICATE_WORDS of the longer differs (one at
-# least, in texts of NEAR_DUPLICATE_MIN words or more), the words taken in order, and no number differs: a turn
-# retried with a word changed merges; turns that differ in a number, or in a name named twice, do not.
+# least, in texts of NEAR_DUPLICATE_MIN words or more), the words taken in order, and no number differs; two turns,
+# when their prompts are and their answers are. A turn retried with a word changed merges; turns that differ in a
+# number, in a name named twice, or in a short prompt, do not.
 NEAR_DUPLICATE_WORDS = 40
 NEAR_DUPLICATE_MIN = 5
 NEAR_CANDIDATES = 3  # memories of the scope compared with a new one: its best matches
@@ -114,8 +115,17 @@ def index_text(content: str, created_at: float) -> str:
     return " ".join((*words(content), date_words(created_at))).rstrip()
 
 
+TURN = re.compile(r"User: (.*?)\nAssistant: (.*)", re.S)  # capture.Turn.content
+
+
 def near_duplicates(a: str, b: str) -> bool:
-    """Whether two texts are near-duplicates (see NEAR_DUPLICATE_WORDS): every word counts, numbers included."""
+    """Whether two memories are near-duplicates (see NEAR_DUPLICATE_WORDS): every word counts, numbers included."""
+    if (x := TURN.fullmatch(a)) and (y := TURN.fullmatch(b)):
+        return _near(x[1], y[1]) and _near(x[2], y[2])
+    return _near(a, b)
+
+
+def _near(a: str, b: str) -> bool:
     x, y = WORD.findall(a.lower()), WORD.findall(b.lower())
     if x == y:
         return bool(x)
