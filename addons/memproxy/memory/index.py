@@ -48,6 +48,14 @@ CREATE = "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(terms, content='', to
 # The best memories of a scope's table, (id, bm25), best (lowest) first: bm25(), not the `rank` column, which
 # costs FTS5 a nested statement per search.
 RANK = "SELECT rowid, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
+# RANK and the memories' `columns` in one statement, best first, each row ending in its bm25: `+m.scope` keeps SQLite
+# from scanning the scope's index instead of reading the few ids, and guards the scope.
+SEARCH = """
+SELECT {columns}, best.score FROM (
+    SELECT rowid AS id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?
+) AS best CROSS JOIN memories AS m ON m.id = best.id
+WHERE +m.scope = ? ORDER BY best.score
+"""
 
 
 def words(text: str) -> list[str]:
@@ -151,7 +159,7 @@ class Indexes:
 
     def __init__(self) -> None:
         self._tables: dict[str, str] = {}
-        self._sql: dict[str, str] = {}
+        self._sql: dict[tuple[str, str], str] = {}
 
     def table(self, db: sqlite3.Connection, scope: str, *, create: bool = False) -> str | None:
         """The name of `scope`'s table; None if it has none (it never held a memory) and `create` is False.
@@ -174,10 +182,17 @@ class Indexes:
 
     def rank_sql(self, table: str) -> str:
         """RANK on `table`."""
-        if (sql := self._sql.get(table)) is None:
+        return self._cached(table, "", RANK)
+
+    def search_sql(self, table: str, columns: str) -> str:
+        """SEARCH on `table`, reading `columns`."""
+        return self._cached(table, columns, SEARCH)
+
+    def _cached(self, table: str, columns: str, template: str) -> str:
+        if (sql := self._sql.get((table, columns))) is None:
             if len(self._sql) > 4096:
                 self._sql.clear()
-            sql = self._sql[table] = RANK.format(table=table)
+            sql = self._sql[table, columns] = template.format(table=table, columns=columns)
         return sql
 
     def add(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:

@@ -240,15 +240,19 @@ class LocalStore(MemoryStore):
         terms = self._affordable(db, scope, table, terms) if table is not None and terms else []
         if not terms:
             return []
-        converses = self._converses(db, scope)
-        candidates = max(limit, CANDIDATES) if converses else limit
-        scores = {id_: -rank for id_, rank in db.execute(self._indexes.rank_sql(table), (match(terms), candidates))}
+        if not self._converses(db, scope):  # BM25 alone, memories read in the same statement
+            found = []
+            for *row, rank in db.execute(self._indexes.search_sql(table, columns), (match(terms), limit, scope)):
+                if (score := -rank / (1 - rank)) < threshold:  # x / (1 + x) for x = -bm25
+                    break
+                found.append((*row, score))
+            return found
+        rows = db.execute(self._indexes.rank_sql(table), (match(terms), max(limit, CANDIDATES)))
+        scores = {id_: -rank for id_, rank in rows}
         if not scores:
             return []
-        order = list(scores.items())
-        if converses:
-            best = json.dumps(list(scores)[:NEIGHBOURS_OF])
-            order = propagate(scores, neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP})))
+        best = json.dumps(list(scores)[:NEIGHBOURS_OF])
+        order = propagate(scores, neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP})))
         ranked = []
         for id_, x in order[:limit]:
             score = x / (1 + x)  # in [0, 1), in the order of x
