@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .memory.base import unlabelled
+from .memory.base import turn_parts, unlabelled
 from .protocols.base import Entry
 
 PREFIX = 200  # characters of a memory's part looked for
 SHORT = 24  # a part shorter than this must be a whole message (stripped)
 MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
-USER, ASSISTANT = "User: ", "\nAssistant: "  # capture.Turn.content
 SEPARATOR = "\0"  # between the texts joined: no stored part holds it
 
 
@@ -75,8 +74,8 @@ class Heard:
                             SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
         users, whole_users, answers, whole_answers = self._joined
         content = unlabelled(memory)
-        if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
-            user, answer = content[len(USER) : at], content[at + len(ASSISTANT) :]
+        if parts := turn_parts(content):
+            user, answer = parts
             return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
         return _found(content, users, whole_users) or _found(content, answers, whole_answers)
 

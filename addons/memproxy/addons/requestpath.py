@@ -42,8 +42,8 @@ from .. import config, jsonbody, protocols
 from ..capture import Turn
 from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
-from ..protocols.base import Adapter, Prompt, ReplyAccumulator
-from ..protocols.common import unique_calls
+from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
+from ..protocols.common import find_prompt, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
@@ -314,7 +314,8 @@ class RequestPath:
         if actions.route == "supermemory_router":
             outcome.skipped = "sent through the Supermemory router"
             return decision
-        prompt = adapter.prompt(body)
+        entries = adapter.conversation(body)  # read once: the prompt, and what the echo check compares with
+        prompt = find_prompt(entries)
         user, key, calls, conversation, thread = prompt.text, prompt.key, prompt.calls, prompt.conversation, None
         if flow.websocket is not None:
             thread = self.threads.setdefault(flow.id, Thread())
@@ -325,7 +326,7 @@ class RequestPath:
             self.names.used(route.project, route.tool or client)
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
-            found = await self._search(route, query, functools.partial(_heard, adapter, body, thread))
+            found = await self._search(route, query, functools.partial(_heard, entries, thread))
             text = protocols.frame_context(found[0], route.scope, actions.max_chars, also=tuple(zip(route.layers, found[1:])))
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
@@ -513,9 +514,9 @@ class RequestPath:
         self.threads.pop(flow.id, None)
 
 
-def _heard(adapter: Adapter, body: Any, thread: Thread | None) -> Heard:
+def _heard(entries: list[Entry], thread: Thread | None) -> Heard:
     """What the conversation holds: the request's messages, and what its WebSocket went through before."""
-    heard = Heard.of(adapter.conversation(body))
+    heard = Heard.of(entries)
     if thread is not None:
         heard.extend(thread.heard)
     return heard

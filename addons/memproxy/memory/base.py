@@ -125,6 +125,16 @@ def recalled(content: str, tool: Any, created_at: float) -> str:
     return f"({label}) {content}" if label else content
 
 
+USER, ASSISTANT = "User: ", "\nAssistant: "  # how capture.Turn.content writes a turn
+
+
+def turn_parts(content: str) -> tuple[str, str] | None:
+    """A turn memory's prompt and answer; None for a memory of other text."""
+    if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
+        return content[len(USER) : at], content[at + len(ASSISTANT) :]
+    return None
+
+
 def unlabelled(recalled_text: str) -> str:
     """A recalled memory's content, without the label `recalled` put before it."""
     found = LABEL.match(recalled_text)

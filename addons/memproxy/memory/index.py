@@ -19,6 +19,8 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
+from .base import turn_parts
+
 MAX_TERMS = 24
 WORD = re.compile(r"[^\W_]+")
 STOPWORDS = frozenset(
@@ -47,15 +49,13 @@ TABLE = "memories_fts_{}"
 CREATE = "CREATE VIRTUAL TABLE IF NOT EXISTS {} USING fts5(terms, content='', tokenize='porter unicode61')"
 # The best memories of a scope's table, (id, bm25), best (lowest) first: bm25(), not the `rank` column, which
 # costs FTS5 a nested statement per search.
-RANK = "SELECT rowid, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
+RANK = "SELECT rowid AS id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
 # RANK and the memories' `columns` in one statement, best first, each row ending in its bm25: `+m.scope` keeps SQLite
 # from scanning the scope's index instead of reading the few ids, and guards the scope.
-SEARCH = """
-SELECT {columns}, best.score FROM (
-    SELECT rowid AS id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?
-) AS best CROSS JOIN memories AS m ON m.id = best.id
-WHERE +m.scope = ? ORDER BY best.score
-"""
+SEARCH = (
+    "SELECT {columns}, best.score FROM (" + RANK + ") AS best CROSS JOIN memories AS m ON m.id = best.id"
+    " WHERE +m.scope = ? ORDER BY best.score"
+)
 
 
 def words(text: str) -> list[str]:
@@ -106,7 +106,7 @@ def _quoted(term: str) -> str:
 
 def match(terms: Iterable[str]) -> str:
     """An FTS5 query for any of `terms` (words: no FTS5 syntax can reach it)."""
-    return " OR ".join(f'"{t}"' for t in terms)
+    return " OR ".join(map(_quoted, terms))
 
 
 def date_words(created_at: float) -> str:
@@ -123,13 +123,10 @@ def index_text(content: str, created_at: float) -> str:
     return " ".join((*words(content), date_words(created_at))).rstrip()
 
 
-TURN = re.compile(r"User: (.*?)\nAssistant: (.*)", re.S)  # capture.Turn.content
-
-
 def near_duplicates(a: str, b: str) -> bool:
     """Whether two memories are near-duplicates (see NEAR_DUPLICATE_WORDS): every word counts, numbers included."""
-    if (x := TURN.fullmatch(a)) and (y := TURN.fullmatch(b)):
-        return _near(x[1], y[1]) and _near(x[2], y[2])
+    if (x := turn_parts(a)) and (y := turn_parts(b)):
+        return _near(x[0], y[0]) and _near(x[1], y[1])
     return _near(a, b)
 
 

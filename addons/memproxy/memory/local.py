@@ -342,9 +342,8 @@ class LocalStore(MemoryStore):
         query = near_match(content) if table is not None else ""
         if not query:
             return None
-        ids = [id_ for id_, _ in db.execute(self._indexes.rank_sql(table), (query, NEAR_CANDIDATES))]
-        sql = READ.format(columns="m.content, m.metadata, m.created_at", ids=", ".join("?" * len(ids)))
-        for row in db.execute(sql, (*ids, scope)) if ids else ():
+        sql = self._indexes.search_sql(table, "m.id, m.content, m.metadata, m.created_at")
+        for *row, _ in db.execute(sql, (query, NEAR_CANDIDATES, scope)):
             if near_duplicates(content, row[1]):
                 return tuple(row)
         return None
