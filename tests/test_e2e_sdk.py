@@ -209,14 +209,16 @@ def test_litellm_is_not_imported_at_startup(mitmdump, upstream, tmp_path):
     assert status["sdk_path"] == {"gateway_port": None, "litellm_loaded": False}
 
 
-def test_gateway_is_warmed_for_sdk_rules_and_refuses_requests_without_its_secret(mitmdump, upstream, tmp_path):
-    rules = rules_file(tmp_path, "rules:\n  - name: all\n    user_id: team\n    route: sdk\n")
+@pytest.mark.parametrize("mapped", [False, True], ids=["forward", "mapped"])
+def test_gateway_is_warmed_for_sdk_rules_and_refuses_requests_without_its_secret(mitmdump, upstream, tmp_path, mapped):
+    """A rule that routes to the SDK path warms the gateway; litellm is imported only for a rule that maps."""
+    mapping = "    sdk: {model: anthropic/claude-sonnet-4-6}\n" if mapped else ""
+    rules = rules_file(tmp_path, "rules:\n  - name: all\n    user_id: team\n    route: sdk\n" + mapping)
     proc = start(mitmdump, upstream, tmp_path, "reverse", memory_rules=str(rules))
     deadline = time.monotonic() + 60
-    while not (sdk := routing_status(proc)["sdk_path"])["gateway_port"]:
+    while not (sdk := routing_status(proc)["sdk_path"])["gateway_port"] or sdk["litellm_loaded"] is not mapped:
         assert time.monotonic() < deadline, proc.log_text()
         time.sleep(0.2)
-    assert sdk["litellm_loaded"] is True
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
     r = httpx.post(f"http://127.0.0.1:{sdk['gateway_port']}/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 403 and set(r.json()) == {"error"}

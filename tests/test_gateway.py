@@ -109,6 +109,13 @@ async def call(
     return await client.post(f"{gateway.url}{PATH[protocol]}", content=content, headers=headers)
 
 
+def mapped(protocol: str, upstream: FakeUpstream) -> dict[str, str]:
+    """A rule's provider mapping onto the same provider: litellm translates the call."""
+    if protocol == "anthropic":
+        return {"model": "anthropic/claude-sonnet-4-6", "api_base": upstream.url}
+    return {"model": "openai/gpt-4o-mini", "api_base": f"{upstream.url}/v1"}
+
+
 def assert_error_shape(protocol: str, body: Any, error_type: str) -> dict[str, Any]:
     """The exact error format of the protocol; returns the inner error object."""
     if protocol == "anthropic":
@@ -166,19 +173,112 @@ async def test_invalid_json_is_a_protocol_shaped_400(
     assert upstream.requests == []
 
 
-async def test_gemini_is_not_supported_on_the_sdk_path(
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_gemini_is_forwarded(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, stream: bool
+) -> None:
+    headers = gateway.request_headers(protocol="gemini", upstream=upstream.url, scope=SCOPE) | {"x-goog-api-key": "g-k"}
+    path = "/v1beta/models/gemini-2.5-flash:" + ("streamGenerateContent?alt=sse" if stream else "generateContent")
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "futureField": {"kept": True}}
+    response = await client.post(f"{gateway.url}{path}", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert reply_text("gemini", response) == DEFAULT_REPLY
+    [sent] = upstream.requests
+    assert (sent.path, sent.query) == (path.split("?")[0], {"alt": "sse"} if stream else {})
+    assert sent.json == body and sent.headers["x-goog-api-key"] == "g-k"
+
+
+# forwarding: the client's protocol is the provider's
+
+
+CLAUDE_CODE_LIKE = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "boom", "is_error": True}],
+            "output_config": {"effort": "low"},
+        },
+    ],
+    "tools": [
+        {"name": "Bash", "input_schema": {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"}},
+        {"name": "DeferredToolPlaceholder", "defer_loading": True, "input_schema": {"type": "object"}},
+    ],
+    "context_management": {"edits": []},
+    "output_config": {"effort": "high"},
+    "thinking": {"type": "adaptive"},
+    "metadata": {"user_id": "u", "x_meta": 1},
+    "future_top_level": [1, 2, 3],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_forwarded_request_and_its_answer_are_byte_exact(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, stream: bool
+) -> None:
+    """Body bytes, query, the client's headers (x-stainless-* and its own cookie too) go out as they came; the
+    upstream's status, ids, model, events and headers come back as they were sent."""
+    raw = json.dumps(CLAUDE_CODE_LIKE | {"stream": stream}, separators=(",", ":")).encode()
+    client_headers = {
+        "x-stainless-lang": "js",
+        "anthropic-beta": "b2,b1",
+        "user-agent": "claude-cli/9",
+        "cookie": "own=1",
+    }
+    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE)
+    headers |= auth("anthropic") | client_headers | {"content-type": "application/json"}
+    response = await client.post(f"{gateway.url}/v1/messages?beta=true", content=raw, headers=headers)
+    assert response.status_code == 200
+    [sent] = upstream.requests
+    assert (sent.path, sent.query, sent.body) == ("/v1/messages", {"beta": "true"}, raw)
+    assert {k: sent.headers.get(k) for k in client_headers} == client_headers
+    assert sent.headers["x-api-key"] == ANTHROPIC_KEY and not [h for h in sent.headers if h.startswith("x-memproxy")]
+    if stream:
+        assert response.content == bytes(sent.sent)  # every event, as the upstream wrote it
+    else:
+        answer = response.json()
+        assert (answer["id"], answer["model"]) == ("msg_fake", "claude-sonnet-4-6")
+    assert response.headers["content-type"] == ("text/event-stream" if stream else "application/json; charset=utf-8")
+
+
+async def test_a_forwarded_challenge_is_retried_before_the_client_sees_anything(
     gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
-    headers = gateway.request_headers(protocol="gemini", upstream=upstream.url, scope=SCOPE)
-    response = await client.post(
-        f"{gateway.url}/v1beta/models/gemini-2.5-flash:generateContent",
-        json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
-        headers=headers,
-    )
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert error["code"] == 400 and "not supported" in error["message"]
-    assert upstream.requests == []
+    """The retry with the cookie streams: the first event reaches the client while the upstream holds the rest."""
+    upstream.require_cookie, upstream.lockstep = "cf_clearance", True
+    headers = gateway.request_headers(protocol="anthropic", upstream=upstream.url, scope=SCOPE) | auth("anthropic")
+    body = request_body("anthropic", stream=True)
+    async with client.stream("POST", f"{gateway.url}/v1/messages", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        parser, seen, chunks = SSEParser(), [], response.aiter_bytes()
+        async for chunk in chunks:
+            seen += [json.loads(data) for _, data in parser.feed(chunk)]
+            if any(e.get("type") == "content_block_delta" for e in seen):
+                break
+        assert len(upstream.sent_times) == 1
+        upstream.release(upstream.chunks)
+        async for chunk in chunks:
+            seen += [json.loads(data) for _, data in parser.feed(chunk)]
+    assert seen[-1]["type"] == "message_stop"
+    assert [r.headers.get("cookie") for r in upstream.requests] == [None, f"cf_clearance={upstream.cookie_token}"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_forwarded_errors_are_the_upstreams_own(
+    gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, protocol: str
+) -> None:
+    for status in (400, 429, 500, 529):
+        upstream.clear()
+        upstream.fail_status, upstream.fail_headers = status, {"Retry-After": "7", "request-id": "req_fake"}
+        response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=True))
+        assert response.status_code == status
+        assert response.headers["retry-after"] == "7" and response.headers["request-id"] == "req_fake"
+        assert response.json()["error"]["message"] == upstream.fail_message
+        assert len(llm_requests(upstream)) == 1  # no hidden retries
 
 
 # through litellm to the fake upstream
@@ -410,7 +510,7 @@ ERROR_CASES = [
     ERROR_CASES,
     ids=[f"{c[0]}" for c in ERROR_CASES[:-2]] + ["context-openai", "context-anthropic"],
 )
-async def test_upstream_errors_reach_the_client_in_its_protocol(
+async def test_upstream_errors_of_a_translated_call_reach_the_client_in_its_protocol(
     gateway: Gateway,
     upstream: FakeUpstream,
     client: httpx.AsyncClient,
@@ -424,7 +524,8 @@ async def test_upstream_errors_reach_the_client_in_its_protocol(
     upstream.fail_status, upstream.fail_message = upstream_status, message
     if upstream_status in (429, 503):
         upstream.fail_headers = {"Retry-After": "7"}
-    response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+    body = request_body(protocol, stream=stream)
+    response = await call(client, gateway, upstream, protocol, body, sdk=mapped(protocol, upstream))
     assert response.status_code == status
     assert response.headers["content-type"].startswith("application/json")
     error = assert_error_shape(protocol, response.json(), error_type)
@@ -493,10 +594,12 @@ async def test_secrets_stay_out_of_bodies_and_logs(
     upstream.fail_status = 401
     upstream.fail_message = f"Incorrect API key provided: {OPENAI_KEY} (cookie {upstream.cookie_token})"
     for protocol, stream in (("openai_chat", False), ("anthropic", True)):
-        response = await call(client, gateway, upstream, protocol, request_body(protocol, stream=stream))
+        body = request_body(protocol, stream=stream)
+        response = await call(client, gateway, upstream, protocol, body, sdk=mapped(protocol, upstream))
         assert response.status_code == 401
         assert OPENAI_KEY not in response.text and ANTHROPIC_KEY not in response.text
         assert upstream.cookie_token not in response.text and MARK in response.text
+    await call(client, gateway, upstream, "anthropic", request_body("anthropic"))  # forwarded
     upstream.fail_status, upstream.reset_mid_stream = None, True
     await call(client, gateway, upstream, "anthropic", request_body("anthropic", stream=True))
     ours = [r for r in caplog.records if r.levelno >= logging.INFO or r.name.startswith(("memproxy", "LiteLLM"))]

@@ -1,19 +1,32 @@
-"""The gateway: the loopback server that the SDK path sends requests to, serving them through litellm with
-cookie sessions.
+"""The gateway: the loopback server that the SDK path sends requests to, serving them with the
+cookie-holding client of (scope, upstream host).
 
 mitmproxy cannot stream a response an addon makes up, so the addon points the flow at this
-gateway instead: ``http://127.0.0.1:PORT`` + the original path and query, the client's JSON
+gateway instead: ``http://127.0.0.1:PORT`` + the original path and query, the client's
 body (memories already injected) and headers, plus two headers (``Gateway.request_headers``
 builds them): the gateway's secret and a single-use ticket. The ticket names what the addon
 decided for this request (protocol, upstream origin, scope and the rule's provider mapping),
 which the gateway holds; so nothing a request carries can pick a provider, an ``api_base`` or
-an environment variable. The gateway calls litellm for the client's protocol with the
-cookie-holding client of (scope, upstream host) and answers in the client's own protocol:
-JSON, or SSE written event by event as litellm yields it. Every error, before or during a
-stream, comes back in that protocol's error format. Redirects are never followed: an
-upstream's 3xx goes back to the client as it came (status, ``Location``, body).
+an environment variable.
 
-litellm takes seconds to import: ``warm_litellm()`` imports it once, in a worker thread.
+Two ways to serve a request:
+
+- **Forward** (the client speaks the provider's own protocol, which it does unless its rule
+  maps it to another model): the body bytes, path, query and headers go to the upstream as
+  the client sent them, and the upstream's status, headers and body come back chunk by chunk.
+  Unknown fields, ids, model names and events pass untouched; litellm is not involved.
+  Only the framing, ``Accept-Encoding`` and cookies differ (see ``_NOT_FORWARDED`` and
+  ``_NOT_RELAYED``).
+- **Translate** (a rule's ``sdk: {model: ...}``): litellm calls the mapped provider and the
+  gateway answers in the client's protocol: JSON, or SSE written event by event as litellm
+  yields it. litellm takes seconds to import: ``warm_litellm()`` imports it once, in a worker
+  thread, on the first such request.
+
+A cookie challenge (403/429/503 with Set-Cookie, or ``cf-mitigated``) is answered by sending
+the request once more with the cookies it set, before anything reaches the client, so that
+the reply streams. Our own errors, and the upstream's on a translated call, come back in the
+client's protocol; mid-stream, as its error event. Redirects are never followed: an
+upstream's 3xx goes back to the client as it came (status, ``Location``, body).
 """
 
 from __future__ import annotations
@@ -31,10 +44,10 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from aiohttp import web
@@ -45,6 +58,7 @@ from .protocols import ADAPTERS, Adapter, detect_path
 from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, HOP_HEADERS, MARK, OWN_PREFIX
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SECRET_HEADER = "x-memproxy-secret"
 TICKET_HEADER = "x-memproxy-ticket"  # names one request's Ticket, held by the gateway
@@ -60,16 +74,12 @@ _REDIRECT_HEADERS = frozenset({"location", "content-type", "retry-after"})  # of
 
 _ADAPTERS = {adapter.name: adapter for adapter in ADAPTERS}
 _FALLBACK_ADAPTER = _ADAPTERS["openai_chat"]  # error format when the protocol is unknown
-_PROVIDERS = {
-    "anthropic": "anthropic",
-    "openai_chat": "openai",
-    "openai_responses": "openai",
-}  # litellm's, per protocol
-_ENDPOINTS = {"anthropic": "/v1/messages", "openai_chat": "/chat/completions", "openai_responses": "/responses"}
+_TRANSLATED = frozenset({"anthropic", "openai_chat", "openai_responses"})  # what litellm takes in
 _REQUIRED = {"anthropic": ("model", "messages", "max_tokens"), "openai_chat": ("model", "messages")}
-_NOT_FORWARDED = CREDENTIAL_HEADERS | HOP_HEADERS | {
-    "content-type", "te", "trailer", "upgrade", "proxy-connection", "accept", "accept-encoding",
-}  # fmt: skip
+_FRAMING = HOP_HEADERS | {"te", "trailer", "upgrade", "proxy-connection", "proxy-authorization", "accept-encoding"}
+_NOT_FORWARDED = _FRAMING | {"cookie"}  # of a forwarded request: the session's client frames it and adds the jar
+_NOT_TRANSLATED = CREDENTIAL_HEADERS | _FRAMING | {"content-type", "accept"}  # litellm sets these itself
+_NOT_RELAYED = HOP_HEADERS | {"set-cookie", "trailer"}  # of an upstream's reply: its cookies stay in the jar
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -184,8 +194,22 @@ class _Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class _Forward:
+    """One gateway request in the provider's own protocol, sent on as it came."""
+
+    adapter: Adapter
+    scope: str
+    host: str  # the cookie session's host
+    method: str
+    url: str  # the upstream origin + the client's path and query
+    body: bytes
+    headers: list[tuple[str, str]]  # the client's, without framing and memproxy's own
+    cookie: str | None  # the client's own Cookie header, sent beside the jar's
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
-    """One gateway request, parsed."""
+    """One gateway request that litellm translates for a rule's provider mapping."""
 
     adapter: Adapter
     scope: str
@@ -196,6 +220,14 @@ class _Call:
     body: dict[str, Any]
     headers: dict[str, str]  # client headers forwarded upstream
     stream: bool
+
+
+class _Challenged(Exception):
+    """A forwarded request's first reply was a cookie challenge; its body is not read."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"Cookie challenge (HTTP {response.status_code})")
+        self.response = response
 
 
 class _BadRequest(Exception):
@@ -221,11 +253,10 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        """Import litellm (in a thread), then listen on a random 127.0.0.1 port with a new secret."""
+        """Listen on a random 127.0.0.1 port with a new secret (litellm is imported by the first translation)."""
         async with self._lock:
             if self._runner is not None:
                 return
-            await warm_litellm()
             app = web.Application(client_max_size=MAX_BODY)
             app.router.add_route("*", "/{tail:.*}", self._handle)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -285,35 +316,45 @@ class Gateway:
         try:
             if ticket is None or ticket.expires <= time.monotonic():
                 raise _BadRequest(400, f"Missing, used or expired {TICKET_HEADER}")
-            call = _parse(adapter, request, await _read_json(request), ticket)
+            call = _parse(adapter, request, await _read_body(request), ticket)
         except _BadRequest as exc:
             return _error_response(adapter, exc.failure)
-        redact = _Redactor(call.api_key, self.sessions.jar(call.scope, call.host))
+        key = call.api_key if isinstance(call, _Call) else _client_key(request.headers)
+        redact = _Redactor(key, self.sessions.jar(call.scope, call.host))
+        what = call.model if isinstance(call, _Call) else request.path
         with self.sessions.lease(call.scope, call.host) as http:
             try:
-                result = await self._attempt_twice(call, http)
+                if isinstance(call, _Forward):
+                    upstream = await self._challenged_twice(
+                        call.host, call.scope, lambda first: _send(call, http, first)
+                    )
+                    return await _relay(request, adapter, upstream, redact)
+                result = await self._challenged_twice(call.host, call.scope, lambda _: self._attempt(call, http))
             except Exception as exc:
                 if redirects := _redirects.get([]):
                     status = redirects[-1].status
-                    logger.info("SDK gateway: %s %s -> %d, a redirect not followed", adapter.name, call.model, status)
+                    logger.info("SDK gateway: %s %s -> %d, a redirect not followed", adapter.name, what, status)
                     return _redirect_response(redirects[-1])
                 failure = _failure(exc, redact)
-                logger.info("SDK gateway: %s %s -> %d %s", adapter.name, call.model, failure.status, failure.message)
+                logger.info("SDK gateway: %s %s -> %d %s", adapter.name, what, failure.status, failure.message)
                 return _error_response(adapter, failure)
             if isinstance(result, bytes):
                 return web.Response(body=result, content_type="application/json")
             return await _stream(request, adapter, *result, redact)
 
-    async def _attempt_twice(self, call: _Call, http: httpx.AsyncClient) -> Any:
-        """Call litellm; after a cookie challenge (the client has stored its cookies), once more."""
+    async def _challenged_twice(self, host: str, scope: str, attempt: Callable[[bool], Awaitable[_T]]) -> _T:
+        """Run ``attempt(True)``; after a cookie challenge (the session's client has stored its cookies), once
+        more as ``attempt(False)``, whose answer stands whatever it is."""
         try:
-            return await self._attempt(call, http)
+            return await attempt(True)
+        except _Challenged as exc:
+            await exc.response.aclose()
         except Exception as exc:
             if not _is_challenge(exc):
                 raise
-            logger.info("SDK gateway: cookie challenge from %s, retrying with the session's cookies", call.host)
-            self.sessions.note_challenge(call.scope, call.host, [])
-            return await self._attempt(call, http)
+        logger.info("SDK gateway: cookie challenge from %s, retrying with the session's cookies", host)
+        self.sessions.note_challenge(scope, host, [])
+        return await attempt(False)
 
     async def _attempt(self, call: _Call, http: httpx.AsyncClient) -> bytes | tuple[AsyncIterator[bytes], bytes]:
         """The JSON response body, or (frames, first frame) of a stream that has begun."""
@@ -325,11 +366,14 @@ class Gateway:
         return frames, await anext(frames, b"")  # errors before the first event get a real status
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
+async def _read_body(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPException as exc:  # e.g. 413 for a body over MAX_BODY
         raise _BadRequest(exc.status, exc.reason) from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError:
@@ -339,36 +383,82 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _parse(adapter: Adapter, request: web.Request, body: dict[str, Any], ticket: Ticket) -> _Call:
-    """Pick litellm's model, api_base, key and cookie host from the ticket, the path and the body.
-
-    The provider mapping, and the ``${ENV}`` references in it, come from the ticket only."""
-    protocol = ticket.protocol
-    if protocol not in _PROVIDERS:
-        raise _BadRequest(400, f"Protocol {protocol or '(none)'} is not supported on the SDK path")
-    if missing := [field for field in _REQUIRED.get(protocol, ("model",)) if field not in body]:
-        raise _BadRequest(400, f"{', '.join(missing)}: field required")
+def _parse(adapter: Adapter, request: web.Request, raw: bytes, ticket: Ticket) -> _Forward | _Call:
+    """What to send where: the client's request on to its upstream origin, or litellm's call for the rule's
+    provider mapping (model, api_base, key; its ``${ENV}`` references are read from the ticket only)."""
     origin, scope = ticket.upstream.rstrip("/"), ticket.scope
     if not _host(origin) or not scope:
         raise _BadRequest(400, "The gateway needs an upstream origin and a scope")
     mapping = dict(ticket.sdk or {})
+    if not mapping.get("model"):
+        _json_object(raw)  # what the addon sends here is JSON; anything else is not the addon's
+        cookie = "; ".join(v for k, v in request.headers.items() if k.lower() == "cookie") or None
+        headers = [(k, v) for k, v in request.headers.items() if not _internal(k) and k.lower() not in _NOT_FORWARDED]
+        url = origin + request.path_qs
+        return _Forward(adapter, scope, _host(origin), request.method, url, raw, headers, cookie)
 
-    if mapping.get("model"):
-        model, api_base = mapping["model"], resolve_env(mapping.get("api_base"))
-    else:
-        model = f"{_PROVIDERS[protocol]}/{body['model']}"
-        path, suffix = request.path, _ENDPOINTS[protocol]
-        prefix = path[: -len(suffix)] if path.endswith(suffix) else ("" if protocol == "anthropic" else "/v1")
-        api_base = origin + prefix
+    protocol, body = ticket.protocol, _json_object(raw)
+    if protocol not in _TRANSLATED:
+        raise _BadRequest(400, f"Protocol {protocol or '(none)'} cannot be mapped to another provider")
+    if missing := [field for field in _REQUIRED.get(protocol, ("model",)) if field not in body]:
+        raise _BadRequest(400, f"{', '.join(missing)}: field required")
+    model, api_base = mapping["model"], resolve_env(mapping.get("api_base"))
     host = _host(api_base) or _host(origin)
     api_key = resolve_env(mapping.get("api_key")) or _client_key(request.headers)
     headers = {
-        k.lower(): v
-        for k, v in request.headers.items()
-        if k.lower() not in _NOT_FORWARDED and not k.lower().startswith((OWN_PREFIX, "x-stainless-"))
+        k.lower(): v for k, v in request.headers.items() if not _internal(k) and k.lower() not in _NOT_TRANSLATED
     }
+    headers = {k: v for k, v in headers.items() if not k.startswith("x-stainless-")}  # the client SDK's, not litellm's
     stream = adapter.is_streaming(request.path_qs, body)
     return _Call(adapter, scope, host, model, api_base, api_key, body, headers, stream)
+
+
+def _internal(name: str) -> bool:
+    return name.lower().startswith(OWN_PREFIX)
+
+
+async def _send(call: _Forward, http: httpx.AsyncClient, first: bool) -> httpx.Response:
+    """Send a forwarded request through the session's client; the upstream's reply, its body not read yet.
+    A first answer that is a cookie challenge raises _Challenged."""
+    request = http.build_request(call.method, call.url, content=call.body, headers=call.headers)
+    if call.cookie:  # the client's cookies first, then the jar's (httpx left the header to the jar)
+        jar = request.headers.get("cookie")
+        request.headers["cookie"] = f"{call.cookie}; {jar}" if jar else call.cookie
+    response = await http.send(request, stream=True)
+    if first and _challenge_reply(response):
+        raise _Challenged(response)
+    return response
+
+
+async def _relay(
+    request: web.Request, adapter: Adapter, upstream: httpx.Response, redact: _Redactor
+) -> web.StreamResponse:
+    """The upstream's reply to the client as it comes: status, headers and body chunk by chunk. A failure of the
+    upstream mid-stream ends an event stream with the protocol's error event."""
+    headers = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _NOT_RELAYED]
+    response = web.StreamResponse(status=upstream.status_code, reason=upstream.reason_phrase or None)
+    for name, value in headers:
+        response.headers.add(name, value)
+    chunks = 0
+    try:
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.aiter_bytes():
+                await response.write(chunk)
+                chunks += 1
+        except (httpx.HTTPError, OSError) as exc:
+            if isinstance(exc, ConnectionResetError):
+                raise
+            failure = _failure(exc, redact)
+            logger.info("SDK gateway: %s stream failed after %d chunks: %s", adapter.name, chunks, failure.message)
+            if "text/event-stream" in upstream.headers.get("content-type", ""):
+                await response.write(_error_event(adapter, failure, chunks))
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away
+        pass
+    finally:
+        await upstream.aclose()
+    return response
 
 
 def _host(url: str | None) -> str:
@@ -534,7 +624,9 @@ def _failure(exc: Exception, redact: _Redactor) -> _Failure:
     """How a litellm (or our own) exception reaches the client."""
     litellm = _litellm
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure(504, f"The upstream did not answer in time ({type(exc).__name__})", "timeout_error")
+    if isinstance(exc, httpx.TransportError | OSError):
         return _Failure(502, f"Connection to the upstream failed ({type(exc).__name__})", "api_error")
     if litellm is None or not isinstance(status, int) or not 400 <= status <= 599:
         logger.warning("SDK gateway: internal error (%s)", type(exc).__name__)
@@ -580,11 +672,19 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def _is_challenge(exc: Exception) -> bool:
+    """Whether litellm raised for a cookie challenge."""
+    return _challenge(getattr(exc, "status_code", None), getattr(exc, "litellm_response_headers", None) or {})
+
+
+def _challenge_reply(response: httpx.Response) -> bool:
+    return _challenge(response.status_code, response.headers)
+
+
+def _challenge(status: Any, headers: Any) -> bool:
     """A cookie challenge: 403/429/503 with Set-Cookie, or Cloudflare's cf-mitigated header."""
-    headers = getattr(exc, "litellm_response_headers", None) or {}
     if _header(headers, "cf-mitigated"):
         return True
-    return getattr(exc, "status_code", None) in CHALLENGE_STATUSES and bool(_header(headers, "set-cookie"))
+    return status in CHALLENGE_STATUSES and bool(_header(headers, "set-cookie"))
 
 
 def _error_body(adapter: Adapter, failure: _Failure) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import contextlib
 import importlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
@@ -42,6 +42,7 @@ class SdkPath:
         self.cookies_path, self.ttl, self.timeout = cookies, ttl, timeout
         self.sessions: CookieSessions | None = None
         self.gateway: Gateway | None = None
+        self._module: Any = None  # memproxy.gateway, once imported
         self._lock = asyncio.Lock()
         self._restored = asyncio.Event()
 
@@ -72,14 +73,16 @@ class SdkPath:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._restored.wait(), timeout)
 
-    async def ready(self) -> Gateway:
-        """The gateway, started (litellm imported in a thread) on first use."""
+    async def ready(self, translate: bool = False) -> Gateway:
+        """The gateway, started (imported in a thread) on first use; with `translate`, litellm imported too."""
         async with self._lock:
             await self._load()
             if self.gateway is None:
-                module = await asyncio.to_thread(importlib.import_module, "memproxy.gateway")
-                self.gateway = module.Gateway(self.sessions)
+                self._module = await asyncio.to_thread(importlib.import_module, "memproxy.gateway")
+                self.gateway = self._module.Gateway(self.sessions)
         await self.gateway.start()
+        if translate:
+            await self._module.warm_litellm()
         return self.gateway
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ HOP_HEADERS = frozenset(
 )  # a message's framing, not its content: not copied when a request or reply is passed on
 OWN_PREFIX = "x-memproxy-"  # memproxy's own headers (the gateway's); no client sets them
 CHALLENGE_STATUSES = frozenset({403, 429, 503})  # with Set-Cookie (or cf-mitigated): a cookie challenge
-GATEWAY_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses")  # the adapters the gateway serves
+GATEWAY_PROTOCOLS = ("anthropic", "openai_chat", "openai_responses", "gemini")  # the adapters the gateway serves
 INFO_PATH = "/memory-routing/info"  # on http://memproxy/: the route of the caller's headers
 STATUS_PATH = "/memory-routing/status"  # on http://memproxy/: what `memproxy status` shows
 

@@ -340,7 +340,8 @@ class FakeUpstream(RecordingServer):
     set to ``cookie_token`` gets a Cloudflare-style challenge, 403 with
     ``Set-Cookie`` and ``cf-mitigated: challenge``). ``sent_times`` holds the
     monotonic send time of every chunk. ``reply_for`` (a function of the
-    ``Recorded`` request, or None) gives each request its own reply text.
+    ``Recorded`` request, or None) gives each request its own reply text. ``linger`` (seconds) holds a
+    stream open after its last event before ending it.
     ``decompress=False`` records request bodies exactly as they arrived,
     Content-Encoding not undone. ``tool_call`` (a function of the request's
     parsed body giving a ``ToolCall`` or None) makes a tool loop: a request
@@ -367,6 +368,7 @@ class FakeUpstream(RecordingServer):
         self.require_cookie: str | None = None
         self.cookie_token = secrets.token_urlsafe(16)
         self.sent_times: list[float] = []
+        self.linger = 0.0
         self._gate = asyncio.Semaphore(0)
 
     async def _serve(self) -> None:
@@ -447,6 +449,7 @@ class FakeUpstream(RecordingServer):
 
         try:
             if await self._play(events, write, request):
+                await asyncio.sleep(self.linger)
                 await resp.write_eof()
         except ConnectionResetError:  # the client left mid-stream: the end of this answer, not a server error
             pass

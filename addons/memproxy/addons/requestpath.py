@@ -421,11 +421,13 @@ class RequestPath:
         resp.stream = functools.partial(self._tee, flow.id, pending)
 
     def _tee(self, flow_id: str, pending: Pending, chunk: bytes) -> bytes:
-        """The stream callable: forwards `chunk` unchanged, feeding a copy to capture."""
+        """The stream callable: forwards `chunk` unchanged, feeding a copy to capture. The turn is remembered at
+        the protocol's final event: a client may close the connection as soon as it has it, which ends the flow
+        in an error."""
         try:
             for event, data in pending.parser.feed(chunk):  # b"" ends the stream: flushes a last event
                 pending.reply.feed(event, data)
-            if not chunk and self.pending.pop(flow_id, None) is not None:
+            if (not chunk or pending.reply.done) and self.pending.pop(flow_id, None) is not None:
                 self._remember(pending, pending.reply.text(), pending.reply.calls())
         except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
             self.pending.pop(flow_id, None)

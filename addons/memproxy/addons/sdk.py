@@ -1,7 +1,8 @@
 """SDK: the SDK path's options and lifetime (`memory_cookies`, `memory_sdk_ttl`, `memory_sdk_timeout`).
 
-At start the cookie jars are restored, and the loopback gateway (with litellm) is warmed only if a rule
-routes to it; otherwise the gateway starts with the first request that takes the SDK path. The request path
+At start the cookie jars are restored, the loopback gateway is warmed only if a rule routes to it, and litellm
+only if a rule maps a client to another provider's model; otherwise the gateway starts with the first request
+that takes the SDK path, and litellm with the first translation. The request path
 decides which requests take it; the guard and redaction need the gateway's port and secret.
 """
 
@@ -78,8 +79,9 @@ class Sdk:
             return
         # Synchronous, so that the SDK path exists before the store's start-up awaits: the proxy already listens.
         self.path = SdkPath(self._cookies(), ctx.options.memory_sdk_ttl, ctx.options.memory_sdk_timeout)
-        # Warm the gateway (and litellm) only if a rule routes to it; else just restore the cookie jars.
-        spawn(self.path.ready() if "sdk" in rules.routes else self.path.load(), "SDK path")
+        # Warm the gateway only if a rule routes to it, and litellm only if a rule maps a client to another
+        # provider's model; else just restore the cookie jars.
+        spawn(self.path.ready(translate=rules.translates) if "sdk" in rules.routes else self.path.load(), "SDK path")
 
     async def done(self) -> None:
         if self.path:

@@ -66,6 +66,11 @@ class Rules:
         """Every route some request can take under these rules."""
         return frozenset(rule.actions.route for rule in self._rules) | {self.defaults.route}
 
+    @property
+    def translates(self) -> bool:
+        """Whether some rule maps its requests to another provider's model (litellm translates them)."""
+        return any((actions.sdk or {}).get("model") for actions in (*(r.actions for r in self._rules), self.defaults))
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rules:
         """Load a rules file: a regular file (symlinks followed) of at most MAX_RULES_BYTES; raises RulesError."""
