@@ -14,7 +14,9 @@ Two ways to serve a request:
 - **Forward** (the client speaks the provider's own protocol, which it does unless its rule
   maps it to another model): the body bytes, path, query and headers go to the upstream as
   the client sent them, and the upstream's status, headers and body come back chunk by chunk.
-  Unknown fields, ids, model names and events pass untouched; litellm is not involved.
+  Unknown fields, ids, model names and events pass untouched. litellm is not involved: its own
+  Messages, Responses and Gemini interfaces drop fields they do not know, rewrite ``thinking``,
+  ``output_config`` and response ids, and need its proxy's dependencies to stream.
   Only the framing, ``Accept-Encoding`` and cookies differ (see ``_NOT_FORWARDED`` and
   ``_NOT_RELAYED``).
 - **Translate** (a rule's ``sdk: {model: ...}``): litellm calls the mapped provider and the
