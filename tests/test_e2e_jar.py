@@ -12,10 +12,9 @@ import httpx
 import pytest
 from conftest import REDIRECT, MitmdumpProc, codex_ws, ws_responses
 from e2e_helpers import CLAUDE_UA, claude_body, claude_headers, wait_until
+from memproxy.wire import MARK
 from mitmproxy import http, io
 from websockets.exceptions import InvalidStatus
-
-from memproxy.wire import MARK
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +56,10 @@ def test_settings_calls_carry_the_jar_of_their_clients_scope(mitmdump, upstream,
         assert r.status_code == 200, proc.log_text()
         assert claude.get(SETTINGS).json() == {}
         assert claude.get("/api/claude_code/policy_limits", headers={"cookie": "theme=dark"}).status_code == 200
-    assert token in (cookies_at(upstream, SETTINGS)[-1] or ""), proc.log_text()
+        assert claude.get(SETTINGS, headers={"cookie": "cf_clearance=stale"}).status_code == 403
+    assert token in (cookies_at(upstream, SETTINGS)[0] or ""), proc.log_text()
     assert cookies_at(upstream, "/api/claude_code/policy_limits") == [f"theme=dark; {token}"]  # the client's first
+    assert cookies_at(upstream, SETTINGS)[1] == "cf_clearance=stale"  # a name the client sends is not repeated
 
     # Another client, in another scope, is not given that scope's cookie: its settings call is challenged.
     upstream.require_cookie = None
@@ -74,7 +75,7 @@ def test_settings_calls_carry_the_jar_of_their_clients_scope(mitmdump, upstream,
     with (tmp_path / "flows.mitm").open("rb") as f:
         flows = [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
     sent = [flow for flow in flows if flow.request.path.startswith("/api/")]
-    assert len(sent) == 3 and all(flow.request.headers["cookie"] == MARK for flow in sent[:2])  # hidden once sent
+    assert len(sent) == 4 and all(flow.request.headers["cookie"] == MARK for flow in sent[:3])  # hidden once sent
     assert all(upstream.cookie_token not in f"{flow.comment}{flow.metadata}" for flow in flows)
 
 

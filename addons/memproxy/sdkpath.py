@@ -167,13 +167,14 @@ class SdkPath:
         retry then carries them), and those of any other reply while the jar holds cookies of that host (so
         that they stay current, as a browser's would; a host that never challenged is left alone). Nothing is
         replayed, and the scope is not moved onto the SDK path."""
-        resp, sessions = flow.response, self.sessions
+        resp, sessions, req = flow.response, self.sessions, flow.request
         if sessions is None or resp is None or "set-cookie" not in resp.headers:
             return
-        req = flow.request
+        challenged = asks_for_cookies(resp)
+        if not (challenged or sessions.has_cookies(req.host)):
+            return
         if scope is None:
             scope = self.scope_of(flow, default)
-        challenged = asks_for_cookies(resp)
         if challenged or sessions.holds(scope, req.host):
             sessions.note_cookies(scope, req.host, resp.headers.get_all("set-cookie"))
         if challenged:
