@@ -14,6 +14,7 @@ from conftest import REDIRECT, MitmdumpProc, codex_ws, ws_responses
 from e2e_helpers import CLAUDE_UA, claude_body, claude_headers, wait_until
 from memproxy.wire import MARK
 from mitmproxy import http, io
+from test_e2e_clients import claude
 from websockets.exceptions import InvalidStatus
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +130,17 @@ def test_a_challenged_websocket_upgrade_leaves_its_cookie_for_the_retry(mitmdump
     assert upstream.cookie_token not in proc.log_text()
     proc.restart()
     assert ws_responses(proc, via="proxy")[-1]["type"] == "response.completed", proc.log_text()
+
+
+def test_real_claude_code_settings_calls_carry_the_cookie(mitmdump, upstream, tmp_path):
+    """Real Claude Code behind a challenging host: once its first LLM request met the challenge, its settings
+    calls carry the cookie (the second run's too: the client is known by its user agent)."""
+    upstream.require_cookie = "cf_clearance"
+    proc = start(mitmdump, upstream, tmp_path)
+    project = tmp_path / "proj"
+    for prompt in ("first run", "second run"):
+        assert upstream.reply in claude(proc, project, prompt, tmp_path / "home"), proc.log_text()
+    first_llm = next(n for n, r in enumerate(upstream.requests) if r.path == "/v1/messages")
+    later = [r.headers.get("cookie") for r in upstream.requests[first_llm:] if r.path.startswith("/api/claude_code/")]
+    assert later and all(c == f"cf_clearance={upstream.cookie_token}" for c in later), proc.log_text()
+    assert upstream.cookie_token not in proc.log_text()
