@@ -5,6 +5,11 @@ these clients instead. Jars are never shared across scopes. A (scope, host) that
 cookie challenge is marked as needing the SDK path for ``ttl`` seconds. Jars and marks
 are persisted to one JSON file (mode 0600, written atomically in a worker thread).
 
+A jar also serves the requests of its host that stay on the direct path (a client's
+settings calls, WebSocket upgrades): ``cookie_header`` gives their Cookie header and
+``note_cookies`` keeps what their replies set. ``has_cookies`` is the cheap test that
+comes first, so that a host whose jars never held a cookie costs one set lookup.
+
 Clients are bounded, since any request can name a new scope: at most ``max_clients``, the
 least recently used going first, and each closed after ``idle`` seconds unused. A client
 in use when it goes is closed when its last user is done. A pair whose client went keeps
@@ -75,6 +80,7 @@ class CookieSessions:
         self._jars: dict[Key, httpx.Cookies] = {}
         self._clients: OrderedDict[Key, _Pooled] = OrderedDict()  # least recently used first
         self._marks: dict[Key, float] = {}  # (scope, host) -> needs the SDK path until then
+        self._hosts: set[str] = set()  # hosts whose jars have held a cookie (never shrinks: a cheap first test)
         self._response_hooks: list[ResponseHook] = []
         self._ssl: ssl.SSLContext | None = None  # one for all clients: each of its own costs memory and CPU
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -133,12 +139,43 @@ class CookieSessions:
         """Store the cookies of a challenge response (raw ``Set-Cookie`` values) in the jar
         of (scope, host) and mark that pair as needing the SDK path for ``ttl`` seconds."""
         key = (scope, host.lower())
-        if set_cookie:
-            request = httpx.Request("GET", f"https://{key[1]}/")
-            response = httpx.Response(200, headers=[("set-cookie", v) for v in set_cookie], request=request)
-            self.jar(*key).extract_cookies(response)
+        self._extract(key, set_cookie)
         self._marks[key] = self._clock() + self.ttl
         self._schedule_save()
+
+    def note_cookies(self, scope: str, host: str, set_cookie: list[str]) -> None:
+        """Store cookies (raw ``Set-Cookie`` values) that a reply on the direct path set, in the
+        jar of (scope, host), without marking the pair: only an LLM request's own challenge
+        moves a scope onto the SDK path."""
+        if set_cookie:
+            self._extract((scope, host.lower()), set_cookie)
+            self._schedule_save()
+
+    def has_cookies(self, host: str) -> bool:
+        """Whether some jar of ``host`` has held a cookie: False means no jar can add one."""
+        return host.lower() in self._hosts
+
+    def holds(self, scope: str, host: str) -> bool:
+        """Whether the jar of (scope, host) holds a cookie now."""
+        jar = self._jars.get((scope, host.lower()))
+        return jar is not None and any(True for _ in jar.jar)
+
+    def cookie_header(self, scope: str, host: str, url: str, sent: str = "") -> str | None:
+        """The Cookie header of a request of (scope, host) to ``url`` that carries the jar's
+        cookies: the client's own ``sent`` header first, then the jar's cookies whose names it
+        does not send already. None when the jar adds nothing (an empty jar is not made)."""
+        jar = self._jars.get((scope, host.lower()))
+        if jar is None:
+            return None
+        request = httpx.Request("GET", url)
+        jar.set_cookie_header(request)  # the jar's own rules: domain, path, Secure, expiry
+        if not (ours := request.headers.get("cookie")):
+            return None
+        names = {part.split("=", 1)[0].strip() for part in sent.split(";")}
+        added = [part for part in ours.split("; ") if part.split("=", 1)[0] not in names]
+        if not added:
+            return None
+        return "; ".join([sent.strip().rstrip(";"), *added] if sent.strip() else added)
 
     def requires_sdk(self, scope: str, host: str) -> bool:
         """True while (scope, host) is marked by a recent challenge."""
@@ -174,6 +211,8 @@ class CookieSessions:
             for cookie in cookies:
                 jar.set_cookie(cookie)
             jar.clear_expired_cookies()
+            if any(True for _ in jar):
+                self._hosts.add(host.lower())
             if until is not None and until > now:
                 self._marks[(scope, host.lower())] = until
 
@@ -249,6 +288,15 @@ class CookieSessions:
             if not any(True for _ in jar.jar):
                 del self._jars[key]
 
+    def _extract(self, key: Key, set_cookie: list[str]) -> None:
+        """Store raw ``Set-Cookie`` values in the pair's jar, as if its host's root had sent them (a cookie
+        without a Path serves the whole host)."""
+        if set_cookie:
+            request = httpx.Request("GET", f"https://{key[1]}/")
+            response = httpx.Response(200, headers=[("set-cookie", v) for v in set_cookie], request=request)
+            self.jar(*key).extract_cookies(response)
+            self._hosts.add(key[1])
+
     def _arm_idle_timer(self) -> None:
         if self._idle_timer is not None or not self._clients:
             return
@@ -260,6 +308,7 @@ class CookieSessions:
 
     async def _on_response(self, response: httpx.Response) -> None:
         if response.headers.get_list("set-cookie"):  # the client has just stored them
+            self._hosts.add(response.request.url.host.lower())
             self._schedule_save()
         for hook in self._response_hooks:
             await hook(response)

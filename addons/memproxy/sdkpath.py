@@ -1,7 +1,14 @@
-"""The SDK path as the addon sees it: when a flow takes it, pointing the flow at the gateway, cookie challenges.
+"""The SDK path as the addon sees it: when a flow takes it, pointing the flow at the gateway, cookie challenges,
+and the cookie jars serving the requests that stay on the direct path.
 
 What goes to the gateway never carries a client's own ``x-memproxy-*`` header: those are the
 gateway's, and only the addon sets them (see ``Gateway.request_headers``).
+
+The jar of (scope, host) serves the whole host: after a challenge, a client's requests that never go to the
+gateway (its settings calls, its WebSocket upgrades, an LLM request whose rule keeps it on the direct path)
+carry the jar's cookies too, and a challenge to one of them leaves its cookies in the jar for the client's own
+retry. Such a request names no scope (the rules route LLM bodies), so it uses the jar of the scope that its
+client (the user agent's product token) last had on that host, or the default scope.
 
 The heavy parts (cookies.py pulls in httpx, gateway.py aiohttp and litellm) are imported lazily, in threads,
 so that mitmdump starts without them.
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +34,23 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
+MAX_CLIENTS = 256  # (client, host) pairs whose last scope is kept; past this, the least recently used goes
+
+
+def asks_for_cookies(resp: http.Response | None) -> bool:
+    """Whether a reply asks for cookies, in any protocol: 403/429/503 with Set-Cookie, or Cloudflare's
+    cf-mitigated."""
+    return (
+        resp is not None
+        and resp.status_code in CHALLENGE_STATUSES
+        and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
+    )
+
+
+def client_of(req: http.Request) -> str:
+    """The client that sent a request, as its user agent's product token (`claude-cli`, `codex_exec`)."""
+    return req.headers.get("user-agent", "").split("/", 1)[0].strip()[:64]
+
 
 def _internal(name: str) -> bool:
     return name.lower().startswith(OWN_PREFIX)
@@ -45,6 +70,7 @@ class SdkPath:
         self._module: Any = None  # memproxy.gateway, once imported
         self._lock = asyncio.Lock()
         self._restored = asyncio.Event()
+        self._scopes: OrderedDict[tuple[str, str], str] = OrderedDict()  # (client, host) -> its last LLM scope
 
     def limit(self, ttl: int, timeout: int) -> None:
         """New limits: later cookie challenges keep their (scope, host) on the SDK path for `ttl` seconds, and
@@ -111,13 +137,51 @@ class SdkPath:
     def is_challenge(self, flow: http.HTTPFlow, protocol: str) -> bool:
         """Whether the reply to a request in `protocol` is an LLM upstream asking for cookies (403/429/503 with
         Set-Cookie, or Cloudflare's cf-mitigated)."""
-        resp = flow.response
-        return (
-            resp is not None
-            and protocol in GATEWAY_PROTOCOLS
-            and resp.status_code in CHALLENGE_STATUSES
-            and ("set-cookie" in resp.headers or "cf-mitigated" in resp.headers)
-        )
+        return protocol in GATEWAY_PROTOCOLS and asks_for_cookies(flow.response)
+
+    # -- the jars on the direct path --------------------------------------
+
+    def used(self, flow: http.HTTPFlow, scope: str) -> None:
+        """Note the scope of an LLM request: its client's other requests to that host use that scope's jar."""
+        key = (client_of(flow.request), flow.request.host.lower())
+        self._scopes[key] = scope
+        self._scopes.move_to_end(key)
+        if len(self._scopes) > MAX_CLIENTS:
+            self._scopes.popitem(last=False)
+
+    def scope_of(self, flow: http.HTTPFlow, default: str) -> str:
+        """The scope whose jar a request that names none uses: its client's last on that host, or `default`."""
+        return self._scopes.get((client_of(flow.request), flow.request.host.lower()), default)
+
+    def attach(self, flow: http.HTTPFlow, scope: str | None, default: str) -> None:
+        """Give a request on the direct path the cookies of its jar (that of `scope`, or else of its client's
+        scope), after the client's own. A host whose jars never held a cookie costs one set lookup."""
+        sessions, req = self.sessions, flow.request
+        if sessions is None or not sessions.has_cookies(req.host):
+            return
+        if scope is None:
+            scope = self.scope_of(flow, default)
+        sent = "; ".join(req.headers.get_all("cookie"))
+        if (header := sessions.cookie_header(scope, req.host, req.url, sent)) is not None:
+            req.headers["cookie"] = header  # one header; Redact hides its value once the request has gone
+
+    def learn(self, flow: http.HTTPFlow, scope: str | None, default: str) -> None:
+        """Keep the cookies that a reply on the direct path sets: all those of a challenge (the client's own
+        retry then carries them), and those of any other reply while the jar holds cookies of that host (so
+        that they stay current, as a browser's would; a host that never challenged is left alone). Nothing is
+        replayed, and the scope is not moved onto the SDK path."""
+        resp, sessions, req = flow.response, self.sessions, flow.request
+        if sessions is None or resp is None or "set-cookie" not in resp.headers:
+            return
+        challenged = asks_for_cookies(resp)
+        if not (challenged or sessions.has_cookies(req.host)):
+            return
+        if scope is None:
+            scope = self.scope_of(flow, default)
+        if challenged or sessions.holds(scope, req.host):
+            sessions.note_cookies(scope, req.host, resp.headers.get_all("set-cookie"))
+        if challenged:
+            logger.info("memproxy: %s asked for cookies; kept for the next requests of %s", req.host, scope)
 
     async def replay(self, flow: http.HTTPFlow, protocol: str, scope: str) -> None:
         """Keep the challenge's cookies, replay the request through the gateway, answer with its reply.

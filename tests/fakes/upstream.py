@@ -338,7 +338,8 @@ class FakeUpstream(RecordingServer):
     as extra response headers), ``reset_mid_stream`` (close the connection after two
     chunks), ``require_cookie`` (a cookie name: an LLM call without that cookie
     set to ``cookie_token`` gets a Cloudflare-style challenge, 403 with
-    ``Set-Cookie`` and ``cf-mitigated: challenge``). ``sent_times`` holds the
+    ``Set-Cookie`` and ``cf-mitigated: challenge``; a GET of any other path is
+    challenged too, and otherwise answered ``{}``). ``sent_times`` holds the
     monotonic send time of every chunk. ``reply_for`` (a function of the
     ``Recorded`` request, or None) gives each request its own reply text. ``linger`` (seconds) holds a
     stream open after its last event before ending it.
@@ -417,12 +418,14 @@ class FakeUpstream(RecordingServer):
             api, stream = ANTHROPIC, data.get("stream") is True
         elif path in ("/v1/responses", "/responses"):
             api, stream = RESPONSES, data.get("stream") is True
+        elif request.method == "GET":  # a client's other calls to the host (Claude Code's settings): `{}`
+            return self._challenge() if self._challenges(request) else web.json_response({})
         else:
             return web.json_response({"error": {"message": f"no route {request.method} {path}"}}, status=404)
         websocket = api is RESPONSES and request.method == "GET" and web.WebSocketResponse().can_prepare(request).ok
         if request.method != "POST" and not websocket:
             return web.json_response({"error": {"message": f"method {request.method} not allowed"}}, status=405)
-        if self.require_cookie and request.cookies.get(self.require_cookie) != self.cookie_token:
+        if self._challenges(request):
             return self._challenge()
         if self.fail_status:
             body = api.error(self.fail_status, self.fail_message)
@@ -454,6 +457,10 @@ class FakeUpstream(RecordingServer):
         except ConnectionResetError:  # the client left mid-stream: the end of this answer, not a server error
             pass
         return resp
+
+    def _challenges(self, request: web.Request) -> bool:
+        """Whether a request lacks the cookie that ``require_cookie`` asks for."""
+        return bool(self.require_cookie) and request.cookies.get(self.require_cookie) != self.cookie_token
 
     def _challenge(self) -> web.Response:
         """A Cloudflare-style challenge: an HTML page that sets the clearance cookie."""

@@ -4,13 +4,16 @@
 1. only a flow to a memory host or a reverse listener, not sent by a web page (`Hosts.serves`); the
    override header is taken off (a client on this machine may name a scope with it);
 2. detect: the protocol adapter, from the method and path, and a JSON body that can be written back as sent;
+   anything else (a client's settings call, a WebSocket upgrade) only gets the cookies of its jar, if its host
+   ever asked for cookies (`SdkPath.attach`);
 3. route: the rules' decision on what they see of the flow (`request_view`);
 4. recall the route's memories within the time budget, and inject them in the adapter's format;
 5. reroute: through Supermemory's Memory Router, or through the SDK path when the route or an earlier
-   cookie challenge asks for it;
+   cookie challenge asks for it; a request that stays on the direct path gets the cookies of its jar;
 6. capture: a pending turn, remembered once its reply is complete: `responseheaders` tees an SSE stream,
-   `response` reads a whole reply (and replays a cookie challenge through the SDK path), and
-   `websocket_message` follows OpenAI Responses over WebSocket.
+   `response` reads a whole reply (and replays a cookie challenge through the SDK path, or keeps the cookies
+   of a reply on the direct path: `SdkPath.learn`), and `websocket_message` follows OpenAI Responses over
+   WebSocket.
 
 One memory per prompt: a turn is named by the prompt it answers (`Adapter.prompt`), so each step of a tool loop
 updates the prompt's one memory, and the last step leaves the final answer there. A WebSocket sends its input
@@ -59,6 +62,7 @@ logger = logging.getLogger(__name__)
 MARKER = ":brain:"
 SERVED = "memproxy_served"  # flow metadata: this flow may have memory (a WebSocket's messages follow it)
 SDK = "sdk"  # Outcome.route of a flow that takes the SDK path
+ROUTER = "supermemory_router"  # Outcome.route of a flow sent through Supermemory's Memory Router
 RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
@@ -77,7 +81,7 @@ class Outcome:
     injected: int = 0  # memories injected
     skipped: str | None = None  # why the request was left untouched
     ms: float | None = None  # time the decision took
-    route: str | None = None  # SDK once the flow takes the SDK path
+    route: str | None = None  # SDK or ROUTER once the flow leaves the direct path
     project: str | None = None  # the root of the scope's project
     layers: tuple[str, ...] = ()  # scopes recalled beside the scope
 
@@ -155,6 +159,18 @@ class Pending:
     thread: Thread | None = None  # the WebSocket's, if it came over one
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class LlmRequest:
+    """An LLM request as the request path reads it: its adapter, headers, parsed body (written back by
+    `dumps`) and the body's bytes."""
+
+    adapter: Adapter
+    headers: dict[str, str]
+    body: Any
+    content: bytes
+    dumps: Callable[[Any], bytes]
 
 
 @dataclass(slots=True)
@@ -247,38 +263,51 @@ class RequestPath:
             return
         flow.metadata[SERVED] = True  # a WebSocket's messages are judged by their handshake
         self._take_override(flow, rules)
-        req = flow.request
-        adapter = protocols.detect_path(req.method, req.path)
-        raw = req.raw_content
-        if adapter is None or not raw or len(raw) > self.max_body:
+        if (llm := self._llm_request(flow, rules)) is None:
+            if (sdk := self.sdk.path) is not None:  # a settings call, a WebSocket upgrade: its client's jar
+                sdk.attach(flow, None, rules.default_scope)
             return
-        headers = flow_headers(flow, rules.override_header)
-        if not jsonbody.is_json(headers.get("content-type", "")):
-            return
-        try:
-            content = req.get_content()
-        except ValueError:  # an encoding we cannot undo: passed through untouched
-            return
-        if len(content) > self.max_body:  # a small compressed body can decode to a huge one
-            return
-        if (parsed := jsonbody.parse(content)) is None or not adapter.matches_body(parsed[0]):
-            return
-        body, dumps = parsed
-        decision = await self._decide(flow, adapter, headers, body, content, dumps)
+        req, adapter = flow.request, llm.adapter
+        decision = await self._decide(flow, adapter, llm.headers, llm.body, llm.content, llm.dumps)
         if decision.route.actions.route == "supermemory_router":
             self._to_router(flow, decision.route)
+            decision.outcome.route = ROUTER
         elif (sdk := self.sdk.path) is not None:
             if sdk.sessions is None:
                 await sdk.restored(self.timeout)
+            sdk.used(flow, decision.route.scope)
             if sdk.wants(decision.route, req.host, adapter.name):
-                await sdk.redirect(flow, adapter.name, decision.route)
+                await sdk.redirect(flow, adapter.name, decision.route)  # the gateway's client adds the jar
                 decision.outcome.route = SDK
+            else:
+                sdk.attach(flow, decision.route.scope, rules.default_scope)
         if decision.content is not None:
             req.set_content(decision.content)
         if decision.pending:
             self.pending[flow.id] = decision.pending
         self.outcomes[flow.id] = decision.outcome
         self._annotate(flow, decision.outcome)
+
+    def _llm_request(self, flow: http.HTTPFlow, rules: Rules) -> LlmRequest | None:
+        """The flow's LLM request: an adapter's method and path, and a JSON body of its shape that can be written
+        back as sent. None for anything else, which passes untouched."""
+        req = flow.request
+        adapter = protocols.detect_path(req.method, req.path)
+        raw = req.raw_content
+        if adapter is None or not raw or len(raw) > self.max_body:
+            return None
+        headers = flow_headers(flow, rules.override_header)
+        if not jsonbody.is_json(headers.get("content-type", "")):
+            return None
+        try:
+            content = req.get_content()
+        except ValueError:  # an encoding we cannot undo: passed through untouched
+            return None
+        if len(content) > self.max_body:  # a small compressed body can decode to a huge one
+            return None
+        if (parsed := jsonbody.parse(content)) is None or not adapter.matches_body(parsed[0]):
+            return None
+        return LlmRequest(adapter, headers, parsed[0], content, parsed[1])
 
     def _take_override(self, flow: http.HTTPFlow, rules: Rules) -> None:
         """Strip the override header before upstream; keep its value for routing if the client is on this
@@ -401,9 +430,9 @@ class RequestPath:
     # -- the reply ----------------------------------------------------------
 
     def _challenged(self, flow: http.HTTPFlow, outcome: Outcome | None) -> bool:
-        """Whether a reply is a cookie challenge that the SDK path answers (the flow did not take it yet)."""
+        """Whether a reply is a cookie challenge that the SDK path answers (the flow stayed on the direct path)."""
         sdk = self.sdk.path
-        return outcome is not None and sdk is not None and outcome.route != SDK and sdk.is_challenge(flow, outcome.adapter)
+        return outcome is not None and sdk is not None and outcome.route is None and sdk.is_challenge(flow, outcome.adapter)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream SSE chunk by chunk; for a pending turn, tee a copy into its reply accumulator."""
@@ -441,6 +470,11 @@ class RequestPath:
             await self.sdk.path.replay(flow, outcome.adapter, outcome.scope)
             outcome.route = SDK
             flow.metadata["memproxy"] = outcome.shown()
+        elif SERVED in flow.metadata and (outcome is None or outcome.route is None) and self.sdk.path is not None:
+            # the direct path: a challenge's cookies wait for the client's own retry, other replies keep them current
+            rules = self.rules.rules
+            default = rules.default_scope if rules is not None else ""
+            self.sdk.path.learn(flow, outcome.scope if outcome is not None else None, default)
         resp = flow.response
         if pending is None or resp is None or resp.stream or resp.status_code >= 300:
             return
