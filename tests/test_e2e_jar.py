@@ -41,8 +41,9 @@ def cookies_at(upstream, path: str, host: str = "api.") -> list[str | None]:
 
 
 def anthropic_host(proc: MitmdumpProc, user_agent: str) -> httpx.Client:
+    """A client of api.anthropic.com through `proc` that, as Claude Code, sends a request again on a 307."""
     return httpx.Client(base_url="https://api.anthropic.com", proxy=proc.proxy_url, verify=proc.ssl_context(),
-                        trust_env=False, timeout=60, headers={"user-agent": user_agent})
+                        trust_env=False, timeout=60, headers={"user-agent": user_agent}, follow_redirects=True)
 
 
 def test_settings_calls_carry_the_jar_of_their_clients_scope(mitmdump, upstream, tmp_path):
@@ -91,7 +92,8 @@ def test_a_host_that_never_challenged_gets_no_cookie(mitmdump, upstream, tmp_pat
     # The same client and scope on another host (the fake again, named `localhost`): nothing is added.
     upstream.require_cookie = None
     other = f"http://localhost:{upstream.port}"
-    with httpx.Client(proxy=proc.proxy_url, trust_env=False, timeout=60, headers=claude_headers()) as claude:
+    with httpx.Client(proxy=proc.proxy_url, trust_env=False, timeout=60, headers=claude_headers(),
+                      follow_redirects=True) as claude:
         assert claude.post(f"{other}/v1/messages", json=claude_body("/tmp/proj", "hi", stream=False)).status_code == 200
         assert claude.get(f"{other}{SETTINGS}").status_code == 200
     seen = [r.headers.get("cookie") for r in upstream.requests if r.headers["host"].startswith("localhost")]
@@ -102,7 +104,7 @@ def test_websocket_upgrade_carries_the_cookie_of_a_challenged_llm_request(mitmdu
     upstream.require_cookie = "cf_clearance"
     proc = start(mitmdump, upstream, tmp_path)
     with httpx.Client(base_url="https://api.openai.com", proxy=proc.proxy_url, verify=proc.ssl_context(),
-                      trust_env=False, timeout=60, headers={"user-agent": CODEX_UA}) as codex:
+                      trust_env=False, timeout=60, headers={"user-agent": CODEX_UA}, follow_redirects=True) as codex:
         r = codex.post("/v1/responses", json={"model": "gpt-5.1-codex", "input": "hi"},
                        headers={"authorization": "Bearer sk-e2e"})
         assert r.status_code == 200, proc.log_text()

@@ -98,6 +98,30 @@ def test_cookie_challenge_moves_the_scope_to_the_sdk_path(mitmdump, upstream, op
     assert [token in (c or "") for c in cookies_seen(upstream, "/chat/completions")] == [True]
 
 
+def test_a_challenged_request_is_sent_again_and_its_reply_streams(mitmdump, upstream, tmp_path):
+    """A client known to follow a 307 with its body (here by its user agent, as Claude Code's) is asked to send
+    the challenged request again; that request goes through the gateway with the cookie and streams: in lockstep
+    the upstream sends chunk k+1 only after the client got chunk k."""
+    upstream.require_cookie, upstream.lockstep, upstream.chunks = "cf_clearance", True, 4
+    proc = start(mitmdump, upstream, tmp_path)
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"user-agent": "claude-cli/2.1.328 (external, cli)", "x-api-key": "sk-ant-x"}
+    deltas = []
+    with httpx.Client(proxy=proc.proxy_url, verify=proc.ssl_context(), trust_env=False, timeout=60, follow_redirects=True) as client:
+        with client.stream("POST", "https://api.anthropic.com/v1/messages?beta=true", json=body, headers=headers) as r:
+            assert r.status_code == 200 and [h.status_code for h in r.history] == [307]
+            for line in r.iter_lines():
+                if line.startswith("data: ") and (delta := json.loads(line[6:]).get("delta", {}).get("text")):
+                    deltas.append(delta)
+                    upstream.release()
+    assert "".join(deltas) == upstream.reply and len(deltas) == 4, proc.log_text()
+    challenged, sent_again = [r for r in upstream.requests if r.path == "/v1/messages"]
+    assert challenged.headers.get("cookie") is None and sent_again.query == {"beta": "true"}
+    assert sent_again.headers["cookie"] == f"cf_clearance={upstream.cookie_token}"
+    assert challenged.body == sent_again.body
+    assert "now goes through the SDK path (sent again)" in proc.log_text()
+
+
 def test_anthropic_cookie_challenge(mitmdump, upstream, anthropic_client, tmp_path):
     upstream.require_cookie = "cf_clearance"
     proc = start(mitmdump, upstream, tmp_path)

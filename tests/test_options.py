@@ -291,6 +291,20 @@ async def test_sdk_path_limits_follow_and_its_jars_stay(proxy, tmp_path):
     assert sdk.path.ttl == 5 and sdk.path.timeout == 7
 
 
+@covers("memory_sdk_resend")
+async def test_sdk_resend_follows_and_a_bad_regex_is_refused(proxy, tmp_path):
+    sdk = proxy[Sdk]
+    await start(proxy, Sdk)
+    assert sdk.path.resend.search("claude-cli/2.1.328 (external, cli)")
+    assert not sdk.path.resend.search("OpenAI/Python 2.8.0")
+    proxy.configure(memory_sdk_resend="^my-tool/")
+    assert sdk.path.resend.search("my-tool/1") and not sdk.path.resend.search("claude-cli/2")
+    assert "not a regular expression" in proxy.refuses(memory_sdk_resend="(")
+    assert sdk.path.resend.pattern == "^my-tool/"
+    proxy.configure(memory_sdk_resend="")
+    assert sdk.path.resend is None
+
+
 # -- the boundary, the guard, redaction and local users ------------------------------------
 
 

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
+RESEND_WINDOW = 30.0  # seconds after a 307 in which the same (scope, host) gets a replay instead
 MAX_CLIENTS = 256  # (client, host) pairs whose last scope is kept; past this, the least recently used goes
 
 
@@ -63,8 +66,10 @@ def _origin(req: http.Request) -> str:
 class SdkPath:
     """Cookie jars (loaded after start-up) and the loopback LiteLLM gateway (started on first use)."""
 
-    def __init__(self, cookies: Path, ttl: int, timeout: int) -> None:
+    def __init__(self, cookies: Path, ttl: int, timeout: int, resend: re.Pattern[str] | None = None) -> None:
         self.cookies_path, self.ttl, self.timeout = cookies, ttl, timeout
+        self.resend = resend  # user agents asked to send a challenged request again (see `answer_challenge`)
+        self._resent: dict[tuple[str, str], float] = {}  # (scope, host) -> when a challenge was last sent back
         self.sessions: CookieSessions | None = None
         self.gateway: Gateway | None = None
         self._module: Any = None  # memproxy.gateway, once imported
@@ -183,18 +188,43 @@ class SdkPath:
         if challenged:
             logger.info("memproxy: %s asked for cookies; kept for the next requests of %s", req.host, scope)
 
-    async def replay(self, flow: http.HTTPFlow, protocol: str, scope: str) -> None:
-        """Keep the challenge's cookies, replay the request through the gateway, answer with its reply.
-        This first reply is buffered; later requests of (scope, host) take the SDK path from the start."""
-        import httpx
-
+    async def answer_challenge(self, flow: http.HTTPFlow, protocol: str, scope: str) -> None:
+        """Keep the challenge's cookies and put (scope, host) on the SDK path; then answer the client so that it
+        sends the request again (a 307 to the same URL) if its user agent is known to, and else with the
+        gateway's reply to a replay. mitmproxy streams a reply only from the flow's own upstream, so only the
+        request sent again streams; a replay's reply arrives in one piece."""
         req = flow.request
         gateway = await self.ready()  # the jars are loaded by then, even right after a start
         self.sessions.note_challenge(scope, req.host, flow.response.headers.get_all("set-cookie"))
+        if self._resends(req, scope):
+            flow.response = http.Response.make(307, b"", {"location": req.path, "cache-control": "no-store"})
+            logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path (sent again)", req.host, scope)
+            return
+        await self._replay(flow, protocol, scope, gateway)
+        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, scope)
+
+    def _resends(self, req: http.Request, scope: str) -> bool:
+        """Whether the client is asked to send a challenged request again: its user agent follows a 307 with
+        the body (`resend`), and its (scope, host) was not sent back within RESEND_WINDOW seconds (a request
+        sent again that meets a challenge once more gets the replay: no loop)."""
+        if self.resend is None or not self.resend.search(req.headers.get("user-agent", "")):
+            return False
+        key, now = (scope, req.host.lower()), time.monotonic()
+        if now - self._resent.get(key, -RESEND_WINDOW) < RESEND_WINDOW:
+            return False
+        self._resent[key] = now
+        if len(self._resent) > MAX_CLIENTS:
+            self._resent.pop(next(iter(self._resent)))
+        return True
+
+    async def _replay(self, flow: http.HTTPFlow, protocol: str, scope: str, gateway: Gateway) -> None:
+        """Send the challenged request through the gateway and answer with its reply, read whole."""
+        import httpx
+
+        req = flow.request
         headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not _internal(k)}
         headers |= gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=scope)
         async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
             r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)
         kept = [(k.encode(), v.encode()) for k, v in r.headers.multi_items() if k.lower() not in HOP_HEADERS]
         flow.response = http.Response.make(r.status_code, r.content, kept)
-        logger.info("memproxy: %s asked for cookies; %s now goes through the SDK path", req.host, scope)

@@ -467,7 +467,7 @@ class RequestPath:
     async def response(self, flow: http.HTTPFlow) -> None:
         outcome, pending = self.outcomes.pop(flow.id, None), self.pending.pop(flow.id, None)
         if self._challenged(flow, outcome):
-            await self.sdk.path.replay(flow, outcome.adapter, outcome.scope)
+            await self.sdk.path.answer_challenge(flow, outcome.adapter, outcome.scope)
             outcome.route = SDK
             flow.metadata["memproxy"] = outcome.shown()
         elif SERVED in flow.metadata and (outcome is None or outcome.route is None) and self.sdk.path is not None:

@@ -8,6 +8,7 @@ decides which requests take it; the guard and redaction need the gateway's port 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,10 @@ from .ruleswatcher import RulesWatcher
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
+# The clients that send a request again on a 307 to the same URL, body included, as tests/test_e2e_sdk_clients.py
+# checks: Claude Code, Gemini CLI and Codex (HTTP).
+RESEND = r"^(?:claude-cli/|GeminiCLI[-/]|codex_(?:exec|cli_rs|vscode)/|codex-tui/)"
+
 
 class Sdk:
     """Restores the cookie jars at start, warms the gateway if a rule routes to it, closes both at exit."""
@@ -30,6 +35,7 @@ class Sdk:
     def __init__(self, rules: RulesWatcher) -> None:
         self.rules = rules
         self.path: SdkPath | None = None  # from `running` on
+        self.resend: re.Pattern[str] | None = re.compile(RESEND)
 
     @property
     def gateway(self) -> Gateway | None:
@@ -49,6 +55,14 @@ class Sdk:
         loader.add_option(
             "memory_sdk_timeout", int, 600, "Seconds a request on the SDK path may take, streaming included."
         )
+        loader.add_option(
+            "memory_sdk_resend",
+            str,
+            RESEND,
+            "User agents (a regex) asked, by a 307 to the same URL, to send a cookie-challenged request again, so"
+            " that its reply streams through the SDK path; other clients get a replay's reply in one piece. Empty:"
+            " always the replay.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -56,6 +70,13 @@ class Sdk:
             raise exceptions.OptionsError("memory_sdk_ttl must be >= 0")
         if "memory_sdk_timeout" in updated and opts.memory_sdk_timeout <= 0:
             raise exceptions.OptionsError("memory_sdk_timeout must be > 0")
+        if "memory_sdk_resend" in updated:
+            try:
+                self.resend = re.compile(opts.memory_sdk_resend) if opts.memory_sdk_resend else None
+            except re.error as e:
+                raise exceptions.OptionsError(f"memory_sdk_resend is not a regular expression: {e}") from None
+            if self.path is not None:
+                self.path.resend = self.resend
         if "memory_cookies" in updated:
             cookies = self._cookies()
             if self.path is not None and cookies != self.path.cookies_path:
@@ -78,7 +99,7 @@ class Sdk:
         if rules is None:
             return
         # Synchronous, so that the SDK path exists before the store's start-up awaits: the proxy already listens.
-        self.path = SdkPath(self._cookies(), ctx.options.memory_sdk_ttl, ctx.options.memory_sdk_timeout)
+        self.path = SdkPath(self._cookies(), ctx.options.memory_sdk_ttl, ctx.options.memory_sdk_timeout, self.resend)
         # Warm the gateway only if a rule routes to it, and litellm only if a rule maps a client to another
         # provider's model; else just restore the cookie jars.
         spawn(self.path.ready(translate=rules.translates) if "sdk" in rules.routes else self.path.load(), "SDK path")
