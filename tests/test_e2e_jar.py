@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REDIRECT, MitmdumpProc, codex_ws, ws_responses
-from e2e_helpers import CLAUDE_UA, claude_body, claude_headers, wait_until
+from e2e_helpers import CLAUDE_UA, claude_body, claude_headers, wait_memories, wait_until
 from memproxy.wire import MARK
 from mitmproxy import http, io
-from test_e2e_clients import claude
+from test_e2e_clients import claude, codex
 from websockets.exceptions import InvalidStatus
 
 pytestmark = pytest.mark.e2e
@@ -145,4 +145,18 @@ def test_real_claude_code_settings_calls_carry_the_cookie(mitmdump, upstream, tm
     first_llm = next(n for n, r in enumerate(upstream.requests) if r.path == "/v1/messages")
     later = [r.headers.get("cookie") for r in upstream.requests[first_llm:] if r.path.startswith("/api/claude_code/")]
     assert later and all(c == f"cf_clearance={upstream.cookie_token}" for c in later), proc.log_text()
+    assert upstream.cookie_token not in proc.log_text()
+
+
+def test_real_codex_over_its_websocket_behind_a_challenging_host(mitmdump, upstream, tmp_path):
+    """Real Codex: its WebSocket upgrade meets the challenge, the cookie goes into its jar, Codex's own retry of the
+    upgrade carries it, and the turn is answered and remembered."""
+    upstream.require_cookie = "cf_clearance"
+    proc = start(mitmdump, upstream, tmp_path)
+    out = codex(proc, tmp_path / "proj", "Which port does the gateway use?", tmp_path / "home", wrap=True)
+    assert upstream.reply in out, proc.log_text()
+    upgrades = [r.headers.get("cookie") for r in upstream.requests if r.path == "/v1/responses" and r.method == "GET"]
+    assert upgrades[0] is None and upgrades[-1] == f"cf_clearance={upstream.cookie_token}", upgrades
+    stored = wait_memories(tmp_path / "memories.db", "project:proj")
+    assert any("Which port does the gateway use?" in m for m in stored), proc.log_text()
     assert upstream.cookie_token not in proc.log_text()
