@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 
-.PHONY: run web test test-slow lint bench bench-callgrind bench-ab bench-recall lock clean
+.PHONY: run web test test-slow lint bench bench-callgrind bench-ab bench-recall bench-sdk lock clean
 
 $(UV):
 	@test -n "$(PY)" || exit 1
@@ -70,6 +70,10 @@ bench-ab: $(VENV)/.synced
 	$(VENV)/bin/python bench/ab.py $(ARGS)
 
 # Recall on LoCoMo's dev half, read from ../shared/recall (never copied here): ARGS="--data PATH --json OUT".
+bench-sdk: $(VENV)/.synced
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(VENV)/bin/python bench/sdkpath.py $(ARGS)
+
 bench-recall: $(VENV)/.synced
 	$(VENV)/bin/python bench/recall.py $(ARGS)
 
