@@ -196,12 +196,18 @@ class _Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class _Forward:
-    """One gateway request in the provider's own protocol, sent on as it came."""
+class _Served:
+    """One gateway request, parsed: the client's protocol, the scope, and the cookie session's host."""
 
     adapter: Adapter
     scope: str
-    host: str  # the cookie session's host
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward(_Served):
+    """A request in the provider's own protocol, sent on as it came."""
+
     method: str
     url: str  # the upstream origin + the client's path and query
     body: bytes
@@ -210,12 +216,9 @@ class _Forward:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
-    """One gateway request that litellm translates for a rule's provider mapping."""
+class _Call(_Served):
+    """A request that litellm translates for a rule's provider mapping."""
 
-    adapter: Adapter
-    scope: str
-    host: str  # the cookie session's host
     model: str
     api_base: str | None
     api_key: str | None
