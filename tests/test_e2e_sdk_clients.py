@@ -1,0 +1,180 @@
+"""The SDK path with real clients: what a client sends reaches the provider as it was sent, and what the
+provider answers reaches the client as it was answered, whether the request goes straight through (the direct
+path) or through the gateway after a Cloudflare-style challenge (the SDK path).
+
+Each scenario runs twice on fresh files: once on the direct path, once behind the fake upstream that challenges
+any LLM call without its cookie (the first request is challenged and replayed through the gateway, the later
+ones go to the gateway from the start). The store holds one seeded memory, so recall is exercised on both runs;
+what it injects is compared as a placeholder (its framing may name the memory's age). Values a client makes up
+per run (session and device ids) are numbered in order of appearance before the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MitmdumpProc
+from e2e_helpers import MEMORY_TAG, isolated_env, seed, wait_memories
+from e2e_helpers import installed_client as installed
+from e2e_helpers import run_client as run
+from fakes import FakeUpstream, Recorded, ToolCall
+from mitmproxy import http, io
+from test_e2e_clients import answer_classifier
+from test_e2e_sdk import start
+from test_e2e_turns import tool_names
+
+pytestmark = pytest.mark.e2e
+
+SCOPE = "project:shop"
+SEEDED = "User: the shop deploys with Nomad\nAssistant: Noted: Nomad."
+COOKIE = "cf_clearance"
+_MEMORY_BLOCK = re.compile(r"<recalled-memories.*?</recalled-memories>", re.S)
+_CHECKSUM = re.compile(r"\bcch=[0-9a-f]+;")  # Claude Code's billing block: a checksum of the request, session id included
+_RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32,64}\b")
+
+
+def normal(text: str, ids: dict[str, str]) -> str:
+    """`text` with the injected memory block as a placeholder and each per-run id numbered (in `ids`, shared by
+    one run's requests) by its first appearance, and Claude Code's per-request checksum as a placeholder."""
+    text = _CHECKSUM.sub("cch=<checksum>;", _MEMORY_BLOCK.sub("<recalled-memories/>", text))
+    return _RUN_IDS.sub(lambda m: ids.setdefault(m[0], f"<id{len(ids)}>"), text)
+
+
+@dataclass
+class Run:
+    """One path's run: what the fake received and sent for each LLM call (challenged ones apart), the flows
+    mitmdump saved, and what the client printed."""
+
+    challenged: list[Recorded] = field(default_factory=list)
+    calls: list[Recorded] = field(default_factory=list)
+    flows: list[http.HTTPFlow] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    log: str = ""
+
+    def bodies(self) -> list[str]:
+        ids: dict[str, str] = {}
+        return [normal(r.body.decode(), ids) for r in self.calls]
+
+
+def llm_call(path: str) -> bool:
+    return path.startswith(("/v1/messages", "/v1/responses", "/v1beta/models/")) and "count_tokens" not in path
+
+
+def run_path(
+    mitmdump: Callable[..., MitmdumpProc],
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    challenge: bool,
+    drive: Callable[[MitmdumpProc, Path, Path], Iterator[str]],
+    rules: str | None = None,
+) -> Run:
+    """`drive` the client through a fresh mitmdump (its store seeded), the fake challenging if `challenge`.
+    The client's home and project are the same paths on each run, emptied first, so its bodies can be compared."""
+    work = tmp_path / ("sdk" if challenge else "direct")
+    work.mkdir()
+    home, project = tmp_path / "home", tmp_path / "shop"
+    for path in (home, project):
+        shutil.rmtree(path, ignore_errors=True)
+    seed(work / "memories.db", SCOPE, SEEDED)
+    upstream.clear()
+    upstream.require_cookie = COOKIE if challenge else None
+    options = {"save_stream_file": str(work / "flows"), "store_streamed_bodies": "true"}
+    if rules is not None:
+        (work / "rules.yaml").write_text(rules)
+        options["memory_rules"] = str(work / "rules.yaml")
+    proc = start(mitmdump, upstream, work, **options)
+    result = Run()
+    result.outputs = list(drive(proc, project, home))
+    result.log = proc.log_text()
+    proc.stop()
+    token = f"{COOKIE}={upstream.cookie_token}"
+    for rec in upstream.requests:
+        if rec.method == "POST" and llm_call(rec.path):
+            unchallenged = not challenge or token in rec.headers.get("cookie", "")
+            (result.calls if unchallenged else result.challenged).append(rec)
+    with (work / "flows").open("rb") as f:
+        result.flows = [
+            flow for flow in io.FlowReader(f).stream()
+            if isinstance(flow, http.HTTPFlow) and flow.request.method == "POST" and llm_call(flow.request.path)
+        ]
+    return result
+
+
+def assert_client_got_what_the_fake_sent(run_: Run) -> None:
+    """Each streamed LLM answer, as mitmdump passed it to the client, is the fake's own bytes (ids, model,
+    events). The first, challenged answer on the SDK path is made up by the addon after the flow's own upstream
+    answered, so it reaches the client in one piece: its bytes are compared, not its pacing."""
+    assert len(run_.flows) == len(run_.calls), run_.log
+    for flow, rec in zip(run_.flows, run_.calls, strict=True):
+        assert flow.response is not None and rec.sent, (flow.request.path, run_.log)
+        assert flow.response.raw_content == bytes(rec.sent), flow.request.path
+
+
+def stainless(rec: Recorded) -> dict[str, str]:
+    return {k: v for k, v in rec.headers.items() if k.startswith("x-stainless-")}
+
+
+# -- Claude Code -------------------------------------------------------------------------------------------------
+
+PROMPT = "How does the shop deploy?"
+TOOL_PROMPT = "Which files are in the shop repository?"
+OUTPUT = "tool-output-5c1e"
+FINAL = "The shop deploys with Nomad."
+
+
+def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
+    env = isolated_env(home) | {
+        "ANTHROPIC_API_KEY": "sk-ant-fake-e2e-sdk-clients",
+        "HTTPS_PROXY": proc.proxy_url,
+        "NODE_EXTRA_CA_CERTS": str(proc.ca_path),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    return run(proc, project, [str(installed("claude")), *args], env, wrap=False).strip()
+
+
+def drive_claude(proc: MitmdumpProc, project: Path, home: Path) -> Iterator[str]:
+    yield claude(proc, project, home, "-p", PROMPT)
+    yield claude(proc, project, home, "-p", TOOL_PROMPT, "--allowedTools", "Bash")
+
+
+def test_claude_code_sends_and_receives_the_same_on_the_sdk_path(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    call = ToolCall("Bash", {"command": f"printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if TOOL_PROMPT in json.dumps(data) and "Bash" in tool_names(data) else None
+    upstream.reply = FINAL
+    direct = run_path(mitmdump, upstream, tmp_path, False, drive_claude)
+    sdk = run_path(mitmdump, upstream, tmp_path, True, drive_claude)
+
+    assert direct.outputs == sdk.outputs == [FINAL, FINAL]
+    assert len(sdk.challenged) == 1, sdk.log  # the first call only: the later ones carry the jar's cookie
+    assert sdk.challenged[0].body == sdk.calls[0].body  # replayed as it was sent
+    main = [i for i, r in enumerate(direct.calls) if "Bash" in tool_names(r.json)]
+    assert len(main) == 3, [r.path for r in direct.calls]  # the prompt; the tool loop's call and its result
+    assert [r.path for r in sdk.calls] == [r.path for r in direct.calls]
+    assert all(r.query == {"beta": "true"} for r in sdk.calls)
+    assert [stainless(r) for r in sdk.calls] == [stainless(r) for r in direct.calls]
+    assert all(stainless(r) for r in sdk.calls)
+    assert MEMORY_TAG in sdk.calls[main[0]].body.decode()  # recall ran on the SDK path too
+    assert sdk.bodies() == direct.bodies()
+
+    # What a translation loses, named (the equality above holds them already). This version of Claude Code
+    # sends no `defer_loading` (it lists deferred tools in a message): whatever tools it sends are kept.
+    for i in main:
+        body, sent = sdk.calls[i].json, direct.calls[i].json
+        assert body["tools"] == sent["tools"] and all("$schema" in t["input_schema"] for t in body["tools"])
+        assert not any(t.get("type") == "custom" for t in body["tools"])
+        assert body["context_management"] == sent["context_management"]
+        assert body["output_config"] == sent["output_config"]
+        assert [type(m["content"]) for m in body["messages"]] == [type(m["content"]) for m in sent["messages"]]
+    result = sdk.calls[main[2]].json["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result" and result["content"] == OUTPUT and result["is_error"] is False
+    for run_ in (direct, sdk):
+        assert_client_got_what_the_fake_sent(run_)
+    first = sdk.flows[0].response
+    assert first is not None and b'"id": "msg_fake"' in first.raw_content and b"claude-" in first.raw_content
