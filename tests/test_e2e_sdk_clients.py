@@ -37,13 +37,16 @@ SEEDED = "User: the shop deploys with Nomad\nAssistant: Noted: Nomad."
 COOKIE = "cf_clearance"
 _MEMORY_BLOCK = re.compile(r"<recalled-memories.*?</recalled-memories>", re.S)
 _CHECKSUM = re.compile(r"\bcch=[0-9a-f]+;")  # Claude Code's billing block: a checksum of the request, session id included
+_CLOCK = re.compile(r'(_unix_ms\\*":)\d+')  # Codex's turn metadata: when the turn started
 _RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32,64}\b")
 
 
 def normal(text: str, ids: dict[str, str]) -> str:
     """`text` with the injected memory block as a placeholder and each per-run id numbered (in `ids`, shared by
-    one run's requests) by its first appearance, and Claude Code's per-request checksum as a placeholder."""
+    one run's requests) by its first appearance; Claude Code's per-request checksum and Codex's turn start time as
+    placeholders."""
     text = _CHECKSUM.sub("cch=<checksum>;", _MEMORY_BLOCK.sub("<recalled-memories/>", text))
+    text = _CLOCK.sub(r"\1<time>", text)
     return _RUN_IDS.sub(lambda m: ids.setdefault(m[0], f"<id{len(ids)}>"), text)
 
 
@@ -62,6 +65,11 @@ class Run:
         ids: dict[str, str] = {}
         return [normal(r.body.decode(), ids) for r in self.calls]
 
+    def documents(self) -> list[Any]:
+        """`bodies()` parsed: for a client whose objects' key order changes from run to run (Codex's
+        `client_metadata`, a hash map)."""
+        return [json.loads(body) for body in self.bodies()]
+
 
 def llm_call(path: str) -> bool:
     return path.startswith(("/v1/messages", "/v1/responses", "/v1beta/models/")) and "count_tokens" not in path
@@ -72,10 +80,11 @@ def run_path(
     upstream: FakeUpstream,
     tmp_path: Path,
     challenge: bool,
-    drive: Callable[[MitmdumpProc, Path, Path], Iterator[str]],
+    drive: Callable[[MitmdumpProc, Path, Path, Path], Iterator[str]],
     rules: str | None = None,
 ) -> Run:
-    """`drive` the client through a fresh mitmdump (its store seeded), the fake challenging if `challenge`.
+    """`drive` the client (proc, project, home, the run's own folder) through a fresh mitmdump (its store seeded
+    in that folder), the fake challenging if `challenge`.
     The client's home and project are the same paths on each run, emptied first, so its bodies can be compared."""
     work = tmp_path / ("sdk" if challenge else "direct")
     work.mkdir()
@@ -91,7 +100,7 @@ def run_path(
         options["memory_rules"] = str(work / "rules.yaml")
     proc = start(mitmdump, upstream, work, **options)
     result = Run()
-    result.outputs = list(drive(proc, project, home))
+    result.outputs = list(drive(proc, project, home, work))
     result.log = proc.log_text()
     proc.stop()
     token = f"{COOKIE}={upstream.cookie_token}"
@@ -139,7 +148,7 @@ def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
     return run(proc, project, [str(installed("claude")), *args], env, wrap=False).strip()
 
 
-def drive_claude(proc: MitmdumpProc, project: Path, home: Path) -> Iterator[str]:
+def drive_claude(proc: MitmdumpProc, project: Path, home: Path, work: Path) -> Iterator[str]:
     yield claude(proc, project, home, "-p", PROMPT)
     yield claude(proc, project, home, "-p", TOOL_PROMPT, "--allowedTools", "Bash")
 
@@ -178,3 +187,57 @@ def test_claude_code_sends_and_receives_the_same_on_the_sdk_path(mitmdump, upstr
         assert_client_got_what_the_fake_sent(run_)
     first = sdk.flows[0].response
     assert first is not None and b'"id": "msg_fake"' in first.raw_content and b"claude-" in first.raw_content
+
+
+# -- Codex over HTTP -----------------------------------------------------------------------------------------------
+
+CODEX_CONFIG = """model_provider = "openai-http"
+
+[model_providers.openai-http]
+name = "OpenAI over HTTP"
+base_url = "https://api.openai.com/v1"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+supports_websockets = false
+"""
+CODEX_PROMPTS = [f"Which port does shop service {n} listen on?" for n in range(4)]
+
+
+def codex_http(proc: MitmdumpProc, project: Path, home: Path, prompt: str) -> str:
+    """`codex exec prompt` with a provider that speaks Responses over HTTP (SSE), not its WebSocket."""
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    (home / ".codex/config.toml").write_text(CODEX_CONFIG)
+    env = isolated_env(home) | {"OPENAI_API_KEY": "sk-e2e-sdk-clients-codex-0123456789"}
+    return run(proc, project, [str(installed("codex")), "exec", "--skip-git-repo-check", prompt], env, wrap=True)
+
+
+def drive_codex(upstream: FakeUpstream) -> Callable[[MitmdumpProc, Path, Path, Path], Iterator[str]]:
+    """Four runs, each a fresh prompt with its own answer; each turn is stored before the next run starts."""
+
+    def drive(proc: MitmdumpProc, project: Path, home: Path, work: Path) -> Iterator[str]:
+        for n, prompt in enumerate(CODEX_PROMPTS):
+            upstream.reply = f"Shop service {n} listens on port 70{n}1."
+            yield codex_http(proc, project, home, prompt)
+            turn = f"User: {prompt}\nAssistant: {upstream.reply}"
+            stored = wait_memories(work / "memories.db", SCOPE, n + 2)
+            assert turn in stored, (n, stored, proc.log_text())
+
+    return drive
+
+
+def test_codex_over_http_sends_the_same_and_stores_every_turn_on_the_sdk_path(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.chunk_delay = 0.15  # Codex closes the stream at response.completed: the end comes a moment later
+    direct = run_path(mitmdump, upstream, tmp_path, False, drive_codex(upstream))
+    sdk = run_path(mitmdump, upstream, tmp_path, True, drive_codex(upstream))
+
+    assert len(sdk.challenged) == 1, sdk.log
+    assert sdk.challenged[0].body == sdk.calls[0].body
+    assert [r.path for r in sdk.calls] == [r.path for r in direct.calls] and len(sdk.calls) == 4
+    assert all(r.json["stream"] is True and "client_metadata" in r.json for r in sdk.calls)
+    assert MEMORY_TAG in sdk.calls[0].body.decode()
+    assert sdk.documents() == direct.documents()
+    assert [out.strip().splitlines()[-1:] for out in sdk.outputs] == [out.strip().splitlines()[-1:] for out in direct.outputs]
+    for run_ in (direct, sdk):
+        assert_client_got_what_the_fake_sent(run_)
