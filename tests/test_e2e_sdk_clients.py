@@ -26,7 +26,7 @@ from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, Recorded, ToolCall
 from mitmproxy import http, io
-from test_e2e_clients import answer_classifier
+from test_e2e_clients import answer_classifier, gemini
 from test_e2e_sdk import start
 from test_e2e_turns import tool_names
 
@@ -117,8 +117,7 @@ def run_path(
 
 
 def assert_client_got_what_the_fake_sent(run_: Run) -> None:
-    """Each streamed LLM answer, as mitmdump passed it to the client, is the fake's own bytes (ids, model,
-    events). The first, challenged answer on the SDK path is made up by the addon after the flow's own upstream
+    """Each LLM answer, as mitmdump passed it to the client, is the fake's own bytes (ids, model, events). The first, challenged answer on the SDK path is made up by the addon after the flow's own upstream
     answered, so it reaches the client in one piece: its bytes are compared, not its pacing."""
     assert len(run_.flows) == len(run_.calls), run_.log
     for flow, rec in zip(run_.flows, run_.calls, strict=True):
@@ -239,5 +238,34 @@ def test_codex_over_http_sends_the_same_and_stores_every_turn_on_the_sdk_path(
     assert MEMORY_TAG in sdk.calls[0].body.decode()
     assert sdk.documents() == direct.documents()
     assert [out.strip().splitlines()[-1:] for out in sdk.outputs] == [out.strip().splitlines()[-1:] for out in direct.outputs]
+    for run_ in (direct, sdk):
+        assert_client_got_what_the_fake_sent(run_)
+
+
+# -- Gemini CLI ----------------------------------------------------------------------------------------------------
+
+GEMINI_PROMPT = "Which scheduler deploys the shop?"
+
+
+def drive_gemini(proc: MitmdumpProc, project: Path, home: Path, work: Path) -> Iterator[str]:
+    yield gemini(proc, project, GEMINI_PROMPT, home)
+
+
+def test_gemini_cli_is_served_on_the_sdk_path_streaming(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    answer_classifier(upstream)
+    upstream.reply = FINAL
+    direct = run_path(mitmdump, upstream, tmp_path, False, drive_gemini)
+    sdk = run_path(mitmdump, upstream, tmp_path, True, drive_gemini)
+
+    assert direct.outputs == sdk.outputs == [FINAL]  # gemini exits 0 (run_client checks) and prints the fake's reply
+    # Each scope has its own jar: the classifier's call (an auxiliary call, in the default scope) and the turn's
+    # (in the project's) are each challenged once, and replayed as they were sent.
+    assert [r.path for r in sdk.challenged] == [r.path for r in direct.calls], sdk.log
+    assert [r.body for r in sdk.challenged] == [r.body for r in sdk.calls]
+    assert [(r.path, r.query) for r in sdk.calls] == [(r.path, r.query) for r in direct.calls]
+    streamed = [r for r in sdk.calls if r.path.endswith(":streamGenerateContent")]
+    assert streamed and all(r.query == {"alt": "sse"} for r in streamed)
+    assert MEMORY_TAG in streamed[0].body.decode()
+    assert sdk.bodies() == direct.bodies()
     for run_ in (direct, sdk):
         assert_client_got_what_the_fake_sent(run_)
