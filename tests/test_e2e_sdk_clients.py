@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MitmdumpProc
+from conftest import MitmdumpProc, make_http_client
 from e2e_helpers import MEMORY_TAG, isolated_env, seed, wait_memories
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
@@ -36,17 +36,20 @@ SCOPE = "project:shop"
 SEEDED = "User: the shop deploys with Nomad\nAssistant: Noted: Nomad."
 COOKIE = "cf_clearance"
 _MEMORY_BLOCK = re.compile(r"<recalled-memories.*?</recalled-memories>", re.S)
-_CHECKSUM = re.compile(r"\bcch=[0-9a-f]+;")  # Claude Code's billing block: a checksum of the request, session id included
+_CHECKSUM = re.compile(r"\bcch=[0-9a-f]+;")  # Claude Code's billing block: a checksum, of the session id too
 _CLOCK = re.compile(r'(_unix_ms\\*":)\d+')  # Codex's turn metadata: when the turn started
 _RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32,64}\b")
 
 
-def normal(text: str, ids: dict[str, str]) -> str:
-    """`text` with the injected memory block as a placeholder and each per-run id numbered (in `ids`, shared by
-    one run's requests) by its first appearance; Claude Code's per-request checksum and Codex's turn start time as
+def scrub(text: str) -> str:
+    """`text` with the injected memory block, Claude Code's per-request checksum and Codex's turn start time as
     placeholders."""
     text = _CHECKSUM.sub("cch=<checksum>;", _MEMORY_BLOCK.sub("<recalled-memories/>", text))
-    text = _CLOCK.sub(r"\1<time>", text)
+    return _CLOCK.sub(r"\1<time>", text)
+
+
+def number(text: str, ids: dict[str, str]) -> str:
+    """`text` with each per-run id numbered (in `ids`, shared by one run's requests) by its first appearance."""
     return _RUN_IDS.sub(lambda m: ids.setdefault(m[0], f"<id{len(ids)}>"), text)
 
 
@@ -62,17 +65,20 @@ class Run:
     log: str = ""
 
     def bodies(self) -> list[str]:
+        """The LLM calls' bodies as they arrived, scrubbed and their ids numbered."""
         ids: dict[str, str] = {}
-        return [normal(r.body.decode(), ids) for r in self.calls]
+        return [number(scrub(r.body.decode()), ids) for r in self.calls]
 
     def documents(self) -> list[Any]:
-        """`bodies()` parsed: for a client whose objects' key order changes from run to run (Codex's
-        `client_metadata`, a hash map)."""
-        return [json.loads(body) for body in self.bodies()]
+        """The LLM calls' bodies parsed, for a client whose objects' key order changes from run to run (Codex's
+        `client_metadata`, a hash map): the ids are numbered in the order of the keys sorted."""
+        ids: dict[str, str] = {}
+        canonical = (json.dumps(json.loads(scrub(r.body.decode())), sort_keys=True) for r in self.calls)
+        return [json.loads(number(text, ids)) for text in canonical]
 
 
 def llm_call(path: str) -> bool:
-    return path.startswith(("/v1/messages", "/v1/responses", "/v1beta/models/")) and "count_tokens" not in path
+    return path.startswith(("/v1/messages", "/v1/responses", "/v1/chat/", "/v1beta/models/")) and "count_tokens" not in path
 
 
 def run_path(
@@ -269,3 +275,113 @@ def test_gemini_cli_is_served_on_the_sdk_path_streaming(mitmdump, upstream: Fake
     assert sdk.bodies() == direct.bodies()
     for run_ in (direct, sdk):
         assert_client_got_what_the_fake_sent(run_)
+
+
+# -- parity: the same requests on the direct path and on the SDK path ------------------------------------------------
+
+OPENAI_HEADERS = {
+    "authorization": "Bearer sk-parity-openai",
+    "user-agent": "OpenAI/Python 3.57.0",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": "3.57.0",
+    "x-stainless-retry-count": "0",
+    "x-stainless-runtime": "CPython",
+}
+ANTHROPIC_HEADERS = {
+    "x-api-key": "sk-ant-parity",
+    "anthropic-version": "2023-06-01",
+    "user-agent": "Anthropic/Python 2.13.0",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": "2.13.0",
+}
+GEMINI_HEADERS = {"x-goog-api-key": "AIza-parity-gemini", "x-goog-api-client": "google-genai-sdk/1.0.0 gl-python/3.12"}
+QUESTION = "Which scheduler deploys the shop?"
+MESSAGES = [{"role": "user", "content": QUESTION}]
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}], "generationConfig": {"temperature": 0}}
+# (name, host, path with query, headers, body): the requests the openai and anthropic SDKs and Gemini's REST API send.
+PARITY_CASES = [
+    ("chat", "api.openai.com", "/v1/chat/completions", OPENAI_HEADERS, {"model": "gpt-4o", "messages": MESSAGES}),
+    ("chat-stream", "api.openai.com", "/v1/chat/completions", OPENAI_HEADERS,
+     {"model": "gpt-4o", "messages": MESSAGES, "stream": True}),
+    ("responses", "api.openai.com", "/v1/responses", OPENAI_HEADERS, {"model": "gpt-4o", "input": QUESTION}),
+    ("responses-stream", "api.openai.com", "/v1/responses", OPENAI_HEADERS,
+     {"model": "gpt-4o", "input": QUESTION, "stream": True}),
+    ("messages", "api.anthropic.com", "/v1/messages", ANTHROPIC_HEADERS,
+     {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES}),
+    ("messages-stream", "api.anthropic.com", "/v1/messages", ANTHROPIC_HEADERS,
+     {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES, "stream": True}),
+    ("gemini", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent",
+     GEMINI_HEADERS, GEMINI_BODY),
+    ("gemini-stream", "generativelanguage.googleapis.com",
+     "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", GEMINI_HEADERS, GEMINI_BODY),
+]
+# Headers that may differ between the two paths, and why. Anything else that differs fails the test.
+REQUEST_HEADERS_APART = {
+    # The fake stands in for the API hosts: tests/fakes/redirect.py points a flow at it before the addon sees it,
+    # keeping the client's Host, so the SDK path's upstream origin, whose host the gateway sends, is the fake's
+    # address (checked below). With a real host both paths send that host.
+    "host",
+    "accept-encoding",  # not forwarded by the gateway: its own client asks for what it can decode
+    "cookie",  # the gateway merges the jar's cookies into the client's
+}
+RESPONSE_HEADERS_APART = {
+    "set-cookie",  # the upstream's cookies stay in the jar
+    "content-length", "transfer-encoding",  # framing: the gateway relays chunk by chunk
+    "content-encoding",  # the gateway's client decodes what it asked for
+    "date",  # the time of the answer, on either path
+}
+
+
+@dataclass
+class Exchange:
+    """One request's trace: what the fake received, and the raw answer the client got."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    reply_headers: dict[str, str]
+    reply: bytes
+
+
+def exchanges(proc: MitmdumpProc, upstream: FakeUpstream) -> dict[str, Exchange]:
+    """Each parity case sent through `proc` as a proxy, with raw httpx (the bytes as they come)."""
+    found = {}
+    for name, host, path, headers, body in PARITY_CASES:
+        upstream.clear()
+        content = json.dumps(body).encode()
+        with make_http_client(proc, host=host) as client:
+            send = {**headers, "content-type": "application/json", "x-memory-user-id": "team"}
+            with client.stream("POST", path, content=content, headers=send) as answer:
+                reply = b"".join(answer.iter_raw())
+        [rec] = [r for r in upstream.requests if llm_call(r.path)]
+        found[name] = Exchange(rec.path, rec.query, rec.headers, rec.body, answer.status_code,
+                               {k.lower(): v for k, v in answer.headers.items()}, reply)
+    return found
+
+
+def test_the_direct_and_the_sdk_path_are_byte_for_byte_the_same(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Seed group 1, binary vs SDK: for each client and format, the body at the upstream and the answer at the
+    client are the same bytes on both paths, and the headers the same apart from the documented ones."""
+    results = {}
+    for route in ("passthrough", "sdk"):
+        work = tmp_path / route
+        work.mkdir()
+        seed(work / "memories.db", "team", SEEDED)
+        (work / "rules.yaml").write_text(f"rules:\n  - name: all\n    user_id: team\n    route: {route}\n")
+        proc = start(mitmdump, upstream, work, memory_rules=str(work / "rules.yaml"))
+        results[route] = exchanges(proc, upstream)
+        proc.stop()
+    for name, *_ in PARITY_CASES:
+        direct, sdk = results["passthrough"][name], results["sdk"][name]
+        assert MEMORY_TAG in sdk.body.decode(), name
+        assert (sdk.path, sdk.query, sdk.body) == (direct.path, direct.query, direct.body), name
+        assert (sdk.status, sdk.reply) == (direct.status, direct.reply), name
+        assert apart(sdk.headers, REQUEST_HEADERS_APART) == apart(direct.headers, REQUEST_HEADERS_APART), name
+        assert sdk.headers["host"] == f"127.0.0.1:{upstream.port}", name
+        assert apart(sdk.reply_headers, RESPONSE_HEADERS_APART) == apart(direct.reply_headers, RESPONSE_HEADERS_APART), name
+
+
+def apart(headers: dict[str, str], names: set[str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in names}
