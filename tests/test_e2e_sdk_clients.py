@@ -78,7 +78,10 @@ class Run:
 
 
 def llm_call(path: str) -> bool:
-    return path.startswith(("/v1/messages", "/v1/responses", "/v1/chat/", "/v1beta/models/")) and "count_tokens" not in path
+    return (
+        path.startswith(("/v1/messages", "/v1/responses", "/v1/chat/", "/v1beta/models/"))
+        and "count_tokens" not in path
+    )
 
 
 def run_path(
@@ -87,11 +90,10 @@ def run_path(
     tmp_path: Path,
     challenge: bool,
     drive: Callable[[MitmdumpProc, Path, Path, Path], Iterator[str]],
-    rules: str | None = None,
 ) -> Run:
     """`drive` the client (proc, project, home, the run's own folder) through a fresh mitmdump (its store seeded
-    in that folder), the fake challenging if `challenge`.
-    The client's home and project are the same paths on each run, emptied first, so its bodies can be compared."""
+    in that folder), the fake challenging if `challenge`. The client's home and project are the same paths on
+    each run, emptied first, so that its bodies can be compared."""
     work = tmp_path / ("sdk" if challenge else "direct")
     work.mkdir()
     home, project = tmp_path / "home", tmp_path / "shop"
@@ -100,11 +102,7 @@ def run_path(
     seed(work / "memories.db", SCOPE, SEEDED)
     upstream.clear()
     upstream.require_cookie = COOKIE if challenge else None
-    options = {"save_stream_file": str(work / "flows"), "store_streamed_bodies": "true"}
-    if rules is not None:
-        (work / "rules.yaml").write_text(rules)
-        options["memory_rules"] = str(work / "rules.yaml")
-    proc = start(mitmdump, upstream, work, **options)
+    proc = start(mitmdump, upstream, work, save_stream_file=str(work / "flows"), store_streamed_bodies="true")
     result = Run()
     result.outputs = list(drive(proc, project, home, work))
     result.log = proc.log_text()
@@ -116,15 +114,17 @@ def run_path(
             (result.calls if unchallenged else result.challenged).append(rec)
     with (work / "flows").open("rb") as f:
         result.flows = [
-            flow for flow in io.FlowReader(f).stream()
+            flow
+            for flow in io.FlowReader(f).stream()
             if isinstance(flow, http.HTTPFlow) and flow.request.method == "POST" and llm_call(flow.request.path)
         ]
     return result
 
 
 def assert_client_got_what_the_fake_sent(run_: Run) -> None:
-    """Each LLM answer, as mitmdump passed it to the client, is the fake's own bytes (ids, model, events). The first, challenged answer on the SDK path is made up by the addon after the flow's own upstream
-    answered, so it reaches the client in one piece: its bytes are compared, not its pacing."""
+    """Each LLM answer, as mitmdump passed it to the client, is the fake's own bytes (ids, model, events).
+    The first, challenged answer on the SDK path is made up by the addon after the flow's own upstream answered,
+    so it reaches the client in one piece: its bytes are compared, not its pacing."""
     assert len(run_.flows) == len(run_.calls), run_.log
     for flow, rec in zip(run_.flows, run_.calls, strict=True):
         assert flow.response is not None and rec.sent, (flow.request.path, run_.log)
@@ -158,7 +158,9 @@ def drive_claude(proc: MitmdumpProc, project: Path, home: Path, work: Path) -> I
     yield claude(proc, project, home, "-p", TOOL_PROMPT, "--allowedTools", "Bash")
 
 
-def test_claude_code_sends_and_receives_the_same_on_the_sdk_path(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_claude_code_sends_and_receives_the_same_on_the_sdk_path(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
     call = ToolCall("Bash", {"command": f"printf {OUTPUT}", "description": "List the files"})
     upstream.tool_call = lambda data: call if TOOL_PROMPT in json.dumps(data) and "Bash" in tool_names(data) else None
     upstream.reply = FINAL
@@ -243,7 +245,9 @@ def test_codex_over_http_sends_the_same_and_stores_every_turn_on_the_sdk_path(
     assert all(r.json["stream"] is True and "client_metadata" in r.json for r in sdk.calls)
     assert MEMORY_TAG in sdk.calls[0].body.decode()
     assert sdk.documents() == direct.documents()
-    assert [out.strip().splitlines()[-1:] for out in sdk.outputs] == [out.strip().splitlines()[-1:] for out in direct.outputs]
+    assert [out.strip().splitlines()[-1:] for out in sdk.outputs] == [
+        out.strip().splitlines()[-1:] for out in direct.outputs
+    ]
     for run_ in (direct, sdk):
         assert_client_got_what_the_fake_sent(run_)
 
@@ -301,19 +305,49 @@ GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}], "g
 # (name, host, path with query, headers, body): the requests the openai and anthropic SDKs and Gemini's REST API send.
 PARITY_CASES = [
     ("chat", "api.openai.com", "/v1/chat/completions", OPENAI_HEADERS, {"model": "gpt-4o", "messages": MESSAGES}),
-    ("chat-stream", "api.openai.com", "/v1/chat/completions", OPENAI_HEADERS,
-     {"model": "gpt-4o", "messages": MESSAGES, "stream": True}),
+    (
+        "chat-stream",
+        "api.openai.com",
+        "/v1/chat/completions",
+        OPENAI_HEADERS,
+        {"model": "gpt-4o", "messages": MESSAGES, "stream": True},
+    ),
     ("responses", "api.openai.com", "/v1/responses", OPENAI_HEADERS, {"model": "gpt-4o", "input": QUESTION}),
-    ("responses-stream", "api.openai.com", "/v1/responses", OPENAI_HEADERS,
-     {"model": "gpt-4o", "input": QUESTION, "stream": True}),
-    ("messages", "api.anthropic.com", "/v1/messages", ANTHROPIC_HEADERS,
-     {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES}),
-    ("messages-stream", "api.anthropic.com", "/v1/messages", ANTHROPIC_HEADERS,
-     {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES, "stream": True}),
-    ("gemini", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent",
-     GEMINI_HEADERS, GEMINI_BODY),
-    ("gemini-stream", "generativelanguage.googleapis.com",
-     "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", GEMINI_HEADERS, GEMINI_BODY),
+    (
+        "responses-stream",
+        "api.openai.com",
+        "/v1/responses",
+        OPENAI_HEADERS,
+        {"model": "gpt-4o", "input": QUESTION, "stream": True},
+    ),
+    (
+        "messages",
+        "api.anthropic.com",
+        "/v1/messages",
+        ANTHROPIC_HEADERS,
+        {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES},
+    ),
+    (
+        "messages-stream",
+        "api.anthropic.com",
+        "/v1/messages",
+        ANTHROPIC_HEADERS,
+        {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES, "stream": True},
+    ),
+    (
+        "gemini",
+        "generativelanguage.googleapis.com",
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        GEMINI_HEADERS,
+        GEMINI_BODY,
+    ),
+    (
+        "gemini-stream",
+        "generativelanguage.googleapis.com",
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        GEMINI_HEADERS,
+        GEMINI_BODY,
+    ),
 ]
 # Headers that may differ between the two paths, and why. Anything else that differs fails the test.
 REQUEST_HEADERS_APART = {
@@ -326,7 +360,8 @@ REQUEST_HEADERS_APART = {
 }
 RESPONSE_HEADERS_APART = {
     "set-cookie",  # the upstream's cookies stay in the jar
-    "content-length", "transfer-encoding",  # framing: the gateway relays chunk by chunk
+    "content-length",
+    "transfer-encoding",  # framing: the gateway relays chunk by chunk
     "content-encoding",  # the gateway's client decodes what it asked for
     "date",  # the time of the answer, on either path
 }
@@ -356,12 +391,21 @@ def exchanges(proc: MitmdumpProc, upstream: FakeUpstream) -> dict[str, Exchange]
             with client.stream("POST", path, content=content, headers=send) as answer:
                 reply = b"".join(answer.iter_raw())
         [rec] = [r for r in upstream.requests if llm_call(r.path)]
-        found[name] = Exchange(rec.path, rec.query, rec.headers, rec.body, answer.status_code,
-                               {k.lower(): v for k, v in answer.headers.items()}, reply)
+        found[name] = Exchange(
+            rec.path,
+            rec.query,
+            rec.headers,
+            rec.body,
+            answer.status_code,
+            {k.lower(): v for k, v in answer.headers.items()},
+            reply,
+        )
     return found
 
 
-def test_the_direct_and_the_sdk_path_are_byte_for_byte_the_same(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_the_direct_and_the_sdk_path_are_byte_for_byte_the_same(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
     """Seed group 1, binary vs SDK: for each client and format, the body at the upstream and the answer at the
     client are the same bytes on both paths, and the headers the same apart from the documented ones."""
     results = {}
@@ -380,7 +424,9 @@ def test_the_direct_and_the_sdk_path_are_byte_for_byte_the_same(mitmdump, upstre
         assert (sdk.status, sdk.reply) == (direct.status, direct.reply), name
         assert apart(sdk.headers, REQUEST_HEADERS_APART) == apart(direct.headers, REQUEST_HEADERS_APART), name
         assert sdk.headers["host"] == f"127.0.0.1:{upstream.port}", name
-        assert apart(sdk.reply_headers, RESPONSE_HEADERS_APART) == apart(direct.reply_headers, RESPONSE_HEADERS_APART), name
+        assert apart(sdk.reply_headers, RESPONSE_HEADERS_APART) == apart(
+            direct.reply_headers, RESPONSE_HEADERS_APART
+        ), name
 
 
 def apart(headers: dict[str, str], names: set[str]) -> dict[str, str]:
