@@ -26,7 +26,7 @@ class Recorded:
     json: Any  # parsed body, or None
     ws_messages: list[Any] = field(default_factory=list)  # parsed client messages (WebSocket)
     ws_raw: list[str | bytes] = field(default_factory=list)  # client messages as received: text and binary
-    sent: bytearray = field(default_factory=bytearray)  # the SSE body written back, byte for byte
+    sent: bytearray = field(default_factory=bytearray)  # the answer's body written back (SSE or JSON), byte for byte
 
 
 class RecordingServer:

@@ -439,9 +439,9 @@ class FakeUpstream(RecordingServer):
         else:
             events, reply = api.build(model, split(text, self.chunks))
         if not stream:
-            return web.json_response(reply)
+            return self._json(rec, reply)
         if api is GEMINI and request.query.get("alt") != "sse":  # streamGenerateContent without SSE: a JSON array
-            return web.json_response([e.data for e in events])
+            return self._json(rec, [e.data for e in events])
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
 
@@ -461,6 +461,13 @@ class FakeUpstream(RecordingServer):
     def _challenges(self, request: web.Request) -> bool:
         """Whether a request lacks the cookie that ``require_cookie`` asks for."""
         return bool(self.require_cookie) and request.cookies.get(self.require_cookie) != self.cookie_token
+
+    @staticmethod
+    def _json(rec: Recorded, reply: Any) -> web.Response:
+        """A JSON answer, its bytes recorded in ``rec.sent``."""
+        text = json.dumps(reply)
+        rec.sent += text.encode()
+        return web.json_response(text=text)
 
     def _challenge(self) -> web.Response:
         """A Cloudflare-style challenge: an HTML page that sets the clearance cookie."""
