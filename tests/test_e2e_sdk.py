@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 from conftest import REDIRECT, routing_status
-from e2e_helpers import chat, seed, wait_memories
+from e2e_helpers import chat, seed, wait_memories, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -275,3 +275,16 @@ def test_responses_client_on_the_sdk_route(sdk_proxy, upstream, openai_client, s
         text = client.responses.create(model="gpt-4o", input="hello").output_text
     assert text == upstream.reply
     assert "hello" in json.dumps(upstream.last("/responses").json["input"])
+
+
+def test_a_client_leaving_mid_stream_cuts_the_upstream(sdk_proxy, upstream):
+    """Through mitmdump and the gateway: once the client has gone, the upstream's connection is closed before its
+    next chunk, as it is on the direct path (a provider stops generating then)."""
+    upstream.lockstep, upstream.lockstep_timeout = True, 30.0
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "count"}]}
+    with httpx.stream("POST", f"{sdk_proxy.base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and "content" in line:
+                break  # and leave
+    assert wait_until(upstream.stream_closed), sdk_proxy.log_text()
+    assert len(upstream.sent_times) == 1

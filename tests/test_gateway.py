@@ -6,6 +6,7 @@ thread. Clients are raw httpx and the official openai / anthropic SDKs (async).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -609,7 +610,7 @@ async def test_secrets_stay_out_of_bodies_and_logs(
         assert secret not in logged
 
 
-async def test_client_leaving_mid_stream_is_quiet_and_the_gateway_goes_on(
+async def test_client_leaving_mid_stream_cuts_the_upstream_and_the_gateway_goes_on(
     gateway: Gateway, upstream: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -620,6 +621,12 @@ async def test_client_leaving_mid_stream_is_quiet_and_the_gateway_goes_on(
         async for chunk in response.aiter_bytes():
             if b"Hello" in chunk:
                 break  # leave with the stream half read
+    # The upstream's answer is cut as soon as the client is gone: a provider stops generating (and billing) then.
+    for _ in range(100):
+        if upstream.stream_closed():
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.stream_closed() and len(upstream.sent_times) == 1
     upstream.release(upstream.chunks)
     upstream.lockstep = False
     again = await call(client, gateway, upstream, "openai_chat", request_body("openai_chat", stream=True))

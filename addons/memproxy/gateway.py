@@ -264,7 +264,9 @@ class Gateway:
                 return
             app = web.Application(client_max_size=MAX_BODY)
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            # A client that leaves cancels its handler, which closes the upstream's answer: a provider stops
+            # generating when its connection goes, as on the direct path.
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
             await runner.setup()
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))

@@ -370,6 +370,7 @@ class FakeUpstream(RecordingServer):
         self.cookie_token = secrets.token_urlsafe(16)
         self.sent_times: list[float] = []
         self.linger = 0.0
+        self.streams: list[web.Request] = []  # the SSE answers begun, in order
         self._gate = asyncio.Semaphore(0)
 
     async def _serve(self) -> None:
@@ -389,6 +390,11 @@ class FakeUpstream(RecordingServer):
         assert self._loop is not None, "upstream not started"
         for _ in range(n):
             self._loop.call_soon_threadsafe(self._gate.release)
+
+    def stream_closed(self, n: int = -1) -> bool:
+        """Whether the connection of the `n`th SSE answer begun is closed (by the other side, say)."""
+        transport = self.streams[n].transport
+        return transport is None or transport.is_closing()
 
     def _matches(self, rec: Recorded, path: str) -> bool:
         return path in rec.path  # a part of the path: the providers' paths carry models and versions
@@ -444,6 +450,7 @@ class FakeUpstream(RecordingServer):
             return self._json(rec, [e.data for e in events])
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        self.streams.append(request)
 
         async def write(event: Event) -> None:
             data = api.sse(event)
