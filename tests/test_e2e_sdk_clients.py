@@ -28,7 +28,7 @@ from fakes import FakeUpstream, Recorded, ToolCall
 from mitmproxy import http, io
 from test_e2e_clients import answer_classifier, gemini
 from test_e2e_sdk import start
-from test_e2e_turns import tool_names
+from test_e2e_turns import claude, tool_names
 
 pytestmark = pytest.mark.e2e
 
@@ -146,16 +146,6 @@ PROMPT = "How does the shop deploy?"
 TOOL_PROMPT = "Which files are in the shop repository?"
 OUTPUT = "tool-output-5c1e"
 FINAL = "The shop deploys with Nomad."
-
-
-def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
-    env = isolated_env(home) | {
-        "ANTHROPIC_API_KEY": "sk-ant-fake-e2e-sdk-clients",
-        "HTTPS_PROXY": proc.proxy_url,
-        "NODE_EXTRA_CA_CERTS": str(proc.ca_path),
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    }
-    return run(proc, project, [str(installed("claude")), *args], env, wrap=False).strip()
 
 
 def drive_claude(proc: MitmdumpProc, project: Path, home: Path, work: Path) -> Iterator[str]:
@@ -307,53 +297,22 @@ GEMINI_HEADERS = {"x-goog-api-key": "AIza-parity-gemini", "x-goog-api-client": "
 QUESTION = "Which scheduler deploys the shop?"
 MESSAGES = [{"role": "user", "content": QUESTION}]
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": QUESTION}]}], "generationConfig": {"temperature": 0}}
-# (name, host, path with query, headers, body): the requests the openai and anthropic SDKs and Gemini's REST API send.
-PARITY_CASES = [
+# (name, host, path with query, headers, body): the requests the openai and anthropic SDKs (each streamed and
+# not) and Gemini's REST API send.
+_FORMATS = [
     ("chat", "api.openai.com", "/v1/chat/completions", OPENAI_HEADERS, {"model": "gpt-4o", "messages": MESSAGES}),
-    (
-        "chat-stream",
-        "api.openai.com",
-        "/v1/chat/completions",
-        OPENAI_HEADERS,
-        {"model": "gpt-4o", "messages": MESSAGES, "stream": True},
-    ),
     ("responses", "api.openai.com", "/v1/responses", OPENAI_HEADERS, {"model": "gpt-4o", "input": QUESTION}),
-    (
-        "responses-stream",
-        "api.openai.com",
-        "/v1/responses",
-        OPENAI_HEADERS,
-        {"model": "gpt-4o", "input": QUESTION, "stream": True},
-    ),
-    (
-        "messages",
-        "api.anthropic.com",
-        "/v1/messages",
-        ANTHROPIC_HEADERS,
-        {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES},
-    ),
-    (
-        "messages-stream",
-        "api.anthropic.com",
-        "/v1/messages",
-        ANTHROPIC_HEADERS,
-        {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES, "stream": True},
-    ),
-    (
-        "gemini",
-        "generativelanguage.googleapis.com",
-        "/v1beta/models/gemini-2.5-flash:generateContent",
-        GEMINI_HEADERS,
-        GEMINI_BODY,
-    ),
-    (
-        "gemini-stream",
-        "generativelanguage.googleapis.com",
-        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-        GEMINI_HEADERS,
-        GEMINI_BODY,
-    ),
-]
+    ("messages", "api.anthropic.com", "/v1/messages", ANTHROPIC_HEADERS,
+     {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES}),
+]  # fmt: skip
+PARITY_CASES = [
+    *[case for name, host, path, headers, body in _FORMATS
+      for case in ((name, host, path, headers, body), (f"{name}-stream", host, path, headers, body | {"stream": True}))],
+    ("gemini", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent",
+     GEMINI_HEADERS, GEMINI_BODY),
+    ("gemini-stream", "generativelanguage.googleapis.com",
+     "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", GEMINI_HEADERS, GEMINI_BODY),
+]  # fmt: skip
 # Headers that may differ between the two paths, and why. Anything else that differs fails the test.
 REQUEST_HEADERS_APART = {
     # The fake stands in for the API hosts: tests/fakes/redirect.py points a flow at it before the addon sees it,
