@@ -145,7 +145,7 @@ async def warm_litellm() -> ModuleType:
 class Ticket:
     """What the addon decided for one request it points at the gateway."""
 
-    protocol: str  # anthropic | openai_chat | openai_responses
+    protocol: str  # anthropic | openai_chat | openai_responses | gemini
     upstream: str  # the original origin: scheme://host[:port]
     scope: str
     sdk: Mapping[str, str] | None  # the rule's provider mapping {"model", "api_base", "api_key"}, from the rules file
@@ -397,8 +397,7 @@ def _parse(adapter: Adapter, request: web.Request, raw: bytes, ticket: Ticket) -
     if not _host(origin) or not scope:
         raise _BadRequest(400, "The gateway needs an upstream origin and a scope")
     mapping = dict(ticket.sdk or {})
-    if not mapping.get("model"):
-        _json_object(raw)  # what the addon sends here is JSON; anything else is not the addon's
+    if not mapping.get("model"):  # sent on unread: only the addon holds tickets, and it sends JSON it has parsed
         cookie = "; ".join(v for k, v in request.headers.items() if k.lower() == "cookie") or None
         headers = [(k, v) for k, v in request.headers.items() if not _internal(k) and k.lower() not in _NOT_FORWARDED]
         url = origin + request.path_qs
