@@ -27,6 +27,7 @@ from e2e_helpers import run_client as run
 from fakes import FakeUpstream, Recorded, ToolCall
 from mitmproxy import http, io
 from test_e2e_clients import answer_classifier, gemini
+from test_e2e_more_clients import git_repo, opencode, qwen
 from test_e2e_sdk import start
 from test_e2e_turns import claude, tool_names
 
@@ -398,3 +399,23 @@ def test_the_direct_and_the_sdk_path_are_byte_for_byte_the_same(
 
 def apart(headers: dict[str, str], names: set[str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in names}
+
+
+# -- Qwen Code and opencode ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["qwen", "opencode"])
+def test_more_clients_send_a_challenged_request_again(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, tool: str
+) -> None:
+    """Qwen Code and opencode (Chat Completions, SSE) follow the 307 with their body: each challenged request is
+    sent again through the gateway with the cookie, and the client prints the fake's answer."""
+    upstream.require_cookie, upstream.reply = COOKIE, "Answered through the gateway."
+    proc = start(mitmdump, upstream, tmp_path)
+    project = git_repo(tmp_path / "alpha")
+    drive = qwen if tool == "qwen" else opencode
+    assert drive(proc, project, "Which port does the shop listen on?", tmp_path / "home") == upstream.reply
+    token = f"{COOKIE}={upstream.cookie_token}"
+    cookies = [token in r.headers.get("cookie", "") for r in upstream.requests if llm_call(r.path)]
+    assert cookies and cookies == [False, True] * (len(cookies) // 2), cookies  # each challenge, then sent again
+    assert proc.log_text().count("(sent again)") == len(cookies) // 2

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 # The clients that send a request again on a 307 to the same URL, body included, as tests/test_e2e_sdk_clients.py
-# checks: Claude Code, Gemini CLI and Codex (HTTP).
-RESEND = r"^(?:claude-cli/|GeminiCLI[-/]|codex_(?:exec|cli_rs|vscode)/|codex-tui/)"
+# checks: Claude Code, Gemini CLI, Codex (HTTP), Qwen Code and opencode.
+RESEND = r"^(?:claude-cli/|GeminiCLI[-/]|codex_(?:exec|cli_rs|vscode)/|codex-tui/|QwenCode/|opencode/)"
 
 
 class Sdk:
