@@ -417,5 +417,6 @@ def test_more_clients_send_a_challenged_request_again(
     assert drive(proc, project, "Which port does the shop listen on?", tmp_path / "home") == upstream.reply
     token = f"{COOKIE}={upstream.cookie_token}"
     cookies = [token in r.headers.get("cookie", "") for r in upstream.requests if llm_call(r.path)]
-    assert cookies and cookies == [False, True] * (len(cookies) // 2), cookies  # each challenge, then sent again
-    assert proc.log_text().count("(sent again)") == len(cookies) // 2
+    challenged = cookies.count(False)  # each challenge (a title call's may come between), then sent again
+    assert challenged and cookies.count(True) == challenged and cookies[-1], cookies
+    assert proc.log_text().count("(sent again)") == challenged
