@@ -411,10 +411,11 @@ def _parse(adapter: Adapter, request: web.Request, raw: bytes, ticket: Ticket) -
     model, api_base = mapping["model"], resolve_env(mapping.get("api_base"))
     host = _host(api_base) or _host(origin)
     api_key = resolve_env(mapping.get("api_key")) or _client_key(request.headers)
-    headers = {
-        k.lower(): v for k, v in request.headers.items() if not _internal(k) and k.lower() not in _NOT_TRANSLATED
+    headers = {  # the client SDK's x-stainless-* are not litellm's
+        k.lower(): v
+        for k, v in request.headers.items()
+        if k.lower() not in _NOT_TRANSLATED and not k.lower().startswith((OWN_PREFIX, "x-stainless-"))
     }
-    headers = {k: v for k, v in headers.items() if not k.startswith("x-stainless-")}  # the client SDK's, not litellm's
     stream = adapter.is_streaming(request.path_qs, body)
     return _Call(adapter, scope, host, model, api_base, api_key, body, headers, stream)
 
@@ -452,9 +453,9 @@ async def _relay(
             async for chunk in upstream.aiter_bytes():
                 await response.write(chunk)
                 chunks += 1
+        except ConnectionResetError:
+            raise
         except (httpx.HTTPError, OSError) as exc:
-            if isinstance(exc, ConnectionResetError):
-                raise
             failure = _failure(exc, redact)
             logger.info("SDK gateway: %s stream failed after %d chunks: %s", adapter.name, chunks, failure.message)
             if "text/event-stream" in upstream.headers.get("content-type", ""):
