@@ -66,6 +66,10 @@ class Run:
     log: str = ""
     sent_back: list[http.HTTPFlow] = field(default_factory=list)  # challenged, answered with a 307 to send again
 
+    def recalled(self) -> list[bool]:
+        """Whether each LLM call's body carries a memory block."""
+        return [MEMORY_TAG in r.body.decode() for r in self.calls]
+
     def bodies(self) -> list[str]:
         """The LLM calls' bodies as they arrived, scrubbed and their ids numbered."""
         ids: dict[str, str] = {}
@@ -104,7 +108,16 @@ def run_path(
     seed(work / "memories.db", SCOPE, SEEDED)
     upstream.clear()
     upstream.require_cookie = COOKIE if challenge else None
-    proc = start(mitmdump, upstream, work, save_stream_file=str(work / "flows"), store_streamed_bodies="true")
+    # The budget of recall is wide: on a loaded machine a first search past the default 300 ms would leave the
+    # memory block out of one run only, and the bodies compared would differ by it.
+    proc = start(
+        mitmdump,
+        upstream,
+        work,
+        save_stream_file=str(work / "flows"),
+        store_streamed_bodies="true",
+        memory_timeout_ms="30000",
+    )
     result = Run()
     result.outputs = list(drive(proc, project, home, work))
     result.log = proc.log_text()
@@ -173,6 +186,7 @@ def test_claude_code_sends_and_receives_the_same_on_the_sdk_path(
     assert [stainless(r) for r in sdk.calls] == [stainless(r) for r in direct.calls]
     assert all(stainless(r) for r in sdk.calls)
     assert MEMORY_TAG in sdk.calls[main[0]].body.decode()  # recall ran on the SDK path too
+    assert sdk.recalled() == direct.recalled(), (direct.log, sdk.log)  # the same calls got memories
     assert sdk.bodies() == direct.bodies()
 
     # What a translation loses, named (the equality above holds them already). This version of Claude Code
@@ -240,6 +254,7 @@ def test_codex_over_http_sends_the_same_and_stores_every_turn_on_the_sdk_path(
     assert [r.path for r in sdk.calls] == [r.path for r in direct.calls] and len(sdk.calls) == 4
     assert all(r.json["stream"] is True and "client_metadata" in r.json for r in sdk.calls)
     assert MEMORY_TAG in sdk.calls[0].body.decode()
+    assert sdk.recalled() == direct.recalled(), (direct.log, sdk.log)  # the same calls got memories
     assert sdk.documents() == direct.documents()
     assert [out.strip().splitlines()[-1:] for out in sdk.outputs] == [
         out.strip().splitlines()[-1:] for out in direct.outputs
@@ -272,6 +287,7 @@ def test_gemini_cli_is_served_on_the_sdk_path_streaming(mitmdump, upstream: Fake
     streamed = [r for r in sdk.calls if r.path.endswith(":streamGenerateContent")]
     assert streamed and all(r.query == {"alt": "sse"} for r in streamed)
     assert MEMORY_TAG in streamed[0].body.decode()
+    assert sdk.recalled() == direct.recalled(), (direct.log, sdk.log)  # the same calls got memories
     assert sdk.bodies() == direct.bodies()
     for run_ in (direct, sdk):
         assert_client_got_what_the_fake_sent(run_)
