@@ -229,7 +229,8 @@ def test_fault_keeps_upstream_behaviour_and_every_turn_once(
     put(harness)
     backend_down = supermemory.fault is not None  # down or slow while the calls run
 
-    texts = {name: f"[{fault}] {name}: remember this{PADDING}" for name in CALLS}
+    # A number apart, so that no turn nearly repeats another (near.near_duplicates): each is stored on its own.
+    texts = {name: f"[{fault}] {name} #{i}: remember this{PADDING}" for i, name in enumerate(CALLS)}
     direct = types.SimpleNamespace(base_url=upstream.url)  # reverse-mode clients need nothing but a base URL
     expected = {name: call(direct, texts[name]) for name, call in CALLS.items()}
     got = {name: call(proc, texts[name]) for name, call in CALLS.items()}

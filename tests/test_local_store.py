@@ -192,6 +192,27 @@ def test_results_are_ordered_and_thresholded(store: LocalStore) -> None:
     assert run(contents(limit=10))[0].endswith(") kubernetes helm chart values for the ingress")
 
 
+def test_a_scope_of_one_or_two_memories_is_recalled_under_a_threshold(store: LocalStore) -> None:
+    """bm25() weighs no word in a scope of one or two memories (every score is near 0): the threshold waits."""
+    add_all(store, "s", FILLER)  # another scope's memories change nothing
+    run(store.add("new", "the shop deploys with nomad"))
+    assert [m.content for m in run(store.search("new", "how does the shop deploy?", threshold=0.5))] == [
+        "the shop deploys with nomad"
+    ]
+    run(store.add("new", "the shop's api is written in rust"))
+    assert len(run(store.search("new", "shop deploy", threshold=0.5))) == 2
+
+    async def contents() -> tuple[str, ...]:  # recall's path too
+        return await store.start_search("new", "nomad", threshold=0.5)
+
+    assert len(run(contents())) == 1
+    assert run(store.search("new", "kubernetes", threshold=0.5)) == []  # a memory must still match
+    run(store.add("new", "lunch is at noon"))
+    scores = [m.score for m in run(store.search("new", "nomad"))]
+    assert len(scores) == 1 and 0.1 < scores[0] < 0.99  # weighed now
+    assert run(store.search("new", "nomad", threshold=0.99)) == []
+
+
 def test_a_word_unknown_at_first_search_is_found_once_stored(store: LocalStore) -> None:
     add_all(store, "s", FILLER)
     assert run(store.search("s", "zeppelin")) == []

@@ -223,6 +223,35 @@ async def test_custom_id_dedupes_per_scope(store: SupermemoryStore, supermemory:
     assert [m.content for m in await store.list("s")] == ["final answer"]
 
 
+async def test_near_duplicates_are_merged_into_the_newest(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    answer = ("User: how do we roll back a bad deploy of the api?\nAssistant: run make rollback with the previous"
+              " release tag, then watch the error rate on the dashboard for ten minutes before you close the incident")
+    first = await store.add("p", answer, custom_id="turn-a", metadata={"tool": "Codex"})
+    assert await store.add("p", answer, metadata={"tool": "Codex"}) == first  # the same answer stored twice
+    assert supermemory.count(f"/v3/documents/{first}") == 0  # ... changes nothing
+    retried = answer.replace("ten minutes", "fifteen minutes")  # a turn retried with one word changed
+    assert await store.add("p", retried, custom_id="turn-b", metadata={"tool": "Claude Code"}) == first
+    [kept] = await store.list("p")
+    assert (kept.content, kept.metadata) == (retried, {"tool": "Claude Code"})
+    assert supermemory.documents[first].custom_id == document_custom_id(store.tag("p"), "turn-b")  # the turn that may update it again
+    assert await store.add("p", retried + " and page the owner", custom_id="turn-b") == first  # its custom id now
+    assert len(supermemory.documents) == 1
+
+    assert await store.add("p", "the api listens on port 7001") != await store.add("p", "the api listens on port 7002")
+    same_answer = "Assistant: the tests pass, all forty two of them, on every supported platform"
+    assert await store.add("p", f"User: are we green?\n{same_answer}") != await store.add("p", f"User: status?\n{same_answer}")
+    assert await store.add("q", answer) != first  # another scope's document is never merged
+    assert len(supermemory.documents) == 6
+
+
+async def test_a_near_duplicate_lookup_that_fails_still_stores(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    text = "the release train leaves every tuesday at noon from the main branch"
+    first = await store.add("p", text)
+    supermemory.fault, supermemory.fault_paths = "500", {"/v3/documents/list"}
+    assert await store.add("p", text + " sharp") != first  # stored, if twice, rather than lost
+    assert len(supermemory.documents) == 2
+
+
 async def test_profile_returns_static_then_dynamic_facts(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     supermemory.profiles[container_tag(SCOPE)] = {"static": ["Prefers tabs"], "dynamic": ["Debugging the proxy", " "]}
     assert await store.profile(SCOPE) == ["Prefers tabs", "Debugging the proxy"]
@@ -352,7 +381,7 @@ async def test_unexpected_shape(store: SupermemoryStore, supermemory: FakeSuperm
 async def test_unencodable_content_is_a_store_error(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     with pytest.raises(StoreError, match="cannot encode"):
         await store.add("s", "lone surrogate \ud800")
-    assert supermemory.requests == []
+    assert supermemory.count("/v3/documents") == 0
 
 
 # move

@@ -297,16 +297,19 @@ class FakeSupermemory(RecordingServer):
         return web.json_response({"memories": docs[(page - 1) * limit : page * limit], "pagination": pagination})
 
     def _update(self, doc_id: str, data: Any) -> web.Response:
-        """PATCH /v3/documents/{id}: what the body names is replaced (content, metadata); the rest stays."""
+        """PATCH /v3/documents/{id}: what the body names is replaced (content, customId, metadata); the rest stays."""
         doc = self.documents.get(doc_id)
         if doc is None:
             return _error(404, "Document not found")
         if not isinstance(data, dict):
             return _error(400, "Invalid JSON body")
         content, metadata = data.get("content", doc.content), data.get("metadata", doc.metadata)
+        custom_id = data.get("customId", doc.custom_id)
         if not isinstance(content, str) or not content or not isinstance(metadata, dict):
             return _error(400, "content must be a non-empty string and metadata an object")
-        doc.content, doc.metadata, doc.updated_at = content, metadata, self._tick()
+        if custom_id is not None and not (isinstance(custom_id, str) and VALID_ID.fullmatch(custom_id)):
+            return _error(400, "customId: max 100 characters, alphanumeric with hyphens, underscores and dots")
+        doc.content, doc.metadata, doc.custom_id, doc.updated_at = content, metadata, custom_id, self._tick()
         return web.json_response({"id": doc.id, "status": "queued"})
 
     def _document(self, method: str, doc_id: str) -> web.Response:

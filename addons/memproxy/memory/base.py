@@ -67,7 +67,8 @@ class MemoryStore(abc.ABC):
     ) -> str:
         """Store a memory and return its id. A custom id `scope` already holds names that memory: it takes the new
         content and metadata (the same ones again change nothing), so a turn updated step by step, retried or
-        replayed stays one memory."""
+        replayed stays one memory. So does a memory that nearly repeats one of the scope's (near.near_duplicates):
+        it replaces that one."""
 
     @abc.abstractmethod
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:

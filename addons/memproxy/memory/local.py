@@ -17,7 +17,8 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, Indexes, match, near_duplicates, near_match, query_terms, relative_dates
+from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, relative_dates
+from .near import near_duplicates
 from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
 
 T = TypeVar("T")
@@ -29,6 +30,10 @@ STATEMENTS = 1024  # prepared statements kept: a few for each scope searched (it
 # least: a search in a scope larger than this keeps its rarest terms up to this many counted memories.
 DF_BUDGET = 10_000
 DF_TTL = 600.0  # seconds a cached scope size or term frequency is trusted
+# bm25() gives a word held by half of a scope's memories or more no weight, so in a scope of one or two memories
+# every score is near 0: a search there ignores the threshold until the scope holds WEIGHED_FROM memories.
+WEIGHED_FROM = 3
+WEIGHED = "SELECT count(*) FROM (SELECT 1 FROM memories WHERE scope = ? LIMIT ?)"
 # Every write transaction adds a segment to its scope's index, and a search reads every segment: the store
 # merges a scope's segments into one on open and once it has added a tenth of the scope's size (at least
 # OPTIMISE_EVERY memories) to it.
@@ -240,6 +245,8 @@ class LocalStore(MemoryStore):
         terms = self._affordable(db, scope, table, terms) if table is not None and terms else []
         if not terms:
             return []
+        if threshold > 0 and db.execute(WEIGHED, (scope, WEIGHED_FROM)).fetchone()[0] < WEIGHED_FROM:
+            threshold = 0.0  # too few memories for bm25() to weigh words by: any that matches is relevant
         if not self._converses(db, scope):  # BM25 alone, memories read in the same statement
             found = []
             for *row, rank in db.execute(self._indexes.search_sql(table, columns), (match(terms), limit, scope)):

@@ -12,12 +12,12 @@ API facts this module relies on (Supermemory's API docs and the official superme
   again updates that document instead of adding one. containerTag and customId: at most 100
   characters, ASCII letters, digits, '-', '_' and '.'. Metadata is flat: string, number or boolean
   values. The docs do not tie a customId to a container tag, so ours folds the tag in.
-- POST /v3/documents/list {containerTags, limit, page, sort, order, includeContent}
+- POST /v3/documents/list {containerTags, limit, page, sort ("createdAt" or "updatedAt"), order, includeContent}
   -> {memories: [{id, customId, content, metadata, containerTags, createdAt, updatedAt}], pagination};
   containerTags match exactly; without them, every document of the account is listed.
   GET /v3/documents/{id} -> the document, with its containerTags. DELETE /v3/documents/{id} -> empty body.
-- PATCH /v3/documents/{id} {content} -> {id, status}: the content is replaced and the document processed
-  again (its id, customId, containerTag and metadata stay).
+- PATCH /v3/documents/{id} {content, customId?, metadata?} -> {id, status}: what the body names is replaced and
+  the document processed again (its id and containerTag stay).
 - Errors answer {error, details?} with the HTTP status; 429 can carry Retry-After.
 """
 
@@ -39,6 +39,7 @@ import httpx
 from ..config import SUPERMEMORY_URL
 from ..wire import MARK
 from .base import Memory, MemoryStore, StoreError
+from .near import near_duplicates
 
 T = TypeVar("T")
 
@@ -50,6 +51,7 @@ HASH_LEN = 16  # hex digits of SHA-256 that keep a rewritten id unique
 REWRITTEN = re.compile(rf"(?:^|-)[0-9a-f]{{{HASH_LEN}}}$")  # how every rewritten tag ends
 DETAIL_MAX = 200  # characters of the server's error message kept in ours
 MISSING = object()  # a 404 where the caller allows one
+NEAR_RECENT = 20  # documents a new memory is compared with for a near-duplicate: the scope's last updated
 
 
 def _digest(text: str) -> str:
@@ -249,7 +251,29 @@ class SupermemoryStore(MemoryStore):
             body["customId"] = document_custom_id(tag, custom_id)
         if metadata:
             body["metadata"] = flat_metadata(metadata)
+        try:
+            twin = await self._near_duplicate(tag, content, body.get("customId"))
+        except StoreError:
+            twin = None  # stored, if maybe twice, rather than not at all
+        if twin is not None:
+            if (twin["content"], _metadata(twin)) == (content, body.get("metadata", {})):
+                return twin["id"]  # the same memory again changes nothing
+            update = {k: v for k, v in body.items() if k != "containerTag"}
+            path = f"/v3/documents/{quote(twin['id'], safe='')}"
+            if await self._call("PATCH", path, update, missing_ok=True) is not MISSING:
+                return twin["id"]
         return await self._call("POST", "/v3/documents", body, expect=("id", str))
+
+    async def _near_duplicate(self, tag: str, content: str, custom_id: str | None) -> dict[str, Any] | None:
+        """The document of `tag` that `content` nearly repeats (near.near_duplicates), among the NEAR_RECENT last
+        updated; None if there is none, or if `custom_id` names one of them (the POST updates that one)."""
+        body = {"containerTags": [tag], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt", "order": "desc",
+                "includeContent": True}  # fmt: skip
+        docs = [d for d in await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
+                if _document(tag, d) is not None]  # fmt: skip
+        if custom_id is not None and any(d.get("customId") == custom_id for d in docs):
+            return None
+        return next((d for d in docs if near_duplicates(content, d["content"])), None)
 
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
         if limit <= 0:

@@ -82,7 +82,9 @@ class Settings(Model):
     inject: Inject = Field("dual", description="Where recalled memories go.")
     max_results: Count = 5
     max_chars: Count = 4000
-    threshold: Fraction = Field(0.0, description="Minimum relevance.")
+    threshold: Fraction = Field(
+        0.0, description="Minimum relevance (the local store applies it once a scope holds 3 memories or more)."
+    )
     models: section(Models) = Models()
     route: RouteName = Field("passthrough", description="sdk: through the LiteLLM SDK path; supermemory_router: "
                                                         "Supermemory's Memory Router.")
