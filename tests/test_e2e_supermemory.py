@@ -47,6 +47,24 @@ def test_auto_backend_remembers_and_recalls_through_supermemory(mitmdump, upstre
     assert SUPERMEMORY_KEY not in log
 
 
+def test_a_turn_asked_again_with_a_word_changed_stays_one_document(mitmdump, upstream, openai_client, supermemory, outbox):
+    proc = start_with_supermemory(mitmdump, upstream, supermemory, outbox)
+    client = openai_client(proc, via="reverse")
+    question = "How do we roll back a bad deploy of the billing api?"
+    upstream.reply = "Run make rollback with the previous release tag, then watch the error rate for ten minutes."
+    chat(client, question)
+    assert wait_until(lambda: len(supermemory.documents) == 1 and outbox_rows(outbox) == 0), proc.log_text()
+    [first] = supermemory.documents
+    # Asked again with a word changed (another turn, so another custom id), answered with a word changed.
+    upstream.reply = upstream.reply.replace("ten minutes", "fifteen minutes")
+    chat(client, question.replace("bad", "broken"), stream=True)
+    assert wait_until(lambda: "fifteen minutes" in supermemory.documents[first].content), proc.log_text()
+    assert wait_until(lambda: outbox_rows(outbox) == 0)
+    assert list(supermemory.documents) == [first]
+    assert supermemory.count(f"/v3/documents/{first}") == 1  # updated in place (PATCH)
+    assert "broken deploy" in supermemory.documents[first].content
+
+
 # A slow or refusing backend, and a SIGKILLed proxy with turns pending: test_hard_faults.py's fault table.
 @pytest.mark.parametrize("fault", ["429", "500", "bad_json", "kill"])
 def test_faults_fail_open_and_every_turn_arrives_exactly_once(mitmdump, upstream, openai_client, supermemory, outbox, fault):
