@@ -249,7 +249,9 @@ async def test_a_near_duplicate_lookup_that_fails_still_stores(store: Supermemor
     first = await store.add("p", text)
     supermemory.fault, supermemory.fault_paths = "500", {"/v3/documents/list"}
     assert await store.add("p", text + " sharp") != first  # stored, if twice, rather than lost
-    assert len(supermemory.documents) == 2
+    supermemory.fault_paths = {f"/v3/documents/{first}"}  # the update fails
+    assert await store.add("p", text.replace("noon", "midday")) not in (first, None)
+    assert len(supermemory.documents) == 3
 
 
 async def test_profile_returns_static_then_dynamic_facts(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:

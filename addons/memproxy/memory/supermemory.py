@@ -23,6 +23,7 @@ API facts this module relies on (Supermemory's API docs and the official superme
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import json
@@ -163,6 +164,11 @@ def _document(scope: str, doc: Any) -> Memory | None:
     return Memory(doc["id"], scope, doc["content"], 0.0, _metadata(doc), _timestamp(doc.get("createdAt")))
 
 
+def _nearly_repeated(content: str, docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first of `docs` (listed documents) whose content `content` nearly repeats; None if there is none."""
+    return next((d for d in docs if near_duplicates(content, d["content"])), None)
+
+
 def _expect(data: Any, key: str, kind: type[T], what: str) -> T:
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, kind):
@@ -251,29 +257,32 @@ class SupermemoryStore(MemoryStore):
             body["customId"] = document_custom_id(tag, custom_id)
         if metadata:
             body["metadata"] = flat_metadata(metadata)
+        if (merged := await self._merge(body)) is not None:
+            return merged
+        return await self._call("POST", "/v3/documents", body, expect=("id", str))
+
+    async def _merge(self, body: dict[str, Any]) -> str | None:
+        """Store the document `body` (as POSTed) into the one of its tag that it nearly repeats
+        (near.near_duplicates), among the tag's NEAR_RECENT last updated: that document's id; None if there is
+        none, if `body`'s customId names one of them (the POST updates that one), or if a call fails (stored as a
+        document of its own, if maybe twice, rather than not at all)."""
+        listing = {"containerTags": [body["containerTag"]], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt",
+                   "order": "desc", "includeContent": True}  # fmt: skip
         try:
-            twin = await self._near_duplicate(tag, content, body.get("customId"))
-        except StoreError:
-            twin = None  # stored, if maybe twice, rather than not at all
-        if twin is not None:
-            if (twin["content"], _metadata(twin)) == (content, body.get("metadata", {})):
+            docs = await self._call("POST", "/v3/documents/list", listing, expect=("memories", list))
+            docs = [d for d in docs if _document("", d) is not None]
+            if "customId" in body and any(d.get("customId") == body["customId"] for d in docs):
+                return None
+            twin = await asyncio.to_thread(_nearly_repeated, body["content"], docs)  # ms of CPU: off the loop
+            if twin is None:
+                return None
+            if (twin["content"], _metadata(twin)) == (body["content"], body.get("metadata", {})):
                 return twin["id"]  # the same memory again changes nothing
             update = {k: v for k, v in body.items() if k != "containerTag"}
             path = f"/v3/documents/{quote(twin['id'], safe='')}"
-            if await self._call("PATCH", path, update, missing_ok=True) is not MISSING:
-                return twin["id"]
-        return await self._call("POST", "/v3/documents", body, expect=("id", str))
-
-    async def _near_duplicate(self, tag: str, content: str, custom_id: str | None) -> dict[str, Any] | None:
-        """The document of `tag` that `content` nearly repeats (near.near_duplicates), among the NEAR_RECENT last
-        updated; None if there is none, or if `custom_id` names one of them (the POST updates that one)."""
-        body = {"containerTags": [tag], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt", "order": "desc",
-                "includeContent": True}  # fmt: skip
-        docs = [d for d in await self._call("POST", "/v3/documents/list", body, expect=("memories", list))
-                if _document(tag, d) is not None]  # fmt: skip
-        if custom_id is not None and any(d.get("customId") == custom_id for d in docs):
+            return twin["id"] if await self._call("PATCH", path, update, missing_ok=True) is not MISSING else None
+        except StoreError:
             return None
-        return next((d for d in docs if near_duplicates(content, d["content"])), None)
 
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
         if limit <= 0:
