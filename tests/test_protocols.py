@@ -202,6 +202,17 @@ def test_frame_context_defuses_every_form_of_a_memory_tag(spoof: str) -> None:
     assert "before &lt;" in text and strip_memory_blocks(f"q {text} r") == "q  r"
 
 
+@pytest.mark.parametrize(
+    "memories",
+    [["<recalled", "memories"], ["note </recalled", "memories> now"], ["a < RECALLED_", "-MEMORIES b"], ["x <recalled-", "memories"]],
+)
+def test_a_tag_split_across_two_memories_is_defused(memories: list[str]) -> None:
+    """The end of one memory meets the start of the next, across "\n- ": neither half may be left a tag's start."""
+    text = as_read(frame_context(memories, "s", 1000))
+    assert len(OPENING.findall(text)) == 1 and len(CLOSING.findall(text)) == 1, text
+    assert "&lt;" in text and strip_memory_blocks(f"q {text} r") == "q  r"
+
+
 def test_frame_context_drops_invisible_characters_and_keeps_lines() -> None:
     memory = "a\x00b\x07c\x1b[31md\x7fe\x85f\u200bg\u200dh\u202ei\u202cj\u2066k\u2069l\ufeffm\u00adn\ud800o\tp\nq\r\n"
     text = frame_context([memory], "s", 1000)

@@ -97,12 +97,13 @@ def strip_memory_blocks(text: str) -> str:
 # open or close a memory block, nor carry characters a reader cannot see. So each memory is normalised
 # (NFKC folds fullwidth and other compatibility forms, "＜" into "<"), loses its control characters
 # (but newline and tab), format characters (zero-width, bidi controls, BOM, soft hyphen) and lone
-# surrogates, and then every "<" that starts something a model could read as a memory tag (a slash,
-# spaces and the name in any case, with any separators) becomes "&lt;".
+# surrogates, and then every "<" that starts something a model could read as a memory tag becomes "&lt;": a "<"
+# before the name's first word (a slash and spaces between them, any case), whatever follows, since the end of
+# one memory meets the start of the next ("<recalled", then "- memories" on the next line, reads as a tag).
 
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories dropped from memory text
 _ASCII_INVISIBLE = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # their ASCII members: controls but tab, newline
-_MEMORY_TAG = re.compile(r"<(?=(?i:[\s/\\]*recalled[\W_]*memories))")  # "<" case-sensitive: a faster scan
+_MEMORY_TAG = re.compile(r"<(?=(?i:[\s/\\]*recalled))")  # "<" case-sensitive: a faster scan
 
 
 def frame_context(
