@@ -57,7 +57,7 @@ from aiohttp import web
 from .config import resolve_env
 from .cookies import CookieSessions
 from .protocols import ADAPTERS, Adapter, detect_path
-from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, HOP_HEADERS, MARK, OWN_PREFIX
+from .wire import CHALLENGE_STATUSES, CREDENTIAL_HEADERS, HOP_HEADERS, MARK, OWN_PREFIX, is_own_header
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -399,7 +399,7 @@ def _parse(adapter: Adapter, request: web.Request, raw: bytes, ticket: Ticket) -
     mapping = dict(ticket.sdk or {})
     if not mapping.get("model"):  # sent on unread: only the addon holds tickets, and it sends JSON it has parsed
         cookie = "; ".join(v for k, v in request.headers.items() if k.lower() == "cookie") or None
-        headers = [(k, v) for k, v in request.headers.items() if not _internal(k) and k.lower() not in _NOT_FORWARDED]
+        headers = [(k, v) for k, v in request.headers.items() if not is_own_header(k) and k.lower() not in _NOT_FORWARDED]
         url = origin + request.path_qs
         return _Forward(adapter, scope, _host(origin), request.method, url, raw, headers, cookie)
 
@@ -418,10 +418,6 @@ def _parse(adapter: Adapter, request: web.Request, raw: bytes, ticket: Ticket) -
     }
     stream = adapter.is_streaming(request.path_qs, body)
     return _Call(adapter, scope, host, model, api_base, api_key, body, headers, stream)
-
-
-def _internal(name: str) -> bool:
-    return name.lower().startswith(OWN_PREFIX)
 
 
 async def _send(call: _Forward, http: httpx.AsyncClient, first: bool) -> httpx.Response:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from .rules import Route
-from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, HOP_HEADERS, OWN_PREFIX
+from .wire import CHALLENGE_STATUSES, GATEWAY_PROTOCOLS, HOP_HEADERS, is_own_header
 
 if TYPE_CHECKING:
     from .cookies import CookieSessions
@@ -53,10 +53,6 @@ def asks_for_cookies(resp: http.Response | None) -> bool:
 def client_of(req: http.Request) -> str:
     """The client that sent a request, as its user agent's product token (`claude-cli`, `codex_exec`)."""
     return req.headers.get("user-agent", "").split("/", 1)[0].strip()[:64]
-
-
-def _internal(name: str) -> bool:
-    return name.lower().startswith(OWN_PREFIX)
 
 
 def _origin(req: http.Request) -> str:
@@ -132,7 +128,7 @@ class SdkPath:
         """Point the flow at the gateway, which serves it through litellm, streaming as it goes."""
         gateway = await self.ready()
         req = flow.request
-        for name in {k.lower() for k in req.headers if _internal(k)}:
+        for name in {k.lower() for k in req.headers if is_own_header(k)}:
             del req.headers[name]
         sdk = route.actions.sdk  # the rules file's own mapping, never one a request carries
         headers = gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=route.scope, sdk=sdk)
@@ -222,7 +218,7 @@ class SdkPath:
         import httpx
 
         req = flow.request
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not _internal(k)}
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_HEADERS and not is_own_header(k)}
         headers |= gateway.request_headers(protocol=protocol, upstream=_origin(req), scope=scope)
         async with httpx.AsyncClient(trust_env=False, timeout=self.timeout) as client:
             r = await client.post(gateway.url + req.path, content=req.get_content(strict=False), headers=headers)

@@ -27,6 +27,11 @@ INFO_PATH = "/memory-routing/info"  # on http://memproxy/: the route of the call
 STATUS_PATH = "/memory-routing/status"  # on http://memproxy/: what `memproxy status` shows
 
 
+def is_own_header(name: str) -> bool:
+    """Whether a header name is one of memproxy's own (OWN_PREFIX), in any case."""
+    return name.lower().startswith(OWN_PREFIX)
+
+
 def ip_address(text: str) -> IPAddress | None:
     """An IP literal in any form a resolver accepts (`::ffff:127.0.0.1`, `127.1`, `0x7f000001`), or None."""
     try:
