@@ -1025,3 +1025,16 @@ def test_sse_parser_bom_and_end_of_stream() -> None:
 
 def test_sse_parser_invalid_utf8_does_not_raise() -> None:
     assert SSEParser().feed(b"data: \xff\xfe ok\n\n") == [(None, "\ufffd\ufffd ok")]
+
+
+def test_gemini_searches_the_content_its_prompt_is_read_from() -> None:
+    """A content whose `parts` is not a list (no valid Gemini) is neither the prompt nor searched for."""
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "List the files"}]},
+            {"role": "model", "parts": [{"text": "Files: a, b."}]},
+            {"parts": "messages"},
+        ]
+    }
+    adapter = GeminiAdapter()
+    assert adapter.query(body, "last_user") == adapter.prompt(body).text == "List the files"

@@ -70,14 +70,9 @@ class GeminiAdapter(JsonAdapter):
         return match is not None and match.group(2) == "streamGenerateContent"
 
     def query(self, body: Any, strategy: str) -> str:
-        if not self.matches_body(body):
-            return ""
-        turns = (
-            ("user" if _is_user(c) else "assistant", "\n".join(text_parts(c.get("parts"), _TEXT)))
-            for c in body["contents"]
-            if isinstance(c, dict) and c.get("role") in (None, "user", "model")
-        )
-        return select_query(turns, strategy)
+        """Read from `conversation`, so that a content the prompt does not read (its `parts` not a list) is not
+        searched for either."""
+        return select_query(((e.role, e.text) for e in self.conversation(body)), strategy)
 
     def conversation(self, body: Any) -> list[Entry]:
         if not self.matches_body(body):
