@@ -1,7 +1,8 @@
 """Benchmark 3: the local store at scale: search latency, add throughput and file size at 10k, 100k and 1M memories.
 
 Memories are turn-shaped ("User: ...\\nAssistant: ..."), 15 to 110 words drawn from a Zipf vocabulary whose
-most frequent words are English function words and common coding words, spread evenly over 100 scopes.
+most frequent words are English function words and common coding words, spread evenly over 100 scopes, in
+conversations of 20 turns.
 Queries are 6 to 10 words from the same distribution, each in a random scope. Searches and adds go through
 LocalStore, as recall and the outbox call it. Each database is built once and kept under bench/out, keyed by a
 hash of local.py (which holds SCHEMA_VERSION) and of the corpus code, so a store change rebuilds it.
@@ -22,6 +23,7 @@ import shutil
 import sqlite3
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -35,6 +37,7 @@ SEARCHES = 1000  # per size per repetition
 WARM = 200  # searches per size before the first repetition
 ADDS = 500  # per size per repetition
 TARGET_MS, TARGET_SIZE = 1.0, 100_000  # search p50 at 100k
+CONVERSATION = 20  # turns of one conversation in a scope
 COMMON = """the of and to a in is it you that for was on are with as be this have from or by not but at an
 they we can all if will there one so do file code test function error use run change build value""".split()
 
@@ -69,7 +72,7 @@ def database(name: str, rows: Callable[[], Iterable[tuple[str, str]]], *inputs: 
     KEY hashes local.py (and so SCHEMA_VERSION) and index.py (what the index holds), the builder and `inputs`, what makes the rows (the source
     of functions and classes, the repr of values): a change to any of them builds a new file, replacing the old.
     """
-    parts = [str(local.SCHEMA_VERSION), inspect.getsource(build)]
+    parts = [str(local.SCHEMA_VERSION), inspect.getsource(build), inspect.getsource(_turns)]
     parts += [inspect.getsource(x) if callable(x) else repr(x) for x in inputs]
     code = b"".join(Path(module.__file__).read_bytes() for module in (local, index))
     key = hashlib.sha256("\0".join(parts).encode() + code).hexdigest()[:16]
@@ -87,13 +90,14 @@ def database(name: str, rows: Callable[[], Iterable[tuple[str, str]]], *inputs: 
 
 def build(path: Path, rows: Iterable[tuple[str, str]]) -> None:
     """Rows straight into the store's `memories` table in one transaction, then the store runs its schema
-    again (user_version 0), which indexes every row with the store's own code. Checked through LocalStore."""
+    again (user_version 0), which indexes every row with the store's own code. Checked through LocalStore.
+
+    Each scope's rows are turns of conversations, as memproxy stores them: CONVERSATION consecutive turns
+    each, a minute apart, so that searches rank with context propagation (memory.ranking)."""
     asyncio.run(_with_store(path, lambda store: store.open()))  # the store creates its schema
     with contextlib.closing(sqlite3.connect(path)) as con:
         with con:
-            con.executemany(
-                "INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, ?, '{}', 1.7e9)", rows
-            )
+            con.executemany("INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, ?, ?, ?)", _turns(rows))
         con.execute("PRAGMA user_version = 0")
         size, (scope, last) = (
             con.execute("SELECT count(*) FROM memories").fetchone()[0],
@@ -106,6 +110,16 @@ def build(path: Path, rows: Iterable[tuple[str, str]]) -> None:
             raise RuntimeError(f"bulk build of {path}: {count} memories, {len(found)} found for a stored text")
 
     asyncio.run(_with_store(path, check))
+
+
+def _turns(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, str, float]]:
+    """(scope, content) rows as (scope, content, metadata, created_at): the scope's n-th row is turn
+    n % CONVERSATION of its conversation n // CONVERSATION, n minutes after the first."""
+    seen: Counter[str] = Counter()
+    for scope, content in rows:
+        n = seen[scope]
+        seen[scope] += 1
+        yield scope, content, f'{{"conversation": "c{n // CONVERSATION}"}}', 1.7e9 + 60 * n
 
 
 async def _with_store(path: Path, fn: Callable[[LocalStore], Awaitable[None]]) -> None:
@@ -192,7 +206,7 @@ def section(results: dict) -> list[str]:
         "## 3. Store at scale",
         "",
         f"LocalStore (SQLite FTS5) in-process. Memories: turn-shaped text of 15–110 words (Zipf vocabulary) in "
-        f"{SCOPES} equal scopes. Per size and repetition, sizes rotated: {SEARCHES} searches (6–10-word queries, random "
+        f"{SCOPES} equal scopes, in conversations of {CONVERSATION} turns (so searches rank with context propagation). Per size and repetition, sizes rotated: {SEARCHES} searches (6–10-word queries, random "
         f"scope, limit 5, after {WARM} warm-up searches) and {ADDS} adds one at a time (into a copy); medians of "
         f"{base['repetitions']}. Ratios are to the {int(base_size):,}-memory store of the same run.",
         "",

@@ -28,24 +28,49 @@ def test_no_date_or_an_impossible_one_adds_nothing(at: float) -> None:
     assert index.date_words(at) == ""
 
 
+def _one_conversation(adjacent: dict[int, tuple[int, ...]], conversation: str = "c") -> ranking.Context:
+    return ranking.Context(dict.fromkeys(adjacent, conversation), adjacent)
+
+
 def test_a_neighbour_that_bm25_missed_is_brought_in_behind_its_source() -> None:
     # 1 names the subject, 2 (not a candidate) answers it, 3 is an unrelated weaker match.
-    ranked = ranking.propagate({1: 4.0, 3: 1.5}, {1: (2,), 3: ()}, 0.5)
-    assert ranked == [(1, 4.0), (2, 2.0), (3, 1.5)]
+    found = ranking.Context({1: "c", 3: "d"}, {1: (2,), 3: ()})
+    assert ranking.propagate({1: 4.0, 3: 1.5}, found, 0.5, 0.0) == [(1, 4.0), (2, 2.0), (3, 1.5)]
+    # Lifted by its conversation's best match, the answer gains on the unrelated match; each conversation's best
+    # keeps its score.
+    assert ranking.propagate({1: 4.0, 3: 1.5}, found, 0.5, 0.5) == [(1, 4.0), (2, pytest.approx(8 / 3)), (3, 1.5)]
 
 
 def test_neighbouring_candidates_lift_each_other_above_a_lone_match() -> None:
-    ranked = ranking.propagate({7: 2.5, 1: 2.0, 2: 2.0}, {7: (), 1: (2,), 2: (1,)}, 0.5)
+    ranked = ranking.propagate({7: 2.5, 1: 2.0, 2: 2.0}, _one_conversation({7: (), 1: (2,), 2: (1,)}), 0.5, 0.0)
     assert ranked == [(1, 3.0), (2, 3.0), (7, 2.5)]
 
 
-def test_weight_zero_keeps_bm25s_order_and_ties_keep_the_candidates_order() -> None:
+def test_a_memory_is_lifted_by_the_best_match_of_its_conversation() -> None:
+    """3 is no neighbour of 1, but of its conversation: it passes 2, a better match of a conversation of its own."""
+    found = ranking.Context({1: "a", 2: "b", 3: "a"}, {1: (), 2: (), 3: ()})
+    assert ranking.propagate({1: 3.0, 2: 2.0, 3: 1.8}, found, 0.5, 0.0) == [(1, 3.0), (2, 2.0), (3, 1.8)]
+    assert ranking.propagate({1: 3.0, 2: 2.0, 3: 1.8}, found, 0.5, 0.5) == [(1, 3.0), (3, pytest.approx(2.2)), (2, 2.0)]
+
+
+def test_a_memory_of_no_conversation_keeps_its_score() -> None:
+    """A note added by hand is its own conversation: a turn of the same score that is its conversation's best is
+    not ranked above it."""
+    found = ranking.Context({5: "a"}, {5: ()})
+    assert ranking.propagate({4: 3.0, 5: 1.0, 6: 2.0}, found, 0.5, 0.5) == [(4, 3.0), (6, 2.0), (5, 1.0)]
+    assert ranking.propagate({4: 1.0, 5: 1.0}, found, 0.5, 0.5) == [(4, 1.0), (5, 1.0)]
+    assert ranking.propagate({4: 3.0, 6: 2.0}, ranking.Context({}, {}), 0.5, 0.5) == [(4, 3.0), (6, 2.0)]
+
+
+def test_weights_zero_keep_bm25s_order_and_ties_keep_the_candidates_order() -> None:
     scores = {5: 2.0, 9: 2.0, 4: 1.0}
-    assert ranking.propagate(scores, {5: (6,), 9: (8,), 4: ()}, 0.0) == [(5, 2.0), (9, 2.0), (4, 1.0), (6, 0.0), (8, 0.0)]
+    ranked = ranking.propagate(scores, _one_conversation({5: (6,), 9: (8,), 4: ()}), 0.0, 0.0)
+    assert ranked == [(5, 2.0), (9, 2.0), (4, 1.0), (6, 0.0), (8, 0.0)]
 
 
-def test_neighbours_drops_missing_ones() -> None:
-    assert ranking.neighbours([(1, None, 2), (2, 1, None), (3, None, None)]) == {1: (2,), 2: (1,), 3: ()}
+def test_context_drops_missing_neighbours() -> None:
+    found = ranking.context([(1, "c", None, 2), (2, "c", 1, None), (3, "d", None, None)])
+    assert found == ranking.Context({1: "c", 2: "c", 3: "d"}, {1: (2,), 2: (1,), 3: ()})
 
 
 def _store(path: Path, memories: list[Memory]) -> None:
@@ -59,10 +84,10 @@ def _store(path: Path, memories: list[Memory]) -> None:
     asyncio.run(fill())
 
 
-def _neighbours(path: Path, scope: str, ids: list[int], gap: float = ranking.NEIGHBOUR_GAP) -> dict[int, tuple[int, ...]]:
+def _context(path: Path, scope: str, ids: list[int], near: int = 10, gap: float = ranking.NEIGHBOUR_GAP) -> ranking.Context:
     with closing(sqlite3.connect(path)) as db:
-        rows = db.execute(ranking.NEIGHBOURS_SQL, {"scope": scope, "ids": json.dumps(ids), "gap": gap}).fetchall()
-    return ranking.neighbours(rows)
+        rows = db.execute(ranking.NEIGHBOURS_SQL, {"scope": scope, "ids": json.dumps(ids), "near": near, "gap": gap})
+        return ranking.context(rows.fetchall())
 
 
 def test_neighbours_are_the_scopes_adjacent_memories_in_time_within_the_gap(tmp_path: Path) -> None:
@@ -85,11 +110,16 @@ def test_neighbours_are_the_scopes_adjacent_memories_in_time_within_the_gap(tmp_
             Memory("10", "a", "metadata SQLite cannot read", metadata={"conversation": "c", "x": float("nan")}, created_at=t + 110),
         ],
     )
-    assert _neighbours(path, "a", [1, 3, 4, 5, 6, 7]) == {1: (3,), 3: (1, 4), 4: (3,), 5: (6,), 6: (5, 7), 7: (6,)}
-    assert _neighbours(path, "b", [2]) == {2: ()}
-    assert _neighbours(path, "b", [1, 3]) == {}  # another scope's ids are not this scope's candidates
-    assert _neighbours(path, "a", [4], gap=DAY) == {4: (3, 5)}
-    assert _neighbours(path, "a", [8, 9, 10]) == {9: ()}  # no conversation, or one of its own: no neighbours
+    assert _context(path, "a", [1, 3, 4, 5, 6, 7]).adjacent == {1: (3,), 3: (1, 4), 4: (3,), 5: (6,), 6: (5, 7), 7: (6,)}
+    assert _context(path, "b", [2]) == ranking.Context({2: "c"}, {2: ()})
+    assert _context(path, "b", [1, 3]) == ranking.Context({}, {})  # another scope's ids are not this scope's candidates
+    assert _context(path, "a", [4], gap=DAY).adjacent == {4: (3, 5)}
+    # No conversation, or one of its own: no neighbours; no conversation: not named.
+    assert _context(path, "a", [8, 9, 10]) == ranking.Context({9: "other"}, {9: ()})
+    # Only the first `near` candidates' neighbours are looked up; every candidate's conversation is read.
+    assert _context(path, "a", [4, 9, 6, 1], near=2) == ranking.Context(
+        {4: "c", 9: "other", 6: "c", 1: "c"}, {4: (3,), 9: (), 6: (), 1: ()}
+    )
 
 
 def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(tmp_path: Path) -> None:
@@ -116,6 +146,34 @@ def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(
             await store.close()
 
     assert asyncio.run(search())[:2] == [1, 2]  # its neighbour brings it in, right behind
+
+
+def test_a_turn_of_the_conversation_about_the_subject_passes_an_equal_match_from_another(tmp_path: Path) -> None:
+    """End to end on a real store: two turns match the query's one word "index" alike; the one whose conversation
+    also holds the query's best match (not its neighbour) comes first."""
+    path = tmp_path / "m.db"
+    t = 1_700_000_000.0
+    billing = [
+        "User: which database should the billing service use?\nAssistant: PostgreSQL, partitioned by month",
+        "User: lunch plans?\nAssistant: the usual place",
+        "User: and coffee after?\nAssistant: at three",
+        "User: add an index on the customer column\nAssistant: added, invoices load fast now",
+    ]
+    memories = [Memory(str(i), "s", text, metadata=C, created_at=t + 60 * i) for i, text in enumerate(billing, 1)]
+    memories.append(Memory("5", "s", "User: add an index on the name column\nAssistant: added, the search is fast",
+                           metadata={"conversation": "ops"}, created_at=t + DAY))
+    _store(path, memories)
+
+    async def search() -> list[int]:
+        store = LocalStore(path)
+        try:
+            return [int(m.id) for m in await store.search("s", "billing database index", 5)]
+        finally:
+            await store.close()
+
+    ranked = asyncio.run(search())
+    assert ranked[0] == 1
+    assert ranked.index(4) < ranked.index(5)
 
 
 def test_a_scope_of_notes_ranks_by_bm25_until_a_conversation_arrives(tmp_path: Path) -> None:

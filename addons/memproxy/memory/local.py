@@ -19,7 +19,7 @@ from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
 from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, relative_dates
 from .near import near_duplicates
-from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, neighbours, propagate
+from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, context, propagate
 
 T = TypeVar("T")
 
@@ -258,8 +258,8 @@ class LocalStore(MemoryStore):
         scores = {id_: -rank for id_, rank in rows}
         if not scores:
             return []
-        best = json.dumps(list(scores)[:NEIGHBOURS_OF])
-        order = propagate(scores, neighbours(db.execute(NEIGHBOURS_SQL, {"scope": scope, "ids": best, "gap": NEIGHBOUR_GAP})))
+        found = {"scope": scope, "ids": json.dumps(list(scores)), "near": NEIGHBOURS_OF, "gap": NEIGHBOUR_GAP}
+        order = propagate(scores, context(db.execute(NEIGHBOURS_SQL, found)))
         ranked = []
         for id_, x in order[:limit]:
             score = x / (1 + x)  # in [0, 1), in the order of x

@@ -1,65 +1,90 @@
 """Context propagation: the local store's second ranking step, after BM25.
 
 A memory is one turn of a conversation, and the turn that answers a question is often next to the turn that
-names its subject (a follow-up, a reply): the turns memproxy stores name their conversation (metadata
-`conversation`). So the store ranks in two steps:
+names its subject (a follow-up, a reply), or elsewhere in a conversation about that subject: the turns memproxy
+stores name their conversation (metadata `conversation`). So the store ranks in two steps:
 1. BM25 over the scope's index gives the CANDIDATES best memories, each with its score (higher is better);
 2. `propagate` adds to each memory NEIGHBOUR_WEIGHT times the score of each of its neighbours among the
    NEIGHBOURS_OF best candidates (a memory's neighbours: the memories of its conversation just before and after
    it in its scope, no more than NEIGHBOUR_GAP seconds apart), which can also bring in a neighbour that BM25 did
-   not find. The store reads those candidates' neighbours with NEIGHBOURS_SQL, one index step each.
+   not find, and CONVERSATION_WEIGHT times the best score among the candidates of its conversation. The store
+   reads the candidates' conversations and those neighbours with NEIGHBOURS_SQL, one index step each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 CANDIDATES = 50  # memories BM25 ranks before propagation
 NEIGHBOURS_OF = 10  # best candidates whose neighbours are looked up
 NEIGHBOUR_WEIGHT = 0.5  # share of a neighbour's score a memory receives
 NEIGHBOUR_GAP = 3600.0  # seconds: memories further apart in time are not neighbours
+CONVERSATION_WEIGHT = 0.5  # share of its conversation's best candidate score a memory receives (then / 1.5)
 
 _CONVERSATION = "CASE WHEN json_valid({m}.metadata) THEN json_extract({m}.metadata, '$.conversation') END"
-# Each candidate's previous and next memory of its conversation (metadata `conversation`) in its scope, in
-# (created_at, id) order and within NEIGHBOUR_GAP seconds of it: rows (id, previous id or NULL, next id or NULL).
-# A memory of no conversation (a note added by hand) has no neighbours. Named parameters: scope, ids (the
-# candidates' ids as a JSON array), gap (seconds). Each lookup steps along the index on memories(scope, created_at).
+# Each candidate's conversation (metadata `conversation`) and, for the first :near candidates, its previous and
+# next memory of that conversation in its scope, in (created_at, id) order and within :gap seconds of it: rows (id,
+# conversation, previous id or NULL, next id or NULL). A memory of no conversation (a note added by hand) has
+# none. Named parameters: scope, ids (the candidates' ids as a JSON array, best first), near, gap. Each lookup
+# steps along the index on memories(scope, created_at).
 NEIGHBOURS_SQL = f"""
-SELECT c.id,
-    (SELECT p.id FROM memories AS p WHERE p.scope = :scope AND p.created_at >= c.created_at - :gap
-        AND (p.created_at, p.id) < (c.created_at, c.id) AND {_CONVERSATION.format(m="p")} = c.conversation
-        ORDER BY p.created_at DESC, p.id DESC LIMIT 1),
-    (SELECT n.id FROM memories AS n WHERE n.scope = :scope AND n.created_at <= c.created_at + :gap
-        AND (n.created_at, n.id) > (c.created_at, c.id) AND {_CONVERSATION.format(m="n")} = c.conversation
-        ORDER BY n.created_at, n.id LIMIT 1)
+SELECT c.id, c.conversation,
+    CASE WHEN c.rank < :near THEN (SELECT p.id FROM memories AS p WHERE p.scope = :scope
+        AND p.created_at >= c.created_at - :gap AND (p.created_at, p.id) < (c.created_at, c.id)
+        AND {_CONVERSATION.format(m="p")} = c.conversation ORDER BY p.created_at DESC, p.id DESC LIMIT 1) END,
+    CASE WHEN c.rank < :near THEN (SELECT n.id FROM memories AS n WHERE n.scope = :scope
+        AND n.created_at <= c.created_at + :gap AND (n.created_at, n.id) > (c.created_at, c.id)
+        AND {_CONVERSATION.format(m="n")} = c.conversation ORDER BY n.created_at, n.id LIMIT 1) END
 FROM (
-    SELECT m.id, m.created_at, {_CONVERSATION.format(m="m")} AS conversation
+    SELECT m.id, m.created_at, j.key AS rank, {_CONVERSATION.format(m="m")} AS conversation
     FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value WHERE +m.scope = :scope
 ) AS c
 WHERE c.conversation IS NOT NULL
 """
 
 
-def neighbours(rows: Iterable[Sequence[int | None]]) -> dict[int, tuple[int, ...]]:
-    """NEIGHBOURS_SQL's rows as a map: candidate id -> the ids of its neighbours."""
-    return {row[0]: tuple(n for n in row[1:] if n is not None) for row in rows if row[0] is not None}
+class Context(NamedTuple):
+    """What NEIGHBOURS_SQL read of the candidates: each one's conversation, and its neighbours."""
+
+    conversations: dict[int, str]  # candidate id -> its conversation
+    adjacent: dict[int, tuple[int, ...]]  # candidate id -> the ids of its neighbours
+
+
+def context(rows: Iterable[Sequence[Any]]) -> Context:
+    """NEIGHBOURS_SQL's rows as a Context."""
+    rows = [row for row in rows if row[0] is not None]
+    return Context(
+        {row[0]: row[1] for row in rows}, {row[0]: tuple(n for n in row[2:] if n is not None) for row in rows}
+    )
 
 
 def propagate(
-    scores: Mapping[int, float], adjacent: Mapping[int, Sequence[int]], weight: float = NEIGHBOUR_WEIGHT
+    scores: Mapping[int, float], found: Context, weight: float = NEIGHBOUR_WEIGHT, lift: float = CONVERSATION_WEIGHT
 ) -> list[tuple[int, float]]:
-    """Memories ranked by their own score plus `weight` times the scores of their neighbours among the
-    candidates: (id, score), best first; ties keep the candidates' order, then the order neighbours came in.
+    """Memories ranked by their own score, plus `weight` times the scores of their neighbours among the
+    candidates, plus `lift` times the best candidate score of their conversation, all over 1 + `lift` (so the
+    best match of a conversation, with no neighbours among the candidates, keeps its score): (id, score), best
+    first; ties keep the candidates' order, then the order neighbours came in.
 
-    `scores` maps each candidate to its score, best first (higher is better, none negative), `adjacent` a candidate to its
-    neighbours (symmetric: a candidate's neighbour that is a candidate lists it back). A neighbour that is not
-    a candidate is ranked by what it receives alone.
+    `scores` maps each candidate to its score, best first (higher is better, none negative). `found.adjacent`
+    maps a candidate to its neighbours (symmetric: a candidate's neighbour that is a candidate lists it back); a
+    neighbour that is not a candidate is ranked by what it receives, and is of its source's conversation.
     """
-    if not any(adjacent.values()):
-        return list(scores.items())  # no neighbours: the candidates in their order
+    if not found.conversations:
+        return list(scores.items())  # no conversations: the candidates in their order
     total = dict(scores)
+    conversation = dict(found.conversations)
     for memory, score in scores.items():
-        for other in adjacent.get(memory, ()):
+        for other in found.adjacent.get(memory, ()):
             total[other] = total.get(other, 0.0) + weight * score
+            conversation.setdefault(other, conversation[memory])
+    best: dict[str, float] = {}
+    for memory, score in scores.items():
+        if (key := conversation.get(memory)) is not None and score > best.get(key, -1.0):
+            best[key] = score
+    for memory, x in total.items():  # a memory of no conversation is its own: it keeps its score
+        key = conversation.get(memory)
+        total[memory] = (x + lift * (best[key] if key is not None else scores[memory])) / (1 + lift)
     order = {memory: i for i, memory in enumerate(total)}
     return sorted(total.items(), key=lambda item: (-item[1], order[item[0]]))
