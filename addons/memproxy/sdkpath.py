@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RESEND_WINDOW = 30.0  # seconds after a 307 in which the same (scope, host) gets a replay instead
-MAX_CLIENTS = 256  # (client, host) pairs whose last scope is kept; past this, the least recently used goes
+MAX_CLIENTS = 256  # pairs kept by each map below ((client, host), (scope, host)); past this, the least recent goes
 
 
 def asks_for_cookies(resp: http.Response | None) -> bool:
@@ -65,7 +65,7 @@ class SdkPath:
     def __init__(self, cookies: Path, ttl: int, timeout: int, resend: re.Pattern[str] | None = None) -> None:
         self.cookies_path, self.ttl, self.timeout = cookies, ttl, timeout
         self.resend = resend  # user agents asked to send a challenged request again (see `answer_challenge`)
-        self._resent: dict[tuple[str, str], float] = {}  # (scope, host) -> when a challenge was last sent back
+        self._resent: OrderedDict[tuple[str, str], float] = OrderedDict()  # (scope, host) -> when last sent back
         self.sessions: CookieSessions | None = None
         self.gateway: Gateway | None = None
         self._module: Any = None  # memproxy.gateway, once imported
@@ -209,8 +209,9 @@ class SdkPath:
         if now - self._resent.get(key, -RESEND_WINDOW) < RESEND_WINDOW:
             return False
         self._resent[key] = now
+        self._resent.move_to_end(key)
         if len(self._resent) > MAX_CLIENTS:
-            self._resent.pop(next(iter(self._resent)))
+            self._resent.popitem(last=False)
         return True
 
     async def _replay(self, flow: http.HTTPFlow, protocol: str, scope: str, gateway: Gateway) -> None:
