@@ -10,7 +10,9 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from memproxy.memory import Memory, index, ranking
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from memproxy.memory import Memory, index, local, ranking
 from memproxy.memory.local import LocalStore
 
 DAY = 86_400.0
@@ -120,6 +122,96 @@ def test_neighbours_are_the_scopes_adjacent_memories_in_time_within_the_gap(tmp_
     assert _context(path, "a", [4, 9, 6, 1], near=2) == ranking.Context(
         {4: "c", 9: "other", 6: "c", 1: "c"}, {4: (3,), 9: (), 6: (), 1: ()}
     )
+
+
+METADATA = ['{}', '{"conversation": "c"}', '{"conversation": "d"}', '{"conversation": 1}', '{"conversation": 1.0}',
+            '{"conversation": null}', "not json", '{"conversation": "c", "x": NaN}']
+TIMES = st.sampled_from([0.0, 1800.0, 3600.0, 3600.5, 7200.0, 1e9])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from("aab"), st.sampled_from(METADATA[:3] * 3 + METADATA), TIMES), max_size=16),
+    picks=st.lists(st.integers(1, 18), unique=True, max_size=12),
+    near=st.integers(0, 12),
+)
+def test_a_kept_order_gives_the_context_the_sql_reads(rows: list[tuple[str, str, float]], picks: list[int], near: int) -> None:
+    """The scope's Order, read once, and NEIGHBOURS_SQL give any candidates the same conversations and neighbours:
+    ties in time, the gap's edges, memories of no conversation or unreadable metadata, other scopes' ids."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(local.SCHEMA)
+        db.executemany("INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, 'x', ?, ?)", rows)
+        order = ranking.Order(db.execute(ranking.ORDER_SQL, ("a", 100)))
+        params = {"scope": "a", "ids": json.dumps(picks), "near": near, "gap": ranking.NEIGHBOUR_GAP}
+        assert order.context(picks, near) == ranking.context(db.execute(ranking.NEIGHBOURS_SQL, params))
+        assert order.size == sum(scope == "a" for scope, _, _ in rows)
+
+
+def test_a_kept_order_follows_writes_of_this_store_and_of_another(tmp_path: Path) -> None:
+    """A reply stored after the scope's Order was read, by this store or by another process, is found next to
+    its question at once."""
+    t = 1_700_000_000.0
+    question = "User: which database should the billing service use?\nAssistant: what are its write patterns?"
+    reply = "User: mostly appends, a few updates\nAssistant: then PostgreSQL with a partitioned table suits it"
+    query = "which database did the billing service choose"
+
+    async def go(writer_is_another: bool) -> list[str]:
+        path = tmp_path / f"{writer_is_another}.db"
+        store, other = LocalStore(path), LocalStore(path)
+        try:
+            await store.add_many([Memory("1", "s", question, metadata=C, created_at=t),
+                                  Memory("9", "s", "User: lunch?\nAssistant: at noon", metadata=C, created_at=t + DAY)])
+            assert [m.content for m in await store.search("s", query, 5)] == [question]  # its Order read and kept
+            writer = other if writer_is_another else store
+            await writer.add_many([Memory("2", "s", reply, metadata=C, created_at=t + 60)])
+            return [m.content for m in await store.search("s", query, 5)]
+        finally:
+            await store.close()
+            await other.close()
+
+    assert asyncio.run(go(False))[:2] == [question, reply]
+    assert asyncio.run(go(True))[:2] == [question, reply]
+
+
+def test_a_scope_too_large_to_keep_is_read_with_sql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "ORDERED_SCOPE", 2)
+    path = tmp_path / "m.db"
+    t = 1_700_000_000.0
+    turns = ["User: which database for billing?\nAssistant: what are its write patterns?",
+             "User: mostly appends\nAssistant: then PostgreSQL with a partitioned table", "User: lunch?\nAssistant: noon"]
+    _store(path, [Memory(str(i), "s", text, metadata=C, created_at=t + 60 * i) for i, text in enumerate(turns, 1)])
+
+    async def search() -> tuple[list[int], bool]:
+        store = LocalStore(path)
+        try:
+            return [int(m.id) for m in await store.search("s", "billing database", 5)], store._orders["s"] is None
+        finally:
+            await store.close()
+
+    assert asyncio.run(search()) == ([1, 2], True)
+
+
+def test_kept_orders_are_bounded_least_recently_searched_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "ORDERED", 5)
+    t = 1_700_000_000.0
+    texts = ["User: which database for billing?\nAssistant: what are its write patterns?",
+             "User: mostly appends\nAssistant: then PostgreSQL with a partitioned table"]
+    _store(tmp_path / "m.db", [Memory(f"{scope}{i}", scope, text, metadata=C, created_at=t + 60 * i)
+                               for scope in ("p", "q", "r") for i, text in enumerate(texts)])
+
+    async def go() -> list[tuple[list[str], int]]:
+        store = LocalStore(tmp_path / "m.db")
+        seen = []
+        try:
+            for scope in ("p", "q", "p", "r"):
+                found = [m.content for m in await store.search(scope, "billing database", 5)]
+                seen.append((found, store._ordered))
+            assert list(store._orders) == ["p", "r"]  # q was the least recently searched
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == [(texts, 2), (texts, 4), (texts, 4), (texts, 4)]
 
 
 def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,17 @@ from ..worker import Worker
 from .base import Memory, MemoryStore, StoreError, recalled
 from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, relative_dates
 from .near import near_duplicates
-from .ranking import CANDIDATES, NEIGHBOUR_GAP, NEIGHBOURS_OF, NEIGHBOURS_SQL, context, propagate
+from .ranking import (
+    CANDIDATES,
+    NEIGHBOUR_GAP,
+    NEIGHBOURS_OF,
+    NEIGHBOURS_SQL,
+    ORDER_SQL,
+    Context,
+    Order,
+    context,
+    propagate,
+)
 
 T = TypeVar("T")
 
@@ -44,6 +54,11 @@ OPTIMISE_EVERY = 64
 # once, one another process adds is seen after it.
 EMPTY_TTL = 2.0
 MAX_EMPTY = 4096  # scopes remembered as empty
+# Scopes' Orders (memory.ranking) kept in memory: scopes of up to ORDERED_SCOPE memories, ORDERED memories in
+# all (about 150 bytes each), the least recently searched dropped first. A larger scope's candidates are read
+# with NEIGHBOURS_SQL.
+ORDERED_SCOPE = 20_000
+ORDERED = 100_000
 
 # The memories; each scope's index is a table of its own (memory.index), written in the same transaction.
 SCHEMA = """
@@ -105,6 +120,11 @@ class LocalStore(MemoryStore):
         self._df_expiry = 0.0
         self._unmerged: Counter[str] = Counter()
         self._empty: dict[str, float] = {}  # scope -> monotonic time until which it is taken to be empty
+        # Scope -> its Order, None if it is too large to keep; dropped when this store writes to the scope, and
+        # all of them when another connection wrote to the file (`data_version`) or DF_TTL ends.
+        self._orders: OrderedDict[str, Order | None] = OrderedDict()
+        self._ordered = 0  # memories in self._orders
+        self._data_version: int | None = None
 
     async def open(self) -> None:
         """Open the database now, so that an unusable path is reported at start-up, and merge its index."""
@@ -258,8 +278,7 @@ class LocalStore(MemoryStore):
         scores = {id_: -rank for id_, rank in rows}
         if not scores:
             return []
-        found = {"scope": scope, "ids": json.dumps(list(scores)), "near": NEIGHBOURS_OF, "gap": NEIGHBOUR_GAP}
-        order = propagate(scores, context(db.execute(NEIGHBOURS_SQL, found)))
+        order = propagate(scores, self._context(db, scope, list(scores)))
         ranked = []
         for id_, x in order[:limit]:
             score = x / (1 + x)  # in [0, 1), in the order of x
@@ -271,6 +290,37 @@ class LocalStore(MemoryStore):
         sql = READ.format(columns=columns, ids=", ".join("?" * len(ranked)))
         rows = {id_: row for id_, *row in db.execute(sql, (*(i for i, _ in ranked), scope))}
         return [(*rows[id_], score) for id_, score in ranked if id_ in rows]
+
+    def _context(self, db: sqlite3.Connection, scope: str, ids: list[int]) -> Context:
+        """The Context of candidates `ids` of `scope`: from its Order, read once and kept; for a scope too large
+        to keep, with NEIGHBOURS_SQL."""
+        if (version := db.execute("PRAGMA data_version").fetchone()[0]) != self._data_version:
+            self._unorder(None)  # another connection wrote to the file
+            self._data_version = version
+        if scope in self._orders:
+            order = self._orders[scope]
+            self._orders.move_to_end(scope)
+        else:
+            order = Order(db.execute(ORDER_SQL, (scope, ORDERED_SCOPE + 1)))
+            order = order if order.size <= ORDERED_SCOPE else None
+            self._orders[scope] = order
+            self._ordered += 0 if order is None else order.size
+            while self._ordered > ORDERED and len(self._orders) > 1:
+                dropped = self._orders.popitem(last=False)[1]
+                self._ordered -= 0 if dropped is None else dropped.size
+        if order is not None:
+            return order.context(ids, NEIGHBOURS_OF)
+        found = {"scope": scope, "ids": json.dumps(ids), "near": NEIGHBOURS_OF, "gap": NEIGHBOUR_GAP}
+        return context(db.execute(NEIGHBOURS_SQL, found))
+
+    def _unorder(self, scope: str | None) -> None:
+        """Drop the Order of `scope` (this store wrote to it), or every Order (None). A scope too large to keep
+        stays known as such until every Order is dropped."""
+        if scope is None:
+            self._orders.clear()
+            self._ordered = 0
+        elif self._orders.get(scope) is not None:
+            self._ordered -= self._orders.pop(scope).size
 
     def _converses(self, db: sqlite3.Connection, scope: str) -> bool:
         """Whether `scope` holds turns that name their conversation, whose neighbours propagation looks up (other
@@ -292,6 +342,7 @@ class LocalStore(MemoryStore):
         if time.monotonic() > self._df_expiry:
             self._sizes.clear()
             self._conversing.clear()
+            self._unorder(None)
             self._df.clear()
             self._df_expiry = time.monotonic() + DF_TTL
         if len(terms) < 2:
@@ -321,6 +372,7 @@ class LocalStore(MemoryStore):
         if row is not None:
             self._indexes.add(db, scope, row[0], content, at)
             self._conversed(scope, metadata)
+            self._unorder(scope)
         return None if row is None else row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
@@ -367,6 +419,7 @@ class LocalStore(MemoryStore):
         )
         self._indexes.add(db, scope, id_, content, now)
         self._conversed(scope, metadata)
+        self._unorder(scope)
 
     def _conversed(self, scope: str, metadata: str) -> None:
         """Note that `scope` now holds a turn of a conversation, if this memory's metadata names one."""
@@ -418,6 +471,7 @@ class LocalStore(MemoryStore):
             ).fetchone()
             if row is not None:
                 self._indexes.remove(db, scope, *row)
+                self._unorder(scope)
         return row is not None
 
     def _rewrite(self, db: sqlite3.Connection, scope: str, memory_id: str, content: str) -> bool:
@@ -466,6 +520,8 @@ class LocalStore(MemoryStore):
             id_, custom_id, content, created_at = row
             self._empty.pop(target, None)
             self._indexes.remove(db, scope, id_, content, created_at)
+            self._unorder(scope)
+            self._unorder(target)
             duplicate = custom_id is not None and db.execute(
                 "SELECT 1 FROM memories WHERE scope = ? AND custom_id = ?", (target, custom_id)
             ).fetchone()

@@ -8,7 +8,8 @@ stores name their conversation (metadata `conversation`). So the store ranks in 
    NEIGHBOURS_OF best candidates (a memory's neighbours: the memories of its conversation just before and after
    it in its scope, no more than NEIGHBOUR_GAP seconds apart), which can also bring in a neighbour that BM25 did
    not find, and CONVERSATION_WEIGHT times the best score among the candidates of its conversation. The store
-   reads the candidates' conversations and those neighbours with NEIGHBOURS_SQL, one index step each.
+   reads the candidates' conversations and those neighbours with NEIGHBOURS_SQL, one index step each, or from
+   the scope's Order, which it keeps in memory.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ WHERE c.conversation IS NOT NULL
 class Context(NamedTuple):
     """What NEIGHBOURS_SQL read of the candidates: each one's conversation, and its neighbours."""
 
-    conversations: dict[int, str]  # candidate id -> its conversation
+    conversations: dict[int, Any]  # candidate id -> its conversation
     adjacent: dict[int, tuple[int, ...]]  # candidate id -> the ids of its neighbours
 
 
@@ -57,6 +58,50 @@ def context(rows: Iterable[Sequence[Any]]) -> Context:
     return Context(
         {row[0]: row[1] for row in rows}, {row[0]: tuple(n for n in row[2:] if n is not None) for row in rows}
     )
+
+
+# A scope's memories in (created_at, id) order, each with its conversation: rows (id, conversation or NULL,
+# created_at). Parameters: scope, the most rows to read.
+ORDER_SQL = f"""
+SELECT m.id, {_CONVERSATION.format(m="m")}, m.created_at FROM memories AS m
+WHERE m.scope = ? ORDER BY m.created_at, m.id LIMIT ?
+"""
+
+
+class Order:
+    """A scope's turns read once (ORDER_SQL) and kept in memory, so that a search finds its candidates' Context
+    without reading them again: the same Context as NEIGHBOURS_SQL's, for the memories read."""
+
+    __slots__ = ("conversation", "next", "previous", "size")
+
+    def __init__(self, rows: Iterable[Sequence[Any]], gap: float = NEIGHBOUR_GAP) -> None:
+        self.conversation: dict[int, Any] = {}  # id -> its conversation
+        self.previous: dict[int, int] = {}
+        self.next: dict[int, int] = {}
+        self.size = 0  # memories read, of a conversation or not
+        keys: dict[Any, Any] = {}  # one object per conversation
+        last: dict[Any, tuple[int, float]] = {}  # conversation -> its latest memory so far: (id, created_at)
+        for id_, conversation, at in rows:
+            self.size += 1
+            if conversation is None:
+                continue
+            conversation = self.conversation[id_] = keys.setdefault(conversation, conversation)
+            if (before := last.get(conversation)) is not None:
+                # as NEIGHBOURS_SQL compares: previous >= this - gap, next <= this + gap
+                if before[1] >= at - gap:
+                    self.previous[id_] = before[0]
+                if at <= before[1] + gap:
+                    self.next[before[0]] = id_
+            last[conversation] = (id_, at)
+
+    def context(self, ids: Sequence[int], near: int) -> Context:
+        """The Context of candidates `ids` (best first), with the neighbours of the first `near`."""
+        conversations = {i: c for i in ids if (c := self.conversation.get(i)) is not None}
+        adjacent = dict.fromkeys(conversations, ())
+        for i in ids[:near]:
+            if i in conversations:
+                adjacent[i] = tuple(n for n in (self.previous.get(i), self.next.get(i)) if n is not None)
+        return Context(conversations, adjacent)
 
 
 def propagate(
