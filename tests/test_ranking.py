@@ -191,27 +191,37 @@ def test_a_scope_too_large_to_keep_is_read_with_sql(tmp_path: Path, monkeypatch:
     assert asyncio.run(search()) == ([1, 2], True)
 
 
-def test_kept_orders_are_bounded_least_recently_searched_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kept_orders_are_bounded_and_never_read_again_for_each_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the kept orders hold ORDERED memories, other scopes are read with NEIGHBOURS_SQL, ranked alike: an
+    order is not read again at each search (which, with more memories than ORDERED, would be at every search)."""
     monkeypatch.setattr(local, "ORDERED", 5)
     t = 1_700_000_000.0
     texts = ["User: which database for billing?\nAssistant: what are its write patterns?",
              "User: mostly appends\nAssistant: then PostgreSQL with a partitioned table"]
     _store(tmp_path / "m.db", [Memory(f"{scope}{i}", scope, text, metadata=C, created_at=t + 60 * i)
                                for scope in ("p", "q", "r") for i, text in enumerate(texts)])
+    reads = []
+    monkeypatch.setattr(local, "Order", lambda rows: reads.append(1) or ranking.Order(rows))
 
     async def go() -> list[tuple[list[str], int]]:
         store = LocalStore(tmp_path / "m.db")
         seen = []
         try:
-            for scope in ("p", "q", "p", "r"):
+            for scope in ("p", "q", "r", "p", "r", "q"):
                 found = [m.content for m in await store.search(scope, "billing database", 5)]
                 seen.append((found, store._ordered))
-            assert list(store._orders) == ["p", "r"]  # q was the least recently searched
+            assert [s for s, order in store._orders.items() if order is not None] == ["p", "q"]
+            await store.add_many([Memory("p9", "p", "User: and the cache?\nAssistant: Redis", metadata=C, created_at=t)])
+            assert [s for s, order in store._orders.items() if order is not None] == ["q"]  # p's dropped
+            await store.search("r", "billing database", 5)  # r stays unkept until every order is dropped
+            await store.search("p", "billing database", 5)  # p's read again
+            assert [s for s, order in store._orders.items() if order is not None] == ["q", "p"]
             return seen
         finally:
             await store.close()
 
-    assert asyncio.run(go()) == [(texts, 2), (texts, 4), (texts, 4), (texts, 4)]
+    assert asyncio.run(go()) == [(texts, 2), (texts, 4), (texts, 4), (texts, 4), (texts, 4), (texts, 4)]
+    assert len(reads) == 4  # p, q, r (not kept), and p again after its write
 
 
 def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,9 +54,9 @@ OPTIMISE_EVERY = 64
 # once, one another process adds is seen after it.
 EMPTY_TTL = 2.0
 MAX_EMPTY = 4096  # scopes remembered as empty
-# Scopes' Orders (memory.ranking) kept in memory: scopes of up to ORDERED_SCOPE memories, ORDERED memories in
-# all (about 150 bytes each), the least recently searched dropped first. A larger scope's candidates are read
-# with NEIGHBOURS_SQL.
+# Scopes' Orders (memory.ranking) kept in memory: a scope of up to ORDERED_SCOPE memories, while all kept hold
+# no more than ORDERED (about 190 bytes each). Other scopes' candidates are read with NEIGHBOURS_SQL: a store
+# larger than that never reads an Order again at each search.
 ORDERED_SCOPE = 20_000
 ORDERED = 100_000
 
@@ -120,9 +120,9 @@ class LocalStore(MemoryStore):
         self._df_expiry = 0.0
         self._unmerged: Counter[str] = Counter()
         self._empty: dict[str, float] = {}  # scope -> monotonic time until which it is taken to be empty
-        # Scope -> its Order, None if it is too large to keep; dropped when this store writes to the scope, and
-        # all of them when another connection wrote to the file (`data_version`) or DF_TTL ends.
-        self._orders: OrderedDict[str, Order | None] = OrderedDict()
+        # Scope -> its Order, None if it is not kept (too large, or no room left); dropped when this store writes to
+        # the scope, and all of them when another connection wrote to the file (`data_version`) or DF_TTL ends.
+        self._orders: dict[str, Order | None] = {}
         self._ordered = 0  # memories in self._orders
         self._data_version: int | None = None
 
@@ -299,23 +299,21 @@ class LocalStore(MemoryStore):
             self._data_version = version
         if scope in self._orders:
             order = self._orders[scope]
-            self._orders.move_to_end(scope)
         else:
-            order = Order(db.execute(ORDER_SQL, (scope, ORDERED_SCOPE + 1)))
-            order = order if order.size <= ORDERED_SCOPE else None
-            self._orders[scope] = order
+            if len(self._orders) >= MAX_EMPTY:
+                self._unorder(None)
+            room = min(ORDERED_SCOPE, ORDERED - self._ordered)
+            order = Order(db.execute(ORDER_SQL, (scope, room + 1)))
+            order = self._orders[scope] = order if order.size <= room else None
             self._ordered += 0 if order is None else order.size
-            while self._ordered > ORDERED and len(self._orders) > 1:
-                dropped = self._orders.popitem(last=False)[1]
-                self._ordered -= 0 if dropped is None else dropped.size
         if order is not None:
             return order.context(ids, NEIGHBOURS_OF)
         found = {"scope": scope, "ids": json.dumps(ids), "near": NEIGHBOURS_OF, "gap": NEIGHBOUR_GAP}
         return context(db.execute(NEIGHBOURS_SQL, found))
 
     def _unorder(self, scope: str | None) -> None:
-        """Drop the Order of `scope` (this store wrote to it), or every Order (None). A scope too large to keep
-        stays known as such until every Order is dropped."""
+        """Drop the Order of `scope` (this store wrote to it), or every Order (None). A scope not kept stays so
+        until every Order is dropped."""
         if scope is None:
             self._orders.clear()
             self._ordered = 0
