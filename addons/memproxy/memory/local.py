@@ -292,8 +292,8 @@ class LocalStore(MemoryStore):
         return [(*rows[id_], score) for id_, score in ranked if id_ in rows]
 
     def _context(self, db: sqlite3.Connection, scope: str, ids: list[int]) -> Context:
-        """The Context of candidates `ids` of `scope`: from its Order, read once and kept; for a scope too large
-        to keep, with NEIGHBOURS_SQL."""
+        """The Context of candidates `ids` of `scope`: from its Order, read once and kept; for a scope not kept
+        (too large, or no room left), with NEIGHBOURS_SQL."""
         if (version := db.execute("PRAGMA data_version").fetchone()[0]) != self._data_version:
             self._unorder(None)  # another connection wrote to the file
             self._data_version = version
