@@ -97,7 +97,8 @@ def build(path: Path, rows: Iterable[tuple[str, str]]) -> None:
     asyncio.run(_with_store(path, lambda store: store.open()))  # the store creates its schema
     with contextlib.closing(sqlite3.connect(path)) as con:
         with con:
-            con.executemany("INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, ?, ?, ?)", _turns(rows))
+            insert = "INSERT INTO memories(scope, content, metadata, created_at) VALUES (?, ?, ?, ?)"
+            con.executemany(insert, _turns(rows))
         con.execute("PRAGMA user_version = 0")
         size, (scope, last) = (
             con.execute("SELECT count(*) FROM memories").fetchone()[0],
@@ -206,7 +207,8 @@ def section(results: dict) -> list[str]:
         "## 3. Store at scale",
         "",
         f"LocalStore (SQLite FTS5) in-process. Memories: turn-shaped text of 15–110 words (Zipf vocabulary) in "
-        f"{SCOPES} equal scopes, in conversations of {CONVERSATION} turns (so searches rank with context propagation). Per size and repetition, sizes rotated: {SEARCHES} searches (6–10-word queries, random "
+        f"{SCOPES} equal scopes, in conversations of {CONVERSATION} turns (so searches rank with context "
+        f"propagation). Per size and repetition, sizes rotated: {SEARCHES} searches (6–10-word queries, random "
         f"scope, limit 5, after {WARM} warm-up searches) and {ADDS} adds one at a time (into a copy); medians of "
         f"{base['repetitions']}. Ratios are to the {int(base_size):,}-memory store of the same run.",
         "",

@@ -59,6 +59,7 @@ MAX_EMPTY = 4096  # scopes remembered as empty
 # larger than that never reads an Order again at each search.
 ORDERED_SCOPE = 20_000
 ORDERED = 100_000
+MAX_ORDERS = 4096  # scopes known as kept or not; past this, every Order is dropped
 
 # The memories; each scope's index is a table of its own (memory.index), written in the same transaction.
 SCHEMA = """
@@ -300,7 +301,7 @@ class LocalStore(MemoryStore):
         if scope in self._orders:
             order = self._orders[scope]
         else:
-            if len(self._orders) >= MAX_EMPTY:
+            if len(self._orders) >= MAX_ORDERS:
                 self._unorder(None)
             room = min(ORDERED_SCOPE, ORDERED - self._ordered)
             order = Order(db.execute(ORDER_SQL, (scope, room + 1)))

@@ -46,7 +46,8 @@ WHERE c.conversation IS NOT NULL
 
 
 class Context(NamedTuple):
-    """What NEIGHBOURS_SQL read of the candidates: each one's conversation, and its neighbours."""
+    """What a search knows of its candidates (from NEIGHBOURS_SQL or a kept Order): each one's conversation, and
+    its neighbours."""
 
     conversations: dict[int, Any]  # candidate id -> its conversation
     adjacent: dict[int, tuple[int, ...]]  # candidate id -> the ids of its neighbours
@@ -124,7 +125,7 @@ def propagate(
         for other in found.adjacent.get(memory, ()):
             total[other] = total.get(other, 0.0) + weight * score
             conversation.setdefault(other, conversation[memory])
-    best: dict[str, float] = {}
+    best: dict[Any, float] = {}  # conversation -> its best candidate score
     for memory, score in scores.items():
         if (key := conversation.get(memory)) is not None and score > best.get(key, -1.0):
             best[key] = score
