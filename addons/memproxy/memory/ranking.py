@@ -15,6 +15,7 @@ stores name their conversation (metadata `conversation`). So the store ranks in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 CANDIDATES = 50  # memories BM25 ranks before propagation
@@ -97,11 +98,16 @@ class Order:
 
     def context(self, ids: Sequence[int], near: int) -> Context:
         """The Context of candidates `ids` (best first), with the neighbours of the first `near`."""
-        conversations = {i: c for i in ids if (c := self.conversation.get(i)) is not None}
+        get = self.conversation.get
+        conversations = {i: c for i in ids if (c := get(i)) is not None}
         adjacent = dict.fromkeys(conversations, ())
         for i in ids[:near]:
             if i in conversations:
-                adjacent[i] = tuple(n for n in (self.previous.get(i), self.next.get(i)) if n is not None)
+                before, after = self.previous.get(i), self.next.get(i)
+                if before is None:
+                    adjacent[i] = () if after is None else (after,)
+                else:
+                    adjacent[i] = (before,) if after is None else (before, after)
         return Context(conversations, adjacent)
 
 
@@ -122,15 +128,21 @@ def propagate(
     total = dict(scores)
     conversation = dict(found.conversations)
     for memory, score in scores.items():
-        for other in found.adjacent.get(memory, ()):
-            total[other] = total.get(other, 0.0) + weight * score
-            conversation.setdefault(other, conversation[memory])
+        if others := found.adjacent.get(memory):
+            share = weight * score
+            for other in others:
+                total[other] = total.get(other, 0.0) + share
+                if other not in conversation:
+                    conversation[other] = conversation[memory]
     best: dict[Any, float] = {}  # conversation -> its best candidate score
+    of = conversation.get
     for memory, score in scores.items():
-        if (key := conversation.get(memory)) is not None and score > best.get(key, -1.0):
+        if (key := of(memory)) is not None and score > best.get(key, -1.0):
             best[key] = score
-    for memory, x in total.items():  # a memory of no conversation is its own: it keeps its score
-        key = conversation.get(memory)
-        total[memory] = (x + lift * (best[key] if key is not None else scores[memory])) / (1 + lift)
-    order = {memory: i for i, memory in enumerate(total)}
-    return sorted(total.items(), key=lambda item: (-item[1], order[item[0]]))
+    # a memory of no conversation is its own: it keeps its score
+    ranked = [
+        (m, (x + lift * (best[key] if (key := of(m)) is not None else scores[m])) / (1 + lift))
+        for m, x in total.items()
+    ]
+    ranked.sort(key=itemgetter(1), reverse=True)  # stable: ties keep the order they came in
+    return ranked
