@@ -36,6 +36,7 @@ SCOPES = 100
 SEARCHES = 1000  # per size per repetition
 WARM = 200  # searches per size before the first repetition
 ADDS = 500  # per size per repetition
+SESSION = 200  # per size per repetition: turns added to one scope, each followed by a search there
 TARGET_MS, TARGET_SIZE = 1.0, 100_000  # search p50 at 100k
 CONVERSATION = 20  # turns of one conversation in a scope
 COMMON = """the of and to a in is it you that for was on are with as be this have from or by not but at an
@@ -139,7 +140,9 @@ async def measure(paths: dict[int, Path], copies: dict[int, Path], reps: int) ->
     warm = [(queries.scope(), queries.text(6, 10)) for _ in range(WARM)]
     stores = {size: LocalStore(path) for size, path in paths.items()}
     writers = {size: LocalStore(path) for size, path in copies.items()}
-    runs: dict[int, dict] = {size: {"p50_ms": [], "p99_ms": [], "hits": [], "adds_per_s": []} for size in paths}
+    runs: dict[int, dict] = {
+        size: {"p50_ms": [], "p99_ms": [], "hits": [], "adds_per_s": [], "session_p50_ms": []} for size in paths
+    }
     try:
         for store in stores.values():  # page cache and the store's cached counts
             for scope, query in warm:
@@ -158,6 +161,7 @@ async def measure(paths: dict[int, Path], copies: dict[int, Path], reps: int) ->
                 run["p99_ms"].append(cuts[98] * 1000)
                 run["hits"].append(hits / len(batch))
                 run["adds_per_s"].append(await adds(writers[size], rep))
+                run["session_p50_ms"].append(await session(writers[size], rep))
     finally:
         for store in [*stores.values(), *writers.values()]:
             await store.close()
@@ -172,6 +176,22 @@ async def adds(store: LocalStore, rep: int) -> float:
     for i, (scope, text) in enumerate(batch):
         await store.add(scope, text, f"bench-{rep}-{i}")
     return ADDS / (time.perf_counter() - started)
+
+
+async def session(store: LocalStore, rep: int) -> float:
+    """Search p50 in ms while a session goes on: SESSION turns of one conversation added to one scope, each
+    followed by a search there, as a prompt's recall follows the store of the turn before it."""
+    corpus = Corpus(seed=100 + rep)
+    scope, conversation = corpus.scope(), {"conversation": f"bench-session-{rep}"}
+    await store.search(scope, corpus.text(6, 10), 5, 0.0)
+    times = []
+    for i in range(SESSION):
+        await store.add(scope, corpus.memory(), f"bench-session-{rep}-{i}", conversation)
+        query = corpus.text(6, 10)
+        started = time.perf_counter()
+        await store.search(scope, query, 5, 0.0)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def run() -> dict:
@@ -209,12 +229,13 @@ def section(results: dict) -> list[str]:
         f"LocalStore (SQLite FTS5) in-process. Memories: turn-shaped text of 15–110 words (Zipf vocabulary) in "
         f"{SCOPES} equal scopes, in conversations of {CONVERSATION} turns (so searches rank with context "
         f"propagation). Per size and repetition, sizes rotated: {SEARCHES} searches (6–10-word queries, random "
-        f"scope, limit 5, after {WARM} warm-up searches) and {ADDS} adds one at a time (into a copy); medians of "
-        f"{base['repetitions']}. Ratios are to the {int(base_size):,}-memory store of the same run.",
+        f"scope, limit 5, after {WARM} warm-up searches), {ADDS} adds one at a time, and a session: {SESSION} turns "
+        f"added to one scope, each followed by a search there (both into a copy); medians of {base['repetitions']}. "
+        f"Ratios are to the {int(base_size):,}-memory store of the same run.",
         "",
         "| memories | file MB | bytes/memory | search p50 ms | × base | p99 ms | × base | searches with a hit "
-        "| adds/s | × base | target | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| adds/s | × base | search after an add, p50 ms | target | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size, r in sorted(results.items(), key=lambda kv: int(kv[0])):
         target = result = ""
@@ -223,7 +244,8 @@ def section(results: dict) -> list[str]:
         lines.append(
             f"| {int(size):,} | {r['file_bytes'] / 1e6:.1f} | {r['file_bytes'] / int(size):.0f} | {r['p50_ms']:.2f} "
             f"| {r['p50_ms'] / base['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_ms'] / base['p99_ms']:.2f} "
-            f"| {r['hits'] * 100:.0f} % | {r['adds_per_s']:.0f} | {r['adds_per_s'] / base['adds_per_s']:.2f} | {target} | {result} |"
+            f"| {r['hits'] * 100:.0f} % | {r['adds_per_s']:.0f} | {r['adds_per_s'] / base['adds_per_s']:.2f} "
+            f"| {r['session_p50_ms']:.2f} | {target} | {result} |"
         )
     return [*lines, ""]
 

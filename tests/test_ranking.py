@@ -6,11 +6,12 @@ import asyncio
 import datetime
 import json
 import sqlite3
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from memproxy.memory import Memory, index, local, ranking
 from memproxy.memory.local import LocalStore
@@ -171,6 +172,141 @@ def test_a_kept_order_follows_writes_of_this_store_and_of_another(tmp_path: Path
 
     assert asyncio.run(go(False))[:2] == [question, reply]
     assert asyncio.run(go(True))[:2] == [question, reply]
+
+
+def _fresh(store: LocalStore, scope: str) -> ranking.Order:
+    with closing(sqlite3.connect(store.path)) as db:
+        return ranking.Order(db.execute(ranking.ORDER_SQL, (scope, 1000)))
+
+
+def _same(order: ranking.Order, fresh: ranking.Order) -> None:
+    assert (order.conversation, order.previous, order.next, order.size, order.last) == (
+        fresh.conversation, fresh.previous, fresh.next, fresh.size, fresh.last)
+
+
+WRITES = st.lists(
+    st.tuples(
+        st.sampled_from("aab"),  # scope
+        st.integers(0, 4),  # custom id: an id written before is replaced
+        st.sampled_from([C, C, {"conversation": "d"}, {}, {"conversation": 1}, {"conversation": 1.0},
+                         {"conversation": None}, {"conversation": "c", "x": float("nan")}]),
+        st.sampled_from([0.0, 60.0, 3600.0, 3600.5, 7200.0, -60.0]),  # the clock's step (a clock can go back)
+        st.booleans(),  # a search follows
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(writes=WRITES)
+@example(writes=[("a", 1, C, 60.0, False), ("a", 1, {"conversation": "d"}, 60.0, False)])  # a turn changes conversation
+@example(writes=[("a", 1, C, 60.0, False), ("a", 1, C, -120.0, False)])  # the clock went back past the turn before
+def test_a_kept_order_follows_the_stores_own_writes_as_if_read_again(writes: list[tuple[str, int, dict, float, bool]]) -> None:
+    """Turns this store adds or replaces are added to the scope's kept Order, or the Order is dropped and read
+    again: either way it holds what reading the scope again gives (ties in time, the gap's edges, a clock going
+    back, a turn changing conversation, memories of none)."""
+    now = [1_700_000_000.0]
+
+    async def go(path: Path) -> None:
+        store = LocalStore(path, clock=lambda: now[0])
+        try:
+            await store.add("a", "User: turn zero\nAssistant: first", "first", C)
+            assert await store.search("a", "turn", 5)  # its Order read and kept
+            for i, (scope, key, metadata, step, search) in enumerate(writes):
+                now[0] += step
+                await store.add(scope, f"User: turn w{i}x question{i}\nAssistant: reply{i}z", f"k{key}", metadata)
+                if search:
+                    await store.search("a", "turn", 5)
+            if (order := store._orders.get("a")) is not None:
+                _same(order, _fresh(store, "a"))
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(go(Path(tmp) / "m.db"))
+
+
+SUBJECTS = [("billing", "postgres"), ("search", "elastic"), ("payments", "cockroach"), ("uploads", "minio"),
+            ("metrics", "prometheus")]
+
+
+def test_a_session_going_on_extends_its_kept_order_without_reading_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a session goes on, each turn stored (then updated by the tool loop's later steps) joins the kept
+    Order, which is never read again; each reply is found next to its question at once."""
+    reads = []
+    monkeypatch.setattr(local, "Order", lambda rows: reads.append(1) or ranking.Order(rows))
+    now = [1_700_000_000.0]
+
+    async def go() -> None:
+        store = LocalStore(tmp_path / "m.db", clock=lambda: now[0])
+        try:
+            await store.add("s", "User: lunch?\nAssistant: at noon", "t0", C)
+            assert await store.search("s", "lunch", 5)  # its Order read and kept
+            for i, (subject, engine) in enumerate(SUBJECTS):
+                now[0] += 2 * ranking.NEIGHBOUR_GAP  # a session of its own
+                question = f"User: which database for the {subject} service {i}?\nAssistant: what are its write patterns?"
+                await store.add("s", question, f"q{i}", C)
+                now[0] += 30
+                await store.add("s", f"User: {engine} answers {i}\nAssistant: looking it up", f"r{i}", C)
+                now[0] += 30
+                reply = f"User: {engine} answers {i}\nAssistant: then {engine}, as the {engine} docs say"
+                await store.add("s", reply, f"r{i}", C)  # the tool loop's last step replaces its turn
+                found = [m.content for m in await store.search("s", f"{subject} database", 5)]
+                assert found[:2] == [question, reply]
+            _same(store._orders["s"], _fresh(store, "s"))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("bound", ["ORDERED_SCOPE", "ORDERED"])
+def test_a_kept_order_grown_past_its_bound_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str) -> None:
+    """Turns added to a kept Order count against its bounds as turns read do: past them, it is dropped, and the
+    scope is then read with NEIGHBOURS_SQL."""
+    monkeypatch.setattr(local, bound, 3)
+    now = [1_700_000_000.0]
+
+    async def go() -> list[tuple[int | None, int]]:
+        store = LocalStore(tmp_path / "m.db", clock=lambda: now[0])
+        seen = []
+        try:
+            for i in range(4):
+                now[0] += 60
+                await store.add("s", f"User: billing question {i}\nAssistant: answer {i}", f"t{i}", C)
+                if i == 1:
+                    assert await store.search("s", "billing", 5)  # its Order read and kept
+                if i >= 1:
+                    seen.append(((order := store._orders.get("s")) and order.size, store._ordered))
+            assert len(await store.search("s", "billing", 5)) == 4
+            seen.append((store._orders["s"], store._ordered))
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == [(2, 2), (3, 3), (None, 0), (None, 0)]
+
+
+def test_a_write_rolled_back_leaves_no_turn_in_the_kept_order(tmp_path: Path) -> None:
+    """A batch that fails half-way is rolled back: a turn it had added to the kept Order is not left there."""
+
+    async def go() -> None:
+        store = LocalStore(tmp_path / "m.db", clock=lambda: 1_700_000_000.0)
+        try:
+            await store.add("a", "User: which database for billing?\nAssistant: PostgreSQL", "q", C)
+            assert await store.search("a", "billing", 5)
+            batch = [Memory("1", "a", "User: and the cache?\nAssistant: Redis", metadata=C, created_at=1_700_000_060.0),
+                     Memory("2", "a", "User: lone \ud800 surrogate\nAssistant: no", metadata=C, created_at=1_700_000_090.0)]
+            with pytest.raises(local.StoreError):
+                await store.add_many(batch)
+            assert await store.count("a") == 1
+            await store.search("a", "billing", 5)
+            _same(store._orders["a"], _fresh(store, "a"))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
 
 
 def test_a_scope_too_large_to_keep_is_read_with_sql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

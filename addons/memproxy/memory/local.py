@@ -21,6 +21,7 @@ from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, rel
 from .near import near_duplicates
 from .ranking import (
     CANDIDATES,
+    CONVERSATION_OF,
     NEIGHBOUR_GAP,
     NEIGHBOURS_OF,
     NEIGHBOURS_SQL,
@@ -84,9 +85,14 @@ READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND +m.s
 CONVERSING = "SELECT 1 FROM memories WHERE scope = ? AND instr(metadata, '\"conversation\"') > 0 LIMIT 1"
 DF = "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} MATCH ? LIMIT ?)"
 LIST = f"SELECT {COLUMNS} FROM memories AS m WHERE m.scope = ? ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?"
+# Both return what the scope's Order needs: the memory's id (INSERT) and conversation.
 INSERT = (
     "INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id"
+    f" ON CONFLICT(scope, custom_id) DO NOTHING RETURNING id, {CONVERSATION_OF.format(m='memories')}"
+)
+REPLACE = (
+    "UPDATE memories SET content = ?, metadata = ?, created_at = ?, custom_id = coalesce(?, custom_id) WHERE id = ?"
+    f" RETURNING {CONVERSATION_OF.format(m='memories')}"
 )
 
 
@@ -121,8 +127,9 @@ class LocalStore(MemoryStore):
         self._df_expiry = 0.0
         self._unmerged: Counter[str] = Counter()
         self._empty: dict[str, float] = {}  # scope -> monotonic time until which it is taken to be empty
-        # Scope -> its Order, None if it is not kept (too large, or no room left); dropped when this store writes to
-        # the scope, and all of them when another connection wrote to the file (`data_version`) or DF_TTL ends.
+        # Scope -> its Order, None if it is not kept (too large, or no room left). This store's writes extend it, or
+        # drop it when it cannot follow them; all are dropped when another connection wrote to the file
+        # (`data_version`), when a write was rolled back, or when DF_TTL ends.
         self._orders: dict[str, Order | None] = {}
         self._ordered = 0  # memories in self._orders
         self._data_version: int | None = None
@@ -207,9 +214,13 @@ class LocalStore(MemoryStore):
             self._db = self._connect()
         try:
             return fn(self._db, *args)
-        except (sqlite3.Error, UnicodeError) as e:  # UnicodeError: lone surrogates in the text
-            self._indexes.reset()  # a table its transaction made was rolled back with it
-            raise StoreError(f"local store at {self.path}: {type(e).__name__}: {e}") from e
+        except BaseException as e:
+            # What a rolled-back transaction told the caches is not so: a table it made, the turns it added to Orders.
+            self._indexes.reset()
+            self._unorder(None)
+            if isinstance(e, (sqlite3.Error, UnicodeError)):  # UnicodeError: lone surrogates in the text
+                raise StoreError(f"local store at {self.path}: {type(e).__name__}: {e}") from e
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
@@ -313,7 +324,7 @@ class LocalStore(MemoryStore):
         return context(db.execute(NEIGHBOURS_SQL, found))
 
     def _unorder(self, scope: str | None) -> None:
-        """Drop the Order of `scope` (this store wrote to it), or every Order (None). A scope not kept stays so
+        """Drop the Order of `scope` (a write it cannot follow), or every Order (None). A scope not kept stays so
         until every Order is dropped."""
         if scope is None:
             self._orders.clear()
@@ -368,11 +379,17 @@ class LocalStore(MemoryStore):
     def _insert(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, at: float) -> int | None:
         """Insert a memory and index it, in the caller's transaction; None if (scope, custom_id) exists."""
         row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
-        if row is not None:
-            self._indexes.add(db, scope, row[0], content, at)
-            self._conversed(scope, metadata)
-            self._unorder(scope)
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        self._indexes.add(db, scope, row[0], content, at)
+        self._conversed(scope, metadata)
+        order = self._orders.get(scope)
+        if order is not None:
+            if order.size < ORDERED_SCOPE and self._ordered < ORDERED and order.add(row[0], row[1], at):
+                self._ordered += 1
+            else:
+                self._unorder(scope)
+        return row[0]
 
     def _add(self, db: sqlite3.Connection, scope: str, content: str, custom_id: str | None, metadata: str, now: float) -> str:
         """Add a memory; or update the one with its custom id, or a near-duplicate of it (see `_near_duplicate`)."""
@@ -412,13 +429,11 @@ class LocalStore(MemoryStore):
         id of what replaced it (the turn that may update it again), in the caller's transaction."""
         id_, old_content, _, old_at = old
         self._indexes.remove(db, scope, id_, old_content, old_at)
-        db.execute(
-            "UPDATE memories SET content = ?, metadata = ?, created_at = ?, custom_id = coalesce(?, custom_id) WHERE id = ?",
-            (content, metadata, now, custom_id, id_),
-        )
+        (conversation,) = db.execute(REPLACE, (content, metadata, now, custom_id, id_)).fetchone()
         self._indexes.add(db, scope, id_, content, now)
         self._conversed(scope, metadata)
-        self._unorder(scope)
+        if (order := self._orders.get(scope)) is not None and not order.replace(id_, conversation, now):
+            self._unorder(scope)
 
     def _conversed(self, scope: str, metadata: str) -> None:
         """Note that `scope` now holds a turn of a conversation, if this memory's metadata names one."""

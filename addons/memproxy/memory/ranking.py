@@ -24,7 +24,8 @@ NEIGHBOUR_WEIGHT = 0.5  # share of a neighbour's score a memory receives
 NEIGHBOUR_GAP = 3600.0  # seconds: memories further apart in time are not neighbours
 CONVERSATION_WEIGHT = 0.5  # share of its conversation's best candidate score a memory receives (then / 1.5)
 
-_CONVERSATION = "CASE WHEN json_valid({m}.metadata) THEN json_extract({m}.metadata, '$.conversation') END"
+# The conversation of memory {m} (metadata `conversation`), NULL for none or for metadata SQLite cannot read.
+CONVERSATION_OF = "CASE WHEN json_valid({m}.metadata) THEN json_extract({m}.metadata, '$.conversation') END"
 # Each candidate's conversation (metadata `conversation`) and, for the first :near candidates, its previous and
 # next memory of that conversation in its scope, in (created_at, id) order and within :gap seconds of it: rows (id,
 # conversation, previous id or NULL, next id or NULL). A memory of no conversation (a note added by hand) has
@@ -34,12 +35,12 @@ NEIGHBOURS_SQL = f"""
 SELECT c.id, c.conversation,
     CASE WHEN c.rank < :near THEN (SELECT p.id FROM memories AS p WHERE p.scope = :scope
         AND p.created_at >= c.created_at - :gap AND (p.created_at, p.id) < (c.created_at, c.id)
-        AND {_CONVERSATION.format(m="p")} = c.conversation ORDER BY p.created_at DESC, p.id DESC LIMIT 1) END,
+        AND {CONVERSATION_OF.format(m="p")} = c.conversation ORDER BY p.created_at DESC, p.id DESC LIMIT 1) END,
     CASE WHEN c.rank < :near THEN (SELECT n.id FROM memories AS n WHERE n.scope = :scope
         AND n.created_at <= c.created_at + :gap AND (n.created_at, n.id) > (c.created_at, c.id)
-        AND {_CONVERSATION.format(m="n")} = c.conversation ORDER BY n.created_at, n.id LIMIT 1) END
+        AND {CONVERSATION_OF.format(m="n")} = c.conversation ORDER BY n.created_at, n.id LIMIT 1) END
 FROM (
-    SELECT m.id, m.created_at, j.key AS rank, {_CONVERSATION.format(m="m")} AS conversation
+    SELECT m.id, m.created_at, j.key AS rank, {CONVERSATION_OF.format(m="m")} AS conversation
     FROM json_each(:ids) AS j CROSS JOIN memories AS m ON m.id = j.value WHERE +m.scope = :scope
 ) AS c
 WHERE c.conversation IS NOT NULL
@@ -65,36 +66,70 @@ def context(rows: Iterable[Sequence[Any]]) -> Context:
 # A scope's memories in (created_at, id) order, each with its conversation: rows (id, conversation or NULL,
 # created_at). Parameters: scope, the most rows to read.
 ORDER_SQL = f"""
-SELECT m.id, {_CONVERSATION.format(m="m")}, m.created_at FROM memories AS m
+SELECT m.id, {CONVERSATION_OF.format(m="m")}, m.created_at FROM memories AS m
 WHERE m.scope = ? ORDER BY m.created_at, m.id LIMIT ?
 """
 
 
 class Order:
     """A scope's turns read once (ORDER_SQL) and kept in memory, so that a search finds its candidates' Context
-    without reading them again: the same Context as NEIGHBOURS_SQL's, for the memories read."""
+    without reading them again: the same Context as NEIGHBOURS_SQL's, for the memories read. The store extends it
+    with the turns it writes (`add`, `replace`), as long as each comes last in its conversation."""
 
-    __slots__ = ("conversation", "next", "previous", "size")
+    __slots__ = ("conversation", "gap", "last", "next", "previous", "size")
 
     def __init__(self, rows: Iterable[Sequence[Any]], gap: float = NEIGHBOUR_GAP) -> None:
         self.conversation: dict[int, Any] = {}  # id -> its conversation
         self.previous: dict[int, int] = {}
         self.next: dict[int, int] = {}
-        self.size = 0  # memories read, of a conversation or not
-        keys: dict[Any, Any] = {}  # one object per conversation
-        last: dict[Any, tuple[int, float]] = {}  # conversation -> its latest memory so far: (id, created_at)
+        self.size = 0  # memories held, of a conversation or not
+        self.gap = gap
+        # conversation -> (the conversation, one object for all its memories; its latest memory's id and
+        # created_at; the id and created_at of the one before it, or None)
+        self.last: dict[Any, tuple[Any, int, float, int | None, float | None]] = {}
         for id_, conversation, at in rows:
-            self.size += 1
-            if conversation is None:
-                continue
-            conversation = self.conversation[id_] = keys.setdefault(conversation, conversation)
-            if (before := last.get(conversation)) is not None:
-                # as NEIGHBOURS_SQL compares: previous >= this - gap, next <= this + gap
-                if before[1] >= at - gap:
-                    self.previous[id_] = before[0]
-                if at <= before[1] + gap:
-                    self.next[before[0]] = id_
-            last[conversation] = (id_, at)
+            self.add(id_, conversation, at)
+
+    def add(self, id_: int, conversation: Any, at: float) -> bool:
+        """Memory `id_` of `conversation` (None: of none), created at `at`, added as its conversation's latest;
+        False, and nothing changed, if it comes before that one in (created_at, id) order."""
+        if conversation is not None:
+            if (last := self.last.get(conversation)) is None:
+                self.last[conversation] = (conversation, id_, at, None, None)
+            else:
+                conversation, before, before_at = last[:3]
+                if (at, id_) < (before_at, before):
+                    return False
+                self._link(id_, at, before, before_at)
+                self.last[conversation] = (conversation, id_, at, before, before_at)
+            self.conversation[id_] = conversation
+        self.size += 1
+        return True
+
+    def replace(self, id_: int, conversation: Any, at: float) -> bool:
+        """Memory `id_` held, now of `conversation` and created at `at`; False if the Order cannot follow (it
+        changed conversation, or it is not, or no longer, its conversation's latest): it must be read again."""
+        key = self.conversation.get(id_)
+        if key is None or conversation is None:
+            return key is None and conversation is None
+        last = self.last[key]
+        if key != conversation or last[1] != id_ or at < last[2]:
+            return False
+        before, before_at = last[3], last[4]
+        if before is not None:
+            self.previous.pop(id_, None)
+            if self.next.get(before) == id_:
+                del self.next[before]
+            self._link(id_, at, before, before_at)
+        self.last[key] = (key, id_, at, before, before_at)
+        return True
+
+    def _link(self, id_: int, at: float, before: int, before_at: float) -> None:
+        # as NEIGHBOURS_SQL compares: previous >= this - gap, next <= this + gap
+        if before_at >= at - self.gap:
+            self.previous[id_] = before
+        if at <= before_at + self.gap:
+            self.next[before] = id_
 
     def context(self, ids: Sequence[int], near: int) -> Context:
         """The Context of candidates `ids` (best first), with the neighbours of the first `near`."""
