@@ -197,7 +197,7 @@ WRITES = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(writes=WRITES)
 @example(writes=[("a", 1, C, 60.0, False), ("a", 1, {"conversation": "d"}, 60.0, False)])  # a turn changes conversation
 @example(writes=[("a", 1, C, 60.0, False), ("a", 1, C, -120.0, False)])  # the clock went back past the turn before
