@@ -348,7 +348,8 @@ def test_kept_orders_are_bounded_and_never_read_again_for_each_search(tmp_path: 
                 seen.append((found, store._ordered))
             assert [s for s, order in store._orders.items() if order is not None] == ["p", "q"]
             await store.add_many([Memory("p9", "p", "User: and the cache?\nAssistant: Redis", metadata=C, created_at=t)])
-            assert [s for s, order in store._orders.items() if order is not None] == ["q"]  # p's dropped
+            # p's dropped: a turn dated before its conversation's latest is one a kept order cannot follow
+            assert [s for s, order in store._orders.items() if order is not None] == ["q"]
             await store.search("r", "billing database", 5)  # r stays unkept until every order is dropped
             await store.search("p", "billing database", 5)  # p's read again
             assert [s for s, order in store._orders.items() if order is not None] == ["q", "p"]
@@ -357,7 +358,7 @@ def test_kept_orders_are_bounded_and_never_read_again_for_each_search(tmp_path: 
             await store.close()
 
     assert asyncio.run(go()) == [(texts, 2), (texts, 4), (texts, 4), (texts, 4), (texts, 4), (texts, 4)]
-    assert len(reads) == 4  # p, q, r (not kept), and p again after its write
+    assert len(reads) == 4  # p, q, r (not kept), and p again after that write
 
 
 def test_propagation_finds_the_reply_to_a_question_whose_words_it_does_not_hold(tmp_path: Path) -> None:
