@@ -69,11 +69,12 @@ bench-ab: $(VENV)/.synced
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(VENV)/bin/python bench/ab.py $(ARGS)
 
-# Recall on LoCoMo's dev half, read from ../shared/recall (never copied here): ARGS="--data PATH --json OUT".
+# The SDK path's cost: the direct path against the gateway's forward and its litellm translation.
 bench-sdk: $(VENV)/.synced
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(VENV)/bin/python bench/sdkpath.py $(ARGS)
 
+# Recall on LoCoMo's dev half, read from ../shared/recall (never copied here): ARGS="--data PATH --json OUT".
 bench-recall: $(VENV)/.synced
 	$(VENV)/bin/python bench/recall.py $(ARGS)
 
