@@ -21,6 +21,8 @@ from fakes import FakeUpstream, ToolCall
 from fakes.supermemory import FakeSupermemory
 from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
+from memproxy.scrub import scrub
+from secret_corpus import fakes
 
 pytestmark = pytest.mark.e2e
 
@@ -138,6 +140,36 @@ def test_claude_code_tool_loop_is_one_memory_and_never_its_own_echo(
     fresh = main_calls(upstream)
     assert MEMORY_TAG in json.dumps(fresh[0]) and FINAL in json.dumps(fresh[0])
     assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
+def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubbed(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The stored turn shows a marker where the prompt held a token; the resumed conversation holds the token."""
+    backend = Backend("local", tmp_path, None)
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    token = next(fake for fake in fakes() if fake.kind == "GitHub token")
+    prompt = f"Which files are in the repository? Clone it with {token.line} first."
+    upstream.reply = FINAL
+
+    assert claude(proc, project, home, "-p", prompt) == FINAL
+    stored = f"User: {scrub(prompt).text}\nAssistant: {FINAL}"
+    assert token.value not in stored
+    assert backend.settled("project:shop", stored) == [(stored, [])], proc.log_text()
+
+    upstream.clear()
+    upstream.reply = "The largest is the README."
+    assert claude(proc, project, home, "-c", "-p", "Which of the files in the repository is the largest?") == upstream.reply
+    resumed = main_calls(upstream)
+    assert resumed and token.value in json.dumps(resumed[0])  # the history came back, as the client sent it
+    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
+
+    # Another conversation asking the same question is given the turn, its token scrubbed.
+    upstream.clear()
+    claude(proc, project, home, "-p", "Which files are in the repository?")
+    fresh = json.dumps(main_calls(upstream)[0])
+    assert MEMORY_TAG in fresh and "[secret: GitHub token]" in fresh and token.value not in fresh
 
 
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------

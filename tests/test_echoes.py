@@ -3,9 +3,12 @@ another conversation is not."""
 
 from __future__ import annotations
 
-from memproxy.echoes import Heard, without_echoes
+import pytest
+from memproxy.echoes import PREFIX, Heard, without_echoes
 from memproxy.memory.base import recalled
 from memproxy.protocols.base import Entry
+from memproxy.scrub import MARKER_START, scrub
+from secret_corpus import Fake, fakes
 
 PROMPT = "Which files are in the repository?"
 ANSWER = "The repository holds three files."
@@ -56,6 +59,34 @@ def test_a_long_stored_text_is_compared_by_its_start() -> None:
     long_answer = "word " * 500 + "the secret sk-123"
     heard = Heard.of([Entry("user", PROMPT), Entry("assistant", long_answer)])
     assert heard.holds(memory(PROMPT, long_answer[:1000] + "…"))
+
+
+@pytest.mark.parametrize("fake", fakes(), ids=lambda fake: fake.kind)
+def test_a_turn_stored_with_its_secrets_scrubbed_is_still_an_echo(fake: Fake) -> None:
+    """Where a stored turn shows a secret's marker, the conversation holds the secret the client sent."""
+    prompt = f"Deploy the billing service to staging with this: {fake.line}\nThen tell me its URL."
+    answer = f"Deployed; the staging URL is https://staging.example.test/billing (key {fake.value})."
+    stored_prompt, stored_answer = scrub(prompt).text, scrub(answer).text
+    assert MARKER_START in stored_prompt and fake.value not in stored_prompt
+    heard = Heard.of([Entry("user", prompt), Entry("assistant", answer), Entry("user", "And its logs?")])
+    assert heard.holds(memory(stored_prompt, stored_answer))
+    assert heard.holds(recalled(stored_prompt, None, 0))  # free text
+    assert not heard.holds(memory(stored_prompt, "Deployed; the staging URL is https://other.example.test/."))
+    assert not heard.holds(memory(stored_prompt.replace("billing", "payroll"), stored_answer))
+
+
+def test_a_scrubbed_part_is_looked_for_by_its_text_between_markers() -> None:
+    marker = "[secret: GitHub token]"
+    heard = Heard.of([Entry("user", "Clone it with tok-1 please, then run the tests of the shop"),
+                      Entry("assistant", "Cloned: " + "all green. " * 40)])
+    assert heard.holds(memory(f"Clone it with {marker} please, then run the tests of the shop", "Cloned: " + "all green. " * 40))
+    assert not heard.holds(memory(f"Clone it with {marker} please, then run the tests of the cafe", "Cloned: all green."))
+    # too little text around the markers to tell: not an echo
+    assert not heard.holds(memory(f"Clone it {marker} {marker}", "Cloned: all green."))
+    # only the first PREFIX characters of text count, as for a part with no marker
+    long_prompt = "Clone it with tok-1 please, " + "and then the next step " * 20
+    heard = Heard.of([Entry("user", long_prompt[:PREFIX + 60]), Entry("assistant", "Cloned.")])
+    assert heard.holds(memory(long_prompt.replace("tok-1", marker) + "and more", "Cloned."))
 
 
 def test_a_websocket_keeps_what_it_went_through() -> None:

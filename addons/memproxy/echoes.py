@@ -7,11 +7,12 @@ its user part and its assistant texts hold its assistant part; the same question
 whose answer the request does not hold, is still recalled. A memory of free text is an echo when the request's
 user or assistant texts hold it.
 
-A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, and scrubbed
-further on, but otherwise the text the client sent), with one C-speed substring search over the request's texts
-joined: the conversation may be megabytes, and this runs on the event loop. A part shorter than SHORT characters
-must be a whole message instead, so that "ok" is not found inside any text. The request's texts are read only
-when something was found.
+A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
+the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
+may be megabytes, and this runs on the event loop. A part shorter than SHORT characters must be a whole message
+instead, so that "ok" is not found inside any text. Stored text is also scrubbed: where a secret's marker stands
+in a part, the client sent the secret, so each piece of text between the markers is looked for instead. The
+request's texts are read only when something was found.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .memory.base import turn_parts, unlabelled
 from .protocols.base import Entry
+from .scrub import MARKED, MARKER_START
 
 PREFIX = 200  # characters of a memory's part looked for
 SHORT = 24  # a part shorter than this must be a whole message (stripped)
@@ -31,7 +33,22 @@ def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
     part = part.strip()
     if len(part) < SHORT:
         return bool(part) and part in whole
-    return part[:PREFIX] in joined
+    if MARKER_START not in part:
+        return part[:PREFIX] in joined
+    pieces = _sent(part)
+    return sum(map(len, pieces)) >= SHORT and all(piece in joined for piece in pieces)
+
+
+def _sent(part: str) -> list[str]:
+    """The text of a scrubbed `part` between its secrets' markers, in its first PREFIX characters of text."""
+    pieces, room = [], PREFIX
+    for piece in MARKED.split(part):
+        if room <= 0:
+            break
+        if piece := piece[:room]:
+            pieces.append(piece)
+            room -= len(piece)
+    return pieces
 
 
 class Heard:

@@ -15,6 +15,7 @@ thread has that done before the first turn.
 from __future__ import annotations
 
 import functools
+import re
 import string
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +33,10 @@ JOINERS = frozenset("+/_-")  # punctuation that continues a token whose match ho
 def marker(kind: str) -> str:
     """What a secret of `kind` is replaced with."""
     return f"[secret: {kind}]"
+
+
+MARKER_START = "[secret: "
+MARKED = re.compile(r"\[secret: [^\]\n]*\]")  # a `marker` in scrubbed text
 
 
 @dataclass(frozen=True, slots=True)
