@@ -4,7 +4,7 @@ another conversation is not."""
 from __future__ import annotations
 
 import pytest
-from memproxy.echoes import PREFIX, Heard, without_echoes
+from memproxy.echoes import PIECES, PREFIX, Heard, without_echoes
 from memproxy.memory.base import recalled
 from memproxy.protocols.base import Entry
 from memproxy.scrub import MARKER_START, scrub
@@ -83,6 +83,10 @@ def test_a_scrubbed_part_is_looked_for_by_its_text_between_markers() -> None:
     assert not heard.holds(memory(f"Clone it with {marker} please, then run the tests of the cafe", "Cloned: all green."))
     # too little text around the markers to tell: not an echo
     assert not heard.holds(memory(f"Clone it {marker} {marker}", "Cloned: all green."))
+    # at most PIECES pieces are looked for: each is a search over the whole conversation
+    said = ["Clone it with ", *(f" and step {i} with " for i in range(1, PIECES))]  # PIECES pieces, tokens between
+    heard = Heard.of([Entry("user", "tok".join(said) + "tok."), Entry("assistant", "Cloned.")])
+    assert heard.holds(memory(marker.join([*said, " then something this conversation never said"]), "Cloned."))
     # only the first PREFIX characters of text count, as for a part with no marker
     long_prompt = "Clone it with tok-1 please, " + "and then the next step " * 20
     heard = Heard.of([Entry("user", long_prompt[:PREFIX + 60]), Entry("assistant", "Cloned.")])

@@ -25,6 +25,7 @@ from .scrub import MARKED, MARKER_START
 
 PREFIX = 200  # characters of a memory's part looked for
 SHORT = 24  # a part shorter than this must be a whole message (stripped)
+PIECES = 8  # pieces of a scrubbed part looked for (each is a search over the whole conversation)
 MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
 SEPARATOR = "\0"  # between the texts joined: no stored part holds it
 
@@ -40,10 +41,12 @@ def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
 
 
 def _sent(part: str) -> list[str]:
-    """The text of a scrubbed `part` between its secrets' markers, in its first PREFIX characters of text."""
-    pieces, room = [], PREFIX
+    """The text of a scrubbed `part` between its secrets' markers: its first PIECES pieces, within its first PREFIX
+    characters of text."""
+    pieces: list[str] = []
+    room = PREFIX
     for piece in MARKED.split(part):
-        if room <= 0:
+        if room <= 0 or len(pieces) == PIECES:
             break
         if piece := piece[:room]:
             pieces.append(piece)
