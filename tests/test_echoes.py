@@ -3,8 +3,12 @@ another conversation is not."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from memproxy.echoes import PIECES, PREFIX, Heard, without_echoes
+from hypothesis import given
+from hypothesis import strategies as st
+from memproxy.echoes import PIECES, PREFIX, SHORT, Heard, without_echoes
 from memproxy.memory.base import recalled
 from memproxy.protocols.base import Entry
 from memproxy.scrub import MARKER_START, scrub
@@ -91,6 +95,46 @@ def test_a_scrubbed_part_is_looked_for_by_its_text_between_markers() -> None:
     long_prompt = "Clone it with tok-1 please, " + "and then the next step " * 20
     heard = Heard.of([Entry("user", long_prompt[:PREFIX + 60]), Entry("assistant", "Cloned.")])
     assert heard.holds(memory(long_prompt.replace("tok-1", marker) + "and more", "Cloned."))
+
+
+def test_a_chunk_of_a_stored_turn_is_an_echo_only_where_the_conversation_holds_its_text() -> None:
+    prompt = "Which files are in the repository, and which of them is the largest one by lines?"
+    answer = "The repository holds three files: main.py, README.md and setup.cfg. The largest is main.py."
+    turn = f"User: {prompt}\nAssistant: {answer}"
+    heard = Heard.of([Entry("user", prompt), Entry("assistant", answer)])
+    elsewhere = Heard.of([Entry("user", prompt), Entry("assistant", "Two files: a.py and b.py.")])
+    for chunk in (turn[:50], turn[40:], turn[70:110], turn[turn.index("Assistant"):], turn[: turn.index("Assistant:") + 10]):
+        assert heard.holds(recalled(chunk, "Claude Code", 0)), chunk
+    assert elsewhere.holds(recalled(turn[:50], None, 0))  # the prompt alone: the request holds it
+    assert not elsewhere.holds(recalled(turn[40:], None, 0))  # this answer is not the request's
+    assert not elsewhere.holds(recalled(turn[turn.index("Assistant"):], None, 0))
+    label = turn.index("\nAssistant: ")
+    assert not heard.holds(recalled(turn[label - 4 : label + 15], None, 0))  # "nes?\nAssistant: The": too little to tell
+
+
+WORDS = st.lists(st.sampled_from("alpha beta gamma delta files repo tests build main largest lines".split()), min_size=3, max_size=60)
+
+
+@given(WORDS, WORDS, st.data())
+def test_every_chunk_of_a_stored_turn_cut_between_words_is_an_echo(prompt: list[str], answer: list[str], data: st.DataObject) -> None:
+    """A backend that splits documents cuts them anywhere between words: every piece of a turn that holds enough
+    text is an echo of the conversation that holds the turn, and not of one that holds another answer."""
+    turn = f"User: {' '.join(prompt)}\nAssistant: {' '.join(answer)}"
+    bounds = [0, *(m.end() for m in re.finditer(r"\s+", turn)), len(turn)]
+    start = data.draw(st.sampled_from(bounds[:-1]))
+    end = data.draw(st.sampled_from([b for b in bounds if b > start]))
+    chunk = turn[start:end].strip()
+    text = chunk.replace("User:", "").replace("Assistant:", "")
+    heard = Heard.of([Entry("user", " ".join(prompt)), Entry("assistant", " ".join(answer))])
+    # a chunk from the turn's start is read as the turn, whose short answer must be a whole message
+    read_as_turn = chunk.startswith("User:") and "\nAssistant: " in chunk
+    head = chunk.partition("\nAssistant: ")[2]
+    if len("".join(text.split())) >= SHORT and not (read_as_turn and len(head) < SHORT and head != " ".join(answer)):
+        assert heard.holds(recalled(chunk, None, 0))
+    other = Heard.of([Entry("user", " ".join(prompt)), Entry("assistant", "QQQ")])
+    answer_text = chunk[chunk.index("Assistant:") :] if "Assistant:" in chunk else ""
+    if answer_text.removeprefix("Assistant:").strip():
+        assert not other.holds(recalled(chunk, None, 0))
 
 
 def test_a_websocket_keeps_what_it_went_through() -> None:

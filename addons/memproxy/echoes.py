@@ -4,8 +4,10 @@ A conversation's own earlier prompts and answers come back in each of its reques
 (a minute ago, or by an earlier session the client resumed): recalled, they would only repeat the conversation
 to itself. A turn's memory (`User: … Assistant: …`, capture.Turn.content) is an echo when the request's user texts hold
 its user part and its assistant texts hold its assistant part; the same question asked in another conversation,
-whose answer the request does not hold, is still recalled. A memory of free text is an echo when the request's
-user or assistant texts hold it.
+whose answer the request does not hold, is still recalled. A backend that splits what it stores (Supermemory)
+may answer with a chunk of a turn instead: it is an echo when the request's user texts hold the part of a prompt it
+holds, and its assistant texts the part of an answer. A memory of free text is an echo when the request's user or
+assistant texts hold it.
 
 A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
 the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .memory.base import turn_parts, unlabelled
+from .memory.base import ASSISTANT, USER, turn_parts, unlabelled
 from .protocols.base import Entry
 from .scrub import MARKED, MARKER_START
 
@@ -38,6 +40,31 @@ def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
         return part[:PREFIX] in joined
     pieces = _sent(part)
     return sum(map(len, pieces)) >= SHORT and all(piece in joined for piece in pieces)
+
+
+def _within(part: str, joined: str) -> bool:
+    """Whether a chunk's part of a prompt or of an answer (which may start or end anywhere in it) is in `joined`."""
+    part = part.strip()
+    return part in joined if len(part) < SHORT else _found(part, joined, frozenset())
+
+
+ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk cut just before it
+ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk cut at the space after it
+
+
+def _chunk_sides(content: str) -> tuple[str, str] | None:
+    """A chunk of a turn (`turn_parts`' text cut anywhere at both ends): the part of the prompt it holds and the
+    part of the answer ("" for none); None for text that holds no label of a turn."""
+    if content.startswith(USER):
+        return content[len(USER) :].removesuffix(ANSWER_CUT), ""
+    if content.startswith(ANSWER):
+        return "", content[len(ANSWER) :]
+    before, label, after = content.partition(ASSISTANT)
+    if label:
+        return before, after
+    if content.endswith(ANSWER_CUT):
+        return content[: -len(ANSWER_CUT)], ""
+    return None
 
 
 def _sent(part: str) -> list[str]:
@@ -97,6 +124,9 @@ class Heard:
         if parts := turn_parts(content):
             user, answer = parts
             return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
+        if sides := _chunk_sides(content):
+            user, answer = sides
+            return len(user.strip()) + len(answer.strip()) >= SHORT and _within(user, users) and _within(answer, answers)
         return _found(content, users, whole_users) or _found(content, answers, whole_answers)
 
 
