@@ -30,6 +30,8 @@ SHORT = 24  # a part shorter than this must be a whole message (stripped)
 PIECES = 8  # pieces of a scrubbed part looked for (each is a search over the whole conversation)
 MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
 SEPARATOR = "\0"  # between the texts joined: no stored part holds it
+ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut just before it
+ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
 
 
 def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
@@ -46,10 +48,6 @@ def _within(part: str, joined: str) -> bool:
     """Whether a chunk's part of a prompt or of an answer (which may start or end anywhere in it) is in `joined`."""
     part = part.strip()
     return part in joined if len(part) < SHORT else _found(part, joined, frozenset())
-
-
-ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk cut just before it
-ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk cut at the space after it
 
 
 def _chunk_sides(content: str) -> tuple[str, str] | None:
