@@ -34,20 +34,16 @@ ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut j
 ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
 
 
-def _found(part: str, joined: str, whole: frozenset[str]) -> bool:
+def _found(part: str, joined: str, whole: frozenset[str] | None = None) -> bool:
+    """Whether `part` is in `joined`. A short part must be one of the messages `whole`; with None (a chunk's part,
+    which may start or end anywhere in a message), it may be anywhere in `joined`."""
     part = part.strip()
     if len(part) < SHORT:
-        return bool(part) and part in whole
+        return part in joined if whole is None else bool(part) and part in whole
     if MARKER_START not in part:
         return part[:PREFIX] in joined
     pieces = _sent(part)
     return sum(map(len, pieces)) >= SHORT and all(piece in joined for piece in pieces)
-
-
-def _within(part: str, joined: str) -> bool:
-    """Whether a chunk's part of a prompt or of an answer (which may start or end anywhere in it) is in `joined`."""
-    part = part.strip()
-    return part in joined if len(part) < SHORT else _found(part, joined, frozenset())
 
 
 def _chunk_sides(content: str) -> tuple[str, str] | None:
@@ -124,7 +120,7 @@ class Heard:
             return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
         if sides := _chunk_sides(content):
             user, answer = sides
-            return len(user.strip()) + len(answer.strip()) >= SHORT and _within(user, users) and _within(answer, answers)
+            return len(user.strip()) + len(answer.strip()) >= SHORT and _found(user, users) and _found(answer, answers)
         return _found(content, users, whole_users) or _found(content, answers, whole_answers)
 
 

@@ -30,13 +30,13 @@ ALNUM = frozenset(string.ascii_letters + string.digits)
 JOINERS = frozenset("+/_-")  # punctuation that continues a token whose match holds it too
 
 
+MARKER_START = "[secret: "
+MARKED = re.compile(re.escape(MARKER_START) + r"[^\]\n]*\]")  # a `marker` in scrubbed text
+
+
 def marker(kind: str) -> str:
     """What a secret of `kind` is replaced with."""
-    return f"[secret: {kind}]"
-
-
-MARKER_START = "[secret: "
-MARKED = re.compile(r"\[secret: [^\]\n]*\]")  # a `marker` in scrubbed text
+    return f"{MARKER_START}{kind}]"
 
 
 @dataclass(frozen=True, slots=True)
