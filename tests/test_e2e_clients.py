@@ -51,12 +51,13 @@ def codex(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: b
     return run(proc, project, [str(installed("codex")), "exec", "--skip-git-repo-check", prompt], env, wrap=wrap)
 
 
-def gemini(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: bool = False) -> str:
-    """`gemini -p prompt` (`--skip-trust`: headless in a folder it was never told to trust); by hand as the README says."""
+def gemini(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str, wrap: bool = False) -> str:
+    """`gemini [flags] -p prompt` (`--skip-trust`: headless in a folder it was never told to trust); by hand as the
+    README says."""
     env = isolated_env(home) | {"GEMINI_API_KEY": GEMINI_KEY}
     if not wrap:
         env |= {"HTTPS_PROXY": proc.proxy_url, "NODE_EXTRA_CA_CERTS": str(proc.ca_path)}
-    return run(proc, project, [str(installed("gemini")), "--skip-trust", "-p", prompt], env, wrap=wrap).strip()
+    return run(proc, project, [str(installed("gemini")), "--skip-trust", *flags, "-p", prompt], env, wrap=wrap).strip()
 
 
 def answer_classifier(upstream: FakeUpstream) -> None:

@@ -23,6 +23,7 @@ from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
 from memproxy.scrub import scrub
 from secret_corpus import fakes
+from test_e2e_clients import answer_classifier, gemini, gemini_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -212,6 +213,40 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
 
+# -- Gemini CLI ------------------------------------------------------------------------------------------------------
+
+
+def declared(data: Any) -> list[str]:
+    """The names of the functions a Gemini request declares."""
+    tools = data.get("tools") if isinstance(data, dict) else None
+    return [str(f.get("name")) for t in tools or () if isinstance(t, dict) for f in t.get("functionDeclarations") or ()]
+
+
+def test_gemini_cli_tool_loop_is_one_memory_and_never_its_own_echo(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    """Gemini CLI answers the fake's functionCall with a functionResponse in the next `streamGenerateContent`."""
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    call = ToolCall("run_shell_command", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "run_shell_command" in declared(data) else None
+    upstream.reply = FINAL
+    answer_classifier(upstream)
+
+    assert gemini(proc, project, PROMPT, home, "--yolo").splitlines() == [call.text, FINAL]  # it prints both steps
+    loop = gemini_calls(upstream, "streamGenerateContent")
+    assert len(loop) == 2 and OUTPUT in json.dumps(loop[1]["contents"][-1]), proc.log_text()  # the tool's result
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["run_shell_command"])], proc.log_text()
+    assert all(MEMORY_TAG not in json.dumps(body) for body in loop)  # its own first step was not recalled into it
+
+    upstream.clear()  # another session asks the same: the first one's answer is recalled into it
+    assert gemini(proc, project, PROMPT, home, "--yolo").endswith(FINAL)
+    again = gemini_calls(upstream, "streamGenerateContent")
+    assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
+    assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
 # -- Chat Completions with the openai SDK ----------------------------------------------------------------------------
 
 TOOLS = [{"type": "function", "function": {"name": "list_files", "parameters": {"type": "object", "properties": {}}}}]
@@ -247,5 +282,38 @@ def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
     # Another conversation asking the same is given the answer.
     ask([{"role": "user", "content": PROMPT}])
     sent = json.dumps(upstream.last("/chat/completions").json)
+    assert MEMORY_TAG in sent and FINAL in sent
+    assert all(OUTPUT not in content for content, _ in backend.stored("team"))
+
+
+# -- Responses over HTTP with the openai SDK -------------------------------------------------------------------------
+
+
+def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
+) -> None:
+    """The loop's second request carries the whole input again: the prompt, the call and its output."""
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    client = openai_client(proc, via="reverse")
+    upstream.tool_call = lambda data: ToolCall("list_files", {})
+    upstream.reply = FINAL
+    tools = [{"type": "function", **TOOLS[0]["function"]}]
+
+    def ask(items: list[Any]) -> Any:
+        with client.responses.stream(model="gpt-4o", input=items, tools=tools, extra_headers=SCOPE) as stream:
+            return stream.get_final_response()
+
+    items: list[Any] = [{"role": "user", "content": PROMPT}]
+    step = ask(items)
+    [call] = [item for item in step.output if item.type == "function_call"]
+    items += [item.model_dump(exclude_none=True) for item in step.output]
+    items.append({"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT})
+    assert ask(items).output_text == FINAL
+    assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json)
+    memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+
+    ask([{"role": "user", "content": PROMPT}])  # another conversation asking the same is given the answer
+    sent = json.dumps(upstream.last("/responses").json)
     assert MEMORY_TAG in sent and FINAL in sent
     assert all(OUTPUT not in content for content, _ in backend.stored("team"))

@@ -132,8 +132,10 @@ def _responses_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
     steps: list[tuple[str, dict]] = [
         ("response.created", {"response": response}),
         ("response.output_item.added", {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}}),
+        ("response.content_part.added", {**ids, "part": {**message["content"][0], "text": ""}}),
         ("response.output_text.delta", {**ids, "delta": call.text, "logprobs": []}),
         ("response.output_text.done", {**ids, "text": call.text, "logprobs": []}),
+        ("response.content_part.done", {**ids, "part": message["content"][0]}),
         ("response.output_item.done", {"output_index": 0, "item": message}),
         ("response.output_item.added", {"output_index": 1, "item": {**function, "status": "in_progress", "arguments": ""}}),
         ("response.function_call_arguments.delta", {"item_id": "fc_fake", "output_index": 1, "delta": function["arguments"]}),
