@@ -176,9 +176,9 @@ def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubb
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------
 
 
-def codex(proc: MitmdumpProc, project: Path, home: Path, prompt: str) -> str:
+def codex(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
     env = isolated_env(home) | {"OPENAI_API_KEY": "sk-e2e-turns-codex-0123456789"}
-    argv = [str(installed("codex")), "exec", "--skip-git-repo-check", prompt]
+    argv = [str(installed("codex")), "exec", "--skip-git-repo-check", *args]
     return run(proc, project, argv, env, wrap=True)
 
 
@@ -206,7 +206,16 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     output = loop[1]["input"][0]["output"]  # Codex's answer to a call of a tool it does not have
     assert all(MEMORY_TAG not in json.dumps(body) for body in loop)
 
+    # The session resumed: its first request holds the prompt and its answer, so their memory is an echo.
+    upstream.clear()
+    upstream.reply = "The largest is the README."
+    assert upstream.reply in codex(proc, project, home, "resume", "--last", "Which of the files in the repository is the largest?")
+    resumed = codex_turns(upstream)
+    assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0]), proc.log_text()
+    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
+
     upstream.clear()  # another session asks the same: the first one's answer is recalled into it
+    upstream.reply = FINAL
     assert FINAL in codex(proc, project, home, PROMPT)
     again = codex_turns(upstream)
     assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])

@@ -28,7 +28,7 @@ from .scrub import MARKED, MARKER_START
 PREFIX = 200  # characters of a memory's part looked for
 SHORT = 24  # a part shorter than this must be a whole message (stripped)
 PIECES = 8  # pieces of a scrubbed part looked for (each is a search over the whole conversation)
-MAX_TURNS = 200  # turns a conversation keeps of what it went through (Heard.turn), the latest
+MAX_TURNS = 200  # texts of each side a WebSocket keeps of what it went through (Heard.extend, Heard.turn), the latest
 SEPARATOR = "\0"  # between the texts joined: no stored part holds it
 ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut just before it
 ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
@@ -97,14 +97,18 @@ class Heard:
         return heard
 
     def extend(self, other: Heard) -> None:
+        """What `other` holds as well, the latest MAX_TURNS texts of each side kept."""
         self.users += other.users
         self.answers += other.answers
-        self._joined = None
+        self._went()
 
     def turn(self, user: str, answer: str) -> None:
         """A prompt and its answer this conversation went through (one the request may no longer carry)."""
         self.users.append(user)
         self.answers.append(answer)
+        self._went()
+
+    def _went(self) -> None:
         del self.users[:-MAX_TURNS], self.answers[:-MAX_TURNS]
         self._joined = None
 

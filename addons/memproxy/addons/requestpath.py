@@ -350,6 +350,7 @@ class RequestPath:
             thread = self.threads.setdefault(flow.id, Thread())
             user, key, calls = thread.answers(prompt)
             conversation = thread.conversation
+            thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
         if route.project is not None:
             self.names.used(route.project, route.tool or client)
@@ -551,8 +552,5 @@ class RequestPath:
 
 
 def _heard(entries: list[Entry], thread: Thread | None) -> Heard:
-    """What the conversation holds: the request's messages, and what its WebSocket went through before."""
-    heard = Heard.of(entries)
-    if thread is not None:
-        heard.extend(thread.heard)
-    return heard
+    """What the conversation holds: the request's messages, or all that its WebSocket went through."""
+    return thread.heard if thread is not None else Heard.of(entries)
