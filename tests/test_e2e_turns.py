@@ -249,7 +249,17 @@ def test_gemini_cli_tool_loop_is_one_memory_and_never_its_own_echo(
     assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["run_shell_command"])], proc.log_text()
     assert all(MEMORY_TAG not in json.dumps(body) for body in loop)  # its own first step was not recalled into it
 
+    # The session resumed: its requests hold the prompt and its answer, so their memory is an echo.
+    upstream.clear()
+    upstream.reply = "The largest is the README."
+    follow_up = "Which of the files in the repository is the largest?"
+    assert gemini(proc, project, follow_up, home, "--yolo", "--resume", "latest").endswith(upstream.reply)
+    resumed = gemini_calls(upstream, "streamGenerateContent")
+    assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0]), proc.log_text()
+    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
+
     upstream.clear()  # another session asks the same: the first one's answer is recalled into it
+    upstream.reply = FINAL
     assert gemini(proc, project, PROMPT, home, "--yolo").endswith(FINAL)
     again = gemini_calls(upstream, "streamGenerateContent")
     assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
