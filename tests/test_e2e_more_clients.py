@@ -53,15 +53,15 @@ OPENCODE_OFFLINE = {
 }
 
 
-def qwen(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: bool = False) -> str:
-    """`qwen -p prompt -y`, its OpenAI-compatible provider set by the three variables it needs together
+def qwen(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str, wrap: bool = False) -> str:
+    """`qwen [flags] -p prompt -y`, its OpenAI-compatible provider set by the three variables it needs together
     (OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL). By hand it honours HTTPS_PROXY with NODE_EXTRA_CA_CERTS."""
     home.mkdir(parents=True, exist_ok=True)  # it resolves $HOME's real path at start-up and stops without one
     env = isolated_env(home) | QWEN_QUIET
     env |= {"OPENAI_API_KEY": QWEN_KEY, "OPENAI_BASE_URL": OPENAI_V1, "OPENAI_MODEL": "qwen3-coder-plus"}
     if not wrap:
         env |= {"HTTPS_PROXY": proc.proxy_url, "NODE_EXTRA_CA_CERTS": str(proc.ca_path)}
-    return run_client(proc, project, [str(installed_client("qwen")), "-p", prompt, "-y"], env, wrap=wrap).strip()
+    return run_client(proc, project, [str(installed_client("qwen")), *flags, "-p", prompt, "-y"], env, wrap=wrap).strip()
 
 
 def opencode_config(home: Path, base_url: str) -> None:
@@ -87,15 +87,15 @@ def opencode_config(home: Path, base_url: str) -> None:
 
 
 def opencode(
-    proc: MitmdumpProc, project: Path, prompt: str, home: Path, *, wrap: bool = False, base_url: str = OPENAI_V1
+    proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str, wrap: bool = False, base_url: str = OPENAI_V1
 ) -> str:
-    """`opencode run prompt` with `opencode_config`; by hand it honours HTTPS_PROXY with NODE_EXTRA_CA_CERTS. opencode
+    """`opencode run [flags] prompt` with `opencode_config`; by hand it honours HTTPS_PROXY with NODE_EXTRA_CA_CERTS. opencode
     takes its directory from $PWD, which run_client sets. It quotes a message holding spaces ("…") in the request."""
     opencode_config(home, base_url)
     env = isolated_env(home) | OPENCODE_OFFLINE | {"OPENAI_API_KEY": OPENCODE_KEY}
     if not wrap:
         env |= {"HTTPS_PROXY": proc.proxy_url, "NODE_EXTRA_CA_CERTS": str(proc.ca_path)}
-    return run_client(proc, project, [str(installed_client("opencode")), "run", prompt], env, wrap=wrap).strip()
+    return run_client(proc, project, [str(installed_client("opencode")), "run", *flags, prompt], env, wrap=wrap).strip()
 
 
 def chat_calls(upstream: FakeUpstream) -> list[dict[str, Any]]:
@@ -297,3 +297,30 @@ def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_pa
     assert not any("Generate a title" in content for _, content, _ in kept)
     assert "beta service" not in json.dumps(memories(db, "project:alpha"))
     assert OPENCODE_KEY not in json.dumps(kept) + proc.log_text()
+
+
+@pytest.mark.parametrize("tool", ["qwen", "opencode"])
+def test_a_resumed_session_is_never_given_its_own_turn(mitmdump, upstream: FakeUpstream, tmp_path: Path, tool: str) -> None:
+    """`--continue` sends the session's history again: its turn is an echo there, and a memory in a new session."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, project = tmp_path / "home", git_repo(tmp_path / "shop")
+    client, turns = {"qwen": (qwen, qwen_turns), "opencode": (opencode, opencode_turns)}[tool]
+    prompt, answer = "How does the shop service deploy?", "The shop service deploys with Nomad."
+
+    upstream.reply = answer
+    assert client(proc, project, prompt, home) == answer
+    [stored] = wait_memories(db, "project:shop")
+    assert prompt in stored and stored.endswith(f"Assistant: {answer}"), proc.log_text()  # opencode quotes the prompt
+
+    upstream.clear()
+    upstream.reply = "On three nodes."
+    assert client(proc, project, "How many nodes does the shop service deploy to?", home, "--continue") == upstream.reply
+    resumed = turns(upstream)
+    assert prompt in json.dumps(resumed[0]) and answer in json.dumps(resumed[0]), proc.log_text()  # the history came back
+    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
+
+    upstream.clear()  # a new session asking the same is given the turn
+    client(proc, project, prompt, home)
+    sent = json.dumps(turns(upstream)[0])
+    assert MEMORY_TAG in sent and answer in sent
