@@ -218,3 +218,12 @@ def test_bodies_are_parsed_only_if_they_can_be_written_back_as_sent(raw: bytes, 
     else:
         body, dumps = parsed
         assert dumps(body) == written
+
+
+def test_the_threads_of_continued_replies_are_the_latest_max_chains() -> None:
+    from memproxy.addons.requestpath import MAX_CHAINS, Thread
+
+    path = RequestPath(*[None] * 6)  # _chain touches none of its collaborators
+    for n in range(MAX_CHAINS + 1):
+        path._chain(("team", f"resp_{n}"), Thread())
+    assert list(path.chains) == [("team", f"resp_{n}") for n in range(1, MAX_CHAINS + 1)]

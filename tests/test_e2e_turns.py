@@ -336,3 +336,41 @@ def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
     sent = json.dumps(upstream.last("/responses").json)
     assert MEMORY_TAG in sent and FINAL in sent
     assert all(OUTPUT not in content for content, _ in backend.stored("team"))
+
+
+def test_responses_loop_chained_by_previous_response_id_is_one_memory(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
+) -> None:
+    """With `previous_response_id` the provider keeps the conversation: each request carries only what is new, a
+    tool loop's later request only the call's output."""
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    client = openai_client(proc, via="reverse")
+    upstream.tool_call = lambda data: ToolCall("list_files", {})
+    upstream.reply = FINAL
+    tools = [{"type": "function", **TOOLS[0]["function"]}]
+
+    def ask(items: list[Any], previous: str | None = None, scope: dict[str, str] = SCOPE) -> Any:
+        chained = {"previous_response_id": previous} if previous else {}
+        return client.responses.create(model="gpt-4o", input=items, tools=tools, extra_headers=scope, **chained)
+
+    step = ask([{"role": "user", "content": PROMPT}])
+    [call] = [item for item in step.output if item.type == "function_call"]
+    final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], step.id)
+    assert final.output_text == FINAL
+    memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+
+    # The conversation goes on: its own prompt and answer are no memory for it, though the request holds neither.
+    ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], final.id)
+    assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json), proc.log_text()
+    ask([{"role": "user", "content": PROMPT}])  # another conversation asking the same is given the answer
+    sent = json.dumps(upstream.last("/responses").json)
+    assert MEMORY_TAG in sent and FINAL in sent
+
+    # A request of another scope naming this conversation's reply does not go on with its prompt there.
+    other = {"x-memory-user-id": "other"}
+    ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], step.id, other)
+    ask([{"role": "user", "content": "Which scope is this?"}], scope=other)  # stored after anything before it
+    backend.settled("other", f"User: Which scope is this?\nAssistant: {ToolCall('list_files', {}).text}")
+    listed = 1 if backend.supermemory is not None else 0  # the fake Supermemory lists every container's
+    assert sum(PROMPT in content for content, _ in backend.stored("other")) == listed, proc.log_text()

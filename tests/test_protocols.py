@@ -813,6 +813,22 @@ def test_responses_accumulator_uses_completed_response_when_deltas_are_missed() 
     assert reply.done and reply.text() == "The whole answer"
 
 
+def test_a_responses_reply_names_its_id_and_calls_and_a_request_the_reply_it_continues() -> None:
+    reply = RESPONSES.accumulator()
+    for e in _responses_events(["Hi"], "Hi"):
+        reply.feed(e["type"], dumps(e))
+    assert reply.reply_id() == "resp_1"
+    assert RESPONSES.reply_id_from_json(RESPONSE_JSON) == "resp_1" and RESPONSES.calls_from_json(RESPONSE_JSON) == ("shell",)
+    assert RESPONSES.reply_id_from_json({"id": 7}) == "" and RESPONSES.calls_from_json({"output": "junk"}) == ()
+    assert RESPONSES.continues({"input": [], "previous_response_id": "resp_1"}) == "resp_1"
+    assert RESPONSES.continues({"input": "Hi"}) == ""  # it starts a conversation the provider keeps
+    assert RESPONSES.continues({"input": "Hi", "store": False, "previous_response_id": "resp_1"}) is None
+    assert RESPONSES.continues({"input": [], "previous_response_id": 7}) == ""
+    others = [a for a in ADAPTERS if a is not RESPONSES and a.name != RESPONSES.name]
+    assert all(a.continues({"previous_response_id": "resp_1"}) is None for a in others)  # their requests carry it all
+    assert all(a.accumulator().reply_id() == "" for a in others)
+
+
 @pytest.mark.parametrize("terminal", ["response.failed", "response.incomplete"])
 def test_responses_accumulator_terminal_events(terminal: str) -> None:
     reply = RESPONSES.accumulator()

@@ -28,7 +28,8 @@ from .scrub import MARKED, MARKER_START
 PREFIX = 200  # characters of a memory's part looked for
 SHORT = 24  # a part shorter than this must be a whole message (stripped)
 PIECES = 8  # pieces of a scrubbed part looked for (each is a search over the whole conversation)
-MAX_TURNS = 200  # texts of each side a WebSocket keeps of what it went through (Heard.extend, Heard.turn), the latest
+MAX_TURNS = 200  # texts of each side a thread keeps of what it went through (Heard.extend, Heard.turn), the latest
+KEPT = 8192  # characters of each text a thread keeps: a stored turn's parts are shorter (capture's clips)
 SEPARATOR = "\0"  # between the texts joined: no stored part holds it
 ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut just before it
 ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
@@ -97,9 +98,10 @@ class Heard:
         return heard
 
     def extend(self, other: Heard) -> None:
-        """What `other` holds as well, the latest MAX_TURNS texts of each side kept."""
-        self.users += other.users
-        self.answers += other.answers
+        """What `other` holds as well, as a thread keeps it: the latest MAX_TURNS texts of each side, their first
+        KEPT characters."""
+        self.users += (text[:KEPT] for text in other.users)
+        self.answers += (text[:KEPT] for text in other.answers)
         self._went()
 
     def turn(self, user: str, answer: str) -> None:

@@ -17,8 +17,10 @@
 
 One memory per prompt: a turn is named by the prompt it answers (`Adapter.prompt`), so each step of a tool loop
 updates the prompt's one memory, and the last step leaves the final answer there. A WebSocket sends its input
-incrementally: a message of only tool outputs continues the connection's prompt (`Thread`). Recall leaves out
-the memories the conversation already holds (memproxy.echoes).
+incrementally: a message of only tool outputs continues the connection's prompt (`Thread`). So does a request
+that names an earlier reply the provider keeps the conversation of (`Adapter.continues`): it goes on with that
+reply's thread, in the same scope. Recall leaves out the memories the conversation already holds
+(memproxy.echoes).
 
 Every hook fails open: an exception leaves the flow as the client sent it. Each decision shows in mitmweb as
 the flow's marker, comment and `metadata["memproxy"]`.
@@ -33,7 +35,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,7 @@ ROUTER = "supermemory_router"  # Outcome.route of a flow sent through Supermemor
 RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
+MAX_CHAINS = 64  # threads kept for the replies a later request may continue (`RequestPath.chains`), the latest
 
 
 @dataclass(slots=True)
@@ -121,9 +124,10 @@ class Outcome:
 
 @dataclass(slots=True)
 class Thread:
-    """What one WebSocket went through: the prompt it answers now, as its key names it, and the tools called
-    for it so far (a later message of a tool loop carries only tool outputs), and the prompts and answers of its
-    conversation (later messages carry only what is new)."""
+    """What a conversation sent incrementally went through (one WebSocket, or requests chained by the replies
+    they continue): the prompt it answers now, as its key names it, and the tools called for it so far (a later
+    message of a tool loop carries only tool outputs), and the prompts and answers of its conversation (later
+    messages carry only what is new)."""
 
     raw: str = ""  # the current prompt's key as its message gave it
     key: str = ""  # that key chained to the keys of the connection's earlier prompts
@@ -156,7 +160,8 @@ class Pending:
     metadata: dict[str, Any]
     key: str = ""  # the prompt's key (protocols.base.Prompt)
     calls: tuple[str, ...] = ()  # tools called since the prompt
-    thread: Thread | None = None  # the WebSocket's, if it came over one
+    thread: Thread | None = None  # the WebSocket's, or the requests' that continue its replies
+    chained: bool = False  # a later request may continue the reply (`Adapter.continues`)
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
 
@@ -207,6 +212,7 @@ class RequestPath:
         self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
         self.sessions: dict[str, Route] = {}  # a WebSocket's route that named a project, by flow id
         self.threads: dict[str, Thread] = {}  # a WebSocket's prompt and conversation, by flow id
+        self.chains: OrderedDict[tuple[str, str], Thread] = OrderedDict()  # by (scope, id of a reply it led to)
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -345,9 +351,9 @@ class RequestPath:
             return decision
         entries = adapter.conversation(body)  # read once: the prompt, and what the echo check compares with
         prompt = find_prompt(entries)
-        user, key, calls, conversation, thread = prompt.text, prompt.key, prompt.calls, prompt.conversation, None
-        if flow.websocket is not None:
-            thread = self.threads.setdefault(flow.id, Thread())
+        user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
+        previous = adapter.continues(body)
+        if (thread := self._thread(flow, previous, route.scope)) is not None:
             user, key, calls = thread.answers(prompt)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
@@ -369,9 +375,19 @@ class RequestPath:
                 metadata["project"] = route.project
             if conversation:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
-            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread)
+            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous is not None)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
+
+    def _thread(self, flow: http.HTTPFlow, previous: str | None, scope: str) -> Thread | None:
+        """The thread a request goes on with: its WebSocket's; the one of the earlier reply it names (`previous`,
+        from `Adapter.continues`), in the same scope, or a new one if none is known; a new one for a request
+        whose reply may be continued; None for a request that carries its whole conversation."""
+        if flow.websocket is not None:
+            return self.threads.setdefault(flow.id, Thread())
+        if previous is None:
+            return None
+        return (self.chains.get((scope, previous)) if previous else None) or Thread()
 
     async def match(self, rules: Rules, view: RequestView, t0: float) -> Route:
         """The rules' route for `view`, once the projects its working directories name are known (looked up
@@ -458,7 +474,7 @@ class RequestPath:
             for event, data in pending.parser.feed(chunk):  # b"" ends the stream: flushes a last event
                 pending.reply.feed(event, data)
             if (not chunk or pending.reply.done) and self.pending.pop(flow_id, None) is not None:
-                self._remember(pending, pending.reply.text(), pending.reply.calls())
+                self._remember(pending, pending.reply.text(), pending.reply.calls(), pending.reply.reply_id())
         except Exception as e:  # noqa: BLE001 - capture must never disturb the stream
             self.pending.pop(flow_id, None)
             self._once("tee", "memproxy: capture of a streamed reply failed: %s", brief(e))
@@ -484,11 +500,14 @@ class RequestPath:
             reply = pending.adapter.accumulator()
             for event, data in SSEParser().feed(content) + SSEParser().feed(b""):
                 reply.feed(event, data)
-            self._remember(pending, reply.text(), reply.calls())
+            self._remember(pending, reply.text(), reply.calls(), reply.reply_id())
             return
         body = json.loads(content)
         parts = body if isinstance(body, list) else [body]  # Gemini may answer a JSON array of chunks
-        self._remember(pending, "".join(pending.adapter.reply_from_json(p) for p in parts))
+        adapter = pending.adapter
+        calls = unique_calls(call for p in parts for call in adapter.calls_from_json(p))
+        reply_id = next((id_ for p in parts if (id_ := adapter.reply_id_from_json(p))), "")
+        self._remember(pending, "".join(adapter.reply_from_json(p) for p in parts), calls, reply_id)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.outcomes.pop(flow.id, None)
@@ -496,12 +515,15 @@ class RequestPath:
         self.sessions.pop(flow.id, None)
         self.threads.pop(flow.id, None)
 
-    def _remember(self, pending: Pending, reply: str, calls: tuple[str, ...] = ()) -> None:
+    def _remember(self, pending: Pending, reply: str, calls: tuple[str, ...] = (), reply_id: str = "") -> None:
         """Store the prompt with this step's reply (a later step of its tool loop replaces it), and the names of
-        the tools called since the prompt in its metadata (never their output)."""
+        the tools called since the prompt in its metadata (never their output). A reply that a later request may
+        continue leads to the pending turn's thread, even one that only calls tools."""
         calls = unique_calls(pending.calls + calls)
         if (thread := pending.thread) is not None:
             thread.calls = calls
+            if reply_id and pending.chained:
+                self._chain((pending.scope, reply_id), thread)
         metadata = {**pending.metadata, "calls": list(calls)} if calls else pending.metadata
         turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
         if turn and self.store.outbox is not None:
@@ -509,6 +531,12 @@ class RequestPath:
                 thread.heard.turn(turn.user, turn.reply)
             self.store.recall.invalidate(turn.scope)
             self.store.outbox.submit(turn)
+
+    def _chain(self, key: tuple[str, str], thread: Thread) -> None:
+        """Keep `thread` for the requests that continue the reply `key` names, the latest MAX_CHAINS replies."""
+        self.chains[key] = thread
+        if len(self.chains) > MAX_CHAINS:
+            self.chains.popitem(last=False)
 
     # -- WebSocket (OpenAI Responses, as Codex CLI speaks it) ----------------
 
@@ -525,7 +553,7 @@ class RequestPath:
                 pending.reply.feed(None, message.text)
                 if pending.reply.done:
                     del self.pending[flow.id]
-                    self._remember(pending, pending.reply.text(), pending.reply.calls())
+                    self._remember(pending, pending.reply.text(), pending.reply.calls(), pending.reply.reply_id())
             return
         adapter = protocols.detect_path("POST", flow.request.path)
         if adapter is None or len(message.content) > self.max_body:

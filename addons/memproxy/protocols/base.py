@@ -68,6 +68,10 @@ class ReplyAccumulator(abc.ABC):
         """The names of the tools the reply calls, where the format's stream names them (none by default)."""
         return ()
 
+    def reply_id(self) -> str:
+        """The provider's id of the reply, where a later request may name it to continue (`Adapter.continues`)."""
+        return ""
+
 
 class Adapter(abc.ABC):
     """One wire format: detection, query extraction, injection, reply assembly, errors."""
@@ -117,6 +121,21 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def reply_from_json(self, body: Any) -> str:
         """The assistant's reply text from a non-streamed response body."""
+
+    def calls_from_json(self, body: Any) -> tuple[str, ...]:
+        """The names of the tools a non-streamed response body calls, where a later request may not repeat the
+        calls (none by default)."""
+        return ()
+
+    def reply_id_from_json(self, body: Any) -> str:
+        """`ReplyAccumulator.reply_id` of a non-streamed response body."""
+        return ""
+
+    def continues(self, body: Any) -> str | None:
+        """Where the provider keeps the conversation and a request sends only what is new (OpenAI Responses'
+        `previous_response_id`): the id of the earlier reply this request goes on with, "" if it starts a
+        conversation. None where the provider keeps none (the default), or will not keep this one."""
+        return None
 
     @abc.abstractmethod
     def accumulator(self) -> ReplyAccumulator:

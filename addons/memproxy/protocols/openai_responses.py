@@ -58,6 +58,12 @@ def _entry(item: dict) -> Entry | None:
     return None
 
 
+def _response_id(response: Any) -> str:
+    """A Response object's id; "" if it has none."""
+    id_ = response.get("id") if isinstance(response, dict) else None
+    return id_ if isinstance(id_, str) else ""
+
+
 def output_text(response: Any) -> str:
     """The text of a Response object's output messages."""
     if not isinstance(response, dict):
@@ -134,6 +140,20 @@ class OpenAIResponsesAdapter(JsonAdapter):
     def reply_from_json(self, body: Any) -> str:
         return output_text(body)
 
+    def calls_from_json(self, body: Any) -> tuple[str, ...]:
+        output = body.get("output") if isinstance(body, dict) else None
+        items = output if isinstance(output, list) else ()
+        return unique_calls(c for item in items if isinstance(item, dict) and (e := _entry(item)) for c in e.calls)
+
+    def reply_id_from_json(self, body: Any) -> str:
+        return _response_id(body)
+
+    def continues(self, body: Any) -> str | None:
+        if not isinstance(body, dict) or body.get("store") is False:  # a reply not stored cannot be continued
+            return None
+        previous = body.get("previous_response_id")
+        return previous if isinstance(previous, str) else ""
+
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
@@ -149,9 +169,12 @@ class _Accumulator(EventAccumulator):
         super().__init__()
         self._final = ""
         self._calls: list[str] = []
+        self._id = ""
 
     def on_event(self, event: str | None, obj: dict) -> None:
         kind = obj.get("type", event)
+        if kind == "response.created" or kind in _TERMINAL:
+            self._id = _response_id(obj.get("response")) or self._id
         if kind == "response.output_text.delta":
             self.add(obj.get("delta"), obj.get("output_index"), obj.get("content_index"))
         elif kind == "response.output_item.done" and isinstance(item := obj.get("item"), dict):
@@ -166,3 +189,6 @@ class _Accumulator(EventAccumulator):
 
     def calls(self) -> tuple[str, ...]:
         return unique_calls(self._calls)
+
+    def reply_id(self) -> str:
+        return self._id
