@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ def tool_names(data: Any) -> list[str]:
     return [str(t.get("name") or (t.get("function") or {}).get("name")) for t in tools or () if isinstance(t, dict)]
 
 
-# -- Claude Code --------------------------------------------------------------------------------------------------
+# -- Claude Code and Gemini CLI ---------------------------------------------------------------------------------
 
 
 def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
@@ -104,29 +106,62 @@ def main_calls(upstream: FakeUpstream) -> list[dict[str, Any]]:
     return [r.json for r in upstream.requests if r.path == "/v1/messages" and "Bash" in tool_names(r.json)]
 
 
-def test_claude_code_tool_loop_is_one_memory_and_never_its_own_echo(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+def declared(data: Any) -> list[str]:
+    """The names of the functions a Gemini request declares."""
+    tools = data.get("tools") if isinstance(data, dict) else None
+    return [str(f.get("name")) for t in tools or () if isinstance(t, dict) for f in t.get("functionDeclarations") or ()]
+
+
+@dataclass(frozen=True)
+class Cli:
+    """A CLI in a tool loop: how it runs a prompt (it prints the text of each step), its conversation requests,
+    the tool it is asked to call and the offer of that tool, and the flags that resume its last session."""
+
+    ask: Callable[[MitmdumpProc, Path, Path, str, tuple[str, ...]], str]
+    calls: Callable[[FakeUpstream], list[dict[str, Any]]]
+    tool: str
+    offers: Callable[[Any], list[str]]
+    resume: tuple[str, ...]
+
+
+CLIS = {
+    # Claude Code runs Bash only where --allowedTools lets it.
+    "claude": Cli(lambda proc, project, home, prompt, flags: claude(proc, project, home, *flags, "-p", prompt,
+                                                                    "--allowedTools", "Bash"),
+                  main_calls, "Bash", tool_names, ("-c",)),
+    # Gemini CLI (--yolo: its shell tool without asking) answers a functionCall with a functionResponse.
+    "gemini": Cli(lambda proc, project, home, prompt, flags: gemini(proc, project, prompt, home, "--yolo", *flags),
+                  lambda upstream: gemini_calls(upstream, "streamGenerateContent"), "run_shell_command", declared,
+                  ("--resume", "latest")),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIS))
+def test_a_cli_tool_loop_is_one_memory_and_never_its_own_echo(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend, name: str
 ) -> None:
+    cli = CLIS[name]
     proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
     home, project = tmp_path / "home", tmp_path / "shop"
     # The tool takes a moment, so the step before it is stored before the loop's next request is recalled for.
-    call = ToolCall("Bash", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
-    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) else None
+    call = ToolCall(cli.tool, {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if cli.tool in cli.offers(data) else None
     upstream.reply = FINAL
+    answer_classifier(upstream)  # Gemini CLI's; no other client asks for JSON
 
-    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash") == FINAL
-    loop = main_calls(upstream)
+    assert cli.ask(proc, project, home, PROMPT, ()).endswith(FINAL)
+    loop = cli.calls(upstream)
     assert len(loop) == 2 and OUTPUT in json.dumps(loop[1]), proc.log_text()  # the tool ran; its result went back
     memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["Bash"])], proc.log_text()
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", [cli.tool])], proc.log_text()
     assert all(MEMORY_TAG not in json.dumps(body) for body in loop)  # its own first step was not recalled into it
 
     # The session resumed: the conversation holds the prompt and its answer, so their memory is an echo.
     upstream.clear()
     follow_up = "Which of the files in the repository is the largest?"
     upstream.reply = "The largest is the README."
-    assert claude(proc, project, home, "-c", "-p", follow_up, "--allowedTools", "Bash") == upstream.reply
-    resumed = main_calls(upstream)
+    assert cli.ask(proc, project, home, follow_up, cli.resume).endswith(upstream.reply)
+    resumed = cli.calls(upstream)
     assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0])  # the history came back
     assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
     memories = backend.settled("project:shop", f"User: {follow_up}\nAssistant: {upstream.reply}")
@@ -137,8 +172,8 @@ def test_claude_code_tool_loop_is_one_memory_and_never_its_own_echo(
     # Another conversation asking the same question is given the first one's answer.
     upstream.clear()
     upstream.reply = FINAL
-    claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash")
-    fresh = main_calls(upstream)
+    cli.ask(proc, project, home, PROMPT, ())
+    fresh = cli.calls(upstream)
     assert MEMORY_TAG in json.dumps(fresh[0]) and FINAL in json.dumps(fresh[0])
     assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
@@ -222,63 +257,34 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
 
-# -- Gemini CLI ------------------------------------------------------------------------------------------------------
-
-
-def declared(data: Any) -> list[str]:
-    """The names of the functions a Gemini request declares."""
-    tools = data.get("tools") if isinstance(data, dict) else None
-    return [str(f.get("name")) for t in tools or () if isinstance(t, dict) for f in t.get("functionDeclarations") or ()]
-
-
-def test_gemini_cli_tool_loop_is_one_memory_and_never_its_own_echo(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
-) -> None:
-    """Gemini CLI answers the fake's functionCall with a functionResponse in the next `streamGenerateContent`."""
-    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
-    home, project = tmp_path / "home", tmp_path / "shop"
-    call = ToolCall("run_shell_command", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
-    upstream.tool_call = lambda data: call if "run_shell_command" in declared(data) else None
-    upstream.reply = FINAL
-    answer_classifier(upstream)
-
-    assert gemini(proc, project, PROMPT, home, "--yolo").splitlines() == [call.text, FINAL]  # it prints both steps
-    loop = gemini_calls(upstream, "streamGenerateContent")
-    assert len(loop) == 2 and OUTPUT in json.dumps(loop[1]["contents"][-1]), proc.log_text()  # the tool's result
-    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["run_shell_command"])], proc.log_text()
-    assert all(MEMORY_TAG not in json.dumps(body) for body in loop)  # its own first step was not recalled into it
-
-    # The session resumed: its requests hold the prompt and its answer, so their memory is an echo.
-    upstream.clear()
-    upstream.reply = "The largest is the README."
-    follow_up = "Which of the files in the repository is the largest?"
-    assert gemini(proc, project, follow_up, home, "--yolo", "--resume", "latest").endswith(upstream.reply)
-    resumed = gemini_calls(upstream, "streamGenerateContent")
-    assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0]), proc.log_text()
-    assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
-
-    upstream.clear()  # another session asks the same: the first one's answer is recalled into it
-    upstream.reply = FINAL
-    assert gemini(proc, project, PROMPT, home, "--yolo").endswith(FINAL)
-    again = gemini_calls(upstream, "streamGenerateContent")
-    assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
-    assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
-
-
 # -- Chat Completions with the openai SDK ----------------------------------------------------------------------------
 
 TOOLS = [{"type": "function", "function": {"name": "list_files", "parameters": {"type": "object", "properties": {}}}}]
+RESPONSES_TOOLS = [{"type": "function", **TOOLS[0]["function"]}]
 SCOPE = {"x-memory-user-id": "team"}
+
+
+def sdk_loop(mitmdump, upstream: FakeUpstream, openai_client, backend: Backend) -> tuple[MitmdumpProc, Any]:
+    """A mitmdump with a reverse listener and an openai SDK client on it; the fake asks for `list_files` until a
+    request carries a tool's output, then answers FINAL."""
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    upstream.tool_call = lambda data: ToolCall("list_files", {})
+    upstream.reply = FINAL
+    return proc, openai_client(proc, via="reverse")
+
+
+def given_to_another_conversation(ask: Callable[[], Any], upstream: FakeUpstream, path: str, backend: Backend) -> None:
+    """Another conversation asking PROMPT (`ask`) is given the loop's answer; no memory holds the tool's output."""
+    ask()
+    sent = json.dumps(upstream.last(path).json)
+    assert MEMORY_TAG in sent and FINAL in sent
+    assert all(OUTPUT not in content for content, _ in backend.stored("team"))
 
 
 def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
     mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
 ) -> None:
-    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
-    client = openai_client(proc, via="reverse")
-    upstream.tool_call = lambda data: ToolCall("list_files", {})
-    upstream.reply = FINAL
+    proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
 
     def ask(messages: list[dict[str, Any]]) -> Any:
         return client.chat.completions.create(model="gpt-4o", messages=messages, tools=TOOLS, extra_headers=SCOPE)
@@ -298,11 +304,7 @@ def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
     messages += [{"role": "assistant", "content": FINAL}, {"role": "user", "content": "Which of the files in the repository is the largest?"}]
     ask(messages)
     assert MEMORY_TAG not in json.dumps(upstream.last("/chat/completions").json)
-    # Another conversation asking the same is given the answer.
-    ask([{"role": "user", "content": PROMPT}])
-    sent = json.dumps(upstream.last("/chat/completions").json)
-    assert MEMORY_TAG in sent and FINAL in sent
-    assert all(OUTPUT not in content for content, _ in backend.stored("team"))
+    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/chat/completions", backend)
 
 
 # -- Responses over HTTP with the openai SDK -------------------------------------------------------------------------
@@ -312,14 +314,10 @@ def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
     mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
 ) -> None:
     """The loop's second request carries the whole input again: the prompt, the call and its output."""
-    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
-    client = openai_client(proc, via="reverse")
-    upstream.tool_call = lambda data: ToolCall("list_files", {})
-    upstream.reply = FINAL
-    tools = [{"type": "function", **TOOLS[0]["function"]}]
+    proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
 
     def ask(items: list[Any]) -> Any:
-        with client.responses.stream(model="gpt-4o", input=items, tools=tools, extra_headers=SCOPE) as stream:
+        with client.responses.stream(model="gpt-4o", input=items, tools=RESPONSES_TOOLS, extra_headers=SCOPE) as stream:
             return stream.get_final_response()
 
     items: list[Any] = [{"role": "user", "content": PROMPT}]
@@ -332,10 +330,7 @@ def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
     memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
     assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
 
-    ask([{"role": "user", "content": PROMPT}])  # another conversation asking the same is given the answer
-    sent = json.dumps(upstream.last("/responses").json)
-    assert MEMORY_TAG in sent and FINAL in sent
-    assert all(OUTPUT not in content for content, _ in backend.stored("team"))
+    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/responses", backend)
 
 
 def test_responses_loop_chained_by_previous_response_id_is_one_memory(
@@ -343,15 +338,11 @@ def test_responses_loop_chained_by_previous_response_id_is_one_memory(
 ) -> None:
     """With `previous_response_id` the provider keeps the conversation: each request carries only what is new, a
     tool loop's later request only the call's output."""
-    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
-    client = openai_client(proc, via="reverse")
-    upstream.tool_call = lambda data: ToolCall("list_files", {})
-    upstream.reply = FINAL
-    tools = [{"type": "function", **TOOLS[0]["function"]}]
+    proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
 
     def ask(items: list[Any], previous: str | None = None, scope: dict[str, str] = SCOPE) -> Any:
         chained = {"previous_response_id": previous} if previous else {}
-        return client.responses.create(model="gpt-4o", input=items, tools=tools, extra_headers=scope, **chained)
+        return client.responses.create(model="gpt-4o", input=items, tools=RESPONSES_TOOLS, extra_headers=scope, **chained)
 
     step = ask([{"role": "user", "content": PROMPT}])
     [call] = [item for item in step.output if item.type == "function_call"]
@@ -363,9 +354,7 @@ def test_responses_loop_chained_by_previous_response_id_is_one_memory(
     # The conversation goes on: its own prompt and answer are no memory for it, though the request holds neither.
     ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], final.id)
     assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json), proc.log_text()
-    ask([{"role": "user", "content": PROMPT}])  # another conversation asking the same is given the answer
-    sent = json.dumps(upstream.last("/responses").json)
-    assert MEMORY_TAG in sent and FINAL in sent
+    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/responses", backend)
 
     # A request of another scope naming this conversation's reply does not go on with its prompt there.
     other = {"x-memory-user-id": "other"}
