@@ -224,6 +224,10 @@ def test_the_threads_of_continued_replies_are_the_latest_max_chains() -> None:
     from memproxy.addons.requestpath import MAX_CHAINS, Thread
 
     path = RequestPath(*[None] * 6)  # _chain touches none of its collaborators
-    for n in range(MAX_CHAINS + 1):
+    conversation = Thread()
+    path._chain(("team", "conv_1"), conversation)
+    for n in range(MAX_CHAINS):
         path._chain(("team", f"resp_{n}"), Thread())
-    assert list(path.chains) == [("team", f"resp_{n}") for n in range(1, MAX_CHAINS + 1)]
+        path._chain(("team", "conv_1"), conversation)  # each reply of the conversation keeps its name again
+    assert len(path.chains) == MAX_CHAINS and path.chains[("team", "conv_1")] is conversation
+    assert list(path.chains)[:-1] == [("team", f"resp_{n}") for n in range(1, MAX_CHAINS)]  # resp_0 went

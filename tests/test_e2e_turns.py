@@ -333,33 +333,39 @@ def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
     given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/responses", backend)
 
 
-def test_responses_loop_chained_by_previous_response_id_is_one_memory(
-    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
+@pytest.mark.parametrize("kept", ["previous_response_id", "conversation"])
+def test_a_responses_loop_whose_conversation_the_provider_keeps_is_one_memory(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend, kept: str
 ) -> None:
-    """With `previous_response_id` the provider keeps the conversation: each request carries only what is new, a
-    tool loop's later request only the call's output."""
+    """With `previous_response_id`, or a `conversation`, the provider keeps the conversation: each request carries
+    only what is new, a tool loop's later request only the call's output."""
     proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
 
-    def ask(items: list[Any], previous: str | None = None, scope: dict[str, str] = SCOPE) -> Any:
-        chained = {"previous_response_id": previous} if previous else {}
-        return client.responses.create(model="gpt-4o", input=items, tools=RESPONSES_TOOLS, extra_headers=scope, **chained)
+    def after(reply: Any) -> dict[str, str]:
+        """What names the conversation in a request that comes after `reply` (None: the conversation's first)."""
+        if kept == "conversation":
+            return {"conversation": "conv_e2e"}
+        return {"previous_response_id": reply.id} if reply is not None else {}
 
-    step = ask([{"role": "user", "content": PROMPT}])
+    def ask(items: list[Any], link: dict[str, str], scope: dict[str, str] = SCOPE) -> Any:
+        return client.responses.create(model="gpt-4o", input=items, tools=RESPONSES_TOOLS, extra_headers=scope, **link)
+
+    step = ask([{"role": "user", "content": PROMPT}], after(None))
     [call] = [item for item in step.output if item.type == "function_call"]
-    final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], step.id)
+    final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step))
     assert final.output_text == FINAL
     memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
     assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
 
     # The conversation goes on: its own prompt and answer are no memory for it, though the request holds neither.
-    ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], final.id)
+    ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], after(final))
     assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json), proc.log_text()
-    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/responses", backend)
+    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}], {}), upstream, "/responses", backend)
 
-    # A request of another scope naming this conversation's reply does not go on with its prompt there.
+    # A request of another scope naming this conversation does not go on with its prompt there.
     other = {"x-memory-user-id": "other"}
-    ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], step.id, other)
-    ask([{"role": "user", "content": "Which scope is this?"}], scope=other)  # stored after anything before it
+    ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step), other)
+    ask([{"role": "user", "content": "Which scope is this?"}], {}, other)  # stored after anything before it
     backend.settled("other", f"User: Which scope is this?\nAssistant: {ToolCall('list_files', {}).text}")
     listed = 1 if backend.supermemory is not None else 0  # the fake Supermemory lists every container's
     assert sum(PROMPT in content for content, _ in backend.stored("other")) == listed, proc.log_text()

@@ -824,6 +824,9 @@ def test_a_responses_reply_names_its_id_and_calls_and_a_request_the_reply_it_con
     assert RESPONSES.continues({"input": "Hi"}) == ""  # it starts a conversation the provider keeps
     assert RESPONSES.continues({"input": "Hi", "store": False, "previous_response_id": "resp_1"}) is None
     assert RESPONSES.continues({"input": [], "previous_response_id": 7}) == ""
+    assert RESPONSES.continues({"input": [], "conversation": "conv_1"}) == "conv_1"
+    assert RESPONSES.continues({"input": [], "conversation": {"id": "conv_1"}}) == "conv_1"
+    assert RESPONSES.continues({"input": [], "conversation": {"id": 7}}) == ""
     others = [a for a in ADAPTERS if a is not RESPONSES and a.name != RESPONSES.name]
     assert all(a.continues({"previous_response_id": "resp_1"}) is None for a in others)  # their requests carry it all
     assert all(a.accumulator().reply_id() == "" for a in others)

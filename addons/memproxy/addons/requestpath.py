@@ -18,8 +18,8 @@
 One memory per prompt: a turn is named by the prompt it answers (`Adapter.prompt`), so each step of a tool loop
 updates the prompt's one memory, and the last step leaves the final answer there. A WebSocket sends its input
 incrementally: a message of only tool outputs continues the connection's prompt (`Thread`). So does a request
-that names an earlier reply the provider keeps the conversation of (`Adapter.continues`): it goes on with that
-reply's thread, in the same scope. Recall leaves out the memories the conversation already holds
+that names an earlier reply, or a conversation, that the provider keeps (`Adapter.continues`): it goes on with
+that name's thread, in the same scope. Recall leaves out the memories the conversation already holds
 (memproxy.echoes).
 
 Every hook fails open: an exception leaves the flow as the client sent it. Each decision shows in mitmweb as
@@ -68,7 +68,7 @@ ROUTER = "supermemory_router"  # Outcome.route of a flow sent through Supermemor
 RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
-MAX_CHAINS = 64  # threads kept for the replies a later request may continue (`RequestPath.chains`), the latest
+MAX_CHAINS = 64  # replies and conversations a later request may continue, whose threads are kept (the latest)
 
 
 @dataclass(slots=True)
@@ -161,7 +161,7 @@ class Pending:
     key: str = ""  # the prompt's key (protocols.base.Prompt)
     calls: tuple[str, ...] = ()  # tools called since the prompt
     thread: Thread | None = None  # the WebSocket's, or the requests' that continue its replies
-    chained: bool = False  # a later request may continue the reply (`Adapter.continues`)
+    continues: str | None = None  # what the request goes on with (`Adapter.continues`); None: nothing can go on
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
 
@@ -212,7 +212,7 @@ class RequestPath:
         self.outcomes: dict[str, Outcome] = {}  # requests waiting for their reply: it may be a cookie challenge
         self.sessions: dict[str, Route] = {}  # a WebSocket's route that named a project, by flow id
         self.threads: dict[str, Thread] = {}  # a WebSocket's prompt and conversation, by flow id
-        self.chains: OrderedDict[tuple[str, str], Thread] = OrderedDict()  # by (scope, id of a reply it led to)
+        self.chains: OrderedDict[tuple[str, str], Thread] = OrderedDict()  # by (scope, a reply's or conversation's id)
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -375,7 +375,7 @@ class RequestPath:
                 metadata["project"] = route.project
             if conversation:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
-            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous is not None)
+            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
@@ -522,8 +522,9 @@ class RequestPath:
         calls = unique_calls(pending.calls + calls)
         if (thread := pending.thread) is not None:
             thread.calls = calls
-            if reply_id and pending.chained:
-                self._chain((pending.scope, reply_id), thread)
+            if pending.continues is not None:  # a later request may name the reply, or the conversation
+                for name in filter(None, (reply_id, pending.continues)):
+                    self._chain((pending.scope, name), thread)
         metadata = {**pending.metadata, "calls": list(calls)} if calls else pending.metadata
         turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
         if turn and self.store.outbox is not None:
@@ -533,8 +534,10 @@ class RequestPath:
             self.store.outbox.submit(turn)
 
     def _chain(self, key: tuple[str, str], thread: Thread) -> None:
-        """Keep `thread` for the requests that continue the reply `key` names, the latest MAX_CHAINS replies."""
+        """Keep `thread` for the requests that continue the reply or conversation `key` names, the latest
+        MAX_CHAINS names (a conversation's name is kept again at each of its replies)."""
         self.chains[key] = thread
+        self.chains.move_to_end(key)
         if len(self.chains) > MAX_CHAINS:
             self.chains.popitem(last=False)
 

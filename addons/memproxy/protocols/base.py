@@ -133,8 +133,9 @@ class Adapter(abc.ABC):
 
     def continues(self, body: Any) -> str | None:
         """Where the provider keeps the conversation and a request sends only what is new (OpenAI Responses'
-        `previous_response_id`): the id of the earlier reply this request goes on with, "" if it starts a
-        conversation. None where the provider keeps none (the default), or will not keep this one."""
+        `previous_response_id` or `conversation`): the id of the earlier reply, or of the conversation, this
+        request goes on with; "" if it starts a conversation. None where the provider keeps none (the default),
+        or will not keep this one."""
         return None
 
     @abc.abstractmethod

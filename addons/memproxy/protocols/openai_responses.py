@@ -149,10 +149,13 @@ class OpenAIResponsesAdapter(JsonAdapter):
         return _response_id(body)
 
     def continues(self, body: Any) -> str | None:
+        """`previous_response_id`, or the id of the `conversation` the request adds to."""
         if not isinstance(body, dict) or body.get("store") is False:  # a reply not stored cannot be continued
             return None
-        previous = body.get("previous_response_id")
-        return previous if isinstance(previous, str) else ""
+        previous, conversation = body.get("previous_response_id"), body.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        return next((name for name in (previous, conversation) if isinstance(name, str) and name), "")
 
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
