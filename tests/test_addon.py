@@ -231,3 +231,21 @@ def test_the_threads_of_continued_replies_are_the_latest_max_chains() -> None:
         path._chain(("team", "conv_1"), conversation)  # each reply of the conversation keeps its name again
     assert len(path.chains) == MAX_CHAINS and path.chains[("team", "conv_1")] is conversation
     assert list(path.chains)[:-1] == [("team", f"resp_{n}") for n in range(1, MAX_CHAINS)]  # resp_0 went
+
+
+def test_the_threads_of_continued_replies_hold_at_most_max_chain_chars() -> None:
+    from memproxy.addons.requestpath import MAX_CHAIN_CHARS, Thread
+    from memproxy.echoes import KEPT
+
+    path = RequestPath(*[None] * 6)
+    per_thread = 0
+    for n in range(MAX_CHAIN_CHARS // (100 * KEPT) + 2):
+        thread = Thread()
+        for _ in range(50):
+            thread.heard.turn("u" * KEPT, "a" * KEPT)
+        per_thread = thread.heard.chars
+        path._chain(("team", f"resp_{n}"), thread)
+        path._chain(("team", f"conv_{n}"), thread)  # one thread under two names counts once
+    assert per_thread == 100 * KEPT
+    kept = len({id(t) for t in path.chains.values()})
+    assert kept == MAX_CHAIN_CHARS // per_thread and ("team", "resp_0") not in path.chains

@@ -8,7 +8,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from memproxy.echoes import MAX_TURNS, PIECES, PREFIX, SHORT, Heard, without_echoes
+from memproxy.echoes import KEPT, MAX_TURNS, PIECES, PREFIX, SHORT, Heard, without_echoes
 from memproxy.memory.base import recalled
 from memproxy.protocols.base import Entry
 from memproxy.scrub import MARKER_START, scrub
@@ -148,10 +148,11 @@ def test_a_websocket_keeps_what_it_went_through() -> None:
 
 def test_a_websocket_keeps_the_latest_of_what_it_went_through() -> None:
     heard = Heard()
-    heard.extend(Heard.of([Entry("user", f"prompt {n}") for n in range(MAX_TURNS + 5)]))
-    assert heard.users == [f"prompt {n}" for n in range(5, MAX_TURNS + 5)] and heard.answers == []
+    heard.extend(Heard.of([Entry("user", f"prompt {n}") for n in range(MAX_TURNS + 5)] + [Entry("assistant", "x" * (KEPT + 1))]))
+    assert heard.users == [f"prompt {n}" for n in range(5, MAX_TURNS + 5)] and heard.answers == ["x" * KEPT]
     heard.turn("the last prompt", ANSWER)
-    assert heard.users[-2:] == [f"prompt {MAX_TURNS + 4}", "the last prompt"] and heard.answers == [ANSWER]
+    assert heard.users[-2:] == [f"prompt {MAX_TURNS + 4}", "the last prompt"] and heard.answers == ["x" * KEPT, ANSWER]
+    assert heard.chars == sum(map(len, heard.users + heard.answers))
 
 
 def test_without_echoes_reads_the_conversation_only_when_something_was_found() -> None:

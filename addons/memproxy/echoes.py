@@ -80,11 +80,12 @@ class Heard:
     """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge messages
     when they resume a conversation, so a memory's part is looked for inside them."""
 
-    __slots__ = ("users", "answers", "_joined")
+    __slots__ = ("users", "answers", "chars", "_joined")
 
     def __init__(self) -> None:
         self.users: list[str] = []
         self.answers: list[str] = []
+        self.chars = 0  # of the texts a thread keeps (`extend`, `turn`)
         self._joined: tuple[str, frozenset[str], str, frozenset[str]] | None = None
 
     @classmethod
@@ -100,18 +101,21 @@ class Heard:
     def extend(self, other: Heard) -> None:
         """What `other` holds as well, as a thread keeps it: the latest MAX_TURNS texts of each side, their first
         KEPT characters."""
-        self.users += (text[:KEPT] for text in other.users)
-        self.answers += (text[:KEPT] for text in other.answers)
-        self._went()
+        self._keep(self.users, (text[:KEPT] for text in other.users))
+        self._keep(self.answers, (text[:KEPT] for text in other.answers))
 
     def turn(self, user: str, answer: str) -> None:
         """A prompt and its answer this conversation went through (one the request may no longer carry)."""
-        self.users.append(user)
-        self.answers.append(answer)
-        self._went()
+        self._keep(self.users, (user,))
+        self._keep(self.answers, (answer,))
 
-    def _went(self) -> None:
-        del self.users[:-MAX_TURNS], self.answers[:-MAX_TURNS]
+    def _keep(self, side: list[str], texts: Iterable[str]) -> None:
+        for text in texts:
+            side.append(text)
+            self.chars += len(text)
+        if (over := len(side) - MAX_TURNS) > 0:
+            self.chars -= sum(map(len, side[:over]))
+            del side[:over]
         self._joined = None
 
     def holds(self, memory: str) -> bool:

@@ -69,6 +69,7 @@ RESTORE_LIMIT = 10.0  # seconds start-up waits for the cookie jars at most
 MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working directory)
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
 MAX_CHAINS = 64  # replies and conversations a later request may continue, whose threads are kept (the latest)
+MAX_CHAIN_CHARS = 4_000_000  # characters of text those threads hold at most (`Heard.chars`)
 
 
 @dataclass(slots=True)
@@ -535,11 +536,16 @@ class RequestPath:
 
     def _chain(self, key: tuple[str, str], thread: Thread) -> None:
         """Keep `thread` for the requests that continue the reply or conversation `key` names, the latest
-        MAX_CHAINS names (a conversation's name is kept again at each of its replies)."""
+        MAX_CHAINS names (a conversation's name is kept again at each of its replies), whose threads hold at most
+        MAX_CHAIN_CHARS characters."""
         self.chains[key] = thread
         self.chains.move_to_end(key)
-        if len(self.chains) > MAX_CHAINS:
+        while len(self.chains) > MAX_CHAINS or (len(self.chains) > 1 and self._chained_chars() > MAX_CHAIN_CHARS):
             self.chains.popitem(last=False)
+
+    def _chained_chars(self) -> int:
+        """The characters the kept threads hold, each thread once."""
+        return sum(t.heard.chars for t in {id(t): t for t in self.chains.values()}.values())
 
     # -- WebSocket (OpenAI Responses, as Codex CLI speaks it) ----------------
 
