@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import SUPERMEMORY_KEY, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, wait_until
+from e2e_helpers import MEMORY_TAG, isolated_env, seed, wait_until
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, ToolCall
@@ -176,6 +176,32 @@ def test_a_cli_tool_loop_is_one_memory_and_never_its_own_echo(
     fresh = cli.calls(upstream)
     assert MEMORY_TAG in json.dumps(fresh[0]) and FINAL in json.dumps(fresh[0])
     assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
+def test_a_claude_code_subagent_recalls_its_project_and_stores_nothing(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The Agent tool's subagent gets a task the main agent wrote: no user prompt of its own."""
+    backend = Backend("local", tmp_path, None)
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
+    seed(backend.db, "project:shop", known)
+    task = {"description": "List the files", "prompt": "List the files of the repository.", "subagent_type": "general-purpose"}
+
+    def subagent(data: Any) -> bool:
+        return "cc_is_subagent=true" in json.dumps(data.get("system") if isinstance(data, dict) else None)
+
+    upstream.tool_call = lambda data: ToolCall("Agent", task) if "Agent" in tool_names(data) and not subagent(data) else None
+    upstream.reply = FINAL
+    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Agent") == FINAL
+    calls = [r.json for r in upstream.requests if r.path == "/v1/messages"]
+    [sub] = [body for body in calls if subagent(body)]
+    assert task["prompt"] in json.dumps(sub["messages"]), proc.log_text()
+    assert MEMORY_TAG in json.dumps(sub) and "git ls-files" in json.dumps(sub)  # the project's memory
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
+    assert backend.stored("claude-code") == [], proc.log_text()  # no scope of its own either
 
 
 def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubbed(

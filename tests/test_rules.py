@@ -132,6 +132,26 @@ def claude_197(cwd: str) -> RequestView:
                model="claude-sonnet-4-5")
 
 
+def claude_subagent(cwd: str | None) -> RequestView:
+    """A subagent of Claude Code 2.1.197's Agent tool, as the real client sent it: `cc_is_subagent=true`, the cwd
+    in an <env> block."""
+    env = f"\n\nHere is useful information about the environment you are running in:\n<env>\nWorking directory: {cwd}\n" \
+          "Is directory a git repo: No\n</env>" if cwd else ""
+    body = {
+        "model": "claude-sonnet-4-5",
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.f2f; cc_entrypoint=sdk-cli; cc_is_subagent=true;"},
+            {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK."},
+            {"type": "text", "text": f"You are an agent for Claude Code, Anthropic's official CLI for Claude.{env}"},
+        ],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "List the files of the repository."}]}],
+        "stream": True,
+    }
+    h = {"User-Agent": "claude-cli/2.1.197 (external, sdk-cli)", "x-app": "cli", "anthropic-beta": "claude-code-20250219"}
+    return req(method="POST", host="api.anthropic.com", path="/v1/messages?beta=true", headers=h, body=body,
+               model="claude-sonnet-4-5")
+
+
 def codex(input_items: list, generate: bool | None = None, **headers: str) -> RequestView:
     body: dict[str, Any] = {"type": "response.create", "model": "gpt-5.1-codex", "instructions": "You are Codex.",
                             "input": input_items, "stream": True}
@@ -182,6 +202,7 @@ OPENCODE_SYSTEM = (
     "  Platform: linux\n</env>"
 )
 
+RECALL_ONLY = {"claude-code-subagent", "claude-code-subagent-other"}
 DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     # (case id, request, user id, rule, auxiliary)
     ("claude-code", claude(), "project:myrepo", "claude-code", False),
@@ -193,6 +214,8 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     ("claude-code 2.1.197 cwd in system", claude_197("/home/u/oldrepo"), "project:oldrepo", "claude-code-system",
      False),
     ("claude-code no cwd", claude(None), "claude-code", "claude-code-other", False),
+    ("claude-code subagent", claude_subagent("/home/u/subrepo"), "project:subrepo", "claude-code-subagent", False),
+    ("claude-code subagent no cwd", claude_subagent(None), "claude-code", "claude-code-subagent-other", False),
     ("claude-code 2.1.197 title", req(
         method="POST", path="/v1/messages?beta=true", headers={"User-Agent": "claude-cli/2.1.197 (external, sdk-cli)"},
         body={"system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.ed5;"},
@@ -261,7 +284,8 @@ def test_default_rules(default_rules: Rules, request_view: RequestView, user_id:
                        auxiliary: bool) -> None:
     route = default_rules.match(request_view)
     assert (route.scope, route.rule, route.actions.auxiliary) == (user_id, rule, auxiliary)
-    assert route.actions.recall is route.actions.store is (not auxiliary)
+    assert route.actions.recall is (not auxiliary)
+    assert route.actions.store is (not auxiliary and rule not in RECALL_ONLY)  # a subagent's task is no user prompt
     assert route.is_default is (rule is None)
 
 
