@@ -178,13 +178,18 @@ def test_a_cli_tool_loop_is_one_memory_and_never_its_own_echo(
     assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
 
+def on_the_local_store(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> tuple[Backend, MitmdumpProc, Path, Path]:
+    """A mitmdump keeping memories in the local store; the home and the project directory a client runs in."""
+    backend = Backend("local", tmp_path, None)
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options)
+    return backend, proc, tmp_path / "home", tmp_path / "shop"
+
+
 def test_a_claude_code_subagent_recalls_its_project_and_stores_nothing(
     mitmdump, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """The Agent tool's subagent gets a task the main agent wrote: no user prompt of its own."""
-    backend = Backend("local", tmp_path, None)
-    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options)
-    home, project = tmp_path / "home", tmp_path / "shop"
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
     seed(backend.db, "project:shop", known)
     task = {"description": "List the files", "prompt": "List the files of the repository.", "subagent_type": "general-purpose"}
@@ -208,9 +213,7 @@ def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubb
     mitmdump, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """The stored turn shows a marker where the prompt held a token; the resumed conversation holds the token."""
-    backend = Backend("local", tmp_path, None)
-    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options)
-    home, project = tmp_path / "home", tmp_path / "shop"
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     token = next(fake for fake in fakes() if fake.kind == "GitHub token")
     prompt = f"Which files are in the repository? Clone it with {token.line} first."
     upstream.reply = FINAL
