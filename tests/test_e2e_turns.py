@@ -185,28 +185,51 @@ def on_the_local_store(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> tupl
     return backend, proc, tmp_path / "home", tmp_path / "shop"
 
 
-def test_a_claude_code_subagent_recalls_its_project_and_stores_nothing(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path
+@dataclass(frozen=True)
+class Subagents:
+    """How a CLI's main agent hands a task to a subagent: the tool it calls with what arguments, the flags that
+    let it, what tells the subagent's requests apart, and the scope a CLI's request of unknown project gets."""
+
+    cli: str
+    call: ToolCall
+    flags: tuple[str, ...]
+    is_subagent: Callable[[Any], bool]
+    catch_all: str
+
+
+TASK = "List the files of the repository."
+SUBAGENTS = {
+    "claude": Subagents(
+        "claude", ToolCall("Agent", {"description": "List the files", "prompt": TASK, "subagent_type": "general-purpose"}),
+        ("--allowedTools", "Agent"), lambda data: "cc_is_subagent=true" in json.dumps(data.get("system")), "claude-code"),
+    "gemini": Subagents(
+        "gemini", ToolCall("invoke_agent", {"agent_name": "codebase_investigator", "prompt": TASK}),
+        ("--yolo",), lambda data: "complete_task" in declared(data), "gemini-cli"),
+}
+
+
+@pytest.mark.parametrize("name", list(SUBAGENTS))
+def test_a_subagent_recalls_its_project_and_stores_nothing(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, name: str
 ) -> None:
-    """The Agent tool's subagent gets a task the main agent wrote: no user prompt of its own."""
+    """A subagent (Claude Code's Agent tool, Gemini CLI's invoke_agent) gets a task the main agent wrote: no user
+    prompt of its own."""
+    agents, cli = SUBAGENTS[name], CLIS[SUBAGENTS[name].cli]
     backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
     seed(backend.db, "project:shop", known)
-    task = {"description": "List the files", "prompt": "List the files of the repository.", "subagent_type": "general-purpose"}
-
-    def subagent(data: Any) -> bool:
-        return "cc_is_subagent=true" in json.dumps(data.get("system") if isinstance(data, dict) else None)
-
-    upstream.tool_call = lambda data: ToolCall("Agent", task) if "Agent" in tool_names(data) and not subagent(data) else None
+    main = lambda data: agents.call.name in cli.offers(data) and not agents.is_subagent(data)  # noqa: E731
+    upstream.tool_call = lambda data: agents.call if isinstance(data, dict) and main(data) else None
     upstream.reply = FINAL
-    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Agent") == FINAL
-    calls = [r.json for r in upstream.requests if r.path == "/v1/messages"]
-    [sub] = [body for body in calls if subagent(body)]
-    assert task["prompt"] in json.dumps(sub["messages"]), proc.log_text()
-    assert MEMORY_TAG in json.dumps(sub) and "git ls-files" in json.dumps(sub)  # the project's memory
+    answer_classifier(upstream)
+
+    assert cli.ask(proc, project, home, PROMPT, agents.flags).endswith(FINAL)
+    subagent = [body for body in cli.calls(upstream) if agents.is_subagent(body)]
+    assert subagent and TASK in json.dumps(subagent[0]), proc.log_text()
+    assert MEMORY_TAG in json.dumps(subagent[0]) and "git ls-files" in json.dumps(subagent[0])  # the project's
     memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
     assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
-    assert backend.stored("claude-code") == [], proc.log_text()  # no scope of its own either
+    assert backend.stored(agents.catch_all) == [], proc.log_text()  # no scope of its own either
 
 
 def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubbed(

@@ -168,8 +168,8 @@ CODEX_ENV = {"type": "message", "role": "user", "content": [{"type": "input_text
 CODEX_PROMPT = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "add a test"}]}
 
 
-def gemini(action: str, text: str) -> RequestView:
-    body = {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": {"temperature": 0}}
+def gemini(action: str, text: str, **extra: Any) -> RequestView:
+    body = {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": {"temperature": 0}, **extra}
     return req(method="POST", host="generativelanguage.googleapis.com",
                path=f"/v1beta/models/gemini-2.5-pro:{action}", headers={"User-Agent": GEMINI_UA,
                "x-goog-api-client": "google-genai-sdk/1.30.0 gl-node/v22", "x-goog-api-key": "k"},
@@ -181,6 +181,12 @@ GEMINI_CONTEXT = (
     "My operating system is: linux\nThe project's temporary directory is: /home/u/.gemini/tmp/abc\n"
     "- **Workspace Directories:**\n  - /home/u/gproj\n- **Directory Structure:**\n</session_context>"
 )
+
+
+# Gemini CLI 0.61.0's codebase_investigator, as the real client sent it: `complete_task` ends a subagent.
+GEMINI_SUBAGENT = ("You are **Codebase Investigator**, a hyper-specialized AI agent.\n\n# Environment Context\n"
+                   "- **Workspace Directories:**\n  - /home/u/gproj\n- **Directory Structure:**\n")
+GEMINI_SUBAGENT_TOOLS = [{"functionDeclarations": [{"name": n} for n in ("list_directory", "read_file", "complete_task")]}]
 
 
 def chat(ua: str, messages: list, **kw: Any) -> RequestView:
@@ -202,7 +208,7 @@ OPENCODE_SYSTEM = (
     "  Platform: linux\n</env>"
 )
 
-RECALL_ONLY = {"claude-code-subagent", "claude-code-subagent-other"}
+RECALL_ONLY = {"claude-code-subagent", "claude-code-subagent-other", "gemini-cli-subagent", "gemini-cli-subagent-other"}
 DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     # (case id, request, user id, rule, auxiliary)
     ("claude-code", claude(), "project:myrepo", "claude-code", False),
@@ -244,6 +250,11 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     ("gemini", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT), "project:gproj", "gemini-cli", False),
     ("gemini no workspace", gemini("streamGenerateContent?alt=sse", "hello"), "gemini-cli",
      "gemini-cli-other", False),
+    ("gemini subagent", gemini("streamGenerateContent?alt=sse", "<objective>\nList the files.\n</objective>",
+                               tools=GEMINI_SUBAGENT_TOOLS, systemInstruction={"parts": [{"text": GEMINI_SUBAGENT}]}),
+     "project:gproj", "gemini-cli-subagent", False),
+    ("gemini subagent no workspace", gemini("streamGenerateContent?alt=sse", "List the files.", tools=GEMINI_SUBAGENT_TOOLS),
+     "gemini-cli", "gemini-cli-subagent-other", False),
     ("qwen", chat(QWEN_UA, [{"role": "system", "content": "You are Qwen Code."}, QWEN_START]), "project:qproj",
      "qwen-code", False),
     ("qwen no cwd", chat(QWEN_UA, HELLO), "qwen-code", "qwen-code-other", False),
