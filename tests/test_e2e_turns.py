@@ -26,6 +26,7 @@ from memproxy.memory.local import LocalStore
 from memproxy.scrub import scrub
 from secret_corpus import fakes
 from test_e2e_clients import answer_classifier, gemini, gemini_calls
+from test_e2e_more_clients import chat_calls, opencode, qwen
 
 pytestmark = pytest.mark.e2e
 
@@ -190,21 +191,40 @@ class Subagents:
     """How a CLI's main agent hands a task to a subagent: the tool it calls with what arguments, the flags that
     let it, what tells the subagent's requests apart, and the scope a CLI's request of unknown project gets."""
 
-    cli: str
+    cli: Cli
     call: ToolCall
     flags: tuple[str, ...]
     is_subagent: Callable[[Any], bool]
     catch_all: str
 
 
+def chat_cli(run: Callable[..., str]) -> Cli:
+    """Qwen Code or opencode (`test_e2e_more_clients`) as a Cli: their turns are Chat Completions calls."""
+    return Cli(lambda proc, project, home, prompt, flags: run(proc, project, prompt, home, *flags),
+               lambda upstream: [b for b in chat_calls(upstream) if b.get("tools")], "", tool_names, ())
+
+
+def first_message(data: Any) -> str:
+    messages = data.get("messages") if isinstance(data, dict) else None
+    return json.dumps(messages[0]) if isinstance(messages, list) and messages else ""
+
+
 TASK = "List the files of the repository."
 SUBAGENTS = {
     "claude": Subagents(
-        "claude", ToolCall("Agent", {"description": "List the files", "prompt": TASK, "subagent_type": "general-purpose"}),
+        CLIS["claude"], ToolCall("Agent", {"description": "List the files", "prompt": TASK, "subagent_type": "general-purpose"}),
         ("--allowedTools", "Agent"), lambda data: "cc_is_subagent=true" in json.dumps(data.get("system")), "claude-code"),
     "gemini": Subagents(
-        "gemini", ToolCall("invoke_agent", {"agent_name": "codebase_investigator", "prompt": TASK}),
+        CLIS["gemini"], ToolCall("invoke_agent", {"agent_name": "codebase_investigator", "prompt": TASK}),
         ("--yolo",), lambda data: "complete_task" in declared(data), "gemini-cli"),
+    # Qwen Code runs the agent in the background, and tells the main agent of its end in a user message.
+    "qwen": Subagents(
+        chat_cli(qwen), ToolCall("agent", {"description": "List the files", "prompt": TASK, "subagent_type": "general-purpose"}),
+        (), lambda data: "working for a parent agent" in first_message(data), "qwen-code"),
+    # opencode's subagent is offered every tool but `task`.
+    "opencode": Subagents(
+        chat_cli(opencode), ToolCall("task", {"description": "List the files", "prompt": TASK, "subagent_type": "general"}),
+        (), lambda data: "task" not in tool_names(data), "opencode"),
 }
 
 
@@ -212,14 +232,22 @@ SUBAGENTS = {
 def test_a_subagent_recalls_its_project_and_stores_nothing(
     mitmdump, upstream: FakeUpstream, tmp_path: Path, name: str
 ) -> None:
-    """A subagent (Claude Code's Agent tool, Gemini CLI's invoke_agent) gets a task the main agent wrote: no user
-    prompt of its own."""
-    agents, cli = SUBAGENTS[name], CLIS[SUBAGENTS[name].cli]
+    """A subagent (Claude Code's Agent tool, Gemini CLI's invoke_agent, Qwen Code's agent, opencode's task) gets
+    a task the main agent wrote: no user prompt of its own."""
+    agents, cli = SUBAGENTS[name], SUBAGENTS[name].cli
     backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
     seed(backend.db, "project:shop", known)
-    main = lambda data: agents.call.name in cli.offers(data) and not agents.is_subagent(data)  # noqa: E731
-    upstream.tool_call = lambda data: agents.call if isinstance(data, dict) and main(data) else None
+    called: list[Any] = []
+
+    def call(data: Any) -> ToolCall | None:
+        """The agent tool, once: in the main agent's first request."""
+        if called or not isinstance(data, dict) or agents.call.name not in cli.offers(data) or agents.is_subagent(data):
+            return None
+        called.append(data)
+        return agents.call
+
+    upstream.tool_call = call
     upstream.reply = FINAL
     answer_classifier(upstream)
 
@@ -227,8 +255,9 @@ def test_a_subagent_recalls_its_project_and_stores_nothing(
     subagent = [body for body in cli.calls(upstream) if agents.is_subagent(body)]
     assert subagent and TASK in json.dumps(subagent[0]), proc.log_text()
     assert MEMORY_TAG in json.dumps(subagent[0]) and "git ls-files" in json.dumps(subagent[0])  # the project's
-    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
+    wait_until(lambda: any(content.endswith(f"Assistant: {FINAL}") for content, _ in backend.stored("project:shop")))
+    contents = [content.replace('"', "") for content, _ in backend.stored("project:shop")]  # opencode quotes a prompt
+    assert sorted(contents) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"]), proc.log_text()
     assert backend.stored(agents.catch_all) == [], proc.log_text()  # no scope of its own either
 
 

@@ -172,6 +172,16 @@ def test_an_injected_memory_or_boilerplate_alone_is_no_prompt() -> None:
     assert adapter.prompt(body).text == PROMPT and adapter.prompt(body).follows
 
 
+def test_a_background_subagents_notification_is_no_prompt_but_a_step_of_the_one_before() -> None:
+    adapter, build = FORMATS["chat"]
+    body = build([("user", PROMPT), ("assistant", STEP, "agent"), ("result", "Background agent launched.")])
+    before = adapter.prompt(body)
+    body["messages"].append({"role": "user", "content": [{"type": "text", "text": (  # as Qwen Code 0.24.4 sends it
+        "<task-notification>\n<task-id>general-purpose-call_1</task-id>\n<status>completed</status>\n"
+        "<result>The repository holds three files.</result>\n</task-notification>")}]})
+    assert (adapter.prompt(body).text, adapter.prompt(body).key) == (PROMPT, before.key)
+
+
 def test_trace_keeps_a_few_names_each_once() -> None:
     adapter, build = FORMATS["chat"]
     turns: list[tuple] = [("user", PROMPT)]

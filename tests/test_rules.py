@@ -208,7 +208,17 @@ OPENCODE_SYSTEM = (
     "  Platform: linux\n</env>"
 )
 
-RECALL_ONLY = {"claude-code-subagent", "claude-code-subagent-other", "gemini-cli-subagent", "gemini-cli-subagent-other"}
+RECALL_ONLY = {f"{client}-subagent{kind}" for client in ("claude-code", "gemini-cli", "qwen-code", "opencode")
+               for kind in ("", "-other", "-messages", "-responses")}
+QWEN_SUBAGENT = "You are a general-purpose subagent working for a parent agent. Complete only the assigned task."
+
+
+def opencode_subagent(path: str, body: dict) -> RequestView:
+    """A request of opencode 1.18.33's subagent (its task tool), which names its parent session."""
+    headers = {"User-Agent": "opencode/1.18.33 ai-sdk/provider-utils/4.0.23", "x-parent-session-id": "ses_1"}
+    return req(method="POST", path=path, headers=headers, body=body)
+
+
 DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     # (case id, request, user id, rule, auxiliary)
     ("claude-code", claude(), "project:myrepo", "claude-code", False),
@@ -275,6 +285,18 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     ("opencode no cwd", req(method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic"},
                             body={"system": [{"type": "text", "text": "You are opencode."}], "messages": HELLO}),
      "opencode", "opencode-other", False),
+    ("opencode subagent", opencode_subagent("/v1/chat/completions", {"messages": [
+        {"role": "system", "content": OPENCODE_SYSTEM}, *HELLO]}), "project:ocproj", "opencode-subagent", False),
+    ("opencode subagent anthropic", opencode_subagent("/v1/messages", {"system": OPENCODE_SYSTEM, "messages": HELLO}),
+     "project:ocproj", "opencode-subagent-messages", False),
+    ("opencode subagent responses", opencode_subagent("/v1/responses", {"input": [
+        {"role": "system", "content": OPENCODE_SYSTEM}, *HELLO]}), "project:ocproj", "opencode-subagent-responses", False),
+    ("opencode subagent no cwd", opencode_subagent("/v1/chat/completions", {"messages": HELLO}), "opencode",
+     "opencode-subagent-other", False),
+    ("qwen subagent", chat(QWEN_UA, [{"role": "system", "content": QWEN_SUBAGENT}, QWEN_START]), "project:qproj",
+     "qwen-code-subagent", False),
+    ("qwen subagent no cwd", chat(QWEN_UA, [{"role": "system", "content": QWEN_SUBAGENT}, *HELLO]), "qwen-code",
+     "qwen-code-subagent-other", False),
     ("jetbrains", chat("OpenAIClientImpl/Java unknown", HELLO), "jetbrains", "jetbrains", False),
     ("jetbrains per port", chat("OpenAIClientImpl/Java unknown", HELLO, port=8101, project="/home/u/shop"),
      "project:shop", "jetbrains-project", False),

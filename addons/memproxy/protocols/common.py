@@ -22,9 +22,10 @@ MEMORY_NOTE = (
 )
 # What a layer's title says of scopes whose meaning is fixed (rules.USER_SCOPE).
 LAYER_NOTES = {"user": " (your preferences in every project)"}
-# Client boilerplate wrapped in these tags is dropped from query text:
-# Claude Code's reminders, Codex's and Gemini CLI's environment preambles.
-BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context")
+# Client boilerplate wrapped in these tags is dropped from query text: Claude Code's reminders, Codex's and
+# Gemini CLI's environment preambles, and the notice a background subagent's end puts into the conversation as
+# a user message (Qwen Code, Claude Code): no prompt of the user's.
+BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification")
 # Query text is read from at most this many characters at the start and at the end of a message: a
 # search uses a few dozen of its words, and a pasted log of megabytes would otherwise be cleaned in full
 # on the event loop. A boilerplate block that the cut runs through is dropped all the same (Blocks.strip).
