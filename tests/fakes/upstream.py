@@ -457,7 +457,10 @@ class FakeUpstream(RecordingServer):
         async def write(event: Event) -> None:
             data = api.sse(event)
             rec.sent += data
-            await resp.write(data)
+            if event is events[-1] and not self.linger:  # the body's end goes with its last event, as a server's
+                await resp.write_eof(data)  # would: a client may close on that event before a later end arrives
+            else:
+                await resp.write(data)
 
         try:
             if await self._play(events, write, request):
