@@ -75,13 +75,16 @@ class Backend:
         return self.stored(scope)
 
 
-@pytest.fixture(params=["local", "supermemory"])
+@pytest.fixture(params=["local", "supermemory", "supermemory-own-words"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The local store; Supermemory answering with what it stored; Supermemory answering with what it wrote from
+    that in its own words, which no conversation holds (the echo check asks whether it holds the turns instead)."""
     if request.param == "local":
         yield Backend("local", tmp_path, None)
         return
     with FakeSupermemory(SUPERMEMORY_KEY) as fake:
-        yield Backend("supermemory", tmp_path, fake)
+        fake.own_words = request.param == "supermemory-own-words"
+        yield Backend(request.param, tmp_path, fake)
 
 
 def tool_names(data: Any) -> list[str]:

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from memproxy.echoes import KEPT, MAX_TURNS, PIECES, PREFIX, SHORT, Heard, without_echoes
-from memproxy.memory.base import recalled
+from memproxy.memory.base import Derived, recalled
 from memproxy.protocols.base import Entry
+from memproxy.protocols.common import find_prompt
 from memproxy.scrub import MARKER_START, scrub
 from secret_corpus import Fake, fakes
 
@@ -162,3 +163,46 @@ def test_without_echoes_reads_the_conversation_only_when_something_was_found() -
     assert without_echoes([(), ()], never, 5) == ((), ())
     found = ([memory(PROMPT, ANSWER), memory(PROMPT, "Two files."), "Nomad.", "x", "y", "z"], ["Nomad."])
     assert without_echoes(found, lambda: Heard.of(CONVERSATION), 3) == ((memory(PROMPT, "Two files."), "Nomad.", "x"), ("Nomad.",))
+
+
+def key(*entries: Entry) -> str:
+    """The key of the last prompt of `entries`, as a turn stored from them names it."""
+    return find_prompt(entries).key
+
+
+def test_a_memory_written_from_turns_is_an_echo_when_the_conversation_holds_each_of_them() -> None:
+    """Supermemory writes memories from stored turns in its own words: the conversation holds no such text, so
+    whether it holds the turns, answers included, decides."""
+    first, second = key(*CONVERSATION[:1]), key(*CONVERSATION)
+    heard = Heard.of(CONVERSATION)
+    fact = recalled("The repository of the shop has three files.", "Claude Code", 1_790_000_000)
+    assert heard.holds(Derived(fact, (first,)))  # its prompt and an answer after it are in the conversation
+    assert not heard.holds(Derived(fact, (second,)))  # the last prompt, not answered yet: asked again, elsewhere
+    assert not heard.holds(Derived(fact, (first, key(Entry("user", "Where is the README?")))))  # and another's
+    assert not heard.holds(Derived(fact, ()))  # naming no turn, it is judged by its text
+    assert not heard.holds(fact) and heard.holds(Derived(ANSWER, ()))
+
+
+def test_the_same_first_prompt_in_another_conversation_is_another_turn_once_it_goes_on() -> None:
+    """A key digests the user messages up to its prompt: another conversation that went on differently holds
+    the first prompt's turn, but not the later ones."""
+    other = [CONVERSATION[0], Entry("assistant", "Two files."), Entry("user", "Which one is the newest?"),
+             Entry("assistant", "b.py")]
+    heard = Heard.of(other)
+    assert heard.holds(Derived("x", (key(*CONVERSATION[:1]),)))
+    assert not heard.holds(Derived("x", (key(*CONVERSATION),)))
+    assert heard.holds(Derived("x", (key(*other[:3]),)))
+
+
+def test_a_thread_holds_the_turns_it_went_through_and_those_its_messages_carried() -> None:
+    """A WebSocket's or a chain's later messages carry only what is new: the thread names the turns it stored,
+    and the answered prompts of what each message carried."""
+    thread = Heard()
+    thread.extend(Heard.of(CONVERSATION))  # a resumed session's first message: its whole history
+    assert thread.holds(Derived("x", (key(*CONVERSATION[:1]),)))
+    thread.extend(Heard.of([Entry("tool", "", (), True)]))
+    thread.turn("Which one is the largest?", "b.py", "chained-key")
+    assert thread.holds(Derived("x", ("chained-key",))) and not thread.holds(Derived("x", ("other-key",)))
+    for n in range(MAX_TURNS):
+        thread.turn(f"prompt {n}", "answer", f"key {n}")
+    assert not thread.holds(Derived("x", ("chained-key",))) and thread.holds(Derived("x", (f"key {MAX_TURNS - 1}",)))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import Adapter
+from memproxy.protocols.common import answered_keys
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -135,6 +136,18 @@ def test_the_next_prompt_is_another_and_the_same_words_after_another_history_too
     assert adapter.prompt(build([("user", PROMPT)])).key == first.key  # the same words, the same history
     assert second.conversation == first.conversation != elsewhere.conversation  # named by its first message
     assert len(first.conversation) == 16 and adapter.prompt(build([("result", "a.py")])).conversation == ""
+
+
+def test_the_prompts_a_conversation_holds_answered_are_named_by_the_keys_their_turns_have(fmt: Any) -> None:
+    """`answered_keys`: what the echo check asks of a memory Supermemory wrote from stored turns."""
+    adapter, build = fmt
+    turns = [*LOOP[2], ("assistant", FINAL, None), ("reminder",), ("user", "And hidden files?")]
+    first, second = adapter.prompt(build(LOOP[0])), adapter.prompt(build(turns))
+    assert answered_keys(adapter.conversation(build(turns))) == {first.key}  # the last one has no answer yet
+    answered = [*turns, ("assistant", "Two.", None)]
+    assert answered_keys(adapter.conversation(build(answered))) == {first.key, second.key}
+    assert answered_keys(adapter.conversation(build(LOOP[1]))) == {first.key}  # a step of it is enough
+    assert answered_keys(adapter.conversation(build(LOOP[0]))) == set()
 
 
 def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.protocols import ADAPTERS, frame_context, strip_memory_blocks
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter
-from memproxy.protocols.common import BOILERPLATE_TAGS, clean_query, visible
+from memproxy.protocols.common import BOILERPLATE_TAGS, _prompted, clean_query, visible
 from memproxy.protocols.sse import SSEParser
 from test_protocols import (
     CLOSING,
@@ -304,3 +304,11 @@ def test_sse_parser_any_chunking(events: list[tuple[str | None, list[str]]], new
     parser = SSEParser()
     got = [e for a, b in zip(bounds, bounds[1:]) for e in parser.feed(raw[a:b])] + parser.feed(b"")
     assert got == [(name, "\n".join(lines)) for name, lines in events]
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["a", " ", "\n", "\u200b", "\ud800", "é", "<", ">", "/", "system-reminder",
+                                  "recalled-memories"])).map("".join) | st.text())
+def test_a_message_holds_a_prompt_exactly_where_clean_query_leaves_something(text: str) -> None:
+    """answered_keys's shortcut for a message without a tag agrees with clean_query."""
+    assert _prompted(text) == bool(clean_query(text))

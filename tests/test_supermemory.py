@@ -13,9 +13,11 @@ from fakes.supermemory import FakeSupermemory
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError
+from memproxy.memory.base import PROMPT_KEY, Derived
 from memproxy.memory.supermemory import (
     DEFAULT_BASE_URL,
     SupermemoryStore,
+    _search_hit,
     container_tag,
     document_custom_id,
     flat_metadata,
@@ -173,6 +175,7 @@ async def test_add_then_search_roundtrip(store: SupermemoryStore, supermemory: F
         "limit": 5,
         "threshold": 0.3,
         "searchMode": "hybrid",
+        "include": {"documents": True},
     }
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     added = supermemory.last("/v3/documents").json
@@ -188,6 +191,40 @@ async def test_chunk_results_are_parsed(store: SupermemoryStore, supermemory: Fa
     assert hit.id.startswith("chunk_")
     assert hit.metadata == {"source": "doc"}
     assert 0 < hit.score <= 1
+
+
+async def test_a_memory_written_from_turns_names_their_prompts(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    """Supermemory writes memories from documents in its own words; its documents' metadata names each one's
+    prompt (PROMPT_KEY), and so the echo check can tell whether a conversation holds them (memory.base.Derived)."""
+    await store.add("s", "User: How do we deploy?\nAssistant: With rsync.", "turn-1", {PROMPT_KEY: "k1", "tool": "Codex"})
+    await store.add("s", "User: Where do we deploy?\nAssistant: To the bastion.", "turn-2", {"tool": "Codex"})
+    supermemory.own_words = True
+    hits = {h.id: h for h in await store.search("s", "deploy rsync bastion")}
+    named, unnamed = hits["memory_doc000001"], hits["memory_doc000002"]
+    assert "the user asked" in named.content and named.sources == ("k1",) and unnamed.sources == ()
+    [text] = await store.start_search("s", "rsync")
+    assert isinstance(text, Derived) and text.keys == ("k1",) and text.endswith("They were told: With rsync.")
+    supermemory.own_words = False  # a memory as it was stored, naming its prompt in its own metadata
+    assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
+    supermemory.chunk_results = True  # a chunk is the stored text, which the echo check reads
+    assert [h.sources for h in await store.search("s", "rsync")] == [()]
+
+
+@pytest.mark.parametrize(("documents", "sources"), [
+    ([{"id": "d1", "metadata": {PROMPT_KEY: "k1"}}, {"id": "d2", "metadata": {PROMPT_KEY: "k2"}},
+      {"id": "d3", "metadata": {PROMPT_KEY: "k1"}}], ("k1", "k2")),
+    ([{"id": "d1", "metadata": {PROMPT_KEY: "k1"}}, {"id": "d2"}], ()),  # a document of no turn of ours
+    ([{"id": "d1", "metadata": {PROMPT_KEY: 7}}], ()),
+    ([{"id": "d1", "metadata": {PROMPT_KEY: ""}}], ()),
+    (["d1"], ()),
+    ("d1", ("own",)),  # malformed: the memory's own metadata
+    ([], ("own",)),
+    (None, ("own",)),
+])
+def test_a_memory_names_its_turns_only_if_every_document_does(documents: object, sources: tuple[str, ...]) -> None:
+    result = {"id": "m1", "memory": "A fact.", "similarity": 0.5, "metadata": {PROMPT_KEY: "own"}, "documents": documents}
+    hit = _search_hit("s", result)
+    assert hit is not None and hit.sources == sources
 
 
 async def test_search_is_best_first_and_honours_limit_and_threshold(store: SupermemoryStore) -> None:

@@ -7,7 +7,9 @@ its user part and its assistant texts hold its assistant part; the same question
 whose answer the request does not hold, is still recalled. A backend that splits what it stores (Supermemory)
 may answer with a chunk of a turn instead: it is an echo when the request's user texts hold the part of a prompt it
 holds, and its assistant texts the part of an answer. A memory of free text is an echo when the request's user or
-assistant texts hold it.
+assistant texts hold it. A memory a backend wrote from stored turns in its own words (memory.base.Derived) is an
+echo when the conversation holds each of those turns: it holds a turn's prompt, as the prompt's key names it (the
+user messages up to and including it), and an assistant message after it.
 
 A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
 the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .memory.base import ASSISTANT, USER, turn_parts, unlabelled
+from .memory.base import ASSISTANT, USER, Derived, turn_parts, unlabelled
 from .protocols.base import Entry
+from .protocols.common import answered_keys
 from .scrub import MARKED, MARKER_START
 
 PREFIX = 200  # characters of a memory's part looked for
@@ -80,17 +83,20 @@ class Heard:
     """The texts a conversation holds: its user prompts and its assistant answers. Clients may merge messages
     when they resume a conversation, so a memory's part is looked for inside them."""
 
-    __slots__ = ("users", "answers", "chars", "_joined")
+    __slots__ = ("users", "answers", "chars", "_joined", "_keys", "_entries")
 
     def __init__(self) -> None:
         self.users: list[str] = []
         self.answers: list[str] = []
         self.chars = 0  # of the texts a thread keeps (`extend`, `turn`)
         self._joined: tuple[str, frozenset[str], str, frozenset[str]] | None = None
+        self._keys: dict[str, None] = {}  # of the turns it holds (`keys`), the latest MAX_TURNS a thread went through
+        self._entries: Sequence[Entry] = ()  # whose answered prompts' keys are not read yet
 
     @classmethod
-    def of(cls, entries: Iterable[Entry]) -> Heard:
+    def of(cls, entries: Sequence[Entry]) -> Heard:
         heard = cls()
+        heard._entries = entries
         for entry in entries:
             if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
                 heard.users.append(entry.text)
@@ -100,14 +106,32 @@ class Heard:
 
     def extend(self, other: Heard) -> None:
         """What `other` holds as well, as a thread keeps it: the latest MAX_TURNS texts of each side, their first
-        KEPT characters."""
+        KEPT characters, and the keys of its answered prompts (read now: a thread keeps no message)."""
         self._keep(self.users, (text[:KEPT] for text in other.users))
         self._keep(self.answers, (text[:KEPT] for text in other.answers))
+        other.holds_turns(())
+        self._name(other._keys)
 
-    def turn(self, user: str, answer: str) -> None:
-        """A prompt and its answer this conversation went through (one the request may no longer carry)."""
+    def turn(self, user: str, answer: str, key: str = "") -> None:
+        """A prompt and its answer this conversation went through (one the request may no longer carry), and the
+        prompt's key."""
         self._keep(self.users, (user,))
         self._keep(self.answers, (answer,))
+        self._name((key,) if key else ())
+
+    def _name(self, keys: Iterable[str]) -> None:
+        """Keys of turns it holds, the latest MAX_TURNS."""
+        self._keys.update(dict.fromkeys(keys))
+        for _ in range(len(self._keys) - MAX_TURNS):
+            del self._keys[next(iter(self._keys))]
+
+    def holds_turns(self, keys: Sequence[str]) -> bool:
+        """Whether it holds the turns of the prompts `keys` names, answers included (their keys are read from its
+        messages once asked)."""
+        if self._entries:
+            self._name(answered_keys(self._entries))
+            self._entries = ()
+        return bool(keys) and all(key in self._keys for key in keys)
 
     def _keep(self, side: list[str], texts: Iterable[str]) -> None:
         for text in texts:
@@ -120,6 +144,8 @@ class Heard:
 
     def holds(self, memory: str) -> bool:
         """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
+        if isinstance(memory, Derived) and self.holds_turns(memory.keys):
+            return True
         if self._joined is None:
             self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
                             SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))

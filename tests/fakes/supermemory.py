@@ -84,7 +84,9 @@ class FakeSupermemory(RecordingServer):
     "refused" (stop listening and drop open connections, until ``fault`` changes: then listen again
     on the same port). ``fault_paths`` limits faults and ``status_override`` (answer every request
     with that status, e.g. 401, 402 or 403) to those paths; None means every path. ``chunk_results``
-    makes search answer with chunk results instead of memory results. ``profiles`` maps a
+    makes search answer with chunk results instead of memory results. ``own_words`` makes its memory
+    results what Supermemory writes from a document: a fact in its own words, naming the document (and,
+    with ``include: {documents: true}``, the document's metadata) instead of carrying it. ``profiles`` maps a
     containerTag to its {"static": [...], "dynamic": [...]} profile. ``documents`` holds what was
     stored, by id.
     """
@@ -99,6 +101,7 @@ class FakeSupermemory(RecordingServer):
         self.fault_paths: set[str] | None = None
         self.status_override: int | None = None
         self.chunk_results = False
+        self.own_words = False
         self.profiles: dict[str, dict[str, list[str]]] = {}
         self.documents: dict[str, Document] = {}
         self._fault: str | None = None
@@ -242,8 +245,9 @@ class FakeSupermemory(RecordingServer):
         self.documents[doc.id] = doc
         return web.json_response({"id": doc.id, "status": "queued"})
 
-    def _hits(self, tag: Any, query: str, limit: int, threshold: float) -> list[dict[str, Any]]:
-        """Search results for ``query`` in the container ``tag``: the share of query words a document holds."""
+    def _hits(self, tag: Any, query: str, limit: int, threshold: float, documents: bool = False) -> list[dict[str, Any]]:
+        """Search results for ``query`` in the container ``tag``: the share of query words a document holds.
+        ``documents``: a memory result in Supermemory's own words gives its document's metadata."""
         words = _words(query)
         scored = []
         for doc in self.documents.values():
@@ -251,6 +255,8 @@ class FakeSupermemory(RecordingServer):
             if doc.container_tag == tag and overlap > 0 and overlap >= threshold:
                 scored.append((overlap, doc))
         scored.sort(key=lambda pair: pair[0], reverse=True)
+        if self.own_words and not self.chunk_results:
+            return [self._fact(score, doc, documents) for score, doc in scored[:limit]]
         kind = "chunk" if self.chunk_results else "memory"
         return [
             {
@@ -264,10 +270,27 @@ class FakeSupermemory(RecordingServer):
             for score, doc in scored[:limit]
         ]
 
+    @staticmethod
+    def _fact(score: float, doc: Document, documents: bool) -> dict[str, Any]:
+        """The memory Supermemory writes from ``doc``: what it says, in other words than the document's."""
+        fact = doc.content.replace("User: ", "In an earlier session the user asked: ").replace("\nAssistant: ", " They were told: ")
+        source = {"id": doc.id, "createdAt": doc.created_at, "updatedAt": doc.updated_at}
+        return {
+            "id": f"memory_{doc.id}",
+            "memory": fact,
+            "similarity": round(score, 4),
+            "metadata": {},
+            "updatedAt": doc.updated_at,
+            "version": 1,
+            "documents": [source | {"metadata": doc.metadata} if documents else source],
+        }
+
     def _search(self, data: dict[str, Any]) -> web.Response:
         if not isinstance(data.get("q"), str) or not data["q"]:
             return _error(400, "q is required")
-        hits = self._hits(data.get("containerTag"), data["q"], int(data.get("limit", 10)), data.get("threshold", 0.0))
+        include = data.get("include") if isinstance(data.get("include"), dict) else {}
+        hits = self._hits(data.get("containerTag"), data["q"], int(data.get("limit", 10)), data.get("threshold", 0.0),
+                          include.get("documents") is True)
         return web.json_response({"results": hits, "timing": 1, "total": len(hits)})
 
     def _profile(self, data: dict[str, Any]) -> web.Response:

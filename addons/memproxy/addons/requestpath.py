@@ -47,6 +47,7 @@ from .. import config, jsonbody, protocols
 from ..capture import Turn
 from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
+from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
 from ..protocols.common import find_prompt, unique_calls
 from ..protocols.sse import SSEParser
@@ -376,6 +377,8 @@ class RequestPath:
                 metadata["project"] = route.project
             if conversation:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
+            if key:
+                metadata[PROMPT_KEY] = key  # what a memory written from it names it by (memory.base.Derived)
             decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
@@ -530,7 +533,7 @@ class RequestPath:
         turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
         if turn and self.store.outbox is not None:
             if thread is not None:
-                thread.heard.turn(turn.user, turn.reply)
+                thread.heard.turn(turn.user, turn.reply, turn.key)
             self.store.recall.invalidate(turn.scope)
             self.store.outbox.submit(turn)
 

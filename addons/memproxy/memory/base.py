@@ -20,6 +20,9 @@ class Memory:
     score: float = 0.0  # relevance in [0, 1]; 0 for list()
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0  # unix seconds
+    # The keys (`Prompt.key`) of the turns a backend wrote this memory from in its own words (Derived); () for a
+    # memory it keeps as it was stored, or whose turns it did not name.
+    sources: tuple[str, ...] = ()
 
 
 class StoreError(Exception):
@@ -115,7 +118,21 @@ class MemoryStore(abc.ABC):
 
 
 async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
-    return tuple(recalled(m.content, m.metadata.get("tool"), m.created_at) for m in await memories)
+    found = ((recalled(m.content, m.metadata.get("tool"), m.created_at), m.sources) for m in await memories)
+    return tuple(Derived(text, sources) if sources else text for text, sources in found)
+
+
+class Derived(str):
+    """A recalled memory that a backend wrote from stored turns in its own words (Supermemory's memories), with
+    the keys of those turns' prompts (`keys`): its text is in no conversation, so the echo check asks whether the
+    conversation holds those turns instead."""
+
+    keys: tuple[str, ...]
+
+    def __new__(cls, text: str, keys: tuple[str, ...]) -> Derived:
+        derived = super().__new__(cls, text)
+        derived.keys = keys
+        return derived
 
 
 def recalled(content: str, tool: Any, created_at: float) -> str:
@@ -127,6 +144,7 @@ def recalled(content: str, tool: Any, created_at: float) -> str:
 
 
 USER, ASSISTANT = "User: ", "\nAssistant: "  # how capture.Turn.content writes a turn
+PROMPT_KEY = "prompt_key"  # the metadata that names a stored turn's prompt (`Prompt.key`)
 
 
 def turn_parts(content: str) -> tuple[str, str] | None:

@@ -3,10 +3,12 @@
 API facts this module relies on (Supermemory's API docs and the official supermemory-python SDK):
 - Base URL https://api.supermemory.ai, or a self-hosted server's URL; every call sends
   `Authorization: Bearer <key>`. The SDK reads SUPERMEMORY_API_KEY and SUPERMEMORY_BASE_URL.
-- POST /v4/search {q, containerTag, limit, threshold, searchMode} -> {results, timing, total}.
+- POST /v4/search {q, containerTag, limit, threshold, searchMode, include} -> {results, timing, total}.
   searchMode is "memories" (the API's default), "hybrid" (the docs' recommendation: memories and
-  document chunks) or "documents". A memory result is {id, memory, similarity, metadata, updatedAt},
-  a chunk result {id, chunk, similarity, metadata, updatedAt}; similarity is in [0, 1].
+  document chunks) or "documents". A memory result is {id, memory, similarity, metadata, updatedAt,
+  documents?}, a chunk result {id, chunk, similarity, metadata, updatedAt}; similarity is in [0, 1]. A
+  memory is written by Supermemory from documents; `documents` lists them ({id, createdAt, updatedAt},
+  and their metadata with `include: {documents: true}`).
 - POST /v4/profile {containerTag, q?} -> {profile: {static: [str], dynamic: [str]}, searchResults?}.
 - POST /v3/documents {content, containerTag, customId, metadata} -> {id, status}. Sending a customId
   again updates that document instead of adding one. containerTag and customId: at most 100
@@ -39,7 +41,7 @@ import httpx
 
 from ..config import SUPERMEMORY_URL
 from ..wire import MARK
-from .base import Memory, MemoryStore, StoreError
+from .base import PROMPT_KEY, Memory, MemoryStore, StoreError
 from .near import near_duplicates
 
 T = TypeVar("T")
@@ -154,7 +156,17 @@ def _search_hit(scope: str, result: Any) -> Memory | None:
     score = _score(result.get("similarity"))
     if not isinstance(text, str) or score is None or not isinstance(result.get("id"), str):
         return None
-    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")))
+    sources = _sources(result) if "memory" in result else ()
+    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")), sources)
+
+
+def _sources(result: dict[str, Any]) -> tuple[str, ...]:
+    """The prompt keys of the turns a memory result was written from: of each of its documents, or its own where
+    it names no document; () unless every one names its prompt."""
+    documents = result.get("documents")
+    named = documents if isinstance(documents, list) and documents else [result]
+    keys = [_metadata(item).get(PROMPT_KEY) if isinstance(item, dict) else None for item in named]
+    return tuple(dict.fromkeys(keys)) if all(isinstance(key, str) and key for key in keys) else ()
 
 
 def _document(scope: str, doc: Any) -> Memory | None:
@@ -235,6 +247,7 @@ class SupermemoryStore(MemoryStore):
             "limit": limit,
             "threshold": threshold,
             "searchMode": self.search_mode,
+            "include": {"documents": True},  # whose metadata names the turns a memory was written from
         }
         results = await self._call("POST", "/v4/search", body, expect=("results", list))
         hits = [m for r in results if (m := _search_hit(scope, r)) is not None and m.score >= threshold]

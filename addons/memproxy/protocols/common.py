@@ -259,6 +259,29 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     return Prompt(text, digest.hexdigest(), calls, follows, first or "")
 
 
+def _prompted(text: str) -> bool:
+    """Whether `clean_query` leaves anything of `text`: without a tag, whether it holds more than whitespace."""
+    if "<" not in text and len(text) <= SCAN_HEAD + SCAN_TAIL:
+        return bool(text) and not text.isspace()
+    return bool(clean_query(text))
+
+
+def answered_keys(entries: Sequence[Entry]) -> set[str]:
+    """The keys (as `find_prompt` gives them) of the conversation's prompts that an assistant message follows:
+    those whose turn the conversation holds, answer (or a step of it) included."""
+    keys: set[str] = set()
+    digest, key = hashlib.blake2b(digest_size=16), ""
+    for entry in entries:
+        if entry.role == "user" and entry.text:
+            digest.update(entry.text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+            key = digest.hexdigest() if _prompted(entry.text) else key
+        elif entry.role == "assistant" and key:
+            keys.add(key)
+            key = ""
+    return keys
+
+
 def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
     """Tool names, each once, first seen first, at most MAX_CALLS of them, each clipped."""
     seen: dict[str, None] = {}
