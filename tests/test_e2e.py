@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MITMDUMP, ROOT, free_port, memproxy_client
-from e2e_helpers import MEMORY_TAG, claude_body, claude_headers, memories, seed, wait_memories
+from conftest import CODEX_HEADERS, MITMDUMP, ROOT, free_port, memproxy_client
+from e2e_helpers import MEMORY_TAG, claude_body, claude_headers, memories, seed, wait_memories, wait_until
 from fakes import codex_request
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +139,30 @@ def test_a_codex_session_keeps_its_project_on_its_websocket(mitmdump, upstream, 
     *_, third = [m for rec in upstream.requests for m in rec.ws_messages]
     assert "deploys to fly.io" not in json.dumps(third["input"])
     assert len(wait_memories(db, "codex")) == 1 and len(memories(db, "project:shop")) == 3
+
+
+def test_a_codex_session_that_falls_back_to_http_keeps_one_memory_per_prompt(mitmdump, upstream, ws_responses_client, http_client, db):
+    """Codex falls back to HTTP when its WebSocket fails, and then sends the whole conversation in each request.
+    A prompt its WebSocket sent after another (only what was new) is keyed as the whole conversation keys it, so a
+    step or a retry of that prompt over HTTP updates its one memory."""
+    proc = start(mitmdump, upstream, db)
+    first = codex_request("Hello shop", cwd="/home/dev/shop")
+    later = codex_request("Where does the shop deploy to?")
+    later["input"], later["previous_response_id"] = later["input"][1:], "resp_1"
+    upstream.reply = "To fly.io."
+    ws_responses_client(proc, first, later, via="proxy")
+    assert sorted(wait_memories(db, "project:shop", 2)) == [
+        "User: Hello shop\nAssistant: To fly.io.", "User: Where does the shop deploy to?\nAssistant: To fly.io."]
+
+    answer = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "To fly.io."}]}
+    body = {k: v for k, v in first.items() if k != "type"} | {"input": [*first["input"], answer, *later["input"]]}
+    upstream.reply = "To fly.io, from the main branch."
+    with http_client(proc) as client:
+        headers = {**CODEX_HEADERS, "user-agent": "codex_exec/0.169.0 (Linux; x86_64)"}
+        assert client.post("/v1/responses", json=body, headers=headers).status_code == 200
+    assert wait_until(lambda: "from the main branch" in json.dumps(memories(db, "project:shop"))), proc.log_text()
+    assert sorted(memories(db, "project:shop")) == [
+        "User: Hello shop\nAssistant: To fly.io.", "User: Where does the shop deploy to?\nAssistant: To fly.io, from the main branch."]
 
 
 def test_gemini_stream_recall_and_capture(mitmdump, upstream, http_client, db):

@@ -4,6 +4,7 @@ only adds, the cached prefix survives injection, and framing respects its cap.""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import unicodedata
@@ -15,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.protocols import ADAPTERS, frame_context, strip_memory_blocks
-from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter
-from memproxy.protocols.common import BOILERPLATE_TAGS, _prompted, clean_query, visible
+from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter, Entry
+from memproxy.protocols.common import BOILERPLATE_TAGS, _prompted, carry, clean_query, find_prompt, visible
 from memproxy.protocols.sse import SSEParser
 from test_protocols import (
     CLOSING,
@@ -312,3 +313,25 @@ def test_sse_parser_any_chunking(events: list[tuple[str | None, list[str]]], new
 def test_a_message_holds_a_prompt_exactly_where_clean_query_leaves_something(text: str) -> None:
     """answered_keys's shortcut for a message without a tag agrees with clean_query."""
     assert _prompted(text) == bool(clean_query(text))
+
+
+ENTRY_TEXTS = st.sampled_from(["", "  ", "Which files?", "<system-reminder>Today.</system-reminder>", "And tests?",
+                               "<environment_context><cwd>/w</cwd></environment_context>", "\ud800"])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant", "tool"]), ENTRY_TEXTS), max_size=12),
+       st.lists(st.integers(0, 12), max_size=4))
+def test_a_conversation_sent_in_parts_keys_its_prompts_as_the_whole_does(turns: list[tuple[str, str]], cuts: list[int]) -> None:
+    """`carry`: what a WebSocket or a chain of replies keys its prompts with, each message carrying what is new."""
+    entries = [Entry(role, text) for role, text in turns]
+    ends = sorted({min(c, len(entries)) for c in cuts} | {len(entries)})
+    digest, start = hashlib.blake2b(digest_size=16), 0
+    for end in ends:
+        key = carry(digest, entries[start:end])
+        whole = find_prompt(entries[:end])
+        if key:
+            assert key == whole.key
+        else:
+            assert not any(e.role == "user" and clean_query(e.text) for e in entries[start:end])
+        start = end

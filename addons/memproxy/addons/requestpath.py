@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
 from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
-from ..protocols.common import find_prompt, unique_calls
+from ..protocols.common import carry, find_prompt, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
@@ -132,21 +132,23 @@ class Thread:
     messages carry only what is new)."""
 
     raw: str = ""  # the current prompt's key as its message gave it
-    key: str = ""  # that key chained to the keys of the connection's earlier prompts
+    key: str = ""  # its key in the whole conversation, as if one request carried it all (`carry`)
     user: str = ""
     calls: tuple[str, ...] = ()
     heard: Heard = field(default_factory=Heard)
     conversation: str = ""  # named by the connection's first prompt
+    digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))  # of the user texts carried
 
-    def answers(self, prompt: Prompt) -> tuple[str, str, tuple[str, ...]]:
-        """The user text, key and calls of the prompt a message answers: its own (a retry of the current one
-        keeps its key), or, for a message of only tool outputs, the current one's."""
+    def answers(self, prompt: Prompt, entries: Sequence[Entry]) -> tuple[str, str, tuple[str, ...]]:
+        """The user text, key and calls of the prompt a message (`entries`) answers: its own (a retry of the
+        current one keeps its key), or, for a message of only tool outputs, the current one's. A prompt's key is
+        the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
+        if prompt.text and prompt.key == self.raw:
+            return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
+        key = carry(self.digest, entries)
         if prompt.text:
             self.conversation = self.conversation or prompt.conversation
-            if prompt.key != self.raw:
-                chained = hashlib.blake2b(f"{self.key}\0{prompt.key}".encode(), digest_size=16).hexdigest()
-                self.key = chained if self.key else prompt.key
-                self.raw, self.user, self.calls = prompt.key, prompt.text, ()
+            self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()
         elif not (prompt.follows and self.key):
             return "", "", prompt.calls
         return self.user, self.key, unique_calls(self.calls + prompt.calls)
@@ -356,7 +358,7 @@ class RequestPath:
         user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
         previous = adapter.continues(body)
         if (thread := self._thread(flow, previous, route.scope)) is not None:
-            user, key, calls = thread.answers(prompt)
+            user, key, calls = thread.answers(prompt, entries)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name

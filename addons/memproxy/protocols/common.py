@@ -266,6 +266,19 @@ def _prompted(text: str) -> bool:
     return bool(clean_query(text))
 
 
+def carry(digest: Any, entries: Sequence[Entry]) -> str:
+    """Feed the texts of the user messages of `entries` to `digest` (a blake2b of digest_size 16, as `find_prompt`
+    keys a prompt) and give the key of the last prompt among them ("" for none): a conversation sent in parts,
+    each carried once, keys its prompts as `find_prompt` keys them in the whole."""
+    key = ""
+    for entry in entries:
+        if entry.role == "user" and entry.text:
+            digest.update(entry.text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+            key = digest.hexdigest() if _prompted(entry.text) else key
+    return key
+
+
 def answered_keys(entries: Sequence[Entry]) -> set[str]:
     """The keys (as `find_prompt` gives them) of the conversation's prompts that an assistant message follows:
     those whose turn the conversation holds, answer (or a step of it) included."""
