@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from conftest import SUPERMEMORY_KEY, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, seed, wait_until
+from e2e_helpers import MEMORY_TAG, isolated_env, seed, seed_store, wait_until
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, ToolCall
 from fakes.supermemory import FakeSupermemory
 from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
+from memproxy.memory.supermemory import SupermemoryStore, container_tag
 from memproxy.scrub import scrub
 from secret_corpus import fakes
 from test_e2e_clients import answer_classifier, gemini, gemini_calls
@@ -339,6 +340,52 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     again = codex_turns(upstream)
     assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
     assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
+
+
+REPORT = "The sub-agent found a.py, b.py and c.py."
+
+
+def test_a_codex_sub_agent_recalls_its_project_and_stores_nothing(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Codex's spawn_agent runs a sub-agent on a WebSocket of its own that says `x-openai-subagent: collab_spawn`.
+    It inherits the parent's conversation, the user's prompt included, and its task comes from the main agent:
+    it is given the project's memories, and nothing it says is ever stored as the answer to that prompt."""
+    known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
+    with FakeSupermemory(SUPERMEMORY_KEY) as fake:  # it keeps every write, so a report stored for a while shows
+        backend = Backend("supermemory", tmp_path, fake)
+        proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+        home, project = tmp_path / "home", tmp_path / "shop"
+        seed_store(SupermemoryStore(SUPERMEMORY_KEY, fake.url), "project:shop", known)
+        spawn = ToolCall("spawn_agent", {"task_name": "list_files", "message": TASK}, namespace="collaboration")
+        wait = ToolCall("wait_agent", {"timeout_ms": 20000}, "Waiting for it.", "call_fake2", "collaboration")
+        called: list[str] = []
+
+        def call(data: Any) -> ToolCall | None:
+            """The main agent spawns the sub-agent (in its first request that offers that), then waits for it."""
+            if not called and _offers_spawn(data):
+                called.append("spawn")
+                return spawn
+            if called == ["spawn"] and spawn.id in json.dumps(data.get("input")):
+                called.append("wait")
+                return wait
+            return None
+
+        upstream.tool_call, upstream.calls_after_results = call, True
+        upstream.reply_for = lambda rec: REPORT if rec.headers.get("x-openai-subagent") else FINAL
+
+        assert FINAL in codex(proc, project, home, PROMPT)
+        sub = [m for r in upstream.requests if r.headers.get("x-openai-subagent") == "collab_spawn" for m in r.ws_messages
+               if m.get("type") == "response.create" and m.get("generate") is not False]
+        assert sub and MEMORY_TAG in json.dumps(sub[0]) and "git ls-files" in json.dumps(sub[0]), proc.log_text()
+        wait_until(lambda: any(FINAL in content for content, _ in backend.stored("project:shop")))
+        writes = [r.json for r in fake.requests if r.path.startswith("/v3/documents") and isinstance(r.json, dict)]
+        assert writes and not any(REPORT in json.dumps(w) for w in writes), proc.log_text()
+        assert {w["containerTag"] for w in writes if "content" in w} == {container_tag("project:shop")}
+        assert sorted(c for c, _ in backend.stored("project:shop")) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
+
+
+def _offers_spawn(data: Any) -> bool:
+    """Whether a Codex request offers spawn_agent (in its `collaboration` namespace, in an additional_tools item)."""
+    return "spawn_agent" in json.dumps([i for i in data.get("input") or () if isinstance(i, dict) and i.get("type") == "additional_tools"])
 
 
 # -- Chat Completions with the openai SDK ----------------------------------------------------------------------------

@@ -208,7 +208,7 @@ OPENCODE_SYSTEM = (
     "  Platform: linux\n</env>"
 )
 
-RECALL_ONLY = {f"{client}-subagent{kind}" for client in ("claude-code", "gemini-cli", "qwen-code", "opencode")
+RECALL_ONLY = {f"{client}-subagent{kind}" for client in ("claude-code", "gemini-cli", "qwen-code", "opencode", "codex")
                for kind in ("", "-other", "-messages", "-responses")}
 QWEN_SUBAGENT = "You are a general-purpose subagent working for a parent agent. Complete only the assigned task."
 
@@ -256,6 +256,14 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
         {"turn_id": "t1", "workspaces": {"/home/u/httpproj": {"latest_git_commit_hash": "abc"}}})}),
      "project:httpproj", "codex-http", False),
     ("codex no cwd", codex([CODEX_PROMPT]), "codex", "codex-other", False),
+    # Codex 0.169.0's spawn_agent: the sub-agent's connection says `x-openai-subagent: collab_spawn`.
+    ("codex sub-agent", codex([CODEX_ENV, CODEX_PROMPT], **{"x-openai-subagent": "collab_spawn",
+     "x-codex-parent-thread-id": "0199a"}), "project:proj", "codex-subagent", False),
+    ("codex review", codex([CODEX_PROMPT], **{"x-openai-subagent": "review"}), "codex", "codex-subagent-other", False),
+    ("codex compaction", codex([CODEX_ENV, CODEX_PROMPT], **{"x-openai-subagent": "compact"}), "default",
+     "codex-housekeeping", True),
+    ("codex memory consolidation", codex([CODEX_PROMPT], **{"x-openai-subagent": "memory_consolidation"}), "default",
+     "codex-housekeeping", True),
     ("gemini classifier", gemini("generateContent", "Classify: hello"), "default", "gemini-classifier", True),
     ("gemini", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT), "project:gproj", "gemini-cli", False),
     ("gemini no workspace", gemini("streamGenerateContent?alt=sse", "hello"), "gemini-cli",

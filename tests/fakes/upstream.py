@@ -55,6 +55,7 @@ class ToolCall:
     arguments: dict[str, Any]
     text: str = "I will run a shell command first."
     id: str = "call_fake1"
+    namespace: str = ""  # the Responses namespace the tool is offered in (Codex's `collaboration`), if any
 
 
 def answers_tool(data: Any) -> bool:
@@ -121,7 +122,7 @@ def _responses_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
     message = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
                "content": [{"type": "output_text", "text": call.text, "annotations": []}]}
     function = {"id": "fc_fake", "type": "function_call", "status": "completed", "call_id": call.id, "name": call.name,
-                "arguments": json.dumps(call.arguments)}
+                "arguments": json.dumps(call.arguments), **({"namespace": call.namespace} if call.namespace else {})}
     response = {"id": "resp_fake_call", "object": "response", "created_at": CREATED, "status": "in_progress", "model": model,
                 "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
                 "incomplete_details": None}
@@ -349,7 +350,8 @@ class FakeUpstream(RecordingServer):
     Content-Encoding not undone. ``tool_call`` (a function of the request's
     parsed body giving a ``ToolCall`` or None) makes a tool loop: a request
     that does not end with a tool's result is answered with that call, and
-    the one that does with the reply.
+    the one that does with the reply; with ``calls_after_results``, every request
+    is asked (a loop of several calls), and None means the reply.
     """
 
     thread_name = "fake-upstream"
@@ -360,6 +362,7 @@ class FakeUpstream(RecordingServer):
         self.reply = DEFAULT_REPLY
         self.reply_for: Callable[[Recorded], str] | None = None
         self.tool_call: Callable[[Any], ToolCall | None] | None = None
+        self.calls_after_results = False
         self.chunks = 5
         self.chunk_delay = 0.0
         self.lockstep = False
@@ -509,14 +512,15 @@ class FakeUpstream(RecordingServer):
             if generate and (call := self._call(data)) is not None:
                 events, _ = _responses_call(model, call)
             else:
-                events, _ = _responses(model, split(self.reply, self.chunks), generate=generate)
+                text = self.reply_for(rec) if self.reply_for else self.reply
+                events, _ = _responses(model, split(text, self.chunks), generate=generate)
             if not await self._play(events, lambda e: ws.send_json(e.data), request):
                 break
         return ws
 
     def _call(self, data: Any) -> ToolCall | None:
         """The tool call to answer `data` with: none once the request carries a tool's result."""
-        if self.tool_call is None or answers_tool(data):
+        if self.tool_call is None or (answers_tool(data) and not self.calls_after_results):
             return None
         return self.tool_call(data)
 
