@@ -90,7 +90,7 @@ class Heard:
         self.answers: list[str] = []
         self.chars = 0  # of the texts a thread keeps (`extend`, `turn`)
         self._joined: tuple[str, frozenset[str], str, frozenset[str]] | None = None
-        self._keys: dict[str, None] = {}  # of the turns it holds (`keys`), the latest MAX_TURNS a thread went through
+        self._keys: dict[str, None] = {}  # of the turns it holds (`holds_turns`); a thread's, the latest MAX_TURNS
         self._entries: Sequence[Entry] = ()  # whose answered prompts' keys are not read yet
 
     @classmethod
@@ -109,8 +109,7 @@ class Heard:
         KEPT characters, and the keys of its answered prompts (read now: a thread keeps no message)."""
         self._keep(self.users, (text[:KEPT] for text in other.users))
         self._keep(self.answers, (text[:KEPT] for text in other.answers))
-        other.holds_turns(())
-        self._name(other._keys)
+        self._name(other._read_keys())
 
     def turn(self, user: str, answer: str, key: str = "") -> None:
         """A prompt and its answer this conversation went through (one the request may no longer carry), and the
@@ -126,12 +125,15 @@ class Heard:
             del self._keys[next(iter(self._keys))]
 
     def holds_turns(self, keys: Sequence[str]) -> bool:
-        """Whether it holds the turns of the prompts `keys` names, answers included (their keys are read from its
-        messages once asked)."""
+        """Whether it holds the turns of the prompts `keys` names, answers included."""
+        return bool(keys) and all(key in self._read_keys() for key in keys)
+
+    def _read_keys(self) -> dict[str, None]:
+        """The keys of the turns it holds, read from its messages the first time they are asked for."""
         if self._entries:
             self._name(answered_keys(self._entries))
             self._entries = ()
-        return bool(keys) and all(key in self._keys for key in keys)
+        return self._keys
 
     def _keep(self, side: list[str], texts: Iterable[str]) -> None:
         for text in texts:

@@ -285,13 +285,11 @@ def answered_keys(entries: Sequence[Entry]) -> set[str]:
     keys: set[str] = set()
     digest, key = hashlib.blake2b(digest_size=16), ""
     for entry in entries:
-        if entry.role == "user" and entry.text:
-            digest.update(entry.text.encode("utf-8", "surrogatepass"))
-            digest.update(b"\0")
-            key = digest.hexdigest() if _prompted(entry.text) else key
-        elif entry.role == "assistant" and key:
+        if entry.role == "assistant" and key:
             keys.add(key)
             key = ""
+        else:
+            key = carry(digest, (entry,)) or key
     return keys
 
 
