@@ -133,7 +133,8 @@ class Recall:
 
     It answers with the memories' contents only, a tuple of strings: what injection uses, and what the
     collector stops tracking, so a full cache of them (as when every request brings a fresh query) adds nothing
-    to the walk of each full collection. The cache is keyed by a digest of the query, which is clipped
+    to the walk of each full collection. A memory Supermemory wrote in its own words also names the turns it was
+    written from (memory.base.Derived), for the echo check. The cache is keyed by a digest of the query, which is clipped
     first (clip_query): an entry's size does not depend on what a client sent.
 
     The breaker opens on the backend's failures, not on a client's input:
