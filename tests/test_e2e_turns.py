@@ -200,6 +200,7 @@ class Subagents:
     flags: tuple[str, ...]
     is_subagent: Callable[[Any], bool]
     catch_all: str
+    files: tuple[tuple[str, str], ...] = ()  # (path, text) written into the project first: an agent of its own
 
 
 def chat_cli(run: Callable[..., str]) -> Cli:
@@ -225,6 +226,12 @@ SUBAGENTS = {
     "qwen": Subagents(
         chat_cli(qwen), ToolCall("agent", {"description": "List the files", "prompt": TASK, "subagent_type": "general-purpose"}),
         (), lambda data: "working for a parent agent" in first_message(data), "qwen-code"),
+    # An agent of the project's own (.qwen/agents): Qwen Code adds its rules for an agent on its own to its prompt.
+    "qwen-custom": Subagents(
+        chat_cli(qwen), ToolCall("agent", {"description": "List the files", "prompt": TASK, "subagent_type": "file-lister"}),
+        (), lambda data: first_message(data).startswith('{"role": "system", "content": "You list files.'), "qwen-code",
+        ((".qwen/agents/file-lister.md", "---\nname: file-lister\ndescription: Lists the files of a repository.\n---\n\n"
+          "You list files. Report their names only.\n"),)),
     # opencode's subagent is offered every tool but `task`.
     "opencode": Subagents(
         chat_cli(opencode), ToolCall("task", {"description": "List the files", "prompt": TASK, "subagent_type": "general"}),
@@ -242,6 +249,9 @@ def test_a_subagent_recalls_its_project_and_stores_nothing(
     backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     known = "User: How are the files of the repository listed?\nAssistant: With git ls-files."
     seed(backend.db, "project:shop", known)
+    for path, text in agents.files:
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text(text)
     called: list[Any] = []
 
     def call(data: Any) -> ToolCall | None:

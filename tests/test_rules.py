@@ -211,6 +211,10 @@ OPENCODE_SYSTEM = (
 RECALL_ONLY = {f"{client}-subagent{kind}" for client in ("claude-code", "gemini-cli", "qwen-code", "opencode", "codex")
                for kind in ("", "-other", "-messages", "-responses")}
 QWEN_SUBAGENT = "You are a general-purpose subagent working for a parent agent. Complete only the assigned task."
+# An agent of .qwen/agents, as Qwen Code 0.24.4 sends it: its prompt, then Qwen Code's rules for an agent on its own.
+QWEN_CUSTOM = ("You list files. Report their names only.\n\nImportant Rules:\n - You operate in non-interactive mode: do not ask"
+               " the user questions; proceed with available context.\n - Use tools only when necessary to obtain facts or make"
+               " changes.\n\n---\n\n# auto memory")
 
 
 def opencode_subagent(path: str, body: dict) -> RequestView:
@@ -305,6 +309,12 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
      "qwen-code-subagent", False),
     ("qwen subagent no cwd", chat(QWEN_UA, [{"role": "system", "content": QWEN_SUBAGENT}, *HELLO]), "qwen-code",
      "qwen-code-subagent-other", False),
+    ("qwen custom subagent", chat(QWEN_UA, [{"role": "system", "content": QWEN_CUSTOM}, QWEN_START]), "project:qproj",
+     "qwen-code-subagent", False),
+    ("qwen custom subagent no cwd", chat(QWEN_UA, [{"role": "system", "content": QWEN_CUSTOM}, *HELLO]), "qwen-code",
+     "qwen-code-subagent-other", False),
+    ("qwen rules quoted later", chat(QWEN_UA, [{"role": "system", "content": "You are Qwen Code."},
+     {"role": "user", "content": QWEN_CUSTOM}, QWEN_START]), "project:qproj", "qwen-code", False),
     ("jetbrains", chat("OpenAIClientImpl/Java unknown", HELLO), "jetbrains", "jetbrains", False),
     ("jetbrains per port", chat("OpenAIClientImpl/Java unknown", HELLO, port=8101, project="/home/u/shop"),
      "project:shop", "jetbrains-project", False),
