@@ -18,12 +18,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MitmdumpProc
-from e2e_helpers import MEMORY_TAG, installed_client, isolated_env, memories, run_client, wait_memories, wait_until
+from e2e_helpers import (
+    MEMORY_TAG,
+    installed_client,
+    isolated_env,
+    memories,
+    run_client,
+    seed,
+    wait_memories,
+    wait_until,
+)
 from fakes import FakeUpstream
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +74,7 @@ def qwen(proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str
     return run_client(proc, project, [str(installed_client("qwen")), *flags, "-p", prompt, "-y"], env, wrap=wrap).strip()
 
 
-def opencode_config(home: Path, base_url: str) -> None:
+def opencode_config(home: Path, base_url: str, context: int | None = None) -> None:
     """opencode's global config in `home`: one provider on `base_url` through the Chat Completions SDK opencode
     bundles (`@ai-sdk/openai-compatible`, so nothing is installed for it), its model the default.
 
@@ -80,18 +90,21 @@ def opencode_config(home: Path, base_url: str) -> None:
         "npm": "@ai-sdk/openai-compatible",
         "name": "OpenAI-compatible",
         "options": {"baseURL": base_url, "apiKey": "{env:OPENAI_API_KEY}"},
-        "models": {"gpt-4o-mini": {"name": "gpt-4o-mini"}},
+        "models": {"gpt-4o-mini": {"name": "gpt-4o-mini",
+                                   **({"limit": {"context": context, "output": 1000}} if context else {})}},
     }
     settings = {"autoupdate": False, "share": "disabled", "provider": {"upstream": provider}, "model": "upstream/gpt-4o-mini"}
     (config / "opencode.json").write_text(json.dumps(settings))
 
 
 def opencode(
-    proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str, wrap: bool = False, base_url: str = OPENAI_V1
+    proc: MitmdumpProc, project: Path, prompt: str, home: Path, *flags: str, wrap: bool = False, base_url: str = OPENAI_V1,
+    context: int | None = None,
 ) -> str:
-    """`opencode run [flags] prompt` with `opencode_config`; by hand it honours HTTPS_PROXY with NODE_EXTRA_CA_CERTS. opencode
-    takes its directory from $PWD, which run_client sets. It quotes a message holding spaces ("…") in the request."""
-    opencode_config(home, base_url)
+    """`opencode run [flags] prompt` with `opencode_config` (`context`: the model's context window, in tokens); by hand
+    it honours HTTPS_PROXY with NODE_EXTRA_CA_CERTS. opencode takes its directory from $PWD, which run_client sets. It
+    quotes a message holding spaces ("…") in the request."""
+    opencode_config(home, base_url, context)
     env = isolated_env(home) | OPENCODE_OFFLINE | {"OPENAI_API_KEY": OPENCODE_KEY}
     if not wrap:
         env |= {"HTTPS_PROXY": proc.proxy_url, "NODE_EXTRA_CA_CERTS": str(proc.ca_path)}
@@ -297,6 +310,41 @@ def test_opencode_remembers_per_project(mitmdump, upstream: FakeUpstream, tmp_pa
     assert not any("Generate a title" in content for _, content, _ in kept)
     assert "beta service" not in json.dumps(memories(db, "project:alpha"))
     assert OPENCODE_KEY not in json.dumps(kept) + proc.log_text()
+
+
+def test_opencode_compacting_its_conversation_stores_neither_the_summary_nor_what_goes_on_from_it(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """opencode compacts a conversation that outgrows its model's context: its summarization agent gets the
+    conversation, then the conversation goes on from the summary with messages opencode writes itself ("What did
+    we do so far?", the summary, "Continue if you have next steps…"). None of that is a prompt of the user's."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, project = tmp_path / "home", git_repo(tmp_path / "shop")
+    seed(db, "opencode", "User: Which files are in the repository?\nAssistant: An answer of another project.")
+    reported: list[int] = []
+
+    def tokens(data: Any) -> int:
+        """The first answer of the main agent says its context is nearly full."""
+        big = 7000 not in reported and isinstance(data, dict) and bool(data.get("tools"))
+        reported.append(7000 if big else 100)
+        return reported[-1]
+
+    upstream.prompt_tokens = tokens
+    upstream.reply = "The repository holds three files."
+    assert opencode(proc, project, "Which files are in the repository?", home, context=8000).endswith(upstream.reply)
+    calls = chat_calls(upstream)
+    summarizing = [c for c in calls if text_of(c["messages"][0]).startswith("You are a context summarization agent")]
+    assert summarizing and all(MEMORY_TAG not in json.dumps(c) for c in summarizing), proc.log_text()
+    went_on = [c for c in calls if "Continue if you have next steps" in text_of(c["messages"][-1])]
+    assert went_on, [text_of(c["messages"][-1])[:80] for c in calls]
+    assert wait_until(lambda: wait_memories(db, "project:shop") != [])
+    time.sleep(1.5)  # a later capture has landed by now, if any came
+    kept = every_memory(db)
+    assert sorted((scope, content) for scope, content, _ in kept) == [
+        ("opencode", "User: Which files are in the repository?\nAssistant: An answer of another project."),
+        ("project:shop", 'User: "Which files are in the repository?"\nAssistant: The repository holds three files.'),
+    ], kept
 
 
 @pytest.mark.parametrize("tool", ["qwen", "opencode"])

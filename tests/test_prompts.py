@@ -150,6 +150,17 @@ def test_the_prompts_a_conversation_holds_answered_are_named_by_the_keys_their_t
     assert answered_keys(adapter.conversation(build(LOOP[0]))) == set()
 
 
+def test_what_a_client_writes_to_go_on_after_compacting_is_no_prompt_until_the_user_writes(fmt: Any) -> None:
+    """opencode goes on from a compacted conversation's summary with messages of its own."""
+    adapter, build = fmt
+    going_on = [("user", "What did we do so far?"), ("assistant", "Summary: three files.", None),
+                ("user", "Continue if you have next steps, or stop and ask for clarification if you are unsure how to proceed.")]
+    assert adapter.prompt(build(going_on)).text == ""
+    assert adapter.prompt(build([*going_on, ("assistant", STEP, "shell"), ("result", "a.py")])).text == ""
+    later = adapter.prompt(build([*going_on, ("assistant", "Done.", None), ("user", "And hidden files?")]))
+    assert later.text == "And hidden files?" and later.key
+
+
 def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:
     adapter, build = fmt
     prompt = adapter.prompt(build([("result", "a.py")]))

@@ -254,6 +254,16 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
         method="POST", path="/v1/responses", headers={"User-Agent": "opencode/1.18.33 ai-sdk/openai/2.0"},
         body={"input": [{"role": "system", "content": "You are a title generator. Output only the title."},
                         {"role": "user", "content": "hello"}]}), "default", "title-generation-responses", True),
+    # opencode 1.18.33's summarization agent, when it compacts a conversation; Claude Code's fallback prompt.
+    ("opencode compaction", chat("opencode/1.18.33 ai-sdk/provider-utils/4.0.23", [
+        {"role": "system", "content": "You are a context summarization agent. You are given a conversation."}, *HELLO]),
+     "default", "compaction-chat", True),
+    ("compaction (anthropic)", req(method="POST", path="/v1/messages", headers={"User-Agent": "claude-cli/2.1.197 (external, cli)"},
+     body={"system": [{"type": "text", "text": "You are a helpful AI assistant tasked with summarizing conversations."}],
+           "messages": HELLO}), "default", "compaction", True),
+    ("compaction (responses)", req(method="POST", path="/v1/responses", headers={"User-Agent": "opencode/1.18.33 ai-sdk/openai/2.0"},
+     body={"input": [{"role": "system", "content": "You are a context summarization agent."}, {"role": "user", "content": "hi"}]}),
+     "default", "compaction-responses", True),
     ("codex prewarm", codex([], generate=False), "default", "codex-prewarm", True),
     ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "project:proj", "codex", False),
     ("codex http", codex([CODEX_PROMPT], **{"x-codex-turn-metadata": json.dumps(

@@ -352,6 +352,8 @@ class FakeUpstream(RecordingServer):
     that does not end with a tool's result is answered with that call, and
     the one that does with the reply; with ``calls_after_results``, every request
     is asked (a loop of several calls), and None means the reply.
+    ``prompt_tokens`` (a function of the request's parsed body) makes a streamed
+    Chat Completions reply end with a usage chunk reporting that many prompt tokens.
     """
 
     thread_name = "fake-upstream"
@@ -363,6 +365,7 @@ class FakeUpstream(RecordingServer):
         self.reply_for: Callable[[Recorded], str] | None = None
         self.tool_call: Callable[[Any], ToolCall | None] | None = None
         self.calls_after_results = False
+        self.prompt_tokens: Callable[[Any], int] | None = None
         self.chunks = 5
         self.chunk_delay = 0.0
         self.lockstep = False
@@ -449,6 +452,11 @@ class FakeUpstream(RecordingServer):
             events, reply = api.call(model, call)
         else:
             events, reply = api.build(model, split(text, self.chunks))
+        if api is CHAT and stream and self.prompt_tokens is not None:  # the usage chunk, as include_usage asks
+            tokens = self.prompt_tokens(data)
+            usage = {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}
+            events.insert(-1, Event({"id": "chatcmpl-fake", "created": CREATED, "model": model,
+                                     "object": "chat.completion.chunk", "choices": [], "usage": usage}))
         if not stream:
             return self._json(rec, reply)
         if api is GEMINI and request.query.get("alt") != "sse":  # streamGenerateContent without SSE: a JSON array

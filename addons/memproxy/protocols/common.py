@@ -26,6 +26,11 @@ LAYER_NOTES = {"user": " (your preferences in every project)"}
 # Gemini CLI's environment preambles, and the notice a background subagent's end puts into the conversation as
 # a user message (Qwen Code, Claude Code): no prompt of the user's.
 BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification")
+# User messages a client writes itself to go on after compacting a conversation (opencode): no prompt of the
+# user's, and the messages before them (the summary) are none either, until the user writes again.
+CONTINUATIONS = frozenset({
+    "Continue if you have next steps, or stop and ask for clarification if you are unsure how to proceed.",
+})
 # Query text is read from at most this many characters at the start and at the end of a message: a
 # search uses a few dozen of its words, and a pasted log of megabytes would otherwise be cleaned in full
 # on the event loop. A boilerplate block that the cut runs through is dropped all the same (Blocks.strip).
@@ -241,6 +246,8 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     at, text = len(entries), ""
     for i in range(len(entries) - 1, -1, -1):
         entry = entries[i]
+        if entry.role == "user" and entry.text and entry.text.strip() in CONTINUATIONS:
+            break
         if entry.role == "user" and entry.text and (text := clean_query(entry.text)):
             at = i
             break
