@@ -197,10 +197,14 @@ def test_the_same_first_prompt_in_another_conversation_is_another_turn_once_it_g
 def test_a_thread_holds_the_turns_it_went_through_and_those_its_messages_carried() -> None:
     """A WebSocket's or a chain's later messages carry only what is new: the thread names the turns it stored,
     and the answered prompts of what each message carried."""
-    thread = Heard()
-    thread.extend(Heard.of(CONVERSATION))  # a resumed session's first message: its whole history
+    from memproxy.addons.requestpath import Thread
+
+    messages = Thread()
+    for message in (CONVERSATION, [Entry("tool", "", (), True)]):  # a resumed session's whole history, then a step
+        messages.answers(find_prompt(message), message)
+        messages.heard.extend(Heard.of(message))  # as the request path does
+    thread = messages.heard
     assert thread.holds(Derived("x", (key(*CONVERSATION[:1]),)))
-    thread.extend(Heard.of([Entry("tool", "", (), True)]))
     thread.turn("Which one is the largest?", "b.py", "chained-key")
     assert thread.holds(Derived("x", ("chained-key",))) and not thread.holds(Derived("x", ("other-key",)))
     for n in range(MAX_TURNS):

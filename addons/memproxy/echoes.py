@@ -106,20 +106,19 @@ class Heard:
 
     def extend(self, other: Heard) -> None:
         """What `other` holds as well, as a thread keeps it: the latest MAX_TURNS texts of each side, their first
-        KEPT characters, and the keys of its answered prompts (read now: a thread keeps no message)."""
+        KEPT characters. The turns its messages hold are named by `hold`, as a thread carries them."""
         self._keep(self.users, (text[:KEPT] for text in other.users))
         self._keep(self.answers, (text[:KEPT] for text in other.answers))
-        self._name(other._read_keys())
 
     def turn(self, user: str, answer: str, key: str = "") -> None:
         """A prompt and its answer this conversation went through (one the request may no longer carry), and the
         prompt's key."""
         self._keep(self.users, (user,))
         self._keep(self.answers, (answer,))
-        self._name((key,) if key else ())
+        self.hold((key,) if key else ())
 
-    def _name(self, keys: Iterable[str]) -> None:
-        """Keys of turns it holds, the latest MAX_TURNS."""
+    def hold(self, keys: Iterable[str]) -> None:
+        """The keys of turns it holds as well, the latest MAX_TURNS."""
         self._keys.update(dict.fromkeys(keys))
         for _ in range(len(self._keys) - MAX_TURNS):
             del self._keys[next(iter(self._keys))]
@@ -131,7 +130,7 @@ class Heard:
     def _read_keys(self) -> dict[str, None]:
         """The keys of the turns it holds, read from its messages the first time they are asked for."""
         if self._entries:
-            self._name(answered_keys(self._entries))
+            self.hold(answered_keys(self._entries))
             self._entries = ()
         return self._keys
 

@@ -145,7 +145,8 @@ class Thread:
         the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
         if prompt.text and prompt.key == self.raw:
             return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
-        key = carry(self.digest, entries)
+        key, answered = carry(self.digest, entries)
+        self.heard.hold(answered)
         if prompt.text:
             self.conversation = self.conversation or prompt.conversation
             self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()

@@ -246,9 +246,11 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     at, text = len(entries), ""
     for i in range(len(entries) - 1, -1, -1):
         entry = entries[i]
-        if entry.role == "user" and entry.text and entry.text.strip() in CONTINUATIONS:
+        if entry.role != "user" or not entry.text:
+            continue
+        if entry.text.strip() in CONTINUATIONS:
             break
-        if entry.role == "user" and entry.text and (text := clean_query(entry.text)):
+        if text := clean_query(entry.text):
             at = i
             break
     after = entries[at + 1 :] if text else entries
@@ -273,31 +275,27 @@ def _prompted(text: str) -> bool:
     return bool(clean_query(text))
 
 
-def carry(digest: Any, entries: Sequence[Entry]) -> str:
+def carry(digest: Any, entries: Sequence[Entry]) -> tuple[str, set[str]]:
     """Feed the texts of the user messages of `entries` to `digest` (a blake2b of digest_size 16, as `find_prompt`
-    keys a prompt) and give the key of the last prompt among them ("" for none): a conversation sent in parts,
+    keys a prompt): the key of the last prompt among them ("" for none), and the keys of those an assistant
+    message follows there (whose turn, answer or a step of it included, they hold). A conversation sent in parts,
     each carried once, keys its prompts as `find_prompt` keys them in the whole."""
-    key = ""
+    key, unanswered, answered = "", "", set()
     for entry in entries:
         if entry.role == "user" and entry.text:
             digest.update(entry.text.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
-            key = digest.hexdigest() if _prompted(entry.text) else key
-    return key
+            if _prompted(entry.text):
+                key = unanswered = digest.hexdigest()
+        elif entry.role == "assistant" and unanswered:
+            answered.add(unanswered)
+            unanswered = ""
+    return key, answered
 
 
 def answered_keys(entries: Sequence[Entry]) -> set[str]:
-    """The keys (as `find_prompt` gives them) of the conversation's prompts that an assistant message follows:
-    those whose turn the conversation holds, answer (or a step of it) included."""
-    keys: set[str] = set()
-    digest, key = hashlib.blake2b(digest_size=16), ""
-    for entry in entries:
-        if entry.role == "assistant" and key:
-            keys.add(key)
-            key = ""
-        else:
-            key = carry(digest, (entry,)) or key
-    return keys
+    """The keys of the conversation's prompts that an assistant message follows (`carry`)."""
+    return carry(hashlib.blake2b(digest_size=16), entries)[1]
 
 
 def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
