@@ -96,13 +96,13 @@ def tool_names(data: Any) -> list[str]:
 # -- Claude Code and Gemini CLI ---------------------------------------------------------------------------------
 
 
-def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str) -> str:
+def claude(proc: MitmdumpProc, project: Path, home: Path, *args: str, env: dict[str, str] | None = None) -> str:
     env = isolated_env(home) | {
         "ANTHROPIC_API_KEY": "sk-ant-fake-e2e-turns",
         "HTTPS_PROXY": proc.proxy_url,
         "NODE_EXTRA_CA_CERTS": str(proc.ca_path),
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    }
+    } | (env or {})
     return run(proc, project, [str(installed("claude")), *args], env, wrap=False).strip()
 
 
@@ -301,6 +301,52 @@ def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubb
     claude(proc, project, home, "-p", "Which files are in the repository?")
     fresh = json.dumps(main_calls(upstream)[0])
     assert MEMORY_TAG in fresh and "[secret: GitHub token]" in fresh and token.value not in fresh
+
+
+# Claude Code compacts a conversation whose reported input nears its threshold: these set the window to its least
+# (100,000 tokens) and the threshold to 1 % of what is left of it (800 tokens), so the fake's report reaches it.
+COMPACT_SOON = {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "100000", "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": "1"}
+SUMMARY = "The user asked which files the repository holds: three."
+
+
+def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_its_instruction(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Claude Code compacts by asking the model, in the conversation itself, for a summary (its instruction is
+    the last user message's last block), then goes on from a user message it writes holding the summary ("This
+    session is being continued from a previous conversation…"). The request for the summary is neither recalled
+    into nor stored, and the user's prompts are stored as they were asked."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    # A memory sharing words with the instruction: recall would give it to the request for the summary.
+    known = "User: Summarize the code patterns of the conversation.\nAssistant: Errors are fixed with full code snippets."
+    seed(backend.db, "project:shop", known)
+    follow_up, answer = "Which of the files in the repository is the largest?", "The largest is the README."
+
+    def summarizing(data: Any) -> bool:
+        return "CRITICAL: Respond with TEXT ONLY" in json.dumps(data.get("messages", [])[-1:])
+
+    upstream.prompt_tokens = lambda data: 5000  # each answer says the context is far past the threshold
+    upstream.reply_for = lambda rec: f"<analysis>…</analysis>\n<summary>{SUMMARY}</summary>" if summarizing(rec.json) else (
+        answer if follow_up in json.dumps(rec.json) else FINAL)
+    call = ToolCall("Bash", {"command": f"printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) else None  # a conversation of two rounds
+    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash") == FINAL
+    backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+
+    upstream.clear()
+    upstream.tool_call = None
+    assert claude(proc, project, home, "-c", "-p", follow_up, env=COMPACT_SOON) == answer
+    calls = main_calls(upstream)
+    forks = [c for c in calls if summarizing(c)]
+    assert forks and all(MEMORY_TAG not in json.dumps(c) for c in forks), proc.log_text()  # auxiliary
+    went_on = [c for c in calls if "This session is being continued from a previous conversation" in json.dumps(c)]
+    assert went_on and SUMMARY in json.dumps(went_on[-1]) and follow_up in json.dumps(went_on[-1])
+    memories = backend.settled("project:shop", f"User: {follow_up}\nAssistant: {answer}")
+    assert sorted(content for content, _ in memories) == sorted([
+        known,
+        f"User: {PROMPT}\nAssistant: {FINAL}",
+        f"User: {follow_up}\nAssistant: {answer}",
+    ]), proc.log_text()
 
 
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------

@@ -161,6 +161,31 @@ def test_what_a_client_writes_to_go_on_after_compacting_is_no_prompt_until_the_u
     assert later.text == "And hidden files?" and later.key
 
 
+def test_the_summary_a_client_goes_on_from_after_compacting_is_no_prompt(fmt: Any) -> None:
+    """Claude Code goes on from a compacted conversation with a user message of its own holding the summary; the
+    steps of the tool loop that compacting cut through follow it."""
+    adapter, build = fmt
+    summary = ("This session is being continued from a previous conversation that ran out of context. The summary"
+               " below covers the earlier portion of the conversation.\n\nSummary:\n1. Primary Request and Intent: the files.")
+    going_on = [("user", f"{REMINDER}\n\n{summary}"), ("assistant", STEP, "shell"), ("result", "a.py")]
+    prompt = adapter.prompt(build(going_on))
+    assert prompt.text == "" and prompt.follows  # a step of no prompt this conversation holds
+    later = adapter.prompt(build([("user", summary), ("assistant", "Done.", None), ("user", "And hidden files?")]))
+    assert later.text == "And hidden files?" and later.key
+    assert adapter.prompt(build([("user", f"Why does Claude Code say: {summary}")])).text  # a user quoting it
+
+
+def test_the_lines_claude_code_writes_when_a_turn_is_cut_off_are_no_prompt(fmt: Any) -> None:
+    """The user stopped a tool call, then asked again (Claude Code joins the two user messages); a session whose
+    turn was cut off resumed, going on with the prompt it was answering."""
+    adapter, build = fmt
+    stopped = [*LOOP[0], ("assistant", STEP, "shell"), ("user", "[Request interrupted by user for tool use]\nAnd hidden files?")]
+    assert adapter.prompt(build(stopped)).text == "And hidden files?"
+    resumed = adapter.prompt(build([*LOOP[2], ("user", "Continue from where you left off.")]))
+    assert (resumed.text, resumed.key) == (PROMPT, adapter.prompt(build(LOOP[0])).key)  # the same memory
+    assert adapter.prompt(build([("user", "[Request interrupted by user]")])).text == ""
+
+
 def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:
     adapter, build = fmt
     prompt = adapter.prompt(build([("result", "a.py")]))

@@ -17,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.protocols import ADAPTERS, frame_context, strip_memory_blocks
 from memproxy.protocols.base import INJECT_STRATEGIES, QUERY_STRATEGIES, Adapter, Entry
-from memproxy.protocols.common import BOILERPLATE_TAGS, _prompted, carry, clean_query, find_prompt, visible
+from memproxy.protocols.common import (
+    BOILERPLATE_TAGS,
+    CLIENT_LINES,
+    _prompted,
+    carry,
+    clean_query,
+    find_prompt,
+    visible,
+)
 from memproxy.protocols.sse import SSEParser
 from test_protocols import (
     CLOSING,
@@ -309,14 +317,15 @@ def test_sse_parser_any_chunking(events: list[tuple[str | None, list[str]]], new
 
 @SETTINGS
 @given(st.lists(st.sampled_from(["a", " ", "\n", "\u200b", "\ud800", "é", "<", ">", "/", "system-reminder",
-                                  "recalled-memories"])).map("".join) | st.text())
+                                  "recalled-memories", *CLIENT_LINES])).map("".join) | st.text())
 def test_a_message_holds_a_prompt_exactly_where_clean_query_leaves_something(text: str) -> None:
     """answered_keys's shortcut for a message without a tag agrees with clean_query."""
     assert _prompted(text) == bool(clean_query(text))
 
 
 ENTRY_TEXTS = st.sampled_from(["", "  ", "Which files?", "<system-reminder>Today.</system-reminder>", "And tests?",
-                               "<environment_context><cwd>/w</cwd></environment_context>", "\ud800"])
+                               "<environment_context><cwd>/w</cwd></environment_context>", "\ud800",
+                               "[Request interrupted by user for tool use]"])
 
 
 @SETTINGS

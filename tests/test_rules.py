@@ -111,8 +111,9 @@ def claude(cwd: str | None = "/tmp/work/myrepo", **headers: str) -> RequestView:
                body=claude_body(cwd), model="claude-sonnet-4-5")
 
 
-def claude_197(cwd: str) -> RequestView:
-    """Claude Code 2.1.197 (`claude -p`, as the real client sent it): the cwd in a top-level system block."""
+def claude_197(cwd: str, *messages: dict) -> RequestView:
+    """Claude Code 2.1.197 (`claude -p`, as the real client sent it): the cwd in a top-level system block; the
+    conversation's messages, if not its one prompt."""
     body = {
         "model": "claude-sonnet-4-5",
         "system": [
@@ -121,7 +122,7 @@ def claude_197(cwd: str) -> RequestView:
             {"type": "text", "text": "# Environment\nYou have been invoked in the following environment: \n"
              f" - Primary working directory: {cwd}\n - Is a git repository: false\n"},
         ],
-        "messages": [
+        "messages": list(messages) or [
             {"role": "user", "content": [{"type": "text", "text": "fix the failing test"}]},
             {"role": "system", "content": "The following deferred tools are now available via ToolSearch."},
         ],
@@ -130,6 +131,18 @@ def claude_197(cwd: str) -> RequestView:
     h = {"User-Agent": "claude-cli/2.1.197 (external, sdk-cli)", "x-app": "cli", "anthropic-beta": "claude-code-20250219"}
     return req(method="POST", host="api.anthropic.com", path="/v1/messages?beta=true", headers=h, body=body,
                model="claude-sonnet-4-5")
+
+
+# Claude Code 2.1.197 compacting a conversation: its instruction, the last block of the last message.
+COMPACT = ("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools.\n\n- Do NOT use Read, Bash, Grep, Glob, Edit, Write,"
+           " or ANY other tool.\n\nYour task is to create a detailed summary of the conversation so far.")
+PROMPTED = {"role": "user", "content": [{"type": "text", "text": "fix the failing test"}]}
+ANSWERED = {"role": "assistant", "content": [{"type": "text", "text": "Fixed."}]}
+
+
+def said(*texts: str) -> dict:
+    """A user message of text blocks."""
+    return {"role": "user", "content": [{"type": "text", "text": text} for text in texts]}
 
 
 def claude_subagent(cwd: str | None) -> RequestView:
@@ -243,6 +256,12 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
                           " the main topic or goal of this coding session."}],
               "messages": [{"role": "user", "content": [{"type": "text", "text": "<session>\nhello\n</session>"}]}]}),
      "default", "title-generation", True),
+    ("claude-code compaction", claude_197("/home/u/oldrepo", PROMPTED, ANSWERED, said("And the other one?", COMPACT)),
+     "default", "claude-code-compaction", True),
+    ("claude-code quoting the compaction instruction", claude_197("/home/u/oldrepo", said(f"Why does it say {COMPACT}")),
+     "project:oldrepo", "claude-code-system", False),
+    ("claude-code prompt after the compaction instruction", claude_197("/home/u/oldrepo", said(COMPACT), ANSWERED,
+                                                                        PROMPTED), "project:oldrepo", "claude-code-system", False),
     ("opencode title (anthropic)", req(
         method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic/2.0"},
         body={"system": [{"type": "text", "text": "You are a title generator. You output ONLY a thread title."}],

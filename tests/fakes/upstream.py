@@ -10,6 +10,7 @@ synchronous.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -115,6 +116,27 @@ def _anthropic_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
         ("message_stop", {}),
     ]
     return [Event({"type": name, **data}, name) for name, data in steps], body
+
+
+def _anthropic_answer(events: list[Event], body: Any, messages: Any, input_tokens: int | None) -> None:
+    """Give an Anthropic answer ids of its own, as the API does (a resumed Claude Code session joins the blocks
+    of one message id into one message, and drops a tool_use whose id it has seen), and the input tokens to
+    report, if any. The ids digest the conversation answered: each step of a session differs, and the same
+    request is answered the same way on every path."""
+    seed = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=12).hexdigest()
+    message, use = {"id": f"msg_{seed}"}, {"id": f"toolu_{seed}"}
+    usage = {} if input_tokens is None else {"input_tokens": input_tokens}
+    for event in events:
+        if event.name == "message_start":
+            event.data["message"] = {**event.data["message"], **message}
+            event.data["message"]["usage"] = {**event.data["message"]["usage"], **usage}
+        elif event.name == "message_delta":
+            event.data["usage"] = {**event.data["usage"], **usage}
+        elif event.name == "content_block_start" and event.data["content_block"]["type"] == "tool_use":
+            event.data["content_block"] = {**event.data["content_block"], **use}
+    body.update(message)
+    body["usage"] = {**body["usage"], **usage}
+    body["content"] = [{**block, **use} if block["type"] == "tool_use" else block for block in body["content"]]
 
 
 def _responses_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
@@ -352,8 +374,9 @@ class FakeUpstream(RecordingServer):
     that does not end with a tool's result is answered with that call, and
     the one that does with the reply; with ``calls_after_results``, every request
     is asked (a loop of several calls), and None means the reply.
-    ``prompt_tokens`` (a function of the request's parsed body) makes a streamed
-    Chat Completions reply end with a usage chunk reporting that many prompt tokens.
+    ``prompt_tokens`` (a function of the request's parsed body) makes an Anthropic
+    answer report that many input tokens, and a streamed Chat Completions reply end
+    with a usage chunk reporting that many prompt tokens.
     """
 
     thread_name = "fake-upstream"
@@ -452,6 +475,8 @@ class FakeUpstream(RecordingServer):
             events, reply = api.call(model, call)
         else:
             events, reply = api.build(model, split(text, self.chunks))
+        if api is ANTHROPIC:
+            _anthropic_answer(events, reply, data.get("messages"), self.prompt_tokens(data) if self.prompt_tokens else None)
         if api is CHAT and stream and self.prompt_tokens is not None:  # the usage chunk, as include_usage asks
             tokens = self.prompt_tokens(data)
             usage = {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}

@@ -26,11 +26,19 @@ LAYER_NOTES = {"user": " (your preferences in every project)"}
 # Gemini CLI's environment preambles, and the notice a background subagent's end puts into the conversation as
 # a user message (Qwen Code, Claude Code): no prompt of the user's.
 BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification")
-# User messages a client writes itself to go on after compacting a conversation (opencode): no prompt of the
-# user's, and the messages before them (the summary) are none either, until the user writes again.
+# User messages a client writes itself to go on after compacting a conversation: no prompt of the user's, and the
+# messages before them (the summary, if any) are none either, until the user writes again. opencode's whole
+# message, and how Claude Code's opens (the summary follows).
 CONTINUATIONS = frozenset({
     "Continue if you have next steps, or stop and ask for clarification if you are unsure how to proceed.",
 })
+CONTINUATION_OPENINGS = (
+    "This session is being continued from a previous conversation that ran out of context.",
+)
+# Lines Claude Code writes into user messages itself: that the user stopped a turn, and what a resumed session
+# whose turn was cut off goes on with. Dropped from query text, so that the prompt they follow is found.
+CLIENT_LINES = ("[Request interrupted by user]", "[Request interrupted by user for tool use]",
+                "Continue from where you left off.")
 # Query text is read from at most this many characters at the start and at the end of a message: a
 # search uses a few dozen of its words, and a pasted log of megabytes would otherwise be cleaned in full
 # on the event loop. A boilerplate block that the cut runs through is dropped all the same (Blocks.strip).
@@ -91,6 +99,8 @@ class Blocks:
 
 _MEMORY_BLOCKS = Blocks([MEMORY_OPEN[1:]], ignore_case=True)
 _BOILERPLATE = Blocks(BOILERPLATE_TAGS)
+_CLIENT_LINES = re.compile(r"^(?:%s)[ \t]*(?:\n|$)" % "|".join(map(re.escape, CLIENT_LINES)), re.M)
+_CLIENT_LINE_STARTS = tuple({line[:12] for line in CLIENT_LINES})
 
 
 def strip_memory_blocks(text: str) -> str:
@@ -218,7 +228,10 @@ def clean_query(text: str) -> str:
 def _clean(text: str, *, cut_start: bool = False, cut_end: bool = False) -> str:
     text = text.encode("utf-8", "replace").decode() if not text.isascii() else text
     text = _MEMORY_BLOCKS.strip(text, cut_start=cut_start, cut_end=cut_end)
-    return _BOILERPLATE.strip(text, cut_start=cut_start, cut_end=cut_end).strip()
+    text = _BOILERPLATE.strip(text, cut_start=cut_start, cut_end=cut_end)
+    if any(start in text for start in _CLIENT_LINE_STARTS):
+        text = _CLIENT_LINES.sub("", text)
+    return text.strip()
 
 
 def select_query(turns: Iterable[tuple[str, str]], strategy: str) -> str:
@@ -248,10 +261,11 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
         entry = entries[i]
         if entry.role != "user" or not entry.text:
             continue
-        if entry.text.strip() in CONTINUATIONS:
-            break
         if text := clean_query(entry.text):
-            at = i
+            if continues(text):
+                text = ""
+            else:
+                at = i
             break
     after = entries[at + 1 :] if text else entries
     calls = unique_calls(name for entry in after for name in entry.calls)
@@ -268,9 +282,15 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     return Prompt(text, digest.hexdigest(), calls, follows, first or "")
 
 
+def continues(text: str) -> bool:
+    """Whether a user message's cleaned text is one a client wrote to go on after compacting (CONTINUATIONS)."""
+    return text in CONTINUATIONS or text.startswith(CONTINUATION_OPENINGS)
+
+
 def _prompted(text: str) -> bool:
-    """Whether `clean_query` leaves anything of `text`: without a tag, whether it holds more than whitespace."""
-    if "<" not in text and len(text) <= SCAN_HEAD + SCAN_TAIL:
+    """Whether `clean_query` leaves anything of `text`: without a tag or a client's line, whether it holds more
+    than whitespace."""
+    if "<" not in text and len(text) <= SCAN_HEAD + SCAN_TAIL and not any(s in text for s in _CLIENT_LINE_STARTS):
         return bool(text) and not text.isspace()
     return bool(clean_query(text))
 
