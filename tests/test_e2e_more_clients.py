@@ -34,7 +34,7 @@ from e2e_helpers import (
     wait_memories,
     wait_until,
 )
-from fakes import FakeUpstream
+from fakes import FakeUpstream, ToolCall
 
 pytestmark = pytest.mark.e2e
 
@@ -345,6 +345,49 @@ def test_opencode_compacting_its_conversation_stores_neither_the_summary_nor_wha
         ("opencode", "User: Which files are in the repository?\nAssistant: An answer of another project."),
         ("project:shop", 'User: "Which files are in the repository?"\nAssistant: The repository holds three files.'),
     ], kept
+
+
+QWEN_COMPACTING = "You are the component that summarizes a conversation when its context window is about to overflow"
+RESUME = "Resume the prior task using the summary above."
+
+
+def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_instruction(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Qwen Code compacts a conversation past its threshold (`context.autoCompactThreshold`, here 1 %) before the
+    next step of a tool loop: it asks for the summary in the conversation itself, its instruction the last message
+    (or apart, with that instruction as system prompt), then goes on from a user message of its own holding the
+    summary ("… Resume the prior task using the summary above."). Neither request is recalled into nor stored."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, project = tmp_path / "home", git_repo(tmp_path / "shop")
+    (home / ".qwen").mkdir(parents=True)
+    (home / ".qwen/settings.json").write_text(json.dumps({"context": {"autoCompactThreshold": 0.01}}))
+    # A memory sharing words with the instruction: recall would give it to the request for the summary.
+    known = "User: Summarize the conversation before the context window overflows.\nAssistant: Keep the summary dense."
+    seed(db, "project:shop", known)
+
+    def compacting(data: Any) -> bool:
+        return QWEN_COMPACTING in json.dumps(data.get("messages", []))
+
+    def call(data: Any) -> ToolCall | None:
+        offered = [t.get("function", {}).get("name") for t in data.get("tools") or []]
+        return None if compacting(data) or "run_shell_command" not in offered else ToolCall(
+            "run_shell_command", {"command": "printf a.py", "description": "List the files"})
+
+    upstream.tool_call = call
+    upstream.prompt_tokens = lambda data: 200_000  # each answer says the context is far past the threshold
+    snapshot = "<state_snapshot>\n<primary_request_and_intent>List the files.</primary_request_and_intent>\n</state_snapshot>"
+    upstream.reply_for = lambda rec: f"<analysis>…</analysis>\n{snapshot}" if compacting(rec.json) else "Three files."
+    qwen(proc, project, "Which files are in the repository?", home)
+    calls = qwen_turns(upstream)
+    asked = [c for c in calls if compacting(c)]
+    assert asked and all(MEMORY_TAG not in json.dumps(c) for c in asked), proc.log_text()
+    assert any(RESUME in json.dumps(c["messages"]) and not compacting(c) for c in calls)  # it went on from the summary
+    assert wait_until(lambda: len(every_memory(db)) > 1)
+    time.sleep(1.5)  # a later capture has landed by now, if any came
+    kept = [content for _, content, _ in every_memory(db)]
+    assert kept[0] == known and len(kept) == 2 and kept[1].startswith('User: Which files are in the repository?'), kept
 
 
 @pytest.mark.parametrize("tool", ["qwen", "opencode"])

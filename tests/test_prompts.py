@@ -161,18 +161,29 @@ def test_what_a_client_writes_to_go_on_after_compacting_is_no_prompt_until_the_u
     assert later.text == "And hidden files?" and later.key
 
 
-def test_the_summary_a_client_goes_on_from_after_compacting_is_no_prompt(fmt: Any) -> None:
-    """Claude Code goes on from a compacted conversation with a user message of its own holding the summary; the
-    steps of the tool loop that compacting cut through follow it."""
+SNAPSHOT = "<state_snapshot>\n    <primary_request_and_intent>The files.</primary_request_and_intent>\n</state_snapshot>"
+SUMMARIES = {  # what a client goes on from after compacting, as the clients' sources write it
+    "claude-code": "This session is being continued from a previous conversation that ran out of context. The summary"
+                   " below covers the earlier portion of the conversation.\n\nSummary:\n1. Primary Request and Intent: the files.",
+    "gemini-cli": SNAPSHOT,
+    "qwen-code": f"{SNAPSHOT}\n\nResume the prior task using the summary above. Continue from the last in-flight step; do"
+                 " not acknowledge the summary, do not re-introduce, do not greet the user again.",
+    "qwen-code restored file": "Recently accessed file (full current content embedded):\n\n## /repo/a.py\n\n```\nx = 1\n```",
+}
+
+
+@pytest.mark.parametrize("client", list(SUMMARIES))
+def test_the_summary_a_client_goes_on_from_after_compacting_is_no_prompt(fmt: Any, client: str) -> None:
+    """Steps of the tool loop that compacting cut through follow the summary; a later prompt is found; a user
+    quoting the summary in a prompt of their own is heard."""
     adapter, build = fmt
-    summary = ("This session is being continued from a previous conversation that ran out of context. The summary"
-               " below covers the earlier portion of the conversation.\n\nSummary:\n1. Primary Request and Intent: the files.")
+    summary = SUMMARIES[client]
     going_on = [("user", f"{REMINDER}\n\n{summary}"), ("assistant", STEP, "shell"), ("result", "a.py")]
     prompt = adapter.prompt(build(going_on))
     assert prompt.text == "" and prompt.follows  # a step of no prompt this conversation holds
     later = adapter.prompt(build([("user", summary), ("assistant", "Done.", None), ("user", "And hidden files?")]))
     assert later.text == "And hidden files?" and later.key
-    assert adapter.prompt(build([("user", f"Why does Claude Code say: {summary}")])).text  # a user quoting it
+    assert adapter.prompt(build([("user", f"Why does my client say this?\n{summary}\nIs it broken?")])).text
 
 
 def test_the_lines_claude_code_writes_when_a_turn_is_cut_off_are_no_prompt(fmt: Any) -> None:

@@ -133,6 +133,7 @@ def claude_197(cwd: str, *messages: dict) -> RequestView:
                model="claude-sonnet-4-5")
 
 
+QWEN_COMPACT = "\nYou are the component that summarizes a conversation when its context window is about to overflow."
 # Claude Code 2.1.197 compacting a conversation: its instruction, the last block of the last message.
 COMPACT = ("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools.\n\n- Do NOT use Read, Bash, Grep, Glob, Edit, Write,"
            " or ANY other tool.\n\nYour task is to create a detailed summary of the conversation so far.")
@@ -257,11 +258,17 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
               "messages": [{"role": "user", "content": [{"type": "text", "text": "<session>\nhello\n</session>"}]}]}),
      "default", "title-generation", True),
     ("claude-code compaction", claude_197("/home/u/oldrepo", PROMPTED, ANSWERED, said("And the other one?", COMPACT)),
-     "default", "claude-code-compaction", True),
+     "default", "compaction-in-conversation", True),
     ("claude-code quoting the compaction instruction", claude_197("/home/u/oldrepo", said(f"Why does it say {COMPACT}")),
      "project:oldrepo", "claude-code-system", False),
     ("claude-code prompt after the compaction instruction", claude_197("/home/u/oldrepo", said(COMPACT), ANSWERED,
                                                                         PROMPTED), "project:oldrepo", "claude-code-system", False),
+    # Qwen Code 0.24.4 compacting: in the conversation, its instruction the last message; or on its own.
+    ("qwen compaction in the conversation", chat(QWEN_UA, [QWEN_START, {"role": "assistant", "content": "Done."}, {
+        "role": "user", "content": f"{QWEN_COMPACT}\n\nDo not call tools; tool execution is disabled for this request."}]),
+     "default", "compaction-in-conversation-text", True),
+    ("qwen compaction", chat(QWEN_UA, [{"role": "system", "content": QWEN_COMPACT}, QWEN_START]), "default",
+     "compaction-chat", True),
     ("opencode title (anthropic)", req(
         method="POST", path="/v1/messages", headers={"User-Agent": "opencode/1.18.33 ai-sdk/anthropic/2.0"},
         body={"system": [{"type": "text", "text": "You are a title generator. You output ONLY a thread title."}],

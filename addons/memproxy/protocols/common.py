@@ -23,17 +23,24 @@ MEMORY_NOTE = (
 # What a layer's title says of scopes whose meaning is fixed (rules.USER_SCOPE).
 LAYER_NOTES = {"user": " (your preferences in every project)"}
 # Client boilerplate wrapped in these tags is dropped from query text: Claude Code's reminders, Codex's and
-# Gemini CLI's environment preambles, and the notice a background subagent's end puts into the conversation as
-# a user message (Qwen Code, Claude Code): no prompt of the user's.
-BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification")
+# Gemini CLI's environment preambles, the notice a background subagent's end puts into the conversation as
+# a user message (Qwen Code, Claude Code), and the summary of a compacted conversation (Gemini CLI, Qwen Code):
+# no prompt of the user's.
+BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification", "state_snapshot")
 # User messages a client writes itself to go on after compacting a conversation: no prompt of the user's, and the
 # messages before them (the summary, if any) are none either, until the user writes again. opencode's whole
-# message, and how Claude Code's opens (the summary follows).
+# message; how Claude Code's summary and Qwen Code's restored files open; how Qwen Code's summary ends.
 CONTINUATIONS = frozenset({
     "Continue if you have next steps, or stop and ask for clarification if you are unsure how to proceed.",
 })
 CONTINUATION_OPENINGS = (
     "This session is being continued from a previous conversation that ran out of context.",
+    "Recently accessed file (full current content embedded):",
+    "The following files were recently accessed before context was compacted.",
+)
+CONTINUATION_ENDINGS = (
+    "Resume the prior task using the summary above. Continue from the last in-flight step; do not acknowledge the"
+    " summary, do not re-introduce, do not greet the user again.",
 )
 # Lines Claude Code writes into user messages itself: that the user stopped a turn, and what a resumed session
 # whose turn was cut off goes on with. Dropped from query text, so that the prompt they follow is found.
@@ -284,7 +291,7 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
 
 def continues(text: str) -> bool:
     """Whether a user message's cleaned text is one a client wrote to go on after compacting (CONTINUATIONS)."""
-    return text in CONTINUATIONS or text.startswith(CONTINUATION_OPENINGS)
+    return text in CONTINUATIONS or text.startswith(CONTINUATION_OPENINGS) or text.endswith(CONTINUATION_ENDINGS)
 
 
 def _prompted(text: str) -> bool:
