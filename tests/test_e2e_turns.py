@@ -398,6 +398,31 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
 
+def test_codex_compacting_on_the_providers_side_is_not_recalled_into_and_keeps_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Codex past `model_auto_compact_token_limit` in a tool loop asks the provider to compact (a `compaction_trigger`
+    item after the function's output), then goes on with the compacted history and the prompt, on a new response.
+    The request to compact gets no memory, and the prompt keeps one memory, its final answer."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    known = "User: Which files are in the repository of the shop?\nAssistant: Two files, a.py and b.py."
+    seed(backend.db, "project:shop", known)
+    (home / ".codex").mkdir(parents=True)
+    (home / ".codex/config.toml").write_text("model_auto_compact_token_limit = 1000\n")
+    upstream.tool_call = lambda data: ToolCall("shell", {"command": ["bash", "-lc", f"printf {OUTPUT}"]})
+    reported: list[int] = []
+    upstream.prompt_tokens = lambda data: reported.append(1) or (50_000 if len(reported) == 2 else 100)  # the step's
+    upstream.reply = FINAL
+
+    assert FINAL in codex(proc, project, home, PROMPT)
+    messages = [m for r in upstream.requests for m in r.ws_messages if isinstance(m, dict) and m.get("input")]
+    asked = [m for m in messages if m["input"][-1].get("type") == "compaction_trigger"]
+    assert asked and all(MEMORY_TAG not in json.dumps(m) for m in asked), proc.log_text()
+    assert any(item.get("type") == "compaction" for m in messages for item in m["input"])  # it went on compacted
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
+
+
 REPORT = "The sub-agent found a.py, b.py and c.py."
 
 

@@ -168,6 +168,10 @@ SUMMARIES = {  # what a client goes on from after compacting, as the clients' so
     "gemini-cli": SNAPSHOT,
     "qwen-code": f"{SNAPSHOT}\n\nResume the prior task using the summary above. Continue from the last in-flight step; do"
                  " not acknowledge the summary, do not re-introduce, do not greet the user again.",
+    "codex": "Another language model started to solve this problem and produced a summary of its thinking process. You"
+             " also have access to the state of the tools that were used by that language model. Here is the summary"
+             " produced by the other language model, use the information in this summary to assist with your own"
+             " analysis:\nThe user asked for the files.",
     "qwen-code restored file": "Recently accessed file (full current content embedded):\n\n## /repo/a.py\n\n```\nx = 1\n```",
 }
 

@@ -291,6 +291,10 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
      body={"input": [{"role": "system", "content": "You are a context summarization agent."}, {"role": "user", "content": "hi"}]}),
      "default", "compaction-responses", True),
     ("codex prewarm", codex([], generate=False), "default", "codex-prewarm", True),
+    # Codex 0.169.0 compacting on the provider's side, a step of a tool loop on its WebSocket.
+    ("codex remote compaction", codex([{"type": "function_call_output", "call_id": "c1", "output": "a.py"},
+                                       {"type": "compaction_trigger"}]),
+     "default", "compaction-remote", True),
     ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "project:proj", "codex", False),
     ("codex http", codex([CODEX_PROMPT], **{"x-codex-turn-metadata": json.dumps(
         {"turn_id": "t1", "workspaces": {"/home/u/httpproj": {"latest_git_commit_hash": "abc"}}})}),

@@ -139,6 +139,32 @@ def _anthropic_answer(events: list[Event], body: Any, messages: Any, input_token
     body["content"] = [{**block, **use} if block["type"] == "tool_use" else block for block in body["content"]]
 
 
+def _compacts(data: Any) -> bool:
+    """Whether a Responses request asks for a remote compaction (its input ends with Codex's `compaction_trigger`)."""
+    items = data.get("input") if isinstance(data, dict) else None
+    return isinstance(items, list) and bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
+
+
+def _responses_compaction(model: str) -> tuple[list[Event], Any]:
+    """OpenAI Responses' remote compaction: one opaque `compaction` output item, as Codex expects."""
+    events, body = _responses(model, [], generate=False)
+    item = {"id": "cmp_fake", "type": "compaction", "encrypted_content": "fake-compacted-context"}
+    body = {**body, "output": [item]}
+    steps = [events[0].data, {"type": "response.output_item.added", "output_index": 0, "item": item},
+             {"type": "response.output_item.done", "output_index": 0, "item": item},
+             {**events[-1].data, "response": body}]
+    return [Event({**data, "sequence_number": n}, data["type"]) for n, data in enumerate(steps)], body
+
+
+def _responses_input(events: list[Event], input_tokens: int | None) -> None:
+    """Make a Responses answer's response.completed report `input_tokens`, if any."""
+    for event in events if input_tokens is not None else ():
+        if isinstance(event.data, dict) and event.data.get("type") == "response.completed":
+            response = event.data["response"]
+            usage = {**response["usage"], "input_tokens": input_tokens}
+            event.data["response"] = {**response, "usage": {**usage, "total_tokens": input_tokens + usage["output_tokens"]}}
+
+
 def _responses_call(model: str, call: ToolCall) -> tuple[list[Event], Any]:
     """OpenAI Responses: a message item with the text, then a function_call item."""
     message = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
@@ -374,9 +400,9 @@ class FakeUpstream(RecordingServer):
     that does not end with a tool's result is answered with that call, and
     the one that does with the reply; with ``calls_after_results``, every request
     is asked (a loop of several calls), and None means the reply.
-    ``prompt_tokens`` (a function of the request's parsed body) makes an Anthropic
-    answer report that many input tokens, and a streamed Chat Completions reply end
-    with a usage chunk reporting that many prompt tokens.
+    ``prompt_tokens`` (a function of the request's parsed body) makes an Anthropic or
+    Responses answer report that many input tokens, and a streamed Chat Completions
+    reply end with a usage chunk reporting that many prompt tokens.
     """
 
     thread_name = "fake-upstream"
@@ -471,14 +497,18 @@ class FakeUpstream(RecordingServer):
             return await self._websocket(request, rec)
 
         text = self.reply_for(rec) if self.reply_for else self.reply
-        if (call := self._call(data)) is not None:
+        if api is RESPONSES and _compacts(data):
+            events, reply = _responses_compaction(model)
+        elif (call := self._call(data)) is not None:
             events, reply = api.call(model, call)
         else:
             events, reply = api.build(model, split(text, self.chunks))
+        tokens = self.prompt_tokens(data) if self.prompt_tokens else None
         if api is ANTHROPIC:
-            _anthropic_answer(events, reply, data.get("messages"), self.prompt_tokens(data) if self.prompt_tokens else None)
-        if api is CHAT and stream and self.prompt_tokens is not None:  # the usage chunk, as include_usage asks
-            tokens = self.prompt_tokens(data)
+            _anthropic_answer(events, reply, data.get("messages"), tokens)
+        elif api is RESPONSES:
+            _responses_input(events, tokens)
+        if api is CHAT and stream and tokens is not None:  # the usage chunk, as include_usage asks
             usage = {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}
             events.insert(-1, Event({"id": "chatcmpl-fake", "created": CREATED, "model": model,
                                      "object": "chat.completion.chunk", "choices": [], "usage": usage}))
@@ -542,11 +572,14 @@ class FakeUpstream(RecordingServer):
                 continue
             model = str(data.get("model", "fake-model"))
             generate = data.get("generate") is not False
-            if generate and (call := self._call(data)) is not None:
+            if _compacts(data):
+                events, _ = _responses_compaction(model)
+            elif generate and (call := self._call(data)) is not None:
                 events, _ = _responses_call(model, call)
             else:
                 text = self.reply_for(rec) if self.reply_for else self.reply
                 events, _ = _responses(model, split(text, self.chunks), generate=generate)
+            _responses_input(events, self.prompt_tokens(data) if self.prompt_tokens else None)
             if not await self._play(events, lambda e: ws.send_json(e.data), request):
                 break
         return ws

@@ -29,12 +29,14 @@ LAYER_NOTES = {"user": " (your preferences in every project)"}
 BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification", "state_snapshot")
 # User messages a client writes itself to go on after compacting a conversation: no prompt of the user's, and the
 # messages before them (the summary, if any) are none either, until the user writes again. opencode's whole
-# message; how Claude Code's summary and Qwen Code's restored files open; how Qwen Code's summary ends.
+# message; how Claude Code's and Codex's summaries and Qwen Code's restored files open; how Qwen Code's summary
+# ends.
 CONTINUATIONS = frozenset({
     "Continue if you have next steps, or stop and ask for clarification if you are unsure how to proceed.",
 })
 CONTINUATION_OPENINGS = (
     "This session is being continued from a previous conversation that ran out of context.",
+    "Another language model started to solve this problem and produced a summary of its thinking process.",
     "Recently accessed file (full current content embedded):",
     "The following files were recently accessed before context was compacted.",
 )
