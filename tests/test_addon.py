@@ -249,3 +249,142 @@ def test_the_threads_of_continued_replies_hold_at_most_max_chain_chars() -> None
     assert per_thread == 100 * KEPT
     kept = len({id(t) for t in path.chains.values()})
     assert kept == MAX_CHAIN_CHARS // per_thread and ("team", "resp_0") not in path.chains
+
+
+# -- a conversation the client compacted goes on answering its prompt ------------------------------------------------
+
+SUMMARY = ("This session is being continued from a previous conversation that ran out of context. The summary below"
+           " covers the earlier portion of the conversation.\n\nSummary:\nThe user asked how caching works here.")
+PROMPT = "How does caching work in this service?"
+
+
+def loop_flow(adapter: str, messages: list[dict], session: str | None) -> tflow.HTTPFlow:
+    """A step of a tool loop as the client sends it whole, in the Anthropic or the Chat format, with the client's
+    name for its session where it gives one (Claude Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`)."""
+    flow = chat_flow(user_agent="OpenAI/Python 3.57.0")
+    body: dict = {"model": "m", "messages": messages}
+    if adapter == "anthropic":
+        flow.request.host, flow.request.path = "api.anthropic.com", "/v1/messages"
+        body |= {"max_tokens": 64} | ({"metadata": {"user_id": session}} if session is not None else {})
+    elif session is not None:
+        body["prompt_cache_key"] = session
+    flow.request.content = json.dumps(body).encode()
+    return flow
+
+
+def tool_step(adapter: str, n: int) -> list[dict]:
+    """The assistant's call of a tool and the tool's result, in `adapter`'s format."""
+    if adapter == "anthropic":
+        return [{"role": "assistant", "content": [{"type": "tool_use", "id": f"t{n}", "name": "Bash", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{n}", "content": "ok"}]}]
+    call = {"id": f"t{n}", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}
+    return [{"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"t{n}", "content": "ok"}]
+
+
+async def answer(addon: RequestPath, flow: tflow.HTTPFlow, adapter: str, text: str):
+    """Answer `flow` with `text` and give back the turn it submits (None for none)."""
+    flow.response = tflow.tresp()
+    flow.response.headers["content-type"] = "application/json"
+    body = {"content": [{"type": "text", "text": text}]} if adapter == "anthropic" else {
+        "choices": [{"message": {"role": "assistant", "content": text}}]}
+    flow.response.content = json.dumps(body).encode()
+    before = len(addon.store.outbox)
+    await addon.response(flow)
+    return addon.store.outbox[-1] if len(addon.store.outbox) > before else None
+
+
+@pytest.mark.parametrize("adapter", ["anthropic", "openai_chat"])
+async def test_a_conversation_compacted_in_a_tool_loop_goes_on_answering_its_prompt(addon, adapter):
+    """Claude Code and Qwen Code compact a long tool loop into a summary and go on from it: the prompt is no longer
+    in the request, but the session (the client's name for it) is the same. The final answer updates the
+    prompt's memory; the step stored before the summary is not recalled into the steps after it."""
+    step = "I will look at the cache module first."
+    use(addon, FakeStore([f"User: {PROMPT}\nAssistant: {step}", "User: Where is Redis configured?\nAssistant: In app.toml."]))
+    first = loop_flow(adapter, [{"role": "user", "content": PROMPT}], "session-1")
+    await addon.request(first)
+    stepped = await answer(addon, first, adapter, step)
+    assert stepped.content == f"User: {PROMPT}\nAssistant: {step}"
+
+    going_on = [{"role": "user", "content": SUMMARY}, *tool_step(adapter, 1)]
+    after = loop_flow(adapter, going_on, "session-1")
+    await addon.request(after)
+    sent = after.request.content.decode()
+    assert "In app.toml." in sent and step not in sent  # recalled with the prompt, its own step left out
+    final = await answer(addon, after, adapter, "Caching goes through Redis.")
+    assert final is not None and final.custom_id == stepped.custom_id  # one memory per prompt
+    assert final.content == f"User: {PROMPT}\nAssistant: Caching goes through Redis."
+    assert final.metadata["calls"] == ["Bash"] and final.metadata["conversation"] == stepped.metadata["conversation"]
+
+
+@pytest.mark.parametrize("session", [None, "session-2"])
+async def test_a_summary_from_no_known_session_answers_no_prompt(addon, session):
+    """Without the client's name for its session, or with another session's, nothing tells which prompt a
+    summary goes on with: the request is stored as before, not at all, and nothing is recalled for it."""
+    use(addon, FakeStore([f"User: {PROMPT}\nAssistant: Through Redis."]))
+    first = loop_flow("anthropic", [{"role": "user", "content": PROMPT}], "session-1")
+    await addon.request(first)
+    await answer(addon, first, "anthropic", "I will look first.")
+    after = loop_flow("anthropic", [{"role": "user", "content": SUMMARY}, *tool_step("anthropic", 1)], session)
+    await addon.request(after)
+    assert "Through Redis." not in after.request.content.decode()
+    assert await answer(addon, after, "anthropic", "Caching goes through Redis.") is None
+
+
+async def test_a_new_prompt_after_a_summary_is_its_own_memory(addon):
+    """A prompt the user asks after the client compacted is a prompt of its own, not the earlier one's."""
+    use(addon, FakeStore())
+    first = loop_flow("anthropic", [{"role": "user", "content": PROMPT}], "session-1")
+    await addon.request(first)
+    before = await answer(addon, first, "anthropic", "Through Redis.")
+    asked = "And where is Redis configured?"
+    later = loop_flow("anthropic", [{"role": "user", "content": SUMMARY}, {"role": "user", "content": asked}], "session-1")
+    await addon.request(later)
+    turn = await answer(addon, later, "anthropic", "In app.toml.")
+    assert turn.content == f"User: {asked}\nAssistant: In app.toml." and turn.custom_id != before.custom_id
+
+
+def test_the_latest_prompt_is_kept_per_scope_and_session_for_the_latest_max_sessions() -> None:
+    from memproxy.addons.requestpath import MAX_SESSIONS
+    from memproxy.protocols.base import Prompt
+
+    path = RequestPath(*[None] * 6)  # _asked touches none of its collaborators
+    compacted = Prompt("", "", compacted=True)
+    asked = path._asked("team", "s", Prompt("How?", "k1", conversation="c"))
+    assert path._asked("team", "s", compacted) is asked and asked.key == "k1"
+    assert path._asked("other", "s", compacted) is None  # never across scopes
+    assert path._asked("team", "t", compacted) is None and path._asked("team", "", compacted) is None
+    assert path._asked("team", "s", Prompt("", "", follows=True)) is None  # a step with no summary: no prompt
+    assert path._asked("team", "s", Prompt("How?", "k1")) is asked  # a later step of the same prompt
+    assert path._asked("team", "s", Prompt("Why?", "k2")).key == "k2" == path._asked("team", "s", compacted).key
+    for n in range(MAX_SESSIONS):
+        path._asked("team", f"s{n}", Prompt("How?", f"k{n}"))
+    assert len(path.asked) == MAX_SESSIONS and ("team", "s") not in path.asked
+
+
+def test_a_session_keeps_its_project_route_for_a_summary_of_no_directory() -> None:
+    """A request of no project (a summary that names no directory) takes the latest project route of its session,
+    only where its own rule, of the same tool, would store: never an auxiliary call's, a subagent's, another
+    tool's, one the override header scopes, and never the route of a rule that stores nothing."""
+    import dataclasses
+
+    from memproxy.addons.requestpath import MAX_SESSIONS
+    from memproxy.rules.model import Actions, Route
+
+    path = RequestPath(*[None] * 6)  # _session_route touches none of its collaborators
+
+    def route(scope: str, project: str | None, tool: str = "Qwen Code", **actions) -> Route:
+        return Route(scope, "r", False, None, False, Actions(**actions), {}, project, tool)
+
+    shop = route("project:shop", "/src/shop")
+    assert path._session_route("s", route("project:shop", "/src/shop", store=False)) is None
+    assert path._session_route("s", route("qwen-code", None)) is None  # nothing kept yet
+    assert path._session_route("s", shop) is None and path.routes["s"] is shop
+    assert path._session_route("s", route("qwen-code", None)) is shop
+    for other in (route("qwen-code", None, auxiliary=True), route("qwen-code", None, store=False),
+                  route("opencode", None, tool="opencode"), dataclasses.replace(route("team", None), custom_header_present=True)):
+        assert path._session_route("s", other) is None
+    assert path._session_route("t", route("qwen-code", None)) is None  # another session
+    for n in range(MAX_SESSIONS):
+        path._session_route(f"s{n}", shop)
+    assert len(path.routes) == MAX_SESSIONS and "s" not in path.routes

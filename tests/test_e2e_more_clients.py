@@ -357,7 +357,10 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
     """Qwen Code compacts a conversation past its threshold (`context.autoCompactThreshold`, here 1 %) before the
     next step of a tool loop: it asks for the summary in the conversation itself, its instruction the last message
     (or apart, with that instruction as system prompt), then goes on from a user message of its own holding the
-    summary ("… Resume the prior task using the summary above."). Neither request is recalled into nor stored."""
+    summary ("… Resume the prior task using the summary above."). Neither request is recalled into nor stored. The
+    summary names no working directory, but the session (`prompt_cache_key`) is the same: the steps after it stay
+    in the project, recalled into from it and not from Qwen Code's scope of no project, and answer the prompt,
+    whose one memory ends with the loop's final answer."""
     db = tmp_path / "memories.db"
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
     home, project = tmp_path / "home", git_repo(tmp_path / "shop")
@@ -366,6 +369,9 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
     # A memory sharing words with the instruction: recall would give it to the request for the summary.
     known = "User: Summarize the conversation before the context window overflows.\nAssistant: Keep the summary dense."
     seed(db, "project:shop", known)
+    listed = "User: Which files does the repository list?\nAssistant: The manifest lists them."
+    seed(db, "project:shop", listed)
+    seed(db, "qwen-code", "User: Which files are in the other repository?\nAssistant: Only other.py.")
 
     def compacting(data: Any) -> bool:
         return QWEN_COMPACTING in json.dumps(data.get("messages", []))
@@ -383,11 +389,15 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
     calls = qwen_turns(upstream)
     asked = [c for c in calls if compacting(c)]
     assert asked and all(MEMORY_TAG not in json.dumps(c) for c in asked), proc.log_text()
-    assert any(RESUME in json.dumps(c["messages"]) and not compacting(c) for c in calls)  # it went on from the summary
-    assert wait_until(lambda: len(every_memory(db)) > 1)
+    went_on = [c for c in calls if RESUME in json.dumps(c["messages"]) and not compacting(c)]
+    assert went_on and all(QWEN_CWD not in json.dumps(c) for c in went_on)  # from the summary, no directory named
+    assert all("The manifest lists them." in json.dumps(c) and "other.py" not in json.dumps(c) for c in went_on), proc.log_text()
+    assert wait_until(lambda: len(every_memory(db)) > 3)
     time.sleep(1.5)  # a later capture has landed by now, if any came
-    kept = [content for _, content, _ in every_memory(db)]
-    assert kept[0] == known and len(kept) == 2 and kept[1].startswith('User: Which files are in the repository?'), kept
+    kept = [(scope, content) for scope, content, _ in every_memory(db) if scope == "project:shop"]
+    assert kept == [("project:shop", known), ("project:shop", listed),
+                    ("project:shop", "User: Which files are in the repository?\nAssistant: Three files.")], kept
+    assert len(every_memory(db)) == 4
 
 
 @pytest.mark.parametrize("tool", ["qwen", "opencode"])

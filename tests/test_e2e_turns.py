@@ -349,6 +349,52 @@ def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_
     ]), proc.log_text()
 
 
+def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    """Past its threshold between two steps of a tool loop, Claude Code compacts, then goes on from its summary
+    without the user's prompt. Its session (`metadata.user_id`) is the same: the steps after the summary answer
+    that prompt, whose one memory ends with the final answer. They are recalled into with the prompt, the
+    prompt's own step stored before the summary left out."""
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    known = "User: Where are the repository's files listed?\nAssistant: In the manifest, MANIFEST.in."
+    if backend.supermemory is not None:
+        seed_store(SupermemoryStore(SUPERMEMORY_KEY, backend.supermemory.url), "project:shop", known)
+    else:
+        seed(backend.db, "project:shop", known)
+
+    def summarizing(data: Any) -> bool:
+        return "CRITICAL: Respond with TEXT ONLY" in json.dumps(data.get("messages", [])[-1:])
+
+    def results(data: Any) -> int:
+        return json.dumps(data.get("messages")).count('"tool_result"')
+
+    steps: list[int] = []
+
+    def tokens(data: Any) -> int:
+        """The second step's answer says the context is past the threshold: Claude Code compacts before the third."""
+        if summarizing(data) or "Bash" not in tool_names(data):
+            return 10
+        steps.append(1)
+        return 5000 if len(steps) == 2 else 10
+
+    call = ToolCall("Bash", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) and not summarizing(data) and results(data) < 2 else None
+    upstream.calls_after_results = True
+    upstream.prompt_tokens = tokens
+    upstream.reply_for = lambda rec: f"<analysis>…</analysis>\n<summary>{SUMMARY}</summary>" if summarizing(rec.json) else FINAL
+    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash", env=COMPACT_SOON).endswith(FINAL)
+    calls = main_calls(upstream)
+    [at] = [i for i, c in enumerate(calls) if summarizing(c)]
+    after = calls[at + 1 :]
+    assert after and all(PROMPT not in json.dumps(c["messages"][:1]) for c in after), proc.log_text()  # no prompt
+    assert "This session is being continued from a previous conversation" in json.dumps(after[0])
+    assert all(known.split("Assistant: ")[1] in json.dumps(c) and PROMPT not in json.dumps(c) for c in after), proc.log_text()
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"]), proc.log_text()
+
+
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import Adapter
-from memproxy.protocols.common import answered_keys
+from memproxy.protocols.common import answered_keys, summarised
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -185,8 +185,13 @@ def test_the_summary_a_client_goes_on_from_after_compacting_is_no_prompt(fmt: An
     going_on = [("user", f"{REMINDER}\n\n{summary}"), ("assistant", STEP, "shell"), ("result", "a.py")]
     prompt = adapter.prompt(build(going_on))
     assert prompt.text == "" and prompt.follows  # a step of no prompt this conversation holds
-    later = adapter.prompt(build([("user", summary), ("assistant", "Done.", None), ("user", "And hidden files?")]))
-    assert later.text == "And hidden files?" and later.key
+    # ... but of the prompt asked before the summary (requestpath.Asked). Gemini CLI's summary is all boilerplate:
+    # it names no session to go on with anyway.
+    assert prompt.compacted == (client != "gemini-cli")
+    later = build([("user", summary), ("assistant", "Done.", None), ("user", "And hidden files?")])
+    assert adapter.prompt(later).text == "And hidden files?" and adapter.prompt(later).key
+    assert not adapter.prompt(later).compacted and summarised(adapter.conversation(later)) == (client != "gemini-cli")
+    assert not summarised(adapter.conversation(build([*LOOP[0], ("user", summary)])))  # it starts from the prompt
     assert adapter.prompt(build([("user", f"Why does my client say this?\n{summary}\nIs it broken?")])).text
 
 
@@ -212,7 +217,7 @@ def test_a_responses_continuation_over_a_websocket_carries_only_tool_outputs() -
     adapter = OpenAIResponsesAdapter()
     body = {"type": "response.create", "previous_response_id": "resp_1",
             "input": [{"type": "function_call_output", "call_id": "c1", "output": "a.py"}]}
-    assert adapter.prompt(body) == ("", "", (), True, "")
+    assert adapter.prompt(body) == ("", "", (), True, "", False)
     custom = {"type": "response.create", "input": [
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": PROMPT}]},
         {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},

@@ -118,6 +118,19 @@ def test_model_and_streaming() -> None:
     assert GEMINI.model("/v1/embeddings", {}) is None
 
 
+def test_the_client_names_its_session_where_the_body_gives_a_name() -> None:
+    """Claude Code's `metadata.user_id` (a JSON text holding its session id), Qwen Code's and Codex's
+    `prompt_cache_key`; clipped, and "" for anything else."""
+    claude = json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "1fbdf503-cefb-405e"})
+    assert ANTHROPIC.client_session({"messages": [], "metadata": {"user_id": claude}}) == claude
+    assert CHAT.client_session({"messages": [], "prompt_cache_key": "qwen-code:d7f1d478"}) == "qwen-code:d7f1d478"
+    assert RESPONSES.client_session({"input": [], "prompt_cache_key": "019a"}) == "019a"
+    assert len(CHAT.client_session({"prompt_cache_key": "k" * 10_000})) == 256
+    for adapter, body in [(ANTHROPIC, {"metadata": "x"}), (ANTHROPIC, {"metadata": {"user_id": 7}}), (CHAT, {}),
+                          (CHAT, {"prompt_cache_key": ["x"]}), (RESPONSES, "junk"), (GEMINI, {"contents": []})]:
+        assert adapter.client_session(body) == ""
+
+
 # -- framing ----------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
 from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
-from ..protocols.common import carry, find_prompt, unique_calls
+from ..protocols.common import carry, find_prompt, summarised, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
@@ -71,6 +71,7 @@ MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
 MAX_CHAINS = 64  # replies and conversations a later request may continue, whose threads are kept (the latest)
 MAX_CHAIN_CHARS = 4_000_000  # characters of text those threads hold at most (`Heard.chars`)
+MAX_SESSIONS = 256  # client sessions whose latest project route and prompt are kept (`Asked`), the latest
 
 
 @dataclass(slots=True)
@@ -156,6 +157,19 @@ class Thread:
 
 
 @dataclass(slots=True)
+class Asked:
+    """The latest prompt a client's session (`Adapter.client_session`, in one scope) asked, in requests that carry
+    their whole conversation: once the client has compacted the conversation into a summary with no prompt after
+    it (`Prompt.compacted`), its requests go on answering this prompt, in this memory."""
+
+    user: str
+    key: str
+    conversation: str
+    calls: tuple[str, ...] = ()  # tools called since the prompt, as its memory names them
+    turn: tuple[str, str] = ("", "")  # the prompt and the reply its memory holds, as stored (capture.Turn)
+
+
+@dataclass(slots=True)
 class Pending:
     """A turn in flight: what is needed to capture it once the reply is complete."""
 
@@ -169,6 +183,7 @@ class Pending:
     continues: str | None = None  # what the request goes on with (`Adapter.continues`); None: nothing can go on
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
+    asked: Asked | None = None  # its client session's latest prompt
 
 
 @dataclass(slots=True, frozen=True)
@@ -218,6 +233,8 @@ class RequestPath:
         self.sessions: dict[str, Route] = {}  # a WebSocket's route that named a project, by flow id
         self.threads: dict[str, Thread] = {}  # a WebSocket's prompt and conversation, by flow id
         self.chains: OrderedDict[tuple[str, str], Thread] = OrderedDict()  # by (scope, a reply's or conversation's id)
+        self.asked: OrderedDict[tuple[str, str], Asked] = OrderedDict()  # by (scope, a client's session)
+        self.routes: OrderedDict[str, Route] = OrderedDict()  # a client session's latest project route, by session
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -341,8 +358,13 @@ class RequestPath:
         view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model,
                             projects=self.names)
         route = await self.match(rules, view, t0)
+        session, entries = adapter.client_session(body), None
         if flow.websocket is not None:
             route = self._in_session(flow.id, route)
+        elif session and (known := self._session_route(session, route)) is not None:
+            entries = adapter.conversation(body)
+            if summarised(entries):
+                route = known
         self.clients[route.rule or "default"] += 1
         actions = route.actions
         outcome = Outcome(route.scope, route.rule, route.is_default, adapter.name, model, actions.auxiliary,
@@ -354,7 +376,8 @@ class RequestPath:
         if actions.route == "supermemory_router":
             outcome.skipped = "sent through the Supermemory router"
             return decision
-        entries = adapter.conversation(body)  # read once: the prompt, and what the echo check compares with
+        if entries is None:  # read once: the prompt, and what the echo check compares with
+            entries = adapter.conversation(body)
         prompt = find_prompt(entries)
         user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
         previous = adapter.continues(body)
@@ -362,12 +385,17 @@ class RequestPath:
             user, key, calls = thread.answers(prompt, entries)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
+        asked = self._asked(route.scope, session, prompt) if thread is None and actions.store else None
+        carried = asked if asked is not None and not prompt.text else None
+        if carried is not None:
+            user, key, conversation = carried.user, carried.key, carried.conversation
+            calls = unique_calls(carried.calls + calls)
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
         if route.project is not None:
             self.names.used(route.project, route.tool or client)
         if actions.recall:
             query = user if actions.query == "last_user" else adapter.query(body, actions.query)
-            found = await self._search(route, query, functools.partial(_heard, entries, thread))
+            found = await self._search(route, query, functools.partial(_heard, entries, thread, carried))
             text = protocols.frame_context(found[0], route.scope, actions.max_chars, also=tuple(zip(route.layers, found[1:])))
             if text and adapter.inject(body, text, actions.inject):
                 decision.content = dumps(body)
@@ -382,7 +410,7 @@ class RequestPath:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
             if key:
                 metadata[PROMPT_KEY] = key  # what a memory written from it names it by (memory.base.Derived)
-            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous)
+            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous, asked=asked)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
@@ -395,6 +423,41 @@ class RequestPath:
         if previous is None:
             return None
         return (self.chains.get((scope, previous)) if previous else None) or Thread()
+
+    def _session_route(self, session: str, route: Route) -> Route | None:
+        """Keep a route that names a project and stores as the latest of the client's session `session` (the
+        latest MAX_SESSIONS sessions). For a route that names none, the one the session had, if the same tool's
+        rule would store it too: a client that compacted its conversation may leave the working directory out
+        of the summary it goes on from (Qwen Code does), and the request that does stays in its project
+        (`summarised`). None where nothing is to change."""
+        a = route.actions
+        if a.auxiliary or not a.store or route.custom_header_present:
+            return None
+        if route.project is not None:
+            self.routes[session] = route
+            self.routes.move_to_end(session)
+            while len(self.routes) > MAX_SESSIONS:
+                self.routes.popitem(last=False)
+            return None
+        known = self.routes.get(session)
+        return known if known is not None and known.tool == route.tool else None
+
+    def _asked(self, scope: str, session: str, prompt: Prompt) -> Asked | None:
+        """The latest prompt of the client's session `session` in `scope`: the request's own, kept as the latest
+        (the latest MAX_SESSIONS sessions); for a request going on from the client's summary of its conversation, the
+        one it asked before. None without a session, or for a request answering no prompt of it."""
+        if not session:
+            return None
+        name = (scope, session)
+        asked = self.asked.get(name)
+        if not prompt.text:
+            return asked if prompt.compacted else None
+        if asked is None or asked.key != prompt.key:
+            asked = self.asked[name] = Asked(prompt.text, prompt.key, prompt.conversation)
+            while len(self.asked) > MAX_SESSIONS:
+                self.asked.popitem(last=False)
+        self.asked.move_to_end(name)
+        return asked
 
     async def match(self, rules: Rules, view: RequestView, t0: float) -> Route:
         """The rules' route for `view`, once the projects its working directories name are known (looked up
@@ -534,6 +597,10 @@ class RequestPath:
                     self._chain((pending.scope, name), thread)
         metadata = {**pending.metadata, "calls": list(calls)} if calls else pending.metadata
         turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
+        if (asked := pending.asked) is not None and asked.key == pending.key:
+            asked.calls = calls
+            if turn:
+                asked.turn = (turn.user, turn.reply)
         if turn and self.store.outbox is not None:
             if thread is not None:
                 thread.heard.turn(turn.user, turn.reply, turn.key)
@@ -594,6 +661,13 @@ class RequestPath:
         self.threads.pop(flow.id, None)
 
 
-def _heard(entries: list[Entry], thread: Thread | None) -> Heard:
-    """What the conversation holds: the request's messages, or all that its WebSocket went through."""
-    return thread.heard if thread is not None else Heard.of(entries)
+def _heard(entries: list[Entry], thread: Thread | None, carried: Asked | None = None) -> Heard:
+    """What the conversation holds: the request's messages, or all that its WebSocket went through; going on from
+    the client's summary (`carried`), also the prompt it answers with the reply stored for it, since the request
+    holds neither any more: a step of its own is no memory to recall into it."""
+    if thread is not None:
+        return thread.heard
+    heard = Heard.of(entries)
+    if carried is not None and carried.turn[0]:
+        heard.turn(*carried.turn, carried.key)
+    return heard

@@ -15,6 +15,7 @@ from .common import (
     Plan,
     apply_plan,
     block_entry,
+    body_session,
     breakpoints,
     find,
     join_text,
@@ -53,6 +54,9 @@ class AnthropicAdapter(MessagesAdapter):
             for m in body["messages"]
             if isinstance(m, dict) and m.get("role") in ("user", "assistant")
         ]
+
+    def client_session(self, body: Any) -> str:
+        return body_session(body, "metadata", "user_id")
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

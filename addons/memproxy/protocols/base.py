@@ -44,6 +44,7 @@ class Prompt(NamedTuple):
     calls: tuple[str, ...] = ()  # tools the assistant called after the prompt, each once, in order
     follows: bool = False  # tool results come after the prompt (or, without one, anywhere): a tool loop's step
     conversation: str = ""  # digest of the conversation's first user message: the same for each of its prompts
+    compacted: bool = False  # no prompt: the conversation goes on from a summary the client wrote of it (`continues`)
 
 
 class ReplyAccumulator(abc.ABC):
@@ -129,6 +130,12 @@ class Adapter(abc.ABC):
 
     def reply_id_from_json(self, body: Any) -> str:
         """`ReplyAccumulator.reply_id` of a non-streamed response body."""
+        return ""
+
+    def client_session(self, body: Any) -> str:
+        """The client's name for its session, where the body gives one, the same in each of its requests (Claude
+        Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`); "" for none. A name, never an instruction: it
+        only tells which prompt a compacted conversation goes on answering (`Prompt.compacted`)."""
         return ""
 
     def continues(self, body: Any) -> str | None:

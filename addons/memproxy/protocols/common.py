@@ -270,14 +270,14 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     reads it). Its key digests the user messages' texts up to and including it, as sent: every step of a
     tool loop (and every retry) sends those unchanged, and only tool calls and results follow them. The
     conversation is named by its first user message's text alone."""
-    at, text = len(entries), ""
+    at, text, compacted = len(entries), "", False
     for i in range(len(entries) - 1, -1, -1):
         entry = entries[i]
         if entry.role != "user" or not entry.text:
             continue
         if text := clean_query(entry.text):
             if continues(text):
-                text = ""
+                text, compacted = "", True
             else:
                 at = i
             break
@@ -285,7 +285,7 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
     calls = unique_calls(name for entry in after for name in entry.calls)
     follows = any(entry.results for entry in after)
     if not text:
-        return Prompt("", "", calls, follows)
+        return Prompt("", "", calls, follows, compacted=compacted)
     digest, first = hashlib.blake2b(digest_size=16), None
     for entry in entries[: at + 1]:
         if entry.role == "user" and entry.text:
@@ -299,6 +299,14 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
 def continues(text: str) -> bool:
     """Whether a user message's cleaned text is one a client wrote to go on after compacting (CONTINUATIONS)."""
     return text in CONTINUATIONS or text.startswith(CONTINUATION_OPENINGS) or text.endswith(CONTINUATION_ENDINGS)
+
+
+def summarised(entries: Sequence[Entry]) -> bool:
+    """Whether the conversation starts from a summary its client wrote of it (`continues`): it compacted it."""
+    for entry in entries:
+        if entry.role == "user" and entry.text and (text := clean_query(entry.text)):
+            return continues(text)
+    return False
 
 
 def _prompted(text: str) -> bool:
@@ -408,6 +416,15 @@ def leading(items: list, pred: Callable[[dict], bool]) -> int:
 def body_model(body: Any) -> str | None:
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else None
+
+
+MAX_SESSION_CHARS = 256  # of a client's name for its session (`Adapter.client_session`)
+
+
+def body_session(body: Any, *path: str) -> str:
+    """The string at `path` in `body`, as a client's name for its session (clipped); "" for none."""
+    name = dig(body, *path)
+    return name[:MAX_SESSION_CHARS] if isinstance(name, str) else ""
 
 
 def body_streams(body: Any) -> bool:

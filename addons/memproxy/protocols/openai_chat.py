@@ -15,6 +15,7 @@ from .common import (
     MessagesAdapter,
     Plan,
     apply_plan,
+    body_session,
     breakpoints,
     content_plan,
     dig,
@@ -65,6 +66,9 @@ class OpenAIChatAdapter(MessagesAdapter):
         if not self.matches_body(body):
             return []
         return [e for m in body["messages"] if isinstance(m, dict) and (e := _entry(m)) is not None]
+
+    def client_session(self, body: Any) -> str:
+        return body_session(body, "prompt_cache_key")
 
     def inject(self, body: Any, context: str, strategy: str) -> bool:
         if not context or not self.matches_body(body):

@@ -11,6 +11,7 @@ from .base import INJECT_STRATEGIES, Entry, ReplyAccumulator
 from .common import (
     EventAccumulator,
     JsonAdapter,
+    body_session,
     content_plan,
     find,
     join_text,
@@ -147,6 +148,9 @@ class OpenAIResponsesAdapter(JsonAdapter):
 
     def reply_id_from_json(self, body: Any) -> str:
         return _response_id(body)
+
+    def client_session(self, body: Any) -> str:
+        return body_session(body, "prompt_cache_key")
 
     def continues(self, body: Any) -> str | None:
         """`previous_response_id`, or the id of the `conversation` the request adds to."""
