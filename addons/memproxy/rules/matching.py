@@ -95,7 +95,9 @@ class Rule:
             if not _search(pattern, req.raw_body, caps, deadline):
                 return None
         for segs, pattern in self.json:
-            if not any(_search(pattern, _text(node), caps, deadline) for node in _walk(req.body, segs)):
+            if (texts := req.texts.get(segs)) is None:  # several rules read the same path (`system`)
+                texts = req.texts[segs] = [_text(node) for node in _walk(req.body, segs)]
+            if not any(_search(pattern, text, caps, deadline) for text in texts):
                 return None
         return caps
 
@@ -134,21 +136,22 @@ def _search(pattern: Pattern, text: Any, caps: dict[str, str], deadline: float) 
 
 
 def _walk(node: Any, segs: tuple[Segment, ...]) -> Iterator[Any]:
-    """The nodes a JSON path selects, lazily."""
-    if not segs:
-        yield node
-        return
-    seg, rest = segs[0], segs[1:]
-    if seg == "*":
-        children: Any = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-    elif isinstance(node, dict):
-        children = (node[seg[0]],) if seg[0] in node else ()
-    elif isinstance(node, list) and seg[1] is not None and -len(node) <= seg[1] < len(node):
-        children = (node[seg[1]],)
-    else:
-        children = ()
-    for child in children:
-        yield from _walk(child, rest)
+    """The nodes a JSON path selects, lazily: a key or an index is followed in place, a "*" branches."""
+    for at, seg in enumerate(segs):
+        if seg == "*":
+            children: Any = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+            for child in children:
+                yield from _walk(child, segs[at + 1 :])
+            return
+        if isinstance(node, dict):
+            if seg[0] not in node:
+                return
+            node = node[seg[0]]
+        elif isinstance(node, list) and seg[1] is not None and -len(node) <= seg[1] < len(node):
+            node = node[seg[1]]
+        else:
+            return
+    yield node
 
 
 def _text(node: Any) -> str:

@@ -97,6 +97,8 @@ class RequestView:
     project: str | None = None  # the registered project of the listen port (its path)
     flow: Any = None
     projects: Any = None  # the `project` filter's ProjectNames (templates), if projects can be named
+    # The texts of the body's nodes at each JSON path a rule has read (matching.Rule.captures), read once.
+    texts: dict[tuple, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", plain_headers(self.headers))
