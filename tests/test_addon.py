@@ -260,12 +260,15 @@ PROMPT = "How does caching work in this service?"
 
 def loop_flow(adapter: str, messages: list[dict], session: str | None) -> tflow.HTTPFlow:
     """A step of a tool loop as the client sends it whole, in the Anthropic or the Chat format, with the client's
-    name for its session where it gives one (Claude Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`)."""
+    name for its session where it gives one (Claude Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`,
+    opencode's `x-session-id` header)."""
     flow = chat_flow(user_agent="OpenAI/Python 3.57.0")
     body: dict = {"model": "m", "messages": messages}
     if adapter == "anthropic":
         flow.request.host, flow.request.path = "api.anthropic.com", "/v1/messages"
         body |= {"max_tokens": 64} | ({"metadata": {"user_id": session}} if session is not None else {})
+    elif adapter == "opencode" and session is not None:  # in a header: opencode's body names no session
+        flow.request.headers["x-session-id"] = session
     elif session is not None:
         body["prompt_cache_key"] = session
     flow.request.content = json.dumps(body).encode()
@@ -294,7 +297,7 @@ async def answer(addon: RequestPath, flow: tflow.HTTPFlow, adapter: str, text: s
     return addon.store.outbox[-1] if len(addon.store.outbox) > before else None
 
 
-@pytest.mark.parametrize("adapter", ["anthropic", "openai_chat"])
+@pytest.mark.parametrize("adapter", ["anthropic", "openai_chat", "opencode"])
 async def test_a_conversation_compacted_in_a_tool_loop_goes_on_answering_its_prompt(addon, adapter):
     """Claude Code and Qwen Code compact a long tool loop into a summary and go on from it: the prompt is no longer
     in the request, but the session (the client's name for it) is the same. The final answer updates the

@@ -347,6 +347,43 @@ def test_opencode_compacting_its_conversation_stores_neither_the_summary_nor_wha
     ], kept
 
 
+CONTINUE = "Continue if you have next steps"
+
+
+def test_opencode_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """opencode compacts between two steps of a tool loop, then goes on with "What did we do so far?", the summary
+    and "Continue if you have next steps…": the prompt is no longer in the request, but its session
+    (`x-session-id`) is the same. The answer it goes on to is the prompt's final answer, in its one memory."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, project = tmp_path / "home", git_repo(tmp_path / "shop")
+    final, summary = "The repository holds three files.", "The agent listed the files of the repository."
+    reported: list[int] = []
+
+    def summarizing(data: Any) -> bool:
+        return text_of(data["messages"][0]).startswith("You are a context summarization agent")
+
+    def tokens(data: Any) -> int:
+        """The first step of the main agent says its context is nearly full."""
+        big = 7000 not in reported and isinstance(data, dict) and bool(data.get("tools"))
+        reported.append(7000 if big else 100)
+        return reported[-1]
+
+    call = ToolCall("bash", {"command": "printf a.py", "description": "List the files"}, "I will list the files first.")
+    upstream.tool_call = lambda data: call if data.get("tools") and not summarizing(data) and CONTINUE not in json.dumps(data) else None
+    upstream.prompt_tokens = tokens
+    upstream.reply_for = lambda rec: summary if summarizing(rec.json) else final
+    assert opencode(proc, project, "Which files are in the repository?", home, context=8000).endswith(final)
+    went_on = [c for c in chat_calls(upstream) if CONTINUE in text_of(c["messages"][-1])]
+    assert went_on and "Which files are in the repository?" not in json.dumps(went_on[0]), proc.log_text()
+    assert wait_until(lambda: any(final in content for _, content, _ in every_memory(db)))
+    time.sleep(1.5)  # a later capture has landed by now, if any came
+    assert [(scope, content) for scope, content, _ in every_memory(db)] == [
+        ("project:shop", f'User: "Which files are in the repository?"\nAssistant: {final}')], proc.log_text()
+
+
 QWEN_COMPACTING = "You are the component that summarizes a conversation when its context window is about to overflow"
 RESUME = "Resume the prior task using the summary above."
 

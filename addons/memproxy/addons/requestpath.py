@@ -49,7 +49,7 @@ from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
 from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
-from ..protocols.common import carry, find_prompt, summarised, unique_calls
+from ..protocols.common import MAX_SESSION_CHARS, carry, find_prompt, summarised, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..wire import is_loopback
@@ -72,6 +72,7 @@ ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for e
 MAX_CHAINS = 64  # replies and conversations a later request may continue, whose threads are kept (the latest)
 MAX_CHAIN_CHARS = 4_000_000  # characters of text those threads hold at most (`Heard.chars`)
 MAX_SESSIONS = 256  # client sessions whose latest project route and prompt are kept (`Asked`), the latest
+SESSION_HEADER = "x-session-id"  # opencode's name for its session, where the body gives none (`client_session`)
 
 
 @dataclass(slots=True)
@@ -358,7 +359,8 @@ class RequestPath:
         view = request_view(flow, headers, self.projects.project_path, method, body=body, raw_body=text, model=model,
                             projects=self.names)
         route = await self.match(rules, view, t0)
-        session, entries = adapter.client_session(body), None
+        session = adapter.client_session(body) or headers.get(SESSION_HEADER, "")[:MAX_SESSION_CHARS]
+        entries = None
         if flow.websocket is not None:
             route = self._in_session(flow.id, route)
         elif session and (known := self._session_route(session, route)) is not None:
