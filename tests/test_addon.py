@@ -258,6 +258,24 @@ SUMMARY = ("This session is being continued from a previous conversation that ra
 PROMPT = "How does caching work in this service?"
 
 
+def test_a_threads_message_going_on_from_a_summary_answers_the_threads_prompt() -> None:
+    """On a WebSocket (Codex), a message going on from the client's summary of the conversation answers the prompt
+    the connection asked last; on a new connection, no prompt."""
+    from memproxy.addons.requestpath import Thread
+    from memproxy.protocols.base import Entry
+    from memproxy.protocols.common import find_prompt
+
+    asked = [Entry("user", PROMPT)]
+    compacted = [Entry("user", PROMPT), Entry("user", "Another language model started to solve this problem and"
+                                                       " produced a summary of its thinking process. It found two.")]
+    thread = Thread()
+    user, key, _ = thread.answers(find_prompt(asked), asked)
+    assert (user, key) == (PROMPT, find_prompt(asked).key)
+    assert find_prompt(compacted).compacted
+    assert thread.answers(find_prompt(compacted), compacted) == (PROMPT, key, ())
+    assert Thread().answers(find_prompt(compacted), compacted) == ("", "", ())
+
+
 def loop_flow(adapter: str, messages: list[dict], session: str | None) -> tflow.HTTPFlow:
     """A step of a tool loop as the client sends it whole, in the Anthropic or the Chat format, with the client's
     name for its session where it gives one (Claude Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`,

@@ -469,6 +469,49 @@ def test_codex_compacting_on_the_providers_side_is_not_recalled_into_and_keeps_o
     assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"])
 
 
+CHECKPOINT = "You are performing a CONTEXT CHECKPOINT COMPACTION."  # Codex's instruction to compact, its own side
+HANDOFF = "Another language model started to solve this problem"  # how Codex's compacted history goes on
+CUSTOM_PROVIDER = """model_provider = "custom"
+model_auto_compact_token_limit = 1000
+
+[model_providers.custom]
+name = "A provider of the user's"
+base_url = "https://api.openai.com/v1"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+supports_websockets = {websockets}
+"""
+
+
+@pytest.mark.parametrize("websockets", [True, False], ids=["websocket", "http"])
+def test_codex_compacting_on_its_own_side_in_a_tool_loop_keeps_the_prompts_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, websockets: bool
+) -> None:
+    """Codex 0.169.0 on a provider of the user's config compacts in the middle of a tool loop itself: it sends the
+    history with its instruction to compact as the last user message, then goes on from the prompt and the summary
+    it got, answered at once here. The request to compact is neither recalled into nor stored, and the prompt's one
+    memory ends with the final answer: on its WebSocket (the thread goes on) and over HTTP (the session goes on)."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    known = "User: Which files are in the repository of the shop?\nAssistant: Two files, a.py and b.py."
+    seed(backend.db, "project:shop", known)
+    (home / ".codex").mkdir(parents=True)
+    (home / ".codex/config.toml").write_text(CUSTOM_PROVIDER.format(websockets=str(websockets).lower()))
+    call = ToolCall("shell", {"command": ["bash", "-lc", f"printf {OUTPUT}"]})
+    upstream.tool_call = lambda data: None if HANDOFF in json.dumps(data) or CHECKPOINT in json.dumps(data) else call
+    # Past the limit at the first step, whose function call Codex runs before it compacts.
+    upstream.prompt_tokens = lambda data: 50_000 if PROMPT in json.dumps(data.get("input")[-1:]) else 100
+    upstream.reply_for = lambda rec: SUMMARY if CHECKPOINT in json.dumps(rec.ws_messages[-1:] or rec.json) else FINAL
+
+    assert FINAL in codex(proc, project, home, PROMPT)
+    sent = [m for r in upstream.requests for m in (r.ws_messages or [r.json]) if isinstance(m, dict) and m.get("input")]
+    compacting = [m for m in sent if CHECKPOINT in json.dumps(m["input"][-1])]
+    assert compacting and all(MEMORY_TAG not in json.dumps(m) for m in compacting), proc.log_text()
+    [after] = [m for m in sent if HANDOFF in json.dumps(m["input"][-1])]  # the prompt, then the summary
+    assert SUMMARY in json.dumps(after) and "I will run a shell command first." not in json.dumps(after)
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert sorted(memories) == sorted([(known, []), (f"User: {PROMPT}\nAssistant: {FINAL}", ["shell"])]), proc.log_text()
+
+
 REPORT = "The sub-agent found a.py, b.py and c.py."
 
 

@@ -180,6 +180,12 @@ CODEX_ENV = {"type": "message", "role": "user", "content": [{"type": "input_text
     "<environment_context>\n  <cwd>/home/u/proj</cwd>\n  <approval_policy>never</approval_policy>\n"
     "  <shell>bash</shell>\n</environment_context>")}]}
 CODEX_PROMPT = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "add a test"}]}
+CODEX_CHECKPOINT = ("You are performing a CONTEXT CHECKPOINT COMPACTION. Create a handoff summary for another LLM that"
+                    " will resume the task.\n")
+
+
+def codex_said(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
 def gemini(action: str, text: str, **extra: Any) -> RequestView:
@@ -295,6 +301,15 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
     ("codex remote compaction", codex([{"type": "function_call_output", "call_id": "c1", "output": "a.py"},
                                        {"type": "compaction_trigger"}]),
      "default", "compaction-remote", True),
+    # Codex 0.169.0 compacting on its own side (a provider of the user's config), on its WebSocket and over HTTP.
+    ("codex local compaction", codex([CODEX_ENV, CODEX_PROMPT, {"type": "function_call_output", "call_id": "c1",
+                                      "output": "a.py"}, codex_said(CODEX_CHECKPOINT)]),
+     "default", "compaction-in-input", True),
+    ("codex local compaction (http)", codex([CODEX_PROMPT, codex_said(CODEX_CHECKPOINT)], **{
+        "x-codex-turn-metadata": json.dumps({"workspaces": {"/home/u/httpproj": {}}, "request_kind": "compaction"})}),
+     "default", "compaction-in-input", True),
+    ("codex quoting the compaction instruction", codex([CODEX_ENV, codex_said(f"Why does it say {CODEX_CHECKPOINT}")]),
+     "project:proj", "codex", False),
     ("codex websocket", codex([CODEX_ENV, CODEX_PROMPT]), "project:proj", "codex", False),
     ("codex http", codex([CODEX_PROMPT], **{"x-codex-turn-metadata": json.dumps(
         {"turn_id": "t1", "workspaces": {"/home/u/httpproj": {"latest_git_commit_hash": "abc"}}})}),

@@ -143,7 +143,8 @@ class Thread:
 
     def answers(self, prompt: Prompt, entries: Sequence[Entry]) -> tuple[str, str, tuple[str, ...]]:
         """The user text, key and calls of the prompt a message (`entries`) answers: its own (a retry of the
-        current one keeps its key), or, for a message of only tool outputs, the current one's. A prompt's key is
+        current one keeps its key), or, for a message of only tool outputs or one going on from the client's summary
+        of the conversation (`Prompt.compacted`), the current one's. A prompt's key is
         the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
         if prompt.text and prompt.key == self.raw:
             return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
@@ -152,7 +153,7 @@ class Thread:
         if prompt.text:
             self.conversation = self.conversation or prompt.conversation
             self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()
-        elif not (prompt.follows and self.key):
+        elif not ((prompt.follows or prompt.compacted) and self.key):
             return "", "", prompt.calls
         return self.user, self.key, unique_calls(self.calls + prompt.calls)
 
