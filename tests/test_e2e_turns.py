@@ -8,7 +8,16 @@ given its own prompts and answers back as memories, while the same question aske
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import termios
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +316,102 @@ def test_claude_code_resumed_is_never_given_its_own_turn_whose_secret_was_scrubb
 # (100,000 tokens) and the threshold to 1 % of what is left of it (800 tokens), so the fake's report reaches it.
 COMPACT_SOON = {"CLAUDE_CODE_AUTO_COMPACT_WINDOW": "100000", "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE": "1"}
 SUMMARY = "The user asked which files the repository holds: three."
+
+
+INTERRUPTED = "[Request interrupted by user for tool use]"  # what Claude Code writes when the user stops a tool
+ESCAPES = re.compile(r"\x1b(?:\[[0-9;?>=]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-B]|[=>])")
+
+
+class Terminal:
+    """A client on a pseudo-terminal of its own: what it shows (read in the background), and keys typed to it."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
+        os.close(slave)
+        self.shown = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # the client has gone
+                return
+            if not data:
+                return
+            self.shown += data
+
+    def text(self) -> str:
+        """What it showed, without escape sequences or white space (a TUI moves the cursor for some spaces)."""
+        return re.sub(r"\s+", "", ESCAPES.sub("", bytes(self.shown).decode("utf-8", "replace")))
+
+    def wait_for(self, shown: str, timeout: float = 60.0) -> None:
+        words = re.sub(r"\s+", "", shown)
+        assert wait_until(lambda: words in self.text(), timeout), self.text()[-3000:]
+
+    def type(self, text: str) -> None:
+        """Type `text`, then Enter a moment later (typed at once, a TUI may take both for a paste)."""
+        os.write(self.master, text.encode())
+        time.sleep(0.5)
+        os.write(self.master, b"\r")
+
+    def press(self, key: bytes) -> None:
+        os.write(self.master, key)
+
+    def close(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        os.close(self.master)
+
+
+def test_claude_code_interrupted_in_a_tool_loop_then_asked_again_keeps_a_memory_per_prompt(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Real Claude Code on a terminal: the user stops the tool its first prompt made it run (Esc) and asks
+    something else. Its next request ends with the tool's result, the line it writes for the interruption and the
+    new prompt, in one user message. The new prompt is a memory of its own with its answer, the interruption line in
+    none; the first prompt keeps its step; and the first prompt's memory, which the conversation holds, is not
+    recalled into it."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    for folder in (project, home):
+        folder.mkdir(parents=True, exist_ok=True)
+    key = "sk-ant-fake-e2e-turns"
+    (home / ".claude.json").write_text(json.dumps({  # onboarding done, the key approved, the folder trusted
+        "hasCompletedOnboarding": True, "theme": "dark", "numStartups": 5,
+        "customApiKeyResponses": {"approved": [key[-20:]], "rejected": []},
+        "projects": {str(project): {"hasTrustDialogAccepted": True, "allowedTools": ["Bash"]}},
+    }))
+    call = ToolCall("Bash", {"command": "sleep 60; echo done", "description": "Wait"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) and INTERRUPTED not in json.dumps(data) else None
+    upstream.reply = FINAL
+    env = isolated_env(home) | {"ANTHROPIC_API_KEY": key, "HTTPS_PROXY": proc.proxy_url, "TERM": "xterm-256color",
+                                "NODE_EXTRA_CA_CERTS": str(proc.ca_path), "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    again = "And which of them is the largest?"
+    terminal = Terminal([str(installed("claude")), "--allowedTools", "Bash"], project, env)
+    try:
+        terminal.wait_for("? for shortcuts")
+        terminal.type(PROMPT)
+        terminal.wait_for("Running")  # the tool runs
+        terminal.press(b"\x1b")
+        terminal.wait_for("Interrupted")
+        terminal.type(again)
+        memories = backend.settled("project:shop", f"User: {again}\nAssistant: {FINAL}")
+    finally:
+        terminal.close()
+    first, after = main_calls(upstream)
+    last = after["messages"][-1]["content"]
+    assert [block["type"] for block in last] == ["tool_result", "text", "text"], proc.log_text()
+    assert last[1]["text"].strip() == INTERRUPTED and last[2]["text"] == again
+    assert MEMORY_TAG not in json.dumps(after), proc.log_text()  # its only memory is the conversation's own
+    assert sorted(content for content, _ in memories) == sorted(
+        [f"User: {again}\nAssistant: {FINAL}", f"User: {PROMPT}\nAssistant: {call.text}"]), proc.log_text()
 
 
 def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_its_instruction(
