@@ -377,8 +377,8 @@ def test_claude_code_interrupted_in_a_tool_loop_then_asked_again_keeps_a_memory_
     """Real Claude Code on a terminal: the user stops the tool its first prompt made it run (Esc) and asks
     something else. Its next request ends with the tool's result, the line it writes for the interruption and the
     new prompt, in one user message. The new prompt is a memory of its own with its answer, the interruption line in
-    none; the first prompt keeps its step; and the first prompt's memory, which the conversation holds, is not
-    recalled into it."""
+    none; the first prompt keeps its step, which names the tool; and the first prompt's memory, which the
+    conversation holds, is not recalled into it."""
     backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
     for folder in (project, home):
         folder.mkdir(parents=True, exist_ok=True)
@@ -410,8 +410,9 @@ def test_claude_code_interrupted_in_a_tool_loop_then_asked_again_keeps_a_memory_
     assert [block["type"] for block in last] == ["tool_result", "text", "text"], proc.log_text()
     assert last[1]["text"].strip() == INTERRUPTED and last[2]["text"] == again
     assert MEMORY_TAG not in json.dumps(after), proc.log_text()  # its only memory is the conversation's own
-    assert sorted(content for content, _ in memories) == sorted(
-        [f"User: {again}\nAssistant: {FINAL}", f"User: {PROMPT}\nAssistant: {call.text}"]), proc.log_text()
+    # The first prompt's memory is its step, which names the tool the user stopped.
+    assert sorted(memories) == sorted([(f"User: {again}\nAssistant: {FINAL}", []),
+                                       (f"User: {PROMPT}\nAssistant: {call.text}", ["Bash"])]), proc.log_text()
 
 
 def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_its_instruction(

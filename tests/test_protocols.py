@@ -13,7 +13,7 @@ import pytest
 from memproxy.protocols import ADAPTERS, detect_path, frame_context, strip_memory_blocks
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import MEMORY_CLOSE
-from memproxy.protocols.common import ELISION, SCAN_HEAD, SCAN_TAIL, clean_query, visible
+from memproxy.protocols.common import ELISION, MAX_CALLS, SCAN_HEAD, SCAN_TAIL, clean_query, visible
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -843,6 +843,30 @@ def test_a_responses_reply_names_its_id_and_calls_and_a_request_the_reply_it_con
     others = [a for a in ADAPTERS if a is not RESPONSES and a.name != RESPONSES.name]
     assert all(a.continues({"previous_response_id": "resp_1"}) is None for a in others)  # their requests carry it all
     assert all(a.accumulator().reply_id() == "" for a in others)
+
+
+@pytest.mark.parametrize("name", ["anthropic", "openai_chat", "openai_responses", "gemini"])
+def test_a_reply_that_calls_a_tool_names_it_streamed_and_whole(name: str) -> None:
+    """A step that ends in a tool call names the tool, so that its memory does even if no later request answers the
+    call (the user stopped it, the client crashed). The replies are the fake upstream's, as each provider sends
+    them; text and calls are read apart."""
+    from fakes.upstream import ANTHROPIC, CHAT, GEMINI, ToolCall
+    from fakes.upstream import RESPONSES as RESPONSES_API
+
+    api = {"anthropic": ANTHROPIC, "openai_chat": CHAT, "openai_responses": RESPONSES_API, "gemini": GEMINI}[name]
+    adapter = next(a for a in ADAPTERS if a.name == name)
+    events, body = api.call("m", ToolCall("Bash", {"command": "ls"}, "Listing."))
+    reply = adapter.accumulator()
+    for event in events:
+        reply.feed(event.name, event.data if isinstance(event.data, str) else dumps(event.data))
+    assert reply.done and reply.text() == "Listing." and reply.calls() == ("Bash",)
+    assert adapter.calls_from_json(body) == ("Bash",) and adapter.reply_from_json(body) == "Listing."
+    assert adapter.calls_from_json({"choices": "junk", "content": 7, "candidates": [{}]}) == ()
+    many = adapter.accumulator()
+    for n in range(3 * MAX_CALLS):  # a reply calling many tools names the first MAX_CALLS, each once
+        for event in api.call("m", ToolCall(f"tool{n % (2 * MAX_CALLS)}", {}))[0]:
+            many.feed(event.name, event.data if isinstance(event.data, str) else dumps(event.data))
+    assert many.calls() == tuple(f"tool{n}" for n in range(MAX_CALLS))
 
 
 @pytest.mark.parametrize("terminal", ["response.failed", "response.incomplete"])

@@ -106,6 +106,10 @@ class AnthropicAdapter(MessagesAdapter):
         content = body.get("content") if isinstance(body, dict) else None
         return "\n".join(text_parts(content, _TEXT)) if isinstance(content, list) else ""
 
+    def calls_from_json(self, body: Any) -> tuple[str, ...]:
+        content = body.get("content") if isinstance(body, dict) else None
+        return block_entry("assistant", content, _TEXT, _CALLS, _RESULTS).calls
+
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
@@ -122,6 +126,8 @@ class _Accumulator(EventAccumulator):
             block = obj.get("content_block")
             if isinstance(block, dict) and block.get("type") == "text":
                 self.add(block.get("text"), obj.get("index"))
+            elif isinstance(block, dict) and block.get("type") in _CALLS:
+                self.call(block.get("name"))
         elif kind == "content_block_delta":
             delta = obj.get("delta")
             if isinstance(delta, dict) and delta.get("type") == "text_delta":

@@ -66,7 +66,8 @@ class ReplyAccumulator(abc.ABC):
         response.completed, [DONE], or Gemini's finishReason)."""
 
     def calls(self) -> tuple[str, ...]:
-        """The names of the tools the reply calls, where the format's stream names them (none by default)."""
+        """The names of the tools the reply calls, as its stream names them (none by default): a step that ends in a
+        call the client never answers (the user stopped it, the client crashed) still names it in its memory."""
         return ()
 
     def reply_id(self) -> str:
@@ -124,8 +125,7 @@ class Adapter(abc.ABC):
         """The assistant's reply text from a non-streamed response body."""
 
     def calls_from_json(self, body: Any) -> tuple[str, ...]:
-        """The names of the tools a non-streamed response body calls, where a later request may not repeat the
-        calls (none by default)."""
+        """The names of the tools a non-streamed response body calls (none by default)."""
         return ()
 
     def reply_id_from_json(self, body: Any) -> str:

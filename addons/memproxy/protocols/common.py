@@ -546,6 +546,7 @@ class EventAccumulator(ReplyAccumulator):
 
     def __init__(self) -> None:
         self._blocks: dict[Any, list[str]] = {}
+        self._calls: tuple[str, ...] = ()  # the tools the reply calls (`unique_calls`)
         self._done = False
 
     def feed(self, event: str | None, data: str) -> None:
@@ -568,6 +569,14 @@ class EventAccumulator(ReplyAccumulator):
 
     def text(self) -> str:
         return self.separator.join("".join(parts) for parts in self._blocks.values())
+
+    def call(self, *names: Any) -> None:
+        """Note the names of tools the reply calls (strings only; at most MAX_CALLS, each once)."""
+        if len(self._calls) < MAX_CALLS:
+            self._calls = unique_calls((*self._calls, *names))
+
+    def calls(self) -> tuple[str, ...]:
+        return self._calls
 
     @property
     def done(self) -> bool:

@@ -36,6 +36,11 @@ def _parts_text(parts: Any) -> str:
     return "".join(text_parts(parts, _TEXT))
 
 
+def _calls(parts: Any) -> tuple[str, ...]:
+    """The names of the functions `parts` call (functionCall parts)."""
+    return unique_calls(dig(p, "functionCall", "name") for p in parts if isinstance(p, dict)) if isinstance(parts, list) else ()
+
+
 def _entry(content: dict) -> Entry | None:
     """A user content (its functionResponse parts are tool results) or a model content (its functionCall parts
     name tools)."""
@@ -46,7 +51,7 @@ def _entry(content: dict) -> Entry | None:
     parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
     text = "\n".join(text_parts(parts, _TEXT))
     if role == "model":
-        return Entry("assistant", text, unique_calls(dig(p, "functionCall", "name") for p in parts))
+        return Entry("assistant", text, _calls(parts))
     return Entry("user", text, (), any("functionResponse" in p for p in parts))
 
 
@@ -103,6 +108,9 @@ class GeminiAdapter(JsonAdapter):
     def reply_from_json(self, body: Any) -> str:
         return _parts_text(dig(body, "candidates", 0, "content", "parts"))
 
+    def calls_from_json(self, body: Any) -> tuple[str, ...]:
+        return _calls(dig(body, "candidates", 0, "content", "parts"))
+
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
@@ -119,6 +127,8 @@ class _Accumulator(EventAccumulator):
         candidates = obj.get("candidates")
         for candidate in candidates if isinstance(candidates, list) else ():
             if isinstance(candidate, dict) and candidate.get("index", 0) == 0:
-                self.add(_parts_text(dig(candidate, "content", "parts")))
+                parts = dig(candidate, "content", "parts")
+                self.add(_parts_text(parts))
+                self.call(*_calls(parts))
                 if candidate.get("finishReason"):
                     self._done = True

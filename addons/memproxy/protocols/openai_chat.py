@@ -118,6 +118,10 @@ class OpenAIChatAdapter(MessagesAdapter):
     def reply_from_json(self, body: Any) -> str:
         return "".join(text_parts(dig(body, "choices", 0, "message", "content"), _TEXT))
 
+    def calls_from_json(self, body: Any) -> tuple[str, ...]:
+        message = dig(body, "choices", 0, "message")
+        return entry.calls if isinstance(message, dict) and (entry := _entry(message)) is not None else ()
+
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
@@ -144,5 +148,8 @@ class _Accumulator(EventAccumulator):
         for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 self.add("".join(text_parts(dig(choice, "delta", "content"), _TEXT)))
+                calls = dig(choice, "delta", "tool_calls")
+                if isinstance(calls, list):  # a call's name comes in its first chunk
+                    self.call(*(dig(call, "function", "name") for call in calls))
                 if choice.get("finish_reason"):
                     self._done = True

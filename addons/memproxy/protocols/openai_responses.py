@@ -175,7 +175,6 @@ class _Accumulator(EventAccumulator):
     def __init__(self) -> None:
         super().__init__()
         self._final = ""
-        self._calls: list[str] = []
         self._id = ""
 
     def on_event(self, event: str | None, obj: dict) -> None:
@@ -186,16 +185,13 @@ class _Accumulator(EventAccumulator):
             self.add(obj.get("delta"), obj.get("output_index"), obj.get("content_index"))
         elif kind == "response.output_item.done" and isinstance(item := obj.get("item"), dict):
             if (entry := _entry(item)) is not None:
-                self._calls += entry.calls
+                self.call(*entry.calls)
         elif kind in _TERMINAL:
             self._done = True
             self._final = output_text(obj.get("response"))
 
     def text(self) -> str:
         return self._final or super().text()
-
-    def calls(self) -> tuple[str, ...]:
-        return unique_calls(self._calls)
 
     def reply_id(self) -> str:
         return self._id
