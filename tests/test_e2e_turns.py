@@ -455,13 +455,15 @@ def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_
     ]), proc.log_text()
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["", "restarted"])
 def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_one_memory(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend, restarted: bool
 ) -> None:
     """Past its threshold between two steps of a tool loop, Claude Code compacts, then goes on from its summary
     without the user's prompt. Its session (`metadata.user_id`) is the same: the steps after the summary answer
     that prompt, whose one memory ends with the final answer. They are recalled into with the prompt, the
-    prompt's own step stored before the summary left out."""
+    prompt's own step stored before the summary left out. So too when memproxy restarts while the tool runs just
+    before the summary: its threads file keeps the session's prompt."""
     proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
     home, project = tmp_path / "home", tmp_path / "shop"
     known = "User: Where are the repository's files listed?\nAssistant: In the manifest, MANIFEST.in."
@@ -486,11 +488,28 @@ def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_o
         return 5000 if len(steps) == 2 else 10
 
     call = ToolCall("Bash", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
-    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) and not summarizing(data) and results(data) < 2 else None
+    started = tmp_path / "second-tool-started"  # the second step's tool (just before the summary) writes it, then waits
+    second = ToolCall("Bash", {"command": f"printf x > {started}; sleep {8 if restarted else 1}; printf {OUTPUT}",
+                               "description": "List the files"})
+
+    def tool_call(data: Any) -> ToolCall | None:
+        if "Bash" not in tool_names(data) or summarizing(data) or results(data) >= 2:
+            return None
+        return second if results(data) == 1 else call
+
+    def restart() -> None:
+        if wait_until(started.exists, timeout=120):
+            proc.restart()
+
+    restarting = threading.Thread(target=restart if restarted else lambda: None)
+    restarting.start()
+    upstream.tool_call = tool_call
     upstream.calls_after_results = True
     upstream.prompt_tokens = tokens
     upstream.reply_for = lambda rec: f"<analysis>…</analysis>\n<summary>{SUMMARY}</summary>" if summarizing(rec.json) else FINAL
     assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash", env=COMPACT_SOON).endswith(FINAL)
+    restarting.join()
+    assert started.exists()
     calls = main_calls(upstream)
     [at] = [i for i, c in enumerate(calls) if summarizing(c)]
     after = calls[at + 1 :]
@@ -776,3 +795,58 @@ def test_a_responses_loop_whose_conversation_the_provider_keeps_is_one_memory(
     backend.settled("other", f"User: Which scope is this?\nAssistant: {ToolCall('list_files', {}).text}")
     listed = 1 if backend.supermemory is not None else 0  # the fake Supermemory lists every container's
     assert sum(PROMPT in content for content, _ in backend.stored("other")) == listed, proc.log_text()
+
+
+def threads_file(proc: MitmdumpProc) -> Path:
+    """Where a mitmdump keeps its chained threads and asked prompts (memproxy.threads)."""
+    return Path(proc.env["XDG_DATA_HOME"]) / "memproxy" / "threads.json"
+
+
+def stopped(proc: MitmdumpProc, how: str, written: Callable[[str], bool]) -> None:
+    """Stop memproxy and start it again: "restart" as a user does (its done hooks run); "crash" kills it once the
+    file holds what `written` looks for (written within a second of the change)."""
+    if how == "crash":
+        assert wait_until(lambda: threads_file(proc).exists() and written(threads_file(proc).read_text())), proc.log_text()
+        proc.kill()
+        proc.start()
+    else:
+        proc.restart()
+
+
+@pytest.mark.parametrize(("kept", "how"), [("previous_response_id", "restart"), ("conversation", "crash")])
+def test_a_loop_the_provider_keeps_goes_on_in_its_prompts_memory_after_memproxy_restarts(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend, kept: str, how: str
+) -> None:
+    """memproxy stops while the tool runs, and starts again. The loop's later request carries only the call's
+    output and what names the conversation: the thread kept in memproxy's threads file still knows its prompt,
+    whose one memory ends with the final answer, and the conversation's next prompt is not given its own turn."""
+    proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
+    secret = next(fake for fake in fakes() if fake.kind == "GitHub token").value  # in the prompt: the file holds it as its memory does, scrubbed
+    prompt = f"{PROMPT} My token is {secret}."
+
+    def after(reply: Any) -> dict[str, str]:
+        if kept == "conversation":
+            return {"conversation": "conv_e2e_restart"}
+        return {"previous_response_id": reply.id} if reply is not None else {}
+
+    def ask(items: list[Any], link: dict[str, str]) -> Any:
+        return client.responses.create(model="gpt-4o", input=items, tools=RESPONSES_TOOLS, extra_headers=SCOPE, **link)
+
+    step = ask([{"role": "user", "content": prompt}], after(None))
+    [call] = [item for item in step.output if item.type == "function_call"]
+    stored = scrub(prompt).text
+    backend.settled("team", f"User: {stored}\nAssistant: {ToolCall('list_files', {}).text}")
+    stopped(proc, how, lambda text: "conv_e2e_restart" in text or step.id in text)
+    text = threads_file(proc).read_text()
+    assert stored in text and secret not in text and threads_file(proc).stat().st_mode & 0o777 == 0o600
+
+    final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step))
+    assert final.output_text == FINAL
+    memories = backend.settled("team", f"User: {stored}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {stored}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+
+    # The conversation goes on, after another restart: its own turn is no memory for it, though no request holds it.
+    proc.restart()
+    ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], after(final))
+    assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json), proc.log_text()
+    given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}], {}), upstream, "/responses", backend)

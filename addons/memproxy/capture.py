@@ -29,6 +29,12 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def as_stored(text: str, limit: int) -> str:
+    """`text` as a turn's memory holds it (`Turn.make`, then `Turn.scrubbed`), clipped to `limit`. CPU work: call
+    it off the event loop."""
+    return _clip(scrub(_clip(strip_memory_blocks(text), limit + SCRUB_MARGIN)).text, limit)
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """One user prompt and the assistant's reply, in one scope; `key` names the prompt in its conversation."""

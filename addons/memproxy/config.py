@@ -73,6 +73,10 @@ def cookies_path() -> Path:
     return data_dir() / "cookies.json"
 
 
+def threads_path() -> Path:
+    return data_dir() / "threads.json"
+
+
 def projects_path() -> Path:
     return data_dir() / "projects.json"
 

@@ -19,7 +19,8 @@ One memory per prompt: a turn is named by the prompt it answers (`Adapter.prompt
 updates the prompt's one memory, and the last step leaves the final answer there. A WebSocket sends its input
 incrementally: a message of only tool outputs continues the connection's prompt (`Thread`). So does a request
 that names an earlier reply, or a conversation, that the provider keeps (`Adapter.continues`): it goes on with
-that name's thread, in the same scope. Recall leaves out the memories the conversation already holds
+that name's thread, in the same scope. Those threads, and each client session's latest prompt (`Asked`), are
+kept across restarts (memproxy.threads). Recall leaves out the memories the conversation already holds
 (memproxy.echoes).
 
 Every hook fails open: an exception leaves the flow as the client sent it. Each decision shows in mitmweb as
@@ -31,13 +32,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import hashlib
 import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -49,9 +49,10 @@ from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
 from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
-from ..protocols.common import MAX_SESSION_CHARS, carry, find_prompt, summarised, unique_calls
+from ..protocols.common import MAX_SESSION_CHARS, find_prompt, summarised, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
+from ..threads import Asked, Snapshot, Thread, ThreadFile, snapshot
 from ..wire import is_loopback
 from .hosts import Hosts
 from .projectnames import ProjectNames
@@ -127,51 +128,6 @@ class Outcome:
 
 
 @dataclass(slots=True)
-class Thread:
-    """What a conversation sent incrementally went through (one WebSocket, or requests chained by the replies
-    they continue): the prompt it answers now, as its key names it, and the tools called for it so far (a later
-    message of a tool loop carries only tool outputs), and the prompts and answers of its conversation (later
-    messages carry only what is new)."""
-
-    raw: str = ""  # the current prompt's key as its message gave it
-    key: str = ""  # its key in the whole conversation, as if one request carried it all (`carry`)
-    user: str = ""
-    calls: tuple[str, ...] = ()
-    heard: Heard = field(default_factory=Heard)
-    conversation: str = ""  # named by the connection's first prompt
-    digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))  # of the user texts carried
-
-    def answers(self, prompt: Prompt, entries: Sequence[Entry]) -> tuple[str, str, tuple[str, ...]]:
-        """The user text, key and calls of the prompt a message (`entries`) answers: its own (a retry of the
-        current one keeps its key), or, for a message of only tool outputs or one going on from the client's summary
-        of the conversation (`Prompt.compacted`), the current one's. A prompt's key is
-        the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
-        if prompt.text and prompt.key == self.raw:
-            return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
-        key, answered = carry(self.digest, entries)
-        self.heard.hold(answered)
-        if prompt.text:
-            self.conversation = self.conversation or prompt.conversation
-            self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()
-        elif not ((prompt.follows or prompt.compacted) and self.key):
-            return "", "", prompt.calls
-        return self.user, self.key, unique_calls(self.calls + prompt.calls)
-
-
-@dataclass(slots=True)
-class Asked:
-    """The latest prompt a client's session (`Adapter.client_session`, in one scope) asked, in requests that carry
-    their whole conversation: once the client has compacted the conversation into a summary with no prompt after
-    it (`Prompt.compacted`), its requests go on answering this prompt, in this memory."""
-
-    user: str
-    key: str
-    conversation: str
-    calls: tuple[str, ...] = ()  # tools called since the prompt, as its memory names them
-    turn: tuple[str, str] = ("", "")  # the prompt and the reply its memory holds, as stored (capture.Turn)
-
-
-@dataclass(slots=True)
 class Pending:
     """A turn in flight: what is needed to capture it once the reply is complete."""
 
@@ -237,6 +193,7 @@ class RequestPath:
         self.chains: OrderedDict[tuple[str, str], Thread] = OrderedDict()  # by (scope, a reply's or conversation's id)
         self.asked: OrderedDict[tuple[str, str], Asked] = OrderedDict()  # by (scope, a client's session)
         self.routes: OrderedDict[str, Route] = OrderedDict()  # a client session's latest project route, by session
+        self.file: ThreadFile | None = None  # where chains and asked are kept across restarts, once running
         self.clients: Counter[str] = Counter()  # requests per matched rule since start
         self._once = Once(logger)
         # Read on every request, so kept here: mitmproxy's option lookups are slow for a hot path.
@@ -265,11 +222,21 @@ class RequestPath:
             self.enabled = opts.memory_enabled
 
     async def running(self) -> None:
-        """The last start-up line, once the addons before this one are up: rules, store, outbox, and the SDK
-        path's cookie jars, so that a (scope, host) a challenge put on the SDK path stays there across a restart
-        (importing the jars' HTTP client takes longer than a request's recall budget)."""
+        """The last start-up line, once the addons before this one are up: rules, store, outbox, the threads
+        and asked prompts kept before a restart (memproxy.threads), and the SDK path's cookie jars, so that a
+        (scope, host) a challenge put on the SDK path stays there across a restart (importing the jars' HTTP
+        client takes longer than a request's recall budget)."""
         if self.rules.rules is None or self.store.store is None:
             return
+        self.file = ThreadFile(config.threads_path())
+        chains, asked = await self.file.load()
+        for kept, restored in ((self.chains, chains), (self.asked, asked)):
+            came = list(kept.items())  # requests answered meanwhile are newer than anything restored
+            kept.clear()
+            kept.update(restored)
+            for name, value in came:
+                kept[name] = value
+                kept.move_to_end(name)
         if self.sdk.path is not None:
             await self.sdk.path.restored(RESTORE_LIMIT)
         opts = ctx.options
@@ -283,6 +250,18 @@ class RequestPath:
         # What start-up made (modules, mitmproxy's and our objects) lives as long as the process: kept out of
         # the collector's reach, a full collection walks only what requests allocate.
         gc.freeze()
+
+    async def done(self) -> None:
+        if self.file is not None:
+            await self.file.close(self._snapshot)
+
+    def _snapshot(self) -> Snapshot:
+        return snapshot(self.chains.items(), self.asked.items())
+
+    def _changed(self) -> None:
+        """The chains or the asked prompts changed: write them soon."""
+        if self.file is not None:
+            self.file.save_soon(self._snapshot)
 
     # -- the request --------------------------------------------------------
 
@@ -459,6 +438,7 @@ class RequestPath:
             asked = self.asked[name] = Asked(prompt.text, prompt.key, prompt.conversation)
             while len(self.asked) > MAX_SESSIONS:
                 self.asked.popitem(last=False)
+            self._changed()
         self.asked.move_to_end(name)
         return asked
 
@@ -604,11 +584,14 @@ class RequestPath:
             asked.calls = calls
             if turn:
                 asked.turn = (turn.user, turn.reply)
+            self._changed()
         if turn and self.store.outbox is not None:
             if thread is not None:
-                thread.heard.turn(turn.user, turn.reply, turn.key)
+                thread.turn(turn.user, turn.reply, turn.key)
             self.store.recall.invalidate(turn.scope)
             self.store.outbox.submit(turn)
+        if thread is not None and pending.continues is not None:
+            self._changed()
 
     def _chain(self, key: tuple[str, str], thread: Thread) -> None:
         """Keep `thread` for the requests that continue the reply or conversation `key` names, the latest

@@ -1,0 +1,253 @@
+"""Threads and asked prompts: what the request path keeps of conversations whose requests carry them in part,
+kept across restarts.
+
+A `Thread` follows a conversation sent incrementally (one WebSocket, or requests chained by the replies or the
+conversation the provider keeps): the prompt it answers now and what it went through. An `Asked` is the latest
+prompt of a client's session whose requests carry the whole conversation, for the requests that go on from the
+client's summary of it.
+
+`ThreadFile` keeps the chained threads and the asked prompts in one JSON file (0600, replaced atomically in a
+worker thread, at most once a SAVE_DELAY, and when memproxy stops), so that after a restart a tool loop, a
+conversation the provider keeps, or a compacted session still ends in its prompt's memory, and is still not
+given its own turns back. What the file holds is stored as the turn's memory stores it (`capture.as_stored`:
+secrets replaced, clipped): each prompt and its key, the tools called, and the turns a thread stored (the latest
+KEPT_TURNS; their keys, and the start of their texts, which is what the echo check reads). A WebSocket's thread ends with its connection, and is
+not kept. A thread's digest of the user texts it carried cannot be written: a restored thread keys its later
+prompts from its current key instead (`Thread.restored`), the same way after any number of restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import private
+from .capture import MAX_USER_CHARS, as_stored
+from .echoes import PREFIX, Heard
+from .logs import brief
+from .protocols.base import Entry, Prompt
+from .protocols.common import carry, unique_calls
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SAVE_DELAY = 1.0  # seconds a change waits for the others of its moment before the file is written
+KEPT_TURNS = 16  # turns a thread keeps for the file (the latest); its echo check holds more while memproxy runs
+TURN_CHARS = 2 * PREFIX  # characters of each text of those turns the file keeps: the echo check reads PREFIX
+Name = tuple[str, str]  # (scope, a reply's, a conversation's or a client session's id)
+
+
+@dataclass(slots=True)
+class Thread:
+    """What a conversation sent incrementally went through (one WebSocket, or requests chained by the replies
+    they continue): the prompt it answers now, as its key names it, and the tools called for it so far (a later
+    message of a tool loop carries only tool outputs), and the prompts and answers of its conversation (later
+    messages carry only what is new)."""
+
+    raw: str = ""  # the current prompt's key as its message gave it
+    key: str = ""  # its key in the whole conversation, as if one request carried it all (`carry`)
+    user: str = ""
+    calls: tuple[str, ...] = ()
+    heard: Heard = field(default_factory=Heard)
+    conversation: str = ""  # named by the connection's first prompt
+    digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))  # of the user texts carried
+    stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # the latest turns it stored, by key
+
+    @classmethod
+    def restored(cls, raw: str, key: str, user: str, calls: Iterable[str], conversation: str,
+                 turns: Iterable[tuple[str, str, str]]) -> Thread:
+        """A thread as `ThreadFile` wrote it: its digest starts from its key, and it holds the turns it stored."""
+        thread = cls(raw, key, user, unique_calls(calls), conversation=conversation,
+                     digest=hashlib.blake2b(key.encode() + b"\0", digest_size=16))
+        for turn_key, prompt, reply in turns:
+            thread.turn(prompt, reply, turn_key)
+        return thread
+
+    def answers(self, prompt: Prompt, entries: Sequence[Entry]) -> tuple[str, str, tuple[str, ...]]:
+        """The user text, key and calls of the prompt a message (`entries`) answers: its own (a retry of the
+        current one keeps its key), or, for a message of only tool outputs or one going on from the client's summary
+        of the conversation (`Prompt.compacted`), the current one's. A prompt's key is
+        the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
+        if prompt.text and prompt.key == self.raw:
+            return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
+        key, answered = carry(self.digest, entries)
+        self.heard.hold(answered)
+        if prompt.text:
+            self.conversation = self.conversation or prompt.conversation
+            self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()
+        elif not ((prompt.follows or prompt.compacted) and self.key):
+            return "", "", prompt.calls
+        return self.user, self.key, unique_calls(self.calls + prompt.calls)
+
+    def turn(self, user: str, reply: str, key: str) -> None:
+        """A turn it stored: its conversation holds it (`heard`), and the file keeps the latest KEPT_TURNS."""
+        self.heard.turn(user, reply, key)
+        self.stored.pop(key, None)
+        self.stored[key] = (user, reply)
+        for _ in range(len(self.stored) - KEPT_TURNS):
+            del self.stored[next(iter(self.stored))]
+
+
+@dataclass(slots=True)
+class Asked:
+    """The latest prompt a client's session (`Adapter.client_session`, in one scope) asked, in requests that carry
+    their whole conversation: once the client has compacted the conversation into a summary with no prompt after
+    it (`Prompt.compacted`), its requests go on answering this prompt, in this memory."""
+
+    user: str
+    key: str
+    conversation: str
+    calls: tuple[str, ...] = ()  # tools called since the prompt, as its memory names them
+    turn: tuple[str, str] = ("", "")  # the prompt and the reply its memory holds, as stored (capture.Turn)
+
+
+# What the file will hold, taken on the event loop: each thread (its names, the latest last; raw, key, user, calls,
+# conversation; its turns as (key, prompt, reply)), and each asked prompt (its name; user, key, conversation, calls,
+# turn). The texts are scrubbed in the writer's thread.
+Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+class ThreadFile:
+    """The chained threads and the asked prompts, in one file: restored at start, written soon after they change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()  # writes under way, kept referenced until done
+        self._writer = _Writer()
+
+    async def load(self) -> tuple[list[tuple[Name, Thread]], list[tuple[Name, Asked]]]:
+        """The chains (each name with its thread; a thread may have several names) and the asked prompts, oldest
+        first. A missing file holds none; an unreadable one is kept as `<name>.bak`, and none are restored."""
+        try:
+            return await asyncio.to_thread(_read, self.path)
+        except FileNotFoundError:
+            return [], []
+        except private.UnsafePath as e:
+            logger.warning("memproxy: threads not restored: %s", e)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            backup = self.path.with_name(self.path.name + ".bak")
+            try:
+                await asyncio.to_thread(os.replace, self.path, backup)
+            except OSError:
+                pass
+            logger.warning("memproxy: threads file %s is unreadable (%s); kept it as %s", self.path, brief(e), backup)
+        return [], []
+
+    def save_soon(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Write what `snapshot` gives in SAVE_DELAY seconds, once for all the changes until then."""
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(SAVE_DELAY, self._start, snapshot)
+
+    async def close(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Write what has changed since the last write now, and wait for it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._start(snapshot)
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def _start(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._save(snapshot()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _save(self, taken: Snapshot) -> None:
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._writer.write, self.path, taken)
+            except (OSError, ValueError) as e:  # UnsafePath included
+                logger.warning("memproxy: threads not saved to %s: %s", self.path, brief(e))
+
+
+def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, Asked]]) -> Snapshot:
+    """What the file will hold (`Snapshot`): references to the texts, copied on the event loop."""
+    threads: dict[int, tuple[Any, ...]] = {}
+    for name, t in chains:
+        if t.key:
+            entry = threads.get(id(t)) or (
+                [], t.raw, t.key, t.user, t.calls, t.conversation, [(k, u, r) for k, (u, r) in t.stored.items()])
+            entry[0].append(name)
+            threads[id(t)] = entry
+    return list(threads.values()), [(name, a.user, a.key, a.conversation, a.calls, a.turn) for name, a in asked]
+
+
+class _Writer:
+    """Writes snapshots; each text is scrubbed once while the file holds it (`memo`: the last write's texts)."""
+
+    def __init__(self) -> None:
+        self.memo: dict[tuple[str, int], str] = {}
+        self._next: dict[tuple[str, int], str] = {}
+
+    def write(self, path: Path, taken: Snapshot) -> None:
+        threads, asked = taken
+        stored = self._stored
+        data = {
+            "version": FORMAT_VERSION,
+            "threads": [
+                {"names": [list(n) for n in names], "raw": raw, "key": key, "user": stored(user, MAX_USER_CHARS),
+                 "calls": list(calls), "conversation": conversation,
+                 "turns": [[k, stored(u, TURN_CHARS), stored(r, TURN_CHARS)] for k, u, r in turns]}
+                for names, raw, key, user, calls, conversation, turns in threads
+            ],
+            "asked": [
+                {"name": list(name), "user": stored(user, MAX_USER_CHARS), "key": key, "conversation": conversation,
+                 "calls": list(calls), "turn": [stored(turn[0], TURN_CHARS), stored(turn[1], TURN_CHARS)]}
+                for name, user, key, conversation, calls, turn in asked
+            ],
+        }
+        self.memo, self._next = self._next, {}
+        private.replace_private(private.private_path(path), json.dumps(data).encode())
+
+    def _stored(self, text: str, limit: int) -> str:
+        """`text` as a memory stores it."""
+        name = (text, limit)
+        if (done := self.memo.get(name)) is None:
+            done = as_stored(text, limit)
+        self._next[name] = done
+        return done
+
+
+def _read(path: Path) -> tuple[list[tuple[Name, Thread]], list[tuple[Name, Asked]]]:
+    """The file's chains and asked prompts; raises on any shape it does not expect."""
+    data = json.loads(private.private_path(path, make_dirs=False).read_text(encoding="utf-8"))
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"unknown version {data.get('version')!r}")
+    chains: list[tuple[Name, Thread]] = []
+    for t in data["threads"]:
+        thread = Thread.restored(_text(t["raw"]), _text(t["key"]), _text(t["user"]), _texts(t["calls"]),
+                                 _text(t["conversation"]), (_name(turn, 3) for turn in t["turns"]))
+        chains += [(_name(name, 2), thread) for name in t["names"]]
+    asked = [(_name(a["name"], 2), Asked(_text(a["user"]), _text(a["key"]), _text(a["conversation"]),
+                                         unique_calls(_texts(a["calls"])), _name(a["turn"], 2)))
+             for a in data["asked"]]
+    return chains, asked
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
+
+
+def _texts(values: Any) -> list[str]:
+    if not isinstance(values, list):
+        raise TypeError(f"expected a list, not {type(values).__name__}")
+    return [_text(v) for v in values]
+
+
+def _name(values: Any, n: int) -> Any:
+    texts = _texts(values)
+    if len(texts) != n:
+        raise ValueError(f"expected {n} strings, not {len(texts)}")
+    return tuple(texts)

@@ -1,0 +1,105 @@
+"""The threads file (memproxy.threads): chained threads and asked prompts as a restart finds them, scrubbed; a file
+it cannot read loses nothing of its own and restores nothing. The end-to-end restarts are in test_e2e_turns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from memproxy import private
+from memproxy.protocols.base import Entry
+from memproxy.protocols.common import find_prompt
+from memproxy.scrub import scrub
+from memproxy.threads import KEPT_TURNS, Asked, Thread, ThreadFile, snapshot
+from secret_corpus import fakes
+
+TOKEN = next(fake for fake in fakes() if fake.kind == "GitHub token").value
+PROMPT = f"Which files are in the repository? My token is {TOKEN}."
+
+
+def saved(path: Path, chains: list, asked: list) -> tuple[list, list]:
+    """Write `chains` and `asked` as a stopping memproxy does, and read them as a starting one does."""
+
+    async def go() -> tuple[list, list]:
+        await ThreadFile(path).close(lambda: snapshot(chains, asked))  # nothing changed: nothing written
+        assert not path.exists()
+        file = ThreadFile(path)
+        file.save_soon(lambda: snapshot(chains, asked))
+        await file.close(lambda: snapshot(chains, asked))
+        return await ThreadFile(path).load()
+
+    return asyncio.run(go())
+
+
+def a_thread(prompt: str = PROMPT) -> Thread:
+    entries = [Entry("user", prompt)]
+    thread = Thread()
+    thread.answers(find_prompt(entries), entries)
+    thread.calls = ("list_files",)
+    for n in range(KEPT_TURNS + 2):
+        thread.turn(f"{prompt} ({n})", f"An answer ({n}).", f"key{n}")
+    return thread
+
+
+def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
+    thread, other = a_thread(), Thread()  # a thread without a prompt is not written
+    asked = Asked(PROMPT, "k1", "conv", ("Bash",), (PROMPT, "I will run a shell command first."))
+    path = tmp_path / "memproxy" / "threads.json"
+    chains, kept = saved(path, [(("team", "resp_1"), thread), (("team", "conv_1"), thread), (("team", "resp_2"), other)],
+                         [(("project:shop", "session-1"), asked)])
+
+    text = path.read_text()
+    assert TOKEN not in text and path.stat().st_mode & 0o777 == 0o600
+    assert [name for name, _ in chains] == [("team", "resp_1"), ("team", "conv_1")]
+    restored = chains[0][1]
+    assert chains[1][1] is restored  # one thread under both names
+    assert (restored.raw, restored.key, restored.user, restored.calls, restored.conversation) == (
+        thread.raw, thread.key, scrub(PROMPT).text, ("list_files",), thread.conversation)
+    assert list(restored.stored) == [f"key{n}" for n in range(2, KEPT_TURNS + 2)]  # the latest KEPT_TURNS
+    memory = f"User: {scrub(PROMPT).text} (5)\nAssistant: An answer (5)."
+    assert restored.heard.holds(memory) and restored.heard.holds_turns(["key5"])  # the echo check reads them
+    [(name, back)] = kept
+    assert name == ("project:shop", "session-1")
+    assert back == Asked(scrub(PROMPT).text, "k1", "conv", ("Bash",), (scrub(PROMPT).text, "I will run a shell command first."))
+
+
+def test_a_restored_thread_keys_its_next_prompt_the_same_after_every_restart(tmp_path: Path) -> None:
+    """Its digest cannot be written: it starts from the thread's key, the same way each time."""
+    after = [Entry("user", "And which is the largest?")]
+    keys = set()
+    for n in range(2):
+        [(_, thread), *_] = saved(tmp_path / f"{n}.json", [(("team", "resp_1"), a_thread())], [])[0]
+        user, key, _ = thread.answers(find_prompt(after), after)
+        assert user == "And which is the largest?" and key != thread.raw
+        keys.add(key)
+    assert len(keys) == 1
+    retried = a_thread()
+    assert Thread.restored(retried.raw, retried.key, "x", (), "", ()).answers(
+        find_prompt([Entry("user", PROMPT)]), [Entry("user", PROMPT)])[1] == retried.key  # a retry keeps its key
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 2}', b'{"version": 1, "threads": [{"names": 3}]}',
+                                     b'{"version": 1, "threads": [], "asked": [{"name": ["a"], "user": "u"}]}'])
+def test_a_file_it_cannot_read_is_kept_aside_and_nothing_is_restored(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "threads.json"
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    assert asyncio.run(ThreadFile(path).load()) == ([], [])
+    assert not path.exists() and (tmp_path / "threads.json.bak").read_bytes() == content
+    assert "threads.json is unreadable" in caplog.text
+
+
+@pytest.mark.skipif(not private.POSIX, reason="POSIX owners and modes")
+def test_a_file_other_users_could_have_planted_is_not_restored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone could have put the file here
+    path = shared / "threads.json"
+    path.write_text(json.dumps({"version": 1, "threads": [], "asked": []}))
+    assert asyncio.run(ThreadFile(path).load()) == ([], [])
+    assert path.exists() and "threads not restored" in caplog.text
