@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -388,8 +389,9 @@ QWEN_COMPACTING = "You are the component that summarizes a conversation when its
 RESUME = "Resume the prior task using the summary above."
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["", "restarted"])
 def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_instruction(
-    mitmdump, upstream: FakeUpstream, tmp_path: Path
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, restarted: bool
 ) -> None:
     """Qwen Code compacts a conversation past its threshold (`context.autoCompactThreshold`, here 1 %) before the
     next step of a tool loop: it asks for the summary in the conversation itself, its instruction the last message
@@ -397,7 +399,8 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
     summary ("… Resume the prior task using the summary above."). Neither request is recalled into nor stored. The
     summary names no working directory, but the session (`prompt_cache_key`) is the same: the steps after it stay
     in the project, recalled into from it and not from Qwen Code's scope of no project, and answer the prompt,
-    whose one memory ends with the loop's final answer."""
+    whose one memory ends with the loop's final answer. So too when memproxy restarts while the tool runs, before
+    the summary: its threads file keeps the session's prompt and project."""
     db = tmp_path / "memories.db"
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
     home, project = tmp_path / "home", git_repo(tmp_path / "shop")
@@ -413,16 +416,27 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
     def compacting(data: Any) -> bool:
         return QWEN_COMPACTING in json.dumps(data.get("messages", []))
 
+    started = tmp_path / "tool-started"  # the tool writes it, then waits while memproxy restarts
+    command = f"printf x > {started}; sleep 8; printf a.py" if restarted else "printf a.py"
+
     def call(data: Any) -> ToolCall | None:
         offered = [t.get("function", {}).get("name") for t in data.get("tools") or []]
         return None if compacting(data) or "run_shell_command" not in offered else ToolCall(
-            "run_shell_command", {"command": "printf a.py", "description": "List the files"})
+            "run_shell_command", {"command": command, "description": "List the files"})
 
+    def restart() -> None:
+        if wait_until(started.exists, timeout=120):
+            proc.restart()
+
+    restarting = threading.Thread(target=restart if restarted else lambda: None)
+    restarting.start()
     upstream.tool_call = call
     upstream.prompt_tokens = lambda data: 200_000  # each answer says the context is far past the threshold
     snapshot = "<state_snapshot>\n<primary_request_and_intent>List the files.</primary_request_and_intent>\n</state_snapshot>"
     upstream.reply_for = lambda rec: f"<analysis>…</analysis>\n{snapshot}" if compacting(rec.json) else "Three files."
     qwen(proc, project, "Which files are in the repository?", home)
+    restarting.join()
+    assert started.exists() == restarted
     calls = qwen_turns(upstream)
     asked = [c for c in calls if compacting(c)]
     assert asked and all(MEMORY_TAG not in json.dumps(c) for c in asked), proc.log_text()

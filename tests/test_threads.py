@@ -12,23 +12,24 @@ import pytest
 from memproxy import private
 from memproxy.protocols.base import Entry
 from memproxy.protocols.common import find_prompt
+from memproxy.rules import Route, Rules
 from memproxy.scrub import scrub
-from memproxy.threads import KEPT_TURNS, Asked, Thread, ThreadFile, snapshot
+from memproxy.threads import KEPT_TURNS, Asked, Kept, Thread, ThreadFile, snapshot
 from secret_corpus import fakes
 
 TOKEN = next(fake for fake in fakes() if fake.kind == "GitHub token").value
 PROMPT = f"Which files are in the repository? My token is {TOKEN}."
 
 
-def saved(path: Path, chains: list, asked: list) -> tuple[list, list]:
-    """Write `chains` and `asked` as a stopping memproxy does, and read them as a starting one does."""
+def saved(path: Path, chains: list, asked: list, routes: list = ()) -> Kept:
+    """Write `chains`, `asked` and `routes` as a stopping memproxy does, and read them as a starting one does."""
 
-    async def go() -> tuple[list, list]:
-        await ThreadFile(path).close(lambda: snapshot(chains, asked))  # nothing changed: nothing written
+    async def go() -> Kept:
+        await ThreadFile(path).close(lambda: snapshot(chains, asked, routes))  # nothing changed: nothing written
         assert not path.exists()
         file = ThreadFile(path)
-        file.save_soon(lambda: snapshot(chains, asked))
-        await file.close(lambda: snapshot(chains, asked))
+        file.save_soon(lambda: snapshot(chains, asked, routes))
+        await file.close(lambda: snapshot(chains, asked, routes))
         return await ThreadFile(path).load()
 
     return asyncio.run(go())
@@ -48,8 +49,9 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     thread, other = a_thread(), Thread()  # a thread without a prompt is not written
     asked = Asked(PROMPT, "k1", "conv", ("Bash",), (PROMPT, "I will run a shell command first."))
     path = tmp_path / "memproxy" / "threads.json"
-    chains, kept = saved(path, [(("team", "resp_1"), thread), (("team", "conv_1"), thread), (("team", "resp_2"), other)],
-                         [(("project:shop", "session-1"), asked)])
+    back = saved(path, [(("team", "resp_1"), thread), (("team", "conv_1"), thread), (("team", "resp_2"), other)],
+                 [(("project:shop", "session-1"), asked)])
+    chains, kept = back.chains, back.asked
 
     text = path.read_text()
     assert TOKEN not in text and path.stat().st_mode & 0o777 == 0o600
@@ -66,12 +68,45 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     assert back == Asked(scrub(PROMPT).text, "k1", "conv", ("Bash",), (scrub(PROMPT).text, "I will run a shell command first."))
 
 
+RULES = """
+version: 1
+default_user_id: me
+rules:
+  - name: qwen-code
+    tool: Qwen Code
+    match: {headers: {user-agent: '^QwenCode/'}}
+    user_id: qwen-code
+  - name: qwen-titles
+    tool: Qwen Code
+    match: {headers: {user-agent: '^QwenCode/'}}
+    user_id: qwen-code
+    auxiliary: true
+"""
+
+
+def test_a_sessions_project_route_comes_back_as_its_rule_gives_it_then(tmp_path: Path) -> None:
+    rules = Rules.from_text(RULES)
+    actions = rules.rules[0].actions
+    shop = Route("project:shop", "qwen-code", False, None, False, actions, {}, "/src/shop", "Qwen Code", ("me",))
+    gone = Route("project:shop", "gone", False, None, False, actions, {}, "/src/shop", "Qwen Code")
+    other_tool = Route("project:shop", "qwen-code", False, None, False, actions, {}, "/src/shop", "Codex")
+    auxiliary = Route("project:shop", "qwen-titles", False, None, False, actions, {}, "/src/shop", "Qwen Code")
+    no_project = Route("qwen-code", "qwen-code", False, None, False, actions, {}, None, "Qwen Code")
+    routes = [("s1", shop), ("s2", gone), ("s3", other_tool), ("s4", auxiliary), ("s5", no_project)]
+    kept = saved(tmp_path / "threads.json", [], [], routes)
+    assert [session for session, _ in kept.routes] == ["s1", "s2", "s3", "s4"]  # a route with no project is none
+    [(session, route)] = kept.routes_in(rules)  # its rule gone, another tool, or now auxiliary: not restored
+    assert session == "s1" and route.actions is actions
+    assert (route.scope, route.rule, route.project, route.tool, route.layers) == ("project:shop", "qwen-code", "/src/shop",
+                                                                                  "Qwen Code", ("me",))
+
+
 def test_a_restored_thread_keys_its_next_prompt_the_same_after_every_restart(tmp_path: Path) -> None:
     """Its digest cannot be written: it starts from the thread's key, the same way each time."""
     after = [Entry("user", "And which is the largest?")]
     keys = set()
     for n in range(2):
-        [(_, thread), *_] = saved(tmp_path / f"{n}.json", [(("team", "resp_1"), a_thread())], [])[0]
+        [(_, thread)] = saved(tmp_path / f"{n}.json", [(("team", "resp_1"), a_thread())], []).chains
         user, key, _ = thread.answers(find_prompt(after), after)
         assert user == "And which is the largest?" and key != thread.raw
         keys.add(key)
@@ -89,7 +124,7 @@ def test_a_file_it_cannot_read_is_kept_aside_and_nothing_is_restored(
     path = tmp_path / "threads.json"
     path.write_bytes(content)
     os.chmod(path, 0o600)
-    assert asyncio.run(ThreadFile(path).load()) == ([], [])
+    assert asyncio.run(ThreadFile(path).load()) == Kept()
     assert not path.exists() and (tmp_path / "threads.json.bak").read_bytes() == content
     assert "threads.json is unreadable" in caplog.text
 
@@ -100,6 +135,6 @@ def test_a_file_other_users_could_have_planted_is_not_restored(tmp_path: Path, c
     shared.mkdir()
     os.chmod(shared, 0o777)  # anyone could have put the file here
     path = shared / "threads.json"
-    path.write_text(json.dumps({"version": 1, "threads": [], "asked": []}))
-    assert asyncio.run(ThreadFile(path).load()) == ([], [])
+    path.write_text(json.dumps({"version": 1, "threads": [], "asked": [], "routes": []}))
+    assert asyncio.run(ThreadFile(path).load()) == Kept()
     assert path.exists() and "threads not restored" in caplog.text

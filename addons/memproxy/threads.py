@@ -6,14 +6,16 @@ conversation the provider keeps): the prompt it answers now and what it went thr
 prompt of a client's session whose requests carry the whole conversation, for the requests that go on from the
 client's summary of it.
 
-`ThreadFile` keeps the chained threads and the asked prompts in one JSON file (0600, replaced atomically in a
-worker thread, at most once a SAVE_DELAY, and when memproxy stops), so that after a restart a tool loop, a
-conversation the provider keeps, or a compacted session still ends in its prompt's memory, and is still not
-given its own turns back. What the file holds is stored as the turn's memory stores it (`capture.as_stored`:
-secrets replaced, clipped): each prompt and its key, the tools called, and the turns a thread stored (the latest
-KEPT_TURNS; their keys, and the start of their texts, which is what the echo check reads). A WebSocket's thread ends with its connection, and is
-not kept. A thread's digest of the user texts it carried cannot be written: a restored thread keys its later
-prompts from its current key instead (`Thread.restored`), the same way after any number of restarts.
+`ThreadFile` keeps the chained threads, the asked prompts and each client session's project route in one JSON
+file (0600, replaced atomically in a worker thread, at most once a SAVE_DELAY, and when memproxy stops). So after
+a restart a tool loop, a conversation the provider keeps, or a compacted session still ends in its prompt's
+memory, in its project, and is still not given its own turns back. What the file holds is what memories hold,
+scrubbed the same way (`capture.as_stored`): each prompt and its key, the tools called, and the turns a thread
+stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what the echo check reads). A
+route is kept as its scope, project and rule's name, and comes back as that rule gives it then, if it still
+stores. A WebSocket's thread ends with its connection, and is not kept. A thread's digest of the user texts it
+carried cannot be written: a restored thread keys its later prompts from its current key instead
+(`Thread.restored`), the same way after any number of restarts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from . import private
@@ -34,6 +37,7 @@ from .echoes import PREFIX, Heard
 from .logs import brief
 from .protocols.base import Entry, Prompt
 from .protocols.common import carry, unique_calls
+from .rules import Route, Rules
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +112,34 @@ class Asked:
     turn: tuple[str, str] = ("", "")  # the prompt and the reply its memory holds, as stored (capture.Turn)
 
 
+# A client session's latest project route, as the file keeps it: scope, rule, project, tool, layers.
+SavedRoute = tuple[str, str, str, str | None, tuple[str, ...]]
 # What the file will hold, taken on the event loop: each thread (its names, the latest last; raw, key, user, calls,
-# conversation; its turns as (key, prompt, reply)), and each asked prompt (its name; user, key, conversation, calls,
-# turn). The texts are scrubbed in the writer's thread.
-Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+# conversation; its turns as (key, prompt, reply)), each asked prompt (its name; user, key, conversation, calls,
+# turn), and each session's route (the session, then SavedRoute). The texts are scrubbed in the writer's thread.
+Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+@dataclass(slots=True)
+class Kept:
+    """What the file held, oldest first: each chain's name with its thread (a thread may have several names), each
+    asked prompt, and each client session's latest project route."""
+
+    chains: list[tuple[Name, Thread]] = field(default_factory=list)
+    asked: list[tuple[Name, Asked]] = field(default_factory=list)
+    routes: list[tuple[str, SavedRoute]] = field(default_factory=list)
+
+    def routes_in(self, rules: Rules) -> list[tuple[str, Route]]:
+        """The routes whose rule `rules` still has, with its tool, storing: as that rule gives them now."""
+        named = {rule.name: rule for rule in rules.rules}
+        routes = []
+        for session, (scope, name, project, tool, layers) in self.routes:
+            rule = named.get(name)
+            if rule is None or (rule.tool or None) != tool or not rule.actions.store or rule.actions.auxiliary:
+                continue
+            routes.append((session, Route(scope, name, False, None, False, rule.actions, MappingProxyType({}),
+                                          project=project, tool=tool, layers=layers)))
+        return routes
 
 
 class ThreadFile:
@@ -124,13 +152,13 @@ class ThreadFile:
         self._tasks: set[asyncio.Task] = set()  # writes under way, kept referenced until done
         self._writer = _Writer()
 
-    async def load(self) -> tuple[list[tuple[Name, Thread]], list[tuple[Name, Asked]]]:
-        """The chains (each name with its thread; a thread may have several names) and the asked prompts, oldest
-        first. A missing file holds none; an unreadable one is kept as `<name>.bak`, and none are restored."""
+    async def load(self) -> Kept:
+        """What the file holds. A missing file holds nothing; an unreadable one is kept as `<name>.bak`, and nothing
+        is restored."""
         try:
             return await asyncio.to_thread(_read, self.path)
         except FileNotFoundError:
-            return [], []
+            return Kept()
         except private.UnsafePath as e:
             logger.warning("memproxy: threads not restored: %s", e)
         except (OSError, ValueError, TypeError, KeyError) as e:
@@ -140,7 +168,7 @@ class ThreadFile:
             except OSError:
                 pass
             logger.warning("memproxy: threads file %s is unreadable (%s); kept it as %s", self.path, brief(e), backup)
-        return [], []
+        return Kept()
 
     def save_soon(self, snapshot: Callable[[], Snapshot]) -> None:
         """Write what `snapshot` gives in SAVE_DELAY seconds, once for all the changes until then."""
@@ -170,7 +198,8 @@ class ThreadFile:
                 logger.warning("memproxy: threads not saved to %s: %s", self.path, brief(e))
 
 
-def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, Asked]]) -> Snapshot:
+def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, Asked]],
+             routes: Iterable[tuple[str, Route]] = ()) -> Snapshot:
     """What the file will hold (`Snapshot`): references to the texts, copied on the event loop."""
     threads: dict[int, tuple[Any, ...]] = {}
     for name, t in chains:
@@ -179,7 +208,13 @@ def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, 
                 [], t.raw, t.key, t.user, t.calls, t.conversation, [(k, u, r) for k, (u, r) in t.stored.items()])
             entry[0].append(name)
             threads[id(t)] = entry
-    return list(threads.values()), [(name, a.user, a.key, a.conversation, a.calls, a.turn) for name, a in asked]
+    return (list(threads.values()), [(name, a.user, a.key, a.conversation, a.calls, a.turn) for name, a in asked],
+            [(session, *saved_route(r)) for session, r in routes if r.rule and r.project])
+
+
+def saved_route(route: Route) -> SavedRoute:
+    """What the file keeps of a session's route."""
+    return route.scope, route.rule or "", route.project or "", route.tool, route.layers
 
 
 class _Writer:
@@ -190,7 +225,7 @@ class _Writer:
         self._next: dict[tuple[str, int], str] = {}
 
     def write(self, path: Path, taken: Snapshot) -> None:
-        threads, asked = taken
+        threads, asked, routes = taken
         stored = self._stored
         data = {
             "version": FORMAT_VERSION,
@@ -205,6 +240,10 @@ class _Writer:
                  "calls": list(calls), "turn": [stored(turn[0], TURN_CHARS), stored(turn[1], TURN_CHARS)]}
                 for name, user, key, conversation, calls, turn in asked
             ],
+            "routes": [
+                {"session": session, "scope": scope, "rule": rule, "project": project, "tool": tool, "layers": list(layers)}
+                for session, scope, rule, project, tool, layers in routes
+            ],
         }
         self.memo, self._next = self._next, {}
         private.replace_private(private.private_path(path), json.dumps(data).encode())
@@ -218,20 +257,23 @@ class _Writer:
         return done
 
 
-def _read(path: Path) -> tuple[list[tuple[Name, Thread]], list[tuple[Name, Asked]]]:
-    """The file's chains and asked prompts; raises on any shape it does not expect."""
+def _read(path: Path) -> Kept:
+    """What the file holds; raises on any shape it does not expect."""
     data = json.loads(private.private_path(path, make_dirs=False).read_text(encoding="utf-8"))
     if data.get("version") != FORMAT_VERSION:
         raise ValueError(f"unknown version {data.get('version')!r}")
-    chains: list[tuple[Name, Thread]] = []
+    kept = Kept()
     for t in data["threads"]:
         thread = Thread.restored(_text(t["raw"]), _text(t["key"]), _text(t["user"]), _texts(t["calls"]),
                                  _text(t["conversation"]), (_name(turn, 3) for turn in t["turns"]))
-        chains += [(_name(name, 2), thread) for name in t["names"]]
-    asked = [(_name(a["name"], 2), Asked(_text(a["user"]), _text(a["key"]), _text(a["conversation"]),
-                                         unique_calls(_texts(a["calls"])), _name(a["turn"], 2)))
-             for a in data["asked"]]
-    return chains, asked
+        kept.chains += [(_name(name, 2), thread) for name in t["names"]]
+    kept.asked = [(_name(a["name"], 2), Asked(_text(a["user"]), _text(a["key"]), _text(a["conversation"]),
+                                              unique_calls(_texts(a["calls"])), _name(a["turn"], 2)))
+                  for a in data["asked"]]
+    kept.routes = [(_text(r["session"]), (_text(r["scope"]), _text(r["rule"]), _text(r["project"]),
+                                          None if r["tool"] is None else _text(r["tool"]), tuple(_texts(r["layers"]))))
+                   for r in data["routes"]]
+    return kept
 
 
 def _text(value: Any) -> str:

@@ -52,7 +52,7 @@ from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
 from ..protocols.common import MAX_SESSION_CHARS, find_prompt, summarised, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
-from ..threads import Asked, Snapshot, Thread, ThreadFile, snapshot
+from ..threads import Asked, Snapshot, Thread, ThreadFile, saved_route, snapshot
 from ..wire import is_loopback
 from .hosts import Hosts
 from .projectnames import ProjectNames
@@ -229,14 +229,15 @@ class RequestPath:
         if self.rules.rules is None or self.store.store is None:
             return
         self.file = ThreadFile(config.threads_path())
-        chains, asked = await self.file.load()
-        for kept, restored in ((self.chains, chains), (self.asked, asked)):
-            came = list(kept.items())  # requests answered meanwhile are newer than anything restored
-            kept.clear()
-            kept.update(restored)
+        kept = await self.file.load()
+        for records, restored in ((self.chains, kept.chains), (self.asked, kept.asked),
+                                  (self.routes, kept.routes_in(self.rules.rules))):
+            came = list(records.items())  # requests answered meanwhile are newer than anything restored
+            records.clear()
+            records.update(restored)
             for name, value in came:
-                kept[name] = value
-                kept.move_to_end(name)
+                records[name] = value
+                records.move_to_end(name)
         if self.sdk.path is not None:
             await self.sdk.path.restored(RESTORE_LIMIT)
         opts = ctx.options
@@ -256,7 +257,7 @@ class RequestPath:
             await self.file.close(self._snapshot)
 
     def _snapshot(self) -> Snapshot:
-        return snapshot(self.chains.items(), self.asked.items())
+        return snapshot(self.chains.items(), self.asked.items(), self.routes.items())
 
     def _changed(self) -> None:
         """The chains or the asked prompts changed: write them soon."""
@@ -416,10 +417,13 @@ class RequestPath:
         if a.auxiliary or not a.store or route.custom_header_present:
             return None
         if route.project is not None:
+            known = self.routes.get(session)
             self.routes[session] = route
             self.routes.move_to_end(session)
             while len(self.routes) > MAX_SESSIONS:
                 self.routes.popitem(last=False)
+            if known is None or saved_route(known) != saved_route(route):
+                self._changed()
             return None
         known = self.routes.get(session)
         return known if known is not None and known.tool == route.tool else None
