@@ -367,19 +367,27 @@ async def test_a_new_prompt_after_a_summary_is_its_own_memory(addon):
 
 def test_the_latest_prompt_is_kept_per_scope_and_session_for_the_latest_max_sessions() -> None:
     from memproxy.addons.requestpath import MAX_SESSIONS
-    from memproxy.protocols.base import Prompt
+    from memproxy.protocols.base import Entry, Prompt
 
     path = RequestPath(*[None] * 6)  # _asked touches none of its collaborators
     compacted = Prompt("", "", compacted=True)
-    asked = path._asked("team", "s", Prompt("How?", "k1", conversation="c"))
-    assert path._asked("team", "s", compacted) is asked and asked.key == "k1"
-    assert path._asked("other", "s", compacted) is None  # never across scopes
-    assert path._asked("team", "t", compacted) is None and path._asked("team", "", compacted) is None
-    assert path._asked("team", "s", Prompt("", "", follows=True)) is None  # a step with no summary: no prompt
-    assert path._asked("team", "s", Prompt("How?", "k1")) is asked  # a later step of the same prompt
-    assert path._asked("team", "s", Prompt("Why?", "k2")).key == "k2" == path._asked("team", "s", compacted).key
+    asked = path._asked("team", "s", Prompt("How?", "k1", conversation="c"), [])
+    assert path._asked("team", "s", compacted, []) is asked and asked.key == "k1"
+    assert path._asked("other", "s", compacted, []) is None  # never across scopes
+    assert path._asked("team", "t", compacted, []) is None and path._asked("team", "", compacted, []) is None
+    assert path._asked("team", "s", Prompt("", "", follows=True), []) is None  # a step with no summary: no prompt
+    assert path._asked("team", "s", Prompt("How?", "k1"), []) is asked  # a later step of the same prompt
+    assert path._asked("team", "s", Prompt("How?", "k9"), []).key == "k9"  # asked again later in the conversation
+    assert path._asked("team", "s", Prompt("Why?", "k2"), []).key == "k2" == path._asked("team", "s", compacted, []).key
+    # The same prompt after a summary that kept it (Gemini CLI's): its key changed, its memory did not. A client
+    # that names no session is known by the prompt's text.
+    snapshot = [Entry("user", "<state_snapshot>The user asked why.</state_snapshot>"), Entry("user", "Why?")]
+    assert path._asked("team", "s", Prompt("Why?", "k3"), snapshot).key == "k2"
+    first = path._asked("team", "", Prompt("Where?", "k4"), [])
+    assert path._asked("team", "", Prompt("Where?", "k5"), snapshot) is first and first.key == "k4"
+    assert path._asked("team", "", Prompt("Where?", "k6"), []).key == "k6"  # no summary: another conversation's
     for n in range(MAX_SESSIONS):
-        path._asked("team", f"s{n}", Prompt("How?", f"k{n}"))
+        path._asked("team", f"s{n}", Prompt("How?", f"k{n}"), [])
     assert len(path.asked) == MAX_SESSIONS and ("team", "s") not in path.asked
 
 

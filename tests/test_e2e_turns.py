@@ -520,6 +520,50 @@ def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_o
     assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"]), proc.log_text()
 
 
+def test_gemini_cli_compressing_in_the_middle_of_a_later_prompts_tool_loop_keeps_its_one_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    """Gemini CLI compresses the history before a step of a tool loop once the last answer said the context is past
+    its threshold: the turns before the current prompt become its `<state_snapshot>`, and the prompt is kept after
+    it. The prompt's key (the user texts up to it) changes, yet the steps after the summary still answer it: its
+    one memory ends with the final answer. Gemini CLI names no session: the prompt is known by its text, and only
+    after a summary. The two calls that write the summary are neither recalled into nor stored."""
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project, cli = tmp_path / "home", tmp_path / "shop", CLIS["gemini"]
+    answer_classifier(upstream)
+    earlier = "Describe every module of the repository in detail."
+    described = " ".join(f"Module {n} of the repository has its own tests and documentation." for n in range(60))
+    upstream.reply = described  # long: the summary takes its place, and the prompt after it is kept
+    assert cli.ask(proc, project, home, earlier, ()).endswith("documentation.")
+    backend.settled("project:shop", f"User: {earlier}\nAssistant: {described}")
+
+    upstream.clear()
+    call = ToolCall(cli.tool, {"command": f"printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if cli.tool in cli.offers(data) else None
+    upstream.prompt_tokens = lambda data: 900_000  # past the threshold of Gemini's 1M-token context
+
+    def summarizing(data: Any) -> bool:
+        return "state_snapshot" in json.dumps(data.get("systemInstruction", ""))
+
+    classify = upstream.reply_for
+    upstream.reply_for = lambda rec: (f"<state_snapshot>{SUMMARY}</state_snapshot>" if summarizing(rec.json)
+                                      else classify(rec) if classify else FINAL)
+    upstream.reply = FINAL
+    assert cli.ask(proc, project, home, PROMPT, cli.resume).endswith(FINAL)
+    summaries = [r.json for r in upstream.requests if summarizing(r.json)]
+    assert len(summaries) == 2 and all(MEMORY_TAG not in json.dumps(s) for s in summaries), proc.log_text()
+    loop = cli.calls(upstream)
+    parts = [json.dumps(p) for c in loop[-1]["contents"] for p in c.get("parts", [])]
+    sent, recalled = [p for p in parts if MEMORY_TAG not in p], [p for p in parts if MEMORY_TAG in p]
+    assert len(loop) == 2 and any(SUMMARY in p for p in sent) and any(PROMPT in p for p in sent), proc.log_text()
+    assert not any(earlier in p for p in sent)  # the summary took its place ...
+    assert all(PROMPT not in p for p in recalled)  # ... and what is recalled into the step is not its own step
+
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert sorted(memories) == sorted([(f"User: {earlier}\nAssistant: {described}", []),
+                                       (f"User: {PROMPT}\nAssistant: {FINAL}", [cli.tool])]), proc.log_text()
+
+
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import Adapter
-from memproxy.protocols.common import answered_keys, summarised
+from memproxy.protocols.common import answered_keys, holds_summary, summarised
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -191,6 +191,7 @@ def test_the_summary_a_client_goes_on_from_after_compacting_is_no_prompt(fmt: An
     later = build([("user", summary), ("assistant", "Done.", None), ("user", "And hidden files?")])
     assert adapter.prompt(later).text == "And hidden files?" and adapter.prompt(later).key
     assert not adapter.prompt(later).compacted and summarised(adapter.conversation(later)) == (client != "gemini-cli")
+    assert holds_summary(adapter.conversation(later)) and not holds_summary(adapter.conversation(build(LOOP[2])))
     assert not summarised(adapter.conversation(build([*LOOP[0], ("user", summary)])))  # it starts from the prompt
     assert adapter.prompt(build([("user", f"Why does my client say this?\n{summary}\nIs it broken?")])).text
 

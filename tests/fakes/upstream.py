@@ -400,9 +400,9 @@ class FakeUpstream(RecordingServer):
     that does not end with a tool's result is answered with that call, and
     the one that does with the reply; with ``calls_after_results``, every request
     is asked (a loop of several calls), and None means the reply.
-    ``prompt_tokens`` (a function of the request's parsed body) makes an Anthropic or
-    Responses answer report that many input tokens, and a streamed Chat Completions
-    reply end with a usage chunk reporting that many prompt tokens.
+    ``prompt_tokens`` (a function of the request's parsed body) makes an Anthropic,
+    Responses or Gemini answer report that many input tokens, and a streamed Chat
+    Completions reply end with a usage chunk reporting that many prompt tokens.
     """
 
     thread_name = "fake-upstream"
@@ -508,6 +508,9 @@ class FakeUpstream(RecordingServer):
             _anthropic_answer(events, reply, data.get("messages"), tokens)
         elif api is RESPONSES:
             _responses_input(events, tokens)
+        elif api is GEMINI and tokens is not None:
+            for body in (reply, *(e.data for e in events)):
+                body["usageMetadata"] = {**body.get("usageMetadata", {}), "promptTokenCount": tokens}
         if api is CHAT and stream and tokens is not None:  # the usage chunk, as include_usage asks
             usage = {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}
             events.insert(-1, Event({"id": "chatcmpl-fake", "created": CREATED, "model": model,

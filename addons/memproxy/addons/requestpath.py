@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hashlib
 import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from ..echoes import Heard, without_echoes
 from ..logs import Once, brief
 from ..memory.base import PROMPT_KEY
 from ..protocols.base import Adapter, Entry, Prompt, ReplyAccumulator
-from ..protocols.common import MAX_SESSION_CHARS, find_prompt, summarised, unique_calls
+from ..protocols.common import MAX_SESSION_CHARS, find_prompt, holds_summary, summarised, unique_calls
 from ..protocols.sse import SSEParser
 from ..rules import OVERRIDE_KEY, RequestView, Route, Rules, flow_headers, request_view
 from ..threads import Asked, Snapshot, Thread, ThreadFile, saved_route, snapshot
@@ -368,8 +369,8 @@ class RequestPath:
             user, key, calls = thread.answers(prompt, entries)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
-        asked = self._asked(route.scope, session, prompt) if thread is None and actions.store else None
-        carried = asked if asked is not None and not prompt.text else None
+        asked = self._asked(route.scope, session, prompt, entries) if thread is None and actions.store else None
+        carried = asked if asked is not None and (not prompt.text or asked.key != prompt.key) else None
         if carried is not None:
             user, key, conversation = carried.user, carried.key, carried.conversation
             calls = unique_calls(carried.calls + calls)
@@ -428,17 +429,21 @@ class RequestPath:
         known = self.routes.get(session)
         return known if known is not None and known.tool == route.tool else None
 
-    def _asked(self, scope: str, session: str, prompt: Prompt) -> Asked | None:
-        """The latest prompt of the client's session `session` in `scope`: the request's own, kept as the latest
-        (the latest MAX_SESSIONS sessions); for a request going on from the client's summary of its conversation, the
-        one it asked before. None without a session, or for a request answering no prompt of it."""
-        if not session:
+    def _asked(self, scope: str, session: str, prompt: Prompt, entries: Sequence[Entry]) -> Asked | None:
+        """The latest prompt of the client's session `session` in `scope` (without one, of the prompt's text): the
+        request's own, kept as the latest (the latest MAX_SESSIONS); for a request going on from the client's
+        summary of its conversation, the one it asked before, also where the summary kept that prompt after it
+        (Gemini CLI's: the prompt's key, which digests the user texts before it, changed). None for a request
+        answering no prompt of it."""
+        if not session and not prompt.text:
             return None
-        name = (scope, session)
+        name = (scope, session or "\0" + hashlib.blake2b(prompt.text.encode("utf-8", "replace"), digest_size=16).hexdigest())
         asked = self.asked.get(name)
         if not prompt.text:
             return asked if prompt.compacted else None
-        if asked is None or asked.key != prompt.key:
+        if asked is not None and asked.key != prompt.key and asked.user == prompt.text and holds_summary(entries):
+            pass  # the same prompt, going on after the summary took the place of what came before it
+        elif asked is None or asked.key != prompt.key:
             asked = self.asked[name] = Asked(prompt.text, prompt.key, prompt.conversation)
             while len(self.asked) > MAX_SESSIONS:
                 self.asked.popitem(last=False)

@@ -27,6 +27,7 @@ LAYER_NOTES = {"user": " (your preferences in every project)"}
 # a user message (Qwen Code, Claude Code), and the summary of a compacted conversation (Gemini CLI, Qwen Code):
 # no prompt of the user's.
 BOILERPLATE_TAGS = ("system-reminder", "environment_context", "session_context", "task-notification", "state_snapshot")
+SNAPSHOT = "<state_snapshot>"  # how Gemini CLI's and Qwen Code's summaries of a compacted conversation open
 # User messages a client writes itself to go on after compacting a conversation: no prompt of the user's, and the
 # messages before them (the summary, if any) are none either, until the user writes again. opencode's whole
 # message; how Claude Code's and Codex's summaries and Qwen Code's restored files open; how Qwen Code's summary
@@ -299,6 +300,14 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
 def continues(text: str) -> bool:
     """Whether a user message's cleaned text is one a client wrote to go on after compacting (CONTINUATIONS)."""
     return text in CONTINUATIONS or text.startswith(CONTINUATION_OPENINGS) or text.endswith(CONTINUATION_ENDINGS)
+
+
+def holds_summary(entries: Sequence[Entry]) -> bool:
+    """Whether a user message of the conversation is its client's summary of what came before it: Gemini CLI's
+    `<state_snapshot>` (which, unlike the others', keeps the prompt whose tool loop it cut through after it), or a
+    message a client goes on with after compacting (`continues`)."""
+    return any(entry.role == "user" and entry.text and (SNAPSHOT in entry.text[:SCAN_HEAD] or continues(clean_query(entry.text)))
+               for entry in entries)
 
 
 def summarised(entries: Sequence[Entry]) -> bool:
