@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -115,6 +116,19 @@ def wait_until(condition, timeout: float = 20.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def restart_once(proc: Any, started: Path, restarted: bool) -> threading.Thread:
+    """A thread that restarts `proc` (a MitmdumpProc) once `started` exists, if `restarted`: a client's tool writes
+    it, then waits while memproxy stops and starts again. Join it once the client is done."""
+
+    def restart() -> None:
+        if restarted and wait_until(started.exists, timeout=120):
+            proc.restart()
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    return thread
 
 
 def outbox_rows(outbox: Path) -> int:

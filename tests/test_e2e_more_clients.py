@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from e2e_helpers import (
     installed_client,
     isolated_env,
     memories,
+    restart_once,
     run_client,
     seed,
     wait_memories,
@@ -424,12 +424,7 @@ def test_qwen_code_compacting_in_a_tool_loop_stores_neither_the_summary_nor_its_
         return None if compacting(data) or "run_shell_command" not in offered else ToolCall(
             "run_shell_command", {"command": command, "description": "List the files"})
 
-    def restart() -> None:
-        if wait_until(started.exists, timeout=120):
-            proc.restart()
-
-    restarting = threading.Thread(target=restart if restarted else lambda: None)
-    restarting.start()
+    restarting = restart_once(proc, started, restarted)
     upstream.tool_call = call
     upstream.prompt_tokens = lambda data: 200_000  # each answer says the context is far past the threshold
     snapshot = "<state_snapshot>\n<primary_request_and_intent>List the files.</primary_request_and_intent>\n</state_snapshot>"

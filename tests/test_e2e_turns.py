@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import SUPERMEMORY_KEY, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, seed, seed_store, wait_until
+from e2e_helpers import MEMORY_TAG, isolated_env, restart_once, seed, seed_store, wait_until
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, ToolCall
@@ -497,12 +497,7 @@ def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_o
             return None
         return second if results(data) == 1 else call
 
-    def restart() -> None:
-        if wait_until(started.exists, timeout=120):
-            proc.restart()
-
-    restarting = threading.Thread(target=restart if restarted else lambda: None)
-    restarting.start()
+    restarting = restart_once(proc, started, restarted)
     upstream.tool_call = tool_call
     upstream.calls_after_results = True
     upstream.prompt_tokens = tokens

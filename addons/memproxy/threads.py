@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import private
-from .capture import MAX_USER_CHARS, as_stored
+from .capture import MAX_USER_CHARS, SCRUB_MARGIN, as_stored
 from .echoes import PREFIX, Heard
 from .logs import brief
 from .protocols.base import Entry, Prompt
@@ -91,10 +91,11 @@ class Thread:
         return self.user, self.key, unique_calls(self.calls + prompt.calls)
 
     def turn(self, user: str, reply: str, key: str) -> None:
-        """A turn it stored: its conversation holds it (`heard`), and the file keeps the latest KEPT_TURNS."""
+        """A turn it stored: its conversation holds it (`heard`), and the file keeps the start of the latest
+        KEPT_TURNS (with the margin that scrubbing them as their memory is scrubbed needs)."""
         self.heard.turn(user, reply, key)
         self.stored.pop(key, None)
-        self.stored[key] = (user, reply)
+        self.stored[key] = (user[:TURN_CHARS + SCRUB_MARGIN], reply[:TURN_CHARS + SCRUB_MARGIN])
         for _ in range(len(self.stored) - KEPT_TURNS):
             del self.stored[next(iter(self.stored))]
 
