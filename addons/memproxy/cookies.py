@@ -193,11 +193,7 @@ class CookieSessions:
             logger.warning("Cookie sessions not restored: %s", exc)
             return
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            backup = self.path.with_name(self.path.name + ".bak")
-            try:
-                await asyncio.to_thread(os.replace, self.path, backup)
-            except OSError:
-                pass
+            backup = await asyncio.to_thread(private.set_aside, self.path)
             logger.warning(
                 "Cookie sessions file %s is unreadable (%s); starting empty, kept it as %s",
                 self.path,

@@ -212,6 +212,17 @@ def replace_private(path: Path, data: bytes) -> None:
         raise
 
 
+def set_aside(path: Path) -> Path:
+    """Keep a file memproxy cannot read as `<name>.bak` (replacing an older one), so that nothing of it is lost
+    and the next write starts anew; its new path. A file that cannot be moved stays where it is."""
+    backup = path.with_name(path.name + ".bak")
+    try:
+        os.replace(path, backup)
+    except OSError:
+        pass
+    return backup
+
+
 def _tighten_own(directory: Path) -> None:
     """Make `directory` 0700 if it is one of memproxy's own and looser (and this user's to change)."""
     if not POSIX or not directory.is_dir() or os.path.realpath(directory) not in own_dirs():

@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,11 +162,7 @@ class ThreadFile:
         except private.UnsafePath as e:
             logger.warning("memproxy: threads not restored: %s", e)
         except (OSError, ValueError, TypeError, KeyError) as e:
-            backup = self.path.with_name(self.path.name + ".bak")
-            try:
-                await asyncio.to_thread(os.replace, self.path, backup)
-            except OSError:
-                pass
+            backup = await asyncio.to_thread(private.set_aside, self.path)
             logger.warning("memproxy: threads file %s is unreadable (%s); kept it as %s", self.path, brief(e), backup)
         return Kept()
 
