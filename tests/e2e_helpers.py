@@ -118,17 +118,28 @@ def wait_until(condition, timeout: float = 20.0) -> bool:
     return True
 
 
-def restart_once(proc: Any, started: Path, restarted: bool) -> threading.Thread:
-    """A thread that restarts `proc` (a MitmdumpProc) once `started` exists, if `restarted`: a client's tool writes
-    it, then waits while memproxy stops and starts again. Join it once the client is done."""
+def once_it_exists(path: Path, action: Callable[[], None]) -> threading.Thread:
+    """A thread that runs `action` once `path` exists: a client's tool writes it, then waits while the test
+    changes something around the client (memproxy restarting, the provider starting to fail). Join it once the
+    client is done."""
 
-    def restart() -> None:
-        if restarted and wait_until(started.exists, timeout=120):
-            proc.restart()
+    def run() -> None:
+        if wait_until(path.exists, timeout=120):
+            action()
 
-    thread = threading.Thread(target=restart)
+    thread = threading.Thread(target=run)
     thread.start()
     return thread
+
+
+def restart_once(proc: Any, started: Path, restarted: bool) -> threading.Thread:
+    """A thread that restarts `proc` (a MitmdumpProc) once `started` exists, if `restarted` (if not, one that
+    waits for nothing)."""
+    if not restarted:
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        return thread
+    return once_it_exists(started, proc.restart)
 
 
 def outbox_rows(outbox: Path) -> int:

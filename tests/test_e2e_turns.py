@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import SUPERMEMORY_KEY, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, restart_once, seed, seed_store, wait_until
+from e2e_helpers import MEMORY_TAG, isolated_env, once_it_exists, restart_once, seed, seed_store, wait_until
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, ToolCall
@@ -413,6 +413,55 @@ def test_claude_code_interrupted_in_a_tool_loop_then_asked_again_keeps_a_memory_
     # The first prompt's memory is its step, which names the tool the user stopped.
     assert sorted(memories) == sorted([(f"User: {again}\nAssistant: {FINAL}", []),
                                        (f"User: {PROMPT}\nAssistant: {call.text}", ["Bash"])]), proc.log_text()
+
+
+RESUMED = "Continue from where you left off."  # what Claude Code writes after a turn its last run did not finish
+NO_RESPONSE = "No response requested."  # the answer it writes itself to that line when it is not sent on
+
+
+def test_claude_code_resumed_after_a_turn_cut_off_at_its_tools_result_keeps_a_memory_per_prompt(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The provider fails the step that carries the tool's result: Claude Code ends, its session ending with that
+    result. Resumed (`-c`) with a new prompt, it sends the result again followed by its own line and an answer it
+    writes itself, then the new prompt. The new prompt is a memory of its own with its final answer; neither line
+    is in any memory; the first prompt keeps its step, which names the tool; nothing the conversation holds is
+    recalled into it, while another conversation is given both prompts' memories."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    started = tmp_path / "tool-started"  # the tool writes it, then runs on while the provider starts failing
+    call = ToolCall("Bash", {"command": f"printf x > {started}; sleep 2; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) else None
+    upstream.reply = FINAL
+
+    def fail() -> None:
+        upstream.fail_status = 400  # not retried: Claude Code writes the error and ends
+
+    failing = once_it_exists(started, fail)
+    with pytest.raises(AssertionError, match="API Error: 400"):
+        claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Bash")
+    failing.join()
+    step = f"User: {PROMPT}\nAssistant: {call.text}"
+    backend.settled("project:shop", step)
+
+    upstream.clear()
+    upstream.fail_status = None
+    again, answer = "Which of the files in the repository is the largest?", "The largest is the README."
+    upstream.reply = answer
+    assert claude(proc, project, home, "-c", "-p", again, "--allowedTools", "Bash") == answer
+    calls = main_calls(upstream)
+    resumed = [block for m in calls[0]["messages"] if isinstance(m["content"], list) for block in m["content"]]
+    assert any(block.get("text") == RESUMED for block in resumed), proc.log_text()  # the wire as this test knows it
+    assert any(block.get("text") == NO_RESPONSE for block in resumed)
+    assert len(calls) == 2 and all(MEMORY_TAG not in json.dumps(c) for c in calls), proc.log_text()
+    memories = backend.settled("project:shop", f"User: {again}\nAssistant: {answer}")
+    assert sorted(memories) == sorted([(step, ["Bash"]), (f"User: {again}\nAssistant: {answer}", ["Bash"])]), proc.log_text()
+
+    upstream.clear()
+    upstream.tool_call = None
+    claude(proc, project, home, "-p", "Which files are in the repository, and which is the largest?")
+    fresh = json.dumps(main_calls(upstream)[0])
+    assert MEMORY_TAG in fresh and call.text in fresh and answer in fresh, proc.log_text()
+    assert RESUMED not in fresh and NO_RESPONSE not in fresh
 
 
 def test_claude_code_compacting_its_conversation_stores_neither_the_summary_nor_its_instruction(
