@@ -64,7 +64,8 @@ bench-callgrind: $(VENV)/.synced
 	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(VENV)/bin/python bench/callgrind.py $(ARGS)
 
-# Setup (d) of two or more revisions side by side, ratios paired turn by turn: make bench-ab ARGS="HEAD~1 worktree".
+# Setup (d) of two or more revisions side by side, ratios paired turn by turn: make bench-ab ARGS="HEAD~1 worktree";
+# or two setups of one revision: ARGS="HEAD:a HEAD:d".
 bench-ab: $(VENV)/.synced
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(VENV)/bin/python bench/ab.py $(ARGS)

@@ -1,4 +1,5 @@
-"""`make bench-ab ARGS="REV [REV ...]"`: setup (d) of two or more revisions of the addon, side by side.
+"""`make bench-ab ARGS="REV[:SETUP] [REV[:SETUP] ...]"`: setup (d) of two or more revisions of the addon, side by
+side, or two setups of one revision.
 
 A machine's speed drifts within minutes, and drift hits two setups alike only if they run back to back: so
 the revisions take turns for BENCH_AB_RUNS runs of BENCH_AB_SECONDS each (30 × 2 s), and the report is the
@@ -8,7 +9,9 @@ split by thread (the loop thread and all others, from /proc/<pid>/task), since a
 one to the other without saving any.
 
 A revision is anything `git archive` takes (HEAD~1, a branch, a commit) or "worktree" for the files as they
-are now. Setup c instead of d: BENCH_AB_SETUP=c. Each revision searches its own copy of the setup's store,
+are now. Setup c instead of d: BENCH_AB_SETUP=c; or each revision with its own setup of `make bench`'s section 1
+(a, a2, b, c, d): `HEAD:a HEAD:d` measures (d)'s ratio to (a), paired by turn, on a machine too noisy for `make
+bench`'s medians to settle it. Each revision searches its own copy of the setup's store,
 indexed by its own code before the runs (`own_store`): a store's schema may differ between revisions, and an
 older revision refuses a newer schema.
 """
@@ -30,6 +33,7 @@ RUNS = int(os.environ.get("BENCH_AB_RUNS", "30"))
 SECONDS = int(os.environ.get("BENCH_AB_SECONDS", "2"))
 SETUP = os.environ.get("BENCH_AB_SETUP", "d")
 CONCURRENCY = 16
+SETUPS = {"a": None, "a2": None, "b": "cache", "c": "cache", "d": "fts"}  # each setup's store, if it searches one
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -110,12 +114,17 @@ def main() -> None:
     if len(revs) < 2:
         sys.exit(__doc__)
     files = prepare()
-    store = "fts" if SETUP == "d" else "cache"
     loads = {}
-    for i, rev in enumerate(revs):
+    for i, arg in enumerate(revs):
+        rev, _, setup = arg.partition(":")
+        setup = setup or SETUP
+        if setup not in SETUPS:
+            sys.exit(f"{arg}: no setup {setup!r} (one of {', '.join(SETUPS)})")
         tree = checkout(rev)
-        own = {**files, store: own_store(tree, files.get(store, OUT / "cache.db"), f"ab{i}-")}
-        loads[rev] = overhead_loads(own, str(tree / "addons" / "memory.py"), tag=f"ab{i}-")[SETUP]
+        own = dict(files)
+        if store := SETUPS[setup]:
+            own[store] = own_store(tree, files.get(store, OUT / "cache.db"), f"ab{i}-")
+        loads[arg] = overhead_loads(own, str(tree / "addons" / "memory.py"), tag=f"ab{i}-")[setup]
     turns: dict[str, list[tuple[float, float, float]]] = {rev: [] for rev in revs}
     with processes() as started:
         upstream = start_upstream(started)
@@ -128,7 +137,8 @@ def main() -> None:
                 turns[rev].append(turn(loads[rev]))
             print(f"turn {r + 1}/{RUNS}: " + "  ".join(f"{rev} {t[-1][0]:.0f}/s" for rev, t in turns.items()), flush=True)
     base = turns[revs[0]]
-    print(f"\nsetup ({SETUP}), c={CONCURRENCY}, {RUNS} turns of {SECONDS} s; medians, ratios paired by turn, to {revs[0]}:")
+    print(f"\nsetup ({SETUP}) unless named, c={CONCURRENCY}, {RUNS} turns of {SECONDS} s; medians, ratios paired by turn, "
+          f"to {revs[0]}:")
     print("| revision | req/s | CPU ms/req (loop + others) | CPU × | q1–q3 | req/s × |")
     print("|---|---|---|---|---|---|")
     for rev, runs in turns.items():
