@@ -139,15 +139,22 @@ def main() -> None:
     base = turns[revs[0]]
     print(f"\nsetup ({SETUP}) unless named, c={CONCURRENCY}, {RUNS} turns of {SECONDS} s; medians, ratios paired by turn, "
           f"to {revs[0]}:")
-    print("| revision | req/s | CPU ms/req (loop + others) | CPU × | q1–q3 | req/s × |")
-    print("|---|---|---|---|---|---|")
+    print("| revision | req/s | CPU ms/req (loop + others) | CPU × | q1–q3 | req/s × | q1–q3 |")
+    print("|---|---|---|---|---|---|---|")
     for rev, runs in turns.items():
-        cpu = sorted((t[1] + t[2]) / (b[1] + b[2]) for t, b in zip(runs, base))
-        rps = statistics.median(t[0] / b[0] for t, b in zip(runs, base))
-        q1, _, q3 = statistics.quantiles(cpu, n=4) if len(cpu) > 1 else (cpu[0], 0, cpu[0])
+        cpu = spread([(t[1] + t[2]) / (b[1] + b[2]) for t, b in zip(runs, base)])
+        rps = spread([t[0] / b[0] for t, b in zip(runs, base)])
         loop, others = statistics.median(t[1] for t in runs), statistics.median(t[2] for t in runs)
         print(f"| {rev} | {statistics.median(t[0] for t in runs):.0f} | {loop + others:.3f} ({loop:.3f} + {others:.3f}) "
-              f"| {statistics.median(cpu):.3f} | {q1:.3f}–{q3:.3f} | {rps:.3f} |")
+              f"| {cpu[1]:.3f} | {cpu[0]:.3f}–{cpu[2]:.3f} | {rps[1]:.3f} | {rps[0]:.3f}–{rps[2]:.3f} |")
+
+
+def spread(ratios: list[float]) -> tuple[float, float, float]:
+    """The first quartile, the median and the third quartile of `ratios`."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return q1, median, q3
 
 
 if __name__ == "__main__":
