@@ -69,9 +69,10 @@ def test_every_file_memproxy_writes_is_0600_and_its_dirs_0700(mitmdump, upstream
     assert chat(openai_client(proc, via="proxy"), "Where do the docs live?") == upstream.reply, proc.log_text()
     assert wait_until(lambda: stored(data / "memories.db") == 1), proc.log_text()
     assert wait_until((data / "cookies.json").exists), proc.log_text()
+    assert wait_until((data / "threads.json").exists), proc.log_text()  # the prompt asked, within SAVE_DELAY
 
     files = [data / f"{db}{suffix}" for db in ("memories.db", "outbox.db") for suffix in ("", "-wal", "-shm")]
-    files.append(data / "cookies.json")
+    files += [data / "cookies.json", data / "threads.json"]
     assert {f.name: oct(mode(f)) for f in files} == {f.name: "0o600" for f in files}
     made = [home, home / ".local", home / ".local/share", data]  # none existed: memproxy made them all
     assert {str(d): oct(mode(d)) for d in made} == {str(d): "0o700" for d in made}
