@@ -116,12 +116,13 @@ def build(path: Path, rows: Iterable[tuple[str, str]]) -> None:
 
 def _turns(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, str, float]]:
     """(scope, content) rows as (scope, content, metadata, created_at): the scope's n-th row is turn
-    n % CONVERSATION of its conversation n // CONVERSATION, n minutes after the first."""
+    n % CONVERSATION of its conversation n // CONVERSATION, n minutes after the first, with its prompt's key."""
     seen: Counter[str] = Counter()
     for scope, content in rows:
         n = seen[scope]
         seen[scope] += 1
-        yield scope, content, f'{{"conversation": "c{n // CONVERSATION}"}}', 1.7e9 + 60 * n
+        key = hashlib.blake2b(f"{scope}\0{n}".encode(), digest_size=16).hexdigest()
+        yield scope, content, f'{{"conversation": "c{n // CONVERSATION}", "prompt_key": "{key}"}}', 1.7e9 + 60 * n
 
 
 async def _with_store(path: Path, fn: Callable[[LocalStore], Awaitable[None]]) -> None:

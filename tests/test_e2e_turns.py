@@ -34,6 +34,7 @@ from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import SupermemoryStore, container_tag
 from memproxy.scrub import scrub
+from memproxy.threads import KEPT_TURNS
 from secret_corpus import fakes
 from test_e2e_clients import answer_classifier, gemini, gemini_calls
 from test_e2e_more_clients import chat_calls, opencode, qwen
@@ -899,6 +900,36 @@ def stopped(proc: MitmdumpProc, how: str, written: Callable[[str], bool]) -> Non
         proc.start()
     else:
         proc.restart()
+
+
+def test_a_conversation_the_provider_keeps_is_not_given_its_older_turns_after_memproxy_restarts(
+    mitmdump, upstream: FakeUpstream, openai_client, backend: Backend
+) -> None:
+    """The threads file keeps the texts of a thread's latest KEPT_TURNS turns and the keys of all the turns its
+    conversation holds: after a restart, a turn older than those is still no memory for its own conversation,
+    which no request carries any more, and still one for another conversation."""
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    client = openai_client(proc, via="reverse")
+    question, answer = "Which port does the orchard service listen on?", "The orchard service listens on port 7341."
+    replies = iter([answer, *(f"Noted: the weather note {n} is filed." for n in range(1, KEPT_TURNS + 2)), FINAL, FINAL])
+    upstream.reply_for = lambda _: next(replies)
+
+    def ask(text: str, previous: Any = None) -> Any:
+        link = {"previous_response_id": previous.id} if previous is not None else {}
+        return client.responses.create(model="gpt-4o", input=[{"role": "user", "content": text}], extra_headers=SCOPE, **link)
+
+    reply = ask(question)
+    for n in range(1, KEPT_TURNS + 2):
+        reply = ask(f"Write down weather note {n} for the logbook.", reply)
+    backend.settled("team", f"User: {question}\nAssistant: {answer}")
+    proc.restart()
+    kept = json.loads(threads_file(proc).read_text())["threads"]
+    assert all(question not in json.dumps(thread["turns"]) for thread in kept), kept  # only its key is kept
+
+    ask("Which port does the orchard service use?", reply)
+    assert "7341" not in json.dumps(upstream.last("/responses").json), proc.log_text()
+    ask("Which port does the orchard service use?")  # another conversation
+    assert "7341" in json.dumps(upstream.last("/responses").json), proc.log_text()
 
 
 @pytest.mark.parametrize(("kept", "how"), [("previous_response_id", "restart"), ("conversation", "crash")])

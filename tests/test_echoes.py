@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from memproxy.echoes import KEPT, MAX_TURNS, PIECES, PREFIX, SHORT, Heard, without_echoes
-from memproxy.memory.base import Derived, recalled
+from memproxy.memory.base import Keyed, recalled
 from memproxy.protocols.base import Entry
 from memproxy.protocols.common import find_prompt
 from memproxy.scrub import MARKER_START, scrub
@@ -176,11 +176,11 @@ def test_a_memory_written_from_turns_is_an_echo_when_the_conversation_holds_each
     first, second = key(*CONVERSATION[:1]), key(*CONVERSATION)
     heard = Heard.of(CONVERSATION)
     fact = recalled("The repository of the shop has three files.", "Claude Code", 1_790_000_000)
-    assert heard.holds(Derived(fact, (first,)))  # its prompt and an answer after it are in the conversation
-    assert not heard.holds(Derived(fact, (second,)))  # the last prompt, not answered yet: asked again, elsewhere
-    assert not heard.holds(Derived(fact, (first, key(Entry("user", "Where is the README?")))))  # and another's
-    assert not heard.holds(Derived(fact, ()))  # naming no turn, it is judged by its text
-    assert not heard.holds(fact) and heard.holds(Derived(ANSWER, ()))
+    assert heard.holds(Keyed(fact, (first,)))  # its prompt and an answer after it are in the conversation
+    assert not heard.holds(Keyed(fact, (second,)))  # the last prompt, not answered yet: asked again, elsewhere
+    assert not heard.holds(Keyed(fact, (first, key(Entry("user", "Where is the README?")))))  # and another's
+    assert not heard.holds(Keyed(fact, ()))  # naming no turn, it is judged by its text
+    assert not heard.holds(fact) and heard.holds(Keyed(ANSWER, ()))
 
 
 def test_the_same_first_prompt_in_another_conversation_is_another_turn_once_it_goes_on() -> None:
@@ -189,9 +189,9 @@ def test_the_same_first_prompt_in_another_conversation_is_another_turn_once_it_g
     other = [CONVERSATION[0], Entry("assistant", "Two files."), Entry("user", "Which one is the newest?"),
              Entry("assistant", "b.py")]
     heard = Heard.of(other)
-    assert heard.holds(Derived("x", (key(*CONVERSATION[:1]),)))
-    assert not heard.holds(Derived("x", (key(*CONVERSATION),)))
-    assert heard.holds(Derived("x", (key(*other[:3]),)))
+    assert heard.holds(Keyed("x", (key(*CONVERSATION[:1]),)))
+    assert not heard.holds(Keyed("x", (key(*CONVERSATION),)))
+    assert heard.holds(Keyed("x", (key(*other[:3]),)))
 
 
 def test_a_thread_holds_the_turns_it_went_through_and_those_its_messages_carried() -> None:
@@ -204,9 +204,9 @@ def test_a_thread_holds_the_turns_it_went_through_and_those_its_messages_carried
         messages.answers(find_prompt(message), message)
         messages.heard.extend(Heard.of(message))  # as the request path does
     thread = messages.heard
-    assert thread.holds(Derived("x", (key(*CONVERSATION[:1]),)))
+    assert thread.holds(Keyed("x", (key(*CONVERSATION[:1]),)))
     thread.turn("Which one is the largest?", "b.py", "chained-key")
-    assert thread.holds(Derived("x", ("chained-key",))) and not thread.holds(Derived("x", ("other-key",)))
+    assert thread.holds(Keyed("x", ("chained-key",))) and not thread.holds(Keyed("x", ("other-key",)))
     for n in range(MAX_TURNS):
         thread.turn(f"prompt {n}", "answer", f"key {n}")
-    assert not thread.holds(Derived("x", ("chained-key",))) and thread.holds(Derived("x", (f"key {MAX_TURNS - 1}",)))
+    assert not thread.holds(Keyed("x", ("chained-key",))) and thread.holds(Keyed("x", (f"key {MAX_TURNS - 1}",)))

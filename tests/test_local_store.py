@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError, index, local
-from memproxy.memory.base import recalled, unlabelled
+from memproxy.memory.base import PROMPT_KEY, Keyed, recalled, unlabelled
 from memproxy.memory.local import DF_BUDGET, LocalStore
 
 T = TypeVar("T")
@@ -86,6 +86,20 @@ def test_recall_labels_each_memory_with_its_tool_and_day(store: LocalStore) -> N
     for text in ("(2025-11-30, Claude Code) x", "(2025-11-30) x", "(Codex) x"):
         assert unlabelled(text) == "x"
     assert unlabelled("(a note) in brackets") == "in brackets" and unlabelled("User: (x) y") == "User: (x) y"
+
+
+def test_recall_names_a_stored_turns_prompt_for_the_echo_check(store: LocalStore) -> None:
+    """A turn's memory names its prompt's key (PROMPT_KEY): a conversation that holds the turn, though no longer
+    its text, knows it as its own (memory.base.Keyed)."""
+    run(store.add_many([
+        Memory("", "p", "User: How do we deploy?\nAssistant: With rsync.", 0.0, {PROMPT_KEY: "k1", "tool": "Codex"}),
+        Memory("", "p", "Deploys are on Fridays", 0.0, {PROMPT_KEY: 7}),
+        Memory("", "p", "Deploys go through the bastion", 0.0, {}),
+    ]))
+    found = {unlabelled(text): text for text in run(recall(store, "p", "deploy"))}
+    turn = found["User: How do we deploy?\nAssistant: With rsync."]
+    assert isinstance(turn, Keyed) and turn.keys == ("k1",) and turn.startswith("(")
+    assert not any(isinstance(found[text], Keyed) for text in ("Deploys are on Fridays", "Deploys go through the bastion"))
 
 
 def test_recall_survives_metadata_sqlite_cannot_read(store: LocalStore) -> None:

@@ -13,7 +13,7 @@ from fakes.supermemory import FakeSupermemory
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from memproxy.memory import Memory, StoreError
-from memproxy.memory.base import PROMPT_KEY, Derived
+from memproxy.memory.base import PROMPT_KEY, Keyed
 from memproxy.memory.supermemory import (
     DEFAULT_BASE_URL,
     SupermemoryStore,
@@ -195,7 +195,7 @@ async def test_chunk_results_are_parsed(store: SupermemoryStore, supermemory: Fa
 
 async def test_a_memory_written_from_turns_names_their_prompts(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     """Supermemory writes memories from documents in its own words; its documents' metadata names each one's
-    prompt (PROMPT_KEY), and so the echo check can tell whether a conversation holds them (memory.base.Derived)."""
+    prompt (PROMPT_KEY), and so the echo check can tell whether a conversation holds them (memory.base.Keyed)."""
     await store.add("s", "User: How do we deploy?\nAssistant: With rsync.", "turn-1", {PROMPT_KEY: "k1", "tool": "Codex"})
     await store.add("s", "User: Where do we deploy?\nAssistant: To the bastion.", "turn-2", {"tool": "Codex"})
     supermemory.own_words = True
@@ -203,7 +203,7 @@ async def test_a_memory_written_from_turns_names_their_prompts(store: Supermemor
     named, unnamed = hits["memory_doc000001"], hits["memory_doc000002"]
     assert "the user asked" in named.content and named.sources == ("k1",) and unnamed.sources == ()
     [text] = await store.start_search("s", "rsync")
-    assert isinstance(text, Derived) and text.keys == ("k1",) and text.endswith("They were told: With rsync.")
+    assert isinstance(text, Keyed) and text.keys == ("k1",) and text.endswith("They were told: With rsync.")
     supermemory.own_words = False  # a memory as it was stored, naming its prompt in its own metadata
     assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
     supermemory.chunk_results = True  # a chunk is the stored text, which the echo check reads

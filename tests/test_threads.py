@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from memproxy import private
+from memproxy.memory.base import Keyed
 from memproxy.protocols.base import Entry
 from memproxy.protocols.common import find_prompt
 from memproxy.rules import Route, Rules
@@ -63,6 +64,9 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     assert list(restored.stored) == [f"key{n}" for n in range(2, KEPT_TURNS + 2)]  # the latest KEPT_TURNS
     memory = f"User: {scrub(PROMPT).text} (5)\nAssistant: An answer (5)."
     assert restored.heard.holds(memory) and restored.heard.holds_turns(["key5"])  # the echo check reads them
+    first = f"User: {scrub(PROMPT).text} (0)\nAssistant: An answer (0)."  # older: its key is kept, not its text
+    assert not restored.heard.holds(first) and restored.heard.holds(Keyed(first, ("key0",)))
+    assert restored.heard.held() == thread.heard.held()
     [(name, back)] = kept
     assert name == ("project:shop", "session-1")
     assert back == Asked(scrub(PROMPT).text, "k1", "conv", ("Bash",), (scrub(PROMPT).text, "I will run a shell command first."))

@@ -7,9 +7,10 @@ its user part and its assistant texts hold its assistant part; the same question
 whose answer the request does not hold, is still recalled. A backend that splits what it stores (Supermemory)
 may answer with a chunk of a turn instead: it is an echo when the request's user texts hold the part of a prompt it
 holds, and its assistant texts the part of an answer. A memory of free text is an echo when the request's user or
-assistant texts hold it. A memory a backend wrote from stored turns in its own words (memory.base.Derived) is an
-echo when the conversation holds each of those turns: it holds a turn's prompt, as the prompt's key names it (the
-user messages up to and including it), and an assistant message after it.
+assistant texts hold it. A memory that names the prompts of its turns (memory.base.Keyed: a stored turn, or what a
+backend wrote from stored turns in its own words) is also an echo when the conversation holds each of those
+turns: it holds a turn's prompt, as the prompt's key names it (the user messages up to and including it), and an
+assistant message after it.
 
 A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
 the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .memory.base import ASSISTANT, USER, Derived, turn_parts, unlabelled
+from .memory.base import ASSISTANT, USER, Keyed, turn_parts, unlabelled
 from .protocols.base import Entry
 from .protocols.common import answered_keys
 from .scrub import MARKED, MARKER_START
@@ -123,6 +124,10 @@ class Heard:
         for _ in range(len(self._keys) - MAX_TURNS):
             del self._keys[next(iter(self._keys))]
 
+    def held(self) -> tuple[str, ...]:
+        """The keys of the turns it holds, the latest MAX_TURNS, oldest first."""
+        return tuple(self._read_keys())
+
     def holds_turns(self, keys: Sequence[str]) -> bool:
         """Whether it holds the turns of the prompts `keys` names, answers included."""
         return bool(keys) and all(key in self._read_keys() for key in keys)
@@ -145,7 +150,7 @@ class Heard:
 
     def holds(self, memory: str) -> bool:
         """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
-        if isinstance(memory, Derived) and self.holds_turns(memory.keys):
+        if isinstance(memory, Keyed) and self.holds_turns(memory.keys):
             return True
         if self._joined is None:
             self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),

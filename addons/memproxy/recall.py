@@ -131,11 +131,11 @@ class CircuitBreaker:
 class Recall:
     """Searches `store` for the request path: cached, single-flight, budgeted, failing open.
 
-    It answers with the memories' contents only, a tuple of strings: what injection uses, and what the
-    collector stops tracking, so a full cache of them (as when every request brings a fresh query) adds nothing
-    to the walk of each full collection. A memory Supermemory wrote in its own words also names the turns it was
-    written from (memory.base.Derived), for the echo check. The cache is keyed by a digest of the query, which is clipped
-    first (clip_query): an entry's size does not depend on what a client sent.
+    It answers with the memories' contents only, a tuple of strings: what injection uses. A plain string is
+    nothing the collector walks; a memory that names the prompts of its turns (a stored turn) is a string that
+    carries their keys as well (memory.base.Keyed), for the echo check, and is walked: at most `max_entries`
+    answers of a few memories each. The cache is keyed by a digest of the query, which is clipped first
+    (clip_query): an entry's size does not depend on what a client sent.
 
     The breaker opens on the backend's failures, not on a client's input:
     - an error counts, unless the backend refused this one request (a 4xx other than 401, 402, 403, 408,

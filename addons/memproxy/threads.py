@@ -10,8 +10,10 @@ client's summary of it.
 file (0600, replaced atomically in a worker thread, at most once a SAVE_DELAY, and when memproxy stops). So after
 a restart a tool loop, a conversation the provider keeps, or a compacted session still ends in its prompt's
 memory, in its project, and is still not given its own turns back. What the file holds is what memories hold,
-scrubbed the same way (`capture.as_stored`): each prompt and its key, the tools called, and the turns a thread
-stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what the echo check reads). A
+scrubbed the same way (`capture.as_stored`): each prompt and its key, the tools called, the turns a thread
+stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what the echo check reads), and
+the keys of all the turns its conversation holds (the latest echoes.MAX_TURNS), by which the echo check knows a
+stored turn's memory (memory.base.Keyed) whose text the file no longer keeps. A
 route is kept as its scope, project and rule's name, and comes back as that rule gives it then, if it still
 stores. A WebSocket's thread ends with its connection, and is not kept. A thread's digest of the user texts it
 carried cannot be written: a restored thread keys its later prompts from its current key instead
@@ -65,10 +67,12 @@ class Thread:
 
     @classmethod
     def restored(cls, raw: str, key: str, user: str, calls: Iterable[str], conversation: str,
-                 turns: Iterable[tuple[str, str, str]]) -> Thread:
-        """A thread as `ThreadFile` wrote it: its digest starts from its key, and it holds the turns it stored."""
+                 turns: Iterable[tuple[str, str, str]], held: Iterable[str] = ()) -> Thread:
+        """A thread as `ThreadFile` wrote it: its digest starts from its key, and it holds the turns it stored and
+        those `held` names."""
         thread = cls(raw, key, user, unique_calls(calls), conversation=conversation,
                      digest=hashlib.blake2b(key.encode() + b"\0", digest_size=16))
+        thread.heard.hold(held)
         for turn_key, prompt, reply in turns:
             thread.turn(prompt, reply, turn_key)
         return thread
@@ -115,7 +119,7 @@ class Asked:
 # A client session's latest project route, as the file keeps it: scope, rule, project, tool, layers.
 SavedRoute = tuple[str, str, str, str | None, tuple[str, ...]]
 # What the file will hold, taken on the event loop: each thread (its names, the latest last; raw, key, user, calls,
-# conversation; its turns as (key, prompt, reply)), each asked prompt (its name; user, key, conversation, calls,
+# conversation; its turns as (key, prompt, reply); the keys of the turns it holds), each asked prompt (its name; user, key, conversation, calls,
 # turn), and each session's route (the session, then SavedRoute). The texts are scrubbed in the writer's thread.
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
@@ -201,7 +205,8 @@ def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, 
     for name, t in chains:
         if t.key:
             entry = threads.get(id(t)) or (
-                [], t.raw, t.key, t.user, t.calls, t.conversation, [(k, u, r) for k, (u, r) in t.stored.items()])
+                [], t.raw, t.key, t.user, t.calls, t.conversation, [(k, u, r) for k, (u, r) in t.stored.items()],
+                t.heard.held())
             entry[0].append(name)
             threads[id(t)] = entry
     return (list(threads.values()), [(name, a.user, a.key, a.conversation, a.calls, a.turn) for name, a in asked],
@@ -228,8 +233,9 @@ class _Writer:
             "threads": [
                 {"names": [list(n) for n in names], "raw": raw, "key": key, "user": stored(user, MAX_USER_CHARS),
                  "calls": list(calls), "conversation": conversation,
-                 "turns": [[k, stored(u, TURN_CHARS), stored(r, TURN_CHARS)] for k, u, r in turns]}
-                for names, raw, key, user, calls, conversation, turns in threads
+                 "turns": [[k, stored(u, TURN_CHARS), stored(r, TURN_CHARS)] for k, u, r in turns],
+                 "held": list(held)}
+                for names, raw, key, user, calls, conversation, turns, held in threads
             ],
             "asked": [
                 {"name": list(name), "user": stored(user, MAX_USER_CHARS), "key": key, "conversation": conversation,
@@ -261,7 +267,8 @@ def _read(path: Path) -> Kept:
     kept = Kept()
     for t in data["threads"]:
         thread = Thread.restored(_text(t["raw"]), _text(t["key"]), _text(t["user"]), _texts(t["calls"]),
-                                 _text(t["conversation"]), (_name(turn, 3) for turn in t["turns"]))
+                                 _text(t["conversation"]), (_name(turn, 3) for turn in t["turns"]),
+                                 _texts(t.get("held", [])))  # none in a file that does not keep them
         kept.chains += [(_name(name, 2), thread) for name in t["names"]]
     kept.asked = [(_name(a["name"], 2), Asked(_text(a["user"]), _text(a["key"]), _text(a["conversation"]),
                                               unique_calls(_texts(a["calls"])), _name(a["turn"], 2)))

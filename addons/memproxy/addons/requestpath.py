@@ -393,7 +393,7 @@ class RequestPath:
             if conversation:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
             if key:
-                metadata[PROMPT_KEY] = key  # what a memory written from it names it by (memory.base.Derived)
+                metadata[PROMPT_KEY] = key  # what the echo check knows its memory by (memory.base.Keyed)
             decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous, asked=asked)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision

@@ -20,8 +20,8 @@ class Memory:
     score: float = 0.0  # relevance in [0, 1]; 0 for list()
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0  # unix seconds
-    # The keys (`Prompt.key`) of the turns a backend wrote this memory from in its own words (Derived); () for a
-    # memory it keeps as it was stored, or whose turns it did not name.
+    # The keys (`Prompt.key`) of the turns Supermemory wrote this memory from, or of the turn it holds as stored
+    # (Keyed); () for a memory whose turns it did not name. The local store names a turn's in its metadata.
     sources: tuple[str, ...] = ()
 
 
@@ -119,20 +119,21 @@ class MemoryStore(abc.ABC):
 
 async def _contents(memories: Awaitable[list[Memory]]) -> tuple[str, ...]:
     found = ((recalled(m.content, m.metadata.get("tool"), m.created_at), m.sources) for m in await memories)
-    return tuple(Derived(text, sources) if sources else text for text, sources in found)
+    return tuple(Keyed(text, sources) if sources else text for text, sources in found)
 
 
-class Derived(str):
-    """A recalled memory that a backend wrote from stored turns in its own words (Supermemory's memories), with
-    the keys of those turns' prompts (`keys`): its text is in no conversation, so the echo check asks whether the
-    conversation holds those turns instead."""
+class Keyed(str):
+    """A recalled memory with the keys of the prompts of the turns it holds (`keys`): a stored turn's own, or
+    those of the turns a backend wrote it from in its own words (Supermemory's memories). The echo check asks
+    whether the conversation holds those turns: a text in no conversation (its own words), or one the
+    conversation no longer carries (a restored thread's older turns), is still known as its own."""
 
     keys: tuple[str, ...]
 
-    def __new__(cls, text: str, keys: tuple[str, ...]) -> Derived:
-        derived = super().__new__(cls, text)
-        derived.keys = keys
-        return derived
+    def __new__(cls, text: str, keys: tuple[str, ...]) -> Keyed:
+        keyed = super().__new__(cls, text)
+        keyed.keys = keys
+        return keyed
 
 
 def recalled(content: str, tool: Any, created_at: float) -> str:

@@ -16,7 +16,7 @@ import orjson
 
 from .. import config, private
 from ..worker import Worker
-from .base import Memory, MemoryStore, StoreError, recalled
+from .base import PROMPT_KEY, Keyed, Memory, MemoryStore, StoreError, recalled
 from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, relative_dates
 from .near import near_duplicates
 from .ranking import (
@@ -77,8 +77,11 @@ CREATE INDEX IF NOT EXISTS memories_scope_created ON memories(scope, created_at)
 """
 
 COLUMNS = "m.id, m.scope, m.content, m.metadata, m.created_at"
-# Recall's: nothing it does not inject (a memory's content, tool and date).
-CONTENTS = "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at"
+# Recall's: what it injects (a memory's content, tool and date), and the key of a stored turn's prompt (Keyed).
+CONTENTS = (
+    "m.content, CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.tool') END, m.created_at,"
+    f" CASE WHEN json_valid(m.metadata) THEN json_extract(m.metadata, '$.{PROMPT_KEY}') END"
+)
 # `columns` of the memories with the given ids, if they are the scope's: a search only ever returns the scope's own.
 # `+m.scope` keeps SQLite from scanning the scope's index instead of reading the few ids.
 READ = "SELECT m.id, {columns} FROM memories AS m WHERE m.id IN ({ids}) AND +m.scope = ?"
@@ -103,6 +106,12 @@ def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
     except orjson.JSONDecodeError:  # NaN or Infinity, which json.dumps writes and orjson refuses
         meta = json.loads(metadata)
     return Memory(str(id_), scope, content, score, meta, created_at)
+
+
+def _recalled(content: str, tool: Any, created_at: float, key: Any) -> str:
+    """A memory as recall gives it (CONTENTS' row): with its prompt's key, if it is a stored turn."""
+    text = recalled(content, tool, created_at)
+    return Keyed(text, (key,)) if isinstance(key, str) and key else text
 
 
 class LocalStore(MemoryStore):
@@ -262,7 +271,7 @@ class LocalStore(MemoryStore):
         return [_memory(tuple(row), score) for *row, score in self._ranked(db, COLUMNS, scope, query, limit, threshold)]
 
     def _contents(self, db: sqlite3.Connection, scope: str, query: str, limit: int, threshold: float) -> tuple[str, ...]:
-        found = tuple(recalled(content, tool, at) for content, tool, at, _ in self._ranked(db, CONTENTS, scope, query, limit, threshold))
+        found = tuple(_recalled(*row) for *row, _ in self._ranked(db, CONTENTS, scope, query, limit, threshold))
         if not found and db.execute("SELECT 1 FROM memories WHERE scope = ? LIMIT 1", (scope,)).fetchone() is None:
             if len(self._empty) >= MAX_EMPTY:
                 self._empty.clear()
