@@ -907,7 +907,10 @@ def test_a_conversation_the_provider_keeps_is_not_given_its_older_turns_after_me
 ) -> None:
     """The threads file keeps the texts of a thread's latest KEPT_TURNS turns and the keys of all the turns its
     conversation holds: after a restart, a turn older than those is still no memory for its own conversation,
-    which no request carries any more, and still one for another conversation."""
+    which no request carries any more, and still one for another conversation. Supermemory answers here with
+    chunks of the stored turns (as with `search_mode: documents`), or with what it wrote from them."""
+    if backend.supermemory is not None and not backend.supermemory.own_words:
+        backend.supermemory.chunk_results = True
     proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
     client = openai_client(proc, via="reverse")
     question, answer = "Which port does the orchard service listen on?", "The orchard service listens on port 7341."

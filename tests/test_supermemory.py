@@ -206,8 +206,9 @@ async def test_a_memory_written_from_turns_names_their_prompts(store: Supermemor
     assert isinstance(text, Keyed) and text.keys == ("k1",) and text.endswith("They were told: With rsync.")
     supermemory.own_words = False  # a memory as it was stored, naming its prompt in its own metadata
     assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
-    supermemory.chunk_results = True  # a chunk is the stored text, which the echo check reads
-    assert [h.sources for h in await store.search("s", "rsync")] == [()]
+    supermemory.chunk_results = True  # a chunk of a stored turn names its prompt too
+    assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
+    assert [h.sources for h in await store.search("s", "bastion")] == [()]  # a turn that names none
 
 
 @pytest.mark.parametrize(("documents", "sources"), [

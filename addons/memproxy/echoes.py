@@ -7,10 +7,10 @@ its user part and its assistant texts hold its assistant part; the same question
 whose answer the request does not hold, is still recalled. A backend that splits what it stores (Supermemory)
 may answer with a chunk of a turn instead: it is an echo when the request's user texts hold the part of a prompt it
 holds, and its assistant texts the part of an answer. A memory of free text is an echo when the request's user or
-assistant texts hold it. A memory that names the prompts of its turns (memory.base.Keyed: a stored turn, or what a
-backend wrote from stored turns in its own words) is also an echo when the conversation holds each of those
-turns: it holds a turn's prompt, as the prompt's key names it (the user messages up to and including it), and an
-assistant message after it.
+assistant texts hold it. A memory that names the prompts of its turns (memory.base.Keyed: a stored turn, a chunk
+of one, or what a backend wrote from stored turns in its own words) is also an echo when the conversation holds
+each of those turns: it holds a turn's prompt, as the prompt's key names it (the user messages up to and
+including it), and an assistant message after it.
 
 A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
 the text the client sent), with one C-speed substring search over the request's texts joined: the conversation

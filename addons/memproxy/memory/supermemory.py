@@ -156,13 +156,12 @@ def _search_hit(scope: str, result: Any) -> Memory | None:
     score = _score(result.get("similarity"))
     if not isinstance(text, str) or score is None or not isinstance(result.get("id"), str):
         return None
-    sources = _sources(result) if "memory" in result else ()
-    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")), sources)
+    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")), _sources(result))
 
 
 def _sources(result: dict[str, Any]) -> tuple[str, ...]:
-    """The prompt keys of the turns a memory result was written from: of each of its documents, or its own where
-    it names no document; () unless every one names its prompt."""
+    """The prompt keys of the turns a result holds or was written from: of each of its documents, or its own
+    where it names no document (a chunk, or a memory as stored); () unless every one names its prompt."""
     documents = result.get("documents")
     named = documents if isinstance(documents, list) and documents else [result]
     keys = [_metadata(item).get(PROMPT_KEY) if isinstance(item, dict) else None for item in named]
