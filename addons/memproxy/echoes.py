@@ -150,14 +150,19 @@ class Heard:
 
     def holds(self, memory: str) -> bool:
         """Whether the recalled `memory` (labelled as recall gives it) is already in this conversation."""
-        if isinstance(memory, Keyed) and self.holds_turns(memory.keys):
+        content = unlabelled(memory)
+        parts = turn_parts(content)
+        # A memory in a backend's own words is known by its keys only. A stored text (a turn, a chunk of one) is
+        # known by its text, and by its keys where they are read already (a thread's, which may no longer hold
+        # the text): a request's keys cost a digest of its whole conversation, on the event loop.
+        stored_text = parts is not None or _chunk_sides(content) is not None
+        if isinstance(memory, Keyed) and (not stored_text or not self._entries) and self.holds_turns(memory.keys):
             return True
         if self._joined is None:
             self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
                             SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
         users, whole_users, answers, whole_answers = self._joined
-        content = unlabelled(memory)
-        if parts := turn_parts(content):
+        if parts:
             user, answer = parts
             return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
         if sides := _chunk_sides(content):
