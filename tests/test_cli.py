@@ -383,6 +383,45 @@ def test_memories_scrub_local(cli: Cli, tmp_path: Path):
     assert "replaced 0 secrets in 0 of 5 memories" in cli.ok("memories", "scrub", *args)
 
 
+def test_memories_scrub_cleans_the_files_a_trace_names(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
+    """A memory whose text holds no secret, but whose trace names a file under a path that does."""
+    token = github_token(Maker(23))
+    turn = "User: what is in the notes?\nAssistant: two ideas"
+    trace = {"tool": "Claude Code", "calls": [f"Read /tmp/{token}/notes.md", "Bash"]}
+    data = tmp_path / "data"
+    data.mkdir()
+
+    async def add(store: MemoryStore) -> None:
+        try:
+            await store.add("claude-code:shop", turn, custom_id="turn-1", metadata=trace)
+        finally:
+            await store.close()
+
+    asyncio.run(add(LocalStore(data / "memories.db")))
+    asyncio.run(add(SupermemoryStore(supermemory.api_key, supermemory.url)))
+    local = cli.ok("memories", "scrub", "--db", data / "memories.db", "--outbox", data / "outbox.db")
+    assert "replaced 1 secrets in 1 of 1 memories (local store)" in local and token not in local, local
+    assert files_with(data, [token]) == []
+
+    async def listed() -> list[Memory]:
+        store = LocalStore(data / "memories.db")
+        try:
+            return await store.list("claude-code:shop")
+        finally:
+            await store.close()
+
+    [memory] = asyncio.run(listed())
+    assert memory.metadata["calls"] == ["Read /tmp/[secret: GitHub token]/notes.md", "Bash"]
+    assert memory.content == turn and "notes.md" in cli.ok("memories", "search", "--scope", "claude-code:shop",
+                                                            "notes.md", "--db", data / "memories.db")
+
+    env = {"SUPERMEMORY_API_KEY": supermemory.api_key, "SUPERMEMORY_BASE_URL": supermemory.url}
+    remote = cli.ok("memories", "scrub", "--backend", "supermemory", "--outbox", data / "outbox.db", env=env)
+    assert "replaced 1 secrets in 1 of 1 memories (supermemory store)" in remote, remote
+    [doc] = supermemory.documents.values()
+    assert doc.content == turn and token not in json.dumps(doc.metadata) and "[secret: GitHub token]" in doc.metadata["calls"]
+
+
 def test_memories_scrub_supermemory(cli: Cli, tmp_path: Path, supermemory: FakeSupermemory):
     contents, secrets = seed_secrets(22)
 

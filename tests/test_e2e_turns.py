@@ -609,6 +609,31 @@ def test_gemini_cli_compressing_in_the_middle_of_a_later_prompts_tool_loop_keeps
                                        (f"User: {PROMPT}\nAssistant: {FINAL}", [cli.tool])]), proc.log_text()
 
 
+def test_claude_code_reading_a_file_in_its_loop_is_found_by_that_file_and_never_shows_it(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The memory's trace names the file Claude Code's Read was given: a later question naming the file finds the
+    memory, whose text holds neither the file's name nor what it holds."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    notes = project / "orchard" / "harvest.md"
+    notes.parent.mkdir(parents=True)
+    notes.write_text(f"{OUTPUT}\n")
+    call = ToolCall("Read", {"file_path": str(notes)}, "I will read the notes first.")
+    upstream.tool_call = lambda data: call if "Read" in tool_names(data) else None
+    upstream.reply = FINAL
+    assert claude(proc, project, home, "-p", PROMPT, "--allowedTools", "Read").endswith(FINAL)
+    loop = main_calls(upstream)
+    assert len(loop) == 2 and OUTPUT in json.dumps(loop[1]), proc.log_text()  # Claude Code read it
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", [f"Read {notes}"])], proc.log_text()
+
+    upstream.clear()
+    upstream.tool_call = lambda data: None
+    claude(proc, project, home, "-p", "What is in harvest.md?")  # no word of the turn's text
+    [block] = re.findall(f"{MEMORY_TAG}.*?</recalled-memories>", json.dumps(main_calls(upstream)[0]))
+    assert FINAL in block and not re.search("harvest|orchard|Read|" + OUTPUT, block), proc.log_text()
+
+
 # -- Codex over its WebSocket --------------------------------------------------------------------------------------
 
 
@@ -777,13 +802,15 @@ def _offers_spawn(data: Any) -> bool:
 TOOLS = [{"type": "function", "function": {"name": "list_files", "parameters": {"type": "object", "properties": {}}}}]
 RESPONSES_TOOLS = [{"type": "function", **TOOLS[0]["function"]}]
 SCOPE = {"x-memory-user-id": "team"}
+LISTED = ToolCall("list_files", {"path": "src/orchard"})
+TRACE = ["list_files src/orchard"]  # the loop's trace: the tool it called, with the file it named
 
 
 def sdk_loop(mitmdump, upstream: FakeUpstream, openai_client, backend: Backend) -> tuple[MitmdumpProc, Any]:
-    """A mitmdump with a reverse listener and an openai SDK client on it; the fake asks for `list_files` until a
-    request carries a tool's output, then answers FINAL."""
+    """A mitmdump with a reverse listener and an openai SDK client on it; the fake asks for `list_files` of
+    src/orchard (LISTED) until a request carries a tool's output, then answers FINAL."""
     proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
-    upstream.tool_call = lambda data: ToolCall("list_files", {})
+    upstream.tool_call = lambda data: LISTED
     upstream.reply = FINAL
     return proc, openai_client(proc, via="reverse")
 
@@ -813,13 +840,17 @@ def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
     assert ask(messages).choices[0].message.content == FINAL
     assert MEMORY_TAG not in json.dumps(upstream.last("/chat/completions").json)
     memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", TRACE)], proc.log_text()
 
     # The conversation goes on: its own prompt and answer are no memory for it.
     messages += [{"role": "assistant", "content": FINAL}, {"role": "user", "content": "Which of the files in the repository is the largest?"}]
     ask(messages)
     assert MEMORY_TAG not in json.dumps(upstream.last("/chat/completions").json)
     given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/chat/completions", backend)
+    if backend.supermemory is None:  # the local store indexes the files a loop named; it never injects them
+        ask([{"role": "user", "content": "What did we find in the orchard directory?"}])  # no word of the turns
+        [block] = re.findall(f"{MEMORY_TAG}.*?</recalled-memories>", json.dumps(upstream.last("/chat/completions").json))
+        assert PROMPT in block and not re.search("list_files|orchard|src", block), proc.log_text()
 
 
 # -- Responses over HTTP with the openai SDK -------------------------------------------------------------------------
@@ -843,7 +874,7 @@ def test_responses_function_call_loop_with_the_openai_sdk_is_one_memory(
     assert ask(items).output_text == FINAL
     assert MEMORY_TAG not in json.dumps(upstream.last("/responses").json)
     memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", TRACE)], proc.log_text()
 
     given_to_another_conversation(lambda: ask([{"role": "user", "content": PROMPT}]), upstream, "/responses", backend)
 
@@ -870,7 +901,7 @@ def test_a_responses_loop_whose_conversation_the_provider_keeps_is_one_memory(
     final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step))
     assert final.output_text == FINAL
     memories = backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+    assert memories == [(f"User: {PROMPT}\nAssistant: {FINAL}", TRACE)], proc.log_text()
 
     # The conversation goes on: its own prompt and answer are no memory for it, though the request holds neither.
     ask([{"role": "user", "content": "Which of the files in the repository is the largest?"}], after(final))
@@ -881,7 +912,7 @@ def test_a_responses_loop_whose_conversation_the_provider_keeps_is_one_memory(
     other = {"x-memory-user-id": "other"}
     ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step), other)
     ask([{"role": "user", "content": "Which scope is this?"}], {}, other)  # stored after anything before it
-    backend.settled("other", f"User: Which scope is this?\nAssistant: {ToolCall('list_files', {}).text}")
+    backend.settled("other", f"User: Which scope is this?\nAssistant: {LISTED.text}")
     listed = 1 if backend.supermemory is not None else 0  # the fake Supermemory lists every container's
     assert sum(PROMPT in content for content, _ in backend.stored("other")) == listed, proc.log_text()
 
@@ -957,7 +988,7 @@ def test_a_loop_the_provider_keeps_goes_on_in_its_prompts_memory_after_memproxy_
     step = ask([{"role": "user", "content": prompt}], after(None))
     [call] = [item for item in step.output if item.type == "function_call"]
     stored = scrub(prompt).text
-    backend.settled("team", f"User: {stored}\nAssistant: {ToolCall('list_files', {}).text}")
+    backend.settled("team", f"User: {stored}\nAssistant: {LISTED.text}")
     stopped(proc, how, lambda text: "conv_e2e_restart" in text or step.id in text)
     text = threads_file(proc).read_text()
     assert stored in text and secret not in text and threads_file(proc).stat().st_mode & 0o777 == 0o600
@@ -965,7 +996,7 @@ def test_a_loop_the_provider_keeps_goes_on_in_its_prompts_memory_after_memproxy_
     final = ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], after(step))
     assert final.output_text == FINAL
     memories = backend.settled("team", f"User: {stored}\nAssistant: {FINAL}")
-    assert memories == [(f"User: {stored}\nAssistant: {FINAL}", ["list_files"])], proc.log_text()
+    assert memories == [(f"User: {stored}\nAssistant: {FINAL}", TRACE)], proc.log_text()
 
     # The conversation goes on, after another restart: its own turn is no memory for it, though no request holds it.
     proc.restart()

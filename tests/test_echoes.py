@@ -19,7 +19,7 @@ PROMPT = "Which files are in the repository?"
 ANSWER = "The repository holds three files."
 CONVERSATION = [
     Entry("user", f"<system-reminder>Today is Monday.</system-reminder>\n{PROMPT}"),
-    Entry("assistant", "I will run a shell command first.", ("Bash",)),
+    Entry("assistant", "I will run a shell command first.", (("Bash", {"command": "ls"}),)),
     Entry("tool", "", (), True),
     Entry("assistant", f"{ANSWER}\n\nAnything else?"),
     Entry("user", "Which one is   the largest?"),

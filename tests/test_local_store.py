@@ -669,3 +669,51 @@ def test_a_schema_2_store_is_migrated_on_open_and_answers_the_same_memories(tmp_
         assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts'").fetchone() is None
     assert after[1:] == before[1:] and after[0][:3] == before[0][:3]  # nothing lost; turn-1 updated in place
     integrity(path)
+
+
+def test_a_turn_is_found_by_the_files_its_loop_touched_which_are_never_recalled(store: LocalStore, tmp_path: Path) -> None:
+    add_all(store, "p", FILLER)
+    turn = "User: the login keeps failing after a restart\nAssistant: Fixed: the cookie now outlives the restart."
+    trace = {"calls": ["Read src/orchard/session.py", "Bash", "Edit src/orchard/session.py", "Grep tests/auth"]}
+    id_ = run(store.add("p", turn, "turn-1", trace))
+    [found] = run(store.search("p", "what did we change in session.py?"))
+    assert (found.id, found.content) == (id_, turn)  # found by the file, and recalled as the turn alone
+    assert run(recall(store, "p", "orchard session")) == (recalled(turn, None, found.created_at),)
+    assert run(store.search("p", "bash grep edit read")) == []  # tool names are not indexed, files are
+    # the loop's next step names other files: the memory is indexed with those alone
+    assert run(store.add("p", turn, "turn-1", {"calls": ["Edit docs/cookies.md"]})) == id_
+    assert run(store.search("p", "orchard session")) == []
+    assert [m.id for m in run(store.search("p", "cookies.md"))] == [id_]
+    assert run(store.move(found, "q"))
+    assert run(store.search("p", "cookies.md")) == [] and [m.id for m in run(store.search("q", "cookies.md"))] == [id_]
+    assert run(store.forget("q", id_)) and run(store.search("q", "cookies.md")) == []
+    integrity(tmp_path / "memories.db")
+
+
+def test_a_schema_3_store_is_migrated_on_open_and_its_turns_are_found_by_their_files(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    turn = "User: why does the deploy hang?\nAssistant: the health check waited on a port nobody opened."
+    metadata = '{"tool": "Claude Code", "calls": ["Edit deploy/healthcheck.yaml"]}'
+    store = LocalStore(path)
+    try:  # a store written by schema 3: the same tables, its index without the trace's files
+        run(store.add("p", "Deploys use rsync over SSH to the bastion host"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+                         " RETURNING id", ("p", "turn-1", turn, metadata, 1.7e9)).fetchone()[0]
+        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
+        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index.index_text(turn, 1.7e9)))
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    store = LocalStore(path)
+    try:
+        assert [m.id for m in run(store.search("p", "healthcheck.yaml"))] == [str(id_)]
+        assert run(store.search("p", "deploy hang"))[0].content == turn
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION == 4
+    integrity(path)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import Adapter
-from memproxy.protocols.common import answered_keys, holds_summary, summarised
+from memproxy.protocols.common import MAX_CALLS, MAX_TRACED, answered_keys, holds_summary, summarised
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -23,7 +23,12 @@ REMINDER = "<system-reminder>The todo list is empty.</system-reminder>"
 
 
 # Each format as a builder of request bodies from a conversation written once:
-# ("user", text) | ("assistant", text, tool or None) | ("result", output) | ("reminder",)
+# ("user", text) | ("assistant", text, tool or (tool, arguments) or None) | ("result", output) | ("reminder",)
+
+
+def call(turn: tuple) -> tuple[str, dict]:
+    """The tool an assistant turn calls and its arguments."""
+    return turn[2] if isinstance(turn[2], tuple) else (turn[2], {"command": "ls"})
 
 
 def anthropic(turns: list[tuple]) -> dict:
@@ -34,7 +39,8 @@ def anthropic(turns: list[tuple]) -> dict:
         elif turn[0] == "assistant":
             content: list[dict] = [{"type": "text", "text": turn[1]}]
             if turn[2]:
-                content.append({"type": "tool_use", "id": "toolu_1", "name": turn[2], "input": {"command": "ls"}})
+                name, arguments = call(turn)
+                content.append({"type": "tool_use", "id": "toolu_1", "name": name, "input": arguments})
             messages.append({"role": "assistant", "content": content})
         elif turn[0] == "result":
             block = {"type": "tool_result", "tool_use_id": "toolu_1", "content": turn[1], "cache_control": {"type": "ephemeral"}}
@@ -52,7 +58,9 @@ def chat(turns: list[tuple]) -> dict:
         elif turn[0] == "assistant":
             message: dict = {"role": "assistant", "content": turn[1]}
             if turn[2]:
-                message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": turn[2], "arguments": "{}"}}]
+                name, arguments = call(turn)
+                function = {"name": name, "arguments": json.dumps(arguments)}
+                message["tool_calls"] = [{"id": "call_1", "type": "function", "function": function}]
             messages.append(message)
         elif turn[0] == "result":
             messages.append({"role": "tool", "tool_call_id": "call_1", "content": turn[1]})
@@ -69,7 +77,8 @@ def responses(turns: list[tuple]) -> dict:
         elif turn[0] == "assistant":
             items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": turn[1]}]})
             if turn[2]:
-                items.append({"type": "function_call", "call_id": "c1", "name": turn[2], "arguments": "{}"})
+                name, arguments = call(turn)
+                items.append({"type": "function_call", "call_id": "c1", "name": name, "arguments": json.dumps(arguments)})
         elif turn[0] == "result":
             items.append({"type": "function_call_output", "call_id": "c1", "output": turn[1]})
         else:
@@ -85,7 +94,8 @@ def gemini(turns: list[tuple]) -> dict:
         elif turn[0] == "assistant":
             parts: list[dict] = [{"text": turn[1]}]
             if turn[2]:
-                parts.append({"functionCall": {"name": turn[2], "args": {"command": "ls"}}})
+                name, arguments = call(turn)
+                parts.append({"functionCall": {"name": name, "args": arguments}})
             contents.append({"role": "model", "parts": parts})
         elif turn[0] == "result":
             contents.append({"role": "user", "parts": [{"functionResponse": {"name": "shell", "response": {"output": turn[1]}}}]})
@@ -255,7 +265,29 @@ def test_a_background_subagents_notification_is_no_prompt_but_a_step_of_the_one_
 def test_trace_keeps_a_few_names_each_once() -> None:
     adapter, build = FORMATS["chat"]
     turns: list[tuple] = [("user", PROMPT)]
-    for i in range(20):
-        turns += [("assistant", "", f"tool{i % 12}"), ("result", "x")]
+    for i in range(3 * MAX_CALLS):
+        turns += [("assistant", "", f"tool{i % (MAX_CALLS + 2)}"), ("result", "x")]
     calls = adapter.prompt(build(turns)).calls
-    assert calls == tuple(f"tool{i}" for i in range(8))
+    assert calls == tuple(f"tool{i}" for i in range(MAX_CALLS))
+    turns = [("user", PROMPT), *[("assistant", "", "Bash"), ("result", "x")] * MAX_TRACED, ("assistant", "", "Edit")]
+    assert adapter.prompt(build(turns)).calls == ("Bash",)  # the steps of a loop's first MAX_TRACED calls
+
+
+def test_trace_names_the_files_a_loops_calls_name_and_nothing_else_of_their_arguments(fmt: Any) -> None:
+    adapter, build = fmt
+    patch = "*** Begin Patch\n*** Update File: src/app.py\n@@\n-old\n+new\n*** Add File: docs/notes.md\n+hi\n*** End Patch"
+    turns: list[tuple] = [
+        ("user", "Earlier prompt"), ("assistant", "", ("Read", {"file_path": "/repo/old.py"})), ("result", "x"),
+        ("assistant", "Done.", None), ("user", PROMPT),
+        ("assistant", STEP, ("Read", {"file_path": "/repo/src/session.py", "limit": 40})), ("result", "x"),
+        ("assistant", "", ("Bash", {"command": "cat /repo/secret.py", "description": "Show it"})), ("result", "x"),
+        ("assistant", "", ("Write", {"filePath": "src/new.py", "content": "TOKEN = 'kept out'"})), ("result", "x"),
+        ("assistant", "", ("read_many_files", {"paths": ["a.md", "b.md"], "file_text": "not a path"})), ("result", "x"),
+        ("assistant", "", ("apply_patch", {"input": patch})), ("result", "x"),
+        ("assistant", "", ("Read", {"file_path": "/repo/src/session.py"})), ("result", "x"),
+    ]
+    prompt = adapter.prompt(build(turns))
+    assert prompt.calls == ("Read /repo/src/session.py", "Bash", "Write src/new.py", "read_many_files a.md",
+                            "read_many_files b.md", "apply_patch src/app.py", "apply_patch docs/notes.md")
+    reply = build([("user", PROMPT), ("assistant", "", ("Edit", {"file_path": "src/app.py", "old_string": "a"}))])
+    assert adapter.prompt(reply).calls == ("Edit src/app.py",)

@@ -867,6 +867,13 @@ def test_a_reply_that_calls_a_tool_names_it_streamed_and_whole(name: str) -> Non
         for event in api.call("m", ToolCall(f"tool{n % (2 * MAX_CALLS)}", {}))[0]:
             many.feed(event.name, event.data if isinstance(event.data, str) else dumps(event.data))
     assert many.calls() == tuple(f"tool{n}" for n in range(MAX_CALLS))
+    events, body = api.call("m", ToolCall("Read", {"file_path": "src/app.py", "limit": 40}))
+    reply = adapter.accumulator()
+    for event in events:
+        reply.feed(event.name, event.data if isinstance(event.data, str) else dumps(event.data))
+    assert adapter.calls_from_json(body) == ("Read src/app.py",)
+    # a stream that gives the call whole names its file too; one that streams its arguments in pieces, the tool
+    assert reply.calls() == (("Read src/app.py",) if name in ("openai_responses", "gemini") else ("Read",))
 
 
 @pytest.mark.parametrize("terminal", ["response.failed", "response.incomplete"])

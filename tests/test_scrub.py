@@ -163,6 +163,16 @@ def test_a_scrubbed_turn_holds_markers_and_a_stable_id():
 def test_a_turn_without_secrets_is_unchanged():
     turn = Turn("s", "How do I run the tests?", "make test", {})
     assert turn.scrubbed() == (turn, Counter())
+    traced = Turn("s", "How do I run the tests?", "make test", {"calls": ["Read Makefile", "Bash"]})
+    assert traced.scrubbed() == (traced, Counter())
+
+
+def test_a_secret_in_the_files_a_turns_trace_names_is_scrubbed_too():
+    key = github_token(Maker(3))
+    turn = Turn("s", "Clone it", "Cloned.", {"tool": "Codex", "calls": ["Bash", f"Read /tmp/{key}/README.md", 7]})
+    scrubbed, found = turn.scrubbed()
+    assert scrubbed.metadata == {"tool": "Codex", "calls": ["Bash", "Read /tmp/[secret: GitHub token]/README.md"]}
+    assert found == Counter({"GitHub token": 1}) and turn.metadata["calls"][1].endswith(f"{key}/README.md")
 
 
 def test_a_secret_cut_by_the_clip_limit_is_still_found():
@@ -252,11 +262,12 @@ def test_scrub_outbox_cleans_pending_turns_and_dead_letters(tmp_path: Path):
         db.executescript(table.SCHEMA)
         table.enqueue(db, "turn-1", turn.scope, turn.content, {}, 1.0)
         table.enqueue(db, "turn-2", turn.scope, "User: hi\nAssistant: hello", {}, 2.0)
+        table.enqueue(db, "turn-4", turn.scope, "User: read it\nAssistant: done", {"calls": [f"Read /{secrets[3]}"]}, 3.0)
         db.execute(table.BURY, ("turn-3", turn.scope, turn.content, "{}", 1.0, 400, f"rejected {secrets[3]}", 1, 2.0))
     assert files_holding(tmp_path, secrets)
 
     found, turns = scrub_outbox(path, dry_run=True)
-    assert turns == 2 and found["GitHub token"] == 3 and found["private key"] == 2
+    assert turns == 3 and found["GitHub token"] == 4 and found["private key"] == 2
     assert files_holding(tmp_path, secrets)  # a dry run changes nothing
 
     assert scrub_outbox(path) == (found, turns)

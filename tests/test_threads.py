@@ -40,7 +40,7 @@ def a_thread(prompt: str = PROMPT) -> Thread:
     entries = [Entry("user", prompt)]
     thread = Thread()
     thread.answers(find_prompt(entries), entries)
-    thread.calls = ("list_files",)
+    thread.calls = ("list_files", f"Read /tmp/{TOKEN}/notes.md")
     for n in range(KEPT_TURNS + 2):
         thread.turn(f"{prompt} ({n})", f"An answer ({n}).", f"key{n}")
     return thread
@@ -48,7 +48,7 @@ def a_thread(prompt: str = PROMPT) -> Thread:
 
 def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     thread, other = a_thread(), Thread()  # a thread without a prompt is not written
-    asked = Asked(PROMPT, "k1", "conv", ("Bash",), (PROMPT, "I will run a shell command first."))
+    asked = Asked(PROMPT, "k1", "conv", ("Bash", f"Edit {TOKEN}.md"), (PROMPT, "I will run a shell command first."))
     path = tmp_path / "memproxy" / "threads.json"
     back = saved(path, [(("team", "resp_1"), thread), (("team", "conv_1"), thread), (("team", "resp_2"), other)],
                  [(("project:shop", "session-1"), asked)])
@@ -60,7 +60,8 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     restored = chains[0][1]
     assert chains[1][1] is restored  # one thread under both names
     assert (restored.raw, restored.key, restored.user, restored.calls, restored.conversation) == (
-        thread.raw, thread.key, scrub(PROMPT).text, ("list_files",), thread.conversation)
+        thread.raw, thread.key, scrub(PROMPT).text, ("list_files", f"Read /tmp/{scrub(TOKEN).text}/notes.md"),
+        thread.conversation)  # the trace's files scrubbed as memories are
     assert list(restored.stored) == [f"key{n}" for n in range(2, KEPT_TURNS + 2)]  # the latest KEPT_TURNS
     memory = f"User: {scrub(PROMPT).text} (5)\nAssistant: An answer (5)."
     assert restored.heard.holds(memory) and restored.heard.holds_turns(["key5"])  # the echo check reads them
@@ -69,7 +70,8 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
     assert restored.heard.held() == thread.heard.held()
     [(name, back)] = kept
     assert name == ("project:shop", "session-1")
-    assert back == Asked(scrub(PROMPT).text, "k1", "conv", ("Bash",), (scrub(PROMPT).text, "I will run a shell command first."))
+    assert back == Asked(scrub(PROMPT).text, "k1", "conv", ("Bash", f"Edit {scrub(TOKEN).text}.md"),
+                         (scrub(PROMPT).text, "I will run a shell command first."))
 
 
 RULES = """

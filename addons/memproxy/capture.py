@@ -35,6 +35,20 @@ def as_stored(text: str, limit: int) -> str:
     return _clip(scrub(_clip(strip_memory_blocks(text), limit + SCRUB_MARGIN)).text, limit)
 
 
+def scrubbed_trace(metadata: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
+    """`metadata` with the steps of its trace (`calls`) scrubbed, for the files they name are the client's text
+    too, and how many secrets of each kind were replaced. CPU work: keep it off the event loop."""
+    calls = metadata.get("calls")
+    if isinstance(calls, str):  # as Supermemory keeps it: JSON text
+        scrubbed = scrub(calls)
+        return {**metadata, "calls": scrubbed.text}, scrubbed.found
+    if not isinstance(calls, list):
+        return metadata, Counter()
+    steps = [scrub(step) for step in calls if isinstance(step, str)]
+    found = sum((step.found for step in steps), Counter())
+    return {**metadata, "calls": [step.text for step in steps]}, found
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """One user prompt and the assistant's reply, in one scope; `key` names the prompt in its conversation."""
@@ -59,8 +73,10 @@ class Turn:
         of each kind were replaced. CPU work: call it off the event loop. The same turn always gives the same
         result, and so the same custom id."""
         user, reply = scrub(self.user), scrub(self.reply)
-        turn = dataclasses.replace(self, user=_clip(user.text, MAX_USER_CHARS), reply=_clip(reply.text, MAX_REPLY_CHARS))
-        return (self if turn == self else turn), user.found + reply.found
+        metadata, in_trace = scrubbed_trace(self.metadata)
+        turn = dataclasses.replace(self, user=_clip(user.text, MAX_USER_CHARS), reply=_clip(reply.text, MAX_REPLY_CHARS),
+                                   metadata=metadata)
+        return (self if turn == self else turn), user.found + reply.found + in_trace
 
     @property
     def content(self) -> str:

@@ -10,10 +10,10 @@ client's summary of it.
 file (0600, replaced atomically in a worker thread, at most once a SAVE_DELAY, and when memproxy stops). So after
 a restart a tool loop, a conversation the provider keeps, or a compacted session still ends in its prompt's
 memory, in its project, and is still not given its own turns back. What the file holds is what memories hold,
-scrubbed the same way (`capture.as_stored`): each prompt and its key, the tools called, the turns a thread
-stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what the echo check reads), and
-the keys of all the turns its conversation holds (the latest echoes.MAX_TURNS), by which the echo check knows a
-stored turn's memory (memory.base.Keyed) whose text the file no longer keeps. A
+scrubbed the same way (`capture.as_stored`): each prompt and its key, its trace (the tools called, the files they
+name), the turns a thread stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what
+the echo check reads), and the keys of all the turns its conversation holds (the latest echoes.MAX_TURNS), by
+which the echo check knows a stored turn's memory (memory.base.Keyed) whose text the file no longer keeps. A
 route is kept as its scope, project and rule's name, and comes back as that rule gives it then, if it still
 stores. A WebSocket's thread ends with its connection, and is not kept. A thread's digest of the user texts it
 carried cannot be written: a restored thread keys its later prompts from its current key instead
@@ -37,7 +37,7 @@ from .capture import MAX_USER_CHARS, SCRUB_MARGIN, as_stored
 from .echoes import PREFIX, Heard
 from .logs import brief
 from .protocols.base import Entry, Prompt
-from .protocols.common import carry, unique_calls
+from .protocols.common import MAX_CALL_CHARS, carry, unique_calls
 from .rules import Route, Rules
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ Name = tuple[str, str]  # (scope, a reply's, a conversation's or a client sessio
 @dataclass(slots=True)
 class Thread:
     """What a conversation sent incrementally went through (one WebSocket, or requests chained by the replies
-    they continue): the prompt it answers now, as its key names it, and the tools called for it so far (a later
+    they continue): the prompt it answers now, as its key names it, and its trace so far (a later
     message of a tool loop carries only tool outputs), and the prompts and answers of its conversation (later
     messages carry only what is new)."""
 
@@ -112,7 +112,7 @@ class Asked:
     user: str
     key: str
     conversation: str
-    calls: tuple[str, ...] = ()  # tools called since the prompt, as its memory names them
+    calls: tuple[str, ...] = ()  # the prompt's trace (tools called since it), as its memory names it
     turn: tuple[str, str] = ("", "")  # the prompt and the reply its memory holds, as stored (capture.Turn)
 
 
@@ -232,14 +232,15 @@ class _Writer:
             "version": FORMAT_VERSION,
             "threads": [
                 {"names": [list(n) for n in names], "raw": raw, "key": key, "user": stored(user, MAX_USER_CHARS),
-                 "calls": list(calls), "conversation": conversation,
+                 "calls": [stored(c, MAX_CALL_CHARS) for c in calls], "conversation": conversation,
                  "turns": [[k, stored(u, TURN_CHARS), stored(r, TURN_CHARS)] for k, u, r in turns],
                  "held": list(held)}
                 for names, raw, key, user, calls, conversation, turns, held in threads
             ],
             "asked": [
                 {"name": list(name), "user": stored(user, MAX_USER_CHARS), "key": key, "conversation": conversation,
-                 "calls": list(calls), "turn": [stored(turn[0], TURN_CHARS), stored(turn[1], TURN_CHARS)]}
+                 "calls": [stored(c, MAX_CALL_CHARS) for c in calls],
+                 "turn": [stored(turn[0], TURN_CHARS), stored(turn[1], TURN_CHARS)]}
                 for name, user, key, conversation, calls, turn in asked
             ],
             "routes": [

@@ -137,7 +137,7 @@ class Pending:
     adapter: Adapter
     metadata: dict[str, Any]
     key: str = ""  # the prompt's key (protocols.base.Prompt)
-    calls: tuple[str, ...] = ()  # tools called since the prompt
+    calls: tuple[str, ...] = ()  # the prompt's trace: tools called since it, with the files they name
     thread: Thread | None = None  # the WebSocket's, or the requests' that continue its replies
     continues: str | None = None  # what the request goes on with (`Adapter.continues`); None: nothing can go on
     parser: SSEParser | None = None
@@ -578,9 +578,9 @@ class RequestPath:
         self.threads.pop(flow.id, None)
 
     def _remember(self, pending: Pending, reply: str, calls: tuple[str, ...] = (), reply_id: str = "") -> None:
-        """Store the prompt with this step's reply (a later step of its tool loop replaces it), and the names of
-        the tools called since the prompt in its metadata (never their output). A reply that a later request may
-        continue leads to the pending turn's thread, even one that only calls tools."""
+        """Store the prompt with this step's reply (a later step of its tool loop replaces it), and its trace (the
+        tools called since the prompt, with the files they name: never their output) in its metadata. A reply
+        that a later request may continue leads to the pending turn's thread, even one that only calls tools."""
         calls = unique_calls(pending.calls + calls)
         if (thread := pending.thread) is not None:
             thread.calls = calls

@@ -355,12 +355,13 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
               help="The outbox file (option memory_outbox), scrubbed whole. Default: outbox.db in the user's data dir.")
 @click.option("--dry-run", is_flag=True, help="Count the secrets that would be replaced; change nothing.")
 def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | None, dry_run: bool) -> None:
-    """Replace secrets (API keys, tokens, private keys) by [secret: <kind>] in stored memories, in the turns
-    waiting in the outbox and in its dead letters.
+    """Replace secrets (API keys, tokens, private keys) by [secret: <kind>] in stored memories (their text and
+    the files their trace names), in the turns waiting in the outbox and in its dead letters.
 
     Prints how many of each kind, never a secret. The local store's file and the outbox are rebuilt, so that
     no old page keeps them. Best run with the proxy stopped.
     """
+    from ..capture import scrubbed_trace
     from ..memory.local import LocalStore
     from ..outbox import scrub_outbox
     from ..scrub import scrub
@@ -373,12 +374,13 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
                 seen += 1
                 advance(1)
                 scrubbed = scrub(memory.content)
-                if not scrubbed.found:
+                metadata, in_trace = scrubbed_trace(memory.metadata)
+                if not scrubbed.found and not in_trace:
                     continue
                 changed += 1
-                found += scrubbed.found
+                found += scrubbed.found + in_trace
                 if not dry_run:
-                    await store.rewrite(memory, scrubbed.text)
+                    await store.rewrite(memory, scrubbed.text, metadata if in_trace else None)
         emptied = True
         if changed and not dry_run and isinstance(store, LocalStore):
             emptied = await store.compact()

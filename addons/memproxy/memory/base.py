@@ -81,9 +81,9 @@ class MemoryStore(abc.ABC):
     async def forget(self, scope: str, memory_id: str) -> bool:
         """Delete one memory of `scope`; True if it existed."""
 
-    async def rewrite(self, memory: Memory, content: str) -> bool:
-        """Replace the content of `memory`, as `list` or `every` gave it; its id, scope, metadata and date stay.
-        True if it still existed."""
+    async def rewrite(self, memory: Memory, content: str, metadata: dict[str, Any] | None = None) -> bool:
+        """Replace the content of `memory`, as `list` or `every` gave it, and its metadata if given; its id, scope
+        and date stay. True if it still existed."""
         raise NotImplementedError(f"the {self.name} store cannot rewrite a memory")
 
     async def every(self, scopes: Sequence[str] | None = None, page: int = 100) -> AsyncIterator[Memory]:

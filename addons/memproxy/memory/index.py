@@ -3,8 +3,9 @@
 A scope's table gives bm25() its own statistics (memory count, average length, how many memories hold each
 word), so a scope's ranking depends on its memories alone and says nothing of other scopes. Every table
 tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope. A memory is
-indexed as its words and its date's month and year ("november 2026"), so that a query naming a month finds
-the memories of that month.
+indexed as its words, the words of the files its trace names (metadata `calls`: "Edit src/app.py", the steps of
+the tool loop that answered its prompt, which are never injected), and its date's month and year ("november
+2026"), so that a query naming a file the loop touched, or a month, finds it.
 
 The tables are named by the `scope_indexes` table (`memories_fts_<id>`). The index is contentless: removing
 a memory repeats the exact text it was indexed with, so `index_text` must stay deterministic (a change needs
@@ -13,6 +14,7 @@ a SCHEMA_VERSION bump, which rebuilds the index).
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -109,9 +111,22 @@ def date_words(created_at: float) -> str:
     return f"{MONTHS[day.tm_mon - 1]} {day.tm_year}" if day else ""
 
 
-def index_text(content: str, created_at: float) -> str:
-    """The text the index holds for a memory: its words, then its month and year."""
-    return " ".join((*words(content), date_words(created_at))).rstrip()
+def index_text(content: str, created_at: float, metadata: str = "{}") -> str:
+    """The text the index holds for a memory: its words, the words of its trace's files, then its month and
+    year."""
+    return " ".join((*words(content), *words(" ".join(traced_files(metadata))), date_words(created_at))).rstrip()
+
+
+def traced_files(metadata: str) -> list[str]:
+    """The files a memory's trace names (each step of metadata `calls` after its tool's name), each once."""
+    if '"calls"' not in metadata:
+        return []
+    try:
+        calls = json.loads(metadata).get("calls")
+    except (ValueError, AttributeError, RecursionError):
+        return []
+    steps = calls if isinstance(calls, list) else ()
+    return list(dict.fromkeys(file for step in steps if isinstance(step, str) and (file := step.partition(" ")[2])))
 
 
 class Indexes:
@@ -156,16 +171,19 @@ class Indexes:
             sql = self._sql[table, columns] = template.format(table=table, columns=columns)
         return sql
 
-    def add(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:
+    def add(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float,
+            metadata: str) -> None:
         """Index a memory, in the caller's transaction."""
         table = self.table(db, scope, create=True)
-        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (memory_id, index_text(content, created_at)))
+        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
+                   (memory_id, index_text(content, created_at, metadata)))
 
-    def remove(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float) -> None:
-        """Unindex a memory, with the content and date it was indexed with, in the caller's transaction."""
+    def remove(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float,
+               metadata: str) -> None:
+        """Unindex a memory, with the content, date and metadata it was indexed with, in the caller's transaction."""
         if (table := self.table(db, scope)) is not None:
             db.execute(f"INSERT INTO {table}({table}, rowid, terms) VALUES ('delete', ?, ?)",
-                       (memory_id, index_text(content, created_at)))
+                       (memory_id, index_text(content, created_at, metadata)))
 
     @staticmethod
     def tables(db: sqlite3.Connection) -> list[str]:
@@ -187,8 +205,9 @@ class Indexes:
         self.reset()
         for scope, in db.execute("SELECT DISTINCT scope FROM memories ORDER BY scope").fetchall():
             table = self.table(db, scope, create=True)
-            for id_, content, created_at in db.execute(
-                "SELECT id, content, created_at FROM memories WHERE scope = ?", (scope,)
+            for id_, content, created_at, metadata in db.execute(
+                "SELECT id, content, created_at, metadata FROM memories WHERE scope = ?", (scope,)
             ).fetchall():
-                db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index_text(content, created_at)))
+                db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
+                           (id_, index_text(content, created_at, metadata)))
 

@@ -34,7 +34,7 @@ from .ranking import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 STATEMENTS = 1024  # prepared statements kept: a few for each scope searched (its index is a table of its own)
 # bm25() counts every memory holding each query term, so a common term costs the most and ranks the
@@ -177,8 +177,9 @@ class LocalStore(MemoryStore):
     async def forget(self, scope: str, memory_id: str) -> bool:
         return await self._run(self._forget, scope, memory_id)
 
-    async def rewrite(self, memory: Memory, content: str) -> bool:
-        return await self._run(self._rewrite, memory.scope, memory.id, content)
+    async def rewrite(self, memory: Memory, content: str, metadata: dict[str, Any] | None = None) -> bool:
+        metadata_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
+        return await self._run(self._rewrite, memory.scope, memory.id, content, metadata_json)
 
     async def every(self, scopes: Sequence[str] | None = None, page: int = 500) -> AsyncIterator[Memory]:
         """Every memory of `scopes` (of the whole store if None), oldest first."""
@@ -390,7 +391,7 @@ class LocalStore(MemoryStore):
         row = db.execute(INSERT, (scope, custom_id, content, metadata, at)).fetchone()
         if row is None:
             return None
-        self._indexes.add(db, scope, row[0], content, at)
+        self._indexes.add(db, scope, row[0], content, at, metadata)
         self._conversed(scope, metadata)
         order = self._orders.get(scope)
         if order is not None:
@@ -436,10 +437,10 @@ class LocalStore(MemoryStore):
                  metadata: str, now: float) -> None:
         """Give the memory `old` (id, content, metadata, created_at) a new content, metadata and date, and the custom
         id of what replaced it (the turn that may update it again), in the caller's transaction."""
-        id_, old_content, _, old_at = old
-        self._indexes.remove(db, scope, id_, old_content, old_at)
+        id_, old_content, old_metadata, old_at = old
+        self._indexes.remove(db, scope, id_, old_content, old_at, old_metadata)
         (conversation,) = db.execute(REPLACE, (content, metadata, now, custom_id, id_)).fetchone()
-        self._indexes.add(db, scope, id_, content, now)
+        self._indexes.add(db, scope, id_, content, now, metadata)
         self._conversed(scope, metadata)
         if (order := self._orders.get(scope)) is not None and not order.replace(id_, conversation, now):
             self._unorder(scope)
@@ -490,24 +491,26 @@ class LocalStore(MemoryStore):
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content, created_at", (memory_id, scope)
+                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content, created_at, metadata", (memory_id, scope)
             ).fetchone()
             if row is not None:
                 self._indexes.remove(db, scope, *row)
                 self._unorder(scope)
         return row is not None
 
-    def _rewrite(self, db: sqlite3.Connection, scope: str, memory_id: str, content: str) -> bool:
-        """Replace a memory's content and its index entry (deleted with the text it was indexed with)."""
+    def _rewrite(self, db: sqlite3.Connection, scope: str, memory_id: str, content: str, metadata: str | None) -> bool:
+        """Replace a memory's content (and metadata, if not None) and its index entry (deleted with the text it was
+        indexed with)."""
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT id, content, created_at FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+                "SELECT id, content, created_at, metadata FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
             ).fetchone()
             if row is not None:
                 self._indexes.remove(db, scope, *row)
-                db.execute("UPDATE memories SET content = ? WHERE id = ?", (content, row[0]))
-                self._indexes.add(db, scope, row[0], content, row[2])
+                metadata = row[3] if metadata is None else metadata
+                db.execute("UPDATE memories SET content = ?, metadata = ? WHERE id = ?", (content, metadata, row[0]))
+                self._indexes.add(db, scope, row[0], content, row[2], metadata)
         return row is not None
 
     @staticmethod
@@ -536,13 +539,14 @@ class LocalStore(MemoryStore):
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT id, custom_id, content, created_at FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+                "SELECT id, custom_id, content, created_at, metadata FROM memories WHERE id = ? AND scope = ?",
+                (memory_id, scope),
             ).fetchone()
             if row is None or target == scope:
                 return row is not None
-            id_, custom_id, content, created_at = row
+            id_, custom_id, content, created_at, metadata = row
             self._empty.pop(target, None)
-            self._indexes.remove(db, scope, id_, content, created_at)
+            self._indexes.remove(db, scope, id_, content, created_at, metadata)
             self._unorder(scope)
             self._unorder(target)
             duplicate = custom_id is not None and db.execute(
@@ -553,7 +557,7 @@ class LocalStore(MemoryStore):
             else:
                 db.execute("UPDATE memories SET scope = ? WHERE id = ?", (target, id_))
                 self._conversing.pop(target, None)
-                self._indexes.add(db, target, id_, content, created_at)
+                self._indexes.add(db, target, id_, content, created_at, metadata)
         self._sizes.pop(scope, None)
         self._sizes.pop(target, None)
         return True

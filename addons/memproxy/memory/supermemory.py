@@ -333,9 +333,12 @@ class SupermemoryStore(MemoryStore):
                 return
             number += 1
 
-    async def rewrite(self, memory: Memory, content: str) -> bool:
+    async def rewrite(self, memory: Memory, content: str, metadata: dict[str, Any] | None = None) -> bool:
         path = f"/v3/documents/{quote(memory.id, safe='')}"
-        return await self._call("PATCH", path, {"content": content}, missing_ok=True) is not MISSING
+        body: dict[str, Any] = {"content": content}
+        if metadata is not None:
+            body["metadata"] = flat_metadata(metadata)
+        return await self._call("PATCH", path, body, missing_ok=True) is not MISSING
 
     async def forget(self, scope: str, memory_id: str) -> bool:
         path, doc = await self._document(scope, memory_id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import private
+from ..capture import scrubbed_trace
 from ..scrub import scrub
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
@@ -194,6 +195,18 @@ def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             return []
 
 
+def _scrubbed_metadata(metadata: str) -> tuple[str, Counter[str]]:
+    """A turn's metadata (JSON text) with its trace scrubbed (`capture.scrubbed_trace`), and what was found."""
+    try:
+        parsed = json.loads(metadata)
+    except (TypeError, ValueError, RecursionError):
+        return metadata, Counter()
+    if not isinstance(parsed, dict):
+        return metadata, Counter()
+    scrubbed, found = scrubbed_trace(parsed)
+    return (json.dumps(scrubbed, ensure_ascii=False) if found else metadata), found
+
+
 def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[Counter[str], int]:
     """Replace the secrets in the turns waiting in the outbox at `path` and in its dead letters, then rebuild
     the file and empty its WAL, so that no old page keeps them. Returns how many secrets of each kind were
@@ -209,17 +222,20 @@ def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tupl
         with db:
             db.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
             for table, (key, texts) in columns.items():
-                for key_value, *values in db.execute(f"SELECT {key}, {', '.join(texts)} FROM {table}").fetchall():
+                rows = db.execute(f"SELECT {key}, metadata, {', '.join(texts)} FROM {table}").fetchall()
+                for key_value, metadata, *values in rows:
                     scrubbed = [scrub(value) for value in values]
-                    if not any(result.found for result in scrubbed):
+                    metadata, in_trace = _scrubbed_metadata(metadata)
+                    if not in_trace and not any(result.found for result in scrubbed):
                         continue
                     turns += 1
+                    found += in_trace
                     for result in scrubbed:
                         found += result.found
                     if not dry_run:
-                        assignments = ", ".join(f"{column} = ?" for column in texts)
+                        assignments = ", ".join(f"{column} = ?" for column in (*texts, "metadata"))
                         update = f"UPDATE {table} SET {assignments} WHERE {key} = ?"
-                        db.execute(update, (*(result.text for result in scrubbed), key_value))
+                        db.execute(update, (*(result.text for result in scrubbed), metadata, key_value))
         if turns and not dry_run:
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

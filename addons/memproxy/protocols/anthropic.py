@@ -21,6 +21,8 @@ from .common import (
     join_text,
     leading,
     text_parts,
+    trace,
+    unique_calls,
     user_with_content,
 )
 
@@ -108,7 +110,7 @@ class AnthropicAdapter(MessagesAdapter):
 
     def calls_from_json(self, body: Any) -> tuple[str, ...]:
         content = body.get("content") if isinstance(body, dict) else None
-        return block_entry("assistant", content, _TEXT, _CALLS, _RESULTS).calls
+        return unique_calls(trace(block_entry("assistant", content, _TEXT, _CALLS, _RESULTS)))
 
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()

@@ -32,7 +32,7 @@ class Entry(NamedTuple):
 
     role: str  # "user", "assistant", or "tool" for tool results in a message of their own
     text: str  # its text parts, joined by newlines, as the client sent them
-    calls: tuple[str, ...] = ()  # the names of the tools it calls
+    calls: tuple[tuple[Any, Any], ...] = ()  # each tool call's name and arguments, as sent (`common.trace` reads them)
     results: bool = False  # it holds tool results
 
 
@@ -41,7 +41,7 @@ class Prompt(NamedTuple):
 
     text: str  # as `query(body, "last_user")` gives it; "" if the request holds none
     key: str  # digest of the conversation's user messages up to and including the prompt; "" without one
-    calls: tuple[str, ...] = ()  # tools the assistant called after the prompt, each once, in order
+    calls: tuple[str, ...] = ()  # the prompt's trace: tools called after it, with the files they name (`common.trace`)
     follows: bool = False  # tool results come after the prompt (or, without one, anywhere): a tool loop's step
     conversation: str = ""  # digest of the conversation's first user message: the same for each of its prompts
     compacted: bool = False  # no prompt: the conversation goes on from a summary the client wrote of it (`continues`)
@@ -66,8 +66,9 @@ class ReplyAccumulator(abc.ABC):
         response.completed, [DONE], or Gemini's finishReason)."""
 
     def calls(self) -> tuple[str, ...]:
-        """The names of the tools the reply calls, as its stream names them (none by default): a step that ends in a
-        call the client never answers (the user stopped it, the client crashed) still names it in its memory."""
+        """The tools the reply calls, as its stream names them (none by default), with the files they name where
+        the stream gives a call whole (`common.trace`): a step that ends in a call the client never answers (the
+        user stopped it, the client crashed) still names it in its memory."""
         return ()
 
     def reply_id(self) -> str:
@@ -125,7 +126,7 @@ class Adapter(abc.ABC):
         """The assistant's reply text from a non-streamed response body."""
 
     def calls_from_json(self, body: Any) -> tuple[str, ...]:
-        """The names of the tools a non-streamed response body calls (none by default)."""
+        """The tools a non-streamed response body calls, with the files they name (`common.trace`; none by default)."""
         return ()
 
     def reply_id_from_json(self, body: Any) -> str:

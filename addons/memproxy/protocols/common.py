@@ -7,6 +7,7 @@ import abc
 import functools
 import hashlib
 import html
+import itertools
 import json
 import re
 import unicodedata
@@ -262,8 +263,82 @@ def select_query(turns: Iterable[tuple[str, str]], strategy: str) -> str:
 
 # -- the prompt ---------------------------------------------------------------------------------------
 
-MAX_CALLS = 8  # tool names a prompt's trace keeps
-MAX_CALL_CHARS = 64
+MAX_CALLS = 12  # steps a prompt's trace keeps: each tool called, with each file it names
+MAX_CALL_CHARS = 200  # of a step ("Edit src/app.py")
+MAX_CALL_FILES = 4  # files a call's step names
+MAX_TRACED = 64  # steps read for a prompt's trace: of its loop's first calls
+SCANNED = 1024  # characters of a call's arguments, as JSON text, looked through for the files they name
+# An argument naming files: its key is, or ends in, a word path(s), file(s), filename(s) or filepath(s) (file_path,
+# filePath, absolute_path, paths), and not a file's text (file_text, content) or a word ending so (profile).
+_FILE_WORD = r"(?:[Pp]ath|[Ff]ile(?:[Nn]ame|[Pp]ath)?)s?"
+FILE_KEY = re.compile(rf"(?:[A-Za-z0-9]*_)*{_FILE_WORD}|[A-Za-z0-9_]*[a-z0-9](?:Path|File(?:[Nn]ame|[Pp]ath)?)s?")
+# A JSON string's text between its quotes (escapes kept).
+_JSON_STRING = r'"((?:[^"\\\n]|\\.){1,200})"'
+# The same in arguments as JSON text: such a key, and its string value or its array's text.
+FILE_ARGUMENT = re.compile(rf'"(?=[A-Za-z])(?:{FILE_KEY.pattern})"\s*:\s*(?:{_JSON_STRING}|\[([^\]]{{1,1000}})\])')
+JSON_STRING = re.compile(_JSON_STRING)
+# A file a patch changes (Codex's apply_patch: "*** Update File: src/app.py"), in its text or in JSON text.
+PATCHED = re.compile(r"\*\*\* (?:Add|Update|Delete) File: ([^\n\\\"]{1,200})")
+PATCH_START = "*** Begin Patch"  # how a patch's text starts (apply_patch's argument)
+FILE_ENDINGS = ("path", "paths", "file", "files", "filename", "filenames", "filepath", "filepaths")  # FILE_KEY's
+
+
+def trace(entry: Entry) -> Iterator[str]:
+    """The steps of a message's tool calls, as a prompt's trace keeps them: each tool's name, followed by a file
+    its arguments name ("Edit src/app.py"), once per file (MAX_CALL_FILES). Arguments are read here, not when
+    the message is parsed: only a prompt's own loop is traced, and only until its trace is full."""
+    for name, arguments in entry.calls:
+        if isinstance(name, str):
+            if files := _files(arguments):
+                yield from (f"{name} {file}" for file in files)
+            else:
+                yield name
+
+
+def _files(arguments: Any) -> list[str]:
+    """The files a call's arguments name, each once (MAX_CALL_FILES): an object's values under a FILE_KEY key
+    (strings, or lists of them) and the files of a patch it holds; in arguments as JSON text (Chat, Responses) or
+    a patch's text, what the first SCANNED characters name."""
+    found: list[Any] = []
+    if isinstance(arguments, dict):
+        for key, value in arguments.items():
+            if _file_key(key):
+                found += value if isinstance(value, list) else (value,)
+            elif isinstance(value, str) and value.startswith(PATCH_START):
+                found += PATCHED.findall(value[:SCANNED])
+    elif isinstance(arguments, str):
+        found += _named_in(arguments[:SCANNED])
+    if not found:
+        return found
+    return list(dict.fromkeys(f for f in found if isinstance(f, str) and f.strip()))[:MAX_CALL_FILES]
+
+
+@functools.lru_cache(maxsize=256)
+def _named_in(head: str) -> tuple[str, ...]:
+    """The files the start of a call's arguments as JSON text, or of a patch's text, names. Every step of a loop
+    sends the calls before it again: each is read once."""
+    found: list[str] = []
+    for value, values in FILE_ARGUMENT.findall(head):
+        found += map(_unescaped, JSON_STRING.findall(values)) if values else (_unescaped(value),)
+    if "*** " in head:
+        found += PATCHED.findall(head)
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_key(key: Any) -> bool:
+    """Whether an argument's key names files (FILE_KEY). A client's tools use a few keys, call after call."""
+    return isinstance(key, str) and key.lower().endswith(FILE_ENDINGS) and FILE_KEY.fullmatch(key) is not None
+
+
+def _unescaped(value: str) -> str:
+    """A JSON string's value, from its text between the quotes."""
+    if "\\" not in value:
+        return value
+    try:
+        return json.loads(f'"{value}"')
+    except ValueError:
+        return value
 
 
 def find_prompt(entries: Sequence[Entry]) -> Prompt:
@@ -283,7 +358,7 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
                 at = i
             break
     after = entries[at + 1 :] if text else entries
-    calls = unique_calls(name for entry in after for name in entry.calls)
+    calls = unique_calls(itertools.islice((step for entry in after for step in trace(entry)), MAX_TRACED))
     follows = any(entry.results for entry in after)
     if not text:
         return Prompt("", "", calls, follows, compacted=compacted)
@@ -350,10 +425,11 @@ def answered_keys(entries: Sequence[Entry]) -> set[str]:
 
 
 def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
-    """Tool names, each once, first seen first, at most MAX_CALLS of them, each clipped."""
+    """Tool names or steps (`trace`), each once, first seen first, at most MAX_CALLS of them, each clipped to one
+    line."""
     seen: dict[str, None] = {}
     for name in names:
-        if isinstance(name, str) and (name := name.strip()[:MAX_CALL_CHARS]):
+        if isinstance(name, str) and (name := name.strip().partition("\n")[0][:MAX_CALL_CHARS].rstrip()):
             seen[name] = None
             if len(seen) >= MAX_CALLS:
                 break
@@ -368,8 +444,8 @@ def block_entry(role: str, content: Any, text_types: tuple[str | None, ...], cal
     if not isinstance(content, list):
         return Entry(role, text)
     blocks = [b for b in content if isinstance(b, dict)]
-    calls = tuple(b.get("name") for b in blocks if b.get("type") in call_types)
-    return Entry(role, text, unique_calls(calls), any(b.get("type") in result_types for b in blocks))
+    calls = tuple((b.get("name"), b.get("input")) for b in blocks if b.get("type") in call_types)
+    return Entry(role, text, calls, any(b.get("type") in result_types for b in blocks))
 
 
 def text_parts(content: Any, types: tuple[str | None, ...]) -> list[str]:
@@ -580,7 +656,8 @@ class EventAccumulator(ReplyAccumulator):
         return self.separator.join("".join(parts) for parts in self._blocks.values())
 
     def call(self, *names: Any) -> None:
-        """Note the names of tools the reply calls (strings only; at most MAX_CALLS, each once)."""
+        """Note the tools the reply calls: their names, or their steps (`trace`); strings only, at most MAX_CALLS,
+        each once."""
         if len(self._calls) < MAX_CALLS:
             self._calls = unique_calls((*self._calls, *names))
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import INJECT_STRATEGIES, Entry, ReplyAccumulator
-from .common import EventAccumulator, JsonAdapter, dig, find, leading, select_query, text_parts, unique_calls
+from .common import EventAccumulator, JsonAdapter, dig, find, leading, select_query, text_parts, trace, unique_calls
 
 _PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)/?$")
 _TEXT = (None,)  # Gemini parts have no "type"; text parts carry "text"
@@ -36,9 +36,15 @@ def _parts_text(parts: Any) -> str:
     return "".join(text_parts(parts, _TEXT))
 
 
+def _steps(parts: Any) -> tuple[tuple[Any, Any], ...]:
+    """The name and arguments of each function `parts` call (functionCall parts)."""
+    calls = [p.get("functionCall") for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+    return tuple((call.get("name"), call.get("args")) for call in calls if isinstance(call, dict))
+
+
 def _calls(parts: Any) -> tuple[str, ...]:
-    """The names of the functions `parts` call (functionCall parts)."""
-    return unique_calls(dig(p, "functionCall", "name") for p in parts if isinstance(p, dict)) if isinstance(parts, list) else ()
+    """The functions `parts` call, with the files they name (`trace`)."""
+    return unique_calls(trace(Entry("assistant", "", _steps(parts))))
 
 
 def _entry(content: dict) -> Entry | None:
@@ -51,7 +57,7 @@ def _entry(content: dict) -> Entry | None:
     parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
     text = "\n".join(text_parts(parts, _TEXT))
     if role == "model":
-        return Entry("assistant", text, _calls(parts))
+        return Entry("assistant", text, _steps(parts))
     return Entry("user", text, (), any("functionResponse" in p for p in parts))
 
 

@@ -22,6 +22,7 @@ from .common import (
     find,
     join_text,
     text_parts,
+    trace,
     unique_calls,
     user_with_content,
 )
@@ -49,9 +50,9 @@ def _entry(message: dict) -> Entry | None:
     if role == "user":
         return Entry(role, text)
     calls = message.get("tool_calls")
-    names = [dig(call, "function", "name") for call in (calls if isinstance(calls, list) else ())]
-    names.append(dig(message, "function_call", "name"))
-    return Entry(role, text, unique_calls(names))
+    functions = [dig(call, "function") for call in calls] if isinstance(calls, list) else []
+    functions.append(message.get("function_call"))
+    return Entry(role, text, tuple((f.get("name"), f.get("arguments")) for f in functions if isinstance(f, dict)))
 
 
 class OpenAIChatAdapter(MessagesAdapter):
@@ -120,7 +121,7 @@ class OpenAIChatAdapter(MessagesAdapter):
 
     def calls_from_json(self, body: Any) -> tuple[str, ...]:
         message = dig(body, "choices", 0, "message")
-        return entry.calls if isinstance(message, dict) and (entry := _entry(message)) is not None else ()
+        return unique_calls(trace(entry)) if isinstance(message, dict) and (entry := _entry(message)) is not None else ()
 
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()

@@ -17,6 +17,7 @@ from .common import (
     join_text,
     select_query,
     text_parts,
+    trace,
     unique_calls,
     user_with_content,
 )
@@ -55,7 +56,9 @@ def _entry(item: dict) -> Entry | None:
         return Entry("tool", "", (), True)
     if kind.endswith("_call"):
         name = item.get("name")
-        return Entry("assistant", "", unique_calls([name if isinstance(name, str) else kind.removesuffix("_call")]))
+        name = name if isinstance(name, str) else kind.removesuffix("_call")
+        arguments = item.get("arguments", item.get("input"))  # a function's JSON text, a custom tool's text
+        return Entry("assistant", "", ((name, arguments),))
     return None
 
 
@@ -144,7 +147,7 @@ class OpenAIResponsesAdapter(JsonAdapter):
     def calls_from_json(self, body: Any) -> tuple[str, ...]:
         output = body.get("output") if isinstance(body, dict) else None
         items = output if isinstance(output, list) else ()
-        return unique_calls(c for item in items if isinstance(item, dict) and (e := _entry(item)) for c in e.calls)
+        return unique_calls(step for item in items if isinstance(item, dict) and (e := _entry(item)) for step in trace(e))
 
     def reply_id_from_json(self, body: Any) -> str:
         return _response_id(body)
@@ -184,8 +187,8 @@ class _Accumulator(EventAccumulator):
         if kind == "response.output_text.delta":
             self.add(obj.get("delta"), obj.get("output_index"), obj.get("content_index"))
         elif kind == "response.output_item.done" and isinstance(item := obj.get("item"), dict):
-            if (entry := _entry(item)) is not None:
-                self.call(*entry.calls)
+            if (entry := _entry(item)) is not None:  # the call whole, its arguments included
+                self.call(*trace(entry))
         elif kind in _TERMINAL:
             self._done = True
             self._final = output_text(obj.get("response"))
