@@ -291,3 +291,19 @@ def test_trace_names_the_files_a_loops_calls_name_and_nothing_else_of_their_argu
                             "read_many_files b.md", "apply_patch src/app.py", "apply_patch docs/notes.md")
     reply = build([("user", PROMPT), ("assistant", "", ("Edit", {"file_path": "src/app.py", "old_string": "a"}))])
     assert adapter.prompt(reply).calls == ("Edit src/app.py",)
+
+
+def test_codexs_patches_name_their_files_in_the_trace() -> None:
+    """Codex edits with apply_patch: a freeform tool whose input is the patch's text (`custom_tool_call`), or a
+    shell command whose arguments hold it."""
+    adapter, build = FORMATS["responses"]
+    patch = "*** Begin Patch\n*** Update File: src/app.py\n@@\n-a\n+b\n*** Delete File: old.txt\n*** End Patch"
+    body = build([("user", PROMPT)])
+    body["input"] += [
+        {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": patch},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done"},
+        {"type": "function_call", "call_id": "c2", "name": "shell",
+         "arguments": json.dumps({"command": ["apply_patch", patch.replace("app.py", "cli.py")], "workdir": "/repo"})},
+    ]
+    assert adapter.prompt(body).calls == ("apply_patch src/app.py", "apply_patch old.txt", "shell src/cli.py",
+                                          "shell old.txt")
