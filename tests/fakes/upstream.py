@@ -605,9 +605,10 @@ class FakeUpstream(RecordingServer):
                         await asyncio.wait_for(self._gate.acquire(), self.lockstep_timeout)
                     except TimeoutError:
                         return True  # end the stream early: the test sees missing chunks
+            if event.chunk:  # noted before it is written: a client may read it before this coroutine resumes
+                self.sent_times.append(time.monotonic())
             await write(event)
             if event.chunk:
-                self.sent_times.append(time.monotonic())
                 sent += 1
                 if self.reset_mid_stream and sent == 2:
                     assert request.transport is not None
