@@ -458,6 +458,22 @@ def test_memories_scrub_supermemory(cli: Cli, tmp_path: Path, supermemory: FakeS
     assert len(patched) == 4 and all(set(r.json) == {"content"} for r in patched)
 
 
+def test_exports_of_two_stores_import_into_one_without_loss(cli: Cli, tmp_path: Path):
+    exports = []
+    for name, content in (("laptop", "The shop deploys with fly.io"), ("desktop", "The shop's tests run with make test")):
+        db = ("--db", tmp_path / f"{name}.db")
+        cli.ok("memories", "add", "--scope", "project:shop", content, *db)  # each store's first memory: its id is 1
+        exports.append(tmp_path / f"{name}.jsonl")
+        exports[-1].write_text(cli.ok("memories", "export", "--scope", "project:shop", *db))
+    assert {json.loads(e.read_text())["id"] for e in exports} == {"1"}
+    merged = ("--db", tmp_path / "merged.db")
+    assert "1 of them new" in cli.ok("memories", "import", exports[0], *merged)
+    assert "1 of them new" in cli.ok("memories", "import", exports[1], *merged)
+    assert "0 of them new" in cli.ok("memories", "import", exports[1], *merged)  # again: nothing new
+    listed = cli.ok("memories", "list", "--scope", "project:shop", *merged)
+    assert "2 memories" in listed and "fly.io" in listed and "make test" in listed
+
+
 def test_memories_add_and_import_replace_secrets(cli: Cli, tmp_path: Path):
     db = ("--db", tmp_path / "memories.db")
     contents, secrets = seed_secrets(23)

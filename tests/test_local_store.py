@@ -717,3 +717,106 @@ def test_a_schema_3_store_is_migrated_on_open_and_its_turns_are_found_by_their_f
         assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
         assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION == 4
     integrity(path)
+
+
+def test_a_migration_keeps_each_scopes_table_so_a_process_of_the_earlier_schema_writes_to_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    store = LocalStore(path)
+    try:  # tables made in the order scopes first stored, not in the order of their names
+        run(store.add("zeta", "the zeta service deploys on fridays"))
+        run(store.add("alpha", "the alpha service deploys on mondays"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        before = db.execute("SELECT scope, id FROM scope_indexes ORDER BY id").fetchall()
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    store = LocalStore(path)
+    try:
+        run(store.open())  # migrates
+        assert [m.content for m in run(store.search("zeta", "service deploys"))] == ["the zeta service deploys on fridays"]
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT scope, id FROM scope_indexes ORDER BY id").fetchall() == before
+    integrity(path)
+
+
+def test_a_store_another_memproxy_moved_to_a_newer_schema_is_refused_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    store = LocalStore(path)
+    try:
+        run(store.add("p", "the first memory of the project"))
+        with closing(sqlite3.connect(path)) as db:  # a newer memproxy migrated the file while this one ran
+            db.execute(f"PRAGMA user_version = {local.SCHEMA_VERSION + 1}")
+            db.commit()
+        with pytest.raises(StoreError, match="restart"):
+            run(store.add("p", "written after the upgrade"))
+        with pytest.raises(StoreError, match="restart"):
+            run(store.search("p", "memory project"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT content FROM memories").fetchall() == [("the first memory of the project",)]
+
+
+def test_a_scope_another_process_gives_conversations_is_ranked_with_them_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    proxy, other = LocalStore(path), LocalStore(path)
+    try:
+        run(proxy.add("p", "a note on the orchard irrigation schedule"))
+        assert len(run(proxy.search("p", "orchard map"))) == 1  # a scope of no conversation, so far
+        for prompt, answer in (("where is the orchard map?", "in docs/maps, the first page"),
+                               ("and what does its legend say?", "each symbol is a kind of tree")):
+            run(other.add("p", f"User: {prompt}\nAssistant: {answer}", metadata={"conversation": "c1"}))
+        fresh = LocalStore(path)
+        try:
+            expected = [m.content for m in run(fresh.search("p", "orchard map"))]
+        finally:
+            run(fresh.close())
+        assert any("legend" in c for c in expected)  # the turn after the match, by propagation
+        assert [m.content for m in run(proxy.search("p", "orchard map"))] == expected
+    finally:
+        run(proxy.close())
+        run(other.close())
+
+
+def test_rewrite_leaves_a_memory_updated_since_it_was_read(store: LocalStore) -> None:
+    run(store.add("p", "User: deploy?\nAssistant: use the token ghp_old", custom_id="turn-1"))
+    [read] = run(store.list("p"))
+    run(store.add("p", "User: deploy?\nAssistant: run make deploy", custom_id="turn-1"))  # the proxy, meanwhile
+    assert run(store.rewrite(read, "User: deploy?\nAssistant: use the token [secret]")) is False
+    assert [m.content for m in run(store.list("p"))] == ["User: deploy?\nAssistant: run make deploy"]
+    [current] = run(store.list("p"))
+    assert run(store.rewrite(current, "User: deploy?\nAssistant: run make release")) is True
+    assert [m.content for m in run(store.search("p", "release"))] == ["User: deploy?\nAssistant: run make release"]
+
+
+def test_a_rewrite_that_moves_a_turn_to_another_conversation_moves_its_neighbours(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    store = LocalStore(path)
+    try:
+        for text in ("User: where is the orchard map?\nAssistant: in docs/maps", "User: and its legend?\nAssistant: trees"):
+            run(store.add("p", text, metadata={"conversation": "a"}))
+        found = run(store.search("p", "orchard map"))  # the scope's Order is read, and kept
+        assert [m.content for m in found][1:] == ["User: and its legend?\nAssistant: trees"]
+        second = next(m for m in run(store.list("p")) if "legend" in m.content)
+        assert run(store.rewrite(second, second.content, {"conversation": "b"}))
+        assert [m.content for m in run(store.search("p", "orchard map"))] == ["User: where is the orchard map?\nAssistant: in docs/maps"]
+    finally:
+        run(store.close())
+
+
+def test_add_many_takes_a_date_past_any_calendar_as_now_and_indexes_the_date_it_keeps(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "m.db", clock=lambda: 1_764_547_200.0)  # 2025-12-01
+    try:
+        memories = [Memory("a", "p", "alpha bravo charlie", created_at=10**30),
+                    Memory("b", "p", "delta echo foxtrot", created_at=2**53 + 1),
+                    Memory("c", "p", "golf hotel india", created_at=float("nan"))]
+        assert run(store.add_many(memories)) == 3
+        assert {m.created_at for m in run(store.list("p"))} == {1_764_547_200.0}
+        assert run(store.forget("p", next(m.id for m in run(store.list("p")) if "delta" in m.content)))
+        assert {m.content for m in run(store.search("p", "december 2025"))} == {"golf hotel india", "alpha bravo charlie"}
+    finally:
+        run(store.close())
+    integrity(tmp_path / "m.db")

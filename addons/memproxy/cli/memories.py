@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import sqlite3
@@ -314,7 +315,9 @@ def _output(path: str) -> Iterator[Any]:
 def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     """Read memories from a JSONL export; importing the same file again adds nothing new.
 
-    Secrets in them are replaced by [secret: <kind>], as in captured turns."""
+    Each memory is known by its scope and content (the ids an export holds are each store's own, which other
+    stores' reuse), so exports of several stores merge without loss. Secrets in them are replaced by
+    [secret: <kind>], as in captured turns."""
     from ..scrub import scrub
 
     records = [_record(file.name, n, line, scope) for n, line in enumerate(file, 1) if line.strip()]
@@ -323,27 +326,36 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     for record in records:
         scrubbed = scrub(record["content"])
         record["content"] = scrubbed.text
+        record["id"] = _imported_id(record["scope"], scrubbed.text)
         found += scrubbed.found
 
-    async def work(store: MemoryStore) -> None:
+    async def work(store: MemoryStore) -> int | None:
         from ..memory import Memory
         from ..memory.local import LocalStore
 
+        added = 0
         with _progress(f"importing {file.name}", len(records)) as advance:
             if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
-                batch = [Memory(r["id"] or "", r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
+                batch = [Memory(r["id"], r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
                 for i in range(0, len(batch), IMPORT_BATCH):
                     chunk = batch[i : i + IMPORT_BATCH]
-                    await store.add_many(chunk)
+                    added += await store.add_many(chunk)
                     advance(len(chunk))
-                return
+                return added
             for r in records:
                 await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
                 advance(1)
+        return None  # a remote store does not say whether a memory was new
 
-    with_store(backend, work)
+    added = with_store(backend, work)
     _report_replaced(found)
-    console.print(f"imported {len(records)} memories from {escape(file.name)} (ones imported before are kept once)")
+    new = "" if added is None else f", {added} of them new"
+    console.print(f"imported {len(records)} memories from {escape(file.name)}{new} (ones imported before are kept once)")
+
+
+def _imported_id(scope: str, content: str) -> str:
+    """An imported memory's custom id: its scope and content, digested."""
+    return "import-" + hashlib.sha256(f"{scope}\n{content}".encode("utf-8", "replace")).hexdigest()[:32]
 
 
 @memories.command("scrub")
@@ -366,9 +378,9 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
     from ..outbox import scrub_outbox
     from ..scrub import scrub
 
-    async def work(store: MemoryStore) -> tuple[Counter[str], int, int, bool]:
+    async def work(store: MemoryStore) -> tuple[Counter[str], int, int, int, bool]:
         found: Counter[str] = Counter()
-        seen = changed = 0
+        seen = changed = left = 0
         with _progress("scrubbing memories", None) as advance:
             async for memory in store.every(list(scopes) or None):
                 seen += 1
@@ -379,14 +391,14 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
                     continue
                 changed += 1
                 found += scrubbed.found + in_trace
-                if not dry_run:
-                    await store.rewrite(memory, scrubbed.text, metadata if in_trace else None)
+                if not dry_run and not await store.rewrite(memory, scrubbed.text, metadata if in_trace else None):
+                    left += 1  # forgotten, or updated by the proxy since it was read
         emptied = True
         if changed and not dry_run and isinstance(store, LocalStore):
             emptied = await store.compact()
-        return found, seen, changed, emptied
+        return found, seen, changed, left, emptied
 
-    in_store, seen, changed, emptied = with_store(backend, work)
+    in_store, seen, changed, left, emptied = with_store(backend, work)
     outbox = outbox or config.outbox_path()
     try:
         in_outbox, turns = scrub_outbox(outbox, dry_run=dry_run)
@@ -400,6 +412,9 @@ def memories_scrub(backend: Backend, scopes: tuple[str, ...], outbox: Path | Non
     verb = "would replace" if dry_run else "replaced"
     console.print(f"{verb} {in_store.total()} secrets in {changed} of {seen} memories ({backend.name} store)"
                   f" and {in_outbox.total()} in {turns} turns of the outbox {escape(str(outbox))}")
+    if left:
+        err_console.print(f"memproxy: {left} memories changed or were forgotten while this ran, and were left as they"
+                          " are now: run it again")
     if not emptied:
         err_console.print("memproxy: another process (a running proxy?) kept the store's WAL file from being emptied:"
                           " it may still hold replaced text until that process checkpoints it; stop it and run again")
@@ -424,7 +439,6 @@ def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str
         "scope": scope or data.get("scope"),
         "content": data.get("content"),
         "metadata": data.get("metadata") or {},
-        "id": None if data.get("id") is None else str(data["id"]),
         "created_at": data.get("created_at") if isinstance(data.get("created_at"), int | float) else 0,
     }
     valid = {

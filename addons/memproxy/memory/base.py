@@ -83,7 +83,8 @@ class MemoryStore(abc.ABC):
 
     async def rewrite(self, memory: Memory, content: str, metadata: dict[str, Any] | None = None) -> bool:
         """Replace the content of `memory`, as `list` or `every` gave it, and its metadata if given; its id, scope
-        and date stay. True if it still existed."""
+        and date stay. True if it still existed (the local store: and still held what `memory` holds, so that a
+        turn updated since is not overwritten with older text)."""
         raise NotImplementedError(f"the {self.name} store cannot rewrite a memory")
 
     async def every(self, scopes: Sequence[str] | None = None, page: int = 100) -> AsyncIterator[Memory]:

@@ -192,19 +192,22 @@ class Indexes:
 
     def rebuild(self, db: sqlite3.Connection) -> None:
         """Drop every index (this schema's and earlier ones') and index every memory again, in the caller's
-        transaction."""
+        transaction. A scope keeps its table's name: a process still running an earlier schema (which keeps the
+        names it read) then writes to its own scope's table, never to another's."""
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scope_indexes'").fetchone():
             for table in self.tables(db):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in (
             "DROP TRIGGER IF EXISTS memories_ai", "DROP TRIGGER IF EXISTS memories_ad", "DROP TRIGGER IF EXISTS memories_au",
-            "DROP VIEW IF EXISTS memories_fts_source", "DROP TABLE IF EXISTS memories_fts", "DROP TABLE IF EXISTS scope_indexes",
-            "CREATE TABLE scope_indexes(id INTEGER PRIMARY KEY, scope TEXT NOT NULL UNIQUE)",
+            "DROP VIEW IF EXISTS memories_fts_source", "DROP TABLE IF EXISTS memories_fts",
+            "CREATE TABLE IF NOT EXISTS scope_indexes(id INTEGER PRIMARY KEY, scope TEXT NOT NULL UNIQUE)",
+            "DELETE FROM scope_indexes WHERE scope NOT IN (SELECT scope FROM memories)",
         ):
             db.execute(statement)
         self.reset()
         for scope, in db.execute("SELECT DISTINCT scope FROM memories ORDER BY scope").fetchall():
             table = self.table(db, scope, create=True)
+            db.execute(CREATE.format(table))  # a scope already named keeps its name: its table was dropped above
             for id_, content, created_at, metadata in db.execute(
                 "SELECT id, content, created_at, metadata FROM memories WHERE scope = ?", (scope,)
             ).fetchall():

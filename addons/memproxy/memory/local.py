@@ -35,6 +35,7 @@ from .ranking import (
 T = TypeVar("T")
 
 SCHEMA_VERSION = 4
+LAST_DATE = 253_402_300_800.0  # 10000-01-01 UTC: a later "date" is none
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 STATEMENTS = 1024  # prepared statements kept: a few for each scope searched (its index is a table of its own)
 # bm25() counts every memory holding each query term, so a common term costs the most and ranks the
@@ -108,6 +109,16 @@ def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
     return Memory(str(id_), scope, content, score, meta, created_at)
 
 
+def _date(created_at: Any, now: float) -> float:
+    """A memory's date as the store keeps it: a Unix time before the year 10000 (as a float, so that the index
+    reads the date the table holds), else `now`."""
+    try:
+        at = float(created_at)
+    except (TypeError, ValueError, OverflowError):
+        return now
+    return at if 0 < at < LAST_DATE else now
+
+
 def _recalled(content: str, tool: Any, created_at: float, key: Any) -> str:
     """A memory as recall gives it (CONTENTS' row): with its prompt's key, if it is a stored turn."""
     text = recalled(content, tool, created_at)
@@ -168,7 +179,8 @@ class LocalStore(MemoryStore):
 
     async def add_many(self, memories: Iterable[Memory]) -> int:
         """Store many memories in one transaction (imports, benchmarks): each keeps its metadata and
-        created_at (0 means now), and its id is its custom id (empty means none). Returns how many were new."""
+        created_at (0, or no date before the year 10000, means now), and its id is its custom id (empty means
+        none). Returns how many were new."""
         return await self._run(self._add_many, list(memories), self.clock())
 
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
@@ -179,7 +191,7 @@ class LocalStore(MemoryStore):
 
     async def rewrite(self, memory: Memory, content: str, metadata: dict[str, Any] | None = None) -> bool:
         metadata_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
-        return await self._run(self._rewrite, memory.scope, memory.id, content, metadata_json)
+        return await self._run(self._rewrite, memory, content, metadata_json)
 
     async def every(self, scopes: Sequence[str] | None = None, page: int = 500) -> AsyncIterator[Memory]:
         """Every memory of `scopes` (of the whole store if None), oldest first."""
@@ -223,6 +235,7 @@ class LocalStore(MemoryStore):
         if self._db is None:
             self._db = self._connect()
         try:
+            self._follow(self._db)
             return fn(self._db, *args)
         except BaseException as e:
             # What a rolled-back transaction told the caches is not so: a table it made, the turns it added to Orders.
@@ -231,6 +244,22 @@ class LocalStore(MemoryStore):
             if isinstance(e, (sqlite3.Error, UnicodeError)):  # UnicodeError: lone surrogates in the text
                 raise StoreError(f"local store at {self.path}: {type(e).__name__}: {e}") from e
             raise
+
+    def _follow(self, db: sqlite3.Connection) -> None:
+        """Forget what this store knows of the file when another connection wrote to it (`data_version`): its Orders,
+        scope sizes and table names. A file that connection migrated to a newer schema is refused from then on."""
+        if (version := db.execute("PRAGMA data_version").fetchone()[0]) == self._data_version:
+            return
+        if self._data_version is not None:
+            self._unorder(None)
+            self._conversing.clear()
+            self._sizes.clear()
+            self._df.clear()
+            self._indexes.reset()
+            if (schema := db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
+                raise StoreError(f"the memory store at {self.path} was changed to schema {schema} by another"
+                                 f" memproxy; this one writes schema {SCHEMA_VERSION}: restart it")
+        self._data_version = version
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
@@ -316,9 +345,6 @@ class LocalStore(MemoryStore):
     def _context(self, db: sqlite3.Connection, scope: str, ids: list[int]) -> Context:
         """The Context of candidates `ids` of `scope`: from its Order, read once and kept; for a scope not kept
         (too large, or no room left), with NEIGHBOURS_SQL."""
-        if (version := db.execute("PRAGMA data_version").fetchone()[0]) != self._data_version:
-            self._unorder(None)  # another connection wrote to the file
-            self._data_version = version
         if scope in self._orders:
             order = self._orders[scope]
         else:
@@ -457,7 +483,7 @@ class LocalStore(MemoryStore):
             db.execute("BEGIN IMMEDIATE")
             added = [
                 m.scope for m in memories
-                if self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), m.created_at or now)
+                if self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), _date(m.created_at, now))
                 is not None
             ]
         for scope in set(added):
@@ -498,20 +524,26 @@ class LocalStore(MemoryStore):
                 self._unorder(scope)
         return row is not None
 
-    def _rewrite(self, db: sqlite3.Connection, scope: str, memory_id: str, content: str, metadata: str | None) -> bool:
+    def _rewrite(self, db: sqlite3.Connection, memory: Memory, content: str, metadata: str | None) -> bool:
         """Replace a memory's content (and metadata, if not None) and its index entry (deleted with the text it was
-        indexed with)."""
+        indexed with), if it still holds what `memory` read: a turn the proxy updated since is left as it is."""
+        scope = memory.scope
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT id, content, created_at, metadata FROM memories WHERE id = ? AND scope = ?", (memory_id, scope)
+                f"SELECT {COLUMNS} FROM memories AS m WHERE m.id = ? AND m.scope = ?", (memory.id, scope)
             ).fetchone()
-            if row is not None:
-                self._indexes.remove(db, scope, *row)
-                metadata = row[3] if metadata is None else metadata
-                db.execute("UPDATE memories SET content = ?, metadata = ? WHERE id = ?", (content, metadata, row[0]))
-                self._indexes.add(db, scope, row[0], content, row[2], metadata)
-        return row is not None
+            if row is None or (found := _memory(row)).content != memory.content or found.metadata != memory.metadata:
+                return False
+            id_, _, old_content, old_metadata, created_at = row
+            self._indexes.remove(db, scope, id_, old_content, created_at, old_metadata)
+            metadata = old_metadata if metadata is None else metadata
+            db.execute("UPDATE memories SET content = ?, metadata = ? WHERE id = ?", (content, metadata, id_))
+            self._indexes.add(db, scope, id_, content, created_at, metadata)
+        if metadata != old_metadata:  # its conversation may have changed
+            self._unorder(scope)
+            self._conversed(scope, metadata)
+        return True
 
     @staticmethod
     def _page(db: sqlite3.Connection, scopes: list[str] | None, after: int, limit: int) -> list[tuple[Any, ...]]:
