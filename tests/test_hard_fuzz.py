@@ -411,6 +411,19 @@ def test_reply_with_a_lone_surrogate_is_captured(mitmdump, upstream: FakeUpstrea
     assert_healthy(proc)
 
 
+def test_a_user_agent_with_a_byte_that_is_not_utf8_is_captured(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Bad input in a header: its byte is a lone surrogate in the turn's metadata (the client), which must stop
+    neither that turn's capture nor the next one's."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="reverse", upstream=upstream, options={"memory_db": str(db)})
+    for question, agent in (("quokka question", b"Caf\xe9Bot/1.0"), ("quasar question", b"PlainBot/1.0")):
+        answer = httpx.post(f"{proc.base_url}{APIS[0].path}", json=APIS[0].valid(question), headers={"user-agent": agent},
+                            trust_env=False, timeout=WAIT)
+        assert answer.status_code == 200
+    assert len(wait_memories(db, SCOPE, n=2, timeout=10)) == 2
+    assert_healthy(proc)
+
+
 # -- Responses over WebSocket (Codex CLI) --------------------------------------------------------
 
 

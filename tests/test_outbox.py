@@ -18,7 +18,7 @@ import pytest
 from e2e_helpers import outbox_rows
 from memproxy.capture import Turn
 from memproxy.memory.base import Memory, MemoryStore, StoreError
-from memproxy.outbox import Outbox, list_dead_letters
+from memproxy.outbox import Outbox, held, list_dead_letters, table
 
 FAST = {"base_delay": 0.01, "max_delay": 0.2}
 
@@ -397,3 +397,34 @@ def test_an_older_turn_does_not_replace_a_newer_row(path: Path) -> None:
         rows, _ = table.take(db, 100.0, 10)
         assert [(r.custom_id, r.content) for r in rows] == [("turn-1", "step 3")]
         assert not table.delete(db, rows[0].id - 1)  # the replaced row's id: gone
+
+
+# -- a turn SQLite cannot take fails alone ---------------------------------------------------------------------
+
+
+async def test_a_turn_that_cannot_be_stored_stops_no_other(
+    path: Path, store: ScriptedStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(held, "SAVE_RETRY", 0.05)
+    bad = Turn("claude-code:repo", "read it", "It says hello.", {"client": "Caf\udce9Bot"}, key="k1")  # not by make()
+    store.reject[bad.custom_id] = StoreError("cannot encode")  # as a store that could not take it either
+    box = Outbox(path, store, **FAST)
+    await box.start()
+    good = turns(1)[0]
+    with caplog.at_level(logging.WARNING, logger="memproxy.outbox"):
+        box.submit(bad)
+        await asyncio.sleep(0.3)
+        box.submit(good)
+        assert await box.flush(5)
+        await box.close(timeout=1)
+    assert store.stored == Counter({good.custom_id: 1})
+    assert "a turn cannot be written to the capture outbox (UnicodeEncodeError); it is dropped" in caplog.text
+
+
+def test_a_held_turn_that_cannot_be_stored_is_dropped_alone(path: Path) -> None:
+    db = table.connect(path)
+    rows = [table.Row(None, "bad", "s", "User: q\nAssistant: a", {"client": "Caf\udce9Bot"}, 1.0),
+            table.Row(None, "good", "s", "User: q\nAssistant: a", {}, 2.0)]
+    assert table.enqueue_all(db, rows) == [False, True]
+    assert [row.custom_id for row in table.take(db, time.time(), 10)[0]] == ["good"]
+    db.close()

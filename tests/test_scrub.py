@@ -4,6 +4,7 @@ outbox that scrub before anything is written, and the stores' rewrite for `mempr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import subprocess
@@ -20,6 +21,8 @@ from memproxy.memory.base import Memory
 from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import SupermemoryStore
 from memproxy.outbox import Outbox, scrub_outbox, table
+from memproxy.protocols.base import Entry
+from memproxy.protocols.common import MAX_CALL_CHARS, find_prompt
 from memproxy.scrub import marker
 from secret_corpus import Maker, anthropic_key, aws_key_id, aws_secret, fakes, github_token, look_alikes, openssh_key
 from test_outbox import FAST, ScriptedStore
@@ -94,6 +97,17 @@ def test_a_secret_is_replaced_wherever_the_text_repeats_it():
 def test_a_secret_that_could_be_a_word_is_not_hunted_elsewhere():
     text = "see postgres://app:password@db/app and reset the password"
     assert scrub.scrub(text).text == "see postgres://app:[secret: password in URL]@db/app and reset the password"
+
+
+def test_a_secret_found_in_one_text_is_replaced_in_the_others_scrubbed_with_it():
+    m = Maker()
+    password = m.chars(16)
+    url, said, word = scrub.scrub_together([f"postgres://app:{password}@db/app", f"the password is {password}",
+                                            "see postgres://app:password@db/app"])
+    assert said.text == "the password is [secret: password in URL]" and said.found == Counter({"password in URL": 1})
+    assert url.text == "postgres://app:[secret: password in URL]@db/app"
+    assert scrub.scrub_together(["see postgres://app:password@db/app", "reset the password"])[1].text == (
+        "reset the password")  # one that could be a word is not hunted in the others either
 
 
 def test_a_private_key_goes_as_one_block():
@@ -185,6 +199,41 @@ def test_a_secret_cut_by_the_clip_limit_is_still_found():
     assert len(scrubbed.user) <= MAX_USER_CHARS and key[:16] not in scrubbed.user
 
 
+def test_a_secret_found_in_one_part_of_a_turn_is_replaced_in_all():
+    password = "Tr0ub4dor99x"  # found by its context (a URL) in the prompt alone
+    turn = Turn.make("s", f"Connect to postgres://admin:{password}@db.internal/app and list the tables.",
+                     f"Connected as admin (password {password}). Tables: users.", {"calls": [f"Bash psql -W {password}"]})
+    assert turn is not None
+    scrubbed, found = turn.scrubbed()
+    assert scrubbed.reply == "Connected as admin (password [secret: password in URL]). Tables: users."
+    assert scrubbed.metadata == {"calls": ["Bash psql -W [secret: password in URL]"]}
+    assert password not in scrubbed.content and found == Counter({"password in URL": 3})
+
+
+def test_a_secret_cut_by_a_steps_clip_limit_is_still_found():
+    token = github_token(Maker(5))
+    cut = "/clone?token="
+    path = "/srv/" + "d" * (MAX_CALL_CHARS - len("Read /srv/" + cut) - 17) + cut + token  # it straddles the limit
+    entries = [Entry("user", "Clone it"), Entry("assistant", "", (("Read", {"file_path": path}),)), Entry("user", "", (), True)]
+    prompt = find_prompt(entries)
+    turn = Turn.make("s", prompt.text, "Cloned.", {"calls": list(prompt.calls)}, prompt.key)
+    assert turn is not None
+    scrubbed, found = turn.scrubbed()
+    [step] = scrubbed.metadata["calls"]
+    assert token[:8] not in step and len(step) <= MAX_CALL_CHARS
+    assert found == Counter({"GitHub token": 1})
+
+
+def test_every_string_of_a_turns_metadata_can_be_stored():
+    metadata = {"client": "Caf\udce9Bot/1.0", "model": "m\ud800", "project": "shop", "tool": "T\udfff",
+                "calls": ["Read /tmp/\ud800x", "Bash"], "layers": ("a\ud800",), "i": 7}  # a header's bad byte, JSON's \ud800
+    turn = Turn.make("s", "Which port?", "7443.", metadata)
+    assert turn is not None
+    assert turn.metadata == {"client": "Caf?Bot/1.0", "model": "m?", "project": "shop", "tool": "T?",
+                             "calls": ["Read /tmp/?x", "Bash"], "layers": ("a?",), "i": 7}
+    json.dumps(turn.scrubbed()[0].metadata, ensure_ascii=False).encode()  # as the outbox writes it
+
+
 # -- the outbox -----------------------------------------------------------------------------------
 
 
@@ -242,10 +291,10 @@ async def test_an_unwritable_outbox_holds_only_scrubbed_turns(outbox, monkeypatc
 async def test_a_turn_that_cannot_be_scrubbed_is_not_kept(outbox, monkeypatch, caplog, tmp_path: Path):
     box, store = outbox
 
-    def broken(text: str) -> Any:
+    def broken(texts: list[str]) -> Any:
         raise RuntimeError("detector failed")
 
-    monkeypatch.setattr(capture, "scrub", broken)
+    monkeypatch.setattr(capture, "scrub_together", broken)
     turn, secrets = secret_turn()
     with caplog.at_level(logging.WARNING, logger="memproxy.outbox"):
         box.submit(turn)

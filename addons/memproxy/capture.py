@@ -1,10 +1,11 @@
 """Capture: the turn made from a finished exchange, one user prompt and the assistant's reply in one scope.
 
-A turn is clipped as it is made, with a margin so that a secret the limit cuts is found whole; `scrubbed()`
-makes it ready to store: every secret replaced, then clipped to the limit. Its custom id names the prompt in
-its conversation (the protocol adapter's `Prompt.key`), not the reply: every step of a tool loop, every retry
-and every replay of one prompt has the same id, and so one memory, which the latest step updates. The outbox
-(memproxy.outbox) takes it to the store.
+A turn is clipped as it is made, with a margin so that a secret the limit cuts is found whole (SCRUB_MARGIN, and
+so is each step of its trace); `scrubbed()` makes it ready to store: every secret found in any of its parts
+replaced in all of them, then clipped to the limit. Every string of its metadata is made storable as it is made.
+Its custom id names the prompt in its conversation (the protocol adapter's `Prompt.key`), not the reply: every
+step of a tool loop, every retry and every replay of one prompt has the same id, and so one memory, which the
+latest step updates. The outbox (memproxy.outbox) takes it to the store.
 """
 
 from __future__ import annotations
@@ -12,41 +13,73 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .protocols import strip_memory_blocks
-from .scrub import scrub
+from .protocols.common import MAX_CALL_CHARS, SCRUB_MARGIN
+from .scrub import Scrubbed, scrub_together
 
 MAX_USER_CHARS = 4000
 MAX_REPLY_CHARS = 8000
-# Characters kept past a clip limit until the turn is scrubbed, so that a secret the limit cuts is found whole.
-SCRUB_MARGIN = 256
+
+
+def _valid(text: str) -> str:
+    """`text` with each lone surrogate (JSON's \\ud800, a header's non-UTF-8 byte) replaced: it cannot be stored."""
+    return text.encode("utf-8", "replace").decode()
+
+
+def _valid_values(value: Any) -> Any:
+    """A turn's metadata, or one of its values, with every string in it `_valid`."""
+    if isinstance(value, str):
+        return _valid(value)
+    if isinstance(value, dict):
+        return {_valid_values(k): _valid_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map(_valid_values, value))
+    return value
 
 
 def _clip(text: str, limit: int) -> str:
-    text = text.encode("utf-8", "replace").decode().strip()  # a lone surrogate (JSON's \ud800) cannot be stored
+    text = _valid(text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def as_stored(text: str, limit: int) -> str:
     """`text` as a turn's memory holds it (`Turn.make`, then `Turn.scrubbed`), clipped to `limit`. CPU work: call
     it off the event loop."""
-    return _clip(scrub(_clip(strip_memory_blocks(text), limit + SCRUB_MARGIN)).text, limit)
+    return stored_together([(text, limit)])[0]
+
+
+def stored_together(parts: Sequence[tuple[str, int]]) -> list[str]:
+    """Each (text, limit) of `parts` as `as_stored` gives it, the texts scrubbed together as the parts of one turn
+    (`scrub_together`). CPU work: call it off the event loop."""
+    texts = [_clip(strip_memory_blocks(text), limit + SCRUB_MARGIN) for text, limit in parts]
+    return [_clip(done.text, limit) for done, (_, limit) in zip(scrub_together(texts), parts)]
 
 
 def scrubbed_trace(metadata: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
-    """`metadata` with the steps of its trace (`calls`) scrubbed, for the files they name are the client's text
-    too, and how many secrets of each kind were replaced. CPU work: keep it off the event loop."""
+    """`metadata` with the steps of its trace (`calls`) scrubbed (`scrubbed_with_trace`), and how many secrets of
+    each kind were replaced. CPU work: keep it off the event loop."""
+    _, metadata, found = scrubbed_with_trace((), metadata)
+    return metadata, found
+
+
+def scrubbed_with_trace(texts: Sequence[str], metadata: dict[str, Any]) -> tuple[list[Scrubbed], dict[str, Any],
+                                                                                 Counter[str]]:
+    """`texts` and `metadata` with the steps of its trace (`calls`), for the files they name are the client's text
+    too, scrubbed together (`scrub_together`), and how many secrets of each kind were replaced in all. A step
+    keeps the margin scrubbing needs until here (`unique_calls`), and is clipped to MAX_CALL_CHARS now."""
     calls = metadata.get("calls")
+    steps = [calls] if isinstance(calls, str) else [s for s in calls if isinstance(s, str)] if isinstance(calls, list) else []
+    done = scrub_together([*texts, *steps])
+    found = sum((part.found for part in done), Counter[str]())
     if isinstance(calls, str):  # as Supermemory keeps it: JSON text
-        scrubbed = scrub(calls)
-        return {**metadata, "calls": scrubbed.text}, scrubbed.found
-    if not isinstance(calls, list):
-        return metadata, Counter()
-    steps = [scrub(step) for step in calls if isinstance(step, str)]
-    found = sum((step.found for step in steps), Counter())
-    return {**metadata, "calls": [step.text for step in steps]}, found
+        metadata = {**metadata, "calls": done[len(texts)].text}
+    elif isinstance(calls, list):  # each once, as `unique_calls` keeps them, once clipped
+        metadata = {**metadata, "calls": list(dict.fromkeys(_clip(step.text, MAX_CALL_CHARS) for step in done[len(texts):]))}
+    return done[: len(texts)], metadata, found
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +99,17 @@ class Turn:
         reply = _clip(strip_memory_blocks(reply), MAX_REPLY_CHARS + SCRUB_MARGIN)
         if not user or not reply:
             return None
-        return cls(scope, user, reply, metadata, key)
+        return cls(scope, user, reply, _valid_values(metadata), key)
 
     def scrubbed(self) -> tuple[Turn, Counter[str]]:
         """This turn as it is stored, every secret replaced by `[secret: <kind>]` and then clipped, and how many
-        of each kind were replaced. CPU work: call it off the event loop. The same turn always gives the same
-        result, and so the same custom id."""
-        user, reply = scrub(self.user), scrub(self.reply)
-        metadata, in_trace = scrubbed_trace(self.metadata)
+        of each kind were replaced. Its parts are scrubbed as one (`scrubbed_with_trace`): a secret found in one
+        is replaced where another repeats it. CPU work: call it off the event loop. The same turn always gives the
+        same result, and so the same custom id."""
+        (user, reply), metadata, found = scrubbed_with_trace((self.user, self.reply), self.metadata)
         turn = dataclasses.replace(self, user=_clip(user.text, MAX_USER_CHARS), reply=_clip(reply.text, MAX_REPLY_CHARS),
                                    metadata=metadata)
-        return (self if turn == self else turn), user.found + reply.found + in_trace
+        return (self if turn == self else turn), found
 
     @property
     def content(self) -> str:

@@ -5,7 +5,8 @@ Turns are scrubbed in the outbox's worker thread before they are written; `mempr
 cleans what was stored before. A pattern's match is replaced whole, or only its capture groups where
 these hold the secret (`aws_secret_access_key = <secret>` keeps its name). A match that runs on into
 letters or digits, or into the punctuation it holds itself, is part of something longer (a hash,
-base64 data) and is left alone. A secret found once is replaced wherever else the text repeats it.
+base64 data) and is left alone. A secret found once is replaced wherever else the text repeats it, and
+`scrub_together` does so across the texts of one whole (a turn's prompt, reply and trace).
 Overlapping finds are replaced once, as the kind of the longest.
 
 The detectors are imported on first use, as detect-secrets imports requests: `load()` in a worker
@@ -18,7 +19,7 @@ import functools
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,13 +58,25 @@ def load() -> tuple[Detector, ...]:
 
 def scrub(text: str) -> Scrubbed:
     """`text` with every secret found in it replaced by `[secret: <kind>]`. CPU work: keep it off the event loop."""
-    if not text:
-        return Scrubbed(text)
-    spans = _merge(sorted(_everywhere(text, list(_find(text, load()))), key=lambda s: (s[0], -s[1])))
+    return scrub_together([text])[0]
+
+
+def scrub_together(texts: Sequence[str]) -> list[Scrubbed]:
+    """Each of `texts` scrubbed as `scrub` does, and also of the secrets found in the others: a secret known by its
+    context in one (a password in a URL) is replaced where another repeats it without it. CPU work: keep it off
+    the event loop."""
+    found = [list(_find(text, load())) if text else [] for text in texts]
+    values = {text[start:end]: kind for text, spans in zip(texts, found) for start, end, kind in spans
+              if _distinctive(text[start:end])}
+    return [_replaced(text, _everywhere(text, spans, values)) for text, spans in zip(texts, found)]
+
+
+def _replaced(text: str, spans: list[tuple[int, int, str]]) -> Scrubbed:
+    """`text` with `spans` (maybe overlapping) replaced by their markers."""
     if not spans:
         return Scrubbed(text)
     parts, found, at = [], Counter[str](), 0
-    for start, end, kind in spans:
+    for start, end, kind in _merge(sorted(spans, key=lambda s: (s[0], -s[1]))):
         parts += (text[at:start], marker(kind))
         found[kind] += 1
         at = end
@@ -91,11 +104,11 @@ def _find(text: str, detectors: tuple[Detector, ...]) -> Iterator[tuple[int, int
                         yield start, end, kind
 
 
-def _everywhere(text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """`spans`, and every other place in `text` that holds one of the secrets they found: a secret known by its
-    context (a password in a URL, a key next to its id) may be repeated without it. Not one that could be a
-    word: `://user:password@host` leaves the other passwords of the text alone."""
-    for value, kind in {text[start:end]: kind for start, end, kind in spans if _distinctive(text[start:end])}.items():
+def _everywhere(text: str, spans: list[tuple[int, int, str]], values: dict[str, str]) -> list[tuple[int, int, str]]:
+    """`spans`, and every other place in `text` that holds one of the secrets `values` names (by its kind): a
+    secret known by its context (a password in a URL, a key next to its id) may be repeated without it. Only one
+    that could not be a word (`_distinctive`): `://user:password@host` leaves the other passwords alone."""
+    for value, kind in values.items():
         at = text.find(value)
         while at >= 0:
             spans.append((at, at + len(value), kind))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from collections import Counter
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import private
-from ..capture import scrubbed_trace
-from ..scrub import scrub
+from ..capture import scrubbed_with_trace
+from ..logs import brief
+from ..scrub import Scrubbed, scrub_together
+
+logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 MAX_ERROR_CHARS = 200
@@ -106,18 +110,40 @@ def enqueue(
     db: sqlite3.Connection, custom_id: str, scope: str, content: str, metadata: dict[str, Any], created_at: float
 ) -> bool:
     """Add a turn to the outbox, in place of a waiting row with its custom id; True if the outbox holds one row
-    more (False: it replaced one, a newer one waits, or it was rejected for good)."""
-    if not db.in_transaction:
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            return enqueue(db, custom_id, scope, content, metadata, created_at)
-    row: dict[str, Any] = dict(
-        custom_id=custom_id,
-        scope=scope,
-        content=content,
-        metadata=json.dumps(metadata, ensure_ascii=False, default=str),
-        created_at=created_at,
-    )
+    more (False: it replaced one, a newer one waits, it was rejected for good, or it cannot be stored)."""
+    row = _row(custom_id, scope, content, metadata, created_at)
+    if row is None:
+        return False
+    if db.in_transaction:
+        return _insert(db, row)
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        return _insert(db, row)
+
+
+def _row(custom_id: str, scope: str, content: str, metadata: dict[str, Any], created_at: float) -> dict[str, Any] | None:
+    """A turn's values for the statements, or None (logged) if SQLite cannot take them: a text that does not encode
+    to UTF-8 (a lone surrogate). Checked before any statement, so that such a turn fails alone and changes nothing,
+    never the write of the others, nor the outbox's close."""
+    try:
+        row: dict[str, Any] = dict(
+            custom_id=custom_id,
+            scope=scope,
+            content=content,
+            metadata=json.dumps(metadata, ensure_ascii=False, default=str),
+            created_at=created_at,
+        )
+        for value in row.values():
+            if isinstance(value, str):
+                value.encode()
+    except (ValueError, TypeError) as e:  # UnicodeEncodeError included; its message would quote the text
+        logger.warning("memproxy: a turn cannot be written to the capture outbox (%s); it is dropped",
+                       brief(e, message=False))
+        return None
+    return row
+
+
+def _insert(db: sqlite3.Connection, row: dict[str, Any]) -> bool:
     if db.execute(REJECTED, row).fetchone() is not None:
         return False
     row["top"] = db.execute(TOP).fetchone()[0]
@@ -126,7 +152,8 @@ def enqueue(
 
 
 def enqueue_all(db: sqlite3.Connection, rows: list[Row]) -> list[bool]:
-    """Write turns held in memory to the outbox, all or none; for each, whether the outbox holds one row more."""
+    """Write turns held in memory to the outbox, all or none (but for one that cannot be stored, dropped alone); for
+    each, whether the outbox holds one row more."""
     with db:
         db.execute("BEGIN IMMEDIATE")
         return [enqueue(db, r.custom_id, r.scope, r.content, r.metadata, r.created_at) for r in rows]
@@ -195,16 +222,18 @@ def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             return []
 
 
-def _scrubbed_metadata(metadata: str) -> tuple[str, Counter[str]]:
-    """A turn's metadata (JSON text) with its trace scrubbed (`capture.scrubbed_trace`), and what was found."""
+def _scrubbed(values: list[str], metadata: str) -> tuple[list[Scrubbed], str, Counter[str]]:
+    """A row's texts and the trace in its metadata (JSON text) scrubbed together (`capture.scrubbed_with_trace`),
+    and how many secrets of each kind were replaced in all."""
     try:
         parsed = json.loads(metadata)
     except (TypeError, ValueError, RecursionError):
-        return metadata, Counter()
+        parsed = None
     if not isinstance(parsed, dict):
-        return metadata, Counter()
-    scrubbed, found = scrubbed_trace(parsed)
-    return (json.dumps(scrubbed, ensure_ascii=False) if found else metadata), found
+        scrubbed = scrub_together(values)
+        return scrubbed, metadata, sum((result.found for result in scrubbed), Counter[str]())
+    scrubbed, cleaned, found = scrubbed_with_trace(values, parsed)
+    return scrubbed, (metadata if cleaned == parsed else json.dumps(cleaned, ensure_ascii=False)), found
 
 
 def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[Counter[str], int]:
@@ -224,14 +253,11 @@ def scrub_outbox(path: str | os.PathLike[str], *, dry_run: bool = False) -> tupl
             for table, (key, texts) in columns.items():
                 rows = db.execute(f"SELECT {key}, metadata, {', '.join(texts)} FROM {table}").fetchall()
                 for key_value, metadata, *values in rows:
-                    scrubbed = [scrub(value) for value in values]
-                    metadata, in_trace = _scrubbed_metadata(metadata)
-                    if not in_trace and not any(result.found for result in scrubbed):
+                    scrubbed, metadata, in_row = _scrubbed(values, metadata)
+                    if not in_row:
                         continue
                     turns += 1
-                    found += in_trace
-                    for result in scrubbed:
-                        found += result.found
+                    found += in_row
                     if not dry_run:
                         assignments = ", ".join(f"{column} = ?" for column in (*texts, "metadata"))
                         update = f"UPDATE {table} SET {assignments} WHERE {key} = ?"

@@ -264,7 +264,9 @@ def select_query(turns: Iterable[tuple[str, str]], strategy: str) -> str:
 # -- the prompt ---------------------------------------------------------------------------------------
 
 MAX_CALLS = 12  # steps a prompt's trace keeps: each tool called, with each file it names
-MAX_CALL_CHARS = 200  # of a step ("Edit src/app.py")
+MAX_CALL_CHARS = 200  # of a step ("Edit src/app.py"), once scrubbed (capture)
+# Characters kept past a clip limit until the turn is scrubbed, so that a secret the limit cuts is found whole.
+SCRUB_MARGIN = 256
 MAX_CALL_FILES = 4  # files a call's step names
 MAX_TRACED = 64  # steps read for a prompt's trace: of its loop's first calls
 SCANNED = 1024  # characters of a call's arguments, as JSON text, looked through for the files they name
@@ -426,10 +428,10 @@ def answered_keys(entries: Sequence[Entry]) -> set[str]:
 
 def unique_calls(names: Iterable[Any]) -> tuple[str, ...]:
     """Tool names or steps (`trace`), each once, first seen first, at most MAX_CALLS of them, each clipped to one
-    line."""
+    line of MAX_CALL_CHARS and the margin scrubbing needs (SCRUB_MARGIN): capture clips it once scrubbed."""
     seen: dict[str, None] = {}
     for name in names:
-        if isinstance(name, str) and (name := name.strip().partition("\n")[0][:MAX_CALL_CHARS].rstrip()):
+        if isinstance(name, str) and (name := name.strip().partition("\n")[0][:MAX_CALL_CHARS + SCRUB_MARGIN].rstrip()):
             seen[name] = None
             if len(seen) >= MAX_CALLS:
                 break
