@@ -382,9 +382,11 @@ def test_the_latest_prompt_is_kept_per_scope_and_session_for_the_latest_max_sess
     # The same prompt after a summary that kept it (Gemini CLI's): its key changed, its memory did not. A client
     # that names no session is known by the prompt's text.
     snapshot = [Entry("user", "<state_snapshot>The user asked why.</state_snapshot>"), Entry("user", "Why?")]
-    assert path._asked("team", "s", Prompt("Why?", "k3"), snapshot).key == "k2"
+    assert path._asked("team", "s", Prompt("Why?", "k3", follows=True), snapshot).key == "k2"
     first = path._asked("team", "", Prompt("Where?", "k4"), [])
-    assert path._asked("team", "", Prompt("Where?", "k5"), snapshot) is first and first.key == "k4"
+    assert path._asked("team", "", Prompt("Where?", "k5", follows=True), snapshot) is first and first.key == "k4"
+    # Without tool results after it, the summary cut through no loop of it: a new prompt with the same words.
+    assert path._asked("team", "", Prompt("Where?", "k7"), snapshot).key == "k7"
     assert path._asked("team", "", Prompt("Where?", "k6"), []).key == "k6"  # no summary: another conversation's
     for n in range(MAX_SESSIONS):
         path._asked("team", f"s{n}", Prompt("How?", f"k{n}"), [])
@@ -417,3 +419,160 @@ def test_a_session_keeps_its_project_route_for_a_summary_of_no_directory() -> No
     for n in range(MAX_SESSIONS):
         path._session_route(f"s{n}", shop)
     assert len(path.routes) == MAX_SESSIONS and "s" not in path.routes
+
+
+# -- a thread's prompt with the words of the one before it is a new prompt; a retry keeps its memory --------------
+
+CWD = "<environment_context><cwd>/tmp/shop</cwd></environment_context>"
+
+
+def said(*items: dict) -> list[dict]:
+    """Responses input items: each of `items` a role and a text."""
+    kind = {"user": "input_text", "assistant": "output_text"}
+    return [{"type": "message", "role": r, "content": [{"type": kind[r], "text": t}]} for item in items for r, t in item.items()]
+
+
+def whole_key(*prompts: str) -> str:
+    """The key a request carrying the whole conversation gives its last prompt (`find_prompt`)."""
+    from memproxy.protocols.base import Entry
+    from memproxy.protocols.common import find_prompt
+
+    return find_prompt([Entry("user", text) for text in (CWD, *prompts)]).key
+
+
+async def test_codex_asking_continue_twice_on_its_websocket_is_two_memories_and_a_retry_one(addon):
+    """Codex over its WebSocket (`store: false`, so no reply it names can be continued elsewhere) sends each prompt
+    alone. "continue" after "continue" follows a newer reply: a prompt of its own, keyed as a whole conversation
+    would key it. The same message again after a reply that failed, saying nothing, is a retry of it."""
+    from mitmproxy import websocket
+    from wsproto.frame_protocol import Opcode
+
+    use(addon, FakeStore())
+    flow = tflow.twebsocketflow(messages=False)
+    flow.request.host, flow.request.port, flow.request.path = "api.openai.com", 443, "/v1/responses"
+    flow.request.headers["user-agent"] = "codex_exec/0.169.0"
+    flow.metadata["memproxy_served"] = True
+
+    async def send(message: dict, from_client: bool = True) -> None:
+        flow.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, from_client, json.dumps(message).encode()))
+        await addon.websocket_message(flow)
+
+    async def ask(n: int, items: list[dict], reply: str, ending: str = "response.completed"):
+        before = len(addon.store.outbox)
+        link = {"previous_response_id": f"resp_{n - 1}"} if n else {}
+        await send({"type": "response.create", "model": "gpt-5", "store": False, "input": items, **link})
+        if reply:
+            await send({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": reply}, False)
+        await send({"type": ending, "response": {"id": f"resp_{n}", "output": []}}, False)
+        return addon.store.outbox[-1] if len(addon.store.outbox) > before else None
+
+    fixed = await ask(0, said({"user": CWD}, {"user": "fix the bug in cache.py"}), "Fixed.")
+    tests = await ask(1, said({"user": "continue"}), "Added tests.")
+    assert await ask(2, said({"user": "continue"}), "", "response.failed") is None  # said nothing
+    docs = await ask(2, said({"user": "continue"}), "Updated docs.")  # the same message again: a retry
+    assert [t.content.split("\n")[1] for t in (fixed, tests, docs)] == ["Assistant: Fixed.", "Assistant: Added tests.",
+                                                                      "Assistant: Updated docs."]
+    assert len({fixed.custom_id, tests.custom_id, docs.custom_id}) == 3  # none overwrites another
+    assert (tests.key, docs.key) == (whole_key("fix the bug in cache.py", "continue"),
+                                     whole_key("fix the bug in cache.py", "continue", "continue"))
+
+
+def reply_flow(link: dict, items: list[dict]) -> tflow.HTTPFlow:
+    flow = chat_flow(user_agent="OpenAI/Python 3.57.0")
+    flow.request.path = "/v1/responses"
+    flow.request.content = json.dumps({"model": "gpt-5", "input": items, **link}).encode()
+    return flow
+
+
+async def answered(addon: RequestPath, flow: tflow.HTTPFlow, reply_id: str, text: str):
+    """Answer a Responses request with `text` (a reply named `reply_id`) and give back the turn it submits."""
+    flow.response = tflow.tresp()
+    flow.response.headers["content-type"] = "application/json"
+    flow.response.content = json.dumps({"id": reply_id, "output": said({"assistant": text})}).encode()
+    before = len(addon.store.outbox)
+    await addon.response(flow)
+    return addon.store.outbox[-1] if len(addon.store.outbox) > before else None
+
+
+async def test_continue_twice_on_a_previous_response_id_chain_is_two_memories_and_a_retry_one(addon):
+    """Requests chained by `previous_response_id`: "continue" after "continue" names a newer reply, and is a prompt
+    of its own. A request that names the same reply again is a retry, even once its first try was answered: it
+    keeps the prompt's memory."""
+    use(addon, FakeStore())
+    turns = []
+    for n, (text, previous) in enumerate([("fix the bug in cache.py", None), ("continue", "resp_0"),
+                                          ("continue", "resp_1"), ("continue", "resp_1")]):
+        flow = reply_flow({"previous_response_id": previous} if previous else {},
+                          said({"user": CWD}, {"user": text}) if previous is None else said({"user": text}))
+        await addon.request(flow)
+        turns.append(await answered(addon, flow, f"resp_{n}", f"Step {n}."))
+    fixed, tests, docs, retried = turns
+    assert len({fixed.custom_id, tests.custom_id, docs.custom_id}) == 3  # none overwrites another
+    assert retried.custom_id == docs.custom_id and retried.content == "User: continue\nAssistant: Step 3."
+    assert docs.key == whole_key("fix the bug in cache.py", "continue", "continue")
+
+
+# -- Gemini CLI, which names no session: a prompt keeps an earlier key only where a summary cut through its loop --
+
+STATE = "<state_snapshot>\n<overall_goal>Speed up the cache.</overall_goal>\n</state_snapshot>"
+GEMINI_CONTEXT = "<session_context>This is the Gemini CLI. Workspace Directories: /tmp/shop</session_context>"
+
+
+def gemini_flow(contents: list[dict]) -> tflow.HTTPFlow:
+    flow = chat_flow(user_agent="GeminiCLI-tui/0.61.0/gemini-2.5-pro (linux; x64)")
+    flow.request.host = "generativelanguage.googleapis.com"
+    flow.request.path = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    flow.request.content = json.dumps({"contents": contents}).encode()
+    return flow
+
+
+def content(role: str, text: str) -> dict:
+    return {"role": role, "parts": [{"text": text}]}
+
+
+async def gemini_answer(addon: RequestPath, flow: tflow.HTTPFlow, text: str):
+    flow.response = tflow.tresp()
+    flow.response.headers["content-type"] = "application/json"
+    flow.response.content = json.dumps(
+        {"candidates": [{"content": content("model", text), "finishReason": "STOP"}]}).encode()
+    before = len(addon.store.outbox)
+    await addon.response(flow)
+    return addon.store.outbox[-1] if len(addon.store.outbox) > before else None
+
+
+async def test_gemini_cli_asking_after_its_summary_what_another_conversation_asked_is_a_memory_of_its_own(addon):
+    """Gemini CLI names no session, so its prompts are known by their text. A prompt after a summary with no tool
+    results after it is a new one, even with the words of another conversation's prompt: it neither takes that
+    memory's id nor leaves it out of what is recalled as its own. Only a loop the summary cut through goes on in
+    its prompt's memory."""
+    earlier = "User: continue\nAssistant: Session 1: I finished migrating the cache to Redis."
+    use(addon, FakeStore([earlier]))
+    first = gemini_flow([content("user", GEMINI_CONTEXT), content("user", "continue")])
+    await addon.request(first)
+    one = await gemini_answer(addon, first, "Session 1: I finished migrating the cache to Redis.")
+
+    summarised = [content("user", GEMINI_CONTEXT), content("user", STATE), content("model", "Got it."),
+                  content("user", "continue")]
+    second = gemini_flow(summarised)
+    await addon.request(second)
+    assert "migrating the cache to Redis" in second.request.content.decode()  # not this conversation's own turn
+    two = await gemini_answer(addon, second, "Session 2: I added the benchmark for the LRU.")
+    assert two.custom_id != one.custom_id
+
+    call = {"functionCall": {"name": "run_shell_command", "args": {"command": "ls"}}}
+    result = {"functionResponse": {"name": "run_shell_command", "response": {"output": "a.py"}}}
+    step = [{"role": "model", "parts": [call]}, {"role": "user", "parts": [result]}]
+    looped = gemini_flow([*summarised, *step])
+    await addon.request(looped)  # a step of its loop
+    assert (await gemini_answer(addon, looped, "Session 2: the benchmark runs in CI.")).custom_id == two.custom_id
+
+    asked = "run the benchmark"
+    before = gemini_flow([content("user", GEMINI_CONTEXT), content("user", "Speed up the cache."), content("model", "Done."),
+                          content("user", asked)])
+    await addon.request(before)
+    three = await gemini_answer(addon, before, "I will run it first.")
+    cut = gemini_flow([content("user", GEMINI_CONTEXT), content("user", STATE), content("model", "Got it."),
+                       content("user", asked), *step])
+    await addon.request(cut)  # the summary took the place of what came before the prompt, in its loop
+    final = await gemini_answer(addon, cut, "The benchmark runs in 2 s.")
+    assert final.custom_id == three.custom_id and final.metadata["calls"] == ["run_shell_command"]

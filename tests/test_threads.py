@@ -12,7 +12,7 @@ import pytest
 from memproxy import private
 from memproxy.memory.base import Keyed
 from memproxy.protocols.base import Entry
-from memproxy.protocols.common import find_prompt
+from memproxy.protocols.common import MAX_CALL_CHARS, find_prompt
 from memproxy.rules import Route, Rules
 from memproxy.scrub import scrub
 from memproxy.threads import KEPT_TURNS, Asked, Kept, Thread, ThreadFile, snapshot
@@ -74,6 +74,32 @@ def test_threads_and_asked_prompts_come_back_as_stored(tmp_path: Path) -> None:
                          (scrub(PROMPT).text, "I will run a shell command first."))
 
 
+def test_the_file_scrubs_a_prompt_with_its_trace_and_turns_as_one(tmp_path: Path) -> None:
+    password = "Tr0ub4dor99x"  # found by its context (a URL) in the prompt alone
+    user = f"Connect to postgres://admin:{password}@db.internal/app"
+    reply, step = f"Connected as admin (password {password}).", f"Bash psql -W {password}"
+    thread = Thread(raw="r1", key="k1", user=user, calls=(step,))
+    thread.turn(user, reply, "k1")
+    asked = Asked(user, "k2", "conv", (step,), (user, reply))
+    path = tmp_path / "threads.json"
+    back = saved(path, [(("team", "resp_1"), thread)], [(("project:shop", "session-1"), asked)])
+    assert password not in path.read_text()
+    assert back.asked[0][1].turn[1] == "Connected as admin (password [secret: password in URL])."
+    assert back.chains[0][1].calls == ("Bash psql -W [secret: password in URL]",)
+
+
+def test_the_file_scrubs_a_step_before_it_is_clipped(tmp_path: Path) -> None:
+    cut = "/clone?token="
+    file = "/srv/" + "d" * (MAX_CALL_CHARS - len("Read /srv/" + cut) - 17) + cut + TOKEN  # it straddles the limit
+    entries = [Entry("user", "Clone it"), Entry("assistant", "", (("Read", {"file_path": file}),)), Entry("user", "", (), True)]
+    prompt = find_prompt(entries)
+    path = tmp_path / "threads.json"
+    back = saved(path, [], [(("project:shop", "session-1"), Asked(prompt.text, prompt.key, "conv", prompt.calls))])
+    assert TOKEN[:8] not in path.read_text()
+    [step] = back.asked[0][1].calls
+    assert step.startswith("Read /srv/d") and len(step) <= MAX_CALL_CHARS
+
+
 RULES = """
 version: 1
 default_user_id: me
@@ -120,6 +146,33 @@ def test_a_restored_thread_keys_its_next_prompt_the_same_after_every_restart(tmp
     retried = a_thread()
     assert Thread.restored(retried.raw, retried.key, "x", (), "", ()).answers(
         find_prompt([Entry("user", PROMPT)]), [Entry("user", PROMPT)])[1] == retried.key  # a retry keeps its key
+
+
+def test_a_restored_thread_tells_a_retry_from_a_new_prompt_with_the_same_words(tmp_path: Path) -> None:
+    """The file keeps the reply a thread's prompt was asked after and the latest reply since: after a restart,
+    "continue" after a newer reply is a new prompt, and a retry naming the reply the prompt went on from keeps its
+    key. A file that keeps neither still loads, and takes the same words as a retry, as before."""
+    fixed, going_on = [Entry("user", "fix the bug in cache.py")], [Entry("user", "continue")]
+    thread = Thread()
+    thread.answers(find_prompt(fixed), fixed, "")
+    thread.replied("resp_1")
+    asked = thread.answers(find_prompt(going_on), going_on, "resp_1")[1]
+    thread.replied("resp_2")
+    chains = [(("team", "resp_2"), thread)]
+
+    [(_, restored)] = saved(tmp_path / "retry.json", chains, []).chains
+    assert (restored.reply, restored.after) == ("resp_2", "resp_1")
+    assert restored.answers(find_prompt(going_on), going_on, "resp_1")[1] == asked  # a retry keeps its key
+    [(_, restored)] = saved(tmp_path / "new.json", chains, []).chains
+    assert restored.answers(find_prompt(going_on), going_on, "resp_2")[1] not in ("", asked)  # a new prompt
+
+    path = tmp_path / "new.json"
+    data = json.loads(path.read_text())
+    for t in data["threads"]:
+        del t["reply"], t["after"]
+    path.write_text(json.dumps(data))
+    [(_, old)] = asyncio.run(ThreadFile(path).load()).chains
+    assert old.answers(find_prompt(going_on), going_on, "resp_2")[1] == asked
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"version": 2}', b'{"version": 1, "threads": [{"names": 3}]}',

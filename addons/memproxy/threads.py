@@ -10,9 +10,9 @@ client's summary of it.
 file (0600, replaced atomically in a worker thread, at most once a SAVE_DELAY, and when memproxy stops). So after
 a restart a tool loop, a conversation the provider keeps, or a compacted session still ends in its prompt's
 memory, in its project, and is still not given its own turns back. What the file holds is what memories hold,
-scrubbed the same way (`capture.as_stored`): each prompt and its key, its trace (the tools called, the files they
-name), the turns a thread stored (the latest KEPT_TURNS: their keys, and the start of their texts, which is what
-the echo check reads), and the keys of all the turns its conversation holds (the latest echoes.MAX_TURNS), by
+scrubbed the same way (`capture.stored_together`: each prompt with its trace and turns, as one): each prompt and
+its key, its trace (the tools called, the files they name), the turns a thread stored (the latest KEPT_TURNS: their
+keys, and the start of their texts, which is what the echo check reads), and the keys of all the turns its conversation holds (the latest echoes.MAX_TURNS), by
 which the echo check knows a stored turn's memory (memory.base.Keyed) whose text the file no longer keeps. A
 route is kept as its scope, project and rule's name, and comes back as that rule gives it then, if it still
 stores. A WebSocket's thread ends with its connection, and is not kept. A thread's digest of the user texts it
@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import private
-from .capture import MAX_USER_CHARS, SCRUB_MARGIN, as_stored
+from .capture import MAX_USER_CHARS, SCRUB_MARGIN, stored_together
 from .echoes import PREFIX, Heard
 from .logs import brief
 from .protocols.base import Entry, Prompt
@@ -64,34 +65,51 @@ class Thread:
     conversation: str = ""  # named by the connection's first prompt
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))  # of the user texts carried
     stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # the latest turns it stored, by key
+    reply: str = ""  # the latest reply that said something (text or tool calls): where its conversation stands
+    after: str = ""  # `reply` when the current prompt was first asked
 
     @classmethod
     def restored(cls, raw: str, key: str, user: str, calls: Iterable[str], conversation: str,
-                 turns: Iterable[tuple[str, str, str]], held: Iterable[str] = ()) -> Thread:
+                 turns: Iterable[tuple[str, str, str]], held: Iterable[str] = (), reply: str = "",
+                 after: str = "") -> Thread:
         """A thread as `ThreadFile` wrote it: its digest starts from its key, and it holds the turns it stored and
         those `held` names."""
         thread = cls(raw, key, user, unique_calls(calls), conversation=conversation,
-                     digest=hashlib.blake2b(key.encode() + b"\0", digest_size=16))
+                     digest=hashlib.blake2b(key.encode() + b"\0", digest_size=16), reply=reply, after=after)
         thread.heard.hold(held)
         for turn_key, prompt, reply in turns:
             thread.turn(prompt, reply, turn_key)
         return thread
 
-    def answers(self, prompt: Prompt, entries: Sequence[Entry]) -> tuple[str, str, tuple[str, ...]]:
-        """The user text, key and calls of the prompt a message (`entries`) answers: its own (a retry of the
-        current one keeps its key), or, for a message of only tool outputs or one going on from the client's summary
-        of the conversation (`Prompt.compacted`), the current one's. A prompt's key is
-        the one a request carrying the whole conversation gives it, so that its memory is the same either way."""
-        if prompt.text and prompt.key == self.raw:
+    def answers(self, prompt: Prompt, entries: Sequence[Entry],
+                previous: str | None = None) -> tuple[str, str, tuple[str, ...]]:
+        """The user text, key and calls of the prompt a message (`entries`, going on from `previous`:
+        `Adapter.continues`) answers: its own (a retry of the current one keeps its key), or, for a message of only
+        tool outputs or one going on from the client's summary of the conversation (`Prompt.compacted`), the
+        current one's. A prompt's key is the one a request carrying the whole conversation gives it, so that its
+        memory is the same either way."""
+        if prompt.text and prompt.key == self.raw and self._again(previous):
             return self.user, self.key, unique_calls(self.calls + prompt.calls)  # a retry: carried already
         key, answered = carry(self.digest, entries)
         self.heard.hold(answered)
         if prompt.text:
             self.conversation = self.conversation or prompt.conversation
-            self.key, self.raw, self.user, self.calls = key, prompt.key, prompt.text, ()
+            self.key, self.raw, self.user, self.calls, self.after = key, prompt.key, prompt.text, (), self.reply
         elif not ((prompt.follows or prompt.compacted) and self.key):
             return "", "", prompt.calls
         return self.user, self.key, unique_calls(self.calls + prompt.calls)
+
+    def _again(self, previous: str | None) -> bool:
+        """Whether a message with the current prompt's words asks it again (`raw` digests only the message's own
+        texts, so "continue" after "continue" has the same): no reply said anything since it was asked, or the
+        message goes on from the same reply as it did (a retry of a request whose reply came)."""
+        return self.reply == self.after or bool(previous) and previous == self.after
+
+    def replied(self, reply_id: str) -> None:
+        """A reply said something: the conversation is past it, so a message with the current prompt's words is a
+        new prompt, unless it names the reply the prompt went on from. A reply without an id is a new place all
+        the same."""
+        self.reply = reply_id or secrets.token_hex(8)
 
     def turn(self, user: str, reply: str, key: str) -> None:
         """A turn it stored: its conversation holds it (`heard`), and the file keeps the start of the latest
@@ -119,7 +137,7 @@ class Asked:
 # A client session's latest project route, as the file keeps it: scope, rule, project, tool, layers.
 SavedRoute = tuple[str, str, str, str | None, tuple[str, ...]]
 # What the file will hold, taken on the event loop: each thread (its names, the latest last; raw, key, user, calls,
-# conversation; its turns as (key, prompt, reply); the keys of the turns it holds), each asked prompt (its name; user, key, conversation, calls,
+# conversation; its turns as (key, prompt, reply); the keys of the turns it holds; reply, after), each asked prompt (its name; user, key, conversation, calls,
 # turn), and each session's route (the session, then SavedRoute). The texts are scrubbed in the writer's thread.
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
@@ -206,7 +224,7 @@ def snapshot(chains: Iterable[tuple[Name, Thread]], asked: Iterable[tuple[Name, 
         if t.key:
             entry = threads.get(id(t)) or (
                 [], t.raw, t.key, t.user, t.calls, t.conversation, [(k, u, r) for k, (u, r) in t.stored.items()],
-                t.heard.held())
+                t.heard.held(), t.reply, t.after)
             entry[0].append(name)
             threads[id(t)] = entry
     return (list(threads.values()), [(name, a.user, a.key, a.conversation, a.calls, a.turn) for name, a in asked],
@@ -219,30 +237,18 @@ def saved_route(route: Route) -> SavedRoute:
 
 
 class _Writer:
-    """Writes snapshots; each text is scrubbed once while the file holds it (`memo`: the last write's texts)."""
+    """Writes snapshots; each prompt is scrubbed once while the file holds it (`memo`: the last write's)."""
 
     def __init__(self) -> None:
-        self.memo: dict[tuple[str, int], str] = {}
-        self._next: dict[tuple[str, int], str] = {}
+        self.memo: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+        self._next: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
 
     def write(self, path: Path, taken: Snapshot) -> None:
         threads, asked, routes = taken
-        stored = self._stored
         data = {
             "version": FORMAT_VERSION,
-            "threads": [
-                {"names": [list(n) for n in names], "raw": raw, "key": key, "user": stored(user, MAX_USER_CHARS),
-                 "calls": [stored(c, MAX_CALL_CHARS) for c in calls], "conversation": conversation,
-                 "turns": [[k, stored(u, TURN_CHARS), stored(r, TURN_CHARS)] for k, u, r in turns],
-                 "held": list(held)}
-                for names, raw, key, user, calls, conversation, turns, held in threads
-            ],
-            "asked": [
-                {"name": list(name), "user": stored(user, MAX_USER_CHARS), "key": key, "conversation": conversation,
-                 "calls": [stored(c, MAX_CALL_CHARS) for c in calls],
-                 "turn": [stored(turn[0], TURN_CHARS), stored(turn[1], TURN_CHARS)]}
-                for name, user, key, conversation, calls, turn in asked
-            ],
+            "threads": [self._thread(*thread) for thread in threads],
+            "asked": [self._asked(*entry) for entry in asked],
             "routes": [
                 {"session": session, "scope": scope, "rule": rule, "project": project, "tool": tool, "layers": list(layers)}
                 for session, scope, rule, project, tool, layers in routes
@@ -251,13 +257,28 @@ class _Writer:
         self.memo, self._next = self._next, {}
         private.replace_private(private.private_path(path), json.dumps(data).encode())
 
-    def _stored(self, text: str, limit: int) -> str:
-        """`text` as a memory stores it."""
-        name = (text, limit)
+    def _thread(self, names: list[Name], raw: str, key: str, user: str, calls: Sequence[str], conversation: str,
+                turns: list[tuple[str, str, str]], held: Iterable[str], reply: str, after: str) -> dict[str, Any]:
+        user, calls, texts = self._stored(user, calls, [text for _, u, r in turns for text in (u, r)])
+        return {"names": [list(n) for n in names], "raw": raw, "key": key, "user": user, "calls": calls,
+                "conversation": conversation, "turns": [[k, *texts[2 * i : 2 * i + 2]] for i, (k, _, _) in enumerate(turns)],
+                "held": list(held), "reply": reply, "after": after}
+
+    def _asked(self, name: Name, user: str, key: str, conversation: str, calls: Sequence[str],
+               turn: tuple[str, str]) -> dict[str, Any]:
+        user, calls, texts = self._stored(user, calls, turn)
+        return {"name": list(name), "user": user, "key": key, "conversation": conversation, "calls": calls,
+                "turn": texts}
+
+    def _stored(self, user: str, calls: Sequence[str], texts: Sequence[str]) -> tuple[str, list[str], list[str]]:
+        """A prompt, its trace and the texts of its turns (their start: TURN_CHARS) as memories store them, scrubbed
+        as one (`capture.stored_together`), as a turn is: a secret found in any of them is replaced in all."""
+        name = (user, tuple(calls), tuple(texts))
         if (done := self.memo.get(name)) is None:
-            done = as_stored(text, limit)
+            done = stored_together([(user, MAX_USER_CHARS), *((c, MAX_CALL_CHARS) for c in calls),
+                                    *((text, TURN_CHARS) for text in texts)])
         self._next[name] = done
-        return done
+        return done[0], done[1 : 1 + len(calls)], done[1 + len(calls) :]
 
 
 def _read(path: Path) -> Kept:
@@ -269,7 +290,9 @@ def _read(path: Path) -> Kept:
     for t in data["threads"]:
         thread = Thread.restored(_text(t["raw"]), _text(t["key"]), _text(t["user"]), _texts(t["calls"]),
                                  _text(t["conversation"]), (_name(turn, 3) for turn in t["turns"]),
-                                 _texts(t.get("held", [])))  # none in a file that does not keep them
+                                 _texts(t.get("held", [])),  # none in a file that does not keep them
+                                 # nor where a prompt was asked: the same words then ask it again, as before
+                                 reply=_text(t.get("reply", "")), after=_text(t.get("after", "")))
         kept.chains += [(_name(name, 2), thread) for name in t["names"]]
     kept.asked = [(_name(a["name"], 2), Asked(_text(a["user"]), _text(a["key"]), _text(a["conversation"]),
                                               unique_calls(_texts(a["calls"])), _name(a["turn"], 2)))

@@ -366,7 +366,7 @@ class RequestPath:
         user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
         previous = adapter.continues(body)
         if (thread := self._thread(flow, previous, route.scope)) is not None:
-            user, key, calls = thread.answers(prompt, entries)
+            user, key, calls = thread.answers(prompt, entries, previous)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
         asked = self._asked(route.scope, session, prompt, entries) if thread is None and actions.store else None
@@ -433,15 +433,18 @@ class RequestPath:
         """The latest prompt of the client's session `session` in `scope` (without one, of the prompt's text): the
         request's own, kept as the latest (the latest MAX_SESSIONS); for a request going on from the client's
         summary of its conversation, the one it asked before, also where the summary kept that prompt after it
-        (Gemini CLI's: the prompt's key, which digests the user texts before it, changed). None for a request
-        answering no prompt of it."""
+        (Gemini CLI's: the prompt's key, which digests the user texts before it, changed). A summary keeps it only
+        in the middle of its tool loop (tool results follow it): a prompt with no results after it is a new one,
+        even with the words of an earlier one, or of another conversation's. None for a request answering no
+        prompt of it."""
         if not session and not prompt.text:
             return None
         name = (scope, session or "\0" + hashlib.blake2b(prompt.text.encode("utf-8", "replace"), digest_size=16).hexdigest())
         asked = self.asked.get(name)
         if not prompt.text:
             return asked if prompt.compacted else None
-        if asked is not None and asked.key != prompt.key and asked.user == prompt.text and holds_summary(entries):
+        if (asked is not None and asked.key != prompt.key and asked.user == prompt.text and prompt.follows
+                and holds_summary(entries)):
             pass  # the same prompt, going on after the summary took the place of what came before it
         elif asked is None or asked.key != prompt.key:
             asked = self.asked[name] = Asked(prompt.text, prompt.key, prompt.conversation)
@@ -581,9 +584,12 @@ class RequestPath:
         """Store the prompt with this step's reply (a later step of its tool loop replaces it), and its trace (the
         tools called since the prompt, with the files they name: never their output) in its metadata. A reply
         that a later request may continue leads to the pending turn's thread, even one that only calls tools."""
+        said = bool(reply or calls)  # a failed reply says nothing: its prompt may be asked again, as a retry
         calls = unique_calls(pending.calls + calls)
         if (thread := pending.thread) is not None:
             thread.calls = calls
+            if said:
+                thread.replied(reply_id)
             if pending.continues is not None:  # a later request may name the reply, or the conversation
                 for name in filter(None, (reply_id, pending.continues)):
                     self._chain((pending.scope, name), thread)
