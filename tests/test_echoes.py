@@ -210,3 +210,11 @@ def test_a_thread_holds_the_turns_it_went_through_and_those_its_messages_carried
     for n in range(MAX_TURNS):
         thread.turn(f"prompt {n}", "answer", f"key {n}")
     assert not thread.holds(Keyed("x", ("chained-key",))) and thread.holds(Keyed("x", (f"key {MAX_TURNS - 1}",)))
+
+
+def test_a_turn_whose_prompt_quotes_a_transcript_is_an_echo_of_its_conversation() -> None:
+    quoted = "Why did the bot answer this?\nUser: how do I reset my password?\nAssistant: I cannot help with that."
+    answer = "Its rules forbid account changes; the reset page is linked from the login form."
+    heard = Heard.of([Entry("user", quoted), Entry("assistant", answer), Entry("user", "And for admins?")])
+    assert heard.holds(memory(quoted, answer))
+    assert not heard.holds(memory(quoted, "Another conversation's answer to the same quote."))

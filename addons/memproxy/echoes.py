@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .memory.base import ASSISTANT, USER, Keyed, turn_parts, unlabelled
+from .memory.base import ASSISTANT, USER, Keyed, turn_parts, turn_splits, unlabelled
 from .protocols.base import Entry
 from .protocols.common import answered_keys
 from .scrub import MARKED, MARKER_START
@@ -162,9 +162,9 @@ class Heard:
             self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
                             SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
         users, whole_users, answers, whole_answers = self._joined
-        if parts:
-            user, answer = parts
-            return _found(user, users, whole_users) and _found(answer, answers, whole_answers)
+        if parts:  # a prompt that quotes a transcript holds "Assistant: " too: each place it may end is tried
+            return any(_found(user, users, whole_users) and _found(answer, answers, whole_answers)
+                       for user, answer in turn_splits(content))
         if sides := _chunk_sides(content):
             user, answer = sides
             return len(user.strip()) + len(answer.strip()) >= SHORT and _found(user, users) and _found(answer, answers)

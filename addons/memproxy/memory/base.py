@@ -7,7 +7,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,11 +149,25 @@ USER, ASSISTANT = "User: ", "\nAssistant: "  # how capture.Turn.content writes a
 PROMPT_KEY = "prompt_key"  # the metadata that names a stored turn's prompt (`Prompt.key`)
 
 
+MAX_SPLITS = 8  # places `turn_splits` tries: a prompt or answer may quote a transcript, "Assistant: " and all
+
+
 def turn_parts(content: str) -> tuple[str, str] | None:
     """A turn memory's prompt and answer; None for a memory of other text."""
-    if content.startswith(USER) and (at := content.find(ASSISTANT)) >= 0:
-        return content[len(USER) : at], content[at + len(ASSISTANT) :]
-    return None
+    return next(turn_splits(content), None)
+
+
+def turn_splits(content: str) -> Iterator[tuple[str, str]]:
+    """The ways a turn memory's text splits into a prompt and an answer, at each of its first MAX_SPLITS
+    "\nAssistant: " (the first is `turn_parts`'); none for a memory of other text."""
+    if not content.startswith(USER):
+        return
+    at = content.find(ASSISTANT)
+    for _ in range(MAX_SPLITS):
+        if at < 0:
+            return
+        yield content[len(USER) : at], content[at + len(ASSISTANT) :]
+        at = content.find(ASSISTANT, at + 1)
 
 
 def unlabelled(recalled_text: str) -> str:
