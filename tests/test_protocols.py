@@ -10,10 +10,10 @@ import unicodedata
 from typing import Any
 
 import pytest
-from memproxy.protocols import ADAPTERS, detect_path, frame_context, strip_memory_blocks
+from memproxy.protocols import ADAPTERS, detect_path, frame_context, sse, strip_memory_blocks
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import MEMORY_CLOSE
-from memproxy.protocols.common import ELISION, MAX_CALLS, SCAN_HEAD, SCAN_TAIL, clean_query, visible
+from memproxy.protocols.common import ELISION, MAX_CALLS, MAX_REPLY_TEXT, SCAN_HEAD, SCAN_TAIL, clean_query, visible
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter
@@ -1088,6 +1088,27 @@ def test_sse_parser_bom_and_end_of_stream() -> None:
 
 def test_sse_parser_invalid_utf8_does_not_raise() -> None:
     assert SSEParser().feed(b"data: \xff\xfe ok\n\n") == [(None, "\ufffd\ufffd ok")]
+
+
+def test_sse_parser_holds_no_more_than_max_line_of_an_endless_line_or_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sse, "MAX_LINE", 1_000)
+    parser = SSEParser()
+    assert [e for _ in range(50) for e in parser.feed(b"data: " + b"x" * 100)] == []  # one line, never ending
+    assert parser._pending_chars <= 1_000
+    assert parser.feed(b"x\ndata: after\n\n") == [(None, "after")]  # its end is dropped, the next event kept
+    assert [e for _ in range(50) for e in parser.feed(b"data: " + b"y" * 90 + b"\n")] == []  # data, never a blank line
+    assert sum(map(len, parser._data)) <= 1_000
+    assert parser.feed(b"data: dropped with its event\n\ndata: kept\n\n") == [(None, "kept")]
+    parser = SSEParser()
+    assert parser.feed(b"data: " + b"z" * 5_000) == [] and parser.feed(b"\r\n\r\ndata: ok\r\n\r\n") == [(None, "ok")]
+
+
+def test_a_streamed_replys_text_is_kept_up_to_its_bound() -> None:
+    reply = CHAT.accumulator()
+    delta = json.dumps({"choices": [{"index": 0, "delta": {"content": "word " * 1_000}}]})
+    for _ in range(100):  # 500,000 characters
+        reply.feed(None, delta)
+    assert len(reply.text()) == MAX_REPLY_TEXT
 
 
 def test_gemini_searches_the_content_its_prompt_is_read_from() -> None:

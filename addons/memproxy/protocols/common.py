@@ -625,14 +625,20 @@ def apply_plan(plan: Plan, found: Iterable[Breakpoint], after_breakpoint: Callab
 # -- reply assembly ---------------------------------------------------------------
 
 
+# Characters of a streamed reply's text an accumulator keeps: far more than a turn keeps of it (capture), and no
+# more, however long an upstream streams.
+MAX_REPLY_TEXT = 1 << 16
+
+
 class EventAccumulator(ReplyAccumulator):
     """Parses each event's data as JSON and hands objects to `on_event`, ignoring
-    anything else. Text is collected per block; blocks are joined by `separator`."""
+    anything else. Text is collected per block, up to MAX_REPLY_TEXT in all; blocks are joined by `separator`."""
 
     separator = "\n"
 
     def __init__(self) -> None:
         self._blocks: dict[Any, list[str]] = {}
+        self._chars = 0  # of text collected
         self._calls: tuple[str, ...] = ()  # the tools the reply calls (`unique_calls`)
         self._done = False
 
@@ -650,9 +656,10 @@ class EventAccumulator(ReplyAccumulator):
 
     def add(self, text: Any, *block: Any) -> None:
         """Append `text` to the block identified by `block` (integer indices)."""
-        if isinstance(text, str) and text:
+        if isinstance(text, str) and text and (room := MAX_REPLY_TEXT - self._chars) > 0:
             key = tuple(i if isinstance(i, int) else None for i in block)
-            self._blocks.setdefault(key, []).append(text)
+            self._blocks.setdefault(key, []).append(text[:room])
+            self._chars += min(len(text), room)
 
     def text(self) -> str:
         return self.separator.join("".join(parts) for parts in self._blocks.values())
