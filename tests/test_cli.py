@@ -557,6 +557,9 @@ def test_memories_move_local(cli: Cli, tmp_path: Path):
         ("turn-3", "The other api uses nox", {}, 1_700_000_200.0),
     ]))
     seed(db, "project:api", "already here")
+    with closing(sqlite3.connect(db)) as earlier:  # a store of an earlier schema: a dry run does not migrate it
+        earlier.execute("PRAGMA user_version = 3")
+        earlier.commit()
     before = db.read_bytes()
     ids = {content: id_ for id_, _, _, content, _, _ in dump(db)}
     args = ("--from", "claude-code:api", "--to", "project:api", "--db", db)

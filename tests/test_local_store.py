@@ -820,3 +820,60 @@ def test_add_many_takes_a_date_past_any_calendar_as_now_and_indexes_the_date_it_
     finally:
         run(store.close())
     integrity(tmp_path / "m.db")
+
+
+@pytest.mark.parametrize("setup", ["CREATE TABLE notes(body TEXT)", "PRAGMA application_id = 42", "PRAGMA user_version = 99"])
+def test_a_file_that_is_not_a_memory_store_is_refused_and_left_as_it_was(tmp_path: Path, setup: str) -> None:
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(setup)
+        db.commit()
+        before = (db.execute("PRAGMA journal_mode").fetchone(), db.execute("SELECT * FROM sqlite_master").fetchall())
+    store = LocalStore(path)
+    try:
+        with pytest.raises(StoreError, match="not a memproxy memory store|newer than"):
+            run(store.open())
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert (db.execute("PRAGMA journal_mode").fetchone(), db.execute("SELECT * FROM sqlite_master").fetchall()) == before
+    store = LocalStore(tmp_path / "m.db")
+    try:
+        run(store.add("p", "a store of its own"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(tmp_path / "m.db")) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == local.APPLICATION_ID
+
+
+def test_metadata_keeps_integers_past_64_bits(store: LocalStore) -> None:
+    run(store.add("p", "a memory with a long number in its metadata", metadata={"n": 10**30, "m": -(2**70), "k": 7}))
+    [found] = run(store.list("p"))
+    assert found.metadata == {"n": 10**30, "m": -(2**70), "k": 7}
+
+
+def test_a_read_only_store_neither_makes_migrates_nor_writes_its_file(tmp_path: Path) -> None:
+    missing = LocalStore(tmp_path / "none" / "m.db", read_only=True)
+    try:
+        assert run(missing.list("p")) == [] and run(missing.count()) == 0
+    finally:
+        run(missing.close())
+    assert not (tmp_path / "none").exists()
+    path = tmp_path / "m.db"
+    store = LocalStore(path)
+    try:
+        run(store.add("p", "a memory of an earlier schema"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    before = path.read_bytes()
+    store = LocalStore(path, read_only=True)
+    try:
+        assert [m.content for m in run(store.list("p"))] == ["a memory of an earlier schema"]
+        with pytest.raises(StoreError):
+            run(store.add("p", "never written"))
+    finally:
+        run(store.close())
+    assert path.read_bytes() == before

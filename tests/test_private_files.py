@@ -21,6 +21,7 @@ from memproxy.capture import Turn
 from memproxy.cli import main
 from memproxy.cli.clients import ensure_ca
 from memproxy.cookies import CookieSessions
+from memproxy.memory import local
 from memproxy.memory.base import StoreError
 from memproxy.memory.local import LocalStore
 from memproxy.outbox import Outbox
@@ -99,7 +100,7 @@ async def test_loose_files_are_tightened_on_open_and_the_log_says_so_once(
     try:  # as an earlier memproxy left them: 0644, and another connection holds the -wal and -shm open
         other = sqlite3.connect(path)
         other.execute("PRAGMA journal_mode = WAL")
-        other.execute("CREATE TABLE t(x)")
+        other.executescript(local.SCHEMA)  # an earlier schema's tables
     finally:
         os.umask(old)
     files = [path, tmp_path / "memories.db-wal", tmp_path / "memories.db-shm"]
@@ -224,6 +225,25 @@ async def test_a_symlink_into_a_private_dir_is_followed(tmp_path: Path) -> None:
     await sessions.save()
     assert mode(real / "memories.db") == 0o600 and mode(real / "cookies.json") == 0o600
     assert (tmp_path / "cookies.json").is_symlink()  # written through, not replaced
+
+
+async def test_a_symlink_lying_in_a_dir_others_can_write_is_refused_though_it_leads_somewhere_private(
+    tmp_path: Path, shared: Path
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    loose = tmp_path / "loose"  # without the sticky bit: another user could point the link elsewhere
+    loose.mkdir()
+    loose.chmod(0o777)
+    for where in (loose, shared):
+        (where / "memories.db").symlink_to(real / "memories.db")
+        with pytest.raises(private.UnsafePath, match=f"other users can write to directory {where}"):
+            private.check_path(where / "memories.db")
+        store = LocalStore(where / "memories.db")
+        with pytest.raises(StoreError, match="refusing"):
+            await store.open()
+        await store.close()
+    assert list(real.iterdir()) == []
 
 
 def test_sticky_dirs_above_pass_but_not_as_the_files_own_dir(tmp_path: Path, shared: Path) -> None:

@@ -12,7 +12,8 @@ A path that holds private data (the local store, the outbox, the cookie jars, th
 its lock) is refused, as OpenSSH's StrictModes refuses a key file an attacker could have planted or
 could read (`safe_path`: the file and every directory above it, up to the user's home, owned by the
 user or root and writable by neither group nor others). The rule here, symlinks followed, so that a
-symlink is judged by where it leads:
+symlink is judged by where it leads, and the directories of the path as given as well, so that a symlink
+lying where another user could point it elsewhere is refused:
 
 - the file, if it exists, is a regular file owned by the user;
 - its directory is owned by the user or root, and no other user can write to it, sticky bit or
@@ -87,7 +88,9 @@ def check_path(path: str | os.PathLike[str]) -> Path:
             raise refuse("it is not a regular file")
         if st.st_uid != uid:
             raise refuse(f"it belongs to another user (uid {st.st_uid})")
-    for above, directory in enumerate(real.parents):
+    # the directories of the path as given too: whoever may write where a symlink lies may point it elsewhere
+    given = Path(os.path.abspath(path)).parents
+    for above, directory in [*enumerate(real.parents), *((a, d) for a, d in enumerate(given) if d not in real.parents)]:
         try:
             st = os.stat(directory)
         except FileNotFoundError:

@@ -65,12 +65,13 @@ def _backend(backend: str | None, db: Path | None, rules_path: Path | None) -> B
 def with_store(backend: Backend, work: Callable[[MemoryStore], Awaitable[T]], *, read_only: bool = False) -> T:
     """Open the backend's store, run `work` on it, close it; a store failure is a clear error.
 
-    `read_only` skips the store's `open`, which may write (the local store merges its index): for dry runs, which
-    must leave the store as it was. A store that cannot be opened still fails on its first read."""
+    `read_only` opens the store for reads only (the local store's file is then neither created, nor migrated, nor
+    merged): for dry runs, which must leave the store as it was. A store that cannot be opened fails on its first
+    read."""
     from ..memory import StoreError, open_store
 
     async def go() -> T:
-        store = open_store(backend)
+        store = open_store(backend, read_only=read_only)
         try:
             if not read_only:
                 await store.open()

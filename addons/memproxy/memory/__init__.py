@@ -72,12 +72,13 @@ def configured_backend(
     )
 
 
-def open_store(backend: Backend) -> MemoryStore:
-    """The store for a chosen backend (no I/O yet: call `await store.open()`)."""
+def open_store(backend: Backend, *, read_only: bool = False) -> MemoryStore:
+    """The store for a chosen backend (no I/O yet: call `await store.open()`); `read_only`: the local store is
+    read, never created, migrated or written (a dry run)."""
     if backend.name == "local":
         from .local import LocalStore
 
-        return LocalStore(backend.path)
+        return LocalStore(backend.path, read_only=read_only)
     from .supermemory import SupermemoryStore
 
     return SupermemoryStore(

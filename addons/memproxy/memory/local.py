@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -33,8 +34,10 @@ from .ranking import (
 )
 
 T = TypeVar("T")
+LONG_NUMBER = re.compile(r"\d{19}")  # digits of an integer that may not fit 64 bits
 
 SCHEMA_VERSION = 4
+APPLICATION_ID = 0x6D656D70  # "memp": the file's header names it a memproxy store (set by each migration)
 LAST_DATE = 253_402_300_800.0  # 10000-01-01 UTC: a later "date" is none
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
 STATEMENTS = 1024  # prepared statements kept: a few for each scope searched (its index is a table of its own)
@@ -102,8 +105,8 @@ REPLACE = (
 
 def _memory(row: tuple[Any, ...], score: float = 0.0) -> Memory:
     id_, scope, content, metadata, created_at = row
-    try:
-        meta = orjson.loads(metadata)
+    try:  # orjson reads an integer past 64 bits as a float: json keeps it
+        meta = json.loads(metadata) if LONG_NUMBER.search(metadata) else orjson.loads(metadata)
     except orjson.JSONDecodeError:  # NaN or Infinity, which json.dumps writes and orjson refuses
         meta = json.loads(metadata)
     return Memory(str(id_), scope, content, score, meta, created_at)
@@ -131,9 +134,11 @@ class LocalStore(MemoryStore):
     name = "local"
     late_is_failure = False  # a late answer means a busy worker thread, not a failing store (see recall.Recall)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time,
+                 read_only: bool = False) -> None:
         self.path = Path(path) if path is not None else config.store_path()
         self.clock = clock  # a new memory's date
+        self.read_only = read_only  # reads only (dry runs): the file is neither created, nor migrated, nor written
         self._worker = Worker("memproxy-store")
         self._db: sqlite3.Connection | None = None
         self._closed = False
@@ -265,21 +270,41 @@ class LocalStore(MemoryStore):
         db: sqlite3.Connection | None = None
         try:
             # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
-            path = private.private_path(self.path, create=True, companions=private.SQLITE_COMPANIONS)
+            path = private.private_path(self.path, create=not self.read_only, make_dirs=not self.read_only,
+                                        companions=private.SQLITE_COMPANIONS)
+            if self.read_only and not path.exists():  # no store yet: read as an empty one, and none is made
+                db = sqlite3.connect(":memory:", isolation_level=None)
+                self._migrate(db)
+                return db
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, cached_statements=STATEMENTS)
+            if self.read_only:  # SQLite refuses every change; closing still empties the WAL, as a writer's would
+                db.execute("PRAGMA query_only = ON")
+            if refused := self._refused(db):  # before anything is written to it
+                db.close()
+                raise StoreError(refused)
+            if self.read_only:
+                return db
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._migrate(db)
         except (OSError, sqlite3.Error) as e:
             if db is not None:
                 db.close()
             raise StoreError(f"cannot open the memory store at {self.path}: {e}") from e
-        if version > SCHEMA_VERSION:
-            db.close()
-            raise StoreError(f"the memory store at {self.path} has schema {version}, newer than {SCHEMA_VERSION}")
         return db
+
+    def _refused(self, db: sqlite3.Connection) -> str | None:
+        """Why the file cannot be this store's, or None: another application's database (its application_id, or
+        tables without the memories table: the outbox, say), or a newer schema."""
+        application = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if application not in (0, APPLICATION_ID) or (tables and "memories" not in tables):
+            return f"{self.path} is not a memproxy memory store (another application's database?): nothing was changed"
+        if version > SCHEMA_VERSION:
+            return f"the memory store at {self.path} has schema {version}, newer than {SCHEMA_VERSION}"
+        return None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring a store of an earlier schema (or a new file) to this one, in one transaction: the memories stay
@@ -290,6 +315,7 @@ class LocalStore(MemoryStore):
                 for statement in filter(str.strip, SCHEMA.split(";")):
                     db.execute(statement)
                 self._indexes.rebuild(db)
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _disconnect(self) -> None:
