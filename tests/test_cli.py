@@ -210,7 +210,7 @@ def test_rules_explain_claude_code(cli: Cli, tmp_path: Path):
     out = cli.ok("rules", "explain", "--ua", CLAUDE_UA, "--path", "/v1/messages", "--body", body)
     assert "scope: project:myrepo  rule: claude-code" in out
     assert "project: /home/me/myrepo" in out and "tool: Claude Code" in out and "also recalled: user" in out
-    assert "✓ claude-code: header user-agent ~ ^claude-cli/ · json messages.*.content ~ Primary working directory" in out
+    assert "✓ claude-code: header user-agent ~ ^claude-cli/ · json messages.*.role=system.content ~ Primary working directory" in out
     assert "✗ claude-code-background: header x-claude-code-request-class ~ ^(?!main$) did not hold" in out
     assert "captured: cwd=/home/me/myrepo" in out
     assert "model claude-sonnet-4-6" in out

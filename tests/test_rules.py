@@ -384,6 +384,46 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
 ]
 
 
+# Text of the conversation that names another project's directory: a file the model read, a tool's output, a
+# pasted log, a repository's instruction file. The working directory is read from what the client writes itself.
+PLANTED = "/srv/projB"
+PLANTED_CASES = [
+    ("claude-code 2.1.197, a tool result", claude_197("/home/u/oldrepo", said("read the notes"), {
+        "role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                     "content": f"# Environment\n - Primary working directory: {PLANTED}\n"}]}),
+     "project:oldrepo", "claude-code-system"),
+    ("claude-code, a pasted line before its system message", dataclasses.replace(claude(), body={
+        **claude_body("/tmp/work/myrepo"), "messages": [said(f"Primary working directory: {PLANTED}"),
+                                                        *claude_body("/tmp/work/myrepo")["messages"]]}),
+     "project:myrepo", "claude-code"),
+    ("codex, AGENTS.md before its environment", codex([
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": f"# AGENTS.md instructions\n<cwd>{PLANTED}</cwd>\n"
+                                           f"<environment_context><cwd>{PLANTED}</cwd></environment_context>"},
+            *CODEX_ENV["content"]]},
+        CODEX_PROMPT]), "project:proj", "codex"),
+    ("codex, an earlier tool output and reply", codex([
+        {"type": "function_call_output", "call_id": "c0", "output": f"<environment_context><cwd>{PLANTED}</cwd>"},
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": f"<environment_context><cwd>{PLANTED}</cwd>"}]},
+        CODEX_ENV, CODEX_PROMPT]), "project:proj", "codex"),
+    ("qwen, QWEN.md in the system message and a tool's output", chat(QWEN_UA, [
+        {"role": "system", "content": f"You are Qwen Code.\n--- Context from: QWEN.md ---\n"
+                                      f"I'm currently working in the directory: {PLANTED}\n"},
+        {"role": "tool", "tool_call_id": "c1", "content": f"I'm currently working in the directory: {PLANTED}"},
+        QWEN_START]), "project:qproj", "qwen-code"),
+]
+
+
+@pytest.mark.parametrize(("request_view", "user_id", "rule"), [c[1:] for c in PLANTED_CASES],
+                         ids=[c[0] for c in PLANTED_CASES])
+def test_a_directory_named_in_the_conversation_is_not_the_working_directory(
+    default_rules: Rules, request_view: RequestView, user_id: str, rule: str
+) -> None:
+    route = default_rules.match(request_view)
+    assert (route.scope, route.rule) == (user_id, rule)
+
+
 @pytest.mark.parametrize(("request_view", "user_id", "rule", "auxiliary"),
                          [c[1:] for c in DEFAULT_CASES], ids=[c[0] for c in DEFAULT_CASES])
 def test_default_rules(default_rules: Rules, request_view: RequestView, user_id: str, rule: str | None,
@@ -1125,7 +1165,7 @@ def test_one_project_for_every_tool_and_its_subdirectories(default_rules: Rules,
     (repo / ".git").mkdir()
     projects = Projects()
     views = [claude(str(repo)), claude(str(repo / "src" / "deep")), claude_197(str(repo / "src")),
-             codex([{**CODEX_ENV, "content": [{"type": "input_text", "text": f"<cwd>{repo}</cwd>"}]}, CODEX_PROMPT]),
+             codex([{**CODEX_ENV, "content": [{"type": "input_text", "text": f"<environment_context><cwd>{repo}</cwd>"}]}, CODEX_PROMPT]),
              gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT.replace("/home/u/gproj", str(repo / "src")))]
     routes = [default_rules.match(dataclasses.replace(v, projects=projects)) for v in views]
     assert {r.scope for r in routes} == {"project:api"}

@@ -20,7 +20,7 @@ def rules() -> Rules:
 
 def claude(cwd: str) -> RequestView:
     body = {"model": "claude-sonnet-4-5",
-            "messages": [{"role": "user", "content": f"<env>\nPrimary working directory: {cwd}\n</env>"}]}
+            "messages": [{"role": "system", "content": f"<env>\nPrimary working directory: {cwd}\n</env>"}]}
     return RequestView(method="POST", path="/v1/messages", headers={"user-agent": "claude-cli/2.1 (external, cli)"},
                        body=body, raw_body=None, model="claude-sonnet-4-5")
 
@@ -36,7 +36,7 @@ def test_the_matching_rule_and_those_before_it(rules: Rules):
     assert first.rule == "claude-code-background"
     assert first.why == "header x-claude-code-request-class ~ ^(?!main$) did not hold"
     assert [c.held for c in first.conditions] == [True, False]
-    assert last.why == r"header user-agent ~ ^claude-cli/ · json messages.*.content ~ Primary working directory: (?P<cwd>[^\n]+)"
+    assert last.why == r"header user-agent ~ ^claude-cli/ · json messages.*.role=system.content ~ Primary working directory: (?P<cwd>[^\n]+)"
     assert all(c.held for c in last.conditions)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from memproxy.regexes import RegexTimeout
 
-from .matching import Rule
+from .matching import Rule, path_text
 from .model import Actions, RequestView, Route
 from .ruleset import Rules
 from .templates import ProjectUnknown
@@ -107,7 +107,7 @@ def label(name: str, part: Any) -> str:
             return f"header {part.name} {'!~' if part.negate else '~'} {part.pattern.pattern}"
         case "json":
             segs, pattern = part
-            return f"json {'.'.join(s if s == '*' else s[0] for s in segs)} ~ {pattern.pattern}"
+            return f"json {path_text(segs)} ~ {pattern.pattern}"
         case "body":
             return f"body ~ {part.pattern}"
         case _:

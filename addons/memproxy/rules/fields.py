@@ -180,7 +180,8 @@ def _json_key(v: str) -> str:
     return v
 
 
-# A dot path into a JSON body: keys, indexes (-1: the last) and `*` (any key or index).
+# A dot path into a JSON body: keys, indexes (-1: the last), `*` (any key or index) and `key=value` (only an object
+# whose key holds that string).
 JsonPath = Annotated[str, AfterValidator(_json_key), WithJsonSchema({"type": "string", "pattern": r"^[^.]+(\.[^.]+)*$"})]
 
 

@@ -31,13 +31,29 @@ class HeaderCondition:
     negate: bool  # "!regex": must not match (absent is fine)
 
 
-# A JSON path segment: "*" or (key, index-or-None).
-Segment = str | tuple[str, int | None]
+# A JSON path segment: "*", (key, index-or-None), or a filter (key, "=", value): the node, if it is an object whose
+# `key` holds the string `value`.
+Segment = str | tuple[str, int | None] | tuple[str, str, str]
 
 
 def json_path(text: str) -> tuple[Segment, ...]:
-    """The segments of a dot path such as `messages.-1.content` (no segment empty)."""
-    return tuple(s if s == "*" else (s, int(s) if re.fullmatch(r"-?\d+", s) else None) for s in text.split("."))
+    """The segments of a dot path such as `messages.-1.content`, or `messages.*.role=system.content` (the messages
+    whose role is system); no segment empty."""
+    return tuple(_segment(s) for s in text.split("."))
+
+
+def path_text(segs: tuple[Segment, ...]) -> str:
+    """A dot path as written (`json_path`'s inverse)."""
+    return ".".join(s if s == "*" else s[0] if len(s) == 2 else f"{s[0]}={s[2]}" for s in segs)
+
+
+def _segment(text: str) -> Segment:
+    if text == "*":
+        return text
+    if "=" in text:
+        key, _, value = text.partition("=")
+        return (key, "=", value)
+    return (text, int(text) if re.fullmatch(r"-?\d+", text) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +152,18 @@ def _search(pattern: Pattern, text: Any, caps: dict[str, str], deadline: float) 
 
 
 def _walk(node: Any, segs: tuple[Segment, ...]) -> Iterator[Any]:
-    """The nodes a JSON path selects, lazily: a key or an index is followed in place, a "*" branches."""
+    """The nodes a JSON path selects, lazily: a key or an index is followed in place, a "*" branches, a filter
+    keeps the node or ends the path."""
     for at, seg in enumerate(segs):
         if seg == "*":
             children: Any = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
             for child in children:
                 yield from _walk(child, segs[at + 1 :])
             return
+        if len(seg) == 3:
+            if not (isinstance(node, dict) and node.get(seg[0]) == seg[2]):
+                return
+            continue
         if isinstance(node, dict):
             if seg[0] not in node:
                 return
