@@ -123,6 +123,23 @@ def test_a_directory_in_no_repository_is_its_own_project(home: Path) -> None:
     assert root_of(home / "notes" / "2026", home) == str(home / "notes" / "2026")
 
 
+def test_a_marker_another_user_planted_joins_no_directories_into_one_project(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"  # outside the home, as /tmp is
+    (shared / "scratch1").mkdir(parents=True)
+    (shared / "scratch2").mkdir()
+    (shared / ".git").mkdir()
+    assert root_of(shared / "scratch1", home) == root_of(shared / "scratch2", home) == str(shared)  # the user's own
+    if os.geteuid() == 0:
+        os.chown(shared / ".git", 4242, 4242)  # another user's
+    else:
+        uid = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)  # the files become another user's
+    assert root_of(shared / "scratch1", home) == str(shared / "scratch1")
+    assert root_of(shared / "scratch2", home) == str(shared / "scratch2")
+
+
 def test_neither_the_home_nor_the_file_system_root_is_a_project_found_from_below(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -246,6 +246,17 @@ def _set_mode(fd: int, path: str | os.PathLike[str]) -> None:
         os.chmod(path, FILE_MODE)
 
 
+def owned_by_another(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` (a symlink itself, not where it leads) belongs to neither the user nor root: another user made
+    it. True for a path that cannot be read."""
+    if not POSIX:
+        return False
+    try:
+        return os.lstat(path).st_uid not in (os.geteuid(), 0)
+    except OSError:
+        return True
+
+
 def _others_can_write(st: os.stat_result) -> bool:
     if st.st_mode & stat.S_IWOTH:
         return True

@@ -21,6 +21,8 @@ import os
 import posixpath
 import re
 
+from .. import private
+
 # A repository's root holds one of these: git (a .git file in worktrees and submodules), Mercurial,
 # Sapling, Jujutsu, Subversion (1.7 on: at the root only), Bazaar/Breezy, Darcs, Pijul, Fossil (a checkout
 # database file, named `_FOSSIL_` on Windows).
@@ -105,13 +107,22 @@ def _local(written: str) -> str | None:
 
 
 def _nearest_root(real: str, home: str) -> str:
-    """The nearest directory from `real` up that holds a marker, below `home` and `/`; else `real`."""
+    """The nearest directory from `real` up that holds a marker, below `home` and `/`; else `real`. A marker that
+    another user may have planted (`_planted`) is none: it would join the user's directories below it into one
+    project, as git's safe.directory guards against."""
     directory = real
     while directory != home:
         parent = os.path.dirname(directory)
         if parent == directory:  # `/` or a drive's root
             break
-        if any(os.path.lexists(os.path.join(directory, marker)) for marker in MARKERS):
+        if any(os.path.lexists(found := os.path.join(directory, marker)) and not _planted(directory, found)
+               for marker in MARKERS):
             return directory
         directory = parent
     return real
+
+
+def _planted(directory: str, marker: str) -> bool:
+    """Whether another user may have put `marker` in `directory`: either belongs to neither the user nor root (the
+    ownership git's safe.directory asks for)."""
+    return private.owned_by_another(directory) or private.owned_by_another(marker)
