@@ -404,7 +404,7 @@ def test_a_session_keeps_its_project_route_for_a_summary_of_no_directory() -> No
 
     path = RequestPath(*[None] * 6)  # _session_route touches none of its collaborators
 
-    def route(scope: str, project: str | None, tool: str = "Qwen Code", **actions) -> Route:
+    def route(scope: str, project: str | None, tool: str | None = "Qwen Code", **actions) -> Route:
         return Route(scope, "r", False, None, False, Actions(**actions), {}, project, tool)
 
     shop = route("project:shop", "/src/shop")
@@ -416,6 +416,9 @@ def test_a_session_keeps_its_project_route_for_a_summary_of_no_directory() -> No
                   route("opencode", None, tool="opencode"), dataclasses.replace(route("team", None), custom_header_present=True)):
         assert path._session_route("s", other) is None
     assert path._session_route("t", route("qwen-code", None)) is None  # another session
+    # Rules that name no tool (an SDK's, a project port's) are no one client: a session id they share is no session.
+    assert path._session_route("alice", route("project:a", "/src/a", tool=None)) is None
+    assert path._session_route("alice", route("openai-sdk", None, tool=None)) is None
     for n in range(MAX_SESSIONS):
         path._session_route(f"s{n}", shop)
     assert len(path.routes) == MAX_SESSIONS and "s" not in path.routes

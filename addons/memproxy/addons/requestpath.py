@@ -411,7 +411,7 @@ class RequestPath:
     def _session_route(self, session: str, route: Route) -> Route | None:
         """Keep a route that names a project and stores as the latest of the client's session `session` (the
         latest MAX_SESSIONS sessions). For a route that names none, the one the session had, if the same tool's
-        rule would store it too: a client that compacted its conversation may leave the working directory out
+        rule would store it too (a rule of no tool is no one client, whose session ids another could share): a client that compacted its conversation may leave the working directory out
         of the summary it goes on from (Qwen Code does), and the request that does stays in its project
         (`summarised`). None where nothing is to change."""
         a = route.actions
@@ -427,7 +427,7 @@ class RequestPath:
                 self._changed()
             return None
         known = self.routes.get(session)
-        return known if known is not None and known.tool == route.tool else None
+        return known if known is not None and route.tool and known.tool == route.tool else None
 
     def _asked(self, scope: str, session: str, prompt: Prompt, entries: Sequence[Entry]) -> Asked | None:
         """The latest prompt of the client's session `session` in `scope` (without one, of the prompt's text): the
