@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SUPERMEMORY_KEY
 from e2e_helpers import outbox_rows
+from fakes.supermemory import FakeSupermemory
 from memproxy.capture import Turn
 from memproxy.memory.base import Memory, MemoryStore, StoreError
+from memproxy.memory.supermemory import SupermemoryStore
 from memproxy.outbox import Outbox, held, list_dead_letters, table
 
 FAST = {"base_delay": 0.01, "max_delay": 0.2}
@@ -139,7 +142,8 @@ async def test_every_transient_kind_is_retried(outbox: Outbox, store: ScriptedSt
 
 async def test_retry_after_is_honoured(path: Path, store: ScriptedStore) -> None:
     store.script = [StoreError("slow down", status=429, retry_after=0.5)]
-    outbox = Outbox(path, store, concurrency=1, **FAST)  # one call at a time: every later call follows the 429
+    # one call at a time: every later call follows the 429; Retry-After is honoured up to max_delay
+    outbox = Outbox(path, store, concurrency=1, base_delay=0.01, max_delay=1.0)
     await outbox.start()
     batch = turns(3)
     for turn in batch:
@@ -148,6 +152,15 @@ async def test_retry_after_is_honoured(path: Path, store: ScriptedStore) -> None
     await outbox.close()
     first_failure = store.calls[0][0]
     assert all(t - first_failure >= 0.5 for t, _ in store.calls[1:])
+    assert store.stored == Counter(t.custom_id for t in batch)
+
+
+async def test_retry_after_is_capped_by_max_delay(outbox: Outbox, store: ScriptedStore) -> None:
+    store.script = [StoreError("slow down", status=429, retry_after=1e9)]  # a hostile or broken server
+    batch = turns(2)
+    for turn in batch:
+        outbox.submit(turn)
+    assert await outbox.flush(10)  # max_delay is 0.2 s
     assert store.stored == Counter(t.custom_id for t in batch)
 
 
@@ -192,6 +205,45 @@ async def test_permanent_error_is_a_dead_letter_never_retried(
     await asyncio.sleep(0.1)
     assert store.called(bad.custom_id) == 1
     assert outbox_rows(path) == 0
+
+
+@pytest.mark.parametrize("status", [401, 402, 403, 404])
+async def test_a_refused_account_pauses_and_keeps_every_row(
+    outbox: Outbox, store: ScriptedStore, path: Path, status: int
+) -> None:
+    """A rejected key, exhausted credits or a wrong URL say nothing of the turns: they wait for the fix."""
+    # 401-403 refuse every request by their status; a 404 only where the store says so (a POST: a wrong URL)
+    store.fail = StoreError("refused", status=status, **({"refuses_all": True} if status == 404 else {}))
+    batch = turns(5)
+    for turn in batch:
+        outbox.submit(turn)
+    assert not await outbox.flush(0.5)
+    assert outbox.stats["dead"] == 0 and list_dead_letters(path) == []
+    assert outbox.pending == 5 and await outbox.count_pending() == 5
+    assert 1 <= len(store.calls) <= 20  # probes, not one call per row
+    store.fail = None
+    assert await outbox.flush(10)
+    assert store.stored == Counter(t.custom_id for t in batch)
+
+
+async def test_supermemory_out_of_credits_then_topped_up(path: Path, supermemory: FakeSupermemory) -> None:
+    store = SupermemoryStore(SUPERMEMORY_KEY, supermemory.url)
+    outbox = Outbox(path, store, **FAST)
+    await outbox.start()
+    try:
+        supermemory.status_override = 402
+        batch = turns(3)
+        for turn in batch:
+            outbox.submit(turn)
+        assert not await outbox.flush(0.5)
+        assert outbox.stats["dead"] == 0 and outbox.pending == 3
+        supermemory.status_override = None
+        assert await outbox.flush(10)
+        assert sorted(d.content for d in supermemory.documents.values()) == sorted(t.content for t in batch)
+        assert list_dead_letters(path) == []
+    finally:
+        await outbox.close(timeout=0)
+        await store.close()
 
 
 async def test_unexpected_exceptions_are_retried_then_dead_lettered(outbox: Outbox, store: ScriptedStore) -> None:
@@ -384,6 +436,30 @@ async def test_a_rejected_step_does_not_stop_the_next(outbox: Outbox, store: Scr
     assert await outbox.flush(5)
     assert [content for _, content, _, _ in store.received] == [first.content, final.content]
     assert store.stored == {final.custom_id: 1} and outbox.stats["dead"] == 1
+
+
+async def test_an_older_step_on_file_never_follows_a_newer_one_held_in_memory(
+    outbox: Outbox, store: ScriptedStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(held, "SAVE_RETRY", 60.0)  # the held step stays in memory for the whole test
+    store.fail = StoreError("down", status=503)
+    first, final = steps("I will run a shell command first.", "There are three files.")
+    outbox.submit(first)  # reaches the file; the backend is down
+    while outbox.stats["retried"] == 0:
+        await asyncio.sleep(0.01)
+
+    def disk_full(db: sqlite3.Connection, turn: Turn, now: float) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Outbox, "_insert", staticmethod(disk_full))
+    outbox.submit(final)  # held in memory
+    while outbox.stats["disk_errors"] == 0:
+        await asyncio.sleep(0.01)
+    store.fail = None
+    assert await outbox.flush(5)
+    assert store.received[-1][1] == final.content  # the store's last write of the custom id: the final step
+    assert store.stored == {final.custom_id: 1}
+    assert outbox.pending == 0 and await outbox.count_pending() == 0 and outbox_rows(path) == 0
 
 
 def test_an_older_turn_does_not_replace_a_newer_row(path: Path) -> None:

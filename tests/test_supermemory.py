@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -282,6 +283,21 @@ async def test_near_duplicates_are_merged_into_the_newest(store: SupermemoryStor
     assert len(supermemory.documents) == 6
 
 
+async def test_a_near_duplicate_listed_from_another_container_is_never_merged(
+    store: SupermemoryStore, supermemory: FakeSupermemory
+) -> None:
+    answer = ("User: how do we roll back a bad deploy of the api?\nAssistant: run make rollback with the previous"
+              " release tag, then watch the error rate on the dashboard for ten minutes before you close the incident")
+    theirs = await store.add("a", answer, custom_id="turn-a")
+    supermemory.list_ignores_tags = True  # a server that ignores the filter, or an answer that adds a document
+    mine = await store.add("b", answer.replace("ten", "fifteen"), custom_id="turn-b")
+    assert mine != theirs
+    kept = supermemory.documents[theirs]
+    assert (kept.container_tag, kept.content) == (store.tag("a"), answer)
+    assert supermemory.documents[mine].container_tag == store.tag("b")
+    assert supermemory.count(f"/v3/documents/{theirs}") == 0  # never patched
+
+
 async def test_a_near_duplicate_lookup_that_fails_still_stores(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
     text = "the release train leaves every tuesday at noon from the main branch"
     first = await store.add("p", text)
@@ -357,6 +373,45 @@ async def test_refusals_are_permanent(store: SupermemoryStore, supermemory: Fake
     assert f"HTTP {status}" in str(error)
 
 
+@pytest.mark.parametrize("status", [401, 402, 403, 404, 405])
+async def test_the_key_the_account_or_the_url_refuses_every_request(
+    store: SupermemoryStore, supermemory: FakeSupermemory, status: int
+) -> None:
+    supermemory.status_override, supermemory.fault_paths = status, {"/v3/documents"}
+    with pytest.raises(StoreError) as info:
+        await store.add("s", "a turn the account cannot take now")
+    assert (info.value.status, info.value.permanent, info.value.refuses_all) == (status, True, True)
+
+
+async def test_a_wrong_base_url_refuses_every_request(supermemory: FakeSupermemory) -> None:
+    store = SupermemoryStore(KEY, supermemory.url + "/wrong")
+    try:
+        with pytest.raises(StoreError) as info:
+            await store.add("s", "x")
+    finally:
+        await store.close()
+    assert (info.value.status, info.value.refuses_all) == (404, True)
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+async def test_a_rejected_request_is_its_own(
+    store: SupermemoryStore, supermemory: FakeSupermemory, status: int
+) -> None:
+    supermemory.status_override, supermemory.fault_paths = status, {"/v3/documents"}
+    with pytest.raises(StoreError) as info:
+        await store.add("s", "a turn the backend will never take")
+    assert (info.value.status, info.value.permanent, info.value.refuses_all) == (status, True, False)
+
+
+async def test_a_key_quoted_across_the_cut_is_redacted_whole(
+    store: SupermemoryStore, supermemory: FakeSupermemory
+) -> None:
+    supermemory.status_override = 401
+    supermemory.error_message = "Authentication failed. " + "x" * 158 + " key=" + KEY  # the cut falls in the key
+    error = await faulted(store)
+    assert KEY[:14] not in str(error) and "Authentication failed" in str(error)
+
+
 async def test_wrong_key_is_a_permanent_401(supermemory: FakeSupermemory) -> None:
     store = SupermemoryStore("sm_wrong_key", supermemory.url)
     try:
@@ -384,6 +439,31 @@ async def test_slow_answer_times_out(supermemory: FakeSupermemory) -> None:
         await store.close()
     assert error.status is None and not error.permanent
     assert "no answer within 0.3 s" in str(error)
+
+
+async def test_a_trickling_answer_times_out_as_a_whole(supermemory: FakeSupermemory) -> None:
+    """httpx's timeout bounds each read; a byte every 0.05 s must not hold a call past the store's timeout."""
+    supermemory.fault, supermemory.slow_seconds = "trickle", 60
+    store = SupermemoryStore(KEY, supermemory.url, timeout=0.5)
+    try:
+        with pytest.raises(StoreError) as info:
+            await asyncio.wait_for(store.search("s", "anything at all"), 30)  # the test's own bound, far above 0.5 s
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.add("s", "a turn"), 30)
+    finally:
+        await store.close()
+    assert info.value.status is None and not info.value.permanent
+    assert "no answer within 0.5 s" in str(info.value)
+
+
+async def test_an_answer_too_large_is_not_parsed(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    await store.add("s", "a memory to find")
+    supermemory.padding = 5 * 2**20
+    error = await faulted(store)
+    assert error.status is None and not error.permanent
+    assert "larger than 4 MiB" in str(error)
+    supermemory.padding = 2**20
+    assert [m.content for m in await store.search("s", "a memory to find")] == ["a memory to find"]
 
 
 async def test_killed_connection(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:

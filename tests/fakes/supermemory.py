@@ -21,7 +21,7 @@ from aiohttp import web
 from .recording import RecordingServer
 
 DEFAULT_KEY = "sm_test_fake_key"
-FAULTS = (None, "slow", "429", "500", "bad_json", "refused", "kill")
+FAULTS = (None, "slow", "trickle", "429", "500", "bad_json", "refused", "kill")
 VALID_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # containerTag and customId
 WORD = re.compile(r"\w+")
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
@@ -79,11 +79,15 @@ class FakeSupermemory(RecordingServer):
     """A fake Supermemory on 127.0.0.1 that requires ``Authorization: Bearer <api_key>``.
 
     Knobs (set any time from the test thread): ``fault`` is one of None; "slow" (answer after
-    ``slow_seconds``); "429" (with ``Retry-After: <retry_after>``, seconds or an HTTP date); "500";
+    ``slow_seconds``); "trickle" (a 200 whose body comes one byte every ``trickle_seconds``, for up to
+    ``slow_seconds``, and never ends); "429" (with ``Retry-After: <retry_after>``, seconds or an HTTP date); "500";
     "bad_json" (200 with a broken JSON body); "kill" (close the connection without answering);
     "refused" (stop listening and drop open connections, until ``fault`` changes: then listen again
     on the same port). ``fault_paths`` limits faults and ``status_override`` (answer every request
-    with that status, e.g. 401, 402 or 403) to those paths; None means every path. ``chunk_results``
+    with that status, e.g. 401, 402 or 403, and ``error_message``, if set) to those paths; None means every
+    path. ``padding`` adds that many bytes of spaces to every successful JSON answer. ``list_ignores_tags``
+    makes /v3/documents/list answer with every document, as a server ignoring ``containerTags`` would.
+    ``chunk_results``
     makes search answer with chunk results instead of memory results. ``own_words`` makes its memory
     results what Supermemory writes from a document: a fact in its own words, naming the document (and,
     with ``include: {documents: true}``, the document's metadata) instead of carrying it. ``profiles`` maps a
@@ -97,6 +101,10 @@ class FakeSupermemory(RecordingServer):
         super().__init__()
         self.api_key = api_key
         self.slow_seconds = 2.0
+        self.trickle_seconds = 0.05
+        self.error_message: str | None = None
+        self.padding = 0
+        self.list_ignores_tags = False
         self.retry_after: float | str = 1
         self.fault_paths: set[str] | None = None
         self.status_override: int | None = None
@@ -184,7 +192,13 @@ class FakeSupermemory(RecordingServer):
             return _error(401, "Unauthorized")
         if request.method == "POST" and request.path != "/v3/documents" and not isinstance(data, dict):
             return _error(400, "Invalid JSON body")
-        match request.method, request.path:
+        response = self._route(request.method, request.path, data)
+        if self.padding and response.status == 200 and isinstance(response.body, bytes):
+            response.body = response.body + b" " * self.padding  # still the same JSON
+        return response
+
+    def _route(self, method: str, path: str, data: Any) -> web.Response:
+        match method, path:
             case "POST", "/v3/documents":
                 return self._add(data)
             case "POST", "/v3/documents/list":
@@ -193,17 +207,19 @@ class FakeSupermemory(RecordingServer):
                 return self._search(data)
             case "POST", "/v4/profile":
                 return self._profile(data)
-            case "GET" | "DELETE" as method, path if m := DOCUMENT_PATH.fullmatch(path):
+            case "GET" | "DELETE", _ if m := DOCUMENT_PATH.fullmatch(path):
                 return self._document(method, m[1])
-            case "PATCH", path if m := DOCUMENT_PATH.fullmatch(path):
+            case "PATCH", _ if m := DOCUMENT_PATH.fullmatch(path):
                 return self._update(m[1], data)
-        return _error(404, f"no route {request.method} {request.path}")
+        return _error(404, f"no route {method} {path}")
 
     async def _fail(self, request: web.Request) -> web.Response | None:
         """The answer a fault or ``status_override`` gives, or None to serve the request."""
         fault = self._fault
         if fault == "slow":
             await asyncio.sleep(self.slow_seconds)
+        elif fault == "trickle":
+            return await self._trickle(request)
         elif fault in ("kill", "refused"):  # "refused": a request that raced the listener closing
             assert request.transport is not None
             request.transport.close()
@@ -217,8 +233,24 @@ class FakeSupermemory(RecordingServer):
         elif fault == "bad_json":
             return web.Response(body=b'{"results": [{"id": ', content_type="application/json")
         if self.status_override is not None:
-            return _error(self.status_override, f"fake status {self.status_override}")
+            return _error(self.status_override, self.error_message or f"fake status {self.status_override}")
         return None
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        """A 200 promising a large body, sent a byte at a time: each read is quick, the answer never complete."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000000"})
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.slow_seconds
+        try:
+            while loop.time() < until:
+                await response.write(b" ")
+                await asyncio.sleep(self.trickle_seconds)
+        except (ConnectionError, RuntimeError):  # the client hung up
+            pass
+        assert request.transport is not None
+        request.transport.close()  # never a complete answer
+        return response
 
     def _tick(self) -> str:
         self._clock += 1
@@ -309,7 +341,7 @@ class FakeSupermemory(RecordingServer):
         limit, page = int(data.get("limit", 10)), int(data.get("page", 1))
         key = "createdAt" if data.get("sort", "createdAt") == "createdAt" else "updatedAt"
         docs = [d.json(data.get("includeContent") is True) for d in self.documents.values()]
-        docs = [d for d in docs if tags is None or d["containerTags"] == tags]  # exact array match
+        docs = [d for d in docs if tags is None or self.list_ignores_tags or d["containerTags"] == tags]  # exact match
         docs.sort(key=lambda d: d[key], reverse=data.get("order", "desc") == "desc")
         pagination = {
             "currentPage": page,

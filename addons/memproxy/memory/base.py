@@ -25,18 +25,32 @@ class Memory:
     sources: tuple[str, ...] = ()
 
 
+ACCOUNT_STATUSES = frozenset({401, 402, 403})  # the key or the account is refused, whatever the request
+
+
 class StoreError(Exception):
     """A backend failed; callers fail open (reads) or retry (writes).
 
     `status` is the backend's HTTP status if it answered; `retry_after` the
     seconds it asked us to wait. A permanent error (a 4xx other than 408, 409
-    and 429) will fail the same way if retried.
+    and 429) will fail the same way if retried. One that `refuses_all` says
+    nothing of the request: the key, the account (ACCOUNT_STATUSES) or the
+    URL is wrong, every request fails alike until someone fixes it, and a
+    write waits for that rather than being given up.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        refuses_all: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.refuses_all = status in ACCOUNT_STATUSES if refuses_all is None else refuses_all
 
     @property
     def permanent(self) -> bool:

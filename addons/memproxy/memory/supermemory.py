@@ -20,7 +20,8 @@ API facts this module relies on (Supermemory's API docs and the official superme
   GET /v3/documents/{id} -> the document, with its containerTags. DELETE /v3/documents/{id} -> empty body.
 - PATCH /v3/documents/{id} {content, customId?, metadata?} -> {id, status}: what the body names is replaced and
   the document processed again (its id and containerTag stay).
-- Errors answer {error, details?} with the HTTP status; 429 can carry Retry-After.
+- Errors answer {error, details?} with the HTTP status; 429 can carry Retry-After. 401, 402 (no credits left)
+  and 403 refuse the key or the account, whatever the request; a path the server does not have answers 404.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import httpx
 
 from ..config import SUPERMEMORY_URL
 from ..wire import MARK
-from .base import PROMPT_KEY, Memory, MemoryStore, StoreError
+from .base import ACCOUNT_STATUSES, PROMPT_KEY, Memory, MemoryStore, StoreError
 from .near import near_duplicates
 
 T = TypeVar("T")
@@ -53,6 +54,8 @@ ID_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
 HASH_LEN = 16  # hex digits of SHA-256 that keep a rewritten id unique
 REWRITTEN = re.compile(rf"(?:^|-)[0-9a-f]{{{HASH_LEN}}}$")  # how every rewritten tag ends
 DETAIL_MAX = 200  # characters of the server's error message kept in ours
+MAX_ANSWER = 4 * 2**20  # bytes of an answer read: a larger one fails the call, unparsed (parsing blocks the loop)
+ENDPOINT_MISSING = (404, 405)  # on a POST (to a path the API has): the base URL is wrong
 MISSING = object()  # a 404 where the caller allows one
 NEAR_RECENT = 20  # documents a new memory is compared with for a near-duplicate: the scope's last updated
 
@@ -175,6 +178,12 @@ def _document(scope: str, doc: Any) -> Memory | None:
     return Memory(doc["id"], scope, doc["content"], 0.0, _metadata(doc), _timestamp(doc.get("createdAt")))
 
 
+def _holds(doc: dict[str, Any], tag: str) -> bool:
+    """Whether the listed or fetched document `doc` is in the container `tag`."""
+    tags = doc.get("containerTags")
+    return isinstance(tags, list) and tag in tags
+
+
 def _nearly_repeated(content: str, docs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first of `docs` (listed documents) whose content `content` nearly repeats; None if there is none."""
     return next((d for d in docs if near_duplicates(content, d["content"])), None)
@@ -187,14 +196,14 @@ def _expect(data: Any, key: str, kind: type[T], what: str) -> T:
     return value
 
 
-def _detail(response: httpx.Response) -> str:
-    """The server's own error message, shortened; "" if it sent none."""
+def _detail(content: bytes | None) -> str:
+    """The server's own error message in an error answer's body (None: too large to read); "" if it sent none."""
     try:
-        data = response.json()
+        data = json.loads(content) if content else None
     except ValueError:
         return ""
     error = data.get("error") if isinstance(data, dict) else None
-    return error[:DETAIL_MAX] if isinstance(error, str) else ""
+    return error if isinstance(error, str) else ""
 
 
 class SupermemoryStore(MemoryStore):
@@ -282,7 +291,9 @@ class SupermemoryStore(MemoryStore):
                    "order": "desc", "includeContent": True}  # fmt: skip
         try:
             docs = await self._call("POST", "/v3/documents/list", listing, expect=("memories", list))
-            docs = [d for d in docs if _document("", d) is not None]
+            # Only the tag's own: a server that ignores the filter (or an answer that adds one) must not get a
+            # turn merged into another scope's document.
+            docs = [d for d in docs if _document("", d) is not None and _holds(d, body["containerTag"])]
             if "customId" in body and any(d.get("customId") == body["customId"] for d in docs):
                 return None
             twin = await asyncio.to_thread(_nearly_repeated, body["content"], docs)  # ms of CPU: off the loop
@@ -356,8 +367,7 @@ class SupermemoryStore(MemoryStore):
             return path, None
         if not isinstance(doc, dict):
             raise StoreError(f"supermemory GET {path}: unexpected answer (not a document)")
-        tags = doc.get("containerTags")
-        return path, doc if isinstance(tags, list) and self.tag(scope) in tags else None
+        return path, doc if _holds(doc, self.tag(scope)) else None
 
     async def close(self) -> None:
         self._closed = True
@@ -373,9 +383,13 @@ class SupermemoryStore(MemoryStore):
         if not self.base_url.startswith(("https://", "http://")):
             raise StoreError(f"SUPERMEMORY_BASE_URL must start with https:// or http://, not {self.base_url[:40]!r}")
 
+    def _redact(self, text: str) -> str:
+        """`text` without the API key."""
+        return text.replace(self._api_key, MARK) if self._api_key else text
+
     def _error(self, message: str, **kwargs: Any) -> StoreError:
         """A StoreError whose message cannot carry the API key, whatever text went into it."""
-        return StoreError(message.replace(self._api_key, MARK) if self._api_key else message, **kwargs)
+        return StoreError(self._redact(message), **kwargs)
 
     async def _call(
         self,
@@ -394,10 +408,9 @@ class SupermemoryStore(MemoryStore):
         what = f"supermemory {method} {path}"
         # Messages are our own words: never an httpx exception's text or a request's repr.
         try:
-            response = await self._client.request(
-                method, self.base_url + path, json=body, headers={"Authorization": f"Bearer {self._api_key}"}
-            )
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout):  # httpx's timeout bounds each step (a read); this, the call
+                response, content = await self._exchange(method, path, body)
+        except (TimeoutError, httpx.TimeoutException):
             raise self._error(f"{what}: no answer within {self.timeout:g} s") from None
         except httpx.HTTPError as e:
             raise self._error(f"{what}: {type(e).__name__}") from None
@@ -407,17 +420,34 @@ class SupermemoryStore(MemoryStore):
         if status == 404 and missing_ok:
             return MISSING
         if not response.is_success:
-            detail = _detail(response)
+            detail = self._redact(_detail(content))[:DETAIL_MAX]  # redacted whole: a cut could split the key
             raise self._error(
                 f"{what}: HTTP {status}" + (f": {detail}" if detail else ""),
                 status=status,
                 retry_after=retry_after(response.headers.get("retry-after")),
+                refuses_all=status in ACCOUNT_STATUSES or (method == "POST" and status in ENDPOINT_MISSING),
             )
+        if content is None:
+            raise self._error(f"{what}: the answer is larger than {MAX_ANSWER // 2**20} MiB")
         try:
-            data = response.json() if response.content else None
+            data = json.loads(content) if content else None
         except ValueError:
             raise self._error(f"{what}: the answer is not JSON") from None
         return data if expect is None else _expect(data, *expect, what)
+
+    async def _exchange(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[httpx.Response, bytes | None]:
+        """The response to one request, and its body: None if it is larger than MAX_ANSWER (read no further)."""
+        assert self._client is not None
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        async with self._client.stream(method, self.base_url + path, json=body, headers=headers) as response:
+            content = bytearray()
+            async for chunk in response.aiter_bytes():  # decoded: a compressed answer counts at its full size
+                content += chunk
+                if len(content) > MAX_ANSWER:
+                    return response, None
+        return response, bytes(content)
 
     async def move(self, memory: Memory, scope: str) -> bool:
         """Add `memory` to `scope`'s container, then delete it from its own: the API cannot change a document's

@@ -1,8 +1,9 @@
 """The outbox: the durable queue of turns on their way to the memory store.
 
 A turn is scrubbed of secrets and written to a SQLite file (both by one worker thread) before anything else,
-then sent by one background task. Transient backend failures pause the sender with jittered exponential
-backoff, honouring Retry-After, and keep every row; permanent rejections become dead letters. While the file
+then sent by one background task. Transient backend failures, and refusals of every request (a rejected key,
+exhausted credits, a wrong URL), pause the sender with jittered exponential backoff, honouring Retry-After up
+to the longest pause, and keep every row; rejections of a row itself make it a dead letter. While the file
 cannot be written (disk full), scrubbed turns wait in memory, up to a bound, and their write is retried.
 
 - `queue`: `Outbox`, its life cycle, and the turns it scrubs, writes and hands to the sender;

@@ -28,6 +28,8 @@ class Held:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, Row] = {}  # custom_id -> turn the outbox could not write
+        # custom_id -> created_at of a turn stored from here whose older rows on file could not be deleted yet
+        self.superseded: dict[str, float] = {}
         self.save_at = 0.0  # when to retry writing them to the outbox (time.time())
         self.failing = False  # the outbox could not be written, and has not been since
         self.dropped = 0  # turns dropped since the outbox became unwritable
@@ -98,6 +100,13 @@ class Held:
 
     def due_times(self) -> list[float]:
         return [row.due_at for row in self.rows.values()]
+
+    def newer(self, row: Row) -> float | None:
+        """When the turn held or stored from here that supersedes `row` (on file, of its custom id, no newer) was
+        created; None if there is none."""
+        held = self.rows.get(row.custom_id)
+        newer = held.created_at if held is not None else self.superseded.get(row.custom_id)
+        return newer if newer is not None and newer >= row.created_at else None
 
     def pop(self, row: Row) -> bool:
         """Forget `row`; False if it is no longer held (a later turn replaced it)."""

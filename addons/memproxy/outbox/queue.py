@@ -45,8 +45,9 @@ def _load_detectors() -> None:
 class Outbox:
     """Turns on their way to the store: a SQLite outbox owned by one worker thread, and one sender task.
 
-    Rows are sent oldest first, deleted once stored (409 included), moved to `dead_letters` on a
-    permanent error, and rescheduled on a transient one while the whole sender pauses. Rows left at
+    Rows are sent oldest first, deleted once stored (409 included), moved to `dead_letters` when the store
+    rejects the row itself, and rescheduled on a transient error, or one refusing every request (the key, the
+    account, the URL), while the whole sender pauses. Rows left at
     close stay on disk and go out after the next start(). The counters and the pending count live
     here; the sender (memproxy.outbox.sender) only decides what each outcome does to a row.
     """
@@ -159,7 +160,9 @@ class Outbox:
     # -- the rows, for the sender ------------------------------------------
 
     async def due(self, limit: int) -> tuple[list[Row], float | None]:
-        """Up to `limit` due rows, those held in memory first; with none, when the next one is due."""
+        """Up to `limit` due rows, those held in memory first; with none, when the next one is due. A row on file
+        that a newer turn of its custom id held in memory supersedes is never sent: sent after it, the older
+        step would overwrite the newer (the store keeps the last write of a custom id)."""
         now = time.time()
         if self._held and now >= self._held.save_at:
             await self._save()
@@ -170,6 +173,10 @@ class Outbox:
             if not self._held:
                 raise
             taken, next_due = [], None
+        for row in taken:
+            if (newer := self._held.newer(row)) is not None:
+                await self._drop_older(row.custom_id, newer)
+        taken = [row for row in taken if self._held.newer(row) is None]
         dues = self._held.due_times()
         if next_due is not None:
             dues.append(next_due)
@@ -179,9 +186,24 @@ class Outbox:
         """The store has `row`: forget it (a row a later turn replaced meanwhile was counted out then)."""
         if row.id is None:
             waiting = self._held.pop(row)
+            await self._drop_older(row.custom_id, row.created_at)  # an earlier step of it may wait on file
         else:
             waiting = await self._run(table.delete, row.id)
         self._settled("stored", waiting)
+
+    async def _drop_older(self, custom_id: str, created_at: float) -> None:
+        """Delete the rows on file of `custom_id` created by `created_at` (a turn held in memory supersedes them);
+        while the file refuses, remember not to send them."""
+        try:
+            dropped = await self._run(table.drop_older, custom_id, created_at)
+        except (sqlite3.Error, OSError):
+            superseded = self._held.superseded
+            superseded[custom_id] = max(created_at, superseded.get(custom_id, created_at))
+            return
+        if self._held.superseded.get(custom_id, created_at) <= created_at:
+            self._held.superseded.pop(custom_id, None)
+        self._pending -= dropped
+        self._update_idle()
 
     async def retry(self, row: Row, due_at: float) -> None:
         """`row` failed for now: send it again at `due_at` (time.time())."""

@@ -2,8 +2,10 @@
 
 Rows go oldest first, `concurrency` at a time. A stored row (409 included: stored already) is deleted. A
 transient failure reschedules the row and pauses the whole sender, with full-jitter exponential backoff never
-shorter than the backend's Retry-After; while paused, one row at a time probes the backend. A permanent
-rejection makes the row a dead letter, and so does an unexpected exception (a bug?) past a few attempts.
+shorter than the backend's Retry-After nor longer than `max_delay`; while paused, one row at a time probes the
+backend. So does a refusal of every request (a rejected key, exhausted credits, a wrong URL: StoreError's
+`refuses_all`), which says nothing of the row. A rejection of the row itself makes it a dead letter, and so
+does an unexpected exception (a bug?) past a few attempts.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def _retry_after(error: BaseException) -> float:
 
 
 def _retryable(error: Exception, attempts: int) -> bool:
-    """Transient backend trouble is retried forever; an unexpected exception up to a limit."""
+    """Transient backend trouble, and a backend refusing every request, are retried forever; an unexpected
+    exception up to a limit."""
     if isinstance(error, StoreError):
-        return not error.permanent
+        return not error.permanent or error.refuses_all
     return isinstance(error, OSError) or attempts < MAX_UNEXPECTED_ATTEMPTS  # OSError: timeouts, refused connections
 
 
@@ -161,5 +164,7 @@ class Sender:
             )
 
     def _backoff(self, attempts: int, retry_after: float) -> float:
-        """Full-jitter exponential backoff, never shorter than the backend's Retry-After."""
-        return max(retry_after, min(self.max_delay, self.base_delay * 2 ** min(attempts, 64)) * random.random())
+        """Full-jitter exponential backoff, never shorter than the backend's Retry-After nor longer than
+        `max_delay`: a server asking for years (hostile or broken) would stop storage until a restart."""
+        jittered = min(self.max_delay, self.base_delay * 2 ** min(attempts, 64)) * random.random()
+        return min(self.max_delay, max(retry_after, jittered))

@@ -183,6 +183,12 @@ def delete(db: sqlite3.Connection, id_: int) -> bool:
     return db.execute("DELETE FROM outbox WHERE id = ?", (id_,)).rowcount > 0
 
 
+def drop_older(db: sqlite3.Connection, custom_id: str, created_at: float) -> int:
+    """Delete the waiting rows of `custom_id` created by `created_at`: a newer turn of it, held in memory, is sent
+    or stored in their place. How many went."""
+    return db.execute(REPLACE, {"custom_id": custom_id, "created_at": created_at}).rowcount
+
+
 def reschedule(db: sqlite3.Connection, id_: int, attempts: int, due_at: float) -> None:
     db.execute("UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", (attempts, due_at, id_))
 
