@@ -373,34 +373,33 @@ async def test_refusals_are_permanent(store: SupermemoryStore, supermemory: Fake
     assert f"HTTP {status}" in str(error)
 
 
-@pytest.mark.parametrize("status", [401, 402, 403, 404, 405])
-async def test_the_key_the_account_or_the_url_refuses_every_request(
-    store: SupermemoryStore, supermemory: FakeSupermemory, status: int
+@pytest.mark.parametrize(("status", "refuses_all"), [
+    (401, True), (402, True), (403, True), (404, True), (405, True),  # the key, the account or the URL
+    (400, False), (413, False), (422, False),  # this request alone
+])
+async def test_a_refusal_of_the_key_the_account_or_the_url_is_told_from_one_of_the_request(
+    store: SupermemoryStore, supermemory: FakeSupermemory, status: int, refuses_all: bool
 ) -> None:
     supermemory.status_override, supermemory.fault_paths = status, {"/v3/documents"}
     with pytest.raises(StoreError) as info:
-        await store.add("s", "a turn the account cannot take now")
-    assert (info.value.status, info.value.permanent, info.value.refuses_all) == (status, True, True)
+        await store.add("s", "a turn the backend does not take")
+    assert (info.value.status, info.value.permanent, info.value.refuses_all) == (status, True, refuses_all)
 
 
-async def test_a_wrong_base_url_refuses_every_request(supermemory: FakeSupermemory) -> None:
-    store = SupermemoryStore(KEY, supermemory.url + "/wrong")
+async def refused_add(key: str, url: str) -> StoreError:
+    """The error an add gets from a store of `key` at `url`."""
+    store = SupermemoryStore(key, url)
     try:
         with pytest.raises(StoreError) as info:
             await store.add("s", "x")
     finally:
         await store.close()
-    assert (info.value.status, info.value.refuses_all) == (404, True)
+    return info.value
 
 
-@pytest.mark.parametrize("status", [400, 413, 422])
-async def test_a_rejected_request_is_its_own(
-    store: SupermemoryStore, supermemory: FakeSupermemory, status: int
-) -> None:
-    supermemory.status_override, supermemory.fault_paths = status, {"/v3/documents"}
-    with pytest.raises(StoreError) as info:
-        await store.add("s", "a turn the backend will never take")
-    assert (info.value.status, info.value.permanent, info.value.refuses_all) == (status, True, False)
+async def test_a_wrong_base_url_refuses_every_request(supermemory: FakeSupermemory) -> None:
+    error = await refused_add(KEY, supermemory.url + "/wrong")
+    assert (error.status, error.refuses_all) == (404, True)
 
 
 async def test_a_key_quoted_across_the_cut_is_redacted_whole(
@@ -413,14 +412,9 @@ async def test_a_key_quoted_across_the_cut_is_redacted_whole(
 
 
 async def test_wrong_key_is_a_permanent_401(supermemory: FakeSupermemory) -> None:
-    store = SupermemoryStore("sm_wrong_key", supermemory.url)
-    try:
-        with pytest.raises(StoreError) as info:
-            await store.add("s", "x")
-    finally:
-        await store.close()
-    assert (info.value.status, info.value.permanent) == (401, True)
-    assert "sm_wrong_key" not in str(info.value)
+    error = await refused_add("sm_wrong_key", supermemory.url)
+    assert (error.status, error.permanent) == (401, True)
+    assert "sm_wrong_key" not in str(error)
 
 
 async def test_bad_json(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
