@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import pytest
 from conftest import FAKES, REDIRECT, ROOT, SCRUBBED_ENV, free_port
-from e2e_helpers import CLAUDE_UA, claude_body, seed
+from e2e_helpers import CLAUDE_UA, claude_body, seed, wait_until
 from fakes import codex_request
 from fakes.supermemory import FakeSupermemory
 from fakes.upstream import DEFAULT_REPLY
@@ -474,6 +474,16 @@ def test_exports_of_two_stores_import_into_one_without_loss(cli: Cli, tmp_path: 
     assert "2 memories" in listed and "fly.io" in listed and "make test" in listed
 
 
+def test_an_export_restored_into_its_own_store_adds_nothing(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "m.db")
+    for note in ("The shop deploys with fly.io", "The shop's tests run with make test"):
+        cli.ok("memories", "add", "--scope", "project:shop", note, *db)  # by hand: no custom id
+    export = tmp_path / "shop.jsonl"
+    export.write_text(cli.ok("memories", "export", "--scope", "project:shop", *db))
+    assert "0 of them new, 2 already there" in cli.ok("memories", "import", export, *db)
+    assert "2 memories" in cli.ok("memories", "list", "--scope", "project:shop", *db)
+
+
 def test_memories_add_and_import_replace_secrets(cli: Cli, tmp_path: Path):
     db = ("--db", tmp_path / "memories.db")
     contents, secrets = seed_secrets(23)
@@ -485,8 +495,9 @@ def test_memories_add_and_import_replace_secrets(cli: Cli, tmp_path: Path):
     export.write_text("".join(json.dumps({"scope": "s", "content": c, "id": f"i{n}"}) + "\n" for n, c in enumerate(contents)))
     imported = cli("memories", "import", export, *db)
     assert imported.returncode == 0 and "replaced 5 secrets" in imported.stderr, imported.stderr
+    assert "2 of them new, 1 already there" in imported.stdout  # the one added, scrubbed alike
     listed = cli.ok("memories", "list", "--scope", "s", *db)
-    assert listed.count("[secret: AWS access key]") == 2 and "[secret: private key]" in listed
+    assert listed.count("[secret: AWS access key]") == 1 and "[secret: private key]" in listed
     assert files_with(tmp_path, secrets) == [export.name]
 
 
@@ -813,6 +824,21 @@ def test_dead_letters_empty(cli: Cli, tmp_path: Path):
     assert "No dead letters." in cli.ok("dead-letters", "--outbox", tmp_path / "outbox.db")
 
 
+def test_dead_letters_requeued(cli: Cli, tmp_path: Path):
+    outbox = ("--outbox", tmp_path / "outbox.db")
+    seed_outbox(tmp_path / "outbox.db", ["User: deploy\nAssistant: done", "User: tests\nAssistant: make test"])
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        db.execute(table.BURY, ("turn-3", "claude-code:shop", "User: a\nAssistant: b", "{}", 1.0, 401, "HTTP 401", 1, 2.0))
+    assert "requeued 1 dead letter" in cli.ok("dead-letters", "--requeue", "--status", "401", *outbox)
+    assert "turn-2" in cli.ok("dead-letters", "--json", *outbox)  # a 400 is left alone
+    assert "requeued 1 dead letter" in cli.ok("dead-letters", "--requeue", *outbox)
+    assert "No dead letters." in cli.ok("dead-letters", *outbox)
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        waiting = db.execute("SELECT custom_id, next_attempt_at FROM outbox ORDER BY id").fetchall()
+    assert waiting == [("turn-1", 0), ("turn-3", 0), ("turn-2", 0)]  # in the order requeued, each due now
+    assert cli("dead-letters", "--status", "401", *outbox).returncode == 2
+
+
 # -- against a real proxy --------------------------------------------------------------------
 
 
@@ -821,6 +847,28 @@ def test_status_not_running(cli: Cli):
     assert result.returncode == 1
     assert "memproxy is not running on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_a_memory_forgotten_from_the_command_line_is_recalled_no_more(cli: Cli, mitmdump, upstream, openai_client, tmp_path: Path):
+    """The running proxy notices another process's change to its store: what recall cached of it goes."""
+    db = ("--db", tmp_path / "m.db")
+    cli.ok("memories", "add", "--scope", "team", "The staging password rotates on Mondays", *db)
+    [memory_id] = re.findall(r"added memory (\S+) to team", cli.ok("memories", "add", "--scope", "team", "Staging is eu-west", *db))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: team\n    user_id: team\n    store: false\n")  # no turn of its own clears it
+    proc = mitmdump(upstream=upstream, options={"memory_db": str(tmp_path / "m.db"), "memory_rules": str(rules)})
+    client = openai_client(proc)
+
+    def recalled() -> str:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "What about staging?"}])
+        return json.dumps(upstream.last("/chat/completions").json)
+
+    assert "rotates on Mondays" in recalled() and "eu-west" in recalled()  # the second from recall's cache
+    cli.ok("memories", "forget", "--scope", "team", memory_id, "--yes", *db)
+    # Well before the cached entry's 30 s run out
+    assert wait_until(lambda: "eu-west" not in recalled(), timeout=15), proc.log_text()
+    assert "rotates on Mondays" in recalled()
 
 
 @pytest.mark.e2e

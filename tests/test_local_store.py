@@ -877,3 +877,14 @@ def test_a_read_only_store_neither_makes_migrates_nor_writes_its_file(tmp_path: 
     finally:
         run(store.close())
     assert path.read_bytes() == before
+
+
+def test_a_store_tells_another_connections_changes_from_its_own(store: LocalStore, tmp_path: Path) -> None:
+    run(store.add("p", "Deploys use rsync"))
+    assert not run(store.changed_elsewhere())  # its own write
+    other = LocalStore(tmp_path / "memories.db")
+    try:
+        run(other.add("p", "Staging is eu-west"))
+    finally:
+        run(other.close())
+    assert run(store.changed_elsewhere()) and not run(store.changed_elsewhere())  # said once

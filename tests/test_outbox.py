@@ -20,8 +20,10 @@ from e2e_helpers import outbox_rows
 from fakes.supermemory import FakeSupermemory
 from memproxy.capture import Turn
 from memproxy.memory.base import Memory, MemoryStore, StoreError
+from memproxy.memory.local import LocalStore
 from memproxy.memory.supermemory import SupermemoryStore
 from memproxy.outbox import Outbox, held, list_dead_letters, table
+from memproxy.recall import Recall
 
 FAST = {"base_delay": 0.01, "max_delay": 0.2}
 
@@ -205,6 +207,53 @@ async def test_permanent_error_is_a_dead_letter_never_retried(
     await asyncio.sleep(0.1)
     assert store.called(bad.custom_id) == 1
     assert outbox_rows(path) == 0
+
+
+async def test_recall_forgets_what_it_cached_of_a_scope_once_a_turn_of_it_is_stored(path: Path, tmp_path: Path) -> None:
+    """A search between a turn's capture and its storing caches the scope without it: storing it ends that."""
+    store = LocalStore(tmp_path / "memories.db")
+    recall = Recall(store)
+    (turn,) = turns(1)
+    box = Outbox(path, store, **FAST, on_stored=recall.invalidate)
+    await box.start()
+    try:
+        assert await recall.search(turn.scope, "secret question", 5, 0.0, 5.0) == ()
+        box.submit(turn)
+        assert await box.flush(5)
+        (found,) = await recall.search(turn.scope, "secret question", 5, 0.0, 5.0)
+        assert "secret answer 0" in found
+    finally:
+        await box.close()
+        await store.close()
+
+
+async def test_a_requeued_dead_letter_is_sent(path: Path, store: ScriptedStore) -> None:
+    (bad,) = turns(1)
+    store.reject[bad.custom_id] = StoreError("payload rejected", status=422)
+    for requeued in (0, 1):
+        box = Outbox(path, store, **FAST)
+        await box.start()
+        try:
+            if not requeued:
+                box.submit(bad)
+            assert await box.flush(5)
+        finally:
+            await box.close()
+        if not requeued:
+            assert [d["custom_id"] for d in list_dead_letters(path)] == [bad.custom_id] and store.stored == {}
+            del store.reject[bad.custom_id]  # the cause is fixed
+            assert table.requeue(path) == 1 and list_dead_letters(path) == []
+    assert store.stored == {bad.custom_id: 1}
+    assert outbox_rows(path) == 0 and table.requeue(path) == 0
+
+
+async def test_a_requeued_dead_letter_gives_way_to_a_newer_turn(path: Path) -> None:
+    with contextlib.closing(table.connect(path)) as db:
+        table.enqueue(db, "turn-1", "s", "User: q\nAssistant: the newer answer", {}, 5.0)
+        db.execute(table.BURY, ("turn-1", "s", "User: q\nAssistant: older", "{}", 1.0, 400, "rejected", 1, 2.0))
+    assert table.requeue(path) == 1
+    with contextlib.closing(table.connect(path)) as db:
+        assert db.execute("SELECT content FROM outbox").fetchall() == [("User: q\nAssistant: the newer answer",)]
 
 
 @pytest.mark.parametrize("status", [401, 402, 403, 404])

@@ -267,6 +267,19 @@ async def test_a_refused_request_does_not_trip_the_breaker(status):
     assert store.calls == 5 and recall.breaker.state == "closed"
 
 
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_missing_endpoint_trips_the_breaker_and_says_so_once(status, caplog):
+    """A search POSTed to a path the server does not have: the base URL is wrong, for every request."""
+    store = CountingStore(error=StoreError("refused", status=status, refuses_all=True))
+    recall = Recall(store, breaker=CircuitBreaker(failures=2, reset_after=60))
+    with caplog.at_level(logging.DEBUG, logger="memproxy.recall"):
+        for i in range(5):
+            assert await recall.search("s", f"q{i}", 5, 0.0, 1.0) == ()
+    assert store.calls == 2 and recall.breaker.state == "open"
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR and "SUPERMEMORY_BASE_URL" in r.getMessage()]
+    assert len(loud) == 1
+
+
 async def test_a_cancelled_probe_lets_the_next_call_probe():
     clock = Clock()
     store = FutureStore()

@@ -32,6 +32,11 @@ LOUD_STATUSES = {
 }
 
 
+def refusal(status: int | None) -> str:
+    """What a refusal of every request (StoreError.refuses_all) asks the user to fix."""
+    return LOUD_STATUSES.get(status, f"the memory backend has no such endpoint ({status}): check SUPERMEMORY_BASE_URL")
+
+
 def clip_query(query: str, limit: int = MAX_QUERY_CHARS) -> str:
     """`query` as a store searches it: whole if short, else its first and last `limit // 2` characters.
 
@@ -138,8 +143,9 @@ class Recall:
     (clip_query): an entry's size does not depend on what a client sent.
 
     The breaker opens on the backend's failures, not on a client's input:
-    - an error counts, unless the backend refused this one request (a 4xx other than 401, 402, 403, 408,
-      409 and 429, such as a query it will not take), which says nothing of its health either way;
+    - an error counts, unless the backend refused this one request (a 4xx other than 408, 409 and 429, such
+      as a query it will not take), which says nothing of its health either way; a refusal of every request
+      (StoreError.refuses_all: the key, the account or the URL is wrong) counts;
     - an answer after the time budget counts only for a store whose `late_is_failure` is set. Supermemory's
       is: a slow service stays slow for a while, and until it recovers every request would wait out its
       budget for nothing. The local store's is not: its searches take turns on one thread, so a late
@@ -245,12 +251,12 @@ class Recall:
             self.breaker.release()
             return
         if (e := future.exception()) is not None:  # retrieved here, so nobody waiting is no warning
-            if isinstance(e, StoreError) and e.permanent and e.status not in LOUD_STATUSES:
+            if isinstance(e, StoreError) and e.permanent and not e.refuses_all:
                 self.breaker.release()  # this request was refused; the backend answered
             else:
                 self.breaker.failure()
-            if isinstance(e, StoreError) and e.status in LOUD_STATUSES:
-                self._once(f"status:{e.status}", LOUD_STATUSES[e.status], logging.ERROR)
+            if isinstance(e, StoreError) and e.refuses_all:
+                self._once(f"status:{e.status}", refusal(e.status), logging.ERROR)
             return
         if self.store.late_is_failure and self.clock() - started > budget:
             self.breaker.failure()  # it answered, but too late to be of use (see the class's docstring)
@@ -260,8 +266,11 @@ class Recall:
         if len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
 
-    def invalidate(self, scope: str) -> None:
-        """Forget cached results of `scope` (a turn was just stored there)."""
+    def invalidate(self, scope: str | None = None) -> None:
+        """Forget cached results of `scope` (a turn was just stored there), or of every scope."""
+        if scope is None:
+            self._cache.clear()
+            return
         for key in [k for k in self._cache if k[0] == scope]:
             del self._cache[key]
 

@@ -28,6 +28,7 @@ from .ruleswatcher import RulesWatcher
 logger = logging.getLogger(__name__)
 
 SHUTDOWN = 2.0  # seconds the outbox may take at exit to send what it holds
+WATCH_EVERY = 2.0  # seconds between two looks at whether another process changed the store
 
 
 class Router(NamedTuple):
@@ -58,6 +59,7 @@ class Store:
         self.outbox: Outbox | None = None
         self.router: Router | None = None  # for route supermemory_router
         self._running = False
+        self._watch: asyncio.Task | None = None
         self._swaps = asyncio.Lock()  # one swap at a time, in the order they were decided
         rules.reloaded.append(self._rules_reloaded)
 
@@ -125,6 +127,12 @@ class Store:
         if self._running:
             spawn(self._open(self.store, backend, old), "memory store")
 
+    def _stored(self, scope: str) -> None:
+        """A turn of `scope` reached the store: what recall cached of the scope before it is out of date (a
+        search between the turn's capture and its storing cached the scope without it)."""
+        if self.recall is not None:
+            self.recall.invalidate(scope)
+
     def _rules_reloaded(self) -> None:
         try:
             self._choose()
@@ -148,11 +156,26 @@ class Store:
             return
         # The outbox exists before the first await: the proxy is already listening.
         path = file_option("memory_outbox") or config.outbox_path()
-        self.outbox = Outbox(path, self.store, max_delay=ctx.options.memory_retry_max)
+        self.outbox = Outbox(path, self.store, max_delay=ctx.options.memory_retry_max, on_stored=self._stored)
         await self.outbox.start()
         await self._open(self.store, self.backend)
+        self._watch = spawn(self._watch_store(), "store watch")
+
+    async def _watch_store(self) -> None:
+        """Every WATCH_EVERY seconds, forget what recall cached if another process changed the store: a memory that
+        `memproxy memories forget` deleted, or `scrub` rewrote, is not recalled again from the cache."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            store, recall = self.store, self.recall
+            try:
+                if store is not None and recall is not None and await store.changed_elsewhere():
+                    recall.invalidate()
+            except StoreError:
+                pass  # a store that fails says so where it is used
 
     async def done(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.outbox:
             await self.outbox.close(timeout=SHUTDOWN)
         if self.store:

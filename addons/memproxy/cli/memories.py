@@ -317,8 +317,8 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     """Read memories from a JSONL export; importing the same file again adds nothing new.
 
     Each memory is known by its scope and content (the ids an export holds are each store's own, which other
-    stores' reuse), so exports of several stores merge without loss. Secrets in them are replaced by
-    [secret: <kind>], as in captured turns."""
+    stores' reuse), so exports of several stores merge without loss, and one restored into the store it came
+    from adds nothing the store holds. Secrets in them are replaced by [secret: <kind>], as in captured turns."""
     from ..scrub import scrub
 
     records = [_record(file.name, n, line, scope) for n, line in enumerate(file, 1) if line.strip()]
@@ -330,27 +330,30 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
         record["id"] = _imported_id(record["scope"], scrubbed.text)
         found += scrubbed.found
 
-    async def work(store: MemoryStore) -> int | None:
+    async def work(store: MemoryStore) -> tuple[int, int | None]:
         from ..memory import Memory
         from ..memory.local import LocalStore
 
+        held = {(m.scope, m.content) async for m in store.every(sorted({r["scope"] for r in records}))}
+        fresh = [r for r in records if (r["scope"], r["content"]) not in held]  # a restore into the store it left
         added = 0
-        with _progress(f"importing {file.name}", len(records)) as advance:
+        with _progress(f"importing {file.name}", len(fresh)) as advance:
             if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
-                batch = [Memory(r["id"], r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in records]
+                batch = [Memory(r["id"], r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in fresh]
                 for i in range(0, len(batch), IMPORT_BATCH):
                     chunk = batch[i : i + IMPORT_BATCH]
                     added += await store.add_many(chunk)
                     advance(len(chunk))
-                return added
-            for r in records:
+                return len(records) - len(fresh), added
+            for r in fresh:
                 await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
                 advance(1)
-        return None  # a remote store does not say whether a memory was new
+        return len(records) - len(fresh), None  # a remote store does not say whether a memory was new
 
-    added = with_store(backend, work)
+    there, added = with_store(backend, work)
     _report_replaced(found)
     new = "" if added is None else f", {added} of them new"
+    new += f", {there} already there" if there else ""
     console.print(f"imported {len(records)} memories from {escape(file.name)}{new} (ones imported before are kept once)")
 
 

@@ -78,6 +78,11 @@ class MemoryStore(abc.ABC):
         objects (the local store: once per request)."""
         return _contents(self.search(scope, query, limit, threshold))
 
+    async def changed_elsewhere(self) -> bool:
+        """Whether another process (the `memproxy memories` commands) changed the store since the last call. This
+        default knows of none: a remote service's own changes are not watched."""
+        return False
+
     @abc.abstractmethod
     async def add(
         self, scope: str, content: str, custom_id: str | None = None, metadata: dict[str, Any] | None = None

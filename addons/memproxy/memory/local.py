@@ -158,6 +158,7 @@ class LocalStore(MemoryStore):
         self._orders: dict[str, Order | None] = {}
         self._ordered = 0  # memories in self._orders
         self._data_version: int | None = None
+        self._elsewhere = False  # another connection wrote to the file since `changed_elsewhere` last said
 
     async def open(self) -> None:
         """Open the database now, so that an unusable path is reported at start-up, and merge its index."""
@@ -205,6 +206,14 @@ class LocalStore(MemoryStore):
             for row in rows:
                 yield _memory(row)
             after = rows[-1][0]
+
+    async def changed_elsewhere(self) -> bool:
+        """Whether another connection wrote to the file since the last call (`PRAGMA data_version`)."""
+        return await self._run(self._changed_elsewhere)
+
+    def _changed_elsewhere(self, db: sqlite3.Connection) -> bool:
+        changed, self._elsewhere = self._elsewhere, False
+        return changed
 
     async def compact(self) -> bool:
         """Leave no trace of rewritten or forgotten text in the file: merge the index, rebuild the file and empty
@@ -256,6 +265,7 @@ class LocalStore(MemoryStore):
         if (version := db.execute("PRAGMA data_version").fetchone()[0]) == self._data_version:
             return
         if self._data_version is not None:
+            self._elsewhere = True
             self._unorder(None)
             self._conversing.clear()
             self._sizes.clear()

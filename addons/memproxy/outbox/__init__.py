@@ -9,10 +9,11 @@ cannot be written (disk full), scrubbed turns wait in memory, up to a bound, and
 - `queue`: `Outbox`, its life cycle, and the turns it scrubs, writes and hands to the sender;
 - `sender`: the sending task, its backoff, and what each outcome does to a row;
 - `held`: the turns held in memory while the file cannot be written;
-- `table`: the file, its statements, and what the CLI does with it (`list_dead_letters`, `scrub_outbox`).
+- `table`: the file, its statements, and what the CLI does with it (`list_dead_letters`, `requeue`,
+  `scrub_outbox`).
 """
 
 from .queue import Outbox
-from .table import list_dead_letters, scrub_outbox
+from .table import list_dead_letters, requeue, scrub_outbox
 
-__all__ = ["Outbox", "list_dead_letters", "scrub_outbox"]
+__all__ = ["Outbox", "list_dead_letters", "requeue", "scrub_outbox"]

@@ -60,9 +60,11 @@ class Outbox:
         base_delay: float = 0.5,
         max_delay: float = 300.0,
         concurrency: int = 2,
+        on_stored: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.store = store
+        self.on_stored = on_stored  # called with a stored turn's scope (recall forgets what it cached of it)
         self._worker = Worker("memproxy-outbox")
         self._db: sqlite3.Connection | None = None  # worker thread only
         self._sender = Sender(self, base_delay=base_delay, max_delay=max_delay, concurrency=concurrency)
@@ -190,6 +192,8 @@ class Outbox:
         else:
             waiting = await self._run(table.delete, row.id)
         self._settled("stored", waiting)
+        if self.on_stored is not None:
+            self.on_stored(row.scope)
 
     async def _drop_older(self, custom_id: str, created_at: float) -> None:
         """Delete the rows on file of `custom_id` created by `created_at` (a turn held in memory supersedes them);

@@ -215,6 +215,24 @@ def dead_letters(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return letters
 
 
+def requeue(path: str | os.PathLike[str], status: int | None = None) -> int:
+    """Move the dead letters (those the store rejected with `status`, or all) back into the outbox at `path`, due
+    now: a proxy sends them with the next turn it captures, or when it starts. A letter whose custom id has a newer
+    turn waiting gives way to it. How many letters left the dead letters."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    where, args = ("", ()) if status is None else (" WHERE status = ?", (status,))
+    with contextlib.closing(connect(path)) as db, db:
+        db.execute("BEGIN IMMEDIATE")
+        letters = db.execute(f"DELETE FROM dead_letters{where} RETURNING custom_id, scope, content, metadata, created_at",
+                             args).fetchall()
+        for custom_id, scope, content, metadata, created_at in letters:
+            row = dict(custom_id=custom_id, scope=scope, content=content, metadata=metadata, created_at=created_at)
+            _insert(db, row)
+    return len(letters)
+
+
 def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The turns the store rejected for good, oldest first; read-only, safe while a proxy runs."""
     path = Path(path)
