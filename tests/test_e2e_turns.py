@@ -853,6 +853,31 @@ def test_chat_tool_calls_loop_with_the_openai_sdk_is_one_memory(
         assert PROMPT in block and not re.search("list_files|orchard|src", block), proc.log_text()
 
 
+def test_an_image_alone_after_a_prompt_leaves_that_prompts_memory_as_it_was(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend
+) -> None:
+    """A message of an image alone is a prompt without words: its answer is stored nowhere, and never in place of
+    the answer of the prompt before it."""
+    proc = mitmdump(mode="reverse", upstream=upstream, options=backend.options, env=backend.env)
+    client = openai_client(proc, via="reverse")
+
+    def ask(messages: list[dict[str, Any]], reply: str) -> None:
+        upstream.reply = reply
+        client.chat.completions.create(model="gpt-4o", messages=messages, extra_headers=SCOPE)
+        messages.append({"role": "assistant", "content": reply})
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": PROMPT}]
+    ask(messages, FINAL)
+    backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
+    messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]})
+    ask(messages, "The chart shows three bars.")
+    messages.append({"role": "user", "content": "Which bar is the tallest?"})
+    ask(messages, "The second.")
+    memories = backend.settled("team", "User: Which bar is the tallest?\nAssistant: The second.")
+    assert sorted(content for content, _ in memories) == sorted([
+        f"User: {PROMPT}\nAssistant: {FINAL}", "User: Which bar is the tallest?\nAssistant: The second."]), proc.log_text()
+
+
 # -- Responses over HTTP with the openai SDK -------------------------------------------------------------------------
 
 
@@ -915,6 +940,32 @@ def test_a_responses_loop_whose_conversation_the_provider_keeps_is_one_memory(
     backend.settled("other", f"User: Which scope is this?\nAssistant: {LISTED.text}")
     listed = 1 if backend.supermemory is not None else 0  # the fake Supermemory lists every container's
     assert sum(PROMPT in content for content, _ in backend.stored("other")) == listed, proc.log_text()
+
+
+@pytest.mark.parametrize("kept", ["previous_response_id", "conversation"])
+def test_a_loop_step_the_provider_keeps_is_given_no_note_again(
+    mitmdump, upstream: FakeUpstream, openai_client, tmp_path: Path, backend: Backend, kept: str
+) -> None:
+    """The note goes in with a prompt's first request, which the provider keeps: the loop's later request (the
+    tool's output) gets none again, and its instructions stay as the client sent them (its prompt cache)."""
+    proc, client = sdk_loop(mitmdump, upstream, openai_client, backend)
+
+    def loop(conversation: str, prompt: str) -> list[dict[str, Any]]:
+        """The tool loop of `prompt` in `conversation`: what each of its two requests sent upstream."""
+        def ask(items: list[Any], link: dict[str, str]) -> Any:
+            return client.responses.create(model="gpt-4o", instructions="Be brief.", input=items, tools=RESPONSES_TOOLS,
+                                           extra_headers=SCOPE, **link)
+        step = ask([{"role": "user", "content": prompt}], {"conversation": conversation} if kept == "conversation" else {})
+        [call] = [item for item in step.output if item.type == "function_call"]
+        link = {"conversation": conversation} if kept == "conversation" else {"previous_response_id": step.id}
+        assert ask([{"type": "function_call_output", "call_id": call.call_id, "output": OUTPUT}], link).output_text == FINAL
+        return [r.json for r in upstream.requests if r.path.endswith("/responses")][-2:]
+
+    loop("conv_first", PROMPT)
+    backend.settled("team", f"User: {PROMPT}\nAssistant: {FINAL}")
+    first, later = loop("conv_second", "Which files are in the repository now?")  # the first one's memory is recalled
+    assert MEMORY_TAG in json.dumps(first["input"]) and first["instructions"] == "Be brief.", proc.log_text()
+    assert MEMORY_TAG not in json.dumps(later) and later["instructions"] == "Be brief.", proc.log_text()
 
 
 def threads_file(proc: MitmdumpProc) -> Path:

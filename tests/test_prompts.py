@@ -24,6 +24,7 @@ REMINDER = "<system-reminder>The todo list is empty.</system-reminder>"
 
 # Each format as a builder of request bodies from a conversation written once:
 # ("user", text) | ("assistant", text, tool or (tool, arguments) or None) | ("result", output) | ("reminder",)
+# | ("image",): a user message of an image alone
 
 
 def call(turn: tuple) -> tuple[str, dict]:
@@ -45,6 +46,8 @@ def anthropic(turns: list[tuple]) -> dict:
         elif turn[0] == "result":
             block = {"type": "tool_result", "tool_use_id": "toolu_1", "content": turn[1], "cache_control": {"type": "ephemeral"}}
             messages.append({"role": "user", "content": [block]})
+        elif turn[0] == "image":
+            messages.append({"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "iVBO"}}]})
         else:  # Claude Code puts reminders in a user message of their own, or beside tool results
             messages[-1]["content"].append({"type": "text", "text": REMINDER})
     return {"model": "claude-sonnet-4-6", "messages": messages}
@@ -64,6 +67,8 @@ def chat(turns: list[tuple]) -> dict:
             messages.append(message)
         elif turn[0] == "result":
             messages.append({"role": "tool", "tool_call_id": "call_1", "content": turn[1]})
+        elif turn[0] == "image":
+            messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]})
         else:
             messages.append({"role": "user", "content": REMINDER})
     return {"model": "gpt-4o", "messages": messages}
@@ -81,6 +86,8 @@ def responses(turns: list[tuple]) -> dict:
                 items.append({"type": "function_call", "call_id": "c1", "name": name, "arguments": json.dumps(arguments)})
         elif turn[0] == "result":
             items.append({"type": "function_call_output", "call_id": "c1", "output": turn[1]})
+        elif turn[0] == "image":
+            items.append({"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBO"}]})
         else:
             items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": REMINDER}]})
     return {"model": "gpt-5", "input": items}
@@ -99,6 +106,8 @@ def gemini(turns: list[tuple]) -> dict:
             contents.append({"role": "model", "parts": parts})
         elif turn[0] == "result":
             contents.append({"role": "user", "parts": [{"functionResponse": {"name": "shell", "response": {"output": turn[1]}}}]})
+        elif turn[0] == "image":
+            contents.append({"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "iVBO"}}]})
         else:
             contents[-1]["parts"].append({"text": REMINDER})
     return {"contents": contents}
@@ -223,12 +232,21 @@ def test_only_tool_results_is_no_prompt_but_a_step(fmt: Any) -> None:
     assert prompt.text == "" and prompt.key == "" and prompt.follows
 
 
+@pytest.mark.parametrize("loop", [[], [("assistant", STEP, "shell"), ("result", "a.py")]])
+def test_an_image_alone_is_a_prompt_without_words_not_the_one_before(fmt: Any, loop: list[tuple]) -> None:
+    """Its answer must not become the memory of the prompt before it, nor a step of that prompt's loop."""
+    adapter, build = fmt
+    prompt = adapter.prompt(build([("user", PROMPT), ("assistant", FINAL, None), ("image",), *loop]))
+    assert (prompt.text, prompt.key, prompt.wordless, prompt.follows) == ("", "", True, bool(loop))
+    assert prompt.calls == (("shell",) if loop else ())
+
+
 def test_a_responses_continuation_over_a_websocket_carries_only_tool_outputs() -> None:
     """Codex's later `response.create` of a loop: `previous_response_id` and the outputs, no user text."""
     adapter = OpenAIResponsesAdapter()
     body = {"type": "response.create", "previous_response_id": "resp_1",
             "input": [{"type": "function_call_output", "call_id": "c1", "output": "a.py"}]}
-    assert adapter.prompt(body) == ("", "", (), True, "", False)
+    assert adapter.prompt(body) == ("", "", (), True, "", False, False)
     custom = {"type": "response.create", "input": [
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": PROMPT}]},
         {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},

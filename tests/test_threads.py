@@ -197,3 +197,17 @@ def test_a_file_other_users_could_have_planted_is_not_restored(tmp_path: Path, c
     path.write_text(json.dumps({"version": 1, "threads": [], "asked": [], "routes": []}))
     assert asyncio.run(ThreadFile(path).load()) == Kept()
     assert path.exists() and "threads not restored" in caplog.text
+
+
+def test_after_an_image_alone_a_threads_later_steps_answer_no_earlier_prompt() -> None:
+    """Over a WebSocket each message carries what is new: an image alone is a prompt with no words, and the tool
+    outputs after it are its steps, not the prompt before it (whose memory they would overwrite)."""
+    thread = Thread()
+    first = [Entry("user", PROMPT)]
+    assert thread.answers(find_prompt(first), first)[0] == PROMPT
+    image = [Entry("user", "", media=True)]  # an image alone
+    assert thread.answers(find_prompt(image), image) == ("", "", ())
+    step = [Entry("tool", "", (), True)]
+    assert thread.answers(find_prompt(step), step) == ("", "", ())
+    later = [Entry("user", "And the largest?")]
+    assert thread.answers(find_prompt(later), later)[0] == "And the largest?"

@@ -12,9 +12,9 @@ of one, or what a backend wrote from stored turns in its own words) is also an e
 each of those turns: it holds a turn's prompt, as the prompt's key names it (the user messages up to and
 including it), and an assistant message after it.
 
-A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
-the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
-may be megabytes, and this runs on the event loop. A part shorter than SHORT characters must be a whole message
+A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, and a prompt
+cleaned of client boilerplate, so a prompt is read both as sent and as cleaned), with one C-speed substring
+search over the request's texts joined: the conversation may be megabytes, and this runs on the event loop. A part shorter than SHORT characters must be a whole message
 instead, so that "ok" is not found inside any text. Stored text is also scrubbed: where a secret's marker stands
 in a part, the client sent the secret, so each piece of text between the markers is looked for instead. The
 request's texts are read only when something was found.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .memory.base import ASSISTANT, USER, Keyed, turn_parts, turn_splits, unlabelled
 from .protocols.base import Entry
-from .protocols.common import answered_keys
+from .protocols.common import answered_keys, clean_query
 from .scrub import MARKED, MARKER_START
 
 PREFIX = 200  # characters of a memory's part looked for
@@ -101,6 +101,8 @@ class Heard:
         for entry in entries:
             if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
                 heard.users.append(entry.text)
+                if not entry.results and "<" in entry.text and (cleaned := clean_query(entry.text)) != entry.text:
+                    heard.users.append(cleaned)  # as stored: a block cut out of its middle (a reminder) is gone
             elif entry.text and entry.role == "assistant":
                 heard.answers.append(entry.text)
         return heard

@@ -95,6 +95,9 @@ class Thread:
         if prompt.text:
             self.conversation = self.conversation or prompt.conversation
             self.key, self.raw, self.user, self.calls, self.after = key, prompt.key, prompt.text, (), self.reply
+        elif prompt.wordless:  # a new prompt, which its later steps go on from: none of them is the last one's
+            self.key = self.raw = ""
+            return "", "", prompt.calls
         elif not ((prompt.follows or prompt.compacted) and self.key):
             return "", "", prompt.calls
         return self.user, self.key, unique_calls(self.calls + prompt.calls)

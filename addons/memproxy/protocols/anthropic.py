@@ -64,7 +64,15 @@ class AnthropicAdapter(MessagesAdapter):
         if not context or not self.matches_body(body):
             return False
         plan = self._plan(body, context, strategy)
-        return plan is not None and apply_plan(plan, self._breakpoints(body), lambda bp: _text_block(context))
+        return plan is not None and apply_plan(plan, self._breakpoints(body), lambda bp: self._after(body, context))
+
+    @classmethod
+    def _after(cls, body: dict, context: str) -> Plan | None:
+        """Where a note goes when the plan's place is cached: at the end of the last user message. Never among
+        its tool results (text must follow them all), never into an assistant's message (the model would read it
+        as its own words); None if that message is before the last breakpoint (an assistant's prefill holds it)."""
+        i = find(body["messages"], user_with_content, last=True)
+        return None if i is None else cls._user_plan(body["messages"][i], i, context, prefix=False)
 
     def _plan(self, body: dict, context: str, strategy: str) -> Plan | None:
         messages = body["messages"]

@@ -34,6 +34,7 @@ class Entry(NamedTuple):
     text: str  # its text parts, joined by newlines, as the client sent them
     calls: tuple[tuple[Any, Any], ...] = ()  # each tool call's name and arguments, as sent (`common.trace` reads them)
     results: bool = False  # it holds tool results
+    media: bool = False  # it holds an image, a document, a file or audio (MEDIA)
 
 
 class Prompt(NamedTuple):
@@ -45,6 +46,7 @@ class Prompt(NamedTuple):
     follows: bool = False  # tool results come after the prompt (or, without one, anywhere): a tool loop's step
     conversation: str = ""  # digest of the conversation's first user message: the same for each of its prompts
     compacted: bool = False  # no prompt: the conversation goes on from a summary the client wrote of it (`continues`)
+    wordless: bool = False  # no prompt: the last user message holds media and no text (an image alone) and asks anew
 
 
 class ReplyAccumulator(abc.ABC):

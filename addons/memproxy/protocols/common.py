@@ -134,6 +134,7 @@ def strip_memory_blocks(text: str) -> str:
 # one memory meets the start of the next ("<recalled", then "- memories" on the next line, reads as a tag).
 
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories dropped from memory text
+_LINE_BREAKS = frozenset({"Zl", "Zp"})  # Unicode categories made newlines in memory text
 _ASCII_INVISIBLE = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # their ASCII members: controls but tab, newline
 _MEMORY_TAG = re.compile(r"<(?=(?i:[\s/\\]*recalled))")  # "<" case-sensitive: a faster scan
 
@@ -189,7 +190,8 @@ def _framed(memory: str) -> str:
 
 
 def visible(text: str) -> str:
-    """`text` in NFKC without control characters (but newline and tab), format characters and lone surrogates.
+    """`text` in NFKC without control characters (but newline and tab), format characters and lone surrogates,
+    its line and paragraph separators made newlines.
 
     Plain ASCII text, the common case, is checked in one pass over its bytes."""
     if text.isascii():
@@ -223,8 +225,15 @@ def _printable(text: str) -> bool:
 
 
 def _drop_invisible(text: str) -> str:
-    gone = {c for c in set(text) if c not in "\n\t" and unicodedata.category(c) in _INVISIBLE}
-    return text.translate(dict.fromkeys(map(ord, gone))) if gone else text
+    """`text` without invisible characters, its line and paragraph separators (U+2028, U+2029) made newlines: a
+    memory's lines are indented under its own item, and a line a reader breaks must be one of them."""
+    table: dict[int, str | None] = {}
+    for c in set(text):
+        if (category := unicodedata.category(c)) in _LINE_BREAKS:
+            table[ord(c)] = "\n"
+        elif c not in "\n\t" and category in _INVISIBLE:
+            table[ord(c)] = None
+    return text.translate(table) if table else text
 
 
 # -- query text -------------------------------------------------------------------------------------
@@ -345,13 +354,19 @@ def _unescaped(value: str) -> str:
 
 def find_prompt(entries: Sequence[Entry]) -> Prompt:
     """The prompt of a conversation: its last user message with text left once cleaned (as `select_query`
-    reads it). Its key digests the user messages' texts up to and including it, as sent: every step of a
-    tool loop (and every retry) sends those unchanged, and only tool calls and results follow them. The
-    conversation is named by its first user message's text alone."""
-    at, text, compacted = len(entries), "", False
+    reads it), unless a user message of media alone (an image) comes after it, a prompt with no words.
+    Its key digests the user messages' texts up to and including it, as sent: every step of a tool loop (and
+    every retry) sends those unchanged, and only tool calls and results follow them. The conversation is
+    named by its first user message's text alone."""
+    at, text, compacted, wordless = len(entries), "", False, None
     for i in range(len(entries) - 1, -1, -1):
         entry = entries[i]
-        if entry.role != "user" or not entry.text:
+        if entry.role != "user":
+            continue
+        if not entry.text:
+            if entry.media and not entry.results:  # an image or a file alone: a prompt without words to key or store
+                wordless = i
+                break
             continue
         if text := clean_query(entry.text):
             if continues(text):
@@ -359,11 +374,11 @@ def find_prompt(entries: Sequence[Entry]) -> Prompt:
             else:
                 at = i
             break
-    after = entries[at + 1 :] if text else entries
+    after = entries[at + 1 :] if text else entries if wordless is None else entries[wordless + 1 :]
     calls = unique_calls(itertools.islice((step for entry in after for step in trace(entry)), MAX_TRACED))
     follows = any(entry.results for entry in after)
     if not text:
-        return Prompt("", "", calls, follows, compacted=compacted)
+        return Prompt("", "", calls, follows, compacted=compacted, wordless=wordless is not None)
     digest, first = hashlib.blake2b(digest_size=16), None
     for entry in entries[: at + 1]:
         if entry.role == "user" and entry.text:
@@ -447,7 +462,17 @@ def block_entry(role: str, content: Any, text_types: tuple[str | None, ...], cal
         return Entry(role, text)
     blocks = [b for b in content if isinstance(b, dict)]
     calls = tuple((b.get("name"), b.get("input")) for b in blocks if b.get("type") in call_types)
-    return Entry(role, text, calls, any(b.get("type") in result_types for b in blocks))
+    return Entry(role, text, calls, any(b.get("type") in result_types for b in blocks), holds_media(blocks))
+
+
+# The types of the parts that carry media, in each format: Anthropic's blocks, Chat's parts, Responses' items.
+MEDIA = frozenset({"image", "document", "file", "image_url", "input_audio", "input_image", "input_file"})
+
+
+def holds_media(content: Any) -> bool:
+    """Whether the parts `content` holds include an image, a document, a file or audio."""
+    return isinstance(content, list) and any(isinstance(p, dict) and isinstance(t := p.get("type"), str) and t in MEDIA
+                                             for p in content)
 
 
 def text_parts(content: Any, types: tuple[str | None, ...]) -> list[str]:
@@ -609,17 +634,22 @@ def content_plan(message: dict, key: Key, context: str, prefix: bool, part: dict
     return (*key, at), lambda: content.insert(at, part)
 
 
-def apply_plan(plan: Plan, found: Iterable[Breakpoint], after_breakpoint: Callable[[Breakpoint], Any]) -> bool:
-    """Carry out `plan` unless it lands at or before the last cache breakpoint;
-    then insert `after_breakpoint(bp)` right after the breakpoint instead, so the
-    cached prefix stays byte-identical."""
-    key, change = plan
+def apply_plan(plan: Plan, found: Iterable[Breakpoint], after_breakpoint: Callable[[Breakpoint], Plan | None]) -> bool:
+    """Carry out `plan` unless it lands at or before the last cache breakpoint, so that the cached prefix stays
+    byte-identical; then `after_breakpoint(bp)`'s plan instead, if it lands after it. False if neither does."""
     last = max(found, key=lambda bp: bp.key, default=None)
-    if last is not None and key <= last.key:
-        last.container.insert(last.index + 1, after_breakpoint(last))
-    else:
-        change()
+    if last is not None and plan[0] <= last.key:
+        instead = after_breakpoint(last)
+        if instead is None or instead[0] <= last.key:
+            return False
+        plan = instead
+    plan[1]()
     return True
+
+
+def insert_after(bp: Breakpoint, item: Any) -> Plan:
+    """Insert `item` right after the breakpoint `bp`."""
+    return (*bp.key, 0.5), lambda: bp.container.insert(bp.index + 1, item)
 
 
 # -- reply assembly ---------------------------------------------------------------

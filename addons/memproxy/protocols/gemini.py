@@ -50,15 +50,14 @@ def _calls(parts: Any) -> tuple[str, ...]:
 def _entry(content: dict) -> Entry | None:
     """A user content (its functionResponse parts are tool results) or a model content (its functionCall parts
     name tools)."""
-    role = content.get("role")
-    if role not in (None, "user", "model"):
+    role, parts = content.get("role"), content.get("parts")
+    if role not in (None, "user", "model") or not isinstance(parts, list):
         return None
-    parts = content.get("parts")
-    parts = [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
-    text = "\n".join(text_parts(parts, _TEXT))
-    if role == "model":
-        return Entry("assistant", text, _steps(parts))
-    return Entry("user", text, (), any("functionResponse" in p for p in parts))
+    parts = [p for p in parts if isinstance(p, dict)]
+    if role == "model":  # its text parts joined as a reply's are (streamed chunks), so that a stored one is known
+        return Entry("assistant", _parts_text(parts), _steps(parts))
+    media = any("inlineData" in p or "fileData" in p for p in parts)
+    return Entry("user", "\n".join(text_parts(parts, _TEXT)), (), any("functionResponse" in p for p in parts), media)
 
 
 class GeminiAdapter(JsonAdapter):

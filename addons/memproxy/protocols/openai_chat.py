@@ -20,6 +20,8 @@ from .common import (
     content_plan,
     dig,
     find,
+    holds_media,
+    insert_after,
     join_text,
     text_parts,
     trace,
@@ -48,7 +50,7 @@ def _entry(message: dict) -> Entry | None:
         return None
     text = "\n".join(text_parts(message.get("content"), _TEXT))
     if role == "user":
-        return Entry(role, text)
+        return Entry(role, text, media=holds_media(message.get("content")))
     calls = message.get("tool_calls")
     functions = [dig(call, "function") for call in calls] if isinstance(calls, list) else []
     functions.append(message.get("function_call"))
@@ -77,8 +79,8 @@ class OpenAIChatAdapter(MessagesAdapter):
         messages = body["messages"]
         plan = self._plan(messages, context, strategy)
 
-        def after(bp: Breakpoint) -> dict:
-            return {"role": "system", "content": context} if bp.container is messages else _text_part(context)
+        def after(bp: Breakpoint) -> Plan:
+            return insert_after(bp, {"role": "system", "content": context} if bp.container is messages else _text_part(context))
 
         return plan is not None and apply_plan(plan, self._breakpoints(messages), after)
 

@@ -14,6 +14,7 @@ from .common import (
     body_session,
     content_plan,
     find,
+    holds_media,
     join_text,
     select_query,
     text_parts,
@@ -49,7 +50,8 @@ def _entry(item: dict) -> Entry | None:
         role = item.get("role")
         if role not in ("user", "assistant"):
             return None
-        return Entry(role, "\n".join(text_parts(item.get("content"), _TEXT)))
+        content = item.get("content")
+        return Entry(role, "\n".join(text_parts(content, _TEXT)), media=holds_media(content))
     if not isinstance(kind, str):
         return None
     if kind.endswith("_call_output"):
@@ -134,7 +136,11 @@ class OpenAIResponsesAdapter(JsonAdapter):
             i = find(items, lambda m: _is_user(m) and user_with_content(m), last=True)
             if i is not None:
                 return content_plan(items[i], (i,), context, strategy == "user_prefix", _input_text(context))[1]
-        if strategy not in INJECT_STRATEGIES:
+        asks = isinstance(items, str) or (isinstance(items, list) and find(items, _is_user) is not None)
+        if strategy not in INJECT_STRATEGIES or (_kept(body) and not asks):
+            # A later step of a conversation the provider keeps (a tool's output, no new prompt): the note went in
+            # with the prompt's first step and is kept there. Again in `instructions` it would be read twice, and
+            # the instructions' change would leave the whole kept conversation out of the prompt cache.
             return None
         instructions = body.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
@@ -157,18 +163,30 @@ class OpenAIResponsesAdapter(JsonAdapter):
 
     def continues(self, body: Any) -> str | None:
         """`previous_response_id`, or the id of the `conversation` the request adds to."""
-        if not isinstance(body, dict) or body.get("store") is False:  # a reply not stored cannot be continued
-            return None
-        previous, conversation = body.get("previous_response_id"), body.get("conversation")
-        if isinstance(conversation, dict):
-            conversation = conversation.get("id")
-        return next((name for name in (previous, conversation) if isinstance(name, str) and name), "")
+        return _continues(body)
 
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         return openai_error(status, message, error_type)
+
+
+def _continues(body: Any) -> str | None:
+    """`previous_response_id`, or the id of the `conversation` the request adds to ("" for neither); None if the
+    reply is not stored, so that nothing can continue it."""
+    if not isinstance(body, dict) or body.get("store") is False:
+        return None
+    return _kept(body)
+
+
+def _kept(body: dict) -> str:
+    """The id of what the provider keeps of the conversation before this request (`previous_response_id`, or the
+    `conversation`'s); "" for nothing."""
+    previous, conversation = body.get("previous_response_id"), body.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    return next((name for name in (previous, conversation) if isinstance(name, str) and name), "")
 
 
 class _Accumulator(EventAccumulator):
