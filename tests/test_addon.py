@@ -548,18 +548,18 @@ async def test_gemini_cli_asking_after_its_summary_what_another_conversation_ask
     results after it is a new one, even with the words of another conversation's prompt: it neither takes that
     memory's id nor leaves it out of what is recalled as its own. Only a loop the summary cut through goes on in
     its prompt's memory."""
-    earlier = "User: continue\nAssistant: Session 1: I finished migrating the cache to Redis."
+    earlier = "User: continue\nAssistant: First conversation: I finished migrating the cache to Redis."
     use(addon, FakeStore([earlier]))
     first = gemini_flow([content("user", GEMINI_CONTEXT), content("user", "continue")])
     await addon.request(first)
-    one = await gemini_answer(addon, first, "Session 1: I finished migrating the cache to Redis.")
+    one = await gemini_answer(addon, first, "First conversation: I finished migrating the cache to Redis.")
 
     summarised = [content("user", GEMINI_CONTEXT), content("user", STATE), content("model", "Got it."),
                   content("user", "continue")]
     second = gemini_flow(summarised)
     await addon.request(second)
     assert "migrating the cache to Redis" in second.request.content.decode()  # not this conversation's own turn
-    two = await gemini_answer(addon, second, "Session 2: I added the benchmark for the LRU.")
+    two = await gemini_answer(addon, second, "Second conversation: I added the benchmark for the LRU.")
     assert two.custom_id != one.custom_id
 
     call = {"functionCall": {"name": "run_shell_command", "args": {"command": "ls"}}}
@@ -567,7 +567,7 @@ async def test_gemini_cli_asking_after_its_summary_what_another_conversation_ask
     step = [{"role": "model", "parts": [call]}, {"role": "user", "parts": [result]}]
     looped = gemini_flow([*summarised, *step])
     await addon.request(looped)  # a step of its loop
-    assert (await gemini_answer(addon, looped, "Session 2: the benchmark runs in CI.")).custom_id == two.custom_id
+    assert (await gemini_answer(addon, looped, "Second conversation: the benchmark runs in CI.")).custom_id == two.custom_id
 
     asked = "run the benchmark"
     before = gemini_flow([content("user", GEMINI_CONTEXT), content("user", "Speed up the cache."), content("model", "Done."),
