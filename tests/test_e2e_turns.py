@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import SUPERMEMORY_KEY, MitmdumpProc
-from e2e_helpers import MEMORY_TAG, isolated_env, once_it_exists, restart_once, seed, seed_store, wait_until
+from e2e_helpers import MEMORY_TAG, isolated_env, memories, once_it_exists, restart_once, seed, seed_store, wait_until
 from e2e_helpers import installed_client as installed
 from e2e_helpers import run_client as run
 from fakes import FakeUpstream, ToolCall
@@ -37,7 +37,7 @@ from memproxy.scrub import scrub
 from memproxy.threads import KEPT_TURNS
 from secret_corpus import fakes
 from test_e2e_clients import answer_classifier, gemini, gemini_calls
-from test_e2e_more_clients import chat_calls, opencode, qwen
+from test_e2e_more_clients import chat_calls, git_repo, opencode, qwen
 
 pytestmark = pytest.mark.e2e
 
@@ -563,6 +563,31 @@ def test_claude_code_compacting_in_the_middle_of_a_tool_loop_keeps_the_prompts_o
     assert all(known.split("Assistant: ")[1] in json.dumps(c) and PROMPT not in json.dumps(c) for c in after), proc.log_text()
     memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}")
     assert sorted(content for content, _ in memories) == sorted([known, f"User: {PROMPT}\nAssistant: {FINAL}"]), proc.log_text()
+
+
+def test_gemini_cli_resumed_is_never_given_its_own_turn_that_it_sends_back_without_comments(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Gemini CLI records an answer without its zero-width characters and HTML comments, and a resumed session
+    sends it back so: the turn, stored as answered, is still its own."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, project = tmp_path / "home", git_repo(tmp_path / "kestrel")
+    answer_classifier(upstream)
+    upstream.reply = "Add this to the kestrel README:\n\n```markdown\n<!-- deploy: nomad -->\n# Kestrel\n```\n\nThen deploy\u200b."
+    gemini(proc, project, "Explain the kestrel deploy plan", home)
+    assert wait_until(lambda: len(memories(db, "project:kestrel")) == 1), proc.log_text()
+    upstream.reply = "Second answer about kestrel."
+
+    def second(*flags: str) -> str:
+        before = len(gemini_calls(upstream, "streamGenerateContent"))
+        gemini(proc, project, "Remind me: what was the kestrel deploy plan again?", home, *flags)
+        return json.dumps(gemini_calls(upstream, "streamGenerateContent")[before:], ensure_ascii=False)
+
+    resumed = second("--resume", "latest")
+    assert "Then deploy." in resumed and "deploy: nomad" not in resumed  # the client's copy of its answer
+    assert MEMORY_TAG not in resumed, proc.log_text()
+    assert MEMORY_TAG in second(), proc.log_text()  # another session is given the turn
 
 
 def test_gemini_cli_compressing_in_the_middle_of_a_later_prompts_tool_loop_keeps_its_one_memory(

@@ -231,3 +231,24 @@ def test_a_prompt_stored_without_a_reminder_in_its_middle_is_an_echo(between: st
     heard = Heard.of([Entry("user", sent), Entry("assistant", answer), Entry("user", "Now add tests for it")])
     assert heard.holds(memory(stored, answer))
     assert not heard.holds(memory(stored, "Another conversation's answer to the same prompt."))
+
+
+GEMINI_RESUMED = [  # an answer as stored, and as Gemini CLI 0.61 sends it back when it resumes the session
+    ("The kestrel plan uses Nomad\u200b in three regions.", "The kestrel plan uses Nomad in three regions."),
+    ("\ufeffThe kestrel plan starts with a byte order mark.", "The kestrel plan starts with a byte order mark."),
+    ("The kestrel team \U0001f468\u200d\U0001f4bb deploys with Nomad, \u05e9\u05dc\u05d5\u05dd \u200fNomad\u200f.",
+     "The kestrel team \U0001f468\U0001f4bb deploys with Nomad, \u05e9\u05dc\u05d5\u05dd Nomad."),
+    ("The kestrel plan <!-- internal note: check regions --> uses Nomad in three regions.",
+     "The kestrel plan  uses Nomad in three regions."),
+    ("Add this to the kestrel README:\n\n```markdown\n<!-- deploy: nomad -->\n# Kestrel\n```\n\nThen deploy with Nomad.",
+     "Add this to the kestrel README:\n\n```markdown\n\n# Kestrel\n```\n\nThen deploy with Nomad."),
+]
+
+
+@pytest.mark.parametrize(("stored", "sent"), GEMINI_RESUMED)
+def test_an_answer_sent_back_without_its_invisible_characters_or_html_comments_is_an_echo(stored: str, sent: str) -> None:
+    prompt = "Explain the kestrel deploy plan"
+    for answer in (sent, stored):  # as Gemini CLI sends it back, and as the other clients do
+        heard = Heard.of([Entry("user", prompt), Entry("assistant", answer), Entry("user", "Remind me of the plan?")])
+        assert heard.holds(memory(prompt, stored))
+        assert not heard.holds(memory(prompt, "The kestrel plan uses Kubernetes in one region, another answer."))

@@ -14,7 +14,9 @@ including it), and an assistant message after it.
 
 A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, and a prompt
 cleaned of client boilerplate, so a prompt is read both as sent and as cleaned), with one C-speed substring
-search over the request's texts joined: the conversation may be megabytes, and this runs on the event loop. A part shorter than SHORT characters must be a whole message
+search over the request's texts joined: the conversation may be megabytes, and this runs on the event loop. Both
+sides are read without invisible format characters and HTML comments, which a client may drop from what it
+sends back (`_seen`). A part shorter than SHORT characters must be a whole message
 instead, so that "ok" is not found inside any text. Stored text is also scrubbed: where a secret's marker stands
 in a part, the client sent the secret, so each piece of text between the markers is looked for instead. The
 request's texts are read only when something was found.
@@ -22,6 +24,7 @@ request's texts are read only when something was found.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 from .memory.base import ASSISTANT, USER, Keyed, turn_parts, turn_splits, unlabelled
@@ -39,10 +42,34 @@ ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut j
 ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
 
 
+# Invisible format characters (soft hyphen, zero-width, bidi marks and embeddings, word joiners, BOM): a client
+# may drop them from an answer it sends back, as Gemini CLI does when it resumes a session.
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+COMMENT_OPEN, COMMENT_CLOSE = "<!--", "-->"
+
+
+def _seen(text: str) -> str:
+    """`text` as every client sends it back: without invisible format characters and HTML comments (which Gemini
+    CLI also drops). Both sides of the search are read so, for a client that keeps them sends them back too."""
+    if not text.isascii():
+        text = _INVISIBLE.sub("", text)
+    return _uncommented(text) if COMMENT_OPEN in text else text
+
+
+def _uncommented(text: str) -> str:
+    """`text` without its HTML comments, in one pass (an opening never closed stays)."""
+    kept, at = [], 0
+    while (start := text.find(COMMENT_OPEN, at)) >= 0 and (end := text.find(COMMENT_CLOSE, start + 4)) >= 0:
+        kept.append(text[at:start])
+        at = end + len(COMMENT_CLOSE)
+    kept.append(text[at:])
+    return "".join(kept)
+
+
 def _found(part: str, joined: str, whole: frozenset[str] | None = None) -> bool:
     """Whether `part` is in `joined`. A short part must be one of the messages `whole`; with None (a chunk's part,
     which may start or end anywhere in a message), it may be anywhere in `joined`."""
-    part = part.strip()
+    part = _seen(part).strip()
     if len(part) < SHORT:
         return part in joined if whole is None else bool(part) and part in whole
     if MARKER_START not in part:
@@ -161,8 +188,9 @@ class Heard:
         if isinstance(memory, Keyed) and (not stored_text or not self._entries) and self.holds_turns(memory.keys):
             return True
         if self._joined is None:
-            self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
-                            SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
+            users, answers = list(map(_seen, self.users)), list(map(_seen, self.answers))
+            self._joined = (SEPARATOR.join(users), frozenset(t.strip() for t in users),
+                            SEPARATOR.join(answers), frozenset(t.strip() for t in answers))
         users, whole_users, answers, whole_answers = self._joined
         if parts:  # a prompt that quotes a transcript holds "Assistant: " too: each place it may end is tried
             return any(_found(user, users, whole_users) and _found(answer, answers, whole_answers)
