@@ -12,14 +12,16 @@ of one, or what a backend wrote from stored turns in its own words) is also an e
 each of those turns: it holds a turn's prompt, as the prompt's key names it (the user messages up to and
 including it), and an assistant message after it.
 
-A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, and a prompt
-cleaned of client boilerplate, so a prompt is read both as sent and as cleaned), with one C-speed substring
-search over the request's texts joined: the conversation may be megabytes, and this runs on the event loop. Both
-sides are read without invisible format characters and HTML comments, which a client may drop from what it
-sends back (`_seen`). A part shorter than SHORT characters must be a whole message
-instead, so that "ok" is not found inside any text. Stored text is also scrubbed: where a secret's marker stands
-in a part, the client sent the secret, so each piece of text between the markers is looked for instead. The
-request's texts are read only when something was found.
+A memory's part is looked for as stored, by its first PREFIX characters (stored text is clipped, but otherwise
+the text the client sent), with one C-speed substring search over the request's texts joined: the conversation
+may be megabytes, and this runs on the event loop. A part shorter than SHORT characters must be a whole message
+instead, so that "ok" is not found inside any text. Where a part is not found so, its pieces are looked for
+instead, each in the conversation as it was sent: the text between the places where the stored text and the
+client's copy may differ (`GAPS`). Stored text is scrubbed: where a secret's marker stands, the client sent the
+secret. A prompt is stored cleaned of client boilerplate: where a block was cut out of its middle (a reminder),
+a blank line or two spaces are left. A client may drop invisible format characters and HTML comments from an
+answer it sends back (Gemini CLI, when it resumes a session). The request's texts are read only when something
+was found.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .memory.base import ASSISTANT, USER, Keyed, turn_parts, turn_splits, unlabelled
 from .protocols.base import Entry
-from .protocols.common import answered_keys, clean_query
+from .protocols.common import answered_keys
 from .scrub import MARKED, MARKER_START
 
 PREFIX = 200  # characters of a memory's part looked for
@@ -42,40 +44,29 @@ ANSWER = ASSISTANT.lstrip("\n")  # the label that starts a chunk of a turn cut j
 ANSWER_CUT = ASSISTANT.rstrip()  # the label that ends a chunk of a turn cut at the space after it
 
 
-# Invisible format characters (soft hyphen, zero-width, bidi marks and embeddings, word joiners, BOM): a client
-# may drop them from an answer it sends back, as Gemini CLI does when it resumes a session.
-_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-COMMENT_OPEN, COMMENT_CLOSE = "<!--", "-->"
-
-
-def _seen(text: str) -> str:
-    """`text` as every client sends it back: without invisible format characters and HTML comments (which Gemini
-    CLI also drops). Both sides of the search are read so, for a client that keeps them sends them back too."""
-    if not text.isascii():
-        text = _INVISIBLE.sub("", text)
-    return _uncommented(text) if COMMENT_OPEN in text else text
-
-
-def _uncommented(text: str) -> str:
-    """`text` without its HTML comments, in one pass (an opening never closed stays)."""
-    kept, at = [], 0
-    while (start := text.find(COMMENT_OPEN, at)) >= 0 and (end := text.find(COMMENT_CLOSE, start + 4)) >= 0:
-        kept.append(text[at:start])
-        at = end + len(COMMENT_CLOSE)
-    kept.append(text[at:])
-    return "".join(kept)
+# Where a stored part and the client's copy of it may differ: a secret's marker; a blank line or two spaces, where
+# cleaning cut a block out; an HTML comment, an invisible format character (soft hyphen, zero-width, bidi marks and
+# embeddings, word joiners, BOM) that a client dropped.
+ASCII_GAPS = (MARKER_START, "\n", "  ", "<!--")  # one of these is in ASCII text that holds a gap
+GAPS = re.compile(
+    MARKED.pattern + r"|\n\s*\n|  +|<!--.*?-->|[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+", re.S
+)
 
 
 def _found(part: str, joined: str, whole: frozenset[str] | None = None) -> bool:
     """Whether `part` is in `joined`. A short part must be one of the messages `whole`; with None (a chunk's part,
     which may start or end anywhere in a message), it may be anywhere in `joined`."""
-    part = _seen(part).strip()
+    part = part.strip()
     if len(part) < SHORT:
         return part in joined if whole is None else bool(part) and part in whole
-    if MARKER_START not in part:
-        return part[:PREFIX] in joined
+    head = part[:PREFIX]
+    if MARKER_START not in part and head in joined:
+        return True
+    if head.isascii() and not any(gap in part[: PREFIX * 2] for gap in ASCII_GAPS):
+        return False  # no piece but the whole
     pieces = _sent(part)
-    return sum(map(len, pieces)) >= SHORT and all(piece in joined for piece in pieces)
+    split = "".join(pieces) != head  # else the search above was this one
+    return split and sum(map(len, pieces)) >= SHORT and all(piece in joined for piece in pieces)
 
 
 def _chunk_sides(content: str) -> tuple[str, str] | None:
@@ -94,11 +85,10 @@ def _chunk_sides(content: str) -> tuple[str, str] | None:
 
 
 def _sent(part: str) -> list[str]:
-    """The text of a scrubbed `part` between its secrets' markers: its first PIECES pieces, within its first PREFIX
-    characters of text."""
+    """The text of `part` between its GAPS: its first PIECES pieces, within its first PREFIX characters of text."""
     pieces: list[str] = []
     room = PREFIX
-    for piece in MARKED.split(part):
+    for piece in GAPS.split(part[: PREFIX * 2]):
         if room <= 0 or len(pieces) == PIECES:
             break
         if piece := piece[:room]:
@@ -128,8 +118,6 @@ class Heard:
         for entry in entries:
             if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
                 heard.users.append(entry.text)
-                if not entry.results and "<" in entry.text and (cleaned := clean_query(entry.text)) != entry.text:
-                    heard.users.append(cleaned)  # as stored: a block cut out of its middle (a reminder) is gone
             elif entry.text and entry.role == "assistant":
                 heard.answers.append(entry.text)
         return heard
@@ -188,9 +176,8 @@ class Heard:
         if isinstance(memory, Keyed) and (not stored_text or not self._entries) and self.holds_turns(memory.keys):
             return True
         if self._joined is None:
-            users, answers = list(map(_seen, self.users)), list(map(_seen, self.answers))
-            self._joined = (SEPARATOR.join(users), frozenset(t.strip() for t in users),
-                            SEPARATOR.join(answers), frozenset(t.strip() for t in answers))
+            self._joined = (SEPARATOR.join(self.users), frozenset(t.strip() for t in self.users),
+                            SEPARATOR.join(self.answers), frozenset(t.strip() for t in self.answers))
         users, whole_users, answers, whole_answers = self._joined
         if parts:  # a prompt that quotes a transcript holds "Assistant: " too: each place it may end is tried
             return any(_found(user, users, whole_users) and _found(answer, answers, whole_answers)
