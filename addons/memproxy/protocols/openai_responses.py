@@ -163,21 +163,15 @@ class OpenAIResponsesAdapter(JsonAdapter):
 
     def continues(self, body: Any) -> str | None:
         """`previous_response_id`, or the id of the `conversation` the request adds to."""
-        return _continues(body)
+        if not isinstance(body, dict) or body.get("store") is False:  # a reply not stored cannot be continued
+            return None
+        return _kept(body)
 
     def accumulator(self) -> ReplyAccumulator:
         return _Accumulator()
 
     def error_body(self, status: int, message: str, error_type: str) -> dict:
         return openai_error(status, message, error_type)
-
-
-def _continues(body: Any) -> str | None:
-    """`previous_response_id`, or the id of the `conversation` the request adds to ("" for neither); None if the
-    reply is not stored, so that nothing can continue it."""
-    if not isinstance(body, dict) or body.get("store") is False:
-        return None
-    return _kept(body)
 
 
 def _kept(body: dict) -> str:
