@@ -688,6 +688,45 @@ def test_chat_cache_control_on_parts_and_messages() -> None:
     assert body["messages"] == [*before["messages"], {"role": "system", "content": CTX}]
 
 
+def _chat_loop(cached: str) -> dict:
+    """A Chat tool loop: two parallel calls, their results, and the user's next prompt; `cached` marks where the
+    client put `cache_control`: the assistant's message, a part of its content, or the first result's part."""
+    call = {"role": "assistant", "content": [{"type": "text", "text": "Reading both."}], "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "read", "arguments": "{}"}},
+    ]}
+    results = [{"role": "tool", "tool_call_id": c, "content": [{"type": "text", "text": "file " + c}]} for c in ("c1", "c2")]
+    mark = {"type": "ephemeral"}
+    if cached == "assistant":
+        call["cache_control"] = mark
+    elif cached == "assistant part":
+        call["content"][0]["cache_control"] = mark
+    else:
+        results[0]["content"][0]["cache_control"] = mark
+    return {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Read a and b"}, call, *results]}
+
+
+@pytest.mark.parametrize("cached", ["assistant", "assistant part", "result part"])
+@pytest.mark.parametrize("strategy", ["system", "dual", "user_prefix", "user_suffix"])
+@pytest.mark.parametrize("then_user", [False, True])
+def test_chat_note_after_a_model_side_breakpoint_follows_the_tool_results(cached: str, strategy: str, then_user: bool) -> None:
+    """A breakpoint on an assistant's message or a tool's result: the note is a system message after that call's
+    results, never text in the model's words or a tool's output, never between a call and its results (a 400)."""
+    body = _chat_loop(cached)
+    if then_user:
+        body["messages"].append({"role": "user", "content": "Now compare them"})
+    before = copy.deepcopy(body)
+    note = {"role": "system", "content": CTX}
+    assert CHAT.inject(body, CTX, strategy)
+    if then_user and strategy in ("user_prefix", "user_suffix"):  # the plan already lands after the breakpoint
+        assert body["messages"][:-1] == before["messages"][:-1] and CTX in body["messages"][-1]["content"]
+    else:
+        assert body["messages"] == [*before["messages"][:5], note, *before["messages"][5:]]
+        breakpoint_block = before["messages"][2] if cached == "assistant" else (
+            before["messages"][2]["content"][0] if cached == "assistant part" else before["messages"][3]["content"][0])
+        assert_prefix_kept(before, body, breakpoint_block)
+
+
 def test_chat_reply_from_json() -> None:
     reply = {
         "id": "chatcmpl-1",

@@ -23,6 +23,7 @@ from .common import (
     holds_media,
     insert_after,
     join_text,
+    leading,
     text_parts,
     trace,
     unique_calls,
@@ -31,6 +32,8 @@ from .common import (
 
 _PATH = re.compile(r"/chat/completions/?$")
 _TEXT = ("text",)
+_RESULTS = ("tool", "function")  # a tool's result; "function" is the older API's
+_MODEL_SIDE = ("assistant", *_RESULTS)
 
 
 def _text_part(text: str) -> dict:
@@ -41,10 +44,14 @@ def _is_user(message: dict) -> bool:
     return message.get("role") == "user"
 
 
+def _is_result(message: dict) -> bool:
+    return message.get("role") in _RESULTS
+
+
 def _entry(message: dict) -> Entry | None:
     """A user or assistant message, or a tool result (role "tool", or "function" of the older API)."""
     role = message.get("role")
-    if role in ("tool", "function"):
+    if role in _RESULTS:
         return Entry("tool", "", (), True)
     if role not in ("user", "assistant"):
         return None
@@ -80,6 +87,11 @@ class OpenAIChatAdapter(MessagesAdapter):
         plan = self._plan(messages, context, strategy)
 
         def after(bp: Breakpoint) -> Plan:
+            i = bp.key[0]
+            if messages[i].get("role") in _MODEL_SIDE:
+                # Never into the model's words or a tool's output, never between a call and its results.
+                j = i + 1 + leading(messages[i + 1 :], _is_result)
+                return (j, -1), lambda: messages.insert(j, {"role": "system", "content": context})
             return insert_after(bp, {"role": "system", "content": context} if bp.container is messages else _text_part(context))
 
         return plan is not None and apply_plan(plan, self._breakpoints(messages), after)
