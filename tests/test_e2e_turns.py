@@ -193,6 +193,29 @@ def test_a_cli_tool_loop_is_one_memory_and_never_its_own_echo(
     assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
 
 
+def test_claude_code_tool_loop_ending_in_an_answer_given_before_joins_that_memory(
+    mitmdump, upstream: FakeUpstream, tmp_path: Path, backend: Backend
+) -> None:
+    """Real Claude Code is asked a question it was asked before with one word changed, in a new session: the first
+    time it answered at once, now after a tool loop whose first step says something else. The loop's final answer
+    nearly repeats the first memory, so it joins that memory instead of being stored beside it."""
+    proc = mitmdump(mode="regular", upstream=upstream, options=backend.options, env=backend.env)
+    home, project = tmp_path / "home", tmp_path / "shop"
+    asked = "Which files does the repository hold at its top level?"
+    answer = "The repository holds three files at its top level: README.md, Makefile and setup.cfg."
+    upstream.reply = answer
+    assert claude(proc, project, home, "-p", asked).endswith(answer)
+    backend.settled("project:shop", f"User: {asked}\nAssistant: {answer}")
+
+    again = asked.replace("hold", "keep")
+    call = ToolCall("Bash", {"command": f"sleep 1; printf {OUTPUT}", "description": "List the files"})
+    upstream.tool_call = lambda data: call if "Bash" in tool_names(data) else None
+    assert claude(proc, project, home, "-p", again, "--allowedTools", "Bash").endswith(answer)
+    assert len(main_calls(upstream)) == 3, proc.log_text()  # the first session's call, then the loop's two steps
+    wait_until(lambda: backend.stored("project:shop") == [(f"User: {again}\nAssistant: {answer}", ["Bash"])])
+    assert backend.stored("project:shop") == [(f"User: {again}\nAssistant: {answer}", ["Bash"])], proc.log_text()
+
+
 def on_the_local_store(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> tuple[Backend, MitmdumpProc, Path, Path]:
     """A mitmdump keeping memories in the local store; the home and the project directory a client runs in."""
     backend = Backend("local", tmp_path, None)

@@ -624,6 +624,31 @@ def test_near_duplicates_are_merged_into_the_newest(store: LocalStore, tmp_path:
     integrity(tmp_path / "memories.db")
 
 
+def test_a_tool_loop_ending_in_a_near_duplicate_is_merged_into_it(store: LocalStore, tmp_path: Path) -> None:
+    """A loop's first step (its preamble) repeats nothing; its final answer, which updates it by its custom id,
+    nearly repeats an older memory: the two become one, which the loop's later steps go on updating."""
+    answer = ("run make rollback with the previous release tag, then watch the error rate on the dashboard for ten"
+              " minutes before you close the incident")
+    older = run(store.add("p", f"User: how do we roll back a bad deploy of the api?\nAssistant: {answer}", "turn-a"))
+    prompt = "User: how do we roll back a bad deploy of the api service?"
+    step = run(store.add("p", f"{prompt}\nAssistant: I will open the checklist first.", "turn-b"))
+    assert step != older and run(store.count("p")) == 2
+    assert run(store.add("p", f"{prompt}\nAssistant: {answer}", "turn-b", {"calls": ["Read runbook.md"]})) == older
+    [kept] = run(store.list("p"))
+    assert (kept.id, kept.content, kept.metadata) == (older, f"{prompt}\nAssistant: {answer}", {"calls": ["Read runbook.md"]})
+    assert run(store.search("p", "checklist")) == []  # the preamble left the index too
+    assert run(store.add("p", f"{prompt}\nAssistant: {answer} and page the owner", "turn-b")) == older
+    assert run(store.count("p")) == 1
+
+    # A step that repeats nothing stays the loop's own memory, and so does one of another scope.
+    mine = run(store.add("p", "User: what port does the api use?\nAssistant: I will grep the config.", "turn-c"))
+    assert run(store.add("p", "User: what port does the api use?\nAssistant: 7001, set in config.yaml", "turn-c")) == mine
+    run(store.add("q", f"{prompt}\nAssistant: I will open the checklist first.", "turn-b"))
+    assert run(store.add("q", f"{prompt}\nAssistant: {answer}", "turn-b")) != older
+    assert (run(store.count("p")), run(store.count("q"))) == (2, 1)
+    integrity(tmp_path / "memories.db")
+
+
 # Schema 2, as it was: one table for every scope, each word glued to a prefix derived from the scope.
 V2_SCHEMA = """
 CREATE TABLE memories(id INTEGER PRIMARY KEY, scope TEXT NOT NULL, custom_id TEXT, content TEXT NOT NULL,

@@ -283,6 +283,28 @@ async def test_near_duplicates_are_merged_into_the_newest(store: SupermemoryStor
     assert len(supermemory.documents) == 6
 
 
+async def test_a_tool_loop_ending_in_a_near_duplicate_is_merged_into_it(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    """A loop's first step repeats nothing; its final answer, POSTed with the same customId, nearly repeats an
+    older document: the step's document is deleted and the older one takes the answer and the customId."""
+    answer = ("run make rollback with the previous release tag, then watch the error rate on the dashboard for ten"
+              " minutes before you close the incident")
+    older = await store.add("p", f"User: how do we roll back a bad deploy of the api?\nAssistant: {answer}", "turn-a")
+    prompt = "User: how do we roll back a bad deploy of the api service?"
+    step = await store.add("p", f"{prompt}\nAssistant: I will read the runbook first.", "turn-b")
+    assert step != older and len(supermemory.documents) == 2
+    assert await store.add("p", f"{prompt}\nAssistant: {answer}", "turn-b", {"calls": "Read runbook.md"}) == older
+    assert list(supermemory.documents) == [older]
+    kept = supermemory.documents[older]
+    assert (kept.content, kept.metadata) == (f"{prompt}\nAssistant: {answer}", {"calls": "Read runbook.md"})
+    assert kept.custom_id == document_custom_id(store.tag("p"), "turn-b")
+    assert await store.add("p", f"{prompt}\nAssistant: {answer} and page the owner", "turn-b") == older
+    assert len(supermemory.documents) == 1
+
+    mine = await store.add("p", "User: what port does the api use?\nAssistant: I will grep the config.", "turn-c")
+    assert await store.add("p", "User: what port does the api use?\nAssistant: 7001, set in config.yaml", "turn-c") == mine
+    assert len(supermemory.documents) == 2
+
+
 async def test_a_near_duplicate_listed_from_another_container_is_never_merged(
     store: SupermemoryStore, supermemory: FakeSupermemory
 ) -> None:

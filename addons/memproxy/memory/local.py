@@ -473,6 +473,10 @@ class LocalStore(MemoryStore):
             ).fetchone()
             if old is None:
                 old = self._near_duplicate(db, scope, content)
+            elif old[1] != content and (twin := self._near_duplicate(db, scope, content, besides=old[0])) is not None:
+                # A later step of a tool loop (or a retry) that nearly repeats another memory: it goes into that one.
+                self._delete(db, scope, old[0])
+                old = twin
             if old is None:
                 id_ = self._insert(db, scope, content, custom_id, metadata, now)
             else:
@@ -482,16 +486,17 @@ class LocalStore(MemoryStore):
         self._added(db, scope)
         return str(id_)
 
-    def _near_duplicate(self, db: sqlite3.Connection, scope: str, content: str) -> tuple[Any, ...] | None:
+    def _near_duplicate(self, db: sqlite3.Connection, scope: str, content: str, besides: int | None = None
+                        ) -> tuple[Any, ...] | None:
         """The memory of `scope` that `content` nearly repeats (the same answer stored again, a turn retried with
-        a word changed), among its best matches; None if there is none."""
+        a word changed), among its best matches, other than the memory `besides`; None if there is none."""
         table = self._indexes.table(db, scope)
         query = near_match(content) if table is not None else ""
         if not query:
             return None
         sql = self._indexes.search_sql(table, "m.id, m.content, m.metadata, m.created_at")
         for *row, _ in db.execute(sql, (query, NEAR_CANDIDATES, scope)):
-            if near_duplicates(content, row[1]):
+            if row[0] != besides and near_duplicates(content, row[1]):
                 return tuple(row)
         return None
 
@@ -549,15 +554,19 @@ class LocalStore(MemoryStore):
                 db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
 
     def _forget(self, db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
-        # SQLite gives the text id the column's integer affinity; an id that is not an integer matches nothing.
         with db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute(
-                "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content, created_at, metadata", (memory_id, scope)
-            ).fetchone()
-            if row is not None:
-                self._indexes.remove(db, scope, *row)
-                self._unorder(scope)
+            return self._delete(db, scope, memory_id)
+
+    def _delete(self, db: sqlite3.Connection, scope: str, memory_id: str | int) -> bool:
+        """Delete a memory of `scope` and its index entry, in the caller's transaction. SQLite gives a text id the
+        column's integer affinity; an id that is not an integer matches nothing."""
+        row = db.execute(
+            "DELETE FROM memories WHERE id = ? AND scope = ? RETURNING id, content, created_at, metadata", (memory_id, scope)
+        ).fetchone()
+        if row is not None:
+            self._indexes.remove(db, scope, *row)
+            self._unorder(scope)
         return row is not None
 
     def _rewrite(self, db: sqlite3.Connection, memory: Memory, content: str, metadata: str | None) -> bool:

@@ -284,9 +284,10 @@ class SupermemoryStore(MemoryStore):
 
     async def _merge(self, body: dict[str, Any]) -> str | None:
         """Store the document `body` (as POSTed) into the one of its tag that it nearly repeats
-        (near.near_duplicates), among the tag's NEAR_RECENT last updated: that document's id; None if there is
-        none, if `body`'s customId names one of them (the POST updates that one), or if a call fails (stored as a
-        document of its own, if maybe twice, rather than not at all)."""
+        (near.near_duplicates), among the tag's NEAR_RECENT last updated: that document's id. The document that
+        `body`'s customId names (an earlier step of its tool loop, or a retry) is deleted first, so the twin can
+        take its customId; if it holds `body`'s content already, nothing changes. None if there is no twin, or if
+        a call fails (stored as a document of its own, if maybe twice, rather than not at all)."""
         listing = {"containerTags": [body["containerTag"]], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt",
                    "order": "desc", "includeContent": True}  # fmt: skip
         try:
@@ -294,12 +295,16 @@ class SupermemoryStore(MemoryStore):
             # Only the tag's own: a server that ignores the filter (or an answer that adds one) must not get a
             # turn merged into another scope's document.
             docs = [d for d in docs if _document("", d) is not None and _holds(d, body["containerTag"])]
-            if "customId" in body and any(d.get("customId") == body["customId"] for d in docs):
+            own = next((d for d in docs if "customId" in body and d.get("customId") == body["customId"]), None)
+            if own is not None and own["content"] == body["content"]:
                 return None
-            twin = await asyncio.to_thread(_nearly_repeated, body["content"], docs)  # ms of CPU: off the loop
+            others = [d for d in docs if d is not own]
+            twin = await asyncio.to_thread(_nearly_repeated, body["content"], others)  # ms of CPU: off the loop
             if twin is None:
                 return None
-            if (twin["content"], _metadata(twin)) == (body["content"], body.get("metadata", {})):
+            if own is not None:
+                await self._call("DELETE", f"/v3/documents/{quote(own['id'], safe='')}", missing_ok=True)
+            elif (twin["content"], _metadata(twin)) == (body["content"], body.get("metadata", {})):
                 return twin["id"]  # the same memory again changes nothing
             update = {k: v for k, v in body.items() if k != "containerTag"}
             path = f"/v3/documents/{quote(twin['id'], safe='')}"
