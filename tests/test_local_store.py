@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import hashlib
 import itertools
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -740,7 +742,53 @@ def test_a_schema_3_store_is_migrated_on_open_and_its_turns_are_found_by_their_f
         run(store.close())
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
-        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
+    integrity(path)
+
+
+def v4_index_text(content: str, created_at: float, metadata: str) -> str:
+    """Schema 4's index text: a memory's date as the plain words of its month and year ("may 2026")."""
+    day = time.gmtime(created_at)
+    files = index.words(" ".join(index.traced_files(metadata)))
+    return " ".join((*index.words(content), *files, f"{index.MONTHS[day.tm_mon - 1]} {day.tm_year}"))
+
+
+def test_a_schema_4_store_is_migrated_on_open_and_its_dates_match_no_words(tmp_path: Path) -> None:
+    """Schema 4 indexed a memory's month and year as plain words, which "may" or "2026" in any prompt matched."""
+    path = tmp_path / "v4.db"
+    may = datetime.datetime(2025, 5, 12, tzinfo=datetime.UTC).timestamp()
+    rows = [("p", "turn-1", "User: which certificates expire?\nAssistant: the TLS ones, rotate them yearly", "{}", may),
+            ("p", "turn-2", "User: why is the cache stale?\nAssistant: it may be stale after a deploy", '{"tool": "Codex"}',
+             may + 200 * 86400),
+            ("q", None, "the billing service deploys on fridays", "{}", may)]
+    store = LocalStore(path)
+    try:
+        run(store.add("p", "a memory that makes the tables"))
+        run(store.add("q", "a memory that makes the tables"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        for scope, custom_id, content, metadata, at in rows:
+            id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+                             " RETURNING id", (scope, custom_id, content, metadata, at)).fetchone()[0]
+            [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = ?", (scope,)).fetchall()
+            db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, v4_index_text(content, at, metadata)))
+        db.execute("PRAGMA user_version = 4")
+        db.commit()
+        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    store = LocalStore(path)
+    try:
+        # The month as a date, and the word "may" in a text
+        assert {m.content for m in run(store.search("p", "what did we decide in May?"))} == {rows[0][2], rows[1][2]}
+        assert [m.content for m in run(store.search("p", "may the deploy fail on friday?"))] == [rows[1][2]]
+        assert run(store.search("p", "update the copyright header to 2025")) == []
+        assert {m.content for m in run(store.search("p", "what did we decide in 2025?"))} == {rows[0][2], rows[1][2]}
+        assert [m.content for m in run(store.search("q", "billing deploys"))] == [rows[2][2]]
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
     integrity(path)
 
 

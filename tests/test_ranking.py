@@ -22,8 +22,45 @@ C = {"conversation": "c"}
 
 def test_date_words_name_the_month_and_year() -> None:
     at = datetime.datetime(2023, 5, 8, 13, 56, tzinfo=datetime.UTC).timestamp()
-    assert index.date_words(at) == "may 2023"
-    assert index.date_words(datetime.datetime(2026, 11, 30, 23, 59, tzinfo=datetime.UTC).timestamp()) == "november 2026"
+    assert index.date_words(at) == "monthmay year2023"
+    assert index.date_words(datetime.datetime(2026, 11, 30, 23, 59, tzinfo=datetime.UTC).timestamp()) == "monthnovember year2026"
+
+
+@pytest.mark.parametrize(("query", "dates"), [
+    ("what did we decide in May?", ["monthmay"]),
+    ("Who did Maria have dinner with on May 3, 2023?", ["monthmay", "year2023"]),
+    ("What setback did Melanie face in October 2023?", ["monthoctober", "year2023"]),
+    ("When did Melanie go camping in june", ["monthjune"]),
+    ("the 8th of march", ["monthmarch"]),
+    ("May 2023 was busy", ["monthmay", "year2023"]),
+    ("How many times has she gone to the beach in 2023?", ["year2023"]),
+    ("may the deploy fail on friday?", []),
+    ("May I ask why the build fails?", []),
+    ("It may fail. May it not.", []),
+    ("let's march through the failing tests", []),
+    ("the loop marches over every item", []),
+    ("update the copyright header to 2026", []),
+    ("listen on port 2026 in docker", []),
+    ("this may break in production", []),
+])  # fmt: skip
+def test_a_query_names_a_month_or_a_year_as_a_date_only_where_it_is_one(query: str, dates: list[str]) -> None:
+    assert index.named_dates(query) == dates
+
+
+@pytest.mark.parametrize(("today", "phrase", "dates"), [
+    ((2026, 3, 31), "last month", ["monthfebruary", "year2026"]),
+    ((2026, 3, 1), "last month", ["monthfebruary", "year2026"]),
+    ((2026, 1, 15), "last month", ["monthdecember", "year2025"]),
+    ((2026, 1, 15), "past month", ["monthjanuary", "year2026", "monthdecember", "year2025"]),
+    ((2028, 12, 31), "last year", ["year2027"]),
+    ((2026, 1, 1), "past year", ["year2026", "year2025"]),
+    ((2026, 12, 4), "last week", ["monthnovember", "year2026"]),
+    ((2026, 3, 1), "yesterday", ["monthfebruary", "year2026"]),
+])  # fmt: skip
+def test_a_time_relative_to_now_names_calendar_months_and_years(today: tuple[int, int, int], phrase: str,
+                                                               dates: list[str]) -> None:
+    now = datetime.datetime(*today, 12, tzinfo=datetime.UTC).timestamp()
+    assert index.relative_dates(f"what did we decide {phrase}?", now) == dates
 
 
 @pytest.mark.parametrize("at", [0.0, float("inf"), float("nan"), 1e300, -1e300])

@@ -4,8 +4,9 @@ A scope's table gives bm25() its own statistics (memory count, average length, h
 word), so a scope's ranking depends on its memories alone and says nothing of other scopes. Every table
 tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope. A memory is
 indexed as its words, the words of the files its trace names (metadata `calls`: "Edit src/app.py", the steps of
-the tool loop that answered its prompt, which are never injected), and its date's month and year ("november
-2026"), so that a query naming a file the loop touched, or a month, finds it.
+the tool loop that answered its prompt, which are never injected), and its date's month and year, as terms no
+text holds ("monthnovember year2026": `date_words`), so that a query naming a file the loop touched, or a month
+(`named_dates`), finds it, and the word "may" or the number 2026 in a prompt does not.
 
 The tables are named by the `scope_indexes` table (`memories_fts_<id>`). The index is contentless: removing
 a memory repeats the exact text it was indexed with, so `index_text` must stay deterministic (a change needs
@@ -61,26 +62,77 @@ def query_terms(text: str) -> list[str]:
     return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
 
 
-# A time relative to now, as a query names it; and the days before now it spans (its first and its last).
+# A time relative to now, as a query names it; and how far back it spans, in days, calendar months or calendar
+# years (its first and its last).
 RELATIVE = re.compile(r"\b(today|yesterday|(?:this|last|past|previous)\s+(?:week|month|year))\b", re.I)
-DAYS_BACK = {
-    "today": (0, 0), "yesterday": (1, 1),
-    "this week": (0, 6), "last week": (7, 13), "previous week": (7, 13), "past week": (0, 7),
-    "this month": (0, 0), "last month": (30, 30), "previous month": (30, 30), "past month": (0, 30),
-    "this year": (0, 0), "last year": (365, 365), "previous year": (365, 365), "past year": (0, 365),
+BACK = {
+    "today": ("day", 0, 0), "yesterday": ("day", 1, 1),
+    "this week": ("day", 0, 6), "last week": ("day", 7, 13), "previous week": ("day", 7, 13), "past week": ("day", 0, 7),
+    "this month": ("month", 0, 0), "last month": ("month", 1, 1), "previous month": ("month", 1, 1),
+    "past month": ("month", 0, 1),
+    "this year": ("year", 0, 0), "last year": ("year", 1, 1), "previous year": ("year", 1, 1), "past year": ("year", 0, 1),
 }  # fmt: skip
+
+# A month's name or a year that a query names as a date. "may", "march" and "august" are words too: they name a
+# month written with a capital inside a sentence, or beside a day, a year or a word of time ("in May", "May 3").
+_MONTH = "|".join(MONTHS)
+_YEAR = r"(?:1[89]|2[01])\d\d"
+_AMBIGUOUS = ("may", "march", "august")
+_TIME_WORD = r"in|during|since|before|after|until|by|early|late|mid|of|last|next"
+FOUR_DIGITS = re.compile(r"\d{4}")
+NAMED_MONTH = re.compile(rf"\b({_MONTH})\b", re.I)
+MONTH_AS_DATE = re.compile(
+    rf"(?:\b(?:{_TIME_WORD})\s+|\d(?:st|nd|rd|th)?\s+(?:of\s+)?)({_MONTH})\b|\b({_MONTH})\s+(?:\d|the\s+\d)", re.I
+)
+NAMED_YEAR = re.compile(rf"(?:\b(?:{_TIME_WORD}|year|{_MONTH})\s+|\b(?:{_MONTH})\s+\d\d?(?:st|nd|rd|th)?,?\s+)({_YEAR})\b", re.I)
+
+
+def named_dates(text: str) -> list[str]:
+    """The date terms (`date_words`) of the months and years `text` names as dates: every month's name but an
+    ambiguous one used as a word ("may I", "let's march on"), and a year after a month or a word of time ("in
+    2023", "May 3, 2023"; not "copyright 2026")."""
+    low = text.lower()
+    if not any(month in low for month in MONTHS) and not FOUR_DIGITS.search(text):
+        return []  # most queries: the regexes below cost tens of µs
+    found = []
+    for m in NAMED_MONTH.finditer(text):
+        name = m.group(1)
+        if name.lower() not in _AMBIGUOUS or (name[0].isupper() and not _starts_sentence(text, m.start())):
+            found.append(_month_term(name))
+    found += [_month_term(a or b) for a, b in MONTH_AS_DATE.findall(text)]
+    found += [f"year{y}" for y in NAMED_YEAR.findall(text)]
+    return list(dict.fromkeys(found))
+
+
+def _starts_sentence(text: str, at: int) -> bool:
+    before = text[:at].rstrip()
+    return not before or before[-1] in ".!?:;\"'(\n"
+
+
+def _month_term(name: str) -> str:
+    return "month" + name.lower()
 
 
 def relative_dates(text: str, now: float) -> list[str]:
-    """The date words (`date_words`: month and year, or the year alone for a year) of each time `text` names
-    relative to `now` ("last week": the week before this one), so that the index's date words match them."""
+    """The date terms (`date_words`: month and year, or the year alone for a year) of each time `text` names
+    relative to `now` ("last week": the week before this one; "last month": the calendar month before this one),
+    so that the index's date terms match them."""
     found: list[str] = []
+    try:
+        today = time.gmtime(now)
+    except (OverflowError, OSError, ValueError):
+        return []
     for phrase in RELATIVE.findall(text):
         phrase = " ".join(phrase.lower().split())
-        first, last = DAYS_BACK[phrase]
-        for days in (first, last):
-            words_ = date_words(now - days * 86400).split()
-            found.extend(words_[1:] if phrase.endswith("year") else words_)
+        unit, first, last = BACK[phrase]
+        for back in (first, last):
+            if unit == "day":
+                found.extend(date_words(now - back * 86400).split())
+            elif unit == "month":
+                months = today.tm_year * 12 + today.tm_mon - 1 - back
+                found += [_month_term(MONTHS[months % 12]), f"year{months // 12}"]
+            else:
+                found.append(f"year{today.tm_year - back}")
     return list(dict.fromkeys(found))
 
 
@@ -103,12 +155,13 @@ def match(terms: Iterable[str]) -> str:
 
 
 def date_words(created_at: float) -> str:
-    """The month and year of a Unix time (UTC), as words: "november 2026"; "" if it is not a date."""
+    """The month and year of a Unix time (UTC), as terms no text holds: "monthnovember year2026"; "" if it is not
+    a date."""
     try:
         day = time.gmtime(created_at) if created_at > 0 else None
     except (OverflowError, OSError, ValueError):
         day = None
-    return f"{MONTHS[day.tm_mon - 1]} {day.tm_year}" if day else ""
+    return f"{_month_term(MONTHS[day.tm_mon - 1])} year{day.tm_year}" if day else ""
 
 
 def index_text(content: str, created_at: float, metadata: str = "{}") -> str:

@@ -18,7 +18,7 @@ import orjson
 from .. import config, private
 from ..worker import Worker
 from .base import PROMPT_KEY, Keyed, Memory, MemoryStore, StoreError, recalled
-from .index import NEAR_CANDIDATES, Indexes, match, near_match, query_terms, relative_dates
+from .index import NEAR_CANDIDATES, Indexes, match, named_dates, near_match, query_terms, relative_dates
 from .near import near_duplicates
 from .ranking import (
     CANDIDATES,
@@ -36,7 +36,7 @@ from .ranking import (
 T = TypeVar("T")
 LONG_NUMBER = re.compile(r"\d{19}")  # digits of an integer that may not fit 64 bits
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x6D656D70  # "memp": the file's header names it a memproxy store (set by each migration)
 LAST_DATE = 253_402_300_800.0  # 10000-01-01 UTC: a later "date" is none
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
@@ -412,9 +412,11 @@ class LocalStore(MemoryStore):
         return known
 
     def _terms(self, query: str) -> list[str]:
-        """The words searched for `query`: its own, and the month and year of each time it names relative to now."""
+        """The terms searched for `query`: its words, the months and years it names, and the month and year of
+        each time it names relative to now."""
         terms = query_terms(query)
-        return list(dict.fromkeys((*terms, *dates))) if (dates := relative_dates(query, self.clock())) else terms
+        dates = [*named_dates(query), *relative_dates(query, self.clock())]
+        return list(dict.fromkeys((*terms, *dates))) if dates else terms
 
     def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:
         """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
