@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -320,6 +321,32 @@ def test_memories_errors_are_one_line(cli: Cli, tmp_path: Path):
     result = cli("memories", "list", "--scope", "s", "--backend", "supermemory")
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: memory backend 'supermemory' needs an API key: set SUPERMEMORY_API_KEY"
+
+
+def test_import_reads_iso_dates_and_refuses_what_is_no_date(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "m.db")
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"scope": "s", "content": c, "created_at": at}) + "\n" for c, at in [
+        ("the api moved to fly.io", "2025-05-12"), ("the tests run with make test", "2025-05-12T10:30:00+02:00"),
+        ("the docs build with mkdocs", 1_747_000_000), ("no date: stored as now", None),
+    ]))  # fmt: skip
+    assert "imported 4 memories" in cli.ok("memories", "import", good, *db)
+    exported = {r["content"]: r["created_at"] for r in map(json.loads, cli.ok("memories", "export", "--scope", "s", *db).splitlines())}
+    assert exported["the api moved to fly.io"] == datetime.datetime(2025, 5, 12, tzinfo=datetime.UTC).timestamp()
+    assert exported["the tests run with make test"] == datetime.datetime(2025, 5, 12, 8, 30, tzinfo=datetime.UTC).timestamp()
+    assert exported["the docs build with mkdocs"] == 1_747_000_000
+    assert exported["no date: stored as now"] > datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC).timestamp()
+    assert "fly.io" in cli.ok("memories", "search", "--scope", "s", "what moved in May 2025?", *db)
+
+    for bad in (True, -5, 0, 1e300, "yesterday", "12/05/2025", [2025]):
+        lines = tmp_path / "bad.jsonl"
+        lines.write_text(json.dumps({"scope": "t", "content": "first, fine"}) + "\n"
+                         + json.dumps({"scope": "t", "content": "dated badly", "created_at": bad}) + "\n")
+        result = cli("memories", "import", lines, *db)
+        assert result.returncode == 1, bad
+        assert result.stderr.strip() == (f"Error: {lines}:2: missing or invalid created_at (a Unix time, or an ISO 8601"
+                                         " date)"), bad
+    assert "0 memories in t" in cli.ok("memories", "list", "--scope", "t", *db)  # nothing half imported
 
 
 # -- secrets in memories ---------------------------------------------------------------------

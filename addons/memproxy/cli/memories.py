@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import inspect
@@ -443,16 +444,33 @@ def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str
         "scope": scope or data.get("scope"),
         "content": data.get("content"),
         "metadata": data.get("metadata") or {},
-        "created_at": data.get("created_at") if isinstance(data.get("created_at"), int | float) else 0,
+        "created_at": _created_at(data.get("created_at")),
     }
     valid = {
         "scope": isinstance(record["scope"], str) and bool(record["scope"]),
         "content": isinstance(record["content"], str) and bool(record["content"].strip()),
         "metadata": isinstance(record["metadata"], dict),
+        "created_at (a Unix time, or an ISO 8601 date)": record["created_at"] is not None,
     }
     if bad := [key for key, ok in valid.items() if not ok]:
         raise click.ClickException(f"{source}:{line_no}: missing or invalid {', '.join(bad)}")
     return record
+
+
+def _created_at(value: Any) -> float | None:
+    """A record's date as a Unix time: 0 (stored as now) if it has none; None if it is not one."""
+    from ..memory.local import LAST_DATE
+
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        try:
+            at = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        value = (at if at.tzinfo else at.replace(tzinfo=datetime.UTC)).timestamp()
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < LAST_DATE
+    return float(value) if valid else None
 
 
 @contextlib.contextmanager
