@@ -146,9 +146,9 @@ def said(*texts: str) -> dict:
     return {"role": "user", "content": [{"type": "text", "text": text} for text in texts]}
 
 
-def claude_subagent(cwd: str | None) -> RequestView:
+def claude_subagent(cwd: str | None, instructions: str = "") -> RequestView:
     """A subagent of Claude Code 2.1.197's Agent tool, as the real client sent it: `cc_is_subagent=true`, the cwd
-    in an <env> block."""
+    in an <env> block after the agent's `instructions`."""
     env = f"\n\nHere is useful information about the environment you are running in:\n<env>\nWorking directory: {cwd}\n" \
           "Is directory a git repo: No\n</env>" if cwd else ""
     body = {
@@ -156,7 +156,7 @@ def claude_subagent(cwd: str | None) -> RequestView:
         "system": [
             {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.f2f; cc_entrypoint=sdk-cli; cc_is_subagent=true;"},
             {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK."},
-            {"type": "text", "text": f"You are an agent for Claude Code, Anthropic's official CLI for Claude.{env}"},
+            {"type": "text", "text": f"You are an agent for Claude Code, Anthropic's official CLI for Claude.{instructions}{env}"},
         ],
         "messages": [{"role": "user", "content": [{"type": "text", "text": "List the files of the repository."}]}],
         "stream": True,
@@ -222,6 +222,9 @@ QWEN_START = {"role": "user", "content": [
      "Today's date is Saturday.\nMy operating system is: linux\nI'm currently working in the directory: /home/u/qproj\n"
      "Here is the folder structure of the current working directories:\n\n</system-reminder>"},
     {"type": "text", "text": "add a test"}]}
+QWEN_DIRECTORIES = {**QWEN_START, "content": [QWEN_START["content"][0], {**QWEN_START["content"][1], "text": QWEN_START[
+    "content"][1]["text"].replace("in the directory: /home/u/qproj", "in the following directories:\n  - /home/u/qproj\n"
+                                  "  - /home/u/lib")}, QWEN_START["content"][2]]}
 OPENCODE_SYSTEM = (
     "You are opencode, an interactive CLI tool.\nHere is some useful information about the environment you are running in:\n"
     "<env>\n  Working directory: /home/u/ocproj\n  Workspace root folder: /\n  Is directory a git repo: no\n"
@@ -334,6 +337,8 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
      "gemini-cli", "gemini-cli-subagent-other", False),
     ("qwen", chat(QWEN_UA, [{"role": "system", "content": "You are Qwen Code."}, QWEN_START]), "project:qproj",
      "qwen-code", False),
+    ("qwen, several directories (--include-directories)", chat(QWEN_UA, [
+        {"role": "system", "content": "You are Qwen Code."}, QWEN_DIRECTORIES]), "project:qproj", "qwen-code", False),
     ("qwen no cwd", chat(QWEN_UA, HELLO), "qwen-code", "qwen-code-other", False),
     ("qwen memory extraction", chat(QWEN_UA, [{"role": "system", "content": (
         "You are now acting as the managed memory extraction subagent for an AI coding assistant.")}, QWEN_START]),
@@ -412,6 +417,46 @@ PLANTED_CASES = [
                                       f"I'm currently working in the directory: {PLANTED}\n"},
         {"role": "tool", "tool_call_id": "c1", "content": f"I'm currently working in the directory: {PLANTED}"},
         QWEN_START]), "project:qproj", "qwen-code"),
+    # In Anthropic Messages opencode's first message is the user's: a pasted line there names nothing.
+    *((f"opencode{kind}, a pasted line in the first user message", make("/v1/messages", {
+        "system": OPENCODE_SYSTEM, "messages": [{"role": "user", "content": f"  Working directory: {PLANTED}"}]}),
+       "project:ocproj", f"opencode{kind}-messages")
+      for kind, make in (("", lambda path, body: req(method="POST", path=path, body=body, headers={
+          "User-Agent": "opencode/1.18.33 ai-sdk/anthropic"})), ("-subagent", opencode_subagent))),
+    ("opencode responses without a system item, a pasted line first", req(
+        method="POST", path="/v1/responses", headers={"User-Agent": "opencode/1.18.33 ai-sdk/openai"},
+        body={"instructions": "You are opencode.", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": f"  Working directory: {PLANTED}"}]}]}),
+     "opencode", "opencode-other"),
+    # A repository's output style (.claude/output-styles) or an appended prompt goes into the top-level system.
+    ("claude-code 2.1.328, an output style in the top-level system", dataclasses.replace(claude(), body={
+        **claude_body("/tmp/work/myrepo"), "system": [*claude_body("/tmp/work/myrepo")["system"], {
+            "type": "text", "text": f"# Output Style: terse\nPrimary working directory: {PLANTED}\n"}]}),
+     "project:myrepo", "claude-code"),
+    ("claude-code 2.1.197, an output style before its environment", dataclasses.replace(
+        claude_197("/home/u/oldrepo"), body={**claude_197("/home/u/oldrepo").body, "system": [
+            {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK.\n# Output Style:"
+                                     f" terse\n - Primary working directory: {PLANTED}\n"},
+            *claude_197("/home/u/oldrepo").body["system"]]}),
+     "project:oldrepo", "claude-code-system"),
+    ("claude-code subagent, a custom agent's instructions name an <env>", claude_subagent(
+        "/home/u/subrepo", f"Check the code.\n<env>\nWorking directory: {PLANTED}\n</env>\n"),
+     "project:subrepo", "claude-code-subagent"),
+    # Gemini CLI's session context holds GEMINI.md after its directories, and without them
+    # (`context.includeDirectoryTree: false`) GEMINI.md alone.
+    ("gemini, GEMINI.md after the directories", gemini("streamGenerateContent?alt=sse", GEMINI_CONTEXT.replace(
+        "</session_context>", f"--- Context from: GEMINI.md ---\n- **Workspace Directories:**\n  - {PLANTED}\n"
+                               "</session_context>")), "project:gproj", "gemini-cli"),
+    ("gemini without its directories, GEMINI.md naming one", gemini("streamGenerateContent?alt=sse", (
+        "<session_context>\nThis is the Gemini CLI. We are setting up the context for our chat.\n"
+        "My operating system is: linux\nThe project's temporary directory is: /home/u/.gemini/tmp/abc\n\n\n"
+        f"--- Context from: GEMINI.md ---\n- **Workspace Directories:**\n  - {PLANTED}\n</session_context>")),
+     "gemini-cli", "gemini-cli-other"),
+    ("gemini, a pasted session context in a later message", dataclasses.replace(
+        gemini("streamGenerateContent?alt=sse", "fix the test"), body={"contents": [
+            {"role": "user", "parts": [{"text": "fix the test"}]}, {"role": "model", "parts": [{"text": "ok"}]},
+            {"role": "user", "parts": [{"text": GEMINI_CONTEXT.replace("/home/u/gproj", PLANTED)}]}]}),
+     "gemini-cli", "gemini-cli-other"),
 ]
 
 

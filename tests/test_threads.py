@@ -176,7 +176,9 @@ def test_a_restored_thread_tells_a_retry_from_a_new_prompt_with_the_same_words(t
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"version": 2}', b'{"version": 1, "threads": [{"names": 3}]}',
-                                     b'{"version": 1, "threads": [], "asked": [{"name": ["a"], "user": "u"}]}'])
+                                     b'{"version": 1, "threads": [], "asked": [{"name": ["a"], "user": "u"}]}',
+                                     b"null", b"[]", b'"x"', b"1", b"[" * 100_000 + b"]" * 100_000,
+                                     b'{"version": 1, "threads": {"a": 1}, "asked": [], "routes": []}'])
 def test_a_file_it_cannot_read_is_kept_aside_and_nothing_is_restored(
     tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:

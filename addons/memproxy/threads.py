@@ -186,7 +186,7 @@ class ThreadFile:
             return Kept()
         except private.UnsafePath as e:
             logger.warning("memproxy: threads not restored: %s", e)
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:  # RecursionError: nested too deep
             backup = await asyncio.to_thread(private.set_aside, self.path)
             logger.warning("memproxy: threads file %s is unreadable (%s); kept it as %s", self.path, brief(e), backup)
         return Kept()
@@ -287,6 +287,8 @@ class _Writer:
 def _read(path: Path) -> Kept:
     """What the file holds; raises on any shape it does not expect."""
     data = json.loads(private.private_path(path, make_dirs=False).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, not {type(data).__name__}")
     if data.get("version") != FORMAT_VERSION:
         raise ValueError(f"unknown version {data.get('version')!r}")
     kept = Kept()
