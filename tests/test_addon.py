@@ -515,6 +515,37 @@ async def test_continue_twice_on_a_previous_response_id_chain_is_two_memories_an
     assert docs.key == whole_key("fix the bug in cache.py", "continue", "continue")
 
 
+@pytest.mark.parametrize("store", [False, True, None], ids=["store-false", "store-true", "store-unset"])
+async def test_a_responses_conversation_compacted_in_a_tool_loop_goes_on_answering_its_prompt(addon, store):
+    """Codex over HTTP sends its whole conversation with `store: false` (OpenAI) or `store: true` (Azure, whose
+    replies a later request may name), and compacts a long tool loop into a summary. Either way the final answer
+    updates the prompt's memory, and so does a later request naming that reply."""
+    use(addon, FakeStore())
+    link = {} if store is None else {"store": store}
+    call = [{"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"}]
+
+    def flow_of(items: list[dict], **more: str) -> tflow.HTTPFlow:
+        flow = reply_flow({**link, **more}, items)
+        flow.request.content = json.dumps({**json.loads(flow.request.content), "prompt_cache_key": "session-1"}).encode()
+        return flow
+
+    first = flow_of(said({"user": CWD}, {"user": PROMPT}))
+    await addon.request(first)
+    stepped = await answered(addon, first, "resp_1", "I will look at the cache module first.")
+    after = flow_of(said({"user": SUMMARY}) + call)
+    await addon.request(after)
+    final = await answered(addon, after, "resp_2", "Caching goes through Redis.")
+    assert final is not None and final.custom_id == stepped.custom_id  # one memory per prompt
+    assert final.content == f"User: {PROMPT}\nAssistant: Caching goes through Redis."
+    if store is not False:  # the provider keeps the reply: a request naming it goes on with the prompt
+        later = flow_of(call, previous_response_id="resp_2")
+        await addon.request(later)
+        again = await answered(addon, later, "resp_3", "Caching goes through Redis, kept an hour.")
+        assert again is not None and again.custom_id == stepped.custom_id
+        assert again.content == f"User: {PROMPT}\nAssistant: Caching goes through Redis, kept an hour."
+
+
 # -- Gemini CLI, which names no session: a prompt keeps an earlier key only where a summary cut through its loop --
 
 STATE = "<state_snapshot>\n<overall_goal>Speed up the cache.</overall_goal>\n</state_snapshot>"

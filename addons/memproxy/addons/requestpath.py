@@ -369,11 +369,17 @@ class RequestPath:
             user, key, calls = thread.answers(prompt, entries, previous)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
-        asked = self._asked(route.scope, session, prompt, entries) if thread is None and actions.store else None
+        # A request carrying its whole conversation: also one whose reply the provider keeps (a new thread for
+        # the requests that may name it), which goes on from the client's summary as any other.
+        whole = thread is None or (flow.websocket is None and not previous)
+        asked = self._asked(route.scope, session, prompt, entries) if whole and actions.store else None
         carried = asked if asked is not None and (not prompt.text or asked.key != prompt.key) else None
         if carried is not None:
             user, key, conversation = carried.user, carried.key, carried.conversation
             calls = unique_calls(carried.calls + calls)
+            if thread is not None:  # the requests naming this reply go on with the carried prompt
+                thread.user, thread.key, thread.raw, thread.calls = user, key, key, calls
+                thread.conversation = conversation
         client = headers.get("user-agent", "").split("/", 1)[0].strip()[:64] or adapter.name
         if route.project is not None:
             self.names.used(route.project, route.tool or client)
