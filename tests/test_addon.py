@@ -546,6 +546,29 @@ async def test_a_responses_conversation_compacted_in_a_tool_loop_goes_on_answeri
         assert again.content == f"User: {PROMPT}\nAssistant: Caching goes through Redis, kept an hour."
 
 
+async def test_a_long_loop_on_a_chain_leaves_the_other_chains_kept(addon):
+    """Requests chained by `previous_response_id`: a tool loop of 100 steps names 100 replies, yet a conversation
+    asked before it still goes on with its prompt (its key, and its own turn not recalled into it)."""
+    use(addon, FakeStore([f"User: {PROMPT}\nAssistant: Through Redis."]))
+    first = reply_flow({}, said({"user": CWD}, {"user": PROMPT}))
+    await addon.request(first)
+    await answered(addon, first, "resp_x", "Through Redis.")
+    loop = reply_flow({}, said({"user": CWD}, {"user": "List the files."}))
+    await addon.request(loop)
+    await answered(addon, loop, "resp_y0", "Listing.")
+    for n in range(1, 101):
+        step = reply_flow({"previous_response_id": f"resp_y{n - 1}"},
+                          [{"type": "function_call_output", "call_id": f"c{n}", "output": "ok"}])
+        await addon.request(step)
+        await answered(addon, step, f"resp_y{n}", f"Step {n}.")
+    later = reply_flow({"previous_response_id": "resp_x"}, said({"user": "And where is it configured?"}))
+    await addon.request(later)
+    assert "Through Redis." not in later.request.content.decode()  # the conversation's own turn
+    turn = await answered(addon, later, "resp_x2", "In app.toml.")
+    assert turn.key == whole_key(PROMPT, "And where is it configured?")
+    assert len(addon.chains) <= 8  # each thread its latest names
+
+
 # -- Gemini CLI, which names no session: a prompt keeps an earlier key only where a summary cut through its loop --
 
 STATE = "<state_snapshot>\n<overall_goal>Speed up the cache.</overall_goal>\n</state_snapshot>"

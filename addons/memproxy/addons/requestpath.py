@@ -73,6 +73,7 @@ MAX_LOOKUPS = 3  # project look-ups one request may wait for (each a new working
 ECHO_MARGIN = 3  # memories recall asks for beyond max_results, to make up for echoes left out
 MAX_CHAINS = 64  # replies and conversations a later request may continue, whose threads are kept (the latest)
 MAX_CHAIN_CHARS = 4_000_000  # characters of text those threads hold at most (`Heard.chars`)
+NAMES_A_THREAD = 4  # names of one thread kept: its conversation's and its latest replies (a retry names the one before)
 MAX_SESSIONS = 256  # client sessions whose latest project route and prompt are kept (`Asked`), the latest
 SESSION_HEADER = "x-session-id"  # opencode's name for its session, where the body gives none (`client_session`)
 
@@ -616,10 +617,13 @@ class RequestPath:
 
     def _chain(self, key: tuple[str, str], thread: Thread) -> None:
         """Keep `thread` for the requests that continue the reply or conversation `key` names, the latest
-        MAX_CHAINS names (a conversation's name is kept again at each of its replies), whose threads hold at most
-        MAX_CHAIN_CHARS characters."""
+        MAX_CHAINS names (a conversation's name is kept again at each of its replies; a thread keeps its latest
+        NAMES_A_THREAD, so that one long loop leaves the others theirs), whose threads hold at most MAX_CHAIN_CHARS
+        characters."""
         self.chains[key] = thread
         self.chains.move_to_end(key)
+        for name in [name for name, kept in self.chains.items() if kept is thread][:-NAMES_A_THREAD]:
+            del self.chains[name]
         while len(self.chains) > MAX_CHAINS or (len(self.chains) > 1 and self._chained_chars() > MAX_CHAIN_CHARS):
             self.chains.popitem(last=False)
 
