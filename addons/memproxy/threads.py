@@ -69,6 +69,16 @@ class Thread:
     after: str = ""  # `reply` when the current prompt was first asked
 
     @classmethod
+    def named(cls, previous: str = "") -> Thread:
+        """A new thread; going on from a reply or conversation `previous` that this proxy never saw (it began
+        before memproxy ran, or elsewhere), its keys digest that name first, so that the same words going on from
+        other replies are other prompts."""
+        thread = cls()
+        if previous:
+            thread.digest.update(b"\1" + previous.encode("utf-8", "surrogatepass") + b"\0")
+        return thread
+
+    @classmethod
     def restored(cls, raw: str, key: str, user: str, calls: Iterable[str], conversation: str,
                  turns: Iterable[tuple[str, str, str]], held: Iterable[str] = (), reply: str = "",
                  after: str = "") -> Thread:
