@@ -546,6 +546,45 @@ async def test_a_responses_conversation_compacted_in_a_tool_loop_goes_on_answeri
         assert again.content == f"User: {PROMPT}\nAssistant: Caching goes through Redis, kept an hour."
 
 
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "one-after-the-other"])
+async def test_branches_of_one_reply_are_a_memory_each(addon, interleaved):
+    """Two prompts going on from the same `previous_response_id` (a prompt edited or regenerated, or two branches
+    run at once), each a tool loop: each branch's answer goes into its own prompt's memory, never the other's;
+    and a later prompt going on from the first reply again is a branch of its own too."""
+    use(addon, FakeStore())
+    hello = reply_flow({}, said({"user": CWD}, {"user": "Hello, this is the orchard project."}))
+    await addon.request(hello)
+    await answered(addon, hello, "resp_0", "Hi.")
+
+    def asked(previous: str, text: str) -> tflow.HTTPFlow:
+        return reply_flow({"previous_response_id": previous}, said({"user": text}))
+
+    def step(previous: str) -> tflow.HTTPFlow:
+        return reply_flow({"previous_response_id": previous}, [{"type": "function_call_output", "call_id": "c", "output": "ok"}])
+
+    alpha, beta = asked("resp_0", "Which files are in src/alpha?"), asked("resp_0", "Which files are in src/beta?")
+    if interleaved:
+        await addon.request(alpha)
+        await addon.request(beta)
+        a1, b1 = await answered(addon, alpha, "resp_a1", "Listing alpha."), await answered(addon, beta, "resp_b1", "Listing beta.")
+    else:
+        await addon.request(alpha)
+        a1 = await answered(addon, alpha, "resp_a1", "Listing alpha.")
+        await addon.request(beta)
+        b1 = await answered(addon, beta, "resp_b1", "Listing beta.")
+    alpha2, beta2 = step("resp_a1"), step("resp_b1")
+    await addon.request(alpha2)
+    await addon.request(beta2)
+    a2, b2 = await answered(addon, alpha2, "resp_a2", "Alpha holds a.py."), await answered(addon, beta2, "resp_b2", "Beta holds b.py.")
+    assert (a2.custom_id, a2.content) == (a1.custom_id, "User: Which files are in src/alpha?\nAssistant: Alpha holds a.py.")
+    assert (b2.custom_id, b2.content) == (b1.custom_id, "User: Which files are in src/beta?\nAssistant: Beta holds b.py.")
+    assert a1.custom_id != b1.custom_id
+    gamma = asked("resp_0", "Which files are in src/gamma?")
+    await addon.request(gamma)
+    g1 = await answered(addon, gamma, "resp_g1", "Gamma is empty.")
+    assert g1.custom_id not in (a1.custom_id, b1.custom_id)
+
+
 async def test_the_same_words_going_on_from_replies_never_seen_are_a_memory_each(addon):
     """Conversations the provider keeps that began before memproxy ran (or through another proxy) name replies it
     never saw: the same follow-up in two of them is two prompts, not one memory the second overwrites; a tool

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SAVE_DELAY = 1.0  # seconds a change waits for the others of its moment before the file is written
+REPLIES = 16  # replies a thread knows as its own, the latest: a prompt going on from an older one forks it
 KEPT_TURNS = 16  # turns a thread keeps for the file (the latest); its echo check holds more while memproxy runs
 TURN_CHARS = 2 * PREFIX  # characters of each text of those turns the file keeps: the echo check reads PREFIX
 Name = tuple[str, str]  # (scope, a reply's, a conversation's or a client session's id)
@@ -67,6 +68,7 @@ class Thread:
     stored: dict[str, tuple[str, str]] = field(default_factory=dict)  # the latest turns it stored, by key
     reply: str = ""  # the latest reply that said something (text or tool calls): where its conversation stands
     after: str = ""  # `reply` when the current prompt was first asked
+    replies: list[str] = field(default_factory=list)  # the latest REPLIES ids of `reply`, in order
 
     @classmethod
     def named(cls, previous: str = "") -> Thread:
@@ -123,6 +125,27 @@ class Thread:
         new prompt, unless it names the reply the prompt went on from. A reply without an id is a new place all
         the same."""
         self.reply = reply_id or secrets.token_hex(8)
+        self.replies.append(self.reply)
+        del self.replies[:-REPLIES]
+
+    def forks(self, prompt: Prompt, previous: str | None) -> bool:
+        """Whether a new prompt going on from the reply `previous` leaves this thread for a branch of its own: it
+        goes on from where the current prompt did in other words (a prompt edited or regenerated, also while the
+        current one is being answered), or from an earlier reply of this thread than the latest. A conversation's
+        name is no reply: its prompts never fork."""
+        if not (prompt.text and previous and self.key):
+            return False
+        if previous == self.after:
+            return prompt.key != self.raw
+        return previous != self.reply and previous in self.replies
+
+    def fork(self, previous: str) -> Thread:
+        """A branch going on from `previous` (`named`): the conversation this thread holds, for the echo check."""
+        branch = Thread.named(previous)
+        branch.conversation = self.conversation
+        branch.heard.extend(self.heard)
+        branch.heard.hold(self.heard.held())
+        return branch
 
     def turn(self, user: str, reply: str, key: str) -> None:
         """A turn it stored: its conversation holds it (`heard`), and the file keeps the start of the latest

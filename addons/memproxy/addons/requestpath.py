@@ -367,6 +367,8 @@ class RequestPath:
         user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
         previous = adapter.continues(body)
         if (thread := self._thread(flow, previous, route.scope)) is not None:
+            if previous and flow.websocket is None and thread.forks(prompt, previous):
+                thread = thread.fork(previous)
             user, key, calls = thread.answers(prompt, entries, previous)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
