@@ -216,6 +216,20 @@ def test_claude_code_tool_loop_ending_in_an_answer_given_before_joins_that_memor
     assert backend.stored("project:shop") == [(f"User: {again}\nAssistant: {answer}", ["Bash"])], proc.log_text()
 
 
+def test_claude_code_bare_keeps_the_memory_of_its_project(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """`claude --bare` writes no environment section, only a block naming its directory and the date: its turn
+    is still its project's memory, and the next session in that project is given it."""
+    backend, proc, home, project = on_the_local_store(mitmdump, upstream, tmp_path)
+    upstream.reply = FINAL
+    assert claude(proc, project, home, "--bare", "-p", PROMPT).endswith(FINAL)
+    assert backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {FINAL}") == [
+        (f"User: {PROMPT}\nAssistant: {FINAL}", [])], proc.log_text()
+    upstream.clear()
+    claude(proc, project, home, "--bare", "-p", "Which files does the repository hold?")
+    sent = [json.dumps(r.json) for r in upstream.requests if r.path == "/v1/messages"]
+    assert any(MEMORY_TAG in body and FINAL in body for body in sent), proc.log_text()
+
+
 def on_the_local_store(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> tuple[Backend, MitmdumpProc, Path, Path]:
     """A mitmdump keeping memories in the local store; the home and the project directory a client runs in."""
     backend = Backend("local", tmp_path, None)

@@ -337,6 +337,12 @@ DEFAULT_CASES: list[tuple[str, RequestView, str, str | None, bool]] = [
      "gemini-cli", "gemini-cli-subagent-other", False),
     ("qwen", chat(QWEN_UA, [{"role": "system", "content": "You are Qwen Code."}, QWEN_START]), "project:qproj",
      "qwen-code", False),
+    ("claude --bare", dataclasses.replace(claude_197("/home/u/bare"), body={**claude_197("/home/u/bare").body, "system": [
+        {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK."},
+        {"type": "text", "text": "CWD: /home/u/bare\nDate: 2026-12-07"}]}), "project:bare", "claude-code-bare", False),
+    ("claude --bare, a pasted line", dataclasses.replace(claude_197("/home/u/bare"), body={**claude_197("/home/u/bare").body,
+        "system": [{"type": "text", "text": "You are a Claude agent."}],
+        "messages": [said("CWD: /home/u/bare\nDate: 2026-12-07")]}), "claude-code", "claude-code-other", False),
     ("qwen, several directories (--include-directories)", chat(QWEN_UA, [
         {"role": "system", "content": "You are Qwen Code."}, QWEN_DIRECTORIES]), "project:qproj", "qwen-code", False),
     ("qwen no cwd", chat(QWEN_UA, HELLO), "qwen-code", "qwen-code-other", False),
