@@ -585,23 +585,6 @@ async def test_branches_of_one_reply_are_a_memory_each(addon, interleaved):
     assert g1.custom_id not in (a1.custom_id, b1.custom_id)
 
 
-async def test_the_same_words_going_on_from_replies_never_seen_are_a_memory_each(addon):
-    """Conversations the provider keeps that began before memproxy ran (or through another proxy) name replies it
-    never saw: the same follow-up in two of them is two prompts, not one memory the second overwrites; a tool
-    loop's next step goes on in its prompt's."""
-    use(addon, FakeStore())
-    turns = []
-    for previous, reply in (("resp_a", "Applied the rename."), ("resp_b", "Deleted the branch.")):
-        flow = reply_flow({"previous_response_id": previous}, said({"user": "Yes, go ahead and do it."}))
-        await addon.request(flow)
-        turns.append(await answered(addon, flow, f"{previous}_next", reply))
-    renamed, deleted = turns
-    assert renamed.custom_id != deleted.custom_id
-    step = reply_flow({"previous_response_id": "resp_a_next"}, [{"type": "function_call_output", "call_id": "c1", "output": "ok"}])
-    await addon.request(step)
-    assert (await answered(addon, step, "resp_a_2", "Renamed in three files.")).custom_id == renamed.custom_id
-
-
 async def test_a_long_loop_on_a_chain_leaves_the_other_chains_kept(addon):
     """Requests chained by `previous_response_id`: a tool loop of 100 steps names 100 replies, yet a conversation
     asked before it still goes on with its prompt (its key, and its own turn not recalled into it)."""

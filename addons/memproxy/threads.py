@@ -71,16 +71,6 @@ class Thread:
     replies: list[str] = field(default_factory=list)  # the latest REPLIES ids of `reply`, in order
 
     @classmethod
-    def named(cls, previous: str = "") -> Thread:
-        """A new thread; going on from a reply or conversation `previous` that this proxy never saw (it began
-        before memproxy ran, or elsewhere), its keys digest that name first, so that the same words going on from
-        other replies are other prompts."""
-        thread = cls()
-        if previous:
-            thread.digest.update(b"\1" + previous.encode("utf-8", "surrogatepass") + b"\0")
-        return thread
-
-    @classmethod
     def restored(cls, raw: str, key: str, user: str, calls: Iterable[str], conversation: str,
                  turns: Iterable[tuple[str, str, str]], held: Iterable[str] = (), reply: str = "",
                  after: str = "") -> Thread:
@@ -140,8 +130,10 @@ class Thread:
         return previous != self.reply and previous in self.replies
 
     def fork(self, previous: str) -> Thread:
-        """A branch going on from `previous` (`named`): the conversation this thread holds, for the echo check."""
-        branch = Thread.named(previous)
+        """A branch going on from the reply `previous`: its keys digest that name first (the same words going on
+        from another reply are another prompt); the conversation this thread holds, for the echo check."""
+        branch = Thread()
+        branch.digest.update(b"\1" + previous.encode("utf-8", "surrogatepass") + b"\0")
         branch.conversation = self.conversation
         branch.heard.extend(self.heard)
         branch.heard.hold(self.heard.held())

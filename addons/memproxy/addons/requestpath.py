@@ -409,13 +409,14 @@ class RequestPath:
 
     def _thread(self, flow: http.HTTPFlow, previous: str | None, scope: str) -> Thread | None:
         """The thread a request goes on with: its WebSocket's; the one of the earlier reply it names (`previous`,
-        from `Adapter.continues`), in the same scope, or a new one going on from that name if none is known; a new
-        one for a request whose reply may be continued; None for a request that carries its whole conversation."""
+        from `Adapter.continues`), in the same scope, or a new one if none is known (a conversation's first
+        request names it too); a new one for a request whose reply may be continued; None for a request that
+        carries its whole conversation."""
         if flow.websocket is not None:
             return self.threads.setdefault(flow.id, Thread())
         if previous is None:
             return None
-        return (self.chains.get((scope, previous)) if previous else None) or Thread.named(previous)
+        return (self.chains.get((scope, previous)) if previous else None) or Thread()
 
     def _session_route(self, session: str, route: Route) -> Route | None:
         """Keep a route that names a project and stores as the latest of the client's session `session` (the
