@@ -285,9 +285,9 @@ class SupermemoryStore(MemoryStore):
     async def _merge(self, body: dict[str, Any]) -> str | None:
         """Store the document `body` (as POSTed) into the one of its tag that it nearly repeats
         (near.near_duplicates), among the tag's NEAR_RECENT last updated: that document's id. The document that
-        `body`'s customId names (an earlier step of its tool loop, or a retry) is deleted first, so the twin can
-        take its customId; if it holds `body`'s content already, nothing changes. None if there is no twin, or if
-        a call fails (stored as a document of its own, if maybe twice, rather than not at all)."""
+        `body`'s customId names (an earlier step of its tool loop, or a retry) is deleted first, so that the twin
+        can take its customId, unless it holds `body`'s content already (the POST updates it). None if there is no
+        twin, or if a call fails (stored as a document of its own, if maybe twice, rather than not at all)."""
         listing = {"containerTags": [body["containerTag"]], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt",
                    "order": "desc", "includeContent": True}  # fmt: skip
         try:
