@@ -170,7 +170,10 @@ def test_gemini_stream_recall_and_capture(mitmdump, upstream, http_client, db):
     seed(db, "project:site", "User: the site is built with Hugo\nAssistant: noted")
     body = {
         "contents": [
-            {"role": "user", "parts": [{"text": "<session_context>\n- **Workspace Directories:**\n  - /src/site\n</session_context>"}]},
+            {"role": "user", "parts": [{"text": (  # as Gemini CLI 0.61 writes it
+                "<session_context>\nThis is the Gemini CLI. We are setting up the context for our chat.\n"
+                "My operating system is: linux\nThe project's temporary directory is: /home/u/.gemini/tmp/abc\n"
+                "- **Workspace Directories:**\n  - /src/site\n- **Directory Structure:**\n\n</session_context>")}]},
             {"role": "user", "parts": [{"text": "How is the site built?"}]},
         ]
     }
