@@ -367,14 +367,14 @@ class RequestPath:
         user, key, calls, conversation = prompt.text, prompt.key, prompt.calls, prompt.conversation
         previous = adapter.continues(body)
         if (thread := self._thread(flow, previous, route.scope)) is not None:
-            if previous and flow.websocket is None and thread.forks(prompt, previous):
+            if flow.websocket is None and thread.forks(prompt, previous):
                 thread = thread.fork(previous)
             user, key, calls = thread.answers(prompt, entries, previous)
             conversation = thread.conversation
             thread.heard.extend(Heard.of(entries))  # a later message carries only what is new
-        # A request carrying its whole conversation: also one whose reply the provider keeps (a new thread for
-        # the requests that may name it), which goes on from the client's summary as any other.
-        whole = thread is None or (flow.websocket is None and not previous)
+        # A request carrying its whole conversation (with or without a new thread, for the requests that may name
+        # its reply) goes on from the client's summary as any other.
+        whole = flow.websocket is None and not previous
         asked = self._asked(route.scope, session, prompt, entries) if whole and actions.store else None
         carried = asked if asked is not None and (not prompt.text or asked.key != prompt.key) else None
         if carried is not None:
