@@ -7,6 +7,7 @@ import datetime
 import functools
 import hashlib
 import itertools
+import json
 import random
 import sqlite3
 import time
@@ -784,6 +785,74 @@ def test_a_schema_4_store_is_migrated_on_open_and_its_dates_match_no_words(tmp_p
         assert run(store.search("p", "update the copyright header to 2025")) == []
         assert {m.content for m in run(store.search("p", "what did we decide in 2025?"))} == {rows[0][2], rows[1][2]}
         assert [m.content for m in run(store.search("q", "billing deploys"))] == [rows[2][2]]
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
+    integrity(path)
+
+
+TOOL_TURNS = [
+    ("User: why does the login test flake?\nAssistant: the retry loop slept too little", {"tool": "Codex"}),
+    ("User: fix the cursor blink in the editor pane\nAssistant: the caret now blinks at 500 ms", {"tool": "Claude Code"}),
+    ("User: rename the session variable\nAssistant: renamed it to auth_session", {"tool": "Cursor"}),
+    ("User: which port does the code server use?\nAssistant: 8443", {}),
+]
+
+
+def test_a_query_naming_a_tool_finds_what_that_tool_stored(store: LocalStore, tmp_path: Path) -> None:
+    ids = [run(store.add("p", content, metadata=metadata)) for content, metadata in TOOL_TURNS]
+    run(store.add("q", "User: what did Gemini CLI find?\nAssistant: nothing", metadata={"tool": "Gemini CLI"}))
+    assert [m.id for m in run(store.search("p", "what did Codex say?"))] == [ids[0]]
+    assert {m.id for m in run(store.search("p", "what did CLAUDE\n  Code change?"))} == {ids[1], ids[3]}  # and "code"
+    assert [m.id for m in run(store.search("p", "what did Cursor do?"))][0] == ids[2]
+    # a tool's name with a capital names it only with that capital; its words alone are words, matched as such
+    assert [m.id for m in run(store.search("p", "move the cursor up"))] == [ids[1]]
+    assert [m.id for m in run(store.search("p", "code"))] == [ids[3]]
+    assert run(store.search("p", "what did Gemini CLI find?")) == []  # another scope's tool matches nothing here
+    # the label is a term of its own: the word "codex" is a word
+    codex = run(store.add("p", "the codex of build rules lives in docs/"))
+    assert [m.id for m in run(store.search("p", "where is the codex of rules?"))] == [codex]
+    assert {m.id for m in run(store.search("p", "what did Codex answer?"))} == {ids[0], codex}
+    integrity(tmp_path / "memories.db")
+
+
+def test_a_tool_is_unindexed_with_its_memory(store: LocalStore, tmp_path: Path) -> None:
+    id_ = run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Codex"}))
+    run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Qwen Code"}))
+    assert run(store.search("p", "what did Codex say?")) == []
+    assert [m.id for m in run(store.search("p", "what did Qwen Code say?"))] == [id_]
+    [found] = run(store.search("p", "lockfile"))
+    assert run(store.move(found, "q")) and [m.id for m in run(store.search("q", "Qwen Code"))] == [id_]
+    assert run(store.forget("q", id_)) and run(store.search("q", "Qwen Code")) == []
+    integrity(tmp_path / "memories.db")
+
+
+def test_a_schema_5_store_is_migrated_on_open_and_its_tools_are_found_by_name(tmp_path: Path) -> None:
+    """Schema 5 indexed no tool."""
+    path = tmp_path / "v5.db"
+    store = LocalStore(path)
+    try:
+        run(store.add("p", "a memory that makes the table"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
+        for content, metadata in TOOL_TURNS:
+            metadata_text = json.dumps(metadata)
+            id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+                             " RETURNING id", ("p", None, content, metadata_text, 1.7e9)).fetchone()[0]
+            v5_text = " ".join((*index.words(content), index.date_words(1.7e9)))
+            db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, v5_text))
+        db.execute("DROP TABLE tools")
+        db.execute("PRAGMA user_version = 5")
+        db.commit()
+        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    store = LocalStore(path)
+    try:
+        assert [m.content for m in run(store.search("p", "what did Codex say?"))] == [TOOL_TURNS[0][0]]
+        assert [m.content for m in run(store.search("p", "login test"))] == [TOOL_TURNS[0][0]]
     finally:
         run(store.close())
     with closing(sqlite3.connect(path)) as db:

@@ -4,9 +4,10 @@ A scope's table gives bm25() its own statistics (memory count, average length, h
 word), so a scope's ranking depends on its memories alone and says nothing of other scopes. Every table
 tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope. A memory is
 indexed as its words, the words of the files its trace names (metadata `calls`: "Edit src/app.py", the steps of
-the tool loop that answered its prompt, which are never injected), and its date's month and year, as terms no
-text holds ("monthnovember year2026": `date_words`), so that a query naming a file the loop touched, or a month
-(`named_dates`), finds it, and the word "may" or the number 2026 in a prompt does not.
+the tool loop that answered its prompt, which are never injected), its date's month and year and the tool that
+wrote it (metadata `tool`), as terms no text holds ("monthnovember year2026 toolcodex": `date_words`,
+`tool_term`), so that a query naming a file the loop touched, a month (`named_dates`) or a tool (`Tools`) finds
+it, and the word "may", the number 2026 or the word "code" in a prompt does not.
 
 The tables are named by the `scope_indexes` table (`memories_fts_<id>`). The index is contentless: removing
 a memory repeats the exact text it was indexed with, so `index_text` must stay deterministic (a change needs
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterable
 
 MAX_TERMS = 24
+MAX_TOOL = 40  # characters of a tool's label kept, as a recalled note shows it
+MAX_TOOLS = 256  # tool labels a query is compared with (a store imported from elsewhere may name any)
 WORD = re.compile(r"[^\W_]+")
 STOPWORDS = frozenset(
     """
@@ -166,20 +169,83 @@ def date_words(created_at: float) -> str:
 
 def index_text(content: str, created_at: float, metadata: str = "{}") -> str:
     """The text the index holds for a memory: its words, the words of its trace's files, then its month and
-    year."""
-    return " ".join((*words(content), *words(" ".join(traced_files(metadata))), date_words(created_at))).rstrip()
+    year, then its tool."""
+    files = words(" ".join(traced_files(metadata)))
+    return " ".join((*words(content), *files, date_words(created_at), tool_term(tool_of(metadata)))).rstrip()
+
+
+def _metadata(metadata: str, key: str) -> object:
+    """Metadata `key` of a memory's metadata (JSON text); None if it has none or the text is not an object."""
+    if f'"{key}"' not in metadata:
+        return None
+    try:
+        return json.loads(metadata).get(key)
+    except (ValueError, AttributeError, RecursionError):
+        return None
 
 
 def traced_files(metadata: str) -> list[str]:
     """The files a memory's trace names (each step of metadata `calls` after its tool's name), each once."""
-    if '"calls"' not in metadata:
-        return []
-    try:
-        calls = json.loads(metadata).get("calls")
-    except (ValueError, AttributeError, RecursionError):
-        return []
+    calls = _metadata(metadata, "calls")
     steps = calls if isinstance(calls, list) else ()
     return list(dict.fromkeys(file for step in steps if isinstance(step, str) and (file := step.partition(" ")[2])))
+
+
+def tool_of(metadata: str) -> str | None:
+    """The tool a memory's metadata names (`tool`, as its note shows it), or None."""
+    tool = _metadata(metadata, "tool")
+    return tool.strip()[:MAX_TOOL] or None if isinstance(tool, str) else None
+
+
+def tool_term(tool: str | None) -> str:
+    """A tool's name as one term no text holds ("Claude Code": "toolclaudecode"); "" for none."""
+    name = "".join(WORD.findall(tool.lower())) if tool else ""
+    return f"tool{name}" if name else ""
+
+
+class Tools:
+    """The tools a store's memories name (table `tools`, a label each), and which of them a query names: a label
+    written whole, as a word or words of its own ("what did Codex say"), and with its capital where it has one,
+    so that "move the cursor" names no tool called Cursor. Labels once seen stay; at most MAX_TOOLS are read."""
+
+    def __init__(self) -> None:
+        self._labels: frozenset[str] | None = None  # None: not read yet
+        self._pattern: re.Pattern[str] | None = None
+        self._firsts: tuple[str, ...] = ()  # each label's first word, in lower case: most queries hold none
+
+    def reset(self) -> None:
+        """Read the labels again at the next query (another connection may have added one, or a rollback undone
+        one)."""
+        self._labels = self._pattern = None
+
+    def add(self, db: sqlite3.Connection, tool: str | None) -> None:
+        """Record `tool` as a label, in the caller's transaction."""
+        if tool and (self._labels is None or tool not in self._labels):
+            db.execute("INSERT OR IGNORE INTO tools(label) VALUES (?)", (tool,))
+            self.reset()
+
+    def named(self, db: sqlite3.Connection, text: str) -> list[str]:
+        """The tool terms (`tool_term`) of the labels `text` names."""
+        if self._labels is None:
+            try:
+                rows = db.execute("SELECT label FROM tools ORDER BY rowid LIMIT ?", (MAX_TOOLS,)).fetchall()
+            except sqlite3.OperationalError:  # a read-only store of an earlier schema: none known
+                rows = []
+            self._labels = frozenset(label for (label,) in rows if tool_term(label))
+            alternatives = "|".join(r"\s+".join(map(re.escape, label.split())) for label in
+                                    sorted(self._labels, key=len, reverse=True))
+            self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.I) if alternatives else None
+            self._firsts = tuple({label.split()[0].lower() for label in self._labels})
+        if self._pattern is None or not any(first in (low := text.lower()) for first in self._firsts):
+            return []
+        found = (m.group() for m in self._pattern.finditer(text))
+        return list(dict.fromkeys(tool_term(name) for name in found if self._written(name)))
+
+    def _written(self, name: str) -> bool:
+        """Whether `name`, as a query wrote it, is written as a label with a capital is: with that capital."""
+        key = " ".join(name.split()).lower()
+        return any(" ".join(label.split()).lower() == key and (not label[0].isupper() or name[0].isupper())
+                   for label in self._labels or ())
 
 
 class Indexes:
@@ -189,6 +255,7 @@ class Indexes:
     def __init__(self) -> None:
         self._tables: dict[str, str] = {}
         self._sql: dict[tuple[str, str], str] = {}
+        self.tools = Tools()
 
     def table(self, db: sqlite3.Connection, scope: str, *, create: bool = False) -> str | None:
         """The name of `scope`'s table; None if it has none (it never held a memory) and `create` is False.
@@ -205,9 +272,11 @@ class Indexes:
         return name
 
     def reset(self) -> None:
-        """Forget the cached names (after a transaction that may have made a table was rolled back)."""
+        """Forget the cached names and tools (after a transaction that may have made a table or recorded a tool was
+        rolled back, or another connection's write)."""
         self._tables.clear()
         self._sql.clear()
+        self.tools.reset()
 
     def rank_sql(self, table: str) -> str:
         """RANK on `table`."""
@@ -230,6 +299,7 @@ class Indexes:
         table = self.table(db, scope, create=True)
         db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
                    (memory_id, index_text(content, created_at, metadata)))
+        self.tools.add(db, tool_of(metadata))
 
     def remove(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float,
                metadata: str) -> None:
@@ -245,8 +315,8 @@ class Indexes:
 
     def rebuild(self, db: sqlite3.Connection) -> None:
         """Drop every index (this schema's and earlier ones') and index every memory again, in the caller's
-        transaction. A scope keeps its table's name: a process still running an earlier schema (which keeps the
-        names it read) then writes to its own scope's table, never to another's."""
+        transaction, and record the tools they name. A scope keeps its table's name: a process still running an
+        earlier schema (which keeps the names it read) then writes to its own scope's table, never to another's."""
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scope_indexes'").fetchone():
             for table in self.tables(db):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -255,6 +325,7 @@ class Indexes:
             "DROP VIEW IF EXISTS memories_fts_source", "DROP TABLE IF EXISTS memories_fts",
             "CREATE TABLE IF NOT EXISTS scope_indexes(id INTEGER PRIMARY KEY, scope TEXT NOT NULL UNIQUE)",
             "DELETE FROM scope_indexes WHERE scope NOT IN (SELECT scope FROM memories)",
+            "CREATE TABLE IF NOT EXISTS tools(label TEXT PRIMARY KEY)",
         ):
             db.execute(statement)
         self.reset()
@@ -266,4 +337,5 @@ class Indexes:
             ).fetchall():
                 db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
                            (id_, index_text(content, created_at, metadata)))
+                self.tools.add(db, tool_of(metadata))
 

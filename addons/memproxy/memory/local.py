@@ -36,7 +36,7 @@ from .ranking import (
 T = TypeVar("T")
 LONG_NUMBER = re.compile(r"\d{19}")  # digits of an integer that may not fit 64 bits
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APPLICATION_ID = 0x6D656D70  # "memp": the file's header names it a memproxy store (set by each migration)
 LAST_DATE = 253_402_300_800.0  # 10000-01-01 UTC: a later "date" is none
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
@@ -348,7 +348,7 @@ class LocalStore(MemoryStore):
         """`columns` of the memories of `scope` for `query`, best first, each row ending in its score in [0, 1):
         BM25 in the scope's index, then context propagation (memory.ranking)."""
         table = self._indexes.table(db, scope) if limit > 0 else None
-        terms = self._terms(query)
+        terms = self._terms(db, query) if table is not None else []
         terms = self._affordable(db, scope, table, terms) if table is not None and terms else []
         if not terms:
             return []
@@ -411,12 +411,12 @@ class LocalStore(MemoryStore):
             known = self._conversing[scope] = db.execute(CONVERSING, (scope,)).fetchone() is not None
         return known
 
-    def _terms(self, query: str) -> list[str]:
-        """The terms searched for `query`: its words, the months and years it names, and the month and year of
-        each time it names relative to now."""
+    def _terms(self, db: sqlite3.Connection, query: str) -> list[str]:
+        """The terms searched for `query`: its words, the months and years it names, the month and year of each
+        time it names relative to now, and the tools it names."""
         terms = query_terms(query)
-        dates = [*named_dates(query), *relative_dates(query, self.clock())]
-        return list(dict.fromkeys((*terms, *dates))) if dates else terms
+        more = [*named_dates(query), *relative_dates(query, self.clock()), *self._indexes.tools.named(db, query)]
+        return list(dict.fromkeys((*terms, *more))) if more else terms
 
     def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:
         """The rarest of `terms` whose document frequencies fit DF_BUDGET; at least one.
