@@ -79,6 +79,13 @@ def test_validate_container_tag_explains(tag: str, reason: str) -> None:
         validate_container_tag(tag)
 
 
+def test_a_container_tag_without_scope_is_a_prefix_never_one_container_for_all() -> None:
+    store = SupermemoryStore(KEY, container_tag="memproxy")
+    tags = {store.tag(scope) for scope in ("project:api", "project:web", "user")}
+    assert len(tags) == 3 and all(tag.startswith("memproxy_") for tag in tags)
+    assert SupermemoryStore(KEY, container_tag="team_{scope}").tag("user") == "team_user"
+
+
 def test_custom_ids_are_valid_and_per_tag() -> None:
     ids = {document_custom_id(tag, cid) for tag in ("a", "b") for cid in ("turn:1", "turn 1", "x" * 300)}
     assert len(ids) == 6
@@ -205,11 +212,34 @@ async def test_a_memory_written_from_turns_names_their_prompts(store: Supermemor
     assert "the user asked" in named.content and named.sources == ("k1",) and unnamed.sources == ()
     [text] = await store.start_search("s", "rsync")
     assert isinstance(text, Keyed) and text.keys == ("k1",) and text.endswith("They were told: With rsync.")
+    assert text.startswith("(") and ", Codex) " in text  # the tool its turns name, as the note shows it
     supermemory.own_words = False  # a memory as it was stored, naming its prompt in its own metadata
     assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
     supermemory.chunk_results = True  # a chunk of a stored turn names its prompt too
     assert [h.sources for h in await store.search("s", "rsync")] == [("k1",)]
     assert [h.sources for h in await store.search("s", "bastion")] == [()]  # a turn that names none
+
+
+@pytest.mark.parametrize(("documents", "tool"), [
+    ([{"id": "d1", "metadata": {"tool": "Codex"}}, {"id": "d2", "metadata": {"tool": "Codex"}}], "Codex"),
+    ([{"id": "d1", "metadata": {"tool": "Codex"}}, {"id": "d2", "metadata": {"tool": "Qwen Code"}}], None),
+    ([{"id": "d1", "metadata": {"tool": "Codex"}}, {"id": "d2"}], None),  # one of them names none
+    ([{"id": "d1", "metadata": {"tool": 7}}], None),
+    (None, None),
+])
+def test_a_memory_in_supermemorys_words_shows_the_tool_of_its_turns(documents: object, tool: str | None) -> None:
+    result = {"id": "m1", "memory": "A fact.", "similarity": 0.5, "metadata": {}, "documents": documents}
+    hit = _search_hit("s", result)
+    assert hit is not None and hit.metadata.get("tool") == tool
+    own = _search_hit("s", {**result, "metadata": {"tool": "Gemini CLI"}})
+    assert own is not None and own.metadata["tool"] == "Gemini CLI"  # its own metadata first
+
+
+async def test_a_secret_in_a_query_never_reaches_supermemory(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:
+    token = "ghp_" + "Zq7RkW2mT9xVb4Hc8LpN3sYd6FgJ1aQe5UoK"
+    await store.search("s", f"why does GITHUB_TOKEN={token} get a 401 from the API?")
+    sent = supermemory.last("/v4/search").json["q"]
+    assert token not in sent and "[secret: " in sent and sent.startswith("why does GITHUB_TOKEN=")
 
 
 @pytest.mark.parametrize(("documents", "sources"), [

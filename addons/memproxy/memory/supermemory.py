@@ -41,6 +41,7 @@ from urllib.parse import quote
 import httpx
 
 from ..config import SUPERMEMORY_URL
+from ..scrub import scrub
 from ..wire import MARK
 from .base import ACCOUNT_STATUSES, PROMPT_KEY, Memory, MemoryStore, StoreError
 from .near import near_duplicates
@@ -159,7 +160,13 @@ def _search_hit(scope: str, result: Any) -> Memory | None:
     score = _score(result.get("similarity"))
     if not isinstance(text, str) or score is None or not isinstance(result.get("id"), str):
         return None
-    return Memory(result["id"], scope, text, score, _metadata(result), _timestamp(result.get("updatedAt")), _sources(result))
+    metadata = _metadata(result)
+    documents = result.get("documents")
+    if "tool" not in metadata and isinstance(documents, list):  # a memory in Supermemory's words: its turns' tool
+        tools = {_metadata(doc).get("tool") for doc in documents if isinstance(doc, dict)}
+        if len(tools) == 1 and isinstance(tool := tools.pop(), str):
+            metadata = {**metadata, "tool": tool}
+    return Memory(result["id"], scope, text, score, metadata, _timestamp(result.get("updatedAt")), _sources(result))
 
 
 def _sources(result: dict[str, Any]) -> tuple[str, ...]:
@@ -226,7 +233,9 @@ class SupermemoryStore(MemoryStore):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.search_mode = search_mode
-        self.tag_template = container_tag  # "{scope}", or e.g. "memproxy_{scope}"
+        # "{scope}", or e.g. "memproxy_{scope}"; a tag without {scope} is a prefix ("memproxy": "memproxy_{scope}"):
+        # one container for every scope would give each project every other's memories
+        self.tag_template = container_tag if "{scope}" in container_tag else f"{container_tag}_{{scope}}"
         self._api_key = api_key.strip()
         self._client = client  # a client passed in belongs to the caller
         self._owns_client = client is None
@@ -250,7 +259,7 @@ class SupermemoryStore(MemoryStore):
         if limit <= 0 or not query.strip():
             return []
         body = {
-            "q": query,
+            "q": (await asyncio.to_thread(scrub, query)).text,  # it leaves the machine, as stored turns do: scrubbed
             "containerTag": self.tag(scope),
             "limit": limit,
             "threshold": threshold,

@@ -185,7 +185,8 @@ class Supermemory(Model):
     base_url: Text = ""
     search_mode: Text = ""
     container_tag: Text = Field("", description="The container tag of a scope: at most one {scope}, else ASCII "
-                                                "letters, digits, '_', '.' and '-'.")
+                                                "letters, digits, '_', '.' and '-'; without {scope}, a prefix "
+                                                "(`memproxy`: `memproxy_{scope}`).")
 
     @field_validator("container_tag")
     @classmethod
