@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from memproxy.protocols import ADAPTERS, detect_path, frame_context, sse, strip_memory_blocks
+from memproxy.protocols.common import _cut
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import MEMORY_CLOSE
 from memproxy.protocols.common import ELISION, MAX_CALLS, MAX_REPLY_TEXT, SCAN_HEAD, SCAN_TAIL, clean_query, visible
@@ -154,9 +155,25 @@ def test_frame_context_caps_by_dropping_whole_memories() -> None:
 
 
 def test_frame_context_truncates_a_long_first_memory() -> None:
-    text = frame_context(["x" * 1000, "short"], "s", 300)
-    assert len(text) == 300
-    assert text.endswith("…\n</recalled-memories>") and "short" not in text
+    text = frame_context(["x" * 1000], "s", 300)
+    assert len(text) == 300 and text.endswith("…\n</recalled-memories>")  # alone, it fills the room
+    text = frame_context(["x" * 1000, "short"], "s", 300)  # with others, half of it
+    assert "x…\n- short\n</recalled-memories>" in text and len(text) < 300
+
+
+def test_frame_context_keeps_room_for_the_user_scope_beside_a_long_memory() -> None:
+    """Answers are stored up to 8000 characters, twice the default max_chars: the best one must not crowd out
+    the user scope's preferences."""
+    long = "User: how do we deploy?\nAssistant: " + "step after careful step " * 400
+    text = frame_context([long, "the deploy key lives in [secret: GitHub token] on the bastion"], "project:api", 4000,
+                         also=[("user", ["Always answer in British English"])])
+    assert "- Always answer in British English\n" in text and len(text) <= 4000
+    first = text.split("\n- ", 2)[1]
+    assert first.endswith("careful step…") or first.endswith("careful…") or first.endswith("after…")  # at a space
+    line = "- " + "x " * 60 + "key [secret: GitHub token] ok"
+    for limit in range(line.index("[") + 1, line.index("]")):  # never half a marker
+        assert _cut(line, limit) == line[: line.index(" [")]
+    assert _cut("- " + "abcdefghij" * 10, 50) == "- " + "abcdefghij" * 4 + "abcdefgh"  # no space: as it falls
 
 
 def test_frame_context_empty_when_nothing_fits() -> None:

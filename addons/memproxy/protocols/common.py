@@ -145,10 +145,12 @@ def frame_context(
     """The recalled-memories block for `memories` of `scope` (best first) and those of the scopes in `also`
     ((scope, memories) pairs, each under a line naming its scope), at most `max_chars` long. The scopes take
     turns, best first, so that each gets its share; memories that do not fit are dropped whole, except that an
-    over-long first one is cut short with "…". Returns "" if none fits. No memory can open or close a block
-    (see above), so the block holds exactly one opening and one closing tag."""
+    over-long first one is cut short with "…", to half the room if others follow (so that another scope's
+    memories, often short, still fit). Returns "" if none fits. No memory can open or close a block (see
+    above), so the block holds exactly one opening and one closing tag."""
     head = f'{MEMORY_OPEN} scope="{_attribute(scope)}">\n{MEMORY_NOTE}\n'
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
+    others = len(memories) > 1 or any(found for _, found in also)
     groups: list[tuple[str, list[str]]] = [("", [])]
     queues = [(0, iter(memories))]
     for layer, found in also:
@@ -168,8 +170,9 @@ def frame_context(
             title, lines = groups[i]
             line = "- " + text.replace("\n", "\n  ") + "\n"
             cost = len(line) + (len(title) if not lines else 0)
-            if cost > budget and not taken and budget - (cost - len(line)) >= len("- x…\n"):
-                line = line[: budget - (cost - len(line)) - len("…\n")] + "…\n"
+            room = budget - (cost - len(line))
+            if cost > budget and not taken and room >= len("- x…\n"):
+                line = _cut(line, max(room // 2 if others else room, len("- x…\n")) - len("…\n")) + "…\n"
                 cost = len(line) + (len(title) if not lines else 0)
             if cost <= budget:
                 lines.append(line)
@@ -180,6 +183,17 @@ def frame_context(
         return ""
     body = "".join(title + "".join(lines) for title, lines in groups if lines)
     return head + body + MEMORY_CLOSE
+
+
+def _cut(line: str, limit: int) -> str:
+    """`line` cut to at most `limit` characters: at a space or line break in its last quarter, if it has one, and
+    before a bracket it opened and did not close there (a secret's marker, `[secret: <kind>]`, is left whole)."""
+    cut = line[:limit]
+    if (space := max(cut.rfind(" "), cut.rfind("\n"))) >= limit * 3 // 4:
+        cut = cut[:space]
+    if (bracket := cut.rfind("[")) > cut.rfind("]") and bracket >= limit * 3 // 4:
+        cut = cut[:bracket]
+    return cut.rstrip()
 
 
 @functools.lru_cache(maxsize=256)
