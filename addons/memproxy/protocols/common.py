@@ -136,7 +136,13 @@ def strip_memory_blocks(text: str) -> str:
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories dropped from memory text
 _LINE_BREAKS = frozenset({"Zl", "Zp"})  # Unicode categories made newlines in memory text
 _ASCII_INVISIBLE = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # their ASCII members: controls but tab, newline
-_MEMORY_TAG = re.compile(r"<(?=(?i:[\s/\\]*recalled))")  # "<" case-sensitive: a faster scan
+# A memory's own tag, and the tags the clients' harnesses speak with authority in (Claude Code's <system-reminder>
+# and <command-name>, its hooks' output; Codex's <user_instructions> and <environment_context>; Gemini CLI's
+# <session_context>): a stored answer or a note added by hand that quotes one must not read as the harness.
+_MEMORY_TAG = re.compile(  # "<" case-sensitive: a faster scan
+    r"<(?=(?i:[\s/\\]*(?:recalled|system|command|local-command|user-prompt-submit-hook|user[-_]instructions"
+    r"|environment[-_]context|session[-_]context)))"
+)
 
 
 def frame_context(
@@ -219,7 +225,8 @@ def visible(text: str) -> str:
 
 
 def defuse(text: str) -> str:
-    """`text` with every "<" that could start a memory tag, read loosely, written "&lt;"."""
+    """`text` with every "<" that could start a memory tag or a harness's (`_MEMORY_TAG`), read loosely, written
+    "&lt;"."""
     return _MEMORY_TAG.sub("&lt;", text) if "<" in text else text
 
 
