@@ -37,6 +37,17 @@ def test_the_conversations_own_turns_are_echoes() -> None:
     assert heard.holds(memory("Which one is   the largest?", ANSWER))  # a later prompt of its own
 
 
+def test_a_reply_in_several_messages_is_an_echo_of_the_conversation_that_holds_them() -> None:
+    """A Responses reply may hold several output messages (a commentary, then the answer): it is stored joined
+    by a line break, and sent back as messages of their own."""
+    first, second = "I checked the config loader.", "The upgrade renamed API_PORT to PORT, so it falls back to 7001."
+    heard = Heard.of([Entry("user", PROMPT), Entry("assistant", first), Entry("assistant", second),
+                      Entry("user", "ok, fix it")])
+    assert heard.holds(memory(PROMPT, f"{first}\n{second}"))
+    assert not Heard.of([Entry("user", PROMPT), Entry("assistant", first), Entry("tool", "", (), True),
+                         Entry("user", "and?"), Entry("assistant", second)]).holds(memory(PROMPT, f"{first}\n{second}"))
+
+
 def test_a_short_part_must_be_a_whole_message() -> None:
     heard = Heard.of([Entry("user", "Deploy it"), Entry("assistant", "ok"), Entry("user", "ok, and the docs?"),
                       Entry("assistant", "Looking at the docs: they are ok")])

@@ -115,11 +115,19 @@ class Heard:
     def of(cls, entries: Sequence[Entry]) -> Heard:
         heard = cls()
         heard._entries = entries
+        run: list[str] = []  # assistant messages in a row: one reply in several (Responses' output messages)
         for entry in entries:
+            if entry.role == "assistant" and entry.text:
+                heard.answers.append(entry.text)
+                run.append(entry.text)
+                continue
+            if len(run) > 1:
+                heard.answers.append("\n".join(run))  # as the reply was stored (`reply_from_json`)
+            run = []
             if entry.text and entry.role == "user":  # as sent: a cleaned prompt is a part of it
                 heard.users.append(entry.text)
-            elif entry.text and entry.role == "assistant":
-                heard.answers.append(entry.text)
+        if len(run) > 1:
+            heard.answers.append("\n".join(run))
         return heard
 
     def extend(self, other: Heard) -> None:
