@@ -818,6 +818,19 @@ def test_a_query_naming_a_tool_finds_what_that_tool_stored(store: LocalStore, tm
     integrity(tmp_path / "memories.db")
 
 
+def test_text_of_scripts_written_without_spaces_is_found_by_a_few_of_its_characters(store: LocalStore) -> None:
+    ids = add_all(store, "p", ["我们的支付服务使用Stripe，数据库迁移用Alembic。", "デプロイはmake deployで行います。",
+                               "ระบบชำระเงินใช้ PayPal", "the billing service deploys on fridays"])
+    for query, found in [("数据库迁移怎么做?", ids[0]), ("支付服务", ids[0]), ("Stripe", ids[0]), ("Alembic", ids[0]),
+                         ("デプロイの手順", ids[1]), ("ชำระเงิน", ids[2]), ("PayPal", ids[2])]:
+        assert [m.id for m in run(store.search("p", query))][0] == found, query
+    assert run(store.search("p", "猫")) == [] and run(store.search("p", "迁徙")) == []
+    # a character changed in a long Chinese memory is a near-duplicate of it, merged
+    text = "部署流程：先在预发布环境运行全部测试，然后在周五下午之前发布到生产环境，最后检查监控面板和错误日志。"
+    first = run(store.add("q", text))
+    assert run(store.add("q", text.replace("周五", "周四"))) == first and run(store.count("q")) == 1
+
+
 def test_a_tool_is_unindexed_with_its_memory(store: LocalStore, tmp_path: Path) -> None:
     id_ = run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Codex"}))
     run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Qwen Code"}))

@@ -2,7 +2,8 @@
 
 A scope's table gives bm25() its own statistics (memory count, average length, how many memories hold each
 word), so a scope's ranking depends on its memories alone and says nothing of other scopes. Every table
-tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope. A memory is
+tokenises the same way (`porter unicode61` over `words`), so a word stems alike in every scope; a script written
+without spaces is indexed as pairs of characters (`words`). A memory is
 indexed as its words, the words of the files its trace names (metadata `calls`: "Edit src/app.py", the steps of
 the tool loop that answered its prompt, which are never injected), its date's month and year and the tool that
 wrote it (metadata `tool`), as terms no text holds ("monthnovember year2026 toolcodex": `date_words`,
@@ -55,9 +56,36 @@ SEARCH = (
 )
 
 
+# Scripts written without spaces between words (Chinese, Japanese kana, Thai, Lao, Khmer, Myanmar), whose runs are
+# no words: a run is indexed as its overlapping pairs of characters, as CJK search does without a dictionary
+# ("数据库迁移": 数据 据库 库迁 迁移), and a query the same, so that a few characters of a run find it.
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+UNSPACED = re.compile(f"[{_UNSPACED}]")
+TOKEN = re.compile(rf"[{_UNSPACED}]+|[^\W_{_UNSPACED}]+")  # a run of an unspaced script, or a WORD of others
+
+
 def words(text: str) -> list[str]:
-    """The meaningful words of `text`, in order: lower case, no stopwords or 1-char words."""
-    return [w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS]
+    """The meaningful words of `text`, in order: lower case, no stopwords or 1-char words; a run of an unspaced
+    script as its pairs of characters (a character alone as itself)."""
+    low = text.lower()
+    if low.isascii() or not UNSPACED.search(low):
+        return [w for w in WORD.findall(low) if len(w) > 1 and w not in STOPWORDS]
+    found: list[str] = []
+    for run in TOKEN.findall(low):
+        if UNSPACED.match(run):
+            found.extend([run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)])
+        elif len(run) > 1 and run not in STOPWORDS:
+            found.append(run)
+    return found
+
+
+def tokens(text: str) -> list[str]:
+    """Every word of `text`, lower case, in order, as near-duplicates compare texts: a WORD, and each character of
+    a run of an unspaced script."""
+    low = text.lower()
+    if low.isascii() or not UNSPACED.search(low):
+        return WORD.findall(low)
+    return [t for run in TOKEN.findall(low) for t in (run if UNSPACED.match(run) else (run,))]
 
 
 def query_terms(text: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .base import turn_parts
-from .index import WORD
+from .index import tokens
 
 # Two memories are near-duplicates when at most one word in NEAR_DUPLICATE_WORDS of the longer differs (one at
 # least, in texts of NEAR_DUPLICATE_MIN words or more; NEAR_DUPLICATE_MAX at most, which bounds what comparing costs),
@@ -26,7 +26,7 @@ def near_duplicates(a: str, b: str) -> bool:
 
 
 def _near(a: str, b: str) -> bool:
-    x, y = WORD.findall(a.lower()), WORD.findall(b.lower())
+    x, y = tokens(a), tokens(b)
     if x == y:
         return bool(x)
     longer = max(len(x), len(y))
@@ -39,7 +39,7 @@ def _near(a: str, b: str) -> bool:
 
 
 def _numbers(words: list[str]) -> list[str]:
-    return [w for w in words if not w.isalpha()]  # a WORD is letters and digits
+    return [w for w in words if not w.isalpha()]  # a token is letters and digits
 
 
 def _within(x: list[str], y: list[str], limit: int) -> bool:
