@@ -323,6 +323,68 @@ def test_memories_errors_are_one_line(cli: Cli, tmp_path: Path):
     assert result.stderr.strip() == "Error: memory backend 'supermemory' needs an API key: set SUPERMEMORY_API_KEY"
 
 
+def test_an_export_replaces_its_file_only_once_it_is_written_whole(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "m.db")
+    cli.ok("memories", "add", "--scope", "project:api", "The api deploys with fly.io", *db)
+    backup = tmp_path / "backup.jsonl"
+    cli.ok("memories", "export", "--scope", "project:api", "-o", backup, *db)
+    before = backup.read_text()
+    assert json.loads(before)["content"] == "The api deploys with fly.io"
+    typo = cli("memories", "export", "--scope", "project:apj", "-o", backup, *db)  # a mistyped scope
+    assert typo.returncode == 1 and "project:apj holds no memories" in typo.stderr and "left as it was" in typo.stderr
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"not a database at all" * 100)
+    failed = cli("memories", "export", "--scope", "project:api", "-o", backup, "--db", broken)
+    assert failed.returncode == 1 and "Error: " in failed.stderr and "Traceback" not in failed.stderr
+    assert backup.read_text() == before and [f.name for f in tmp_path.iterdir() if "partial" in f.name] == []
+    assert backup.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_export_while_a_proxy_updates_a_turn_holds_each_memory_once(tmp_path: Path, monkeypatch):
+    """A running proxy updates a tool loop's turn (its date moves to now) while an export reads its pages."""
+    from click.testing import CliRunner
+
+    db = tmp_path / "m.db"
+    store = LocalStore(db)
+    asyncio.run(store.add_many([Memory(f"turn-{i}", "p", f"memory {i}", 0.0, {}, 1_700_000_000 + i) for i in range(1200)]))
+    asyncio.run(store.close())
+    reads = []
+    run = LocalStore._run
+
+    def run_then_update(self, fn, *args):  # after the export's first read, the proxy stores the turn's next step
+        future = run(self, fn, *args)
+        reads.append(fn.__name__)
+        if len(reads) == 2:  # the connection's first call, then the first page
+            with closing(sqlite3.connect(db)) as other:
+                other.execute("UPDATE memories SET content = 'memory 100, its next step', created_at = 1800000000"
+                              " WHERE custom_id = 'turn-100'")
+                other.commit()
+        return future
+
+    monkeypatch.setattr(LocalStore, "_run", run_then_update)
+    out = tmp_path / "export.jsonl"
+    result = CliRunner().invoke(main, ["memories", "export", "--scope", "p", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 1200
+
+
+def test_an_import_with_text_no_store_holds_stores_nothing_and_names_the_line(cli: Cli, tmp_path: Path):
+    db = ("--db", tmp_path / "m.db")
+    lines = [json.dumps({"scope": "t", "content": f"memory {i} of the import"}) for i in range(600)]
+    lines[550] = '{"scope": "t", "content": "a lone surrogate \\ud800 here"}'
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text("\n".join(lines) + "\n")
+    result = cli("memories", "import", surrogate, *db)
+    assert result.returncode == 1 and f"{surrogate}:551: text no store can hold" in result.stderr
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b'{"scope": "t", "content": "fine"}\n{"scope": "t", "content": "caf\xe9"}\n')
+    result = cli("memories", "import", binary, *db)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"Error: {binary}:2: not UTF-8 text: nothing was imported"
+    assert "0 memories in t" in cli.ok("memories", "list", "--scope", "t", *db)
+
+
 def test_import_reads_iso_dates_and_refuses_what_is_no_date(cli: Cli, tmp_path: Path):
     db = ("--db", tmp_path / "m.db")
     good = tmp_path / "good.jsonl"

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -273,47 +274,58 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
 @click.option("-o", "--output", "path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="The JSONL file to write (0600). Default: standard output.")
 def memories_export(backend: Backend, scope: str, path: str) -> None:
-    """Write a scope's memories as JSONL: one {scope, content, metadata, id, created_at} per line."""
+    """Write a scope's memories as JSONL: one {scope, content, metadata, id, created_at} per line. A file is
+    replaced only once the whole export is written, and not by an export of no memories (a mistyped scope)."""
 
     async def work(store: MemoryStore) -> int:
         done = 0
         with _progress(f"exporting {scope}", None) as advance:
-            while page := await store.list(scope, EXPORT_PAGE, done):
-                for m in page:
-                    record = {"scope": m.scope, "content": m.content, "metadata": m.metadata, "id": m.id,
-                              "created_at": m.created_at}
-                    output.write(json.dumps(record, ensure_ascii=False) + "\n")
-                done += len(page)
-                advance(len(page))
-                if len(page) < EXPORT_PAGE:
-                    break
+            # in the store's order (by id), not newest first: a turn a running proxy updates meanwhile moves
+            # to the newest place, and paging by offset would skip one memory and repeat another
+            async for m in store.every([scope], EXPORT_PAGE):
+                record = {"scope": m.scope, "content": m.content, "metadata": m.metadata, "id": m.id,
+                          "created_at": m.created_at}
+                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done += 1
+                advance(1)
         return done
 
     with _output(path) as output:
         n = with_store(backend, work)
+        if not n and path != "-":
+            raise click.ClickException(f"{scope} holds no memories; {path} was left as it was")
     err_console.print(f"exported {n} memories of {escape(scope)}")
 
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[Any]:
-    """Standard output for "-", else the file at `path`, private (0600); opened before the store is."""
+    """Standard output for "-", else a private (0600) file beside `path`, which replaces `path` only if the block
+    ends without an error; made before the store is opened."""
     if path == "-":
         yield click.get_text_stream("stdout")
         return
     from ..private import open_private
 
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        f = open_private(path, "w", encoding="utf-8")
+        f = open_private(temporary, "w", encoding="utf-8")
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
-    with f:
-        yield f
+    try:
+        with f:
+            yield f
+        os.replace(temporary, target)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @memories.command("import")
 @store_options
 @click.option("--scope", default=None, help="Import every memory into this scope instead of the one on its line.")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     """Read memories from a JSONL export; importing the same file again adds nothing new.
 
@@ -322,7 +334,7 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
     from adds nothing the store holds. Secrets in them are replaced by [secret: <kind>], as in captured turns."""
     from ..scrub import scrub
 
-    records = [_record(file.name, n, line, scope) for n, line in enumerate(file, 1) if line.strip()]
+    records = [_record(file.name, n, line, scope) for n, line in _lines(file) if line.strip()]
     records.sort(key=lambda r: r["created_at"])  # oldest first, so that the store keeps their order
     found: Counter[str] = Counter()
     for record in records:
@@ -432,6 +444,16 @@ def _report_replaced(found: Counter[str]) -> None:
         err_console.print(escape(f"replaced {found.total()} secrets by [secret: <kind>] before storing: {kinds}"))
 
 
+def _lines(file: Any) -> Iterator[tuple[int, str]]:
+    """The lines of a file opened as bytes, decoded, numbered from 1; a ClickException naming a line that is not
+    UTF-8 (decoded line by line: a text file's reader decodes ahead, and would name another)."""
+    for n, line in enumerate(file, 1):
+        try:
+            yield n, line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{file.name}:{n}: not UTF-8 text: nothing was imported") from None
+
+
 def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str, Any]:
     """One JSONL line of an export, checked; `scope` overrides the line's."""
     try:
@@ -454,6 +476,10 @@ def _record(source: str, line_no: int, line: str, scope: str | None) -> dict[str
     }
     if bad := [key for key, ok in valid.items() if not ok]:
         raise click.ClickException(f"{source}:{line_no}: missing or invalid {', '.join(bad)}")
+    try:  # a lone surrogate ("\\ud800") is valid JSON, and no store can hold it
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as e:
+        raise click.ClickException(f"{source}:{line_no}: text no store can hold ({e}): nothing was imported") from None
     return record
 
 
