@@ -11,10 +11,18 @@ from typing import Any
 
 import pytest
 from memproxy.protocols import ADAPTERS, detect_path, frame_context, sse, strip_memory_blocks
-from memproxy.protocols.common import _cut
 from memproxy.protocols.anthropic import AnthropicAdapter
 from memproxy.protocols.base import MEMORY_CLOSE
-from memproxy.protocols.common import ELISION, MAX_CALLS, MAX_REPLY_TEXT, SCAN_HEAD, SCAN_TAIL, clean_query, visible
+from memproxy.protocols.common import (
+    ELISION,
+    MAX_CALLS,
+    MAX_REPLY_TEXT,
+    SCAN_HEAD,
+    SCAN_TAIL,
+    _cut,
+    clean_query,
+    visible,
+)
 from memproxy.protocols.gemini import GeminiAdapter
 from memproxy.protocols.openai_chat import OpenAIChatAdapter
 from memproxy.protocols.openai_responses import OpenAIResponsesAdapter

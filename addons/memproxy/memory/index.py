@@ -264,7 +264,10 @@ class Tools:
                                     sorted(self._labels, key=len, reverse=True))
             self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.I) if alternatives else None
             self._firsts = tuple({label.split()[0].lower() for label in self._labels})
-        if self._pattern is None or not any(first in (low := text.lower()) for first in self._firsts):
+        if self._pattern is None:
+            return []
+        low = text.lower()
+        if not any(first in low for first in self._firsts):
             return []
         found = (m.group() for m in self._pattern.finditer(text))
         return list(dict.fromkeys(tool_term(name) for name in found if self._written(name)))
