@@ -913,6 +913,23 @@ def test_dead_letters_empty(cli: Cli, tmp_path: Path):
     assert "No dead letters." in cli.ok("dead-letters", "--outbox", tmp_path / "outbox.db")
 
 
+def test_dead_letters_of_a_file_that_is_no_outbox_is_a_clear_error_that_changes_nothing(cli: Cli, tmp_path: Path):
+    store = tmp_path / "memories.db"
+    cli.ok("memories", "add", "--scope", "s", "a memory", "--db", store)
+    before = store.read_bytes()
+    for args in (("dead-letters",), ("dead-letters", "--requeue"), ("dead-letters", "--json")):
+        result = cli(*args, "--outbox", store)
+        assert result.returncode == 1 and "is not a memproxy outbox" in result.stderr, result.stderr
+    with closing(sqlite3.connect(store)) as db:
+        assert {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {"memories"}
+        assert db.execute("SELECT name FROM sqlite_master WHERE name IN ('outbox', 'dead_letters')").fetchall() == []
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    result = cli("dead-letters", "--outbox", junk)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "cannot read the dead letters" in result.stderr
+    assert len(store.read_bytes()) == len(before)
+
+
 def test_dead_letters_requeued(cli: Cli, tmp_path: Path):
     outbox = ("--outbox", tmp_path / "outbox.db")
     seed_outbox(tmp_path / "outbox.db", ["User: deploy\nAssistant: done", "User: tests\nAssistant: make test"])

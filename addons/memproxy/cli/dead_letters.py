@@ -37,7 +37,11 @@ def dead_letters(outbox: Path | None, as_json: bool, requeue: bool, status: int 
             raise click.ClickException(f"cannot requeue the dead letters of {path}: {e}") from None
         console.print(f"requeued {n} dead letter{'' if n == 1 else 's'}")
         return
-    rows = list_dead_letters(outbox or config.outbox_path())
+    path = outbox or config.outbox_path()
+    try:
+        rows = list_dead_letters(path)
+    except sqlite3.Error as e:  # not a database, another application's, locked
+        raise click.ClickException(f"cannot read the dead letters of {path}: {e}") from None
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))

@@ -97,6 +97,7 @@ def connect(path: Path) -> sqlite3.Connection:
     path = private.private_path(path, create=True, companions=private.SQLITE_COMPANIONS)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
+        _refuse_foreign(db, path)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: every commit survives a process kill
         db.executescript(SCHEMA)
@@ -104,6 +105,15 @@ def connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _refuse_foreign(db: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
+    """Raise sqlite3.DatabaseError, before anything is written, if `path` is another application's database (the
+    memory store, say): one that names an application, or holds tables but no outbox."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if db.execute("PRAGMA application_id").fetchone()[0] or (tables and "outbox" not in tables):
+        raise sqlite3.DatabaseError(f"{path} is not a memproxy outbox (another application's database, or the memory"
+                                    " store?): nothing was changed")
 
 
 def enqueue(
@@ -240,6 +250,7 @@ def list_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return []
     uri = f"{path.resolve().as_uri()}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)) as db:
+        _refuse_foreign(db, path)
         try:
             return dead_letters(db)
         except sqlite3.OperationalError:  # no outbox was ever created in this file
