@@ -831,6 +831,17 @@ def test_text_of_scripts_written_without_spaces_is_found_by_a_few_of_its_charact
     assert run(store.add("q", text.replace("周五", "周四"))) == first and run(store.count("q")) == 1
 
 
+def test_a_long_prompt_ending_in_a_question_searches_the_questions_words(store: LocalStore) -> None:
+    """A pasted log's longest words (hashes, keys) would fill every term a search takes."""
+    redis = run(store.add("p", "User: which port does redis use?\nAssistant: redis listens on 6380 in staging"))
+    add_all(store, "p", [f"User: note {i} about the frontend deployment\nAssistant: it takes {i} minutes" for i in range(8)])
+    log = "\n".join(f"2026-01-0{i % 9 + 1}T10:00:00Z INFO deployment.controller reconciling replicaset"
+                    f" frontend-{i:04x}9c8d6b{i:02d} namespace=production-environment observedGeneration={i}" for i in range(40))
+    prompt = f"{log}\n\nWhy can't the worker reach redis? Which port does it use?"
+    assert [m.id for m in run(store.search("p", prompt))][0] == redis
+    assert index.query_terms("one paragraph: " + " ".join(f"word{i:03d}" for i in range(40)))[0] == "paragraph"
+
+
 def test_a_tool_is_unindexed_with_its_memory(store: LocalStore, tmp_path: Path) -> None:
     id_ = run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Codex"}))
     run(store.add("p", "User: what broke the build?\nAssistant: a stale lockfile", "turn-1", {"tool": "Qwen Code"}))

@@ -89,8 +89,18 @@ def tokens(text: str) -> list[str]:
 
 
 def query_terms(text: str) -> list[str]:
-    """The distinct meaningful words of `text`, the longest MAX_TERMS."""
-    return sorted(dict.fromkeys(words(text)), key=len, reverse=True)[:MAX_TERMS]
+    """The distinct meaningful words of `text`, the longest MAX_TERMS; of a text of more, the longest half of them
+    from its last paragraph (a pasted log or file, then the question: the question), then the longest of the rest."""
+    terms = longest(words(text))
+    if len(terms) <= MAX_TERMS or (at := text.rstrip().rfind("\n\n")) < 0:
+        return terms[:MAX_TERMS]
+    last = longest(words(text[at:]))[: MAX_TERMS // 2]
+    return list(dict.fromkeys((*last, *terms)))[:MAX_TERMS]
+
+
+def longest(found: Iterable[str]) -> list[str]:
+    """The distinct words of `found`, longest first (ties in their order)."""
+    return sorted(dict.fromkeys(found), key=len, reverse=True)
 
 
 # A time relative to now, as a query names it; and how far back it spans, in days, calendar months or calendar
@@ -171,7 +181,7 @@ def near_match(content: str) -> str:
     """An FTS5 query for the memories that may nearly repeat `content`: those holding all of the first half of
     its NEAR_TERMS longest words, or all of the second half (one changed word misses one half only). Memories
     holding all of a few words are few: cheaper to rank than those holding any."""
-    terms = query_terms(content)[:NEAR_TERMS]
+    terms = longest(words(content))[:NEAR_TERMS]
     half = (len(terms) + 1) // 2
     return " OR ".join(f"({' AND '.join(map(_quoted, group))})" for group in (terms[:half], terms[half:]) if group)
 
