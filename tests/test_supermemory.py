@@ -287,9 +287,14 @@ async def test_custom_id_dedupes_per_scope(store: SupermemoryStore, supermemory:
     assert first == again != other
     assert len(supermemory.documents) == 2
     assert supermemory.documents[first].content == "final answer"
-    sent = [r.json["customId"] for r in supermemory.requests if r.path == "/v3/documents"]
-    assert sent[0] == sent[1] != sent[2]
+    posted = [r.json["customId"] for r in supermemory.requests if r.path == "/v3/documents"]
+    assert len(posted) == 2 and posted[0] != posted[1]
+    # the later step replaces the document (PATCH): a POST of its customId would add only what is new to it
+    [patched] = [r for r in supermemory.requests if r.method == "PATCH"]
+    assert patched.path == f"/v3/documents/{first}" and patched.json == {"content": "final answer", "customId": posted[0]}
     assert [m.content for m in await store.list("s")] == ["final answer"]
+    assert await store.add("s", "final answer", custom_id="turn:1") == first  # a retry: nothing sent but the listing
+    assert len([r for r in supermemory.requests if r.method in ("PATCH", "POST") and "list" not in r.path]) == 3
 
 
 async def test_near_duplicates_are_merged_into_the_newest(store: SupermemoryStore, supermemory: FakeSupermemory) -> None:

@@ -41,6 +41,7 @@ from urllib.parse import quote
 import httpx
 
 from ..config import SUPERMEMORY_URL
+from ..scrub import load as load_detectors
 from ..scrub import scrub
 from ..wire import MARK
 from .base import ACCOUNT_STATUSES, PROMPT_KEY, Memory, MemoryStore, StoreError
@@ -252,8 +253,13 @@ class SupermemoryStore(MemoryStore):
         return cls(environ.get("SUPERMEMORY_API_KEY", ""), base_url, **kwargs)
 
     async def open(self) -> None:
-        """Check the configuration only: start-up never waits on the network."""
+        """Check the configuration only: start-up never waits on the network. Load the secret detectors, in a
+        thread, which scrub a search's query before it leaves: a search sent meanwhile waits for them."""
         self._check()
+        try:
+            await asyncio.to_thread(load_detectors)
+        except Exception as e:  # noqa: BLE001 - an import error of a detector: no query may leave unscrubbed
+            raise StoreError(f"cannot load the secret detectors that scrub a search: {type(e).__name__}") from e
 
     async def search(self, scope: str, query: str, limit: int = 5, threshold: float = 0.0) -> list[Memory]:
         if limit <= 0 or not query.strip():
@@ -295,8 +301,10 @@ class SupermemoryStore(MemoryStore):
         """Store the document `body` (as POSTed) into the one of its tag that it nearly repeats
         (near.near_duplicates), among the tag's NEAR_RECENT last updated: that document's id. The document that
         `body`'s customId names (an earlier step of its tool loop, or a retry) is deleted first, so that the twin
-        can take its customId, unless it holds `body`'s content already (the POST updates it). None if there is no
-        twin, or if a call fails (stored as a document of its own, if maybe twice, rather than not at all)."""
+        can take its customId; with no twin, that document is replaced (PATCH: a POST of its customId adds only
+        what is new to it, so an earlier step's text would stay), or left as it is if it holds `body` already.
+        None if neither is listed, or if a call fails (stored as a document of its own, if maybe twice, rather
+        than not at all)."""
         listing = {"containerTags": [body["containerTag"]], "limit": NEAR_RECENT, "page": 1, "sort": "updatedAt",
                    "order": "desc", "includeContent": True}  # fmt: skip
         try:
@@ -306,20 +314,24 @@ class SupermemoryStore(MemoryStore):
             docs = [d for d in docs if _document("", d) is not None and _holds(d, body["containerTag"])]
             own = next((d for d in docs if "customId" in body and d.get("customId") == body["customId"]), None)
             if own is not None and own["content"] == body["content"]:
-                return None
+                return own["id"] if _metadata(own) == body.get("metadata", {}) else await self._replace(own, body)
             others = [d for d in docs if d is not own]
             twin = await asyncio.to_thread(_nearly_repeated, body["content"], others)  # ms of CPU: off the loop
             if twin is None:
-                return None
+                return None if own is None else await self._replace(own, body)
             if own is not None:
                 await self._call("DELETE", f"/v3/documents/{quote(own['id'], safe='')}", missing_ok=True)
             elif (twin["content"], _metadata(twin)) == (body["content"], body.get("metadata", {})):
                 return twin["id"]  # the same memory again changes nothing
-            update = {k: v for k, v in body.items() if k != "containerTag"}
-            path = f"/v3/documents/{quote(twin['id'], safe='')}"
-            return twin["id"] if await self._call("PATCH", path, update, missing_ok=True) is not MISSING else None
+            return await self._replace(twin, body)
         except StoreError:
             return None
+
+    async def _replace(self, doc: dict[str, Any], body: dict[str, Any]) -> str | None:
+        """Listed document `doc` given `body`'s content, customId and metadata (PATCH): its id; None if it is gone."""
+        update = {k: v for k, v in body.items() if k != "containerTag"}
+        path = f"/v3/documents/{quote(doc['id'], safe='')}"
+        return doc["id"] if await self._call("PATCH", path, update, missing_ok=True) is not MISSING else None
 
     async def list(self, scope: str, limit: int = 100, offset: int = 0) -> list[Memory]:
         if limit <= 0:
