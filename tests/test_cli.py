@@ -385,6 +385,29 @@ def test_an_import_with_text_no_store_holds_stores_nothing_and_names_the_line(cl
     assert "0 memories in t" in cli.ok("memories", "list", "--scope", "t", *db)
 
 
+def test_an_import_the_disk_stops_says_how_much_it_stored_and_is_finished_by_running_it_again(cli: Cli, tmp_path: Path):
+    import resource
+
+    db = tmp_path / "m.db"
+    cli.ok("memories", "add", "--scope", "t", "the store exists", "--db", db)
+    lines = tmp_path / "many.jsonl"
+    lines.write_text("".join(json.dumps({"scope": "t", "content": f"memory {i}: " + "words of a long note " * 25})
+                             + "\n" for i in range(3000)))
+    limit = db.stat().st_size + 2_000_000  # a disk that fills in the middle of the import
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = subprocess.run([str(MEMPROXY), "memories", "import", str(lines), "--db", str(db)], capture_output=True,
+                          text=True, env=cli.env, preexec_fn=small_disk, timeout=120)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    at_least = int(re.search(r"the memories stored before it stay \(at least (\d+) of the 3000 new ones\)", full.stderr)[1])
+    assert 0 < at_least < 3000 and "import the file again to store the rest" in full.stderr
+    again = re.search(r"imported 3000 memories from .*, (\d+) of them new, (\d+) already there", cli.ok(
+        "memories", "import", lines, "--db", db))
+    assert int(again[2]) >= at_least and int(again[1]) + int(again[2]) == 3000 and int(again[1]) > 0
+
+
 def test_import_reads_iso_dates_and_refuses_what_is_no_date(cli: Cli, tmp_path: Path):
     db = ("--db", tmp_path / "m.db")
     good = tmp_path / "good.jsonl"

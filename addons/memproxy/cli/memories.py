@@ -344,23 +344,29 @@ def memories_import(backend: Backend, scope: str | None, file: Any) -> None:
         found += scrubbed.found
 
     async def work(store: MemoryStore) -> tuple[int, int | None]:
-        from ..memory import Memory
+        from ..memory import Memory, StoreError
         from ..memory.local import LocalStore
 
         held = {(m.scope, m.content) async for m in store.every(sorted({r["scope"] for r in records}))}
         fresh = [r for r in records if (r["scope"], r["content"]) not in held]  # a restore into the store it left
-        added = 0
-        with _progress(f"importing {file.name}", len(fresh)) as advance:
-            if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
-                batch = [Memory(r["id"], r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in fresh]
-                for i in range(0, len(batch), IMPORT_BATCH):
-                    chunk = batch[i : i + IMPORT_BATCH]
-                    added += await store.add_many(chunk)
-                    advance(len(chunk))
-                return len(records) - len(fresh), added
-            for r in fresh:
-                await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
-                advance(1)
+        added = done = 0
+        try:
+            with _progress(f"importing {file.name}", len(fresh)) as advance:
+                if isinstance(store, LocalStore):  # keeps each memory's date; a transaction a batch
+                    batch = [Memory(r["id"], r["scope"], r["content"], 0.0, r["metadata"], r["created_at"]) for r in fresh]
+                    for i in range(0, len(batch), IMPORT_BATCH):
+                        chunk = batch[i : i + IMPORT_BATCH]
+                        added += await store.add_many(chunk)
+                        done += len(chunk)
+                        advance(len(chunk))
+                    return len(records) - len(fresh), added
+                for r in fresh:
+                    await store.add(r["scope"], r["content"], custom_id=r["id"], metadata=r["metadata"])
+                    done += 1
+                    advance(1)
+        except StoreError as e:  # a full disk, a lock, the backend: what was stored stays, once
+            raise click.ClickException(f"{e}; the memories stored before it stay (at least {done} of the"
+                                       f" {len(fresh)} new ones): import the file again to store the rest") from None
         return len(records) - len(fresh), None  # a remote store does not say whether a memory was new
 
     there, added = with_store(backend, work)
