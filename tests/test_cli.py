@@ -288,7 +288,7 @@ def test_memories_roundtrip(cli: Cli, tmp_path: Path):
     export = tmp_path / "shop.jsonl"
     export.write_text(cli.ok("memories", "export", "--scope", "claude-code:shop", *db))  # to stdout by default
     records = [json.loads(line) for line in export.read_text().splitlines()]
-    assert [r["content"] for r in records] == ["Tests run with make test", "The shop deploys with fly.io"]
+    assert [r["content"] for r in records] == ["The shop deploys with fly.io", "Tests run with make test"]  # as stored
     assert all(set(r) == {"scope", "content", "metadata", "id", "created_at"} for r in records)
 
     aborted = cli("memories", "forget", "--scope", "claude-code:shop", first_id, *db, stdin="n\n")

@@ -274,7 +274,8 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
 @click.option("-o", "--output", "path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="The JSONL file to write (0600). Default: standard output.")
 def memories_export(backend: Backend, scope: str, path: str) -> None:
-    """Write a scope's memories as JSONL: one {scope, content, metadata, id, created_at} per line. A file is
+    """Write a scope's memories as JSONL, in the order stored: one {scope, content, metadata, id, created_at} per
+    line. A file is
     replaced only once the whole export is written, and not by an export of no memories (a mistyped scope)."""
 
     async def work(store: MemoryStore) -> int:
