@@ -338,6 +338,17 @@ def test_an_export_replaces_its_file_only_once_it_is_written_whole(cli: Cli, tmp
     assert failed.returncode == 1 and "Error: " in failed.stderr and "Traceback" not in failed.stderr
     assert backup.read_text() == before and [f.name for f in tmp_path.iterdir() if "partial" in f.name] == []
     assert backup.stat().st_mode & 0o777 == 0o600
+    # a symbolic link stays one, its target replaced; a pipe is written through
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(backup)
+    cli.ok("memories", "add", "--scope", "project:api", "The api's tests run with make test", *db)
+    cli.ok("memories", "export", "--scope", "project:api", "-o", link, *db)
+    assert link.is_symlink() and len(backup.read_text().splitlines()) == 2
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    cli.ok("memories", "export", "--scope", "project:api", "-o", fifo, *db)
+    assert len(reader.communicate(timeout=30)[0].splitlines()) == 2 and fifo.exists()
 
 
 def test_an_export_while_a_proxy_updates_a_turn_holds_each_memory_once(tmp_path: Path, monkeypatch):

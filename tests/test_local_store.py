@@ -825,6 +825,14 @@ def test_text_of_scripts_written_without_spaces_is_found_by_a_few_of_its_charact
                          ("デプロイの手順", ids[1]), ("ชำระเงิน", ids[2]), ("PayPal", ids[2])]:
         assert [m.id for m in run(store.search("p", query))][0] == found, query
     assert run(store.search("p", "猫")) == [] and run(store.search("p", "迁徙")) == []
+    # Thai: FTS5 parts words at a vowel sign or tone mark, so pairs are made of the letters alone
+    thai = add_all(store, "th", ["ฉันกินข้าวแล้ว", "ดินในสวนแห้งมาก", "อย่าลืมปิดไฟ", "เขาลืมกุญแจไว้ในรถ"])
+    assert [m.id for m in run(store.search("th", "ดิน"))] == [thai[1]]  # not กิน
+    assert {m.id for m in run(store.search("th", "ลืม"))} == {thai[2], thai[3]}
+    # a tool's label in a script written without spaces is named inside a sentence of it
+    label = run(store.add("zh", "部署用的是蓝绿发布", metadata={"tool": "通义灵码"}))
+    run(store.add("zh", "测试用的是单元测试"))
+    assert [m.id for m in run(store.search("zh", "通义灵码说了什么"))] == [label]
     # a character changed in a long Chinese memory is a near-duplicate of it, merged
     text = "部署流程：先在预发布环境运行全部测试，然后在周五下午之前发布到生产环境，最后检查监控面板和错误日志。"
     first = run(store.add("q", text))
@@ -906,6 +914,31 @@ def test_a_migration_keeps_each_scopes_table_so_a_process_of_the_earlier_schema_
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT scope, id FROM scope_indexes ORDER BY id").fetchall() == before
     integrity(path)
+
+
+def test_a_write_that_waited_while_another_memproxy_migrated_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """The schema is checked before each call; another process may migrate the file between that check and the
+    write's lock."""
+    path = tmp_path / "m.db"
+    store = LocalStore(path)
+    try:
+        run(store.add("p", "the first memory of the project"))
+        follow = LocalStore._follow
+
+        def migrated_meanwhile(self: LocalStore, db: sqlite3.Connection) -> None:
+            follow(self, db)
+            if not db.in_transaction:  # the check before the call: then the other process commits its migration
+                with closing(sqlite3.connect(path)) as other:
+                    other.execute(f"PRAGMA user_version = {local.SCHEMA_VERSION + 1}")
+                    other.commit()
+
+        monkeypatch.setattr(LocalStore, "_follow", migrated_meanwhile)
+        with pytest.raises(StoreError, match="restart"):
+            run(store.add("p", "written by the earlier schema after the migration"))
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert [c for (c,) in db.execute("SELECT content FROM memories")] == ["the first memory of the project"]
 
 
 def test_a_store_another_memproxy_moved_to_a_newer_schema_is_refused_not_written(tmp_path: Path) -> None:

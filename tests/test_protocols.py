@@ -182,6 +182,9 @@ def test_frame_context_keeps_room_for_the_user_scope_beside_a_long_memory() -> N
     for limit in range(line.index("[") + 1, line.index("]")):  # never half a marker
         assert _cut(line, limit) == line[: line.index(" [")]
     assert _cut("- " + "abcdefghij" * 10, 50) == "- " + "abcdefghij" * 4 + "abcdefgh"  # no space: as it falls
+    assert _cut("- " + "word " * 11 + "[secret: aws_access_key_id] and more", 80) == "- " + " ".join(["word"] * 11)
+    # halved only where another memory fits in the other half: else the room is not wasted
+    assert len(frame_context(["a " * 2500, "b " * 1500], "s", 2000)) > 1900
 
 
 def test_frame_context_empty_when_nothing_fits() -> None:

@@ -79,8 +79,9 @@ def test_validate_container_tag_explains(tag: str, reason: str) -> None:
         validate_container_tag(tag)
 
 
-def test_a_container_tag_without_scope_is_a_prefix_never_one_container_for_all() -> None:
+def test_a_container_tag_without_scope_is_a_prefix_never_one_container_for_all(caplog) -> None:
     store = SupermemoryStore(KEY, container_tag="memproxy")
+    assert "container_tag 'memproxy' has no {scope}" in caplog.text and "'memproxy_{scope}'" in caplog.text
     tags = {store.tag(scope) for scope in ("project:api", "project:web", "user")}
     assert len(tags) == 3 and all(tag.startswith("memproxy_") for tag in tags)
     assert SupermemoryStore(KEY, container_tag="team_{scope}").tag("user") == "team_user"
@@ -225,6 +226,8 @@ async def test_a_memory_written_from_turns_names_their_prompts(store: Supermemor
     ([{"id": "d1", "metadata": {"tool": "Codex"}}, {"id": "d2", "metadata": {"tool": "Qwen Code"}}], None),
     ([{"id": "d1", "metadata": {"tool": "Codex"}}, {"id": "d2"}], None),  # one of them names none
     ([{"id": "d1", "metadata": {"tool": 7}}], None),
+    ([{"id": "d1", "metadata": {"tool": ["a"]}}, {"id": "d2", "metadata": {"tool": ["a"]}}], None),  # unhashable
+    ([], None),
     (None, None),
 ])
 def test_a_memory_in_supermemorys_words_shows_the_tool_of_its_turns(documents: object, tool: str | None) -> None:

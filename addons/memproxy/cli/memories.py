@@ -300,19 +300,19 @@ def memories_export(backend: Backend, scope: str, path: str) -> None:
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[Any]:
-    """Standard output for "-", else a private (0600) file beside `path`, which replaces `path` only if the block
-    ends without an error; made before the store is opened."""
+    """Standard output for "-"; for a regular file (or none yet), a private (0600) file beside it (through a
+    symbolic link: beside its target), which replaces it only if the block ends without an error; anything else (a
+    pipe, /dev/stdout, a terminal) written as it is. Made before the store is opened."""
     if path == "-":
         yield click.get_text_stream("stdout")
         return
-    from ..private import open_private
-
-    target = Path(path)
+    if Path(path).exists() and not Path(path).is_file():  # a pipe, a device: nothing to replace
+        with _opened(path, path) as f:
+            yield f
+        return
+    target = Path(os.path.realpath(path))
     temporary = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        f = open_private(temporary, "w", encoding="utf-8")
-    except OSError as e:
-        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
+    f = _opened(temporary, path)
     try:
         with f:
             yield f
@@ -321,6 +321,16 @@ def _output(path: str) -> Iterator[Any]:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _opened(path: str | Path, named: str) -> Any:
+    """`path` opened by `private.open_private` for text; a ClickException naming `named` if it cannot be."""
+    from ..private import open_private
+
+    try:
+        return open_private(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {named}: {e.strerror or e}") from None
 
 
 @memories.command("import")

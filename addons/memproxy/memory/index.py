@@ -21,11 +21,12 @@ import json
 import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable
 
 MAX_TERMS = 24
 MAX_TOOL = 40  # characters of a tool's label kept, as a recalled note shows it
-MAX_TOOLS = 256  # tool labels a query is compared with (a store imported from elsewhere may name any)
+MAX_TOOLS = 64  # tool labels a query is compared with, the first recorded (an imported store may name any)
 WORD = re.compile(r"[^\W_]+")
 STOPWORDS = frozenset(
     """
@@ -73,10 +74,21 @@ def words(text: str) -> list[str]:
     found: list[str] = []
     for run in TOKEN.findall(low):
         if UNSPACED.match(run):
+            run = _unmarked(run)  # FTS5's tokenizer parts words at a mark: a pair holding one would be one letter
             found.extend([run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)])
         elif len(run) > 1 and run not in STOPWORDS:
             found.append(run)
     return found
+
+
+_WITH_MARKS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3099\u309a]")  # scripts that combine marks
+
+
+def _unmarked(run: str) -> str:
+    """`run` without its combining marks (Thai vowel signs and tone marks, Unicode categories M*)."""
+    if not _WITH_MARKS.search(run):
+        return run
+    return "".join(c for c in run if not unicodedata.category(c).startswith("M")) or run
 
 
 def tokens(text: str) -> list[str]:
@@ -241,6 +253,14 @@ def tool_term(tool: str | None) -> str:
     return f"tool{name}" if name else ""
 
 
+def _label_pattern(label: str) -> str:
+    """A regex of `label` as a word or words of its own, any spaces between them: not inside a longer word, but for
+    an end in a script written without spaces ("数据库工具说了什么" names 工具)."""
+    before = "" if UNSPACED.match(label[0]) else r"(?<!\w)"
+    after = "" if UNSPACED.match(label[-1]) else r"(?!\w)"
+    return before + r"\s+".join(map(re.escape, label.split())) + after
+
+
 class Tools:
     """The tools a store's memories name (table `tools`, a label each), and which of them a query names: a label
     written whole, as a word or words of its own ("what did Codex say"), and with its capital where it has one,
@@ -250,17 +270,22 @@ class Tools:
         self._labels: frozenset[str] | None = None  # None: not read yet
         self._pattern: re.Pattern[str] | None = None
         self._firsts: tuple[str, ...] = ()  # each label's first word, in lower case: most queries hold none
+        self._recorded: set[str] = set()  # labels this connection knows the table holds
 
     def reset(self) -> None:
         """Read the labels again at the next query (another connection may have added one, or a rollback undone
         one)."""
         self._labels = self._pattern = None
+        self._recorded.clear()
 
     def add(self, db: sqlite3.Connection, tool: str | None) -> None:
         """Record `tool` as a label, in the caller's transaction."""
-        if tool and (self._labels is None or tool not in self._labels):
-            db.execute("INSERT OR IGNORE INTO tools(label) VALUES (?)", (tool,))
-            self.reset()
+        if tool and tool not in self._recorded:
+            if db.execute("INSERT OR IGNORE INTO tools(label) VALUES (?)", (tool,)).rowcount:
+                self._labels = self._pattern = None  # a new one: read them again
+            if len(self._recorded) >= 4 * MAX_TOOLS:
+                self._recorded.clear()
+            self._recorded.add(tool)
 
     def named(self, db: sqlite3.Connection, text: str) -> list[str]:
         """The tool terms (`tool_term`) of the labels `text` names."""
@@ -270,9 +295,8 @@ class Tools:
             except sqlite3.OperationalError:  # a read-only store of an earlier schema: none known
                 rows = []
             self._labels = frozenset(label for (label,) in rows if tool_term(label))
-            alternatives = "|".join(r"\s+".join(map(re.escape, label.split())) for label in
-                                    sorted(self._labels, key=len, reverse=True))
-            self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.I) if alternatives else None
+            alternatives = "|".join(map(_label_pattern, sorted(self._labels, key=len, reverse=True)))
+            self._pattern = re.compile(alternatives, re.I) if alternatives else None
             self._firsts = tuple({label.split()[0].lower() for label in self._labels})
         if self._pattern is None:
             return []

@@ -276,6 +276,12 @@ class LocalStore(MemoryStore):
                                  f" memproxy; this one writes schema {SCHEMA_VERSION}: restart it")
         self._data_version = version
 
+    def _begin(self, db: sqlite3.Connection) -> None:
+        """Begin a write transaction, then look again at what another connection wrote before it took the lock
+        (`_follow`): one that migrated the file to a newer schema meanwhile refuses the write."""
+        db.execute("BEGIN IMMEDIATE")
+        self._follow(db)
+
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
         try:
@@ -469,7 +475,7 @@ class LocalStore(MemoryStore):
         """Add a memory; or update the one with its custom id, or a near-duplicate of it (see `_near_duplicate`)."""
         self._empty.pop(scope, None)
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             old = None if custom_id is None else db.execute(
                 "SELECT id, content, metadata, created_at FROM memories WHERE scope = ? AND custom_id = ?", (scope, custom_id)
             ).fetchone()
@@ -523,7 +529,7 @@ class LocalStore(MemoryStore):
         for m in memories:
             self._empty.pop(m.scope, None)
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             added = [
                 m.scope for m in memories
                 if self._insert(db, m.scope, m.content, m.id or None, json.dumps(m.metadata, ensure_ascii=False), _date(m.created_at, now))
@@ -552,12 +558,12 @@ class LocalStore(MemoryStore):
         self._unmerged.pop(table, None)
         if db.execute(f"SELECT count(DISTINCT segid) FROM {table}_idx").fetchone()[0] > MAX_SEGMENTS:
             with db:
-                db.execute("BEGIN IMMEDIATE")
+                self._begin(db)
                 db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
 
     def _forget(self, db: sqlite3.Connection, scope: str, memory_id: str) -> bool:
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             return self._delete(db, scope, memory_id)
 
     def _delete(self, db: sqlite3.Connection, scope: str, memory_id: str | int) -> bool:
@@ -576,7 +582,7 @@ class LocalStore(MemoryStore):
         indexed with), if it still holds what `memory` read: a turn the proxy updated since is left as it is."""
         scope = memory.scope
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             row = db.execute(
                 f"SELECT {COLUMNS} FROM memories AS m WHERE m.id = ? AND m.scope = ?", (memory.id, scope)
             ).fetchone()
@@ -602,7 +608,7 @@ class LocalStore(MemoryStore):
         # A contentless index keeps deleted terms in its segments until they are merged; VACUUM then drops
         # the free pages that held old text, and the checkpoint empties the WAL, which held it too.
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             for table in self._indexes.tables(db):
                 db.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
         self._unmerged.clear()
@@ -616,7 +622,7 @@ class LocalStore(MemoryStore):
         """Give a memory another scope and index it in that scope's table (unindexed with the text it was indexed
         with); if `target` holds its custom id already, it is a duplicate: deleted."""
         with db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             row = db.execute(
                 "SELECT id, custom_id, content, created_at, metadata FROM memories WHERE id = ? AND scope = ?",
                 (memory_id, scope),

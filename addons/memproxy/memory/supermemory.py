@@ -30,6 +30,7 @@ import asyncio
 import email.utils
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -58,6 +59,7 @@ REWRITTEN = re.compile(rf"(?:^|-)[0-9a-f]{{{HASH_LEN}}}$")  # how every rewritte
 DETAIL_MAX = 200  # characters of the server's error message kept in ours
 MAX_ANSWER = 4 * 2**20  # bytes of an answer read: a larger one fails the call, unparsed (parsing blocks the loop)
 ENDPOINT_MISSING = (404, 405)  # on a POST (to a path the API has): the base URL is wrong
+logger = logging.getLogger(__name__)
 MISSING = object()  # a 404 where the caller allows one
 NEAR_RECENT = 20  # documents a new memory is compared with for a near-duplicate: the scope's last updated
 
@@ -163,10 +165,10 @@ def _search_hit(scope: str, result: Any) -> Memory | None:
         return None
     metadata = _metadata(result)
     documents = result.get("documents")
-    if "tool" not in metadata and isinstance(documents, list):  # a memory in Supermemory's words: its turns' tool
-        tools = {_metadata(doc).get("tool") for doc in documents if isinstance(doc, dict)}
-        if len(tools) == 1 and isinstance(tool := tools.pop(), str):
-            metadata = {**metadata, "tool": tool}
+    if "tool" not in metadata and isinstance(documents, list) and documents:  # in Supermemory's words: its turns'
+        tools = [_metadata(doc).get("tool") if isinstance(doc, dict) else None for doc in documents]
+        if all(isinstance(tool, str) for tool in tools) and len(set(tools)) == 1:
+            metadata = {**metadata, "tool": tools[0]}
     return Memory(result["id"], scope, text, score, metadata, _timestamp(result.get("updatedAt")), _sources(result))
 
 
@@ -237,6 +239,9 @@ class SupermemoryStore(MemoryStore):
         # "{scope}", or e.g. "memproxy_{scope}"; a tag without {scope} is a prefix ("memproxy": "memproxy_{scope}"):
         # one container for every scope would give each project every other's memories
         self.tag_template = container_tag if "{scope}" in container_tag else f"{container_tag}_{{scope}}"
+        if "{scope}" not in container_tag:
+            logger.warning("memproxy: container_tag %r has no {scope}: each scope is the container %r; documents"
+                           " stored in %r alone are not searched", container_tag, self.tag_template, container_tag)
         self._api_key = api_key.strip()
         self._client = client  # a client passed in belongs to the caller
         self._owns_client = client is None

@@ -151,16 +151,20 @@ def frame_context(
     """The recalled-memories block for `memories` of `scope` (best first) and those of the scopes in `also`
     ((scope, memories) pairs, each under a line naming its scope), at most `max_chars` long. The scopes take
     turns, best first, so that each gets its share; memories that do not fit are dropped whole, except that an
-    over-long first one is cut short with "…", to half the room if others follow (so that another scope's
-    memories, often short, still fit). Returns "" if none fits. No memory can open or close a block (see
+    over-long first one is cut short with "…", to half the room if another memory would fit in the other half
+    (another scope's memories, often short). Returns "" if none fits. No memory can open or close a block (see
     above), so the block holds exactly one opening and one closing tag."""
     head = f'{MEMORY_OPEN} scope="{_attribute(scope)}">\n{MEMORY_NOTE}\n'
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
-    others = len(memories) > 1 or any(found for _, found in also)
+    # what the cheapest memory after the first costs (a layer's with its title): a best memory cut to half the room
+    # leaves room for it
+    costs = [len(m) + 3 for m in memories[1:] if isinstance(m, str) and m.strip()]
+    costs += [len(m) + 3 + len(_layer_title(layer)) for layer, found in also for m in found if isinstance(m, str) and m.strip()]
+    cheapest = min(costs, default=None)
     groups: list[tuple[str, list[str]]] = [("", [])]
     queues = [(0, iter(memories))]
     for layer, found in also:
-        groups.append((f"From scope {_attribute(layer)}{LAYER_NOTES.get(layer, '')}:\n", []))
+        groups.append((_layer_title(layer), []))
         queues.append((len(groups) - 1, iter(found)))
     taken = 0
     while queues:
@@ -178,7 +182,8 @@ def frame_context(
             cost = len(line) + (len(title) if not lines else 0)
             room = budget - (cost - len(line))
             if cost > budget and not taken and room >= len("- x…\n"):
-                line = _cut(line, max(room // 2 if others else room, len("- x…\n")) - len("…\n")) + "…\n"
+                half = cheapest is not None and cheapest <= room - room // 2
+                line = _cut(line, max(room // 2 if half else room, len("- x…\n")) - len("…\n")) + "…\n"
                 cost = len(line) + (len(title) if not lines else 0)
             if cost <= budget:
                 lines.append(line)
@@ -191,13 +196,21 @@ def frame_context(
     return head + body + MEMORY_CLOSE
 
 
+def _layer_title(layer: str) -> str:
+    return f"From scope {_attribute(layer)}{LAYER_NOTES.get(layer, '')}:\n"
+
+
+_MARKER_ROOM = 64  # characters a `[secret: <kind>]` marker may take
+
+
 def _cut(line: str, limit: int) -> str:
     """`line` cut to at most `limit` characters: at a space or line break in its last quarter, if it has one, and
-    before a bracket it opened and did not close there (a secret's marker, `[secret: <kind>]`, is left whole)."""
+    before a bracket it opened and did not close near its end (a secret's marker, `[secret: <kind>]`, is left
+    whole)."""
     cut = line[:limit]
     if (space := max(cut.rfind(" "), cut.rfind("\n"))) >= limit * 3 // 4:
         cut = cut[:space]
-    if (bracket := cut.rfind("[")) > cut.rfind("]") and bracket >= limit * 3 // 4:
+    if (bracket := cut.rfind("[")) > cut.rfind("]") and bracket >= len(cut) - _MARKER_ROOM:
         cut = cut[:bracket]
     return cut.rstrip()
 
