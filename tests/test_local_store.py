@@ -53,6 +53,16 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
     run(s.close())
 
 
+def seeded(path: Path, *memories: tuple[str, str]) -> None:
+    """A store at `path` holding `memories` ((scope, content) pairs), closed."""
+    store = LocalStore(path)
+    try:
+        for scope, content in memories:
+            run(store.add(scope, content))
+    finally:
+        run(store.close())
+
+
 def add_all(store: LocalStore, scope: str, contents: list[str]) -> list[str]:
     async def go() -> list[str]:
         return [await store.add(scope, c) for c in contents]
@@ -722,11 +732,7 @@ def test_a_schema_3_store_is_migrated_on_open_and_its_turns_are_found_by_their_f
     path = tmp_path / "v3.db"
     turn = "User: why does the deploy hang?\nAssistant: the health check waited on a port nobody opened."
     metadata = '{"tool": "Claude Code", "calls": ["Edit deploy/healthcheck.yaml"]}'
-    store = LocalStore(path)
-    try:  # a store written by schema 3: the same tables, its index without the trace's files
-        run(store.add("p", "Deploys use rsync over SSH to the bastion host"))
-    finally:
-        run(store.close())
+    seeded(path, ("p", "Deploys use rsync over SSH to the bastion host"))
     with closing(sqlite3.connect(path)) as db:
         id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
                          " RETURNING id", ("p", "turn-1", turn, metadata, 1.7e9)).fetchone()[0]
@@ -762,12 +768,7 @@ def test_a_schema_4_store_is_migrated_on_open_and_its_dates_match_no_words(tmp_p
             ("p", "turn-2", "User: why is the cache stale?\nAssistant: it may be stale after a deploy", '{"tool": "Codex"}',
              may + 200 * 86400),
             ("q", None, "the billing service deploys on fridays", "{}", may)]
-    store = LocalStore(path)
-    try:
-        run(store.add("p", "a memory that makes the tables"))
-        run(store.add("q", "a memory that makes the tables"))
-    finally:
-        run(store.close())
+    seeded(path, ("p", "a memory that makes the tables"), ("q", "a memory that makes the tables"))
     with closing(sqlite3.connect(path)) as db:
         for scope, custom_id, content, metadata, at in rows:
             id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -864,11 +865,7 @@ def test_a_tool_is_unindexed_with_its_memory(store: LocalStore, tmp_path: Path) 
 def test_a_schema_5_store_is_migrated_on_open_and_its_tools_are_found_by_name(tmp_path: Path) -> None:
     """Schema 5 indexed no tool."""
     path = tmp_path / "v5.db"
-    store = LocalStore(path)
-    try:
-        run(store.add("p", "a memory that makes the table"))
-    finally:
-        run(store.close())
+    seeded(path, ("p", "a memory that makes the table"))
     with closing(sqlite3.connect(path)) as db:
         [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
         for content, metadata in TOOL_TURNS:
@@ -895,12 +892,7 @@ def test_a_schema_5_store_is_migrated_on_open_and_its_tools_are_found_by_name(tm
 
 def test_a_migration_keeps_each_scopes_table_so_a_process_of_the_earlier_schema_writes_to_its_own(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
-    store = LocalStore(path)
-    try:  # tables made in the order scopes first stored, not in the order of their names
-        run(store.add("zeta", "the zeta service deploys on fridays"))
-        run(store.add("alpha", "the alpha service deploys on mondays"))
-    finally:
-        run(store.close())
+    seeded(path, ("zeta", "the zeta service deploys on fridays"), ("alpha", "the alpha service deploys on mondays"))
     with closing(sqlite3.connect(path)) as db:
         before = db.execute("SELECT scope, id FROM scope_indexes ORDER BY id").fetchall()
         db.execute("PRAGMA user_version = 3")
@@ -1059,11 +1051,7 @@ def test_a_read_only_store_neither_makes_migrates_nor_writes_its_file(tmp_path: 
         run(missing.close())
     assert not (tmp_path / "none").exists()
     path = tmp_path / "m.db"
-    store = LocalStore(path)
-    try:
-        run(store.add("p", "a memory of an earlier schema"))
-    finally:
-        run(store.close())
+    seeded(path, ("p", "a memory of an earlier schema"))
     with closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA user_version = 3")
         db.commit()
