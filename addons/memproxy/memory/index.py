@@ -307,7 +307,7 @@ class Tools:
         return list(dict.fromkeys(tool_term(name) for name in found if self._written(name)))
 
     def _written(self, name: str) -> bool:
-        """Whether `name`, as a query wrote it, is written as a label with a capital is: with that capital."""
+        """Whether `name`, as the query wrote it, names a label: one whose first letter is a capital, only with it."""
         key = " ".join(name.split()).lower()
         return any(" ".join(label.split()).lower() == key and (not label[0].isupper() or name[0].isupper())
                    for label in self._labels or ())
