@@ -275,8 +275,8 @@ def memories_migrate(backend: Backend, project_names: Path | None, dry_run: bool
               help="The JSONL file to write (0600). Default: standard output.")
 def memories_export(backend: Backend, scope: str, path: str) -> None:
     """Write a scope's memories as JSONL, in the order stored: one {scope, content, metadata, id, created_at} per
-    line. A file is
-    replaced only once the whole export is written, and not by an export of no memories (a mistyped scope)."""
+    line. A file is replaced only once the whole export is written, and not by an export of no memories (a
+    mistyped scope)."""
 
     async def work(store: MemoryStore) -> int:
         done = 0

@@ -158,14 +158,12 @@ def frame_context(
     budget = max_chars - len(head) - len(MEMORY_CLOSE)
     # what the cheapest memory after the first costs (a layer's with its title): a best memory cut to half the room
     # leaves room for it
-    costs = [len(m) + 3 for m in memories[1:] if isinstance(m, str) and m.strip()]
-    costs += [len(m) + 3 + len(_layer_title(layer)) for layer, found in also for m in found if isinstance(m, str) and m.strip()]
+    titles = ["", *map(_layer_title, (layer for layer, _ in also))]
+    costs = [len(m) + 3 + len(title) for title, found in zip(titles, (memories[1:], *(f for _, f in also)))
+             for m in found if isinstance(m, str) and m.strip()]
     cheapest = min(costs, default=None)
-    groups: list[tuple[str, list[str]]] = [("", [])]
-    queues = [(0, iter(memories))]
-    for layer, found in also:
-        groups.append((_layer_title(layer), []))
-        queues.append((len(groups) - 1, iter(found)))
+    groups: list[tuple[str, list[str]]] = [(title, []) for title in titles]
+    queues = [(i, iter(found)) for i, found in enumerate((memories, *(f for _, f in also)))]
     taken = 0
     while queues:
         left = []
