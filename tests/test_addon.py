@@ -15,7 +15,7 @@ from memproxy.addons.requestpath import RequestPath
 from memproxy.addons.ruleswatcher import RulesWatcher
 from memproxy.addons.sdk import Sdk
 from memproxy.addons.store import Store
-from memproxy.memory.base import Memory, MemoryStore
+from memproxy.memory.base import PROMPT_KEY, Memory, MemoryStore
 from memproxy.recall import Recall
 from mitmproxy.test import taddons, tflow
 
@@ -363,6 +363,28 @@ async def test_a_new_prompt_after_a_summary_is_its_own_memory(addon):
     await addon.request(later)
     turn = await answer(addon, later, "anthropic", "In app.toml.")
     assert turn.content == f"User: {asked}\nAssistant: In app.toml." and turn.custom_id != before.custom_id
+
+
+@pytest.mark.parametrize("adapter", ["anthropic", "openai_chat", "opencode"])
+async def test_the_same_prompt_in_another_session_is_another_memory(addon, adapter):
+    """Two sessions of a client that start with the same prompt are two memories: the second session's answer
+    does not replace the first's. A retry or a later step in the same session updates its one memory; where the
+    client names no session, the prompt's text alone names it, as before. The prompt's key is the same in both
+    sessions: the echo check reads it from the conversation, which names no session."""
+    use(addon, FakeStore())
+
+    async def asked(session: str | None, reply: str):
+        flow = loop_flow(adapter, [{"role": "user", "content": PROMPT}], session)
+        await addon.request(flow)
+        return await answer(addon, flow, adapter, reply)
+
+    monday = await asked("session-1", "Through Redis, with a 60 s expiry.")
+    retried = await asked("session-1", "Through Redis, with a 60 s expiry, per key.")
+    tuesday = await asked("session-2", "Through the new in-process cache since the Redis removal.")
+    assert retried.custom_id == monday.custom_id and tuesday.custom_id != monday.custom_id
+    assert tuesday.metadata[PROMPT_KEY] == monday.metadata[PROMPT_KEY]
+    nameless = [await asked(None, reply) for reply in ("Through Redis.", "Through memcached.")]
+    assert nameless[0].custom_id == nameless[1].custom_id not in (monday.custom_id, tuesday.custom_id)
 
 
 def test_the_latest_prompt_is_kept_per_scope_and_session_for_the_latest_max_sessions() -> None:

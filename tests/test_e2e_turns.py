@@ -43,6 +43,7 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "Which files are in the repository?"
 FINAL = "The repository holds three files."
+NEWER = "Four files now: a Dockerfile came in since it was last asked."  # the same prompt in a later session
 OUTPUT = "tool-output-7f3a"  # what the tool prints: never stored
 
 
@@ -130,24 +131,26 @@ def declared(data: Any) -> list[str]:
 @dataclass(frozen=True)
 class Cli:
     """A CLI in a tool loop: how it runs a prompt (it prints the text of each step), its conversation requests,
-    the tool it is asked to call and the offer of that tool, and the flags that resume its last session."""
+    the tool it is asked to call and the offer of that tool, the flags that resume its last session, and whether
+    its requests name their session."""
 
     ask: Callable[[MitmdumpProc, Path, Path, str, tuple[str, ...]], str]
     calls: Callable[[FakeUpstream], list[dict[str, Any]]]
     tool: str
     offers: Callable[[Any], list[str]]
     resume: tuple[str, ...]
+    names_its_session: bool
 
 
 CLIS = {
     # Claude Code runs Bash only where --allowedTools lets it.
     "claude": Cli(lambda proc, project, home, prompt, flags: claude(proc, project, home, *flags, "-p", prompt,
                                                                     "--allowedTools", "Bash"),
-                  main_calls, "Bash", tool_names, ("-c",)),
+                  main_calls, "Bash", tool_names, ("-c",), True),
     # Gemini CLI (--yolo: its shell tool without asking) answers a functionCall with a functionResponse.
     "gemini": Cli(lambda proc, project, home, prompt, flags: gemini(proc, project, prompt, home, "--yolo", *flags),
                   lambda upstream: gemini_calls(upstream, "streamGenerateContent"), "run_shell_command", declared,
-                  ("--resume", "latest")),
+                  ("--resume", "latest"), False),
 }
 
 
@@ -184,13 +187,16 @@ def test_a_cli_tool_loop_is_one_memory_and_never_its_own_echo(
     [conversation] = backend.conversations("project:shop")  # both turns name their one conversation
     assert isinstance(conversation, str) and len(conversation) == 16
 
-    # Another conversation asking the same question is given the first one's answer.
+    # Another session asking the same question is given the first one's answer, and its own answer is a memory
+    # beside it. Gemini CLI names no session: its prompt's text alone names the memory, which the answer replaces.
     upstream.clear()
-    upstream.reply = FINAL
-    cli.ask(proc, project, home, PROMPT, ())
+    upstream.reply = NEWER
+    assert cli.ask(proc, project, home, PROMPT, ()).endswith(NEWER)
     fresh = cli.calls(upstream)
     assert MEMORY_TAG in json.dumps(fresh[0]) and FINAL in json.dumps(fresh[0])
-    assert all(OUTPUT not in content for content, _ in backend.stored("project:shop"))
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {NEWER}")
+    assert (f"User: {PROMPT}\nAssistant: {FINAL}", [cli.tool]) in memories or not cli.names_its_session, proc.log_text()
+    assert len(memories) == 2 + cli.names_its_session and not any(OUTPUT in content for content, _ in memories)
 
 
 def test_claude_code_tool_loop_ending_in_an_answer_given_before_joins_that_memory(
@@ -253,7 +259,7 @@ class Subagents:
 def chat_cli(run: Callable[..., str]) -> Cli:
     """Qwen Code or opencode (`test_e2e_more_clients`) as a Cli: their turns are Chat Completions calls."""
     return Cli(lambda proc, project, home, prompt, flags: run(proc, project, prompt, home, *flags),
-               lambda upstream: [b for b in chat_calls(upstream) if b.get("tools")], "", tool_names, ())
+               lambda upstream: [b for b in chat_calls(upstream) if b.get("tools")], "", tool_names, (), True)
 
 
 def first_message(data: Any) -> str:
@@ -737,12 +743,14 @@ def test_codex_tool_loop_over_its_websocket_is_one_memory(
     assert PROMPT in json.dumps(resumed[0]) and FINAL in json.dumps(resumed[0]), proc.log_text()
     assert all(MEMORY_TAG not in json.dumps(body) for body in resumed), proc.log_text()
 
-    upstream.clear()  # another session asks the same: the first one's answer is recalled into it
-    upstream.reply = FINAL
-    assert FINAL in codex(proc, project, home, PROMPT)
+    upstream.clear()  # another session asks the same: the first one's answer is recalled into it, and stays
+    upstream.reply = NEWER
+    assert NEWER in codex(proc, project, home, PROMPT)
     again = codex_turns(upstream)
     assert MEMORY_TAG in json.dumps(again[0]) and FINAL in json.dumps(again[0])
-    assert all(output not in content and OUTPUT not in content for content, _ in backend.stored("project:shop"))
+    memories = backend.settled("project:shop", f"User: {PROMPT}\nAssistant: {NEWER}")
+    assert (f"User: {PROMPT}\nAssistant: {FINAL}", ["shell"]) in memories and len(memories) == 3, proc.log_text()
+    assert all(output not in content and OUTPUT not in content for content, _ in memories)
 
 
 def test_codex_compacting_on_the_providers_side_is_not_recalled_into_and_keeps_one_memory(

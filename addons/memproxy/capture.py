@@ -84,22 +84,25 @@ def scrubbed_with_trace(texts: Sequence[str], metadata: dict[str, Any]) -> tuple
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One user prompt and the assistant's reply, in one scope; `key` names the prompt in its conversation."""
+    """One user prompt and the assistant's reply, in one scope; `key` names the prompt in its conversation, and
+    `session` the client's session that asked it ("" where the client names none)."""
 
     scope: str
     user: str
     reply: str
     metadata: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    session: str = ""
 
     @classmethod
-    def make(cls, scope: str, user: str, reply: str, metadata: dict[str, Any], key: str = "") -> Turn | None:
+    def make(cls, scope: str, user: str, reply: str, metadata: dict[str, Any], key: str = "", session: str = ""
+             ) -> Turn | None:
         """A turn to submit, or None if there is nothing worth remembering. `scrubbed()` makes it ready to store."""
         user = _clip(strip_memory_blocks(user), MAX_USER_CHARS + SCRUB_MARGIN)
         reply = _clip(strip_memory_blocks(reply), MAX_REPLY_CHARS + SCRUB_MARGIN)
         if not user or not reply:
             return None
-        return cls(scope, user, reply, _valid_values(metadata), key)
+        return cls(scope, user, reply, _valid_values(metadata), key, session)
 
     def scrubbed(self) -> tuple[Turn, Counter[str]]:
         """This turn as it is stored, every secret replaced by `[secret: <kind>]` and then clipped, and how many
@@ -117,8 +120,12 @@ class Turn:
 
     @property
     def custom_id(self) -> str:
-        """Stable per (scope, prompt): the steps, retries and replays of one prompt are one memory. A turn
-        without a key (made by hand) is named by its text."""
-        parts = (self.scope, self.key) if self.key else (self.scope, self.user, self.reply)
+        """Stable per (scope, prompt, session): the steps, retries and replays of one prompt are one memory, and the
+        same prompt asked in another session of the client another. A turn without a key (made by hand) is named
+        by its text."""
+        if not self.key:
+            parts: tuple[str, ...] = (self.scope, self.user, self.reply)
+        else:
+            parts = (self.scope, self.key, self.session) if self.session else (self.scope, self.key)
         digest = hashlib.sha256("\0".join(parts).encode())
         return "turn-" + digest.hexdigest()[:32]

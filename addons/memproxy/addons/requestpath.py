@@ -144,6 +144,7 @@ class Pending:
     parser: SSEParser | None = None
     reply: ReplyAccumulator | None = None
     asked: Asked | None = None  # its client session's latest prompt
+    session: str = ""  # the client's name for its session (`Adapter.client_session`), "" for none
 
 
 @dataclass(slots=True, frozen=True)
@@ -403,7 +404,8 @@ class RequestPath:
                 metadata["conversation"] = conversation  # its turns are neighbours in ranking (memory.ranking)
             if key:
                 metadata[PROMPT_KEY] = key  # what the echo check knows its memory by (memory.base.Keyed)
-            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous, asked=asked)
+            decision.pending = Pending(route.scope, user, adapter, metadata, key, calls, thread, previous, asked=asked,
+                                       session=session)
         outcome.ms = round((time.perf_counter() - t0) * 1000, 1)
         return decision
 
@@ -604,7 +606,7 @@ class RequestPath:
                 for name in filter(None, (reply_id, pending.continues)):
                     self._chain((pending.scope, name), thread)
         metadata = {**pending.metadata, "calls": list(calls)} if calls else pending.metadata
-        turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key)
+        turn = Turn.make(pending.scope, pending.user, reply, metadata, pending.key, pending.session)
         if (asked := pending.asked) is not None and asked.key == pending.key:
             asked.calls = calls
             if turn:

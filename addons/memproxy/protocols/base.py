@@ -138,7 +138,8 @@ class Adapter(abc.ABC):
     def client_session(self, body: Any) -> str:
         """The client's name for its session, where the body gives one, the same in each of its requests (Claude
         Code's `metadata.user_id`, Qwen Code's `prompt_cache_key`); "" for none. A name, never an instruction: it
-        only tells which prompt a compacted conversation goes on answering (`Prompt.compacted`)."""
+        only tells which prompt a compacted conversation goes on answering (`Prompt.compacted`), and one session's
+        memory of a prompt from another's (`capture.Turn.custom_id`)."""
         return ""
 
     def continues(self, body: Any) -> str | None:
