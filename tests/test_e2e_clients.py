@@ -237,6 +237,36 @@ def test_every_tool_in_a_repository_shares_its_memory(mitmdump, upstream: FakeUp
         assert memories(db, scope) == [], scope  # nothing fell back to a tool's scope, a subdirectory or the user
 
 
+def test_a_worktree_shares_its_repositorys_memory(mitmdump, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Work done in a linked worktree of a repository (`git worktree add`, as agents run in parallel) is
+    remembered for the repository: Claude Code in the repository, then Codex and Gemini CLI in two worktrees,
+    beside it and inside it, share one memory."""
+    db = tmp_path / "memories.db"
+    proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
+    home, shop = tmp_path / "home", repository(tmp_path / "shop")
+    (shop / "README").write_text("shop\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(shop)]
+    subprocess.run([*git, "add", "README"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True, capture_output=True)
+    beside, inside = tmp_path / "shop-feature", shop / ".claude" / "worktrees" / "fix"
+    for path, branch in ((beside, "feature"), (inside, "fix")):
+        subprocess.run([*git, "worktree", "add", "-q", "-b", branch, str(path)], check=True, capture_output=True)
+    answer_classifier(upstream)
+
+    upstream.reply = "Noted: the shop deploys with Nomad."
+    ask("claude", proc, shop, "The shop deploys with Nomad.", home, upstream)
+    wait_memories(db, "project:shop")
+    upstream.reply = "Noted: the shop's database is Postgres."
+    sent = ask("codex", proc, beside, "The shop's database is Postgres. How does it deploy?", home, upstream)
+    assert "shop deploys with Nomad" in sent, proc.log_text()
+    wait_memories(db, "project:shop", 2)
+    upstream.reply = "With Nomad, on Postgres."
+    sent = ask("gemini", proc, inside, "What runs the shop's deploys and its database?", home, upstream)
+    assert "shop deploys with Nomad" in sent and "database is Postgres" in sent, proc.log_text()
+    assert len(wait_memories(db, "project:shop", 3)) == 3
+    assert all_scopes(db) == ["project:shop"]
+
+
 @pytest.mark.parametrize("tool", ["claude", "codex", "gemini"])
 def test_repositories_with_one_name_never_share(mitmdump, upstream: FakeUpstream, tmp_path: Path, tool: str) -> None:
     db = tmp_path / "memories.db"

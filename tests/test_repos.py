@@ -79,13 +79,76 @@ def test_a_repository_and_its_subdirectories_resolve_to_its_root(home: Path) -> 
 
 
 @needs_git
-def test_a_worktree_is_its_own_root(home: Path) -> None:
+@pytest.mark.parametrize("place", ["beside", "inside"])
+def test_a_worktree_is_its_repositorys_project(home: Path, place: str) -> None:
+    """A linked worktree (beside the repository, or inside it, as `claude --worktree` makes them in
+    `.claude/worktrees/`) is the repository's project: work done in it is remembered for the repository."""
+    main = repo(home / "main")
+    wt = home / "wt" if place == "beside" else main / ".claude" / "worktrees" / "feature"
+    git("worktree", "add", "-q", str(wt), "-b", "feature", cwd=main)
+    assert (wt / ".git").is_file()
+    (wt / "src").mkdir()
+    assert root_of(wt / "src", home) == root_of(wt, home) == root_of(main, home) == str(main)
+
+
+@needs_git
+def test_a_bare_repositorys_worktrees_are_its_project(home: Path) -> None:
+    origin = repo(home / "origin")
+    git("clone", "-q", "--bare", str(origin), str(home / "shop.git"), cwd=home)
+    for branch in ("one", "two"):
+        git("worktree", "add", "-q", str(home / branch), "-b", branch, cwd=home / "shop.git")
+    assert root_of(home / "one", home) == root_of(home / "two", home) == str(home / "shop.git")
+
+
+@needs_git
+def test_a_worktree_file_copied_elsewhere_joins_nothing(home: Path, tmp_path: Path) -> None:
+    """A `.git` file naming a worktree's git dir, in a directory that is not that worktree (copied, or written by
+    anyone), is a marker of its own: the worktree's git dir links back to the worktree alone. A git dir outside
+    a repository's `worktrees`, however it links back, joins nothing either."""
+    main = repo(home / "main")
+    wt = home / "wt"
+    git("worktree", "add", "-q", str(wt), "-b", "feature", cwd=main)
+    forged = tmp_path / "download"
+    forged.mkdir()
+    shutil.copy(wt / ".git", forged / ".git")
+    assert root_of(forged, home) == str(forged)
+
+    fake = tmp_path / "fake" / "worktrees" / "x"  # an attacker's git dir claiming the repository as its own
+    fake.mkdir(parents=True)
+    (fake / "gitdir").write_text(f"{forged / '.git'}\n")
+    (fake / "commondir").write_text(f"{main / '.git'}\n")
+    (forged / ".git").write_text(f"gitdir: {fake}\n")
+    assert root_of(forged, home) == str(forged)
+    assert root_of(wt, home) == str(main)
+
+
+@needs_git
+def test_a_worktree_whose_repository_is_gone_is_its_own_root(home: Path) -> None:
     main = repo(home / "main")
     git("worktree", "add", "-q", str(home / "wt"), "-b", "feature", cwd=main)
-    assert (home / "wt" / ".git").is_file()
-    (home / "wt" / "src").mkdir()
-    assert root_of(home / "wt" / "src", home) == str(home / "wt")
-    assert root_of(main, home) == str(main)
+    shutil.rmtree(main)
+    assert root_of(home / "wt", home) == str(home / "wt")
+
+
+@needs_git
+def test_a_worktree_of_a_repository_another_user_owns_is_its_own_root(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = repo(home / "main")
+    git("worktree", "add", "-q", str(home / "wt"), "-b", "feature", cwd=main)
+    owned_by_another = roots.private.owned_by_another
+    monkeypatch.setattr(roots.private, "owned_by_another", lambda p: str(p).startswith(str(main)) or owned_by_another(p))
+    assert root_of(home / "wt", home) == str(home / "wt")
+
+
+def test_a_fifo_in_place_of_a_worktrees_git_file_is_not_read(home: Path) -> None:
+    """A git dir whose `gitdir` is a FIFO: reading it would block the look-up's thread."""
+    gitdir = home / "main" / ".git" / "worktrees" / "wt"
+    gitdir.mkdir(parents=True)
+    os.mkfifo(gitdir / "gitdir")
+    (home / "wt").mkdir()
+    (home / "wt" / ".git").write_text(f"gitdir: {gitdir}\n")
+    assert root_of(home / "wt", home) == str(home / "wt")
 
 
 @needs_git

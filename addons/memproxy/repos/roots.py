@@ -5,9 +5,10 @@
   dirs) is not a project: None. Clients name these dirs in their prompts beside the working directory;
 - an absolute path that exists here: symlinks resolved, so that every path reaching one repository names it
   one way (as the port registry does), then the nearest directory, the path itself included, that holds a
-  VCS marker (`.git` a file or a directory, so worktrees and submodules count). The search stops below the
-  user's home and `/`: a dotfiles repository in the home would otherwise be every directory's project. No
-  marker: the directory itself;
+  VCS marker (`.git` a file or a directory, so submodules count). The search stops below the user's home and
+  `/`: a dotfiles repository in the home would otherwise be every directory's project. No marker: the
+  directory itself. A git worktree (`git worktree add`, as agents make them for parallel work) is its
+  repository's, the main working tree's (`_main_tree`);
 - any other path (a remote or containerised client's, a relative one, a Windows path on POSIX) is not
   looked up: it is the project as written, lexically normalised (`as_written`).
 
@@ -20,6 +21,7 @@ import functools
 import os
 import posixpath
 import re
+import stat
 
 from .. import private
 
@@ -42,6 +44,7 @@ STATE_DIRS: tuple[str, ...] = (
 _HOMES = (r"~", r"/root", r"/home/[^/]+", r"/var/home/[^/]+", r"/Users/[^/]+", r"[A-Za-z]:/Users/[^/]+")
 _WINDOWS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\..., C:/..., \\server\share
 PATH_MAX = 4096  # characters; no working directory is longer (Linux's PATH_MAX)
+GIT_FILE_MAX = PATH_MAX + 16  # bytes of a `.git` file or a worktree's `gitdir`/`commondir` file read
 
 
 def project_root(path: str, home: str | None = None) -> str | None:
@@ -117,9 +120,51 @@ def _nearest_root(real: str, home: str) -> str:
             break
         if any(os.path.lexists(found := os.path.join(directory, marker)) and not _planted(directory, found)
                for marker in MARKERS):
-            return directory
+            main = _main_tree(directory)
+            return main if main is not None and main != home and os.path.dirname(main) != main else directory
         directory = parent
     return real
+
+
+def _main_tree(worktree: str) -> str | None:
+    """The main working tree of the git repository whose linked worktree `worktree` is (for a bare repository,
+    the repository itself); None for anything else (a repository's own tree, a submodule, another VCS).
+
+    A worktree's `.git` is a file naming its git dir (`gitdir: <repo>/.git/worktrees/<id>`), which names the
+    repository's (`commondir`) and links back to that `.git` file (`gitdir`). The git dir must be in the
+    repository's `worktrees`, its link back must hold, and both must be the user's or root's: a `.git` file
+    anyone can write, copied into another directory, would otherwise join that directory to the repository's
+    memory."""
+    marker = os.path.join(worktree, ".git")
+    try:
+        if not os.path.isfile(marker) or os.path.islink(marker):
+            return None
+        key, _, value = _read_small(marker).partition(":")
+        if key != "gitdir" or not value.strip():
+            return None
+        gitdir = os.path.realpath(os.path.join(worktree, value.strip()))
+        if os.path.basename(os.path.dirname(gitdir)) != "worktrees" or private.owned_by_another(gitdir):
+            return None  # a submodule's, say; or one another user made
+        back = _read_small(os.path.join(gitdir, "gitdir")).strip()
+        if not back or os.path.realpath(os.path.join(gitdir, back)) != os.path.realpath(marker):
+            return None
+        common = os.path.realpath(os.path.join(gitdir, _read_small(os.path.join(gitdir, "commondir")).strip()))
+    except (OSError, ValueError):  # no such file, not a regular one, unreadable, not UTF-8
+        return None
+    main = os.path.dirname(common) if os.path.basename(common) == ".git" else common
+    if os.path.dirname(gitdir) != os.path.join(common, "worktrees") or not os.path.isdir(common):
+        return None
+    return None if private.owned_by_another(common) or private.owned_by_another(main) else main
+
+
+def _read_small(path: str) -> str:
+    """The text of the small git file `path`, at most GIT_FILE_MAX bytes of it. OSError for anything but a
+    regular file (a FIFO would block the read)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return f.read(GIT_FILE_MAX).decode("utf-8")
 
 
 def _planted(directory: str, marker: str) -> bool:
