@@ -49,9 +49,10 @@ def dialog_ids(evidence: list[str]) -> set[str]:
 
 
 def session_date(text: str) -> float:
-    """A LoCoMo session's date ("1:56 pm on 8 May, 2023") as Unix time (UTC); 0 if it cannot be read."""
+    """A LoCoMo session's date ("1:56 pm on 8 May, 2023") as Unix time, read in the local time zone as memproxy
+    dates a turn; 0 if it cannot be read."""
     try:
-        return datetime.datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y").replace(tzinfo=datetime.UTC).timestamp()
+        return datetime.datetime.strptime(text.strip(), "%I:%M %p on %d %B, %Y").timestamp()
     except ValueError:
         return 0.0
 

@@ -27,6 +27,11 @@ from memproxy.config import READY_LINE
 from mitmproxy import certs
 from websockets.sync.client import connect
 
+# Notes show, and the index holds, a memory's date in the local time zone; the tests write theirs in UTC, and the
+# processes they start (mitmdump, the clients) inherit it.
+os.environ["TZ"] = "UTC"
+time.tzset()
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
 REDIRECT = FAKES / "redirect.py"

@@ -587,6 +587,36 @@ def test_a_memory_shows_its_date_and_a_query_naming_its_month_finds_it(tmp_path:
         run(store.close())
 
 
+@pytest.fixture
+def eight_hours_behind_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone 8 hours behind UTC (as Pacific time in winter), then UTC again."""
+    monkeypatch.setenv("TZ", "XST+8")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("eight_hours_behind_utc")
+def test_a_memorys_date_is_its_local_day(tmp_path: Path) -> None:
+    """A turn stored on 30 November at 18:00 local time, 02:00 on 1 December in UTC: its note shows the day the
+    user lived (and the client's prompt names as today), and "November" finds it, "December" does not. So does
+    "yesterday", asked the next evening."""
+    evening = 1_796_090_400.0  # 2026-12-01 02:00 UTC, 2026-11-30 18:00 at UTC-8
+    clock = [evening]
+    store = LocalStore(tmp_path / "m.db", clock=lambda: clock[0])
+    try:
+        turn = "User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway"
+        run(store.add("p", turn, metadata={"tool": "Codex"}))
+        assert list(run(recall(store, "p", "which queue do we use?"))) == [f"(2026-11-30, Codex) {turn}"]
+        assert [m.content for m in run(store.search("p", "what did we decide in November?"))] == [turn]
+        assert run(store.search("p", "what did we decide in December?")) == []
+        clock[0] = evening + 86400  # the next evening, 1 December locally
+        assert [m.content for m in run(store.search("p", "what did we decide yesterday?"))] == [turn]
+    finally:
+        run(store.close())
+
+
 def test_a_query_naming_a_time_relative_to_now_finds_that_times_memories(tmp_path: Path) -> None:
     now = 1_796_342_400.0  # 2026-12-04 00:00 UTC
     clock = [now - 8 * 86400]  # 2026-11-26

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import functools
 import math
 import re
 import time
@@ -157,9 +156,10 @@ class Keyed(str):
 
 
 def recalled(content: str, tool: Any, created_at: float) -> str:
-    """A memory as recall gives it: `(2026-11-30, Codex) <content>`, its day (UTC) and the tool that stored it
-    (if recorded), so that a model knows how old a note is and where it came from."""
-    day = _day(int(created_at // 86400)) if created_at and math.isfinite(created_at) and created_at > 0 else ""
+    """A memory as recall gives it: `(2026-11-30, Codex) <content>`, its day (in the local time zone, as the
+    client's own prompt gives today's date) and the tool that stored it (if recorded), so that a model knows how
+    old a note is and where it came from."""
+    day = _day(created_at) if created_at and math.isfinite(created_at) and created_at > 0 else ""
     label = ", ".join(x for x in (day, (tool.strip()[:40] if isinstance(tool, str) else "")) if x)
     return f"({label}) {content}" if label else content
 
@@ -199,9 +199,8 @@ def unlabelled(recalled_text: str) -> str:
 LABEL = re.compile(r"\((?:\d{4}-\d\d-\d\d(?:, [^\n]{1,40}?)?|[^\n]{1,40}?)\) ")
 
 
-@functools.lru_cache(maxsize=1024)
-def _day(days: int) -> str:
+def _day(created_at: float) -> str:
     try:
-        return time.strftime("%Y-%m-%d", time.gmtime(days * 86400))
+        return time.strftime("%Y-%m-%d", time.localtime(created_at))
     except (OverflowError, OSError, ValueError):
         return ""

@@ -172,7 +172,7 @@ def relative_dates(text: str, now: float) -> list[str]:
     so that the index's date terms match them."""
     found: list[str] = []
     try:
-        today = time.gmtime(now)
+        today = time.localtime(now)
     except (OverflowError, OSError, ValueError):
         return []
     for phrase in RELATIVE.findall(text):
@@ -208,10 +208,10 @@ def match(terms: Iterable[str]) -> str:
 
 
 def date_words(created_at: float) -> str:
-    """The month and year of a Unix time (UTC), as terms no text holds: "monthnovember year2026"; "" if it is not
-    a date."""
+    """The month and year of a Unix time (in the local time zone, as notes show it), as terms no text holds:
+    "monthnovember year2026"; "" if it is not a date."""
     try:
-        day = time.gmtime(created_at) if created_at > 0 else None
+        day = time.localtime(created_at) if created_at > 0 else None
     except (OverflowError, OSError, ValueError):
         day = None
     return f"{_month_term(MONTHS[day.tm_mon - 1])} year{day.tm_year}" if day else ""
