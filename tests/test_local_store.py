@@ -838,8 +838,11 @@ def test_a_query_naming_a_tool_finds_what_that_tool_stored(store: LocalStore, tm
     assert [m.id for m in run(store.search("p", "what did Codex say?"))] == [ids[0]]
     assert {m.id for m in run(store.search("p", "what did CLAUDE\n  Code change?"))} == {ids[1], ids[3]}  # and "code"
     assert [m.id for m in run(store.search("p", "what did Cursor do?"))][0] == ids[2]
-    # a tool's name with a capital names it only with that capital; its words alone are words, matched as such
+    # a one-word name with a capital names its tool only with that capital; a name of several words, in any case
     assert [m.id for m in run(store.search("p", "move the cursor up"))] == [ids[1]]
+    assert {m.id for m in run(store.search("p", "what did claude code change?"))} == {ids[1], ids[3]}
+    assert [m.id for m in run(store.search("p", "what did claude say?"))] == []
+    # its words alone are words, matched as such
     assert [m.id for m in run(store.search("p", "code"))] == [ids[3]]
     assert run(store.search("p", "what did Gemini CLI find?")) == []  # another scope's tool matches nothing here
     # the label is a term of its own: the word "codex" is a word

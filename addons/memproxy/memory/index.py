@@ -263,8 +263,11 @@ def _label_pattern(label: str) -> str:
 
 class Tools:
     """The tools a store's memories name (table `tools`, a label each), and which of them a query names: a label
-    written whole, as a word or words of its own ("what did Codex say"), and with its capital where it has one,
-    so that "move the cursor" names no tool called Cursor. Labels once seen stay; at most MAX_TOOLS are read."""
+    written whole, as a word or words of its own ("what did Codex say", "what did claude code change"). A label
+    that is one word with a capital first letter alone, as any word may be written, names its tool only with
+    that capital, so that "move the cursor" names no tool called Cursor; a label of several words, or with
+    capitals inside it (JetBrains), is no ordinary word, and names its tool in any case. Labels once seen stay;
+    at most MAX_TOOLS are read."""
 
     def __init__(self) -> None:
         self._labels: frozenset[str] | None = None  # None: not read yet
@@ -307,10 +310,17 @@ class Tools:
         return list(dict.fromkeys(tool_term(name) for name in found if self._written(name)))
 
     def _written(self, name: str) -> bool:
-        """Whether `name`, as the query wrote it, names a label: one whose first letter is a capital, only with it."""
+        """Whether `name`, as the query wrote it, names a label: a capitalised word (`_capitalised`) only with its
+        capital."""
         key = " ".join(name.split()).lower()
-        return any(" ".join(label.split()).lower() == key and (not label[0].isupper() or name[0].isupper())
+        return any(" ".join(label.split()).lower() == key and (not _capitalised(label) or name[0].isupper())
                    for label in self._labels or ())
+
+
+def _capitalised(label: str) -> bool:
+    """Whether `label` is one word written as any word may be at the start of a sentence: "Cursor", not
+    "Claude Code" or "JetBrains"."""
+    return len(label.split()) == 1 and label[0].isupper() and label[1:] == label[1:].lower()
 
 
 class Indexes:
