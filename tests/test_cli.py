@@ -433,6 +433,12 @@ def test_import_reads_iso_dates_and_refuses_what_is_no_date(cli: Cli, tmp_path: 
     assert exported["the docs build with mkdocs"] == 1_747_000_000
     assert exported["no date: stored as now"] > datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC).timestamp()
     assert "fly.io" in cli.ok("memories", "search", "--scope", "s", "what moved in May 2025?", *db)
+    # A date without an offset is a local one, as notes show dates
+    west = tmp_path / "west.jsonl"
+    west.write_text(json.dumps({"scope": "w", "content": "the api moved to fly.io", "created_at": "2025-05-12"}) + "\n")
+    cli.ok("memories", "import", west, *db, env={"TZ": "XST+8"})
+    [record] = map(json.loads, cli.ok("memories", "export", "--scope", "w", *db).splitlines())
+    assert record["created_at"] == datetime.datetime(2025, 5, 12, 8, tzinfo=datetime.UTC).timestamp()
 
     for bad in (True, -5, 0, 1e300, "yesterday", "12/05/2025", [2025]):
         lines = tmp_path / "bad.jsonl"

@@ -617,6 +617,65 @@ def test_a_memorys_date_is_its_local_day(tmp_path: Path) -> None:
         run(store.close())
 
 
+@pytest.mark.usefixtures("eight_hours_behind_utc")
+def test_a_schema_6_store_is_migrated_on_open_into_the_local_zone(tmp_path: Path) -> None:
+    """Schema 6 indexed dates in UTC; the store migrated west of Greenwich reads them in its zone, and every
+    memory stays as it was."""
+    path = tmp_path / "v6.db"
+    evening = 1_796_090_400.0  # 2026-12-01 02:00 UTC, 2026-11-30 18:00 at UTC-8
+    turn = "User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway"
+    seeded(path, ("p", "a memory that makes the tables"))
+    with closing(sqlite3.connect(path)) as db:
+        id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
+                         " RETURNING id", ("p", "turn-1", turn, "{}", evening)).fetchone()[0]
+        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
+        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index.index_text(turn, evening)))
+        db.execute("DROP TABLE settings")
+        db.execute("PRAGMA user_version = 6")
+        db.commit()
+        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    store = LocalStore(path)
+    try:
+        assert [m.content for m in run(store.search("p", "what did we decide in November?"))] == [turn]
+        assert turn not in [m.content for m in run(store.search("p", "what did we decide in December?"))]
+    finally:
+        run(store.close())
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT * FROM memories ORDER BY id").fetchall() == before
+        assert db.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
+        assert db.execute("SELECT value FROM settings WHERE key = 'utc_offset'").fetchone() == (-8 * 3600,)
+    integrity(path)
+
+
+def test_the_index_reads_dates_in_the_stores_zone_whatever_the_process_zone(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory is removed from the index with the terms it was indexed with: a store made in UTC keeps reading
+    dates in UTC when a process of another zone (a CLI with its own TZ, the machine moved) replaces the memory,
+    so no term of its first text is left behind, not its month either."""
+    evening = 1_796_090_400.0  # 2026-12-01 02:00 UTC, 2026-11-30 18:00 at UTC-8
+    store = LocalStore(tmp_path / "m.db", clock=lambda: evening)
+    try:
+        run(store.add("p", "User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway", custom_id="t"))
+    finally:
+        run(store.close())
+    monkeypatch.setenv("TZ", "XST+8")
+    time.tzset()
+    try:
+        store = LocalStore(tmp_path / "m.db", clock=lambda: evening)
+        try:
+            turn = "User: which broker do we use?\nAssistant: Kafka, since the move"
+            run(store.add("p", turn, custom_id="t"))
+            assert run(store.search("p", "RabbitMQ gateway")) == []
+            assert [m.content for m in run(store.search("p", "what did we decide in December?"))] == [turn]
+            assert run(store.search("p", "what did we decide in November?")) == []
+        finally:
+            run(store.close())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    integrity(tmp_path / "m.db")
+
+
 def test_a_query_naming_a_time_relative_to_now_finds_that_times_memories(tmp_path: Path) -> None:
     now = 1_796_342_400.0  # 2026-12-04 00:00 UTC
     clock = [now - 8 * 86400]  # 2026-11-26

@@ -101,6 +101,44 @@ def test_a_bare_repositorys_worktrees_are_its_project(home: Path) -> None:
 
 
 @needs_git
+def test_a_worktree_of_a_submodule_is_the_submodules_project(home: Path) -> None:
+    """A submodule's git dir (`.git/modules/lib`) names its tree in `core.worktree`."""
+    lib = repo(home / "lib")
+    app = repo(home / "app")
+    git("submodule", "add", "-q", str(lib), "vendor/lib", cwd=app)
+    git("worktree", "add", "-q", str(home / "lib-wt"), "-b", "fix", cwd=app / "vendor" / "lib")
+    assert root_of(home / "lib-wt", home) == root_of(app / "vendor" / "lib", home) == str(app / "vendor" / "lib")
+
+
+@needs_git
+def test_a_worktree_of_a_repository_with_a_separate_git_dir_is_its_own_root(home: Path) -> None:
+    """Only the tree's own `.git` file names where a `--separate-git-dir` repository's tree is: its worktree is a
+    root of its own, never the git dir."""
+    (home / "gitdirs").mkdir()
+    git("init", "-q", "--separate-git-dir", str(home / "gitdirs" / "sep.git"), str(home / "sep"), cwd=home)
+    (home / "sep" / "README").write_text("x\n")
+    git("add", "README", cwd=home / "sep")
+    git("commit", "-qm", "one", cwd=home / "sep")
+    git("worktree", "add", "-q", str(home / "sep-wt"), "-b", "feature", cwd=home / "sep")
+    assert root_of(home / "sep-wt", home) == str(home / "sep-wt")
+
+
+@needs_git
+def test_the_codex_apps_worktrees_are_their_repositorys_project(home: Path) -> None:
+    """The Codex app makes its worktrees in its own state dir (`~/.codex/worktrees/<id>/<project>`): they are
+    the repository's project; the rest of that dir stays no project."""
+    shop = repo(home / "work" / "shop")
+    wt = home / ".codex" / "worktrees" / "a1b2" / "shop"
+    git("worktree", "add", "-q", str(wt), "-b", "codex", cwd=shop)
+    (wt / "src").mkdir()
+    assert root_of(wt, home) == root_of(wt / "src", home) == str(shop)
+    (home / ".codex" / "worktrees" / "c3d4" / "notes").mkdir(parents=True)
+    assert root_of(home / ".codex" / "worktrees" / "c3d4" / "notes", home) == str(home / ".codex" / "worktrees" / "c3d4" / "notes")
+    assert root_of(home / ".codex" / "worktrees", home) is None
+    assert root_of(home / ".codex" / "sessions" / "2026", home) is None
+
+
+@needs_git
 def test_a_worktree_file_copied_elsewhere_joins_nothing(home: Path, tmp_path: Path) -> None:
     """A `.git` file naming a worktree's git dir, in a directory that is not that worktree (copied, or written by
     anyone), is a marker of its own: the worktree's git dir links back to the worktree alone. A git dir outside

@@ -511,7 +511,7 @@ def _created_at(value: Any) -> float | None:
             at = datetime.datetime.fromisoformat(value)
         except ValueError:
             return None
-        value = (at if at.tzinfo else at.replace(tzinfo=datetime.UTC)).timestamp()
+        value = at.timestamp()  # without an offset: local time, as notes show dates
     valid = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < LAST_DATE
     return float(value) if valid else None
 

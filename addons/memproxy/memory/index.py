@@ -8,7 +8,9 @@ indexed as its words, the words of the files its trace names (metadata `calls`: 
 the tool loop that answered its prompt, which are never injected), its date's month and year and the tool that
 wrote it (metadata `tool`), as terms no text holds ("monthnovember year2026 toolcodex": `date_words`,
 `tool_term`), so that a query naming a file the loop touched, a month (`named_dates`) or a tool (`Tools`) finds
-it, and the word "may", the number 2026 or the word "code" in a prompt does not.
+it, and the word "may", the number 2026 or the word "code" in a prompt does not. A date is read in the store's
+time zone: the local one's standard offset from UTC when the index was built (table `settings`, `utc_offset`),
+the same in every process and after the machine's zone changes.
 
 The tables are named by the `scope_indexes` table (`memories_fts_<id>`). The index is contentless: removing
 a memory repeats the exact text it was indexed with, so `index_text` must stay deterministic (a change needs
@@ -166,13 +168,13 @@ def _month_term(name: str) -> str:
     return "month" + name.lower()
 
 
-def relative_dates(text: str, now: float) -> list[str]:
+def relative_dates(text: str, now: float, offset: int = 0) -> list[str]:
     """The date terms (`date_words`: month and year, or the year alone for a year) of each time `text` names
     relative to `now` ("last week": the week before this one; "last month": the calendar month before this one),
-    so that the index's date terms match them."""
+    in the zone `offset` seconds east of UTC, so that the index's date terms match them."""
     found: list[str] = []
     try:
-        today = time.localtime(now)
+        today = time.gmtime(now + offset)
     except (OverflowError, OSError, ValueError):
         return []
     for phrase in RELATIVE.findall(text):
@@ -180,7 +182,7 @@ def relative_dates(text: str, now: float) -> list[str]:
         unit, first, last = BACK[phrase]
         for back in (first, last):
             if unit == "day":
-                found.extend(date_words(now - back * 86400).split())
+                found.extend(date_words(now - back * 86400, offset).split())
             elif unit == "month":
                 months = today.tm_year * 12 + today.tm_mon - 1 - back
                 found += [_month_term(MONTHS[months % 12]), f"year{months // 12}"]
@@ -207,21 +209,27 @@ def match(terms: Iterable[str]) -> str:
     return " OR ".join(map(_quoted, terms))
 
 
-def date_words(created_at: float) -> str:
-    """The month and year of a Unix time (in the local time zone, as notes show it), as terms no text holds:
+def date_words(created_at: float, offset: int = 0) -> str:
+    """The month and year of a Unix time in the zone `offset` seconds east of UTC, as terms no text holds:
     "monthnovember year2026"; "" if it is not a date."""
     try:
-        day = time.localtime(created_at) if created_at > 0 else None
+        day = time.gmtime(created_at + offset) if created_at > 0 else None
     except (OverflowError, OSError, ValueError):
         day = None
     return f"{_month_term(MONTHS[day.tm_mon - 1])} year{day.tm_year}" if day else ""
 
 
-def index_text(content: str, created_at: float, metadata: str = "{}") -> str:
+def index_text(content: str, created_at: float, metadata: str = "{}", offset: int = 0) -> str:
     """The text the index holds for a memory: its words, the words of its trace's files, then its month and
-    year, then its tool."""
+    year (in the zone `offset` seconds east of UTC), then its tool."""
     files = words(" ".join(traced_files(metadata)))
-    return " ".join((*words(content), *files, date_words(created_at), tool_term(tool_of(metadata)))).rstrip()
+    return " ".join((*words(content), *files, date_words(created_at, offset), tool_term(tool_of(metadata)))).rstrip()
+
+
+def standard_offset() -> int:
+    """The local time zone's standard offset from UTC, in seconds east of it (daylight saving time left out, so
+    that it is one number the whole year)."""
+    return -time.timezone
 
 
 def _metadata(metadata: str, key: str) -> object:
@@ -330,7 +338,19 @@ class Indexes:
     def __init__(self) -> None:
         self._tables: dict[str, str] = {}
         self._sql: dict[tuple[str, str], str] = {}
+        self._offset: int | None = None
         self.tools = Tools()
+
+    def offset(self, db: sqlite3.Connection) -> int:
+        """The store's time zone, in seconds east of UTC, that its index reads dates in: 0 (UTC) in a store of
+        an earlier schema, opened read-only."""
+        if self._offset is None:
+            try:
+                row = db.execute("SELECT value FROM settings WHERE key = 'utc_offset'").fetchone()
+            except sqlite3.OperationalError:  # no such table
+                row = None
+            self._offset = row[0] if row is not None and isinstance(row[0], int) and abs(row[0]) <= 86400 else 0
+        return self._offset
 
     def table(self, db: sqlite3.Connection, scope: str, *, create: bool = False) -> str | None:
         """The name of `scope`'s table; None if it has none (it never held a memory) and `create` is False.
@@ -351,6 +371,7 @@ class Indexes:
         rolled back, or another connection's write)."""
         self._tables.clear()
         self._sql.clear()
+        self._offset = None
         self.tools.reset()
 
     def rank_sql(self, table: str) -> str:
@@ -373,7 +394,7 @@ class Indexes:
         """Index a memory, in the caller's transaction."""
         table = self.table(db, scope, create=True)
         db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
-                   (memory_id, index_text(content, created_at, metadata)))
+                   (memory_id, index_text(content, created_at, metadata, self.offset(db))))
         self.tools.add(db, tool_of(metadata))
 
     def remove(self, db: sqlite3.Connection, scope: str, memory_id: int, content: str, created_at: float,
@@ -381,7 +402,7 @@ class Indexes:
         """Unindex a memory, with the content, date and metadata it was indexed with, in the caller's transaction."""
         if (table := self.table(db, scope)) is not None:
             db.execute(f"INSERT INTO {table}({table}, rowid, terms) VALUES ('delete', ?, ?)",
-                       (memory_id, index_text(content, created_at, metadata)))
+                       (memory_id, index_text(content, created_at, metadata, self.offset(db))))
 
     @staticmethod
     def tables(db: sqlite3.Connection) -> list[str]:
@@ -391,7 +412,8 @@ class Indexes:
     def rebuild(self, db: sqlite3.Connection) -> None:
         """Drop every index (this schema's and earlier ones') and index every memory again, in the caller's
         transaction, and record the tools they name. A scope keeps its table's name: a process still running an
-        earlier schema (which keeps the names it read) then writes to its own scope's table, never to another's."""
+        earlier schema (which keeps the names it read) then writes to its own scope's table, never to another's.
+        The store's time zone is the local one's standard offset, once chosen kept (`offset`)."""
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'scope_indexes'").fetchone():
             for table in self.tables(db):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -401,9 +423,12 @@ class Indexes:
             "CREATE TABLE IF NOT EXISTS scope_indexes(id INTEGER PRIMARY KEY, scope TEXT NOT NULL UNIQUE)",
             "DELETE FROM scope_indexes WHERE scope NOT IN (SELECT scope FROM memories)",
             "CREATE TABLE IF NOT EXISTS tools(label TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value)",
         ):
             db.execute(statement)
+        db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('utc_offset', ?)", (standard_offset(),))
         self.reset()
+        offset = self.offset(db)
         for scope, in db.execute("SELECT DISTINCT scope FROM memories ORDER BY scope").fetchall():
             table = self.table(db, scope, create=True)
             db.execute(CREATE.format(table))  # a scope already named keeps its name: its table was dropped above
@@ -411,6 +436,6 @@ class Indexes:
                 "SELECT id, content, created_at, metadata FROM memories WHERE scope = ?", (scope,)
             ).fetchall():
                 db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)",
-                           (id_, index_text(content, created_at, metadata)))
+                           (id_, index_text(content, created_at, metadata, offset)))
                 self.tools.add(db, tool_of(metadata))
 

@@ -36,7 +36,7 @@ from .ranking import (
 T = TypeVar("T")
 LONG_NUMBER = re.compile(r"\d{19}")  # digits of an integer that may not fit 64 bits
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 APPLICATION_ID = 0x6D656D70  # "memp": the file's header names it a memproxy store (set by each migration)
 LAST_DATE = 253_402_300_800.0  # 10000-01-01 UTC: a later "date" is none
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
@@ -421,7 +421,8 @@ class LocalStore(MemoryStore):
         """The terms searched for `query`: its words, the months and years it names, the month and year of each
         time it names relative to now, and the tools it names."""
         terms = query_terms(query)
-        more = [*named_dates(query), *relative_dates(query, self.clock()), *self._indexes.tools.named(db, query)]
+        now, offset = self.clock(), self._indexes.offset(db)
+        more = [*named_dates(query), *relative_dates(query, now, offset), *self._indexes.tools.named(db, query)]
         return list(dict.fromkeys((*terms, *more))) if more else terms
 
     def _affordable(self, db: sqlite3.Connection, scope: str, table: str, terms: list[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 `project_root(path)` answers for a working directory as a client wrote it:
 - a path in a client's own state dir (`~/.claude/`, `~/.gemini/`, `~/.codex/`, `~/.qwen/`, opencode's XDG
-  dirs) is not a project: None. Clients name these dirs in their prompts beside the working directory;
+  dirs) is not a project: None. Clients name these dirs in their prompts beside the working directory. The
+  worktrees a client makes there for the user's repositories (the Codex app's `~/.codex/worktrees/`) are;
 - an absolute path that exists here: symlinks resolved, so that every path reaching one repository names it
   one way (as the port registry does), then the nearest directory, the path itself included, that holds a
   VCS marker (`.git` a file or a directory, so submodules count). The search stops below the user's home and
@@ -40,6 +41,8 @@ STATE_DIRS: tuple[str, ...] = (
     ".config/opencode",
     ".cache/opencode",
 )
+# Where clients keep worktrees of the user's repositories inside their state dirs: projects, not state.
+WORKTREE_DIRS: tuple[str, ...] = (".codex/worktrees",)
 # Homes as other machines and containers name them; the proxy user's own home is added.
 _HOMES = (r"~", r"/root", r"/home/[^/]+", r"/var/home/[^/]+", r"/Users/[^/]+", r"[A-Za-z]:/Users/[^/]+")
 _WINDOWS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\..., C:/..., \\server\share
@@ -78,7 +81,9 @@ def as_written(path: str, home: str | None = None) -> str | None:
 def in_state_dir(path: str, home: str | None = None) -> bool:
     """Whether `path` is in a client's own state dir under a home (`home`, or as machines name theirs), by
     its text alone."""
-    return _state_dirs(_home(home)).match(path.replace("\\", "/")) is not None
+    state, worktrees = _state_dirs(_home(home))
+    path = path.replace("\\", "/")
+    return state.match(path) is not None and worktrees.match(path) is None
 
 
 def basename(root: str) -> str:
@@ -92,10 +97,12 @@ def _home(home: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _state_dirs(home: str) -> re.Pattern[str]:
-    homes = [*_HOMES, re.escape(home.replace("\\", "/").rstrip("/"))]
+def _state_dirs(home: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Paths in a state dir, and paths in a worktree dir (WORKTREE_DIRS)."""
+    homes = "|".join([*_HOMES, re.escape(home.replace("\\", "/").rstrip("/"))])
     dirs = "|".join(re.escape(d) for d in STATE_DIRS)
-    return re.compile(f"(?:{'|'.join(homes)})/(?:{dirs})(?:/|$)")
+    worktrees = "|".join(re.escape(d) for d in WORKTREE_DIRS)
+    return re.compile(f"(?:{homes})/(?:{dirs})(?:/|$)"), re.compile(f"(?:{homes})/(?:{worktrees})/[^/]")
 
 
 def _local(written: str) -> str | None:
@@ -127,8 +134,9 @@ def _nearest_root(real: str, home: str) -> str:
 
 
 def _main_tree(worktree: str) -> str | None:
-    """The main working tree of the git repository whose linked worktree `worktree` is (for a bare repository,
-    the repository itself); None for anything else (a repository's own tree, a submodule, another VCS).
+    """The main working tree of the git repository whose linked worktree `worktree` is (`core.worktree` where the
+    repository names one, as a submodule's does; a bare repository itself); None for anything else (a
+    repository's own tree, a submodule, another VCS, a repository whose tree is not found).
 
     A worktree's `.git` is a file naming its git dir (`gitdir: <repo>/.git/worktrees/<id>`), which names the
     repository's (`commondir`) and links back to that `.git` file (`gitdir`). The git dir must be in the
@@ -151,10 +159,43 @@ def _main_tree(worktree: str) -> str | None:
         common = os.path.realpath(os.path.join(gitdir, _read_small(os.path.join(gitdir, "commondir")).strip()))
     except (OSError, ValueError):  # no such file, not a regular one, unreadable, not UTF-8
         return None
-    main = os.path.dirname(common) if os.path.basename(common) == ".git" else common
     if os.path.dirname(gitdir) != os.path.join(common, "worktrees") or not os.path.isdir(common):
         return None
-    return None if private.owned_by_another(common) or private.owned_by_another(main) else main
+    main = _tree_of(common)
+    if main is None or private.owned_by_another(common) or private.owned_by_another(main):
+        return None
+    return main
+
+
+def _tree_of(common: str) -> str | None:
+    """The working tree of the git directory `common`: the directory holding it where it is a `.git`; else its
+    `core.worktree`, or itself if it is bare (`core.bare`); else None (a `--separate-git-dir` repository, whose
+    tree only its own `.git` file names)."""
+    if os.path.basename(common) == ".git":
+        return os.path.dirname(common)
+    try:
+        core = _core(_read_small(os.path.join(common, "config")))
+    except (OSError, ValueError):
+        return None
+    if worktree := core.get("worktree"):
+        tree = os.path.realpath(os.path.join(common, worktree))
+        return tree if os.path.lexists(os.path.join(tree, ".git")) else None
+    return common if core.get("bare", "").lower() in ("true", "yes", "on", "1") else None
+
+
+def _core(config: str) -> dict[str, str]:
+    """The `[core]` section of a git config file's text: each key (lower case) and its value, unquoted."""
+    found: dict[str, str] = {}
+    section = ""
+    for line in config.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line[1:].partition("]")[0].strip().lower()
+        elif section == "core" and line and line[0] not in "#;":
+            key, has_value, value = line.partition("=")
+            value = re.split(r"\s[#;]", value, maxsplit=1)[0].strip() if has_value else "true"
+            found[key.strip().lower()] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
+    return found
 
 
 def _read_small(path: str) -> str:
