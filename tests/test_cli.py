@@ -440,7 +440,7 @@ def test_import_reads_iso_dates_and_refuses_what_is_no_date(cli: Cli, tmp_path: 
     [record] = map(json.loads, cli.ok("memories", "export", "--scope", "w", *db).splitlines())
     assert record["created_at"] == datetime.datetime(2025, 5, 12, 8, tzinfo=datetime.UTC).timestamp()
 
-    for bad in (True, -5, 0, 1e300, "yesterday", "12/05/2025", [2025]):
+    for bad in (True, -5, 0, 1e300, "yesterday", "12/05/2025", [2025], "0001-01-01"):
         lines = tmp_path / "bad.jsonl"
         lines.write_text(json.dumps({"scope": "t", "content": "first, fine"}) + "\n"
                          + json.dumps({"scope": "t", "content": "dated badly", "created_at": bad}) + "\n")

@@ -159,6 +159,17 @@ def test_a_worktree_file_copied_elsewhere_joins_nothing(home: Path, tmp_path: Pa
     assert root_of(forged, home) == str(forged)
     assert root_of(wt, home) == str(main)
 
+    # a git dir of its own whose config names another repository's tree as its `core.worktree`: that tree's
+    # `.git` does not name it back
+    secret = repo(home / "work" / "secret")
+    planted = tmp_path / "evil.git"
+    (planted / "worktrees" / "w").mkdir(parents=True)
+    (planted / "config").write_text(f"[core]\n\tbare = false\n\tworktree = {secret}\n")
+    (planted / "worktrees" / "w" / "gitdir").write_text(f"{forged / '.git'}\n")
+    (planted / "worktrees" / "w" / "commondir").write_text("../..\n")
+    (forged / ".git").write_text(f"gitdir: {planted / 'worktrees' / 'w'}\n")
+    assert root_of(forged, home) == str(forged) and root_of(secret, home) == str(secret)
+
 
 @needs_git
 def test_a_worktree_whose_repository_is_gone_is_its_own_root(home: Path) -> None:
@@ -305,6 +316,8 @@ def test_a_relative_path_is_not_looked_up_in_the_proxys_directory(
         "{home}/.gemini",
         "{home}/.codex",
         "{home}/.codex/sessions/2026",
+        "{home}/.codex/worktrees",
+        "C:\\Users\\amy\\.codex\\worktrees\\..\\sessions\\2026",
         "{home}/.qwen/tmp/x/",
         "{home}/.local/share/opencode/project/x",
         "{home}/.config/opencode",

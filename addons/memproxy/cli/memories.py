@@ -511,7 +511,10 @@ def _created_at(value: Any) -> float | None:
             at = datetime.datetime.fromisoformat(value)
         except ValueError:
             return None
-        value = at.timestamp()  # without an offset: local time, as notes show dates
+        try:
+            value = at.timestamp()  # without an offset: local time, as notes show dates
+        except (OverflowError, OSError, ValueError):  # a year at the ends of the range, in some zone
+            return None
     valid = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < LAST_DATE
     return float(value) if valid else None
 

@@ -347,7 +347,9 @@ class Indexes:
         if self._offset is None:
             try:
                 row = db.execute("SELECT value FROM settings WHERE key = 'utc_offset'").fetchone()
-            except sqlite3.OperationalError:  # no such table
+            except sqlite3.OperationalError as e:  # no such table; anything else (a busy file) is the caller's
+                if "no such table" not in str(e):
+                    raise
                 row = None
             self._offset = row[0] if row is not None and isinstance(row[0], int) and abs(row[0]) <= 86400 else 0
         return self._offset

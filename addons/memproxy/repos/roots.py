@@ -48,6 +48,7 @@ _HOMES = (r"~", r"/root", r"/home/[^/]+", r"/var/home/[^/]+", r"/Users/[^/]+", r
 _WINDOWS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\..., C:/..., \\server\share
 PATH_MAX = 4096  # characters; no working directory is longer (Linux's PATH_MAX)
 GIT_FILE_MAX = PATH_MAX + 16  # bytes of a `.git` file or a worktree's `gitdir`/`commondir` file read
+GIT_CONFIG_MAX = 1 << 20  # bytes of a repository's `config` read
 
 
 def project_root(path: str, home: str | None = None) -> str | None:
@@ -102,7 +103,7 @@ def _state_dirs(home: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     homes = "|".join([*_HOMES, re.escape(home.replace("\\", "/").rstrip("/"))])
     dirs = "|".join(re.escape(d) for d in STATE_DIRS)
     worktrees = "|".join(re.escape(d) for d in WORKTREE_DIRS)
-    return re.compile(f"(?:{homes})/(?:{dirs})(?:/|$)"), re.compile(f"(?:{homes})/(?:{worktrees})/[^/]")
+    return re.compile(f"(?:{homes})/(?:{dirs})(?:/|$)"), re.compile(f"(?:{homes})/(?:{worktrees})/(?!\\.\\.?(?:/|$))[^/]")
 
 
 def _local(written: str) -> str | None:
@@ -174,13 +175,23 @@ def _tree_of(common: str) -> str | None:
     if os.path.basename(common) == ".git":
         return os.path.dirname(common)
     try:
-        core = _core(_read_small(os.path.join(common, "config")))
+        core = _core(_read_small(os.path.join(common, "config"), GIT_CONFIG_MAX))
+        if worktree := core.get("worktree"):  # the tree's own `.git` must name this git dir, as a submodule's does
+            tree = os.path.realpath(os.path.join(common, worktree))
+            return tree if _git_dir(tree) == common else None
     except (OSError, ValueError):
         return None
-    if worktree := core.get("worktree"):
-        tree = os.path.realpath(os.path.join(common, worktree))
-        return tree if os.path.lexists(os.path.join(tree, ".git")) else None
     return common if core.get("bare", "").lower() in ("true", "yes", "on", "1") else None
+
+
+def _git_dir(tree: str) -> str | None:
+    """The git dir of the working tree `tree`: its `.git` directory, or the one its `.git` file names; real
+    paths."""
+    marker = os.path.join(tree, ".git")
+    if os.path.isdir(marker) and not os.path.islink(marker):
+        return os.path.realpath(marker)
+    key, _, value = _read_small(marker).partition(":")
+    return os.path.realpath(os.path.join(tree, value.strip())) if key == "gitdir" and value.strip() else None
 
 
 def _core(config: str) -> dict[str, str]:
@@ -198,14 +209,14 @@ def _core(config: str) -> dict[str, str]:
     return found
 
 
-def _read_small(path: str) -> str:
-    """The text of the small git file `path`, at most GIT_FILE_MAX bytes of it. OSError for anything but a
-    regular file (a FIFO would block the read)."""
+def _read_small(path: str, limit: int = GIT_FILE_MAX) -> str:
+    """The text of the small git file `path`, at most `limit` bytes of it (a character cut there, or any that is
+    not UTF-8, replaced). OSError for anything but a regular file (a FIFO would block the read)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{path}: not a regular file")
-        return f.read(GIT_FILE_MAX).decode("utf-8")
+        return f.read(limit).decode("utf-8", "replace")
 
 
 def _planted(directory: str, marker: str) -> bool:
