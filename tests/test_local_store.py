@@ -63,6 +63,28 @@ def seeded(path: Path, *memories: tuple[str, str]) -> None:
         run(store.close())
 
 
+Row = tuple[str, str | None, str, str, float]  # scope, custom_id, content, metadata, created_at
+
+
+def older_store(path: Path, version: int, rows: list[Row], terms: Callable[[str, float, str], str],
+                drop: tuple[str, ...] = ()) -> tuple[list[int], list[tuple[Any, ...]]]:
+    """A store at `path` as schema `version` (3 on: a table per scope) left it: `rows` indexed as `terms(content,
+    created_at, metadata)`, without the tables `drop`. The rows' ids, and every row as it was."""
+    seeded(path, *dict.fromkeys((row[0], "a memory that makes the tables") for row in rows))
+    with closing(sqlite3.connect(path)) as db:
+        ids = []
+        for scope, custom_id, content, metadata, at in rows:
+            ids.append(db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES"
+                                  " (?, ?, ?, ?, ?) RETURNING id", (scope, custom_id, content, metadata, at)).fetchone()[0])
+            [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = ?", (scope,)).fetchall()
+            db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (ids[-1], terms(content, at, metadata)))
+        for table in drop:
+            db.execute(f"DROP TABLE {table}")
+        db.execute(f"PRAGMA user_version = {version}")
+        db.commit()
+        return ids, db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+
+
 def add_all(store: LocalStore, scope: str, contents: list[str]) -> list[str]:
     async def go() -> list[str]:
         return [await store.add(scope, c) for c in contents]
@@ -624,16 +646,7 @@ def test_a_schema_6_store_is_migrated_on_open_into_the_local_zone(tmp_path: Path
     path = tmp_path / "v6.db"
     evening = 1_796_090_400.0  # 2026-12-01 02:00 UTC, 2026-11-30 18:00 at UTC-8
     turn = "User: which queue do we use?\nAssistant: RabbitMQ, behind the gateway"
-    seeded(path, ("p", "a memory that makes the tables"))
-    with closing(sqlite3.connect(path)) as db:
-        id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-                         " RETURNING id", ("p", "turn-1", turn, "{}", evening)).fetchone()[0]
-        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
-        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index.index_text(turn, evening)))
-        db.execute("DROP TABLE settings")
-        db.execute("PRAGMA user_version = 6")
-        db.commit()
-        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    _, before = older_store(path, 6, [("p", "turn-1", turn, "{}", evening)], index.index_text, drop=("settings",))
     store = LocalStore(path)
     try:
         assert [m.content for m in run(store.search("p", "what did we decide in November?"))] == [turn]
@@ -821,15 +834,8 @@ def test_a_schema_3_store_is_migrated_on_open_and_its_turns_are_found_by_their_f
     path = tmp_path / "v3.db"
     turn = "User: why does the deploy hang?\nAssistant: the health check waited on a port nobody opened."
     metadata = '{"tool": "Claude Code", "calls": ["Edit deploy/healthcheck.yaml"]}'
-    seeded(path, ("p", "Deploys use rsync over SSH to the bastion host"))
-    with closing(sqlite3.connect(path)) as db:
-        id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-                         " RETURNING id", ("p", "turn-1", turn, metadata, 1.7e9)).fetchone()[0]
-        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
-        db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, index.index_text(turn, 1.7e9)))
-        db.execute("PRAGMA user_version = 3")
-        db.commit()
-        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    [id_], before = older_store(path, 3, [("p", "turn-1", turn, metadata, 1.7e9)],
+                                lambda content, at, _: index.index_text(content, at))  # schema 3 indexed no trace
     store = LocalStore(path)
     try:
         assert [m.id for m in run(store.search("p", "healthcheck.yaml"))] == [str(id_)]
@@ -857,16 +863,7 @@ def test_a_schema_4_store_is_migrated_on_open_and_its_dates_match_no_words(tmp_p
             ("p", "turn-2", "User: why is the cache stale?\nAssistant: it may be stale after a deploy", '{"tool": "Codex"}',
              may + 200 * 86400),
             ("q", None, "the billing service deploys on fridays", "{}", may)]
-    seeded(path, ("p", "a memory that makes the tables"), ("q", "a memory that makes the tables"))
-    with closing(sqlite3.connect(path)) as db:
-        for scope, custom_id, content, metadata, at in rows:
-            id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-                             " RETURNING id", (scope, custom_id, content, metadata, at)).fetchone()[0]
-            [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = ?", (scope,)).fetchall()
-            db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, v4_index_text(content, at, metadata)))
-        db.execute("PRAGMA user_version = 4")
-        db.commit()
-        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    _, before = older_store(path, 4, rows, v4_index_text)
     store = LocalStore(path)
     try:
         # The month as a date, and the word "may" in a text
@@ -957,19 +954,9 @@ def test_a_tool_is_unindexed_with_its_memory(store: LocalStore, tmp_path: Path) 
 def test_a_schema_5_store_is_migrated_on_open_and_its_tools_are_found_by_name(tmp_path: Path) -> None:
     """Schema 5 indexed no tool."""
     path = tmp_path / "v5.db"
-    seeded(path, ("p", "a memory that makes the table"))
-    with closing(sqlite3.connect(path)) as db:
-        [(table,)] = db.execute("SELECT 'memories_fts_' || id FROM scope_indexes WHERE scope = 'p'").fetchall()
-        for content, metadata in TOOL_TURNS:
-            metadata_text = json.dumps(metadata)
-            id_ = db.execute("INSERT INTO memories(scope, custom_id, content, metadata, created_at) VALUES (?, ?, ?, ?, ?)"
-                             " RETURNING id", ("p", None, content, metadata_text, 1.7e9)).fetchone()[0]
-            v5_text = " ".join((*index.words(content), index.date_words(1.7e9)))
-            db.execute(f"INSERT INTO {table}(rowid, terms) VALUES (?, ?)", (id_, v5_text))
-        db.execute("DROP TABLE tools")
-        db.execute("PRAGMA user_version = 5")
-        db.commit()
-        before = db.execute("SELECT * FROM memories ORDER BY id").fetchall()
+    rows: list[Row] = [("p", None, content, json.dumps(metadata), 1.7e9) for content, metadata in TOOL_TURNS]
+    _, before = older_store(path, 5, rows, lambda content, at, _: " ".join((*index.words(content), index.date_words(at))),
+                            drop=("tools", "settings"))
     store = LocalStore(path)
     try:
         assert [m.content for m in run(store.search("p", "what did Codex say?"))] == [TOOL_TURNS[0][0]]
