@@ -668,6 +668,17 @@ def repo(path: Path) -> Path:
     return path
 
 
+def worktree(repository: Path, path: Path) -> Path:
+    """A linked worktree of `repository` at `path`, as `git worktree add` lays it out."""
+    gitdir = repository / ".git/worktrees" / path.name
+    gitdir.mkdir(parents=True)
+    path.mkdir(parents=True)
+    (gitdir / "commondir").write_text("../..\n")
+    (gitdir / "gitdir").write_text(f"{path / '.git'}\n")
+    (path / ".git").write_text(f"gitdir: {gitdir}\n")
+    return path
+
+
 def register(registry: Path, *roots: Path, tool: str | None = None) -> list[str]:
     """The roots' project names in the project registry at `registry` (a use by `tool` recorded)."""
     reg = ProjectRegistry(registry)
@@ -771,6 +782,7 @@ def test_memories_migrate_local(cli: Cli, tmp_path: Path):
     registry, db = tmp_path / "projects.json", tmp_path / "memories.db"
     *names, other_name = register(registry, shop, my_shop, api, other_api)
     assert names == ["shop", "my-shop", "api"] and re.fullmatch(r"api@[0-9a-f]{6,}", other_name)
+    register(registry, worktree(shop, tmp_path / "work/shop-wt"))  # registered as a project of its own before
 
     # The old rules' scope for Claude Code in "my shop" (a space: the scope name is rewritten with a hash).
     old_rules, body = tmp_path / "old.yaml", tmp_path / "body.json"
@@ -783,6 +795,7 @@ def test_memories_migrate_local(cli: Cli, tmp_path: Path):
     seed(db, "claude-code:shop", "The shop deploys with fly.io", "The shop's tests run with make test")
     seed(db, "codex:shop", "Codex: the shop's payments go through Stripe")
     seed(db, "gemini-cli:shop", "Gemini: the shop's CSS is Tailwind")
+    seed(db, "claude-code:shop-wt", "The shop's worktree: the checkout page moves to htmx")  # the repository's now
     seed(db, my_shop_scope, "My shop sells tea")
     seed(db, "jetbrains:api", "JetBrains: one of the two api projects uses Django")  # mixed: two roots named api
     seed(db, "qwen-code", "Qwen: some project uses Rust")
@@ -796,9 +809,10 @@ def test_memories_migrate_local(cli: Cli, tmp_path: Path):
     dry = cli.ok("memories", "migrate", "--dry-run", *args)
     assert db.read_bytes() == before and not db.with_name("memories.db-wal").exists()  # the dry run changes nothing
     for source, target, n in (("claude-code:shop", "project:shop", 2), ("codex:shop", "project:shop", 1),
-                              ("gemini-cli:shop", "project:shop", 1), (my_shop_scope, "project:my-shop", 1)):
+                              ("gemini-cli:shop", "project:shop", 1), (my_shop_scope, "project:my-shop", 1),
+                              ("claude-code:shop-wt", "project:shop", 1)):
         assert re.search(rf"{re.escape(source)}\s+│\s+{re.escape(target)}\s+│\s+{n}\b", dry), dry
-    assert "would move 5 memories from 4 scopes; nothing was changed (dry run)" in dry
+    assert "would move 6 memories from 5 scopes; nothing was changed (dry run)" in dry
     assert ("jetbrains:api holds 1 memories of 2 projects whose directories share a name; they are mixed and cannot be"
             " split automatically, so they were not moved") in dry
     assert f"  {api}  ->  project:api" in dry and f"  {other_api}  ->  project:{other_name}" in dry
@@ -807,16 +821,17 @@ def test_memories_migrate_local(cli: Cli, tmp_path: Path):
     assert "qwen-code holds 1 memories of every project used with Qwen Code" in dry
     assert "opencode holds 1 memories of every project used with opencode" in dry
     assert ("no project named legacy seen yet: use any tool in it once through the proxy, then run migrate again"
-            " (codex:legacy holds 1 memories)") in dry
+            " (codex:legacy holds 1 memories; if legacy was a git worktree, move them into its repository's scope with"
+            " `memproxy memories move`)") in " ".join(dry.split())
 
     aborted = cli("memories", "migrate", *args, stdin="n\n")
     assert aborted.returncode == 1 and dump(db) == original
     done = cli.ok("memories", "migrate", "--yes", *args)
-    assert "moved 5 memories from 4 scopes into their projects' scopes" in done
+    assert "moved 6 memories from 5 scopes into their projects' scopes" in done
     assert scopes_of(db) == {
         "project:shop": ["The shop deploys with fly.io", "The shop's tests run with make test",
                          "Codex: the shop's payments go through Stripe", "Gemini: the shop's CSS is Tailwind",
-                         "Already in the project scope"],
+                         "The shop's worktree: the checkout page moves to htmx", "Already in the project scope"],
         "project:my-shop": ["My shop sells tea"],
         "jetbrains:api": ["JetBrains: one of the two api projects uses Django"],
         "qwen-code": ["Qwen: some project uses Rust"],
@@ -903,6 +918,13 @@ def test_projects_lists_every_project_seen(cli: Cli, tmp_path: Path):
     listed = cli.ok("projects", "list")
     assert re.search(rf"shop\s+│\s+project:shop\s+│\s+{port}\s+│\s+{shop}\s+│\s+Claude Code, Codex\s+│\s+2\s+│", listed), listed
     assert listed == cli.ok("projects")
+
+    # a worktree's port is its repository's: on the repository's row, beside the repository's own port
+    wt = worktree(shop, tmp_path / "work/shop-wt")
+    wt_port = int(re.search(r"port (\d+)", cli.ok("projects", "add", wt))[1])
+    listed = cli.ok("projects", "list")
+    assert re.search(rf"shop\s+│\s+project:shop\s+│\s+{port}, {wt_port}\s+│\s+{shop}\s+│", listed), listed
+    assert "not used yet" not in listed
 
     empty = Cli(tmp_path / "empty-home")
     assert "no projects seen yet" in empty.ok("projects")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -245,12 +246,13 @@ def test_a_worktree_shares_its_repositorys_memory(mitmdump, upstream: FakeUpstre
     proc = mitmdump(mode="regular", upstream=upstream, options={"memory_db": str(db)})
     home, shop = tmp_path / "home", repository(tmp_path / "shop")
     (shop / "README").write_text("shop\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(shop)]
-    subprocess.run([*git, "add", "README"], check=True, capture_output=True)
-    subprocess.run([*git, "commit", "-qm", "one"], check=True, capture_output=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", "-C", str(shop)]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}  # no config of the machine's
+    subprocess.run([*git, "add", "README"], check=True, capture_output=True, env=env)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True, capture_output=True, env=env)
     beside, inside = tmp_path / "shop-feature", shop / ".claude" / "worktrees" / "fix"
     for path, branch in ((beside, "feature"), (inside, "fix")):
-        subprocess.run([*git, "worktree", "add", "-q", "-b", branch, str(path)], check=True, capture_output=True)
+        subprocess.run([*git, "worktree", "add", "-q", "-b", branch, str(path)], check=True, capture_output=True, env=env)
     answer_classifier(upstream)
 
     upstream.reply = "Noted: the shop deploys with Nomad."

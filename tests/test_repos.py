@@ -180,13 +180,17 @@ def test_a_worktree_whose_repository_is_gone_is_its_own_root(home: Path) -> None
 
 
 @needs_git
+@pytest.mark.parametrize("owned", ["main", ".git", ".git/worktrees/wt"])
 def test_a_worktree_of_a_repository_another_user_owns_is_its_own_root(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, monkeypatch: pytest.MonkeyPatch, owned: str
 ) -> None:
+    """The repository's tree, its git dir or the worktree's git dir another user's: each alone joins nothing."""
     main = repo(home / "main")
     git("worktree", "add", "-q", str(home / "wt"), "-b", "feature", cwd=main)
+    assert root_of(home / "wt", home) == str(main)
+    another = str(main if owned == "main" else main / owned)
     owned_by_another = roots.private.owned_by_another
-    monkeypatch.setattr(roots.private, "owned_by_another", lambda p: str(p).startswith(str(main)) or owned_by_another(p))
+    monkeypatch.setattr(roots.private, "owned_by_another", lambda p: str(p) == another or owned_by_another(p))
     assert root_of(home / "wt", home) == str(home / "wt")
 
 

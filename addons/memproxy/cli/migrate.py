@@ -16,6 +16,7 @@ What cannot be moved automatically is reported, with the commands that move it b
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,9 +110,10 @@ async def make_plan(store: MemoryStore, records: Sequence[ProjectRecord]) -> Pla
 
     candidates = legacy_scopes(records)
     moves, mixed, unseen = [], [], []
-    for scope, owners in sorted(candidates.items()):
+    for scope, given in sorted(candidates.items()):
         if not (n := await count(store, scope)):
             continue
+        owners = tuple(dict.fromkeys(map(functools.partial(_now, records), given)))
         if len(owners) == 1:
             moves.append(Move(scope, project_scope(owners[0].name), n))
         else:
@@ -127,6 +129,15 @@ async def make_plan(store: MemoryStore, records: Sequence[ProjectRecord]) -> Pla
             if colon and tool in LEGACY_TOOLS and scope not in candidates and directory not in names:
                 unseen.append(Unseen(scope, await store.count(scope), directory.split(SCOPE_HASH_MARK)[0]))
     return Plan(tuple(moves), tuple(mixed), tuple(unseen))
+
+
+def _now(records: Sequence[ProjectRecord], record: ProjectRecord) -> ProjectRecord:
+    """The project `record`'s root belongs to now: a git worktree's repository, where the registry holds it (a
+    worktree was a project of its own before); else `record`."""
+    from ..repos import project_root
+
+    root = project_root(record.root)
+    return next((r for r in records if r.root == root), record) if root and root != record.root else record
 
 
 async def carry_out(store: MemoryStore, plan: Plan, advance: Callable[[int], None]) -> int:
@@ -189,4 +200,5 @@ def print_by_hand(plan: Plan, backend: Backend) -> None:
         console.print()
         console.print(escape(
             f"no project named {unseen.directory} seen yet: use any tool in it once through the proxy, then run migrate"
-            f" again ({unseen.scope} holds {unseen.count} memories)"))
+            f" again ({unseen.scope} holds {unseen.count} memories; if {unseen.directory} was a git worktree, move them"
+            " into its repository's scope with `memproxy memories move`)"))

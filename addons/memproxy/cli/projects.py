@@ -70,10 +70,10 @@ def projects_list(backend: Backend, project_names: Path | None, registry: Path |
         seen, registered = names.projects(), ports.projects()
     except (RegistryError, UnsafePath, OSError) as e:
         raise click.ClickException(str(e)) from None
-    port_of: dict[str, Project] = {}
-    for p in registered:  # a port's project is the one holding its path, as for a working directory
-        port_of.setdefault(project_root(p.path) or p.path, p)
-        port_of.setdefault(p.path, p)
+    ports_of: dict[str, list[Project]] = {}
+    for p in registered:  # a port's project is the one holding its path, as for a working directory (or worktree)
+        for key in dict.fromkeys((project_root(p.path) or p.path, p.path)):
+            ports_of.setdefault(key, []).append(p)
     scopes = [project_scope(r.name) for r in seen]
     counts = _counts(backend, scopes)
 
@@ -81,12 +81,12 @@ def projects_list(backend: Backend, project_names: Path | None, registry: Path |
         Column("project", overflow="fold"), Column("scope", overflow="fold"), "port", Column("root", overflow="fold"),
         "tools", "memories", "last use", title=escape(f"projects seen ({names.path})"),
     )
-    shown: set[Project | None] = set()
+    shown: set[Project] = set()
     for record, scope in zip(seen, scopes, strict=True):
-        port = port_of.get(record.root)
-        shown.add(port)
+        its = ports_of.get(record.root, [])
+        shown.update(its)
         last = when(record.last_use) if record.last_use is not None else "-"
-        table.add_row(escape(record.name), escape(scope), str(port.port) if port else "", escape(record.root),
+        table.add_row(escape(record.name), escape(scope), ", ".join(str(p.port) for p in its), escape(record.root),
                       escape(", ".join(sorted(record.tools)) or "-"), counts.get(scope, "-"), last)
     for port in registered:
         if port not in shown:
