@@ -141,9 +141,9 @@ def _main_tree(worktree: str) -> str | None:
 
     A worktree's `.git` is a file naming its git dir (`gitdir: <repo>/.git/worktrees/<id>`), which names the
     repository's (`commondir`) and links back to that `.git` file (`gitdir`). The git dir must be in the
-    repository's `worktrees`, its link back must hold, and both must be the user's or root's: a `.git` file
-    anyone can write, copied into another directory, would otherwise join that directory to the repository's
-    memory."""
+    repository's `worktrees` and its link back must hold; it, the repository's git dir and its tree must be the
+    user's or root's: a `.git` file anyone can write, copied into another directory, would otherwise join that
+    directory to the repository's memory."""
     marker = os.path.join(worktree, ".git")
     try:
         if not os.path.isfile(marker) or os.path.islink(marker):
@@ -158,7 +158,7 @@ def _main_tree(worktree: str) -> str | None:
         if not back or os.path.realpath(os.path.join(gitdir, back)) != os.path.realpath(marker):
             return None
         common = os.path.realpath(os.path.join(gitdir, _read_small(os.path.join(gitdir, "commondir")).strip()))
-    except (OSError, ValueError):  # no such file, not a regular one, unreadable, not UTF-8
+    except (OSError, ValueError):  # no such file, not a regular one, unreadable, a NUL in a path
         return None
     if os.path.dirname(gitdir) != os.path.join(common, "worktrees") or not os.path.isdir(common):
         return None
