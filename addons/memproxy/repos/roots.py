@@ -146,12 +146,8 @@ def _main_tree(worktree: str) -> str | None:
     directory to the repository's memory."""
     marker = os.path.join(worktree, ".git")
     try:
-        if not os.path.isfile(marker) or os.path.islink(marker):
+        if not os.path.isfile(marker) or os.path.islink(marker) or (gitdir := _git_dir(worktree)) is None:
             return None
-        key, _, value = _read_small(marker).partition(":")
-        if key != "gitdir" or not value.strip():
-            return None
-        gitdir = os.path.realpath(os.path.join(worktree, value.strip()))
         if os.path.basename(os.path.dirname(gitdir)) != "worktrees" or private.owned_by_another(gitdir):
             return None  # a submodule's, say; or one another user made
         back = _read_small(os.path.join(gitdir, "gitdir")).strip()
